@@ -1,0 +1,23 @@
+"""Helpers the C codec calls for values that are rare enough to do in Python."""
+
+import traceback
+from datetime import datetime, timedelta, timezone
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+
+def date_from_ms(ms):
+    """A JS Date (milliseconds since the epoch) as an aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def date_to_ms(dt):
+    """Milliseconds since the epoch, rounded down like JS Date; naive means local time."""
+    if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
+        dt = dt.astimezone()
+    return float((dt - _EPOCH) // _MS)
+
+
+def format_exception(exc):
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

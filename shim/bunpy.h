@@ -1,0 +1,124 @@
+/*
+ * bunpy.h — the whole ABI exported by the shim to bun:ffi (src/ffi.ts).
+ *
+ * Conventions
+ *  - Every exported function starts with bp_ and is declared here, nowhere else.
+ *  - Data crosses through a per-JS-thread bp_io: JS writes arguments into io->buf in the
+ *    tagged format below, calls one bp_ function, and reads the result back from io->buf.
+ *  - Functions returning int return BP_OK (0) or a negative BP_ERR_* code; on error the
+ *    buffer holds an error record (see BP_ERR_PYTHON / BP_ERR_CONVERT).
+ *  - PyObject pointers given to JS ("handles") are strong references owned by JS;
+ *    JS drops them with bp_decref.
+ */
+#ifndef BUNPY_H
+#define BUNPY_H
+
+#include <stdint.h>
+
+#define BP_EXPORT __attribute__((visibility("default")))
+
+/* ---- value tags of the binary codec (little endian, no alignment) -------------------- */
+enum {
+    BP_T_NONE = 0,       /* null / undefined / None                                     */
+    BP_T_FALSE = 1,
+    BP_T_TRUE = 2,
+    BP_T_INT32 = 3,      /* i32                                                         */
+    BP_T_FLOAT = 4,      /* f64: a JS number that is not a safe integer / a Python float */
+    BP_T_INT53 = 5,      /* f64 holding a safe integer (Python int <-> JS number)        */
+    BP_T_BIGINT = 6,     /* u32 n + n ASCII bytes of hex digits, optional leading '-'    */
+    BP_T_STR = 7,        /* u32 n + n bytes UTF-8                                       */
+    BP_T_BYTES = 8,      /* u32 n + n bytes                                             */
+    BP_T_LIST = 9,       /* u32 count + values                                          */
+    BP_T_TUPLE = 10,     /* u32 count + values (Python -> JS only)                       */
+    BP_T_DICT = 11,      /* u32 count + (str key, value) pairs: plain JS object          */
+    BP_T_MAP = 12,       /* u32 count + (key, value) pairs: JS Map                       */
+    BP_T_SET = 13,       /* u32 count + values                                          */
+    BP_T_DATE = 14,      /* f64 milliseconds since the epoch (UTC)                       */
+    BP_T_JSFUNC = 15,    /* u32 id of a JS function (JS -> Python only)                  */
+    BP_T_PYOBJ = 16,     /* u64 PyObject* (a strong reference travels with it)           */
+    BP_T_ASCII = 17,     /* u32 n + n ASCII bytes (Python -> JS only, decoder fast path) */
+    BP_T_METHOD = 18,    /* bp_getattr only: a method bound to the object; JS calls it with
+                            bp_call_attr instead of holding a handle to a new bound method */
+};
+
+/* ---- status codes ---------------------------------------------------------------------- */
+enum {
+    BP_OK = 0,
+    BP_ERR_PYTHON = -1,   /* buf: STR type, STR module, STR message, STR traceback,
+                                  INT32 lineno, INT32 offset (-1 when not a SyntaxError) */
+    BP_ERR_CONVERT = -2,  /* buf: STR message (a value could not cross the boundary)      */
+    BP_ERR_STATE = -3,    /* buf: STR message (Python is not running / was closed)        */
+    BP_ERR_THREAD = -4,   /* buf: STR message (wrong thread for this operation)           */
+    BP_ERR_MEMORY = -5,   /* no buffer could be allocated; buf untouched                  */
+    BP_ERR_JS = -6,       /* from the dispatch callback: buf: STR name, STR message, STR stack */
+};
+
+/* ---- runtime states (bp_state) ----------------------------------------------------------- */
+enum { BP_UNINITIALISED = 0, BP_STARTING = 1, BP_RUNNING = 2, BP_STOPPING = 3, BP_STOPPED = 4 };
+
+/* modes for bp_compile */
+enum { BP_MODE_EVAL = 0, BP_MODE_EXEC = 1 };
+
+/* kinds for bp_builtin_op: operations on one object that return a value */
+enum {
+    BP_OP_REPR = 0, BP_OP_STR = 1, BP_OP_LEN = 2, BP_OP_TOJS = 3, BP_OP_ITER = 4,
+    BP_OP_NEXT = 5, BP_OP_TYPENAME = 6, BP_OP_CALLABLE = 7, BP_OP_BOOL = 8,
+};
+
+/*
+ * One JS thread's channel into the main interpreter. The first five fields are read by
+ * JS through a typed-array view, so their layout is ABI.
+ */
+typedef struct bp_io {
+    uint8_t *buf;            /* +0  reused data buffer, owned by C                      */
+    uint32_t cap;            /* +8  its capacity                                        */
+    uint32_t len;            /* +12 bytes of result written by the last call            */
+    uint32_t gen;            /* +16 bumped whenever buf moves (JS re-creates its views)  */
+    uint32_t released;       /* +20 JS function ids waiting in bp_take_released          */
+    double *drop;            /* +24 handles JS no longer needs, as doubles (pointers < 2^53) */
+    uint32_t ndrop;          /* +32 how many; dropped by the next call that takes the GIL   */
+    uint32_t drop_cap;       /* +36                                                     */
+    /* private fields follow in the C definition (internal.h) */
+} bp_io;
+
+/* callback into JS for bunpy.call / calling a JS function: (io, target) -> status.
+   target >= 0: a JS function id; target == -1: registered name (first STR in buf). */
+typedef int32_t (*bp_dispatch_fn)(bp_io *io, int32_t target);
+
+/* runtime (runtime.c) */
+BP_EXPORT int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t errlen);
+BP_EXPORT int32_t bp_state(void);
+BP_EXPORT int32_t bp_finalize(bp_io *io);
+BP_EXPORT int32_t bp_version_hex(void);
+
+/* io (io.c) */
+BP_EXPORT bp_io *bp_io_new(bp_dispatch_fn dispatch);
+BP_EXPORT void bp_io_free(bp_io *io);
+BP_EXPORT int32_t bp_io_reserve(bp_io *io, uint32_t need);
+BP_EXPORT int32_t bp_take_released(bp_io *io);
+
+/* operations on the main interpreter (ops.c); inputs and outputs in io->buf */
+BP_EXPORT int32_t bp_compile(bp_io *io, int32_t mode);                 /* STR src, STR filename -> PYOBJ code */
+BP_EXPORT int32_t bp_run(bp_io *io, void *code);                        /* -> value (None for exec) */
+BP_EXPORT int32_t bp_import(bp_io *io);                                 /* STR name -> PYOBJ module */
+BP_EXPORT int32_t bp_intern(bp_io *io);                                 /* STR -> PYOBJ interned str */
+BP_EXPORT int32_t bp_getattr(bp_io *io, void *obj, void *name);         /* -> value, METHOD; 1: no such attribute */
+BP_EXPORT int32_t bp_setattr(bp_io *io, void *obj, void *name);         /* value -> None */
+BP_EXPORT int32_t bp_delattr(bp_io *io, void *obj, void *name);
+BP_EXPORT int32_t bp_hasattr(bp_io *io, void *obj, void *name);         /* -> bool */
+BP_EXPORT int32_t bp_call(bp_io *io, void *callable);                   /* LIST args, DICT|NONE kwargs -> value */
+BP_EXPORT int32_t bp_call_attr(bp_io *io, void *obj, void *name);       /* obj.name(*args, **kwargs) */
+BP_EXPORT int32_t bp_getitem(bp_io *io, void *obj);                     /* key -> value */
+BP_EXPORT int32_t bp_setitem(bp_io *io, void *obj);                     /* key, value -> None */
+BP_EXPORT int32_t bp_delitem(bp_io *io, void *obj);                     /* key -> None */
+BP_EXPORT int32_t bp_contains(bp_io *io, void *obj);                    /* value -> bool */
+BP_EXPORT int32_t bp_object_op(bp_io *io, void *obj, int32_t op);       /* BP_OP_* -> value */
+BP_EXPORT int32_t bp_builtins(bp_io *io);                               /* -> PYOBJ builtins module */
+BP_EXPORT void bp_decref(bp_io *io, void *obj);
+BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop io->drop now */
+
+/* benchmark baseline (bench.c): the cheapest useful call into Python */
+BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);
+BP_EXPORT int64_t bp_bench_call(bp_io *io, int64_t a, int64_t b);
+
+#endif

@@ -1,0 +1,483 @@
+/*
+ * codec.c — the binary value format between JS and Python (tags in bunpy.h).
+ * Reading builds Python objects straight from the buffer JS wrote; writing encodes a
+ * Python object into the io buffer for src/codec.ts to decode. Both run with the GIL held.
+ */
+#include "internal.h"
+#include <string.h>
+#include <math.h>
+
+#define MAX_SAFE_INTEGER 9007199254740991LL
+
+/* ======================================================================= reading ===== */
+
+void bp_reader_init(bp_reader *r, bp_io *io, uint32_t pos) {
+    r->buf = io->buf;
+    r->pos = pos;
+    r->end = io->cap;
+    r->port = bp_port_of(io);
+    r->st = NULL;
+}
+
+static int truncated(void) {
+    PyErr_SetString(PyExc_ValueError, "bunpy: malformed value buffer (truncated)");
+    return -1;
+}
+
+int bp_read_u32(bp_reader *r, uint32_t *out) {
+    if (r->end - r->pos < 4) return truncated();
+    memcpy(out, r->buf + r->pos, 4);
+    r->pos += 4;
+    return 0;
+}
+
+static int read_f64(bp_reader *r, double *out) {
+    if (r->end - r->pos < 8) return truncated();
+    memcpy(out, r->buf + r->pos, 8);
+    r->pos += 8;
+    return 0;
+}
+
+static int read_span(bp_reader *r, const char **p, uint32_t *n) {
+    if (bp_read_u32(r, n) < 0) return -1;
+    if (r->end - r->pos < *n) return truncated();
+    *p = (const char *)(r->buf + r->pos);
+    r->pos += *n;
+    return 0;
+}
+
+static bp_interp *reader_state(bp_reader *r) {
+    if (!r->st) r->st = bp_interp_get();
+    if (!r->st) PyErr_SetString(PyExc_RuntimeError, "bunpy: module state unavailable");
+    return r->st;
+}
+
+static PyObject *read_bigint(bp_reader *r) {
+    const char *p;
+    uint32_t n;
+    if (read_span(r, &p, &n) < 0) return NULL;
+    char small[64];
+    char *s = n < sizeof small ? small : PyMem_Malloc(n + 1);
+    if (!s) return PyErr_NoMemory();
+    memcpy(s, p, n);
+    s[n] = 0;
+    PyObject *v = PyLong_FromString(s, NULL, 16);
+    if (s != small) PyMem_Free(s);
+    return v;
+}
+
+static PyObject *read_date(bp_reader *r) {
+    double ms;
+    if (read_f64(r, &ms) < 0) return NULL;
+    bp_interp *st = reader_state(r);
+    if (!st) return NULL;
+    PyObject *fn = bp_interp_helper(st, "date_from_ms");
+    if (!fn) return NULL;
+    PyObject *arg = PyFloat_FromDouble(ms);
+    if (!arg) return NULL;
+    PyObject *v = PyObject_CallOneArg(fn, arg);
+    Py_DECREF(arg);
+    return v;
+}
+
+static PyObject *read_pairs(bp_reader *r, int depth) {
+    uint32_t n;
+    if (bp_read_u32(r, &n) < 0) return NULL;
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        PyObject *k = bp_read_value(r, depth + 1);
+        if (!k) goto fail;
+        PyObject *v = bp_read_value(r, depth + 1);
+        if (!v) { Py_DECREF(k); goto fail; }
+        int rc = PyDict_SetItem(d, k, v);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (rc < 0) goto fail;
+    }
+    return d;
+fail:
+    Py_DECREF(d);
+    return NULL;
+}
+
+PyObject *bp_read_value(bp_reader *r, int depth) {
+    if (depth > BP_MAX_DEPTH) {
+        PyErr_SetString(PyExc_ValueError, "value nested too deeply");
+        return NULL;
+    }
+    if (r->pos >= r->end) { truncated(); return NULL; }
+    uint8_t tag = r->buf[r->pos++];
+    switch (tag) {
+    case BP_T_NONE: Py_RETURN_NONE;
+    case BP_T_FALSE: Py_RETURN_FALSE;
+    case BP_T_TRUE: Py_RETURN_TRUE;
+    case BP_T_INT32: {
+        if (r->end - r->pos < 4) { truncated(); return NULL; }
+        int32_t v;
+        memcpy(&v, r->buf + r->pos, 4);
+        r->pos += 4;
+        return PyLong_FromLong(v);
+    }
+    case BP_T_FLOAT: {
+        double d;
+        if (read_f64(r, &d) < 0) return NULL;
+        return PyFloat_FromDouble(d);
+    }
+    case BP_T_INT53: {
+        double d;
+        if (read_f64(r, &d) < 0) return NULL;
+        return PyLong_FromLongLong((long long)d);
+    }
+    case BP_T_BIGINT: return read_bigint(r);
+    case BP_T_ASCII:
+    case BP_T_STR: {
+        const char *p;
+        uint32_t n;
+        if (read_span(r, &p, &n) < 0) return NULL;
+        return PyUnicode_DecodeUTF8(p, n, "strict");
+    }
+    case BP_T_BYTES: {
+        const char *p;
+        uint32_t n;
+        if (read_span(r, &p, &n) < 0) return NULL;
+        return PyBytes_FromStringAndSize(p, n);
+    }
+    case BP_T_TUPLE:
+    case BP_T_LIST: {
+        uint32_t n;
+        if (bp_read_u32(r, &n) < 0) return NULL;
+        if (n > r->end - r->pos) { truncated(); return NULL; }
+        PyObject *list = PyList_New(n);
+        if (!list) return NULL;
+        for (uint32_t i = 0; i < n; i++) {
+            PyObject *v = bp_read_value(r, depth + 1);
+            if (!v) { Py_DECREF(list); return NULL; }
+            PyList_SET_ITEM(list, i, v);
+        }
+        if (tag == BP_T_TUPLE) {
+            PyObject *t = PyList_AsTuple(list);
+            Py_DECREF(list);
+            return t;
+        }
+        return list;
+    }
+    case BP_T_DICT:
+    case BP_T_MAP: return read_pairs(r, depth);
+    case BP_T_SET: {
+        uint32_t n;
+        if (bp_read_u32(r, &n) < 0) return NULL;
+        PyObject *s = PySet_New(NULL);
+        if (!s) return NULL;
+        for (uint32_t i = 0; i < n; i++) {
+            PyObject *v = bp_read_value(r, depth + 1);
+            if (!v || PySet_Add(s, v) < 0) { Py_XDECREF(v); Py_DECREF(s); return NULL; }
+            Py_DECREF(v);
+        }
+        return s;
+    }
+    case BP_T_DATE: return read_date(r);
+    case BP_T_JSFUNC: {
+        uint32_t id;
+        if (bp_read_u32(r, &id) < 0) return NULL;
+        bp_interp *st = reader_state(r);
+        if (!st) return NULL;
+        return bp_jsfunc_new(st, r->port, (int32_t)id);
+    }
+    case BP_T_PYOBJ: {
+        if (r->end - r->pos < 8) { truncated(); return NULL; }
+        PyObject *o;
+        memcpy(&o, r->buf + r->pos, 8);
+        r->pos += 8;
+        if (!o) { PyErr_SetString(PyExc_ValueError, "bunpy: null object handle"); return NULL; }
+        return Py_NewRef(o);
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "bunpy: malformed value buffer (tag %d)", tag);
+        return NULL;
+    }
+}
+
+/* ======================================================================= writing ===== */
+
+void bp_writer_init(bp_writer *w, bp_io *io, int deep) {
+    w->io = io;
+    w->pos = 0;
+    w->deep = deep;
+    w->st = NULL;
+    w->refs = NULL;
+    w->nrefs = w->refs_cap = 0;
+    w->error[0] = 0;
+}
+
+void bp_writer_commit(bp_writer *w) {
+    w->io->len = w->pos;
+    PyMem_Free(w->refs);
+    w->refs = NULL;
+    w->nrefs = 0;
+}
+
+void bp_writer_abort(bp_writer *w) {
+    for (uint32_t i = 0; i < w->nrefs; i++) Py_DECREF(w->refs[i]);
+    PyMem_Free(w->refs);
+    w->refs = NULL;
+    w->nrefs = 0;
+}
+
+static int convert_error(bp_writer *w, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->error, sizeof w->error, fmt, ap);
+    va_end(ap);
+    return BP_ERR_CONVERT;
+}
+
+static inline int reserve(bp_writer *w, uint32_t n) {
+    if (w->io->cap - w->pos >= n) return BP_OK;
+    return bp_io_grow(w->io, w->pos + n) < 0 ? BP_ERR_PYTHON : BP_OK;
+}
+
+static inline void put_u8(bp_writer *w, uint8_t v) { w->io->buf[w->pos++] = v; }
+static inline void put_u32(bp_writer *w, uint32_t v) { memcpy(w->io->buf + w->pos, &v, 4); w->pos += 4; }
+static inline void put_f64(bp_writer *w, double v) { memcpy(w->io->buf + w->pos, &v, 8); w->pos += 8; }
+
+int bp_write_tag_u32(bp_writer *w, uint8_t tag, uint32_t n) {
+    int rc = reserve(w, 5);
+    if (rc) return rc;
+    put_u8(w, tag);
+    put_u32(w, n);
+    return BP_OK;
+}
+
+int bp_write_i32(bp_writer *w, int32_t v) { return bp_write_tag_u32(w, BP_T_INT32, (uint32_t)v); }
+
+static int write_span(bp_writer *w, uint8_t tag, const char *p, size_t n) {
+    if (n > UINT32_MAX - 16) return convert_error(w, "value too large to convert (%zu bytes)", n);
+    int rc = reserve(w, 5 + (uint32_t)n);
+    if (rc) return rc;
+    put_u8(w, tag);
+    put_u32(w, (uint32_t)n);
+    memcpy(w->io->buf + w->pos, p, n);
+    w->pos += (uint32_t)n;
+    return BP_OK;
+}
+
+int bp_write_cstr(bp_writer *w, const char *s) { return write_span(w, BP_T_STR, s, strlen(s)); }
+
+static int write_str(bp_writer *w, PyObject *o) {
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(o, &n);
+    if (!p) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return BP_ERR_PYTHON;
+        PyObject *exc = bp_err_take();
+        Py_ssize_t at = -1;
+        PyUnicodeEncodeError_GetStart(exc, &at);
+        Py_DECREF(exc);
+        return convert_error(w, "a Python str with a lone surrogate (at index %zd) has no JavaScript string form",
+                             at);
+    }
+    return write_span(w, PyUnicode_IS_ASCII(o) ? BP_T_ASCII : BP_T_STR, p, (size_t)n);
+}
+
+static int write_int(bp_writer *w, PyObject *o) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return BP_ERR_PYTHON;
+    if (!overflow) {
+        if (v >= INT32_MIN && v <= INT32_MAX) {
+            int rc = reserve(w, 5);
+            if (rc) return rc;
+            put_u8(w, BP_T_INT32);
+            put_u32(w, (uint32_t)(int32_t)v);
+            return BP_OK;
+        }
+        if (v >= -MAX_SAFE_INTEGER && v <= MAX_SAFE_INTEGER) {
+            int rc = reserve(w, 9);
+            if (rc) return rc;
+            put_u8(w, BP_T_INT53);
+            put_f64(w, (double)v);
+            return BP_OK;
+        }
+    }
+    /* Too big for a JS number: hex digits, decoded by JS into a bigint. */
+    PyObject *hex = PyNumber_ToBase(o, 16);
+    if (!hex) return BP_ERR_PYTHON;
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(hex, &n);
+    if (!p) { Py_DECREF(hex); return BP_ERR_PYTHON; }
+    /* "0x1f" or "-0x1f" -> "1f" or "-1f" */
+    char sign = p[0] == '-';
+    int rc = reserve(w, 5 + (uint32_t)n);
+    if (!rc) {
+        put_u8(w, BP_T_BIGINT);
+        put_u32(w, (uint32_t)(n - 2));
+        if (sign) w->io->buf[w->pos++] = '-';
+        memcpy(w->io->buf + w->pos, p + 2 + sign, (size_t)(n - 2 - sign));
+        w->pos += (uint32_t)(n - 2 - sign);
+    }
+    Py_DECREF(hex);
+    return rc;
+}
+
+static int write_handle(bp_writer *w, PyObject *o) {
+    if (w->nrefs == w->refs_cap) {
+        uint32_t cap = w->refs_cap ? w->refs_cap * 2 : 8;
+        PyObject **refs = PyMem_Realloc(w->refs, cap * sizeof *refs);
+        if (!refs) { PyErr_NoMemory(); return BP_ERR_PYTHON; }
+        w->refs = refs;
+        w->refs_cap = cap;
+    }
+    int rc = reserve(w, 9);
+    if (rc) return rc;
+    put_u8(w, BP_T_PYOBJ);
+    PyObject *ref = Py_NewRef(o);
+    memcpy(w->io->buf + w->pos, &ref, 8);
+    w->pos += 8;
+    w->refs[w->nrefs++] = ref;
+    return BP_OK;
+}
+
+static int too_deep(bp_writer *w, PyObject *o, int depth) {
+    for (int i = 0; i < depth && i <= BP_MAX_DEPTH; i++) {
+        if (w->path[i] == o)
+            return convert_error(w, "cannot convert a cyclic %s: it contains itself", Py_TYPE(o)->tp_name);
+    }
+    return convert_error(w, "value nested deeper than %d levels", BP_MAX_DEPTH);
+}
+
+static int write_items(bp_writer *w, PyObject *seq, uint8_t tag, int depth) {
+    /* PySequence_Fast_ITEMS is valid for lists and tuples; a list that the item
+       conversion mutates is re-read through its size each time. */
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int rc = bp_write_tag_u32(w, tag, (uint32_t)n);
+    if (rc) return rc;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PySequence_Fast_GET_SIZE(seq))
+            return convert_error(w, "list changed size during conversion");
+        rc = bp_write_value(w, PySequence_Fast_GET_ITEM(seq, i), depth + 1);
+        if (rc) return rc;
+    }
+    return BP_OK;
+}
+
+static int write_dict(bp_writer *w, PyObject *d, int depth) {
+    Py_ssize_t i = 0;
+    PyObject *k, *v;
+    int all_str = 1;
+    while (PyDict_Next(d, &i, &k, &v)) {
+        if (!(w->deep ? PyUnicode_Check(k) : PyUnicode_CheckExact(k))) { all_str = 0; break; }
+    }
+    int rc = bp_write_tag_u32(w, all_str ? BP_T_DICT : BP_T_MAP, (uint32_t)PyDict_GET_SIZE(d));
+    if (rc) return rc;
+    Py_ssize_t n = PyDict_GET_SIZE(d), seen = 0;
+    i = 0;
+    while (PyDict_Next(d, &i, &k, &v)) {
+        if (++seen > n) return convert_error(w, "dict changed size during conversion");
+        Py_INCREF(k);
+        Py_INCREF(v);
+        rc = all_str ? write_str(w, k) : bp_write_value(w, k, depth + 1);
+        if (!rc) rc = bp_write_value(w, v, depth + 1);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (rc) return rc;
+    }
+    if (seen != n) return convert_error(w, "dict changed size during conversion");
+    return BP_OK;
+}
+
+static int write_set(bp_writer *w, PyObject *s, int depth) {
+    int rc = bp_write_tag_u32(w, BP_T_SET, (uint32_t)PySet_GET_SIZE(s));
+    if (rc) return rc;
+    PyObject *it = PyObject_GetIter(s);
+    if (!it) return BP_ERR_PYTHON;
+    PyObject *v;
+    Py_ssize_t count = 0;
+    while ((v = PyIter_Next(it))) {
+        count++;
+        rc = bp_write_value(w, v, depth + 1);
+        Py_DECREF(v);
+        if (rc) break;
+    }
+    Py_DECREF(it);
+    if (rc) return rc;
+    if (PyErr_Occurred()) return BP_ERR_PYTHON;
+    if (count != PySet_GET_SIZE(s)) return convert_error(w, "set changed size during conversion");
+    return BP_OK;
+}
+
+static int is_datetime(bp_writer *w, PyObject *o) {
+    /* Cheap name test first: datetime may not even be imported. */
+    PyTypeObject *t = Py_TYPE(o);
+    if (!w->deep && strcmp(t->tp_name, "datetime.datetime") != 0) return 0;
+    if (!w->st) w->st = bp_interp_get();
+    if (!w->st) return 0;
+    if (!w->st->datetime_type && !bp_interp_helper(w->st, "date_to_ms")) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!w->st->datetime_type) return 0;
+    if ((PyObject *)t == w->st->datetime_type) return 1;
+    return w->deep && PyObject_TypeCheck(o, (PyTypeObject *)w->st->datetime_type);
+}
+
+static int write_datetime(bp_writer *w, PyObject *o) {
+    PyObject *fn = bp_interp_helper(w->st, "date_to_ms");
+    if (!fn) return BP_ERR_PYTHON;
+    PyObject *ms = PyObject_CallOneArg(fn, o);
+    if (!ms) return BP_ERR_PYTHON;
+    double d = PyFloat_AsDouble(ms);
+    Py_DECREF(ms);
+    if (d == -1.0 && PyErr_Occurred()) return BP_ERR_PYTHON;
+    int rc = reserve(w, 9);
+    if (rc) return rc;
+    put_u8(w, BP_T_DATE);
+    put_f64(w, d);
+    return BP_OK;
+}
+
+static int write_buffer(bp_writer *w, PyObject *o) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(o, &view, PyBUF_CONTIG_RO) < 0) return BP_ERR_PYTHON;
+    int rc = write_span(w, BP_T_BYTES, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return rc;
+}
+
+int bp_write_value(bp_writer *w, PyObject *o, int depth) {
+    PyTypeObject *t = Py_TYPE(o);
+    int rc;
+    /* scalars: exact types first (the common case), subclasses only when deep */
+    if (o == Py_None || o == Py_False || o == Py_True) {
+        rc = reserve(w, 1);
+        if (rc) return rc;
+        put_u8(w, o == Py_None ? BP_T_NONE : o == Py_True ? BP_T_TRUE : BP_T_FALSE);
+        return BP_OK;
+    }
+    if (t == &PyLong_Type || (w->deep && PyLong_Check(o))) return write_int(w, o);
+    if (t == &PyUnicode_Type || (w->deep && PyUnicode_Check(o))) return write_str(w, o);
+    if (t == &PyFloat_Type || (w->deep && PyFloat_Check(o))) {
+        rc = reserve(w, 9);
+        if (rc) return rc;
+        put_u8(w, BP_T_FLOAT);
+        put_f64(w, PyFloat_AS_DOUBLE(o));
+        return BP_OK;
+    }
+    if (t == &PyBytes_Type || (w->deep && PyBytes_Check(o)))
+        return write_span(w, BP_T_BYTES, PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+    if (w->deep && (PyByteArray_Check(o) || PyMemoryView_Check(o))) return write_buffer(w, o);
+
+    int container = t == &PyList_Type || t == &PyTuple_Type || t == &PyDict_Type || t == &PySet_Type ||
+                    t == &PyFrozenSet_Type ||
+                    (w->deep && (PyList_Check(o) || PyTuple_Check(o) || PyDict_Check(o) || PyAnySet_Check(o)));
+    if (container) {
+        if (depth > BP_MAX_DEPTH) return too_deep(w, o, depth);
+        w->path[depth] = o;
+        if (PyList_Check(o)) return write_items(w, o, BP_T_LIST, depth);
+        if (PyTuple_Check(o)) return write_items(w, o, BP_T_TUPLE, depth);
+        if (PyDict_Check(o)) return write_dict(w, o, depth);
+        return write_set(w, o, depth);
+    }
+    if (is_datetime(w, o)) return write_datetime(w, o);
+    if (PyErr_Occurred()) return BP_ERR_PYTHON;
+    return write_handle(w, o);
+}

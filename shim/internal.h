@@ -1,0 +1,119 @@
+/*
+ * internal.h — declarations shared by the shim's C files. Nothing here is exported:
+ * the shared library is built with -fvisibility=hidden and only BP_EXPORT symbols
+ * (bunpy.h) are visible to bun:ffi.
+ */
+#ifndef BUNPY_INTERNAL_H
+#define BUNPY_INTERNAL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include "bunpy.h"
+
+/* Python 3.11 lacks the single-object exception API of 3.12. */
+static inline PyObject *bp_err_take(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (!t) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb && v) PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+#endif
+}
+static inline void bp_err_give(PyObject *exc) { /* steals exc */
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/* Deeper nesting than this is refused in both directions (and reported as a cycle when
+   the too-deep path revisits a container). */
+#define BP_MAX_DEPTH 1000
+
+/* ---- per-interpreter state (module.c): what the codec needs from the interpreter ---- */
+typedef struct bp_interp {
+    PyTypeObject *jsfunc_type;   /* bunpy.JSFunction (heap type of this interpreter)       */
+    PyObject *jserror_type;      /* bunpy.JSError                                           */
+    PyObject *helpers;           /* the bunpy._codec module (datetime and traceback helpers) */
+    PyObject *datetime_type;     /* datetime.datetime once the helpers loaded it            */
+} bp_interp;
+
+bp_interp *bp_interp_get(void);               /* state of the current interpreter, or NULL */
+PyObject *bp_interp_helper(bp_interp *st, const char *name); /* borrowed, NULL + error  */
+
+/* ---- a JS thread's port (io.c): bp_io followed by what JS does not see ---------------- */
+typedef struct bp_port {
+    bp_io io;                    /* must stay first: JS reads it                            */
+    PyThreadState *ts;           /* this JS thread's thread state in the main interpreter    */
+    pthread_t owner;             /* the JS thread                                            */
+    bp_dispatch_fn dispatch;     /* JSCallback for calls into JS (runs on owner only)        */
+    int held;                    /* 1 while this port holds the main GIL                     */
+    int no_dispatch;             /* >0 while calls into JS are refused (dropping handles)     */
+    int from_gilstate;           /* ts came from PyGILState_Ensure (non-main JS threads)     */
+    atomic_int refs;             /* 1 for JS + 1 per live JSFunction pointing here           */
+    atomic_int closed;           /* JS side is gone: JSFunctions of this port fail           */
+    pthread_mutex_t released_lock;
+    int32_t *released_ids;       /* JS function ids whose Python wrapper died                */
+    uint32_t released_cap;
+    PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
+} bp_port;
+
+static inline bp_port *bp_port_of(bp_io *io) { return (bp_port *)io; }
+int bp_io_grow(bp_io *io, uint32_t need);       /* 0, or -1 (MemoryError set)              */
+void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */
+void bp_port_unref(bp_port *p);
+
+/* ---- runtime (runtime.c) ----------------------------------------------------------- */
+int bp_running(void);
+extern _Thread_local bp_port *bp_current_port;  /* port of the call running on this thread */
+
+/* ---- codec (codec.c) ----------------------------------------------------------------- */
+typedef struct bp_reader {
+    const uint8_t *buf;
+    uint32_t pos, end;
+    bp_port *port;               /* owner for JS functions decoded from the buffer            */
+    bp_interp *st;
+} bp_reader;
+
+typedef struct bp_writer {
+    bp_io *io;
+    uint32_t pos;
+    int deep;                    /* 1: convert subclasses too (toJS); 0: exact types only    */
+    bp_interp *st;
+    PyObject **refs;             /* handles written so far, dropped again if writing fails   */
+    uint32_t nrefs, refs_cap;
+    char error[256];             /* conversion error message when a write returns BP_ERR_CONVERT */
+    PyObject *path[BP_MAX_DEPTH + 2]; /* containers being written, for cycle reports      */
+} bp_writer;
+
+void bp_reader_init(bp_reader *r, bp_io *io, uint32_t pos);
+PyObject *bp_read_value(bp_reader *r, int depth);          /* new ref, or NULL + error */
+int bp_read_u32(bp_reader *r, uint32_t *out);
+
+void bp_writer_init(bp_writer *w, bp_io *io, int deep);
+int bp_write_value(bp_writer *w, PyObject *o, int depth);   /* BP_OK or BP_ERR_*        */
+int bp_write_cstr(bp_writer *w, const char *s);
+int bp_write_i32(bp_writer *w, int32_t v);
+int bp_write_tag_u32(bp_writer *w, uint8_t tag, uint32_t n);
+void bp_writer_commit(bp_writer *w);                        /* result is complete        */
+void bp_writer_abort(bp_writer *w);                         /* drop handles written      */
+
+/* ---- errors (errors.c): turn the current state into an error record in the buffer ---- */
+int32_t bp_fail_python(bp_io *io);                          /* from the raised exception */
+int32_t bp_fail_message(bp_io *io, int32_t code, const char *fmt, ...);
+int32_t bp_fail_writer(bp_writer *w, int status);           /* after a failed bp_write_value */
+
+/* ---- module (module.c) -------------------------------------------------------------- */
+PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);
+PyObject *bp_module_init(void);                             /* PyInit__bunpy             */
+
+#endif

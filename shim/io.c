@@ -1,0 +1,136 @@
+/*
+ * io.c — ports: one per JS thread that talks to the main interpreter.
+ *
+ * A port owns the data buffer shared with JS and the thread state the JS thread uses to
+ * take the main GIL for the duration of one call. The JS thread that initialised Python
+ * reuses the initial thread state; any other JS thread (a Bun Worker) gets one through
+ * PyGILState_Ensure so that extensions calling PyGILState_* on that thread find it.
+ */
+#include "internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+#define BP_IO_INITIAL_CAP (64 * 1024)
+
+extern PyThreadState *bp_main_ts;      /* runtime.c: thread state of the initialising thread */
+extern pthread_t bp_main_thread;
+extern int bp_main_ts_taken;
+
+bp_io *bp_io_new(bp_dispatch_fn dispatch) {
+    if (!bp_running()) return NULL;
+    bp_port *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->io.buf = malloc(BP_IO_INITIAL_CAP);
+    if (!p->io.buf) { free(p); return NULL; }
+    p->io.cap = BP_IO_INITIAL_CAP;
+    p->io.drop_cap = 1024;
+    p->io.drop = calloc(p->io.drop_cap, sizeof(double));
+    if (!p->io.drop) { free(p->io.buf); free(p); return NULL; }
+    p->owner = pthread_self();
+    p->dispatch = dispatch;
+    atomic_init(&p->refs, 1);
+    atomic_init(&p->closed, 0);
+    pthread_mutex_init(&p->released_lock, NULL);
+    if (pthread_equal(p->owner, bp_main_thread) && !bp_main_ts_taken) {
+        p->ts = bp_main_ts;
+        bp_main_ts_taken = 1;
+    } else {
+        /* Registers a thread state for this thread in the GILState table, then lets the
+           GIL go: the port takes it per call with PyEval_RestoreThread(p->ts). */
+        PyGILState_Ensure();
+        p->ts = PyThreadState_Get();
+        p->from_gilstate = 1;
+        PyEval_SaveThread();
+    }
+    return &p->io;
+}
+
+void bp_port_unref(bp_port *p) {
+    if (atomic_fetch_sub(&p->refs, 1) != 1) return;
+    pthread_mutex_destroy(&p->released_lock);
+    free(p->released_ids);
+    free(p->io.buf);
+    free(p->io.drop);
+    free(p);
+}
+
+void bp_io_free(bp_io *io) {
+    if (!io) return;
+    bp_port *p = bp_port_of(io);
+    atomic_store(&p->closed, 1);
+    if (p->from_gilstate && bp_running() && pthread_equal(p->owner, pthread_self())) {
+        PyEval_RestoreThread(p->ts);
+        PyGILState_Release(PyGILState_UNLOCKED); /* what Ensure returned in bp_io_new */
+    } else if (p->ts == bp_main_ts) {
+        bp_main_ts_taken = 0;
+    }
+    p->ts = NULL;
+    bp_port_unref(p);
+}
+
+int bp_io_grow(bp_io *io, uint32_t need) {
+    if (need <= io->cap) return 0;
+    uint64_t cap = io->cap;
+    while (cap < need) cap *= 2;
+    if (cap > UINT32_MAX) cap = UINT32_MAX;
+    if (cap < need) { PyErr_NoMemory(); return -1; }
+    uint8_t *buf = realloc(io->buf, (size_t)cap);
+    if (!buf) { PyErr_NoMemory(); return -1; }
+    io->buf = buf;
+    io->cap = (uint32_t)cap;
+    io->gen++;
+    return 0;
+}
+
+/* Called by JS before it writes a value larger than the buffer. No GIL needed. */
+int32_t bp_io_reserve(bp_io *io, uint32_t need) {
+    if (need <= io->cap) return BP_OK;
+    uint64_t cap = io->cap;
+    while (cap < need) cap *= 2;
+    if (cap > UINT32_MAX) return BP_ERR_MEMORY;
+    uint8_t *buf = realloc(io->buf, (size_t)cap);
+    if (!buf) return BP_ERR_MEMORY;
+    io->buf = buf;
+    io->cap = (uint32_t)cap;
+    io->gen++;
+    return BP_OK;
+}
+
+/* A JSFunction died (any thread, GIL held): remember its id for JS to forget. */
+void bp_port_release_id(bp_port *p, int32_t id) {
+    pthread_mutex_lock(&p->released_lock);
+    uint32_t n = p->io.released;
+    if (n == p->released_cap) {
+        uint32_t cap = p->released_cap ? p->released_cap * 2 : 64;
+        int32_t *ids = realloc(p->released_ids, cap * sizeof *ids);
+        if (!ids) { pthread_mutex_unlock(&p->released_lock); return; } /* JS keeps the fn: a leak, not a crash */
+        p->released_ids = ids;
+        p->released_cap = cap;
+    }
+    p->released_ids[n] = id;
+    p->io.released = n + 1;
+    pthread_mutex_unlock(&p->released_lock);
+}
+
+/* JS drains the released ids: a LIST of INT32 in the buffer. */
+int32_t bp_take_released(bp_io *io) {
+    bp_port *p = bp_port_of(io);
+    pthread_mutex_lock(&p->released_lock);
+    uint32_t n = io->released;
+    uint64_t need = 5 + 5 * (uint64_t)n;
+    if (bp_io_reserve(io, (uint32_t)need) != BP_OK) {
+        pthread_mutex_unlock(&p->released_lock);
+        return BP_ERR_MEMORY;
+    }
+    uint8_t *b = io->buf;
+    b[0] = BP_T_LIST;
+    memcpy(b + 1, &n, 4);
+    for (uint32_t i = 0; i < n; i++) {
+        b[5 + 5 * i] = BP_T_INT32;
+        memcpy(b + 6 + 5 * i, &p->released_ids[i], 4);
+    }
+    io->len = (uint32_t)need;
+    io->released = 0;
+    pthread_mutex_unlock(&p->released_lock);
+    return BP_OK;
+}

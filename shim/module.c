@@ -1,0 +1,291 @@
+/*
+ * module.c — the _bunpy C module (multi-phase, state per interpreter) behind the
+ * python/bunpy package: bunpy.call, bunpy.JSError and JSFunction, the Python callable
+ * that stands for a JS function.
+ *
+ * A call into JS runs on the JS thread that is inside a bp_ call right now (its port is
+ * bp_current_port): the GIL is released while JS runs, so Python threads keep going and
+ * JS may call back into Python (nested calls take the GIL again in ops.c).
+ */
+#include "internal.h"
+#include <stddef.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h>
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_READONLY READONLY
+#endif
+
+#define STATE_KEY "bunpy._bunpy"
+
+typedef struct {
+    PyObject_HEAD
+    bp_port *port;
+    int32_t id;
+    vectorcallfunc vectorcall;
+} bp_jsfunc;
+
+/* ---- per-interpreter state lookup ------------------------------------------------------ */
+
+static _Thread_local int64_t cached_interp_id = -1;
+static _Thread_local bp_interp *cached_state;
+
+bp_interp *bp_interp_get(void) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    int64_t id = PyInterpreterState_GetID(interp);
+    if (id == cached_interp_id) return cached_state;
+    PyObject *d = PyInterpreterState_GetDict(interp); /* borrowed */
+    PyObject *m = d ? PyDict_GetItemString(d, STATE_KEY) : NULL; /* borrowed */
+    if (!m) return NULL;
+    cached_interp_id = id;
+    cached_state = PyModule_GetState(m);
+    return cached_state;
+}
+
+/* A function from bunpy._codec (borrowed: the module keeps it alive), loaded on first use. */
+PyObject *bp_interp_helper(bp_interp *st, const char *name) {
+    if (!st->helpers) {
+        st->helpers = PyImport_ImportModule("bunpy._codec");
+        if (!st->helpers) return NULL;
+        st->datetime_type = PyObject_GetAttrString(st->helpers, "datetime");
+        if (!st->datetime_type) return NULL;
+    }
+    PyObject *fn = PyObject_GetAttrString(st->helpers, name);
+    if (!fn) return NULL;
+    Py_DECREF(fn);
+    return fn;
+}
+
+/* ---- calling into JS -------------------------------------------------------------------- */
+
+static PyObject *raise_js_error(bp_interp *st, bp_io *io) {
+    bp_reader r;
+    bp_reader_init(&r, io, 0);
+    PyObject *name = bp_read_value(&r, 0);
+    PyObject *message = name ? bp_read_value(&r, 0) : NULL;
+    PyObject *stack = message ? bp_read_value(&r, 0) : NULL;
+    if (!stack) {
+        Py_XDECREF(name);
+        Py_XDECREF(message);
+        return NULL;
+    }
+    PyObject *text = PyUnicode_FromFormat("%U: %U", name, message);
+    PyObject *exc = text ? PyObject_CallOneArg(st->jserror_type, text) : NULL;
+    Py_XDECREF(text);
+    if (exc) {
+        if (PyObject_SetAttrString(exc, "js_name", name) < 0 ||
+            PyObject_SetAttrString(exc, "js_message", message) < 0 ||
+            PyObject_SetAttrString(exc, "js_stack", stack) < 0) {
+            Py_CLEAR(exc);
+        }
+    }
+    Py_DECREF(name);
+    Py_DECREF(message);
+    Py_DECREF(stack);
+    if (exc) bp_err_give(exc);
+    return NULL;
+}
+
+static int write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int rc = BP_OK;
+    if (name) rc = bp_write_value(w, name, 0);
+    if (!rc) rc = bp_write_tag_u32(w, BP_T_LIST, (uint32_t)nargs);
+    for (Py_ssize_t i = 0; !rc && i < nargs; i++) rc = bp_write_value(w, args[i], 1);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (!rc && nkw == 0) {
+        rc = bp_write_value(w, Py_None, 0);
+    } else if (!rc) {
+        rc = bp_write_tag_u32(w, BP_T_DICT, (uint32_t)nkw);
+        for (Py_ssize_t i = 0; !rc && i < nkw; i++) {
+            rc = bp_write_value(w, PyTuple_GET_ITEM(kwnames, i), 1);
+            if (!rc) rc = bp_write_value(w, args[nargs + i], 1);
+        }
+    }
+    return rc;
+}
+
+/* target >= 0: a JS function id; -1: a function registered by name (`name`). */
+static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *name, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames) {
+    bp_port *here = bp_current_port;
+    if (!here || !pthread_equal(here->owner, pthread_self())) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bunpy: JS functions can only be called from the JS thread that is calling into Python "
+                        "(not from a Python thread started with `threading`)");
+        return NULL;
+    }
+    if (!p) p = here;
+    if (p != here) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: this JS function belongs to another JS thread (a Bun Worker)");
+        return NULL;
+    }
+    if (p->no_dispatch) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: JS cannot be called from a finalizer (__del__) run by bunpy");
+        return NULL;
+    }
+    if (atomic_load(&p->closed) || !p->dispatch) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS side of this function is gone");
+        return NULL;
+    }
+    nargs = PyVectorcall_NARGS(nargs);
+    bp_writer w;
+    bp_writer_init(&w, &p->io, 0);
+    int rc = write_call(&w, name, args, nargs, kwnames);
+    if (rc) {
+        bp_writer_abort(&w);
+        if (rc != BP_ERR_PYTHON) PyErr_Format(PyExc_TypeError, "bunpy: cannot pass to JS: %s", w.error);
+        return NULL;
+    }
+    bp_writer_commit(&w); /* handles in the arguments now belong to JS */
+
+    p->held = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    int32_t status = p->dispatch(&p->io, target);
+    PyEval_RestoreThread(ts);
+    p->held = 1;
+
+    if (status == BP_OK) {
+        bp_reader r;
+        bp_reader_init(&r, &p->io, 0);
+        r.st = st;
+        return bp_read_value(&r, 0);
+    }
+    if (status == BP_ERR_JS) return raise_js_error(st, &p->io);
+    PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)status);
+    return NULL;
+}
+
+/* bunpy.call(name, *args, **kwargs) */
+static PyObject *mod_call(PyObject *m, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bunpy.call(name, *args, **kwargs): name must be a str");
+        return NULL;
+    }
+    return call_js(PyModule_GetState(m), NULL, -1, args[0], args + 1, nargs - 1, kwnames);
+}
+
+/* ---- JSFunction ----------------------------------------------------------------------------- */
+
+static PyObject *jsfunc_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    bp_jsfunc *f = (bp_jsfunc *)self;
+    bp_interp *st = PyType_GetModuleState(Py_TYPE(self));
+    return call_js(st, f->port, f->id, NULL, args, (Py_ssize_t)nargsf, kwnames);
+}
+
+static void jsfunc_dealloc(PyObject *self) {
+    bp_jsfunc *f = (bp_jsfunc *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    if (f->port) {
+        if (!atomic_load(&f->port->closed)) bp_port_release_id(f->port, f->id);
+        bp_port_unref(f->port);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *jsfunc_repr(PyObject *self) {
+    return PyUnicode_FromFormat("<JS function #%d>", (int)((bp_jsfunc *)self)->id);
+}
+
+static PyMemberDef jsfunc_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(bp_jsfunc, vectorcall), Py_READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot jsfunc_slots[] = {
+    {Py_tp_dealloc, jsfunc_dealloc},
+    {Py_tp_repr, jsfunc_repr},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, jsfunc_members},
+    {Py_tp_doc, "A JavaScript function passed to Python; calling it runs it on its JS thread."},
+    {0, NULL},
+};
+
+static PyType_Spec jsfunc_spec = {
+    .name = "bunpy.JSFunction",
+    .basicsize = sizeof(bp_jsfunc),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = jsfunc_slots,
+};
+
+PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id) {
+    bp_jsfunc *f = PyObject_New(bp_jsfunc, st->jsfunc_type);
+    if (!f) return NULL;
+    f->port = port;
+    f->id = id;
+    f->vectorcall = jsfunc_vectorcall;
+    atomic_fetch_add(&port->refs, 1);
+    return (PyObject *)f;
+}
+
+/* ---- module ------------------------------------------------------------------------------------ */
+
+static int mod_exec(PyObject *m) {
+    bp_interp *st = PyModule_GetState(m);
+    st->jserror_type = PyErr_NewExceptionWithDoc("bunpy.JSError", "An exception thrown by a JavaScript function.",
+                                                 PyExc_Exception, NULL);
+    if (!st->jserror_type || PyModule_AddObjectRef(m, "JSError", st->jserror_type) < 0) return -1;
+    st->jsfunc_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &jsfunc_spec, NULL);
+    if (!st->jsfunc_type || PyModule_AddObjectRef(m, "JSFunction", (PyObject *)st->jsfunc_type) < 0) return -1;
+    /* Found again by bp_interp_get; the interpreter dict keeps the module alive until the
+       interpreter itself goes. */
+    PyObject *d = PyInterpreterState_GetDict(PyInterpreterState_Get());
+    if (!d) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: no interpreter dict");
+        return -1;
+    }
+    return PyDict_SetItemString(d, STATE_KEY, m);
+}
+
+static int mod_traverse(PyObject *m, visitproc visit, void *arg) {
+    bp_interp *st = PyModule_GetState(m);
+    if (!st) return 0;
+    Py_VISIT(st->jserror_type);
+    Py_VISIT(st->jsfunc_type);
+    Py_VISIT(st->helpers);
+    Py_VISIT(st->datetime_type);
+    return 0;
+}
+
+static int mod_clear(PyObject *m) {
+    bp_interp *st = PyModule_GetState(m);
+    if (!st) return 0;
+    Py_CLEAR(st->jserror_type);
+    Py_CLEAR(st->jsfunc_type);
+    Py_CLEAR(st->helpers);
+    Py_CLEAR(st->datetime_type);
+    cached_interp_id = -1;
+    return 0;
+}
+
+static void mod_free(void *m) { mod_clear((PyObject *)m); }
+
+static PyMethodDef mod_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL | METH_KEYWORDS,
+     "call(name, *args, **kwargs)\n--\n\nCall the JS function registered as `name` with py.register()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot mod_slots[] = {
+    {Py_mod_exec, mod_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static PyModuleDef mod_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_bunpy",
+    .m_doc = "bunpy's C side: calls into JS.",
+    .m_size = sizeof(bp_interp),
+    .m_methods = mod_methods,
+    .m_slots = mod_slots,
+    .m_traverse = mod_traverse,
+    .m_clear = mod_clear,
+    .m_free = mod_free,
+};
+
+PyObject *bp_module_init(void) { return PyModuleDef_Init(&mod_def); }

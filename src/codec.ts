@@ -1,0 +1,451 @@
+/**
+ * The JS half of the binary value format (tags in shim/bunpy.h). A Wire owns the views
+ * over one io buffer (C memory, reused for every call): encode arguments into it, call
+ * the shim, decode the result out of it. Nothing here allocates on the fast paths
+ * beyond the values it returns.
+ */
+import { ConversionError } from "./errors.ts";
+import { viewOf, readPointer, type Shim } from "./ffi.ts";
+
+export const enum Tag {
+  None = 0,
+  False = 1,
+  True = 2,
+  Int32 = 3,
+  Float = 4,
+  Int53 = 5,
+  BigInt = 6,
+  Str = 7,
+  Bytes = 8,
+  List = 9,
+  Tuple = 10,
+  Dict = 11,
+  Map = 12,
+  Set = 13,
+  Date = 14,
+  JSFunc = 15,
+  PyObj = 16,
+  Ascii = 17,
+  Method = 18,
+}
+
+/** Deeper nesting than this is refused (shim/internal.h has the same limit). */
+export const MAX_DEPTH = 1000;
+
+/** Marks keyword arguments: `fn(a, py.kw({ key: 1 }))`. */
+export class Kwargs {
+  constructor(readonly values: Record<string, unknown>) {}
+}
+
+/** What the wire needs from the interpreter that owns it. */
+export interface WireHooks {
+  /** The PyObject handle behind a proxy, or undefined for any other value. */
+  handleOf(value: object): number | undefined;
+  /** An id for a JS function passed to Python. */
+  functionId(fn: Function): number;
+  /** A proxy for a handle that now belongs to JS. */
+  proxyFor(handle: number): unknown;
+}
+
+/** Returned by decode for BP_T_METHOD (only bp_getattr writes it). */
+export const METHOD: unique symbol = Symbol("bunpy.method");
+
+const TWO_32 = 2 ** 32;
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v !== "object") return `a ${typeof v}`;
+  const name = (v as object).constructor?.name;
+  return name ? `an instance of ${name}` : "an object with a custom prototype";
+}
+
+export class Wire {
+  private u8!: Uint8Array;
+  private dv!: DataView;
+  private text!: Buffer;
+  private cap = 0;
+  private gen = -1;
+  /** io header fields: [2]=cap [3]=len [4]=gen [5]=released [8]=ndrop [9]=drop_cap */
+  readonly header: Uint32Array;
+  /** Handles JS no longer needs, dropped by the shim at its next call. */
+  readonly drops: Float64Array;
+  pos = 0;
+  private readonly stack: object[] = [];
+
+  constructor(
+    private readonly lib: Shim,
+    readonly io: number,
+    private readonly hooks: WireHooks,
+  ) {
+    this.header = new Uint32Array(viewOf(io, 40));
+    this.drops = new Float64Array(viewOf(readPointer(io, 24), this.header[9]! * 8));
+    this.refresh();
+  }
+
+  /** Re-creates the views when C moved the buffer (the io gen changed). */
+  refresh(): void {
+    if (this.header[4] === this.gen) return;
+    this.gen = this.header[4]!;
+    this.cap = this.header[2]!;
+    const ab = viewOf(readPointer(this.io, 0), this.cap);
+    this.u8 = new Uint8Array(ab);
+    this.dv = new DataView(ab);
+    this.text = Buffer.from(ab);
+  }
+
+  // ------------------------------------------------------------------ encoding --
+
+  /** Starts a new message at offset 0. */
+  begin(): void {
+    if (this.header[4] !== this.gen) this.refresh();
+    this.pos = 0;
+    this.stack.length = 0;
+  }
+
+  private ensure(n: number): void {
+    if (this.pos + n <= this.cap) return;
+    const rc = this.lib.bp_io_reserve(this.io, this.pos + n);
+    if (rc !== 0) throw new ConversionError(`value too large for the bunpy buffer (${this.pos + n} bytes)`);
+    this.refresh();
+  }
+
+  private putTag(tag: Tag): void {
+    this.ensure(1);
+    this.u8[this.pos++] = tag;
+  }
+
+  private putHeader(tag: Tag, n: number): void {
+    this.ensure(5);
+    this.u8[this.pos] = tag;
+    this.dv.setUint32(this.pos + 1, n, true);
+    this.pos += 5;
+  }
+
+  writeNumber(v: number): void {
+    this.ensure(9);
+    if ((v | 0) === v && (v !== 0 || 1 / v > 0)) {
+      this.u8[this.pos] = Tag.Int32;
+      this.dv.setInt32(this.pos + 1, v, true);
+      this.pos += 5;
+      return;
+    }
+    this.u8[this.pos] = Number.isSafeInteger(v) ? Tag.Int53 : Tag.Float;
+    this.dv.setFloat64(this.pos + 1, v, true);
+    this.pos += 9;
+  }
+
+  writeString(s: string): void {
+    const n = s.length;
+    this.ensure(5 + n * 3);
+    if (n < 64) {
+      const u8 = this.u8, start = this.pos + 5;
+      let i = 0;
+      for (; i < n; i++) {
+        const c = s.charCodeAt(i);
+        if (c > 127) break;
+        u8[start + i] = c;
+      }
+      if (i === n) {
+        u8[this.pos] = Tag.Str;
+        this.dv.setUint32(this.pos + 1, n, true);
+        this.pos = start + n;
+        return;
+      }
+    }
+    if (!s.isWellFormed()) throw loneSurrogate(s);
+    const written = this.text.utf8Write(s, this.pos + 5, n * 3);
+    this.u8[this.pos] = Tag.Str;
+    this.dv.setUint32(this.pos + 1, written, true);
+    this.pos += 5 + written;
+  }
+
+  private writeBytes(bytes: Uint8Array): void {
+    this.putHeader(Tag.Bytes, bytes.length);
+    this.ensure(bytes.length);
+    this.u8.set(bytes, this.pos);
+    this.pos += bytes.length;
+  }
+
+  private writeBigInt(v: bigint): void {
+    const hex = v.toString(16);
+    this.putHeader(Tag.BigInt, hex.length);
+    this.ensure(hex.length);
+    this.pos += this.text.latin1Write(hex, this.pos, hex.length);
+  }
+
+  writeHandle(handle: number): void {
+    this.ensure(9);
+    this.u8[this.pos] = Tag.PyObj;
+    this.dv.setUint32(this.pos + 1, handle % TWO_32, true);
+    this.dv.setUint32(this.pos + 5, Math.floor(handle / TWO_32), true);
+    this.pos += 9;
+  }
+
+  writeValue(v: unknown, depth: number): void {
+    switch (typeof v) {
+      case "number":
+        return this.writeNumber(v);
+      case "string":
+        return this.writeString(v);
+      case "boolean":
+        return this.putTag(v ? Tag.True : Tag.False);
+      case "undefined":
+        return this.putTag(Tag.None);
+      case "bigint":
+        return this.writeBigInt(v);
+      case "function": {
+        const h = this.hooks.handleOf(v);
+        if (h !== undefined) return this.writeHandle(h);
+        this.putHeader(Tag.JSFunc, this.hooks.functionId(v));
+        return;
+      }
+      case "symbol":
+        throw new ConversionError("cannot convert a Symbol to Python");
+      default:
+        if (v === null) return this.putTag(Tag.None);
+        return this.writeObject(v as object, depth);
+    }
+  }
+
+  private enter(v: object, depth: number): void {
+    if (depth >= MAX_DEPTH) {
+      const cyclic = this.stack.includes(v) || new Set(this.stack).size !== this.stack.length;
+      throw new ConversionError(
+        cyclic ? "cannot convert a cyclic value (it contains itself)" : `value nested deeper than ${MAX_DEPTH} levels`,
+      );
+    }
+    this.stack.push(v);
+  }
+
+  private writeObject(v: object, depth: number): void {
+    if (Array.isArray(v)) {
+      this.enter(v, depth);
+      this.putHeader(Tag.List, v.length);
+      for (let i = 0; i < v.length; i++) {
+        try {
+          this.writeValue(v[i], depth + 1);
+        } catch (e) {
+          throw e instanceof ConversionError ? e.within(`[${i}]`) : e;
+        }
+      }
+      this.stack.pop();
+      return;
+    }
+    if (v instanceof Uint8Array) return this.writeBytes(v);
+    if (ArrayBuffer.isView(v)) return this.writeBytes(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    if (v instanceof ArrayBuffer || v instanceof SharedArrayBuffer) return this.writeBytes(new Uint8Array(v));
+    if (v instanceof Date) {
+      const t = v.getTime();
+      if (Number.isNaN(t)) throw new ConversionError("cannot convert an Invalid Date to Python");
+      this.ensure(9);
+      this.u8[this.pos] = Tag.Date;
+      this.dv.setFloat64(this.pos + 1, t, true);
+      this.pos += 9;
+      return;
+    }
+    if (v instanceof Map) {
+      this.enter(v, depth);
+      this.putHeader(Tag.Map, v.size);
+      for (const [k, item] of v) {
+        try {
+          this.writeValue(k, depth + 1);
+          this.writeValue(item, depth + 1);
+        } catch (e) {
+          throw e instanceof ConversionError ? e.within(`[${String(k)}]`) : e;
+        }
+      }
+      this.stack.pop();
+      return;
+    }
+    if (v instanceof Set) {
+      this.enter(v, depth);
+      this.putHeader(Tag.Set, v.size);
+      for (const item of v) this.writeValue(item, depth + 1);
+      this.stack.pop();
+      return;
+    }
+    if (v instanceof Kwargs) throw new ConversionError("py.kw() must be the last argument of a call");
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null)
+      throw new ConversionError(`cannot convert ${describe(v)} to Python (pass a plain object, array, Map or Set)`);
+    this.enter(v, depth);
+    const keys = Object.keys(v);
+    this.putHeader(Tag.Dict, keys.length);
+    for (const k of keys) {
+      this.writeString(k);
+      try {
+        this.writeValue((v as Record<string, unknown>)[k], depth + 1);
+      } catch (e) {
+        throw e instanceof ConversionError ? e.within(k) : e;
+      }
+    }
+    this.stack.pop();
+  }
+
+  /** Positional arguments then keyword arguments, as bp_call expects them. */
+  writeCall(args: readonly unknown[], kwargs: Record<string, unknown> | undefined): void {
+    this.begin();
+    const n = args.length;
+    this.putHeader(Tag.List, n);
+    for (let i = 0; i < n; i++) {
+      try {
+        this.writeValue(args[i], 1);
+      } catch (e) {
+        throw e instanceof ConversionError ? e.within(`args[${i}]`) : e;
+      }
+    }
+    if (kwargs === undefined) {
+      this.putTag(Tag.None);
+      return;
+    }
+    if (typeof kwargs !== "object" || kwargs === null)
+      throw new ConversionError("keyword arguments must be a plain object", "kwargs");
+    const keys = Object.keys(kwargs);
+    this.putHeader(Tag.Dict, keys.length);
+    for (const k of keys) {
+      this.writeString(k);
+      try {
+        this.writeValue(kwargs[k], 1);
+      } catch (e) {
+        throw e instanceof ConversionError ? e.within(`kwargs.${k}`) : e;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ decoding --
+
+  /** Decodes the value at `this.pos` (set pos = 0 first for a fresh result). */
+  readValue(): unknown {
+    const u8 = this.u8;
+    const tag = u8[this.pos++];
+    switch (tag) {
+      case Tag.None:
+        return null;
+      case Tag.False:
+        return false;
+      case Tag.True:
+        return true;
+      case Tag.Int32: {
+        const v = this.dv.getInt32(this.pos, true);
+        this.pos += 4;
+        return v;
+      }
+      case Tag.Float:
+      case Tag.Int53:
+      case Tag.Date: {
+        const v = this.dv.getFloat64(this.pos, true);
+        this.pos += 8;
+        return tag === Tag.Date ? new Date(v) : v;
+      }
+      case Tag.BigInt: {
+        const s = this.readText(true);
+        return s.charCodeAt(0) === 45 /* - */ ? -BigInt(`0x${s.slice(1)}`) : BigInt(`0x${s}`);
+      }
+      case Tag.Ascii:
+        return this.readText(true);
+      case Tag.Str:
+        return this.readText(false);
+      case Tag.Bytes: {
+        const n = this.readU32();
+        const v = u8.slice(this.pos, this.pos + n);
+        this.pos += n;
+        return v;
+      }
+      case Tag.List:
+      case Tag.Tuple: {
+        const n = this.readU32();
+        const out = new Array(n);
+        for (let i = 0; i < n; i++) out[i] = this.readValue();
+        return out;
+      }
+      case Tag.Dict: {
+        const n = this.readU32();
+        const out: Record<string, unknown> = {};
+        for (let i = 0; i < n; i++) {
+          const k = this.readValue() as string;
+          const v = this.readValue();
+          if (k === "__proto__") Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+          else out[k] = v;
+        }
+        return out;
+      }
+      case Tag.Map: {
+        const n = this.readU32();
+        const out = new Map<unknown, unknown>();
+        for (let i = 0; i < n; i++) {
+          const k = this.readValue();
+          out.set(k, this.readValue());
+        }
+        return out;
+      }
+      case Tag.Set: {
+        const n = this.readU32();
+        const out = new Set<unknown>();
+        for (let i = 0; i < n; i++) out.add(this.readValue());
+        return out;
+      }
+      case Tag.PyObj: {
+        const handle = this.dv.getUint32(this.pos, true) + this.dv.getUint32(this.pos + 4, true) * TWO_32;
+        this.pos += 8;
+        return this.hooks.proxyFor(handle);
+      }
+      case Tag.Method:
+        return METHOD;
+      default:
+        throw new ConversionError(`bunpy: malformed result buffer (tag ${tag} at ${this.pos - 1})`);
+    }
+  }
+
+  readU32(): number {
+    const v = this.dv.getUint32(this.pos, true);
+    this.pos += 4;
+    return v;
+  }
+
+  private readText(ascii: boolean): string {
+    const n = this.readU32();
+    const start = this.pos;
+    this.pos += n;
+    return ascii ? this.text.latin1Slice(start, start + n) : this.text.utf8Slice(start, start + n);
+  }
+
+  /** Decodes the value at offset 0: the result of the last call. */
+  result(): unknown {
+    if (this.header[4] !== this.gen) this.refresh();
+    this.pos = 0;
+    return this.readValue();
+  }
+
+  /** Reads a handle written by ops that always return one (import, iter, intern). */
+  handleResult(): number {
+    if (this.header[4] !== this.gen) this.refresh();
+    return this.dv.getUint32(1, true) + this.dv.getUint32(5, true) * TWO_32;
+  }
+}
+
+function loneSurrogate(s: string): ConversionError {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        i++;
+        continue;
+      }
+    }
+    if (c >= 0xd800 && c <= 0xdfff)
+      return new ConversionError(
+        `string has a lone surrogate (\\u${c.toString(16)} at index ${i}); only well-formed Unicode can become a Python str`,
+      );
+  }
+  return new ConversionError("string is not well-formed Unicode");
+}
+
+declare global {
+  interface Buffer {
+    utf8Write(s: string, offset: number, length: number): number;
+    latin1Write(s: string, offset: number, length: number): number;
+    utf8Slice(start: number, end: number): string;
+    latin1Slice(start: number, end: number): string;
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * Errors thrown by bunpy. Every error is a `BunpyError`; Python exceptions arrive as
+ * `PythonError` carrying the Python type, message and formatted traceback.
+ */
+
+export class BunpyError extends Error {
+  override name = "BunpyError";
+}
+
+/** A Python exception raised by the code bunpy ran. */
+export class PythonError extends BunpyError {
+  override name = "PythonError";
+  /** The exception class name, e.g. `"ZeroDivisionError"`. */
+  readonly type: string;
+  /** The module defining the exception class (`"builtins"` for built-in exceptions). */
+  readonly module: string;
+  /** The formatted Python traceback, as `traceback.format_exception` prints it. */
+  readonly traceback: string;
+  /** For a SyntaxError: 1-based line and column of the error, else undefined. */
+  readonly lineno?: number;
+  readonly offset?: number;
+
+  constructor(type: string, module: string, message: string, traceback: string, lineno = -1, offset = -1) {
+    const where = lineno > 0 ? ` (line ${lineno}${offset > 0 ? `, column ${offset}` : ""})` : "";
+    super(`${type}: ${message}${where}`);
+    this.type = type;
+    this.module = module;
+    this.traceback = traceback;
+    if (lineno > 0) this.lineno = lineno;
+    if (offset > 0) this.offset = offset;
+    this.pythonMessage = message;
+  }
+  /** The exception's own message, without the type prefix. */
+  readonly pythonMessage: string;
+}
+
+/** A value could not cross the JS/Python boundary. `path` names where, e.g. `args[1].a`. */
+export class ConversionError extends BunpyError {
+  override name = "ConversionError";
+  path: string;
+  readonly reason: string;
+  constructor(reason: string, path = "") {
+    super(path ? `${path}: ${reason}` : reason);
+    this.reason = reason;
+    this.path = path;
+  }
+  /** Adds an outer path segment while the error travels up through containers. */
+  within(segment: string): this {
+    this.path = segment + (this.path.startsWith("[") || this.path === "" ? "" : ".") + this.path;
+    this.message = `${this.path}: ${this.reason}`;
+    return this;
+  }
+}
+
+/** Python is not running: it was closed with `py.close()` or failed to start. */
+export class PythonClosedError extends BunpyError {
+  override name = "PythonClosedError";
+}
+
+/** No usable Python was found; the message lists every place that was tried. */
+export class PythonNotFoundError extends BunpyError {
+  override name = "PythonNotFoundError";
+}
+
+/** The C shim could not be built (compiler or headers missing, or the build failed). */
+export class BuildError extends BunpyError {
+  override name = "BuildError";
+}

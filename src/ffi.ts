@@ -1,0 +1,64 @@
+/**
+ * The only file that touches bun:ffi: loads the shim and declares its ABI (shim/bunpy.h).
+ */
+import { dlopen, FFIType, JSCallback, read, toArrayBuffer, type Pointer } from "bun:ffi";
+
+const { i32, i64, ptr, u32 } = FFIType;
+
+const symbols = {
+  bp_init: { args: [ptr, ptr, ptr, i32], returns: i32 },
+  bp_state: { args: [], returns: i32 },
+  bp_finalize: { args: [ptr], returns: i32 },
+  bp_version_hex: { args: [], returns: i32 },
+  bp_io_new: { args: [ptr], returns: ptr },
+  bp_io_free: { args: [ptr], returns: FFIType.void },
+  bp_io_reserve: { args: [ptr, u32], returns: i32 },
+  bp_take_released: { args: [ptr], returns: i32 },
+  bp_compile: { args: [ptr, i32], returns: i32 },
+  bp_run: { args: [ptr, ptr], returns: i32 },
+  bp_import: { args: [ptr], returns: i32 },
+  bp_intern: { args: [ptr], returns: i32 },
+  bp_getattr: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_setattr: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_delattr: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_hasattr: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_call: { args: [ptr, ptr], returns: i32 },
+  bp_call_attr: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_getitem: { args: [ptr, ptr], returns: i32 },
+  bp_setitem: { args: [ptr, ptr], returns: i32 },
+  bp_delitem: { args: [ptr, ptr], returns: i32 },
+  bp_contains: { args: [ptr, ptr], returns: i32 },
+  bp_object_op: { args: [ptr, ptr, i32], returns: i32 },
+  bp_builtins: { args: [ptr], returns: i32 },
+  bp_decref: { args: [ptr, ptr], returns: FFIType.void },
+  bp_flush: { args: [ptr], returns: i32 },
+  bp_bench_prepare: { args: [ptr, ptr], returns: i32 },
+  bp_bench_call: { args: [ptr, i64, i64], returns: i64 },
+} as const;
+
+export type Shim = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+
+export function loadShim(path: string): Shim {
+  return dlopen(path, symbols).symbols;
+}
+
+/** Signature of the dispatch callback C calls for Python -> JS calls: (io, target) -> status. */
+export function makeDispatch(fn: (target: number) => number): JSCallback {
+  return new JSCallback((_io: Pointer, target: number) => fn(target), { args: [ptr, i32], returns: i32 });
+}
+
+/** A view of `length` bytes of C memory at `address`. */
+export function viewOf(address: number, length: number): ArrayBuffer {
+  return toArrayBuffer(address as Pointer, 0, length);
+}
+
+export function readPointer(address: number, offset: number): number {
+  return read.ptr(address as Pointer, offset) as number;
+}
+
+/** NUL-terminated UTF-8 for `const char *` arguments. */
+export function cstring(s: string): Buffer {
+  return Buffer.from(`${s}\0`, "utf8");
+}
+
+export type { JSCallback };

@@ -1,0 +1,119 @@
+/**
+ * bunpy — CPython embedded in Bun.
+ *
+ *   import { py } from "bunpy";
+ *   py.call("math", "sqrt", [16]);          // 4
+ *   const json = py.import("json");
+ *   json.dumps({ a: 1 }, py.kw({ indent: 2 }));
+ */
+import { Kwargs } from "./codec.ts";
+import { MainInterpreter } from "./main-interpreter.ts";
+import { Op, stateOf, live, type PyObject } from "./proxy.ts";
+import { BunpyError, PythonClosedError } from "./errors.ts";
+
+export { BunpyError, BuildError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
+export { Kwargs } from "./codec.ts";
+export type { PyObject } from "./proxy.ts";
+export type { PythonInfo } from "./discover.ts";
+
+let main: MainInterpreter | undefined;
+let closed = false;
+
+/** The main interpreter for this JS thread, started on first use. */
+function rt(): MainInterpreter {
+  if (main !== undefined) return main;
+  if (closed) throw new PythonClosedError("Python was closed with py.close() and cannot be used again in this process");
+  main = new MainInterpreter();
+  return main;
+}
+
+function proxyState(value: unknown, what: string) {
+  const st = stateOf(value);
+  if (st === undefined) throw new TypeError(`${what}: expected a Python object (a PyObject proxy)`);
+  return live(st);
+}
+
+/** The Python side of bunpy: the main interpreter, called synchronously from JS. */
+export const py = {
+  /** The embedded Python's version, e.g. "3.13.0". Starts Python if needed. */
+  get version(): string {
+    return rt().info.version;
+  },
+  /** Path of the python executable whose runtime is embedded (also sys.executable). */
+  get executable(): string {
+    return rt().info.executable;
+  },
+  /** Evaluates a Python expression in __main__ and returns its value. */
+  eval(expression: string): any {
+    return rt().eval(expression);
+  },
+  /** Runs Python statements in __main__. */
+  exec(code: string): void {
+    rt().exec(code);
+  },
+  /** Calls module.fn(*args, **kwargs) and returns the result. */
+  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>): any {
+    return rt().callFunction(module, fn, args, kwargs);
+  },
+  /** Imports a module and returns it as a proxy. */
+  import(name: string): PyObject {
+    return rt().import(name);
+  },
+  /** The builtins module: py.builtins.len(x), py.builtins.dict(...) */
+  get builtins(): PyObject {
+    return rt().builtins;
+  },
+  /** Marks keyword arguments for a proxy call: fn(1, py.kw({ sep: "," })). */
+  kw(values: Record<string, unknown>): Kwargs {
+    if (values === null || typeof values !== "object") throw new TypeError("py.kw(values): values must be a plain object");
+    return new Kwargs(values);
+  },
+  /** Makes `fn` callable from Python as bunpy.call(name, *args, **kwargs). */
+  register(name: string, fn: (...args: any[]) => unknown): void {
+    if (typeof name !== "string" || name === "") throw new TypeError("py.register(name, fn): name must be a non-empty string");
+    if (typeof fn !== "function") throw new TypeError("py.register(name, fn): fn must be a function");
+    rt().registered.set(name, fn);
+  },
+  /** Removes a function registered with py.register. Returns whether it was registered. */
+  unregister(name: string): boolean {
+    return main?.registered.delete(name) ?? false;
+  },
+  /** len(obj) */
+  len(obj: PyObject): number {
+    return proxyState(obj, "py.len").owner.op(proxyState(obj, "py.len"), Op.Len) as number;
+  },
+  /** repr(obj) */
+  repr(obj: PyObject): string {
+    return proxyState(obj, "py.repr").owner.op(proxyState(obj, "py.repr"), Op.Repr) as string;
+  },
+  /** The qualified Python type name of a proxy, e.g. "collections.OrderedDict". */
+  typeName(obj: PyObject): string {
+    return proxyState(obj, "py.typeName").owner.op(proxyState(obj, "py.typeName"), Op.TypeName) as string;
+  },
+  /** True for a PyObject proxy. */
+  isPyObject(value: unknown): value is PyObject {
+    return stateOf(value) !== undefined;
+  },
+  /** Whether Python has been started in this JS thread (py.version etc. start it). */
+  get started(): boolean {
+    return main !== undefined && !main.isClosed;
+  },
+  /**
+   * Shuts Python down (Py_FinalizeEx: atexit handlers run, non-daemon threads are joined).
+   * Later calls throw PythonClosedError; Python cannot be started again in this process.
+   */
+  async close(): Promise<void> {
+    closed = true;
+    main?.close();
+  },
+};
+
+/** Internal hooks for bunpy's own benchmarks and tests. */
+export const internals = {
+  runtime(): MainInterpreter {
+    return rt();
+  },
+  BunpyError,
+};
+
+export default py;

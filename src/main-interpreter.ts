@@ -1,0 +1,442 @@
+/**
+ * The main interpreter as seen from one JS thread: starting Python, the call paths behind
+ * `py.*` and proxies, and calls coming back from Python into JS.
+ *
+ * Each JS thread (the main thread, each Bun Worker) has its own MainInterpreter with its
+ * own io port; the Python runtime itself is started once per process.
+ */
+import { join } from "node:path";
+import { ensureShim, packageRoot } from "./build.ts";
+import { Kwargs, METHOD, Wire, type WireHooks } from "./codec.ts";
+import { findPython, type PythonInfo } from "./discover.ts";
+import { BunpyError, ConversionError, PythonClosedError, PythonError } from "./errors.ts";
+import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
+import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
+
+const enum Status {
+  Ok = 0,
+  Python = -1,
+  Convert = -2,
+  State = -3,
+  Thread = -4,
+  Memory = -5,
+  JS = -6,
+}
+
+const enum Mode {
+  Eval = 0,
+  Exec = 1,
+}
+
+/** Source strings up to this length keep their compiled code for the next eval/exec. */
+const CODE_CACHE_MAX_SOURCE = 4096;
+const CODE_CACHE_MAX_ENTRIES = 512;
+/** Interned attribute names kept; past this, names are still interned but not remembered. */
+const NAME_CACHE_MAX = 8192;
+
+export class MainInterpreter implements ProxyOwner, WireHooks {
+  readonly info: PythonInfo;
+  readonly lib: Shim;
+  readonly io: number;
+  readonly wire: Wire;
+  private readonly dispatchCallback: JSCallback;
+  private closed = false;
+
+  private readonly modules = new Map<string, number>();
+  private readonly names = new Map<string, number>();
+  private readonly code = new Map<string, number>();
+  private readonly proxies = new Map<number, WeakRef<PyObject>>();
+  private readonly finalizer = new FinalizationRegistry<ProxyState>((st) => this.collected(st));
+  /** Handles to drop that did not fit the shim's drop queue while a result was decoded. */
+  private readonly overflow: number[] = [];
+
+  private readonly functions = new Map<number, Function>();
+  private nextFunctionId = 1;
+  readonly registered = new Map<string, Function>();
+  private builtinsProxy: PyObject | undefined;
+
+  constructor() {
+    this.info = findPython();
+    this.lib = loadShim(ensureShim(this.info));
+    const err = Buffer.alloc(1024);
+    const rc = this.lib.bp_init(cstring(this.info.executable), cstring(join(packageRoot, "python")), err, err.length);
+    if (rc < 0) {
+      const text = err.toString("utf8", 0, err.indexOf(0));
+      throw new PythonClosedError(`Python could not be started: ${text || "unknown error"}`);
+    }
+    this.dispatchCallback = makeDispatch((target) => this.dispatch(target));
+    const io = this.lib.bp_io_new(this.dispatchCallback.ptr) as number | null;
+    if (!io) throw new PythonClosedError("Python is not running (it was closed)");
+    this.io = io;
+    this.wire = new Wire(this.lib, io, this);
+  }
+
+  // ------------------------------------------------------------------ results --
+
+  private fail(rc: number): never {
+    const w = this.wire;
+    w.pos = 0;
+    switch (rc) {
+      case Status.Python: {
+        w.refresh();
+        const type = w.readValue() as string;
+        const module = w.readValue() as string;
+        const message = w.readValue() as string;
+        const traceback = w.readValue() as string;
+        const lineno = w.readValue() as number;
+        const offset = w.readValue() as number;
+        throw new PythonError(type, module, message, traceback, lineno, offset);
+      }
+      case Status.Convert:
+        throw new ConversionError(`cannot convert the Python result: ${w.result() as string}`);
+      case Status.State:
+        throw new PythonClosedError(w.result() as string);
+      case Status.Thread:
+        throw new BunpyError("this bunpy object belongs to another JS thread");
+      case Status.Memory:
+        throw new BunpyError("out of memory in the bunpy shim");
+      default:
+        throw new BunpyError(`unexpected status ${rc} from the bunpy shim`);
+    }
+  }
+
+  /** The decoded result of the last call, or the error it reported. */
+  private result(rc: number): unknown {
+    if (rc !== 0) this.fail(rc);
+    return this.wire.result();
+  }
+
+  private handle(rc: number): number {
+    if (rc !== 0) this.fail(rc);
+    return this.wire.handleResult();
+  }
+
+  /** Starts a message: drops queued handles and forgets released JS functions first. */
+  private begin(): Wire {
+    if (this.wire.header[5] !== 0) this.takeReleased();
+    if (this.overflow.length !== 0) this.flushOverflow();
+    this.wire.begin();
+    return this.wire;
+  }
+
+  // ------------------------------------------------------------------ handles --
+
+  proxyFor(handle: number): unknown {
+    const known = this.proxies.get(handle)?.deref();
+    if (known !== undefined) {
+      this.drop(handle); // we already hold a reference through `known`
+      return known;
+    }
+    const p = makeProxy(this, handle);
+    const st = stateOf(p)!;
+    this.proxies.set(handle, new WeakRef(p));
+    this.finalizer.register(p, st, st);
+    return p;
+  }
+
+  handleOf(value: object): number | undefined {
+    const st = stateOf(value);
+    if (st === undefined) return undefined;
+    if (st.disposed) throw new ConversionError("a disposed Python object cannot be passed to Python");
+    if (st.owner !== this) throw new ConversionError("a Python object from another JS thread cannot be passed here");
+    return st.handle;
+  }
+
+  /** Queues a reference for the shim to drop at its next call (no FFI call now). */
+  private drop(handle: number): void {
+    const h = this.wire.header;
+    const n = h[8]!;
+    if (n < h[9]!) {
+      this.wire.drops[n] = handle;
+      h[8] = n + 1;
+    } else {
+      this.overflow.push(handle);
+    }
+  }
+
+  private flushOverflow(): void {
+    while (this.overflow.length) {
+      this.lib.bp_flush(this.io);
+      const h = this.wire.header;
+      while (this.overflow.length && h[8]! < h[9]!) this.wire.drops[h[8]!++] = this.overflow.pop()!;
+    }
+  }
+
+  private collected(st: ProxyState): void {
+    if (st.disposed || this.closed) return;
+    st.disposed = true;
+    const cached = this.proxies.get(st.handle);
+    if (cached !== undefined && cached.deref() === undefined) this.proxies.delete(st.handle);
+    this.drop(st.handle);
+  }
+
+  release(st: ProxyState): void {
+    if (st.disposed) return;
+    st.disposed = true;
+    this.finalizer.unregister(st);
+    if (this.proxies.get(st.handle)?.deref() !== undefined) this.proxies.delete(st.handle);
+    if (!this.closed) this.drop(st.handle);
+  }
+
+  // ------------------------------------------------------------ JS functions --
+
+  functionId(fn: Function): number {
+    const id = this.nextFunctionId++;
+    if (this.nextFunctionId > 0x7fffffff) this.nextFunctionId = 1;
+    this.functions.set(id, fn);
+    return id;
+  }
+
+  private takeReleased(): void {
+    if (this.lib.bp_take_released(this.io) !== 0) return;
+    const ids = this.wire.result() as number[];
+    for (const id of ids) this.functions.delete(id);
+  }
+
+  /** Number of JS functions Python still holds (for leak tests). */
+  get liveFunctions(): number {
+    if (this.wire.header[5] !== 0) this.takeReleased();
+    return this.functions.size;
+  }
+
+  /** Python called a JS function: arguments are in the buffer, the result goes back there. */
+  private dispatch(target: number): number {
+    const w = this.wire;
+    try {
+      w.refresh();
+      w.pos = 0;
+      let fn: Function | undefined;
+      if (target < 0) {
+        const name = w.readValue() as string;
+        fn = this.registered.get(name);
+        if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
+      } else {
+        fn = this.functions.get(target);
+        if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);
+      }
+      const args = w.readValue() as unknown[];
+      const kwargs = w.readValue();
+      if (kwargs !== null) args.push(kwargs);
+      const value = fn(...args);
+      if (value instanceof Promise || (value !== null && typeof value === "object" && typeof (value as { then?: unknown }).then === "function")) {
+        (value as Promise<unknown>).then?.(undefined, () => {}); // it is dropped: do not report it unhandled
+        throw new TypeError(
+          "the JS function returned a Promise; Python in the main interpreter calls JS synchronously and cannot wait for it",
+        );
+      }
+      this.begin();
+      w.writeValue(value, 0);
+      return Status.Ok;
+    } catch (e) {
+      const err = e instanceof Error ? e : new Error(String(e));
+      w.begin();
+      w.writeString(err.name || "Error");
+      w.writeString(err.message ?? String(e));
+      w.writeString(err.stack ?? "");
+      return Status.JS;
+    }
+  }
+
+  // ------------------------------------------------------------ main paths --
+
+  private moduleHandle(name: string): number {
+    let h = this.modules.get(name);
+    if (h === undefined) {
+      if (typeof name !== "string") throw new TypeError(`module name must be a string, got ${typeof name}`);
+      this.begin().writeString(name);
+      h = this.handle(this.lib.bp_import(this.io));
+      this.modules.set(name, h);
+    }
+    return h;
+  }
+
+  private nameHandle(name: string): number {
+    let h = this.names.get(name);
+    if (h === undefined) {
+      if (typeof name !== "string") throw new TypeError(`attribute name must be a string, got ${typeof name}`);
+      this.begin().writeString(name);
+      h = this.handle(this.lib.bp_intern(this.io));
+      if (this.names.size < NAME_CACHE_MAX) this.names.set(name, h);
+      else queueMicrotask(() => this.drop(h!));
+    }
+    return h;
+  }
+
+  private compiled(source: string, mode: Mode): number {
+    const key = mode === Mode.Eval ? source : `\0${source}`;
+    let h = this.code.get(key);
+    if (h === undefined) {
+      if (typeof source !== "string") throw new TypeError(`Python source must be a string, got ${typeof source}`);
+      const w = this.begin();
+      w.writeString(source);
+      w.writeString(mode === Mode.Eval ? "<py.eval>" : "<py.exec>");
+      h = this.handle(this.lib.bp_compile(this.io, mode));
+      if (source.length <= CODE_CACHE_MAX_SOURCE) {
+        if (this.code.size >= CODE_CACHE_MAX_ENTRIES) {
+          for (const old of this.code.values()) this.drop(old);
+          this.code.clear();
+        }
+        this.code.set(key, h);
+      } else {
+        const code = h;
+        queueMicrotask(() => this.drop(code));
+      }
+    }
+    return h;
+  }
+
+  eval(expr: string): unknown {
+    return this.result(this.lib.bp_run(this.io, this.compiled(expr, Mode.Eval)));
+  }
+
+  exec(code: string): void {
+    const rc = this.lib.bp_run(this.io, this.compiled(code, Mode.Exec));
+    if (rc !== 0) this.fail(rc);
+  }
+
+  callFunction(module: string, fn: string, args: readonly unknown[], kwargs?: Record<string, unknown>): unknown {
+    const m = this.moduleHandle(module);
+    const n = this.nameHandle(fn);
+    if (!Array.isArray(args)) throw new TypeError("py.call(module, fn, args, kwargs): args must be an array");
+    this.begin().writeCall(args, kwargs);
+    return this.result(this.lib.bp_call_attr(this.io, m, n));
+  }
+
+  import(name: string): PyObject {
+    return this.proxyForModule(name);
+  }
+
+  private proxyForModule(name: string): PyObject {
+    if (typeof name !== "string") throw new TypeError(`py.import(name): name must be a string, got ${typeof name}`);
+    this.begin().writeString(name);
+    const rc = this.lib.bp_import(this.io);
+    if (rc !== 0) this.fail(rc);
+    return this.wire.result() as PyObject;
+  }
+
+  get builtins(): PyObject {
+    if (this.builtinsProxy === undefined) {
+      const rc = this.lib.bp_builtins(this.io);
+      if (rc !== 0) this.fail(rc);
+      this.builtinsProxy = this.wire.result() as PyObject;
+    }
+    return this.builtinsProxy;
+  }
+
+  // ------------------------------------------------------- ProxyOwner (traps) --
+
+  getattr(st: ProxyState, name: string): unknown {
+    const n = this.nameHandle(name);
+    if (this.overflow.length !== 0) this.flushOverflow();
+    const rc = this.lib.bp_getattr(this.io, st.handle, n);
+    if (rc === 1) return undefined; // no such attribute
+    const v = this.result(rc);
+    return v === METHOD ? methodCaller(st, name) : v;
+  }
+
+  setattr(st: ProxyState, name: string, value: unknown): void {
+    const n = this.nameHandle(name);
+    this.begin().writeValue(value, 0);
+    const rc = this.lib.bp_setattr(this.io, st.handle, n);
+    if (rc !== 0) this.fail(rc);
+  }
+
+  delattr(st: ProxyState, name: string): void {
+    const n = this.nameHandle(name);
+    const rc = this.lib.bp_delattr(this.io, st.handle, n);
+    if (rc !== 0) this.fail(rc);
+  }
+
+  contains(st: ProxyState, key: unknown): boolean {
+    this.begin().writeValue(key, 0);
+    return this.result(this.lib.bp_contains(this.io, st.handle)) as boolean;
+  }
+
+  private writeArgs(args: unknown[]): void {
+    const last = args[args.length - 1];
+    if (last instanceof Kwargs) this.begin().writeCall(args.slice(0, -1), last.values);
+    else this.begin().writeCall(args, undefined);
+  }
+
+  call(st: ProxyState, args: unknown[]): unknown {
+    this.writeArgs(args);
+    return this.result(this.lib.bp_call(this.io, st.handle));
+  }
+
+  callMethod(st: ProxyState, name: string, args: unknown[]): unknown {
+    const n = this.nameHandle(name);
+    this.writeArgs(args);
+    return this.result(this.lib.bp_call_attr(this.io, st.handle, n));
+  }
+
+  getitem(st: ProxyState, key: unknown): unknown {
+    this.begin().writeValue(key, 0);
+    return this.result(this.lib.bp_getitem(this.io, st.handle));
+  }
+
+  setitem(st: ProxyState, key: unknown, value: unknown): void {
+    const w = this.begin();
+    w.writeValue(key, 0);
+    w.writeValue(value, 0);
+    const rc = this.lib.bp_setitem(this.io, st.handle);
+    if (rc !== 0) this.fail(rc);
+  }
+
+  delitem(st: ProxyState, key: unknown): void {
+    this.begin().writeValue(key, 0);
+    const rc = this.lib.bp_delitem(this.io, st.handle);
+    if (rc !== 0) this.fail(rc);
+  }
+
+  op(st: ProxyState, op: Op): unknown {
+    if (this.overflow.length !== 0) this.flushOverflow();
+    return this.result(this.lib.bp_object_op(this.io, st.handle, op));
+  }
+
+  iterate(st: ProxyState): Iterator<unknown> & Disposable {
+    const it = this.result(this.lib.bp_object_op(this.io, st.handle, Op.Iter)) as PyObject;
+    const itState = stateOf(it)!;
+    const next = (): IteratorResult<unknown> => {
+      if (itState.disposed) return { done: true, value: undefined };
+      const rc = this.lib.bp_object_op(this.io, itState.handle, Op.Next);
+      if (rc === 1) {
+        this.release(itState);
+        return { done: true, value: undefined };
+      }
+      return { done: false, value: this.result(rc) };
+    };
+    const stop = (): IteratorResult<unknown> => {
+      this.release(itState);
+      return { done: true, value: undefined };
+    };
+    return { next, return: stop, [Symbol.dispose]: () => void stop() };
+  }
+
+  // ---------------------------------------------------------------- lifecycle --
+
+  close(): void {
+    if (this.closed) return;
+    const rc = this.lib.bp_finalize(this.io);
+    if (rc === Status.Thread)
+      throw new BunpyError(
+        "py.close() must be called on the JS thread that started Python, outside any Python -> JS callback",
+      );
+    this.closed = true;
+    // The io port stays allocated: every later call through it gets BP_ERR_STATE from the
+    // shim (a clear PythonClosedError) instead of touching freed memory. Python is gone,
+    // so the shim will not call the dispatch callback again.
+    this.dispatchCallback.close();
+    if (rc === Status.Python) throw new BunpyError("Python reported errors while shutting down (Py_FinalizeEx)");
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  benchBaseline(fn: PyObject): (a: number, b: number) => number {
+    const st = stateOf(fn)!;
+    if (this.lib.bp_bench_prepare(this.io, st.handle) !== 0) throw new BunpyError("bench baseline failed");
+    const lib = this.lib, io = this.io;
+    return (a, b) => Number(lib.bp_bench_call(io, a, b));
+  }
+}
