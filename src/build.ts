@@ -2,7 +2,7 @@
  * Building the C shim with zig, once per Python and per shim source.
  *
  * The library lands in <cache>/shim/<python version>-<hash>/libbunpy.so where the hash
- * covers the interpreter path, its include/lib dirs and every shim source. A build goes
+ * covers the Python's include and lib dirs (its path) and every shim source. A build goes
  * to a private temporary prefix and is renamed into place, so two processes building at
  * once both end up loading a complete library.
  */
@@ -24,7 +24,8 @@ function sourceHash(): string {
 
 export function shimPath(py: PythonInfo): string {
   const key = Bun.hash(
-    [py.executable, py.version, py.include, py.libdir, py.library, sourceHash()].join("\0"),
+    // The shim links libpython, not the executable: a venv shares its base Python's shim.
+    [py.version, py.include, py.libdir, py.library, sourceHash()].join("\0"),
   ).toString(16);
   return join(cacheRoot(), "shim", `${py.version}-${key}`, "libbunpy.so");
 }

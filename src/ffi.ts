@@ -36,10 +36,43 @@ const symbols = {
   bp_bench_call: { args: [ptr, i64, i64], returns: i64 },
 } as const;
 
-export type Shim = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+/** Pointers travel as plain numbers (x86-64 user addresses fit in 53 bits). */
+type P = number;
+
+/** The shim's functions as JS sees them; see shim/bunpy.h for what each does. */
+export interface Shim {
+  bp_init(program: Buffer, pythonDir: Buffer, err: Buffer, errLen: number): number;
+  bp_state(): number;
+  bp_finalize(io: P): number;
+  bp_version_hex(): number;
+  bp_io_new(dispatch: P | null): P | null;
+  bp_io_free(io: P): void;
+  bp_io_reserve(io: P, need: number): number;
+  bp_take_released(io: P): number;
+  bp_compile(io: P, mode: number): number;
+  bp_run(io: P, code: P): number;
+  bp_import(io: P): number;
+  bp_intern(io: P): number;
+  bp_getattr(io: P, obj: P, name: P): number;
+  bp_setattr(io: P, obj: P, name: P): number;
+  bp_delattr(io: P, obj: P, name: P): number;
+  bp_hasattr(io: P, obj: P, name: P): number;
+  bp_call(io: P, callable: P): number;
+  bp_call_attr(io: P, obj: P, name: P): number;
+  bp_getitem(io: P, obj: P): number;
+  bp_setitem(io: P, obj: P): number;
+  bp_delitem(io: P, obj: P): number;
+  bp_contains(io: P, obj: P): number;
+  bp_object_op(io: P, obj: P, op: number): number;
+  bp_builtins(io: P): number;
+  bp_decref(io: P, obj: P): void;
+  bp_flush(io: P): number;
+  bp_bench_prepare(io: P, callable: P): number;
+  bp_bench_call(io: P, a: number, b: number): number | bigint;
+}
 
 export function loadShim(path: string): Shim {
-  return dlopen(path, symbols).symbols;
+  return dlopen(path, symbols).symbols as unknown as Shim;
 }
 
 /** Signature of the dispatch callback C calls for Python -> JS calls: (io, target) -> status. */

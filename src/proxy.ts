@@ -85,16 +85,17 @@ export function live(st: ProxyState): ProxyState {
   return st;
 }
 
-/** Members every proxy has; everything else is a Python attribute. */
-const members: Record<string, (st: ProxyState) => unknown> = {
-  toJS: (st) => () => st.owner.op(live(st), Op.ToJS),
-  toJSON: (st) => () => st.owner.op(live(st), Op.ToJS),
-  toString: (st) => () => st.owner.op(live(st), Op.Str),
-  getItem: (st) => (key: unknown) => st.owner.getitem(live(st), key),
-  setItem: (st) => (key: unknown, value: unknown) => st.owner.setitem(live(st), key, value),
-  deleteItem: (st) => (key: unknown) => st.owner.delitem(live(st), key),
-  then: () => undefined, // a proxy is not a thenable: `await proxy` gives the proxy
-};
+/** Members every proxy has; everything else is a Python attribute. (A Map, so that
+    names such as "constructor" are Python attributes, not Object.prototype members.) */
+const members = new Map<string, (st: ProxyState) => unknown>([
+  ["toJS", (st) => () => st.owner.op(live(st), Op.ToJS)],
+  ["toJSON", (st) => () => st.owner.op(live(st), Op.ToJS)],
+  ["toString", (st) => () => st.owner.op(live(st), Op.Str)],
+  ["getItem", (st) => (key: unknown) => st.owner.getitem(live(st), key)],
+  ["setItem", (st) => (key: unknown, value: unknown) => st.owner.setitem(live(st), key, value)],
+  ["deleteItem", (st) => (key: unknown) => st.owner.delitem(live(st), key)],
+  ["then", () => undefined], // a proxy is not a thenable: `await proxy` gives the proxy
+]);
 
 function symbolMember(st: ProxyState, key: symbol): unknown {
   switch (key) {
@@ -122,7 +123,7 @@ const handler: ProxyHandler<Target> = {
   get(t, key) {
     const st = t[STATE];
     if (typeof key === "symbol") return symbolMember(st, key);
-    const member = members[key];
+    const member = members.get(key);
     if (member !== undefined) return member(st);
     return st.owner.getattr(live(st), key);
   },

@@ -1,0 +1,54 @@
+/**
+ * Synchronous calls into the main interpreter, next to the floor for such a call:
+ * one bare FFI call into a shim function that takes the GIL and calls a cached Python
+ * callable with two ints (shim/bench.c), measured in the same run.
+ */
+import { bench, do_not_optimize, summary } from "mitata";
+import { internals, py } from "../src/index.ts";
+import { runWithRatios } from "./ratio.ts";
+
+const BASELINE = "baseline: bare FFI call of cached operator.add";
+const operator = py.import("operator");
+const add = operator.add;
+const baseline = internals.runtime().benchBaseline(add);
+
+py.exec(`
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def bump(self, k):
+        self.n += k
+        return self.n
+counter = Counter()
+def ident(x):
+    return x
+`);
+const counter = py.eval("counter");
+
+// A JSON-like object of about 1 KB (JSON.stringify length is printed below).
+const doc = {
+  id: 12345,
+  name: "bunpy benchmark document",
+  active: true,
+  score: 98.6,
+  tags: ["python", "bun", "ffi", "fast"],
+  owner: { id: 7, login: "octo", email: "octo@example.com", admin: false },
+  items: Array.from({ length: 8 }, (_, i) => ({ sku: `SKU-${1000 + i}`, qty: i + 1, price: 9.99 + i, note: null })),
+  history: [
+    { at: "2026-11-01T10:00:00Z", event: "created" },
+    { at: "2026-11-02T11:30:00Z", event: "updated" },
+  ],
+};
+console.log(`1 KB document: ${JSON.stringify(doc).length} bytes as JSON`);
+
+summary(() => {
+  bench(BASELINE, () => do_not_optimize(baseline(1, 2))).baseline(true);
+  bench('py.call("operator", "add", [1, 2])', () => do_not_optimize(py.call("operator", "add", [1, 2])));
+  bench("proxy call: operator.add(1, 2)", () => do_not_optimize(add(1, 2)));
+  bench("proxy method call: counter.bump(1)", () => do_not_optimize(counter.bump(1)));
+  bench('py.eval("1 + 2")', () => do_not_optimize(py.eval("1 + 2")));
+  bench("1 KB JSON-like object round trip (ident)", () => do_not_optimize(py.call("__main__", "ident", [doc])));
+  bench("reference: JSON.parse(JSON.stringify(1 KB))", () => do_not_optimize(JSON.parse(JSON.stringify(doc))));
+});
+
+await runWithRatios(BASELINE);

@@ -1,0 +1,12 @@
+/**
+ * `bun run build`: finds Python and builds (or finds cached) the shim for it, printing
+ * what it used. Useful to pay the one-time build before the first script or in a Docker
+ * image layer.
+ */
+import { ensureShim } from "./build.ts";
+import { findPython } from "./discover.ts";
+
+const py = findPython();
+const path = ensureShim(py);
+console.log(`Python ${py.version} (${py.executable})${py.freeThreaded ? " free-threaded" : ""}`);
+console.log(`shim: ${path}`);
