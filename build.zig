@@ -17,6 +17,7 @@ const sources = [_][]const u8{
     "shim/ops.c",
     "shim/module.c",
     "shim/bench.c",
+    "shim/context.c",
 };
 
 // Fact 7 of DESIGN.md: without -fno-sanitize=undefined zig traps on UB checks in C.

@@ -85,6 +85,28 @@ typedef struct bp_io {
    target >= 0: a JS function id; target == -1: registered name (first STR in buf). */
 typedef int32_t (*bp_dispatch_fn)(bp_io *io, int32_t target);
 
+/* ---- contexts (context.c) ------------------------------------------------------------- */
+typedef struct bp_context bp_context;
+typedef struct bp_request bp_request;
+/* threadsafe JSCallback rung (from any thread) when a port's completion queue becomes
+   non-empty; JS then calls bp_port_drain. */
+typedef void (*bp_doorbell_fn)(bp_io *io);
+
+enum { BP_CTX_OWNGIL = 0, BP_CTX_WORKER = 1 };
+
+/* request payloads (in io->buf when submitted) */
+enum {
+    BP_REQ_CALL = 1,        /* STR module, STR fn, LIST args, NONE|DICT kwargs */
+    BP_REQ_EVAL = 2,        /* STR source (in the context's __main__) */
+    BP_REQ_EXEC = 3,        /* STR source */
+    BP_REQ_REF_CALL = 4,    /* PYOBJ callable, LIST args, NONE|DICT kwargs */
+    BP_REQ_REF_GETATTR = 5, /* PYOBJ obj, STR name */
+    BP_REQ_REF_TOJS = 6,    /* PYOBJ obj: deep conversion */
+    BP_REQ_REF_DROP = 7,    /* LIST of PYOBJ handles to release; no completion */
+    BP_REQ_START = 8,       /* internal: completed when the context is up */
+    BP_REQ_CLOSE = 9,       /* internal: completed when the context has ended */
+};
+
 /* runtime (runtime.c) */
 BP_EXPORT int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t errlen);
 BP_EXPORT int32_t bp_state(void);
@@ -116,6 +138,18 @@ BP_EXPORT int32_t bp_object_op(bp_io *io, void *obj, int32_t op);       /* BP_OP
 BP_EXPORT int32_t bp_builtins(bp_io *io);                               /* -> PYOBJ builtins module */
 BP_EXPORT void bp_decref(bp_io *io, void *obj);
 BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop io->drop now */
+
+/* contexts (context.c) */
+BP_EXPORT void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn);
+BP_EXPORT int32_t bp_port_drain(bp_io *io);                             /* -> count; buf: (u32 id, i32 status, u32 len, bytes)* */
+BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id);  /* completion `id` once started */
+BP_EXPORT bp_request *bp_ctx_submit(bp_context *ctx, bp_io *io, uint32_t id, int32_t op, uint32_t len);
+BP_EXPORT int32_t bp_ctx_call_sync(bp_context *ctx, bp_io *io, int32_t op, uint32_t len); /* result in buf */
+BP_EXPORT int32_t bp_ctx_cancel(bp_context *ctx, bp_request *req);
+BP_EXPORT int32_t bp_ctx_close(bp_context *ctx, bp_io *io, uint32_t id); /* completion `id` once ended */
+BP_EXPORT void bp_ctx_free(bp_context *ctx);                              /* after the close completion */
+BP_EXPORT int32_t bp_ctx_state(bp_context *ctx);
+BP_EXPORT double bp_ctx_completed(bp_context *ctx);
 
 /* benchmark baseline (bench.c): the cheapest useful call into Python */
 BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);

@@ -80,6 +80,16 @@ static PyObject *read_date(bp_reader *r) {
     return v;
 }
 
+/* Adds to a dict (v != NULL) or a set. Hashing a key can run Python code (a proxied
+   object's __hash__ or __eq__); that code must not call into JS, which would overwrite
+   the buffer being read. */
+static int add_item(bp_reader *r, PyObject *container, PyObject *k, PyObject *v) {
+    if (r->port) r->port->no_dispatch++;
+    int rc = v ? PyDict_SetItem(container, k, v) : PySet_Add(container, k);
+    if (r->port) r->port->no_dispatch--;
+    return rc;
+}
+
 static PyObject *read_pairs(bp_reader *r, int depth) {
     uint32_t n;
     if (bp_read_u32(r, &n) < 0) return NULL;
@@ -90,7 +100,7 @@ static PyObject *read_pairs(bp_reader *r, int depth) {
         if (!k) goto fail;
         PyObject *v = bp_read_value(r, depth + 1);
         if (!v) { Py_DECREF(k); goto fail; }
-        int rc = PyDict_SetItem(d, k, v);
+        int rc = add_item(r, d, k, v);
         Py_DECREF(k);
         Py_DECREF(v);
         if (rc < 0) goto fail;
@@ -171,7 +181,7 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
         if (!s) return NULL;
         for (uint32_t i = 0; i < n; i++) {
             PyObject *v = bp_read_value(r, depth + 1);
-            if (!v || PySet_Add(s, v) < 0) { Py_XDECREF(v); Py_DECREF(s); return NULL; }
+            if (!v || add_item(r, s, v, NULL) < 0) { Py_XDECREF(v); Py_DECREF(s); return NULL; }
             Py_DECREF(v);
         }
         return s;
@@ -180,6 +190,10 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
     case BP_T_JSFUNC: {
         uint32_t id;
         if (bp_read_u32(r, &id) < 0) return NULL;
+        if (!r->port) {
+            PyErr_SetString(PyExc_TypeError, "JS functions cannot be passed to a context (only to the main interpreter)");
+            return NULL;
+        }
         bp_interp *st = reader_state(r);
         if (!st) return NULL;
         return bp_jsfunc_new(st, r->port, (int32_t)id);
@@ -360,7 +374,34 @@ static int write_items(bp_writer *w, PyObject *seq, uint8_t tag, int depth) {
     return BP_OK;
 }
 
+/* A dict subclass (toJS only) is written in its own iteration order: an OrderedDict keeps
+   its order apart from the underlying dict's (move_to_end does not change the latter). */
+static int write_dict_items(bp_writer *w, PyObject *d, int depth) {
+    PyObject *items = PyMapping_Items(d);
+    if (!items) return BP_ERR_PYTHON;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    int all_str = 1, rc = BP_OK;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+            Py_DECREF(items);
+            return convert_error(w, "%s.items() did not give (key, value) pairs", Py_TYPE(d)->tp_name);
+        }
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kv, 0))) all_str = 0;
+    }
+    rc = bp_write_tag_u32(w, all_str ? BP_T_DICT : BP_T_MAP, (uint32_t)n);
+    for (Py_ssize_t i = 0; !rc && i < n; i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        PyObject *k = PyTuple_GET_ITEM(kv, 0);
+        rc = all_str ? write_str(w, k) : bp_write_value(w, k, depth + 1);
+        if (!rc) rc = bp_write_value(w, PyTuple_GET_ITEM(kv, 1), depth + 1);
+    }
+    Py_DECREF(items);
+    return rc;
+}
+
 static int write_dict(bp_writer *w, PyObject *d, int depth) {
+    if (!PyDict_CheckExact(d)) return write_dict_items(w, d, depth);
     Py_ssize_t i = 0;
     PyObject *k, *v;
     int all_str = 1;
@@ -406,9 +447,10 @@ static int write_set(bp_writer *w, PyObject *s, int depth) {
 }
 
 static int is_datetime(bp_writer *w, PyObject *o) {
-    /* Cheap name test first: datetime may not even be imported. */
+    /* Cheap name test first: datetime may not even be imported. The C type is named
+       "datetime.datetime"; the pure-Python one (used in subinterpreters) "datetime". */
     PyTypeObject *t = Py_TYPE(o);
-    if (!w->deep && strcmp(t->tp_name, "datetime.datetime") != 0) return 0;
+    if (!w->deep && strcmp(t->tp_name, "datetime.datetime") != 0 && strcmp(t->tp_name, "datetime") != 0) return 0;
     if (!w->st) w->st = bp_interp_get();
     if (!w->st) return 0;
     if (!w->st->datetime_type && !bp_interp_helper(w->st, "date_to_ms")) {

@@ -90,6 +90,13 @@ int32_t bp_fail_python(bp_io *io) {
     int32_t lineno = syntax ? int_attr(exc, "lineno") : -1;
     int32_t offset = syntax ? int_attr(exc, "offset") : -1;
 
+    /* Drop the exception before writing the record: freeing it frees its frames' locals,
+       and a __del__ may call into JS, which reuses the buffer. The texts stay alive (the
+       type too: `name` may point into it). */
+    Py_INCREF(t);
+    Py_XDECREF(msg_o);
+    Py_DECREF(exc);
+
     uint32_t pos = 0;
     int bad = put_cstr(io, &pos, name) || put_cstr(io, &pos, mod) || put_cstr(io, &pos, msg) ||
               put_cstr(io, &pos, tb) || put_i32(io, &pos, lineno) || put_i32(io, &pos, offset);
@@ -97,11 +104,10 @@ int32_t bp_fail_python(bp_io *io) {
     Py_XDECREF(tb_o);
     Py_XDECREF(tb_s);
     Py_XDECREF(msg_s);
-    Py_XDECREF(msg_o);
     Py_XDECREF(mod_s);
     Py_XDECREF(name_s);
     Py_XDECREF(mod_o);
     Py_XDECREF(name_o);
-    Py_DECREF(exc);
+    Py_DECREF(t);
     return bad ? BP_ERR_MEMORY : BP_ERR_PYTHON;
 }

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include "bunpy.h"
+#include "queue.h"
 
 /* Python 3.11 lacks the single-object exception API of 3.12. */
 static inline PyObject *bp_err_take(void) {
@@ -65,6 +66,8 @@ typedef struct bp_port {
     int32_t *released_ids;       /* JS function ids whose Python wrapper died                */
     uint32_t released_cap;
     PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
+    bp_mpsc completions;         /* finished context requests for this JS thread             */
+    bp_doorbell_fn doorbell;     /* threadsafe JSCallback; NULL until a context is created   */
 } bp_port;
 
 static inline bp_port *bp_port_of(bp_io *io) { return (bp_port *)io; }

@@ -121,7 +121,9 @@ static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *na
         return NULL;
     }
     if (p->no_dispatch) {
-        PyErr_SetString(PyExc_RuntimeError, "bunpy: JS cannot be called from a finalizer (__del__) run by bunpy");
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bunpy: JS cannot be called from Python code that bunpy runs while it converts a value "
+                        "or drops references (a tzinfo, __hash__, items() or __del__)");
         return NULL;
     }
     if (atomic_load(&p->closed) || !p->dispatch) {
@@ -131,7 +133,9 @@ static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *na
     nargs = PyVectorcall_NARGS(nargs);
     bp_writer w;
     bp_writer_init(&w, &p->io, 0);
+    p->no_dispatch++; /* the conversion may run Python code: it must not call JS meanwhile */
     int rc = write_call(&w, name, args, nargs, kwnames);
+    p->no_dispatch--;
     if (rc) {
         bp_writer_abort(&w);
         if (rc != BP_ERR_PYTHON) PyErr_Format(PyExc_TypeError, "bunpy: cannot pass to JS: %s", w.error);

@@ -73,13 +73,18 @@ static int32_t bp_leave(bp_call_scope *s, int32_t rc) {
     } while (0)
 #define LEAVE(rc) return bp_leave(&scope_, (rc))
 
-/* Writes `value` (stolen) as the result; NULL means a Python exception is set. */
+/* Writes `value` (stolen) as the result; NULL means a Python exception is set. Python code
+   run by the conversion or by dropping the value (a tzinfo, a dict subclass's items(),
+   __del__) must not call into JS: that would overwrite the buffer being written. */
 static int32_t finish(bp_io *io, PyObject *value, int deep) {
     if (!value) return bp_fail_python(io);
+    bp_port *p = bp_port_of(io);
     bp_writer w;
     bp_writer_init(&w, io, deep);
+    p->no_dispatch++;
     int rc = bp_write_value(&w, value, 0);
     Py_DECREF(value);
+    p->no_dispatch--;
     if (rc) return bp_fail_writer(&w, rc);
     bp_writer_commit(&w);
     return BP_OK;
@@ -101,12 +106,13 @@ static int32_t finish_handle(bp_io *io, PyObject *obj) {
 static int32_t fail_read(bp_io *io) {
     PyObject *exc = bp_err_take();
     PyObject *msg = exc ? PyObject_Str(exc) : NULL;
-    const char *type = exc ? Py_TYPE(exc)->tp_name : "Error";
+    PyTypeObject *t = exc ? (PyTypeObject *)Py_NewRef((PyObject *)Py_TYPE(exc)) : NULL;
     const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
-    int32_t rc = bp_fail_message(io, BP_ERR_CONVERT, "%s: %s", type, text ? text : "(no message)");
     PyErr_Clear();
+    Py_XDECREF(exc); /* before writing: freeing it may run a __del__ that calls JS */
+    int32_t rc = bp_fail_message(io, BP_ERR_CONVERT, "%s: %s", t ? t->tp_name : "Error", text ? text : "(no message)");
     Py_XDECREF(msg);
-    Py_XDECREF(exc);
+    Py_XDECREF(t);
     return rc;
 }
 
@@ -308,9 +314,10 @@ int32_t bp_call_attr(bp_io *io, void *obj, void *name) {
     ENTER(io);
     PyObject *fn = PyObject_GetAttr((PyObject *)obj, (PyObject *)name);
     if (!fn) LEAVE(bp_fail_python(io));
-    int32_t rc = call_and_finish(io, fn);
-    Py_DECREF(fn);
-    LEAVE(rc);
+    int32_t read_failed = 0;
+    PyObject *v = call_from_buffer(io, fn, &read_failed);
+    Py_DECREF(fn); /* before the result is written: dropping it may run a __del__ */
+    LEAVE(read_failed ? fail_read(io) : finish(io, v, 0));
 }
 
 /* ---- items ---------------------------------------------------------------------------- */

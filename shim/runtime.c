@@ -7,6 +7,7 @@
 #include "internal.h"
 #include <dlfcn.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
@@ -16,6 +17,9 @@ static atomic_int state = BP_UNINITIALISED;
    waits for them so that none takes the GIL of a finalised interpreter. */
 atomic_int bp_foreign_calls = 0;
 
+PyInterpreterState *bp_main_interp;
+pthread_mutex_t bp_create_lock = PTHREAD_MUTEX_INITIALIZER; /* interpreter creation/end (fact 4) */
+const char *bp_python_dir;       /* bunpy's python/ folder, put on sys.path of every interpreter */
 PyThreadState *bp_main_ts;       /* the initialising thread's state, detached between calls */
 pthread_t bp_main_thread;
 int bp_main_ts_taken;            /* the main thread's port uses bp_main_ts                  */
@@ -126,6 +130,8 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
     }
     Py_DECREF(mod);
 
+    bp_main_interp = PyInterpreterState_Main();
+    bp_python_dir = strdup(python_dir);
     bp_main_thread = pthread_self();
     bp_main_ts = PyEval_SaveThread(); /* the main GIL is free between calls */
     atomic_store(&state, BP_RUNNING);

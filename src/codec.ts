@@ -43,6 +43,8 @@ export interface WireHooks {
   handleOf(value: object): number | undefined;
   /** An id for a JS function passed to Python. */
   functionId(fn: Function): number;
+  /** Forgets ids handed out for a message that failed to encode (Python never saw them). */
+  forgetFunctions(ids: readonly number[]): void;
   /** A proxy for a handle that now belongs to JS. */
   proxyFor(handle: number): unknown;
 }
@@ -71,11 +73,14 @@ export class Wire {
   readonly drops: Float64Array;
   pos = 0;
   private readonly stack: object[] = [];
+  /** Ids of the JS functions written since begin(), forgotten again if encoding fails. */
+  private readonly functionIds: number[] = [];
 
   constructor(
     private readonly lib: Shim,
     readonly io: number,
-    private readonly hooks: WireHooks,
+    /** Swapped while a message for a context is encoded or decoded (see context.ts). */
+    public hooks: WireHooks,
   ) {
     this.header = new Uint32Array(viewOf(io, 40));
     this.drops = new Float64Array(viewOf(readPointer(io, 24), this.header[9]! * 8));
@@ -100,6 +105,16 @@ export class Wire {
     if (this.header[4] !== this.gen) this.refresh();
     this.pos = 0;
     this.stack.length = 0;
+    if (this.functionIds.length !== 0) this.functionIds.length = 0;
+  }
+
+  /** The message being written will not be sent: its JS functions will never reach Python. */
+  private abandon(e: unknown): unknown {
+    if (this.functionIds.length !== 0) {
+      this.hooks.forgetFunctions(this.functionIds);
+      this.functionIds.length = 0;
+    }
+    return e;
   }
 
   private ensure(n: number): void {
@@ -129,7 +144,8 @@ export class Wire {
       this.pos += 5;
       return;
     }
-    this.u8[this.pos] = Number.isSafeInteger(v) ? Tag.Int53 : Tag.Float;
+    // -0 is not an integer for Python: it stays a float (0 itself took the Int32 path)
+    this.u8[this.pos] = v !== 0 && Number.isSafeInteger(v) ? Tag.Int53 : Tag.Float;
     this.dv.setFloat64(this.pos + 1, v, true);
     this.pos += 9;
   }
@@ -196,7 +212,9 @@ export class Wire {
       case "function": {
         const h = this.hooks.handleOf(v);
         if (h !== undefined) return this.writeHandle(h);
-        this.putHeader(Tag.JSFunc, this.hooks.functionId(v));
+        const id = this.hooks.functionId(v);
+        this.functionIds.push(id);
+        this.putHeader(Tag.JSFunc, id);
         return;
       }
       case "symbol":
@@ -218,6 +236,8 @@ export class Wire {
   }
 
   private writeObject(v: object, depth: number): void {
+    const h = this.hooks.handleOf(v);
+    if (h !== undefined) return this.writeHandle(h);
     if (Array.isArray(v)) {
       this.enter(v, depth);
       this.putHeader(Tag.List, v.length);
@@ -282,9 +302,37 @@ export class Wire {
     this.stack.pop();
   }
 
+  /** One whole value of a message (after begin()); JS functions in it are forgotten if it fails. */
+  writeTop(v: unknown): void {
+    try {
+      this.writeValue(v, 0);
+    } catch (e) {
+      throw this.abandon(e);
+    }
+  }
+
   /** Positional arguments then keyword arguments, as bp_call expects them. */
   writeCall(args: readonly unknown[], kwargs: Record<string, unknown> | undefined): void {
     this.begin();
+    try {
+      this.writeArguments(args, kwargs);
+    } catch (e) {
+      throw this.abandon(e);
+    }
+  }
+
+  /** Arguments of a context request (after begin() and the request's header fields). */
+  writeArgs(args: readonly unknown[], kwargs: Record<string, unknown> | undefined): void {
+    this.writeArguments(args, kwargs);
+  }
+
+  /** A LIST of handles (a context's REF_DROP request). */
+  writeHandleList(handles: readonly number[]): void {
+    this.putHeader(Tag.List, handles.length);
+    for (const h of handles) this.writeHandle(h);
+  }
+
+  private writeArguments(args: readonly unknown[], kwargs: Record<string, unknown> | undefined): void {
     const n = args.length;
     this.putHeader(Tag.List, n);
     for (let i = 0; i < n; i++) {
@@ -394,6 +442,12 @@ export class Wire {
       default:
         throw new ConversionError(`bunpy: malformed result buffer (tag ${tag} at ${this.pos - 1})`);
     }
+  }
+
+  readI32(): number {
+    const v = this.dv.getInt32(this.pos, true);
+    this.pos += 4;
+    return v;
   }
 
   readU32(): number {

@@ -32,6 +32,16 @@ const symbols = {
   bp_builtins: { args: [ptr], returns: i32 },
   bp_decref: { args: [ptr, ptr], returns: FFIType.void },
   bp_flush: { args: [ptr], returns: i32 },
+  bp_port_set_doorbell: { args: [ptr, ptr], returns: FFIType.void },
+  bp_port_drain: { args: [ptr], returns: i32 },
+  bp_ctx_new: { args: [ptr, i32, u32], returns: ptr },
+  bp_ctx_submit: { args: [ptr, ptr, u32, i32, u32], returns: ptr },
+  bp_ctx_call_sync: { args: [ptr, ptr, i32, u32], returns: i32 },
+  bp_ctx_cancel: { args: [ptr, ptr], returns: i32 },
+  bp_ctx_close: { args: [ptr, ptr, u32], returns: i32 },
+  bp_ctx_free: { args: [ptr], returns: FFIType.void },
+  bp_ctx_state: { args: [ptr], returns: i32 },
+  bp_ctx_completed: { args: [ptr], returns: FFIType.f64 },
   bp_bench_prepare: { args: [ptr, ptr], returns: i32 },
   bp_bench_call: { args: [ptr, i64, i64], returns: i64 },
 } as const;
@@ -67,6 +77,16 @@ export interface Shim {
   bp_builtins(io: P): number;
   bp_decref(io: P, obj: P): void;
   bp_flush(io: P): number;
+  bp_port_set_doorbell(io: P, doorbell: P): void;
+  bp_port_drain(io: P): number;
+  bp_ctx_new(io: P, mode: number, id: number): P | null;
+  bp_ctx_submit(ctx: P, io: P, id: number, op: number, len: number): P | null;
+  bp_ctx_call_sync(ctx: P, io: P, op: number, len: number): number;
+  bp_ctx_cancel(ctx: P, req: P): number;
+  bp_ctx_close(ctx: P, io: P, id: number): number;
+  bp_ctx_free(ctx: P): void;
+  bp_ctx_state(ctx: P): number;
+  bp_ctx_completed(ctx: P): number;
   bp_bench_prepare(io: P, callable: P): number;
   bp_bench_call(io: P, a: number, b: number): number | bigint;
 }
@@ -78,6 +98,11 @@ export function loadShim(path: string): Shim {
 /** Signature of the dispatch callback C calls for Python -> JS calls: (io, target) -> status. */
 export function makeDispatch(fn: (target: number) => number): JSCallback {
   return new JSCallback((_io: Pointer, target: number) => fn(target), { args: [ptr, i32], returns: i32 });
+}
+
+/** The doorbell: a threadsafe callback the shim rings from context threads. */
+export function makeDoorbell(fn: () => void): JSCallback {
+  return new JSCallback(() => fn(), { args: [ptr], returns: FFIType.void, threadsafe: true });
 }
 
 /** A view of `length` bytes of C memory at `address`. */

@@ -10,11 +10,17 @@ import { Kwargs } from "./codec.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
 import { BunpyError, PythonClosedError } from "./errors.ts";
+import { Context, type ContextOptions } from "./context.ts";
+import { Pool, type PoolOptions } from "./pool.ts";
 
 export { BunpyError, BuildError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
 export { Kwargs } from "./codec.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";
+export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.ts";
+export type { CallOptions, ContextMode, ContextOptions } from "./context.ts";
+export { Pool } from "./pool.ts";
+export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
 
 let main: MainInterpreter | undefined;
 let closed = false;
@@ -77,6 +83,15 @@ export const py = {
   /** Removes a function registered with py.register. Returns whether it was registered. */
   unregister(name: string): boolean {
     return main?.registered.delete(name) ?? false;
+  },
+  /** Starts a context: Python on its own thread, with its own interpreter and GIL
+      (mode "owngil", the default on 3.12+) or as a thread of the main interpreter ("worker"). */
+  context(options?: ContextOptions): Promise<Context> {
+    return Context.start(rt(), options);
+  },
+  /** Starts a pool of contexts (size defaults to the number of cores) with keyed routing. */
+  pool(options?: PoolOptions): Promise<Pool> {
+    return Pool.start(rt(), options);
   },
   /** len(obj) */
   len(obj: PyObject): number {

@@ -187,6 +187,10 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     return id;
   }
 
+  forgetFunctions(ids: readonly number[]): void {
+    for (const id of ids) this.functions.delete(id);
+  }
+
   private takeReleased(): void {
     if (this.lib.bp_take_released(this.io) !== 0) return;
     const ids = this.wire.result() as number[];
@@ -205,36 +209,58 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     try {
       w.refresh();
       w.pos = 0;
+      // Arguments are decoded before the function is looked up: Python objects in them
+      // arrive as references that only their proxies give back.
+      const name = target < 0 ? (w.readValue() as string) : "";
+      const args = w.readValue() as unknown[];
+      const kwargs = w.readValue();
+      if (kwargs !== null) args.push(kwargs);
       let fn: Function | undefined;
       if (target < 0) {
-        const name = w.readValue() as string;
         fn = this.registered.get(name);
         if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
       } else {
         fn = this.functions.get(target);
         if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);
       }
-      const args = w.readValue() as unknown[];
-      const kwargs = w.readValue();
-      if (kwargs !== null) args.push(kwargs);
       const value = fn(...args);
       if (value instanceof Promise || (value !== null && typeof value === "object" && typeof (value as { then?: unknown }).then === "function")) {
-        (value as Promise<unknown>).then?.(undefined, () => {}); // it is dropped: do not report it unhandled
+        // A dropped Promise must not be reported unhandled; another thenable's then() is
+        // user code and is not run.
+        if (value instanceof Promise) value.then(undefined, () => {});
         throw new TypeError(
           "the JS function returned a Promise; Python in the main interpreter calls JS synchronously and cannot wait for it",
         );
       }
       this.begin();
-      w.writeValue(value, 0);
+      w.writeTop(value);
       return Status.Ok;
     } catch (e) {
-      const err = e instanceof Error ? e : new Error(String(e));
-      w.begin();
-      w.writeString(err.name || "Error");
-      w.writeString(err.message ?? String(e));
-      w.writeString(err.stack ?? "");
-      return Status.JS;
+      return this.thrown(e);
     }
+  }
+
+  /** Writes what a JS function threw as the BP_ERR_JS record. Must not throw: an exception
+      escaping the dispatch callback would leave C reading the buffer as a result. */
+  private thrown(e: unknown): number {
+    let name = "Error", message: string, stack = "";
+    try {
+      if (e instanceof Error) {
+        name = String(e.name || "Error");
+        message = String(e.message ?? "");
+        stack = String(e.stack ?? "");
+      } else {
+        message = String(e);
+      }
+    } catch {
+      message = "(the thrown value could not be turned into a string)";
+    }
+    const w = this.wire;
+    w.begin();
+    w.writeString(name.toWellFormed());
+    w.writeString(message.toWellFormed());
+    w.writeString(stack.toWellFormed());
+    return Status.JS;
   }
 
   // ------------------------------------------------------------ main paths --
@@ -336,7 +362,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   setattr(st: ProxyState, name: string, value: unknown): void {
     const n = this.nameHandle(name);
-    this.begin().writeValue(value, 0);
+    this.begin().writeTop(value);
     const rc = this.lib.bp_setattr(this.io, st.handle, n);
     if (rc !== 0) this.fail(rc);
   }
@@ -348,7 +374,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   contains(st: ProxyState, key: unknown): boolean {
-    this.begin().writeValue(key, 0);
+    this.begin().writeTop(key);
     return this.result(this.lib.bp_contains(this.io, st.handle)) as boolean;
   }
 
@@ -370,20 +396,20 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   getitem(st: ProxyState, key: unknown): unknown {
-    this.begin().writeValue(key, 0);
+    this.begin().writeTop(key);
     return this.result(this.lib.bp_getitem(this.io, st.handle));
   }
 
   setitem(st: ProxyState, key: unknown, value: unknown): void {
     const w = this.begin();
-    w.writeValue(key, 0);
-    w.writeValue(value, 0);
+    w.writeTop(key);
+    w.writeTop(value);
     const rc = this.lib.bp_setitem(this.io, st.handle);
     if (rc !== 0) this.fail(rc);
   }
 
   delitem(st: ProxyState, key: unknown): void {
-    this.begin().writeValue(key, 0);
+    this.begin().writeTop(key);
     const rc = this.lib.bp_delitem(this.io, st.handle);
     if (rc !== 0) this.fail(rc);
   }
@@ -394,22 +420,31 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   iterate(st: ProxyState): Iterator<unknown> & Disposable {
-    const it = this.result(this.lib.bp_object_op(this.io, st.handle, Op.Iter)) as PyObject;
-    const itState = stateOf(it)!;
+    // The iterator's reference is held here, not through a proxy: iter(x) is x for an
+    // iterator or generator, and ending the loop must not dispose the proxy being iterated.
+    const handle = this.handle(this.lib.bp_object_op(this.io, st.handle, Op.Iter));
+    const itState: ProxyState = { handle, disposed: false, owner: this };
+    const stop = (): IteratorResult<unknown> => {
+      if (!itState.disposed) {
+        itState.disposed = true;
+        this.finalizer.unregister(itState);
+        if (!this.closed) this.drop(itState.handle);
+      }
+      return { done: true, value: undefined };
+    };
     const next = (): IteratorResult<unknown> => {
       if (itState.disposed) return { done: true, value: undefined };
       const rc = this.lib.bp_object_op(this.io, itState.handle, Op.Next);
-      if (rc === 1) {
-        this.release(itState);
-        return { done: true, value: undefined };
+      if (rc === 1) return stop();
+      if (rc !== 0) {
+        stop(); // for..of does not call return() when next() throws
+        this.fail(rc);
       }
-      return { done: false, value: this.result(rc) };
+      return { done: false, value: this.wire.result() };
     };
-    const stop = (): IteratorResult<unknown> => {
-      this.release(itState);
-      return { done: true, value: undefined };
-    };
-    return { next, return: stop, [Symbol.dispose]: () => void stop() };
+    const iterator = { next, return: stop, [Symbol.dispose]: () => void stop() };
+    this.finalizer.register(iterator, itState, itState); // abandoned half-way: GC releases it
+    return iterator;
   }
 
   // ---------------------------------------------------------------- lifecycle --

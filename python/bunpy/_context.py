@@ -1,0 +1,72 @@
+"""Set-up run inside every new context (see shim/context.c)."""
+
+import sys
+from importlib.machinery import ExtensionFileLoader, PathFinder
+
+# C accelerators that are unsafe in a subinterpreter with its own GIL on some releases
+# (DESIGN.md fact 3). Refusing them makes the stdlib fall back to its pure-Python versions
+# (datetime -> _pydatetime, decimal -> _pydecimal, zoneinfo -> zoneinfo._zoneinfo).
+#   3.12.x: single-phase _decimal, _datetime, _zoneinfo double-free in a second interpreter
+#   3.13.0: _datetime races when isolated interpreters start or stop concurrently
+def unsafe_accelerators(version=sys.version_info):
+    if version[:2] == (3, 12):
+        return {"_decimal", "_datetime", "_zoneinfo"}
+    if version[:3] == (3, 13, 0):
+        return {"_datetime"}
+    return set()
+
+
+# 3.12.x: merely *trying* a single-phase extension in a subinterpreter (CPython refuses it
+# with ImportError) corrupts the runtime's extension cache, and a later import of the same
+# module elsewhere double-frees (seen with 3.12.1 and _testsinglephase). So on 3.12 an
+# owngil context loads only the extension modules known to be multi-phase (these are the
+# stdlib's, checked on 3.12.1); any other extension is refused before it is loaded.
+MULTI_PHASE_312 = frozenset("""
+_asyncio _bisect _blake2 _bz2 _codecs_cn _codecs_hk _codecs_iso2022 _codecs_jp _codecs_kr
+_codecs_tw _contextvars _crypt _csv _elementtree _hashlib _heapq _json _lsprof _lzma _md5
+_multibytecodec _multiprocessing _opcode _pickle _posixshmem _posixsubprocess _queue _random
+_sha1 _sha2 _sha3 _socket _sqlite3 _ssl _statistics _struct _testinternalcapi _testmultiphase
+_uuid _xxinterpchannels _xxsubinterpreters array audioop binascii cmath fcntl grp math mmap
+nis pyexpat resource select spwd syslog termios unicodedata xxlimited xxlimited_35 xxsubtype zlib
+""".split())
+
+
+class RefuseUnsafeExtensions:
+    """A sys.meta_path finder, first in line, that refuses unsafe extension modules."""
+
+    def __init__(self, names, only_known_multi_phase):
+        self.names = frozenset(names)
+        self.only_known = only_known_multi_phase
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.names:
+            raise ImportError(f"bunpy: {name} is not safe in a subinterpreter on this Python", name=name)
+        if not self.only_known or name.rpartition(".")[2] in MULTI_PHASE_312:
+            return None
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and isinstance(spec.loader, ExtensionFileLoader):
+            raise ImportError(
+                f"bunpy: the extension module {name} is not known to support subinterpreters, and on "
+                f"Python 3.12 trying one can corrupt the process; use a context with mode 'worker' "
+                f"(or Python 3.13) for it",
+                name=name,
+            )
+        return None
+
+
+def setup(owngil):
+    if owngil:
+        names = unsafe_accelerators()
+        strict = sys.version_info[:2] == (3, 12)
+        if names or strict:
+            sys.meta_path.insert(0, RefuseUnsafeExtensions(names, strict))
+
+
+def teardown():
+    """Runs on the context thread just before its interpreter or thread state ends."""
+    threading = sys.modules.get("threading")
+    local = getattr(threading, "_thread_local_info", None)
+    # 3.13: a _DummyThread made for this thread is dropped through a thread-local whose
+    # __del__ needs the threading module alive; drop it now rather than during teardown.
+    if local is not None and hasattr(local, "_track_dummy_thread_ref"):
+        del local._track_dummy_thread_ref

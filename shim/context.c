@@ -1,0 +1,746 @@
+/*
+ * context.c — contexts: one OS thread running one interpreter, serving requests.
+ *
+ *   owngil: a subinterpreter with its own GIL (Python >= 3.12): truly parallel.
+ *   worker: a thread of the main interpreter (shared GIL): for single-phase extensions
+ *           such as numpy, and the only mode on 3.11.
+ *
+ * Requests come in through a lock-free MPSC queue; the context thread runs them in
+ * order and pushes each finished request onto the completion queue of the JS port that
+ * sent it, ringing that port's doorbell (a threadsafe JSCallback) on the empty -> non-empty
+ * edge. JS drains every completion with one bp_port_drain call.
+ *
+ * Thread-state rules (DESIGN.md facts 4 and 5):
+ *   - creation: take bp_create_lock BEFORE attaching a main thread state; the new
+ *     interpreter briefly needs the main GIL; never block while holding the main GIL.
+ *   - never PyGILState_* for subinterpreters; a foreign thread enters one with
+ *     PyThreadState_New(interp) + PyEval_RestoreThread and deletes its state afterwards.
+ *   - an interpreter ends on the thread that created it, with no other thread state left.
+ *   - `current` (the request being run) only changes while the context holds its GIL, so
+ *     an interrupter that holds the same GIL sees a stable value.
+ */
+#include "internal.h"
+#include "queue.h"
+#include <errno.h>
+#include <poll.h>
+#include <semaphore.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
+
+extern PyInterpreterState *bp_main_interp;
+extern pthread_mutex_t bp_create_lock;
+extern const char *bp_python_dir;
+
+enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
+
+/* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
+#define SPIN_NS 50000
+
+struct bp_request {
+    bp_node node;             /* queue link: must stay first                          */
+    bp_context *ctx;
+    bp_port *reply;           /* completion goes to this port (a ref is held)          */
+    uint32_t id;
+    int32_t op;
+    atomic_int cancelled;
+    int32_t status;
+    uint8_t *data;            /* payload, then the result                              */
+    uint32_t len;
+    sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
+    atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
+};
+
+struct bp_context {
+    int32_t mode;
+    atomic_int state;
+    atomic_int refs;          /* JS + the context thread + running interrupters        */
+    pthread_t thread;
+    unsigned long ident;      /* threading.get_ident() of the context thread           */
+    PyInterpreterState *interp;
+    PyObject *main_module;    /* this context's __main__                               */
+    bp_mpsc requests;
+    atomic_int sleeping;
+    int wake_fd;
+    pthread_mutex_t submit_lock;  /* orders submits against the final close            */
+    pthread_mutex_t life_lock;    /* guards `interrupters` against the interpreter's end */
+    pthread_cond_t life_cond;
+    int interrupters;
+    bp_request *current;      /* changed only with this context's GIL held              */
+    bp_io scratch;            /* the writer's buffer on this thread                      */
+    atomic_ullong completed;
+    bp_request *start;        /* completed once the interpreter is up (or failed)       */
+};
+
+/* ------------------------------------------------------------------- helpers ----- */
+
+static void ctx_unref(bp_context *c) {
+    if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+    if (c->wake_fd >= 0) close(c->wake_fd);
+    pthread_mutex_destroy(&c->submit_lock);
+    pthread_mutex_destroy(&c->life_lock);
+    pthread_cond_destroy(&c->life_cond);
+    free(c->scratch.buf);
+    free(c->scratch.drop);
+    free(c);
+}
+
+static bp_request *request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
+    bp_request *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->data = len ? malloc(len) : NULL;
+    if (len && !r->data) {
+        free(r);
+        return NULL;
+    }
+    if (len) memcpy(r->data, io->buf, len);
+    r->len = len;
+    r->ctx = c;
+    r->id = id;
+    r->op = op;
+    r->reply = bp_port_of(io);
+    atomic_fetch_add(&r->reply->refs, 1);
+    return r;
+}
+
+static void request_free(bp_request *r) {
+    if (r->reply) bp_port_unref(r->reply);
+    free(r->data);
+    free(r);
+}
+
+/* Hands a finished request back to its JS thread. The result is copied out of `src`. */
+static void complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t len) {
+    uint8_t *copy = len ? malloc(len) : NULL;
+    if (len && !copy) {
+        status = BP_ERR_MEMORY;
+        len = 0;
+    } else if (len) {
+        memcpy(copy, src, len);
+    }
+    free(r->data);
+    r->data = copy;
+    r->len = len;
+    r->status = status;
+    if (r->sync) {
+        sem_t *sync = r->sync; /* r belongs to the waiter once done is set */
+        atomic_store(&r->done, 1);
+        sem_post(sync);
+        return;
+    }
+    bp_port *p = r->reply;
+    if (atomic_load(&p->closed)) { /* its JS thread is gone: nobody will drain it */
+        request_free(r);
+        return;
+    }
+    if (bp_mpsc_push(&p->completions, &r->node) && p->doorbell) p->doorbell(&p->io);
+}
+
+static void complete_message(bp_request *r, int32_t status, const char *msg) {
+    bp_io tmp = {0};
+    tmp.buf = malloc(256 + strlen(msg));
+    if (!tmp.buf) {
+        complete(r, BP_ERR_MEMORY, NULL, 0);
+        return;
+    }
+    tmp.cap = 256 + (uint32_t)strlen(msg);
+    bp_fail_message(&tmp, status, "%s", msg);
+    complete(r, status, tmp.buf, tmp.len);
+    free(tmp.buf);
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ interpreter life ----- */
+
+/* Python code run in every new context before it serves requests. */
+static int setup_interpreter(bp_context *c, int owngil) {
+    PyObject *sys_path = PySys_GetObject("path");
+    PyObject *dir = PyUnicode_DecodeFSDefault(bp_python_dir);
+    int ok = sys_path && dir && PyList_Insert(sys_path, 0, dir) == 0;
+    Py_XDECREF(dir);
+    if (!ok) return -1;
+    PyObject *m = PyImport_ImportModule("_bunpy");
+    if (!m) return -1;
+    Py_DECREF(m);
+    PyObject *setup = PyImport_ImportModule("bunpy._context");
+    if (!setup) return -1;
+    PyObject *r = PyObject_CallMethod(setup, "setup", "i", owngil);
+    Py_DECREF(setup);
+    if (!r) return -1;
+    Py_DECREF(r);
+    if (owngil) {
+        c->main_module = Py_XNewRef(PyImport_AddModule("__main__"));
+    } else {
+        /* worker mode shares the main interpreter: give the context its own namespace */
+        c->main_module = PyModule_New("__main__");
+        if (c->main_module) {
+            PyObject *d = PyModule_GetDict(c->main_module);
+            if (PyDict_SetItemString(d, "__builtins__", PyEval_GetBuiltins()) < 0) Py_CLEAR(c->main_module);
+        }
+    }
+    if (!c->main_module) return -1;
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *ident = threading ? PyObject_CallMethod(threading, "get_ident", NULL) : NULL;
+    c->ident = ident ? PyLong_AsUnsignedLong(ident) : 0;
+    Py_XDECREF(ident);
+    Py_XDECREF(threading);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* The startup error as text, for the start request. */
+static void startup_failed(bp_context *c, const char *what) {
+    char msg[512];
+    PyObject *exc = PyErr_Occurred() ? bp_err_take() : NULL;
+    PyObject *s = exc ? PyObject_Str(exc) : NULL;
+    snprintf(msg, sizeof msg, "%s%s%s", what, s ? ": " : "", s ? PyUnicode_AsUTF8(s) : "");
+    Py_XDECREF(s);
+    Py_XDECREF(exc);
+    PyErr_Clear();
+    complete_message(c->start, BP_ERR_STATE, msg);
+    c->start = NULL;
+}
+
+/* On success the context thread holds its interpreter's GIL. */
+static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
+#if PY_VERSION_HEX >= 0x030C0000
+    pthread_mutex_lock(&bp_create_lock); /* before any main thread state is attached */
+    *main_ts = PyThreadState_New(bp_main_interp);
+    PyEval_RestoreThread(*main_ts);
+    PyInterpreterConfig cfg = {
+        .use_main_obmalloc = 0,
+        .allow_fork = 0,
+        .allow_exec = 0,
+        .allow_threads = 1,
+        .allow_daemon_threads = 0,
+        .check_multi_interp_extensions = 1,
+        .gil = PyInterpreterConfig_OWN_GIL,
+    };
+    PyThreadState *sub = NULL;
+    PyStatus st = Py_NewInterpreterFromConfig(&sub, &cfg);
+    if (PyStatus_Exception(st)) {
+        /* still on main_ts with the main GIL */
+        char msg[300];
+        snprintf(msg, sizeof msg, "creating the subinterpreter failed: %s", st.err_msg ? st.err_msg : "unknown");
+        PyThreadState_Clear(*main_ts);
+        PyThreadState_DeleteCurrent();
+        *main_ts = NULL;
+        pthread_mutex_unlock(&bp_create_lock);
+        complete_message(c->start, BP_ERR_STATE, msg);
+        c->start = NULL;
+        return NULL;
+    }
+    pthread_mutex_unlock(&bp_create_lock);
+    c->interp = PyThreadState_GetInterpreter(sub);
+    if (setup_interpreter(c, 1) < 0) {
+        startup_failed(c, "setting up the subinterpreter failed");
+        Py_CLEAR(c->main_module);
+        Py_EndInterpreter(sub);
+        PyEval_RestoreThread(*main_ts);
+        PyThreadState_Clear(*main_ts);
+        PyThreadState_DeleteCurrent();
+        *main_ts = NULL;
+        return NULL;
+    }
+    return sub;
+#else
+    (void)main_ts;
+    complete_message(c->start, BP_ERR_STATE,
+                     "owngil contexts need Python 3.12 or newer (subinterpreters with their own GIL); use mode \"worker\"");
+    c->start = NULL;
+    return NULL;
+#endif
+}
+
+static PyThreadState *start_worker(bp_context *c) {
+    PyThreadState *ts = PyThreadState_New(bp_main_interp);
+    PyEval_RestoreThread(ts);
+    c->interp = bp_main_interp;
+    if (setup_interpreter(c, 0) < 0) {
+        startup_failed(c, "setting up the worker context failed");
+        Py_CLEAR(c->main_module);
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+        return NULL;
+    }
+    return ts;
+}
+
+/* Waits (GIL released) until no interrupter can still enter the interpreter. */
+static void stop_interrupters(bp_context *c) {
+    PyThreadState *ts = PyEval_SaveThread();
+    pthread_mutex_lock(&c->life_lock);
+    atomic_store(&c->state, CTX_ENDING);
+    while (c->interrupters > 0) pthread_cond_wait(&c->life_cond, &c->life_lock);
+    pthread_mutex_unlock(&c->life_lock);
+    PyEval_RestoreThread(ts);
+}
+
+static void run_teardown(void) {
+    PyObject *m = PyImport_ImportModule("bunpy._context");
+    PyObject *r = m ? PyObject_CallMethod(m, "teardown", NULL) : NULL;
+    if (!r) PyErr_WriteUnraisable(m);
+    Py_XDECREF(r);
+    Py_XDECREF(m);
+}
+
+static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *main_ts) {
+    stop_interrupters(c);
+    run_teardown();
+    Py_CLEAR(c->main_module);
+    if (c->mode == BP_CTX_WORKER) {
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    /* Stopping interpreters concurrently races in some releases (DESIGN fact 3). */
+    PyThreadState *sub = PyEval_SaveThread();
+    pthread_mutex_lock(&bp_create_lock);
+    PyEval_RestoreThread(sub);
+    Py_EndInterpreter(sub);
+    pthread_mutex_unlock(&bp_create_lock);
+    PyEval_RestoreThread(main_ts);
+    PyThreadState_Clear(main_ts);
+    PyThreadState_DeleteCurrent();
+#else
+    (void)main_ts;
+#endif
+}
+
+/* ------------------------------------------------------------------ requests ----- */
+
+static PyObject *resolve_module(bp_context *c, PyObject *name) {
+    if (PyUnicode_CompareWithASCIIString(name, "__main__") == 0) return Py_NewRef(c->main_module);
+    PyObject *m = PyImport_GetModule(name);
+    if (m || PyErr_Occurred()) return m;
+    return PyImport_Import(name);
+}
+
+static PyObject *read_text(bp_reader *r) {
+    PyObject *s = bp_read_value(r, 0);
+    if (s && !PyUnicode_Check(s)) {
+        Py_DECREF(s);
+        PyErr_SetString(PyExc_TypeError, "bunpy: expected a string in the request");
+        return NULL;
+    }
+    return s;
+}
+
+/* LIST args then NONE | DICT kwargs, called on `fn`. */
+static PyObject *call_with(bp_reader *r, PyObject *fn) {
+    PyObject *args = bp_read_value(r, 1);
+    if (!args) return NULL;
+    if (!PyList_Check(args)) {
+        Py_DECREF(args);
+        PyErr_SetString(PyExc_TypeError, "bunpy: malformed call request");
+        return NULL;
+    }
+    PyObject *kwargs = bp_read_value(r, 1);
+    if (!kwargs) {
+        Py_DECREF(args);
+        return NULL;
+    }
+    PyObject *tuple = PyList_AsTuple(args);
+    PyObject *result = NULL;
+    if (tuple) result = PyObject_Call(fn, tuple, kwargs == Py_None ? NULL : kwargs);
+    Py_XDECREF(tuple);
+    Py_DECREF(args);
+    Py_DECREF(kwargs);
+    return result;
+}
+
+static PyObject *run_request(bp_context *c, bp_request *req, int *deep) {
+    bp_reader r = {.buf = req->data, .pos = 0, .end = req->len, .port = NULL, .st = NULL};
+    switch (req->op) {
+    case BP_REQ_CALL: {
+        PyObject *modname = read_text(&r);
+        PyObject *fname = modname ? read_text(&r) : NULL;
+        PyObject *mod = fname ? resolve_module(c, modname) : NULL;
+        PyObject *fn = mod ? PyObject_GetAttr(mod, fname) : NULL;
+        PyObject *v = fn ? call_with(&r, fn) : NULL;
+        Py_XDECREF(fn);
+        Py_XDECREF(mod);
+        Py_XDECREF(fname);
+        Py_XDECREF(modname);
+        return v;
+    }
+    case BP_REQ_EVAL:
+    case BP_REQ_EXEC: {
+        PyObject *src = read_text(&r);
+        if (!src) return NULL;
+        const char *text = PyUnicode_AsUTF8(src);
+        PyObject *code = text ? Py_CompileString(text, req->op == BP_REQ_EVAL ? "<ctx.eval>" : "<ctx.exec>",
+                                                 req->op == BP_REQ_EVAL ? Py_eval_input : Py_file_input)
+                              : NULL;
+        Py_DECREF(src);
+        if (!code) return NULL;
+        PyObject *g = PyModule_GetDict(c->main_module);
+        PyObject *v = PyEval_EvalCode(code, g, g);
+        Py_DECREF(code);
+        if (v && req->op == BP_REQ_EXEC) Py_SETREF(v, Py_NewRef(Py_None));
+        return v;
+    }
+    case BP_REQ_REF_CALL: {
+        PyObject *fn = bp_read_value(&r, 0);
+        PyObject *v = fn ? call_with(&r, fn) : NULL;
+        Py_XDECREF(fn);
+        return v;
+    }
+    case BP_REQ_REF_GETATTR: {
+        PyObject *o = bp_read_value(&r, 0);
+        PyObject *name = o ? read_text(&r) : NULL;
+        PyObject *v = name ? PyObject_GetAttr(o, name) : NULL;
+        Py_XDECREF(name);
+        Py_XDECREF(o);
+        return v;
+    }
+    case BP_REQ_REF_TOJS:
+        *deep = 1;
+        return bp_read_value(&r, 0);
+    case BP_REQ_REF_DROP: {
+        /* LIST of handles this context gave out: JS dropped them (one ref each). */
+        uint32_t n;
+        if (r.end - r.pos < 5 || r.buf[r.pos] != BP_T_LIST) return Py_NewRef(Py_None);
+        r.pos++;
+        if (bp_read_u32(&r, &n) < 0) return NULL;
+        for (uint32_t i = 0; i < n && r.end - r.pos >= 9; i++) {
+            PyObject *o;
+            memcpy(&o, r.buf + r.pos + 1, 8);
+            r.pos += 9;
+            Py_XDECREF(o);
+        }
+        return Py_NewRef(Py_None);
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "bunpy: unknown request %d", req->op);
+        return NULL;
+    }
+}
+
+static void serve(bp_context *c, bp_request *req) {
+    if (atomic_load(&req->cancelled)) {
+        complete_message(req, BP_ERR_STATE, "cancelled before it started");
+        return;
+    }
+    c->current = req;
+    int deep = 0;
+    PyObject *v = run_request(c, req, &deep);
+    c->current = NULL;
+    /* An interrupt that arrived as the request finished must not hit the next one. */
+    PyThreadState_SetAsyncExc(c->ident, NULL);
+    bp_io *io = &c->scratch;
+    int32_t status;
+    if (!v) {
+        status = bp_fail_python(io);
+    } else {
+        bp_writer w;
+        bp_writer_init(&w, io, deep);
+        int rc = bp_write_value(&w, v, 0);
+        Py_DECREF(v);
+        if (rc) {
+            status = bp_fail_writer(&w, rc);
+        } else {
+            bp_writer_commit(&w);
+            status = BP_OK;
+        }
+    }
+    atomic_fetch_add(&c->completed, 1);
+    if (req->op == BP_REQ_REF_DROP) {
+        request_free(req);
+        return;
+    }
+    complete(req, status, io->buf, io->len);
+}
+
+/* Sleeps until a request arrives: spins briefly, then blocks on the eventfd. GIL released. */
+static void wait_for_work(bp_context *c) {
+    PyThreadState *ts = PyEval_SaveThread();
+    int64_t until = now_ns() + SPIN_NS;
+    /* sched_yield, not a pause loop: on a machine with fewer cores than busy threads the
+       spinning context must give its core to the JS thread that produces its work. */
+    while (bp_mpsc_empty(&c->requests) && now_ns() < until) sched_yield();
+    if (bp_mpsc_empty(&c->requests)) {
+        atomic_store(&c->sleeping, 1);
+        if (bp_mpsc_empty(&c->requests)) {
+            struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
+            while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
+            }
+            uint64_t v;
+            ssize_t n = read(c->wake_fd, &v, sizeof v);
+            (void)n;
+        }
+        atomic_store(&c->sleeping, 0);
+    }
+    PyEval_RestoreThread(ts);
+}
+
+static void reject_all(bp_node *list, const char *why) {
+    while (list) {
+        bp_request *req = (bp_request *)list;
+        list = list->next;
+        if (req->op == BP_REQ_REF_DROP) request_free(req);
+        else complete_message(req, BP_ERR_STATE, why);
+    }
+}
+
+static void *context_main(void *arg) {
+    bp_context *c = arg;
+    PyThreadState *main_ts = NULL;
+    PyThreadState *ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
+    if (!ts) {
+        pthread_mutex_lock(&c->submit_lock);
+        atomic_store(&c->state, CTX_DEAD);
+        reject_all(bp_mpsc_take(&c->requests), "the context failed to start");
+        pthread_mutex_unlock(&c->submit_lock);
+        ctx_unref(c);
+        return NULL;
+    }
+    atomic_store(&c->state, CTX_RUNNING);
+    complete(c->start, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
+    c->start = NULL;
+
+    bp_request *close_req = NULL;
+    while (!close_req) {
+        bp_node *list = bp_mpsc_take(&c->requests);
+        if (!list) {
+            wait_for_work(c);
+            continue;
+        }
+        while (list) {
+            bp_request *req = (bp_request *)list;
+            list = list->next;
+            if (close_req) {
+                complete_message(req, BP_ERR_STATE, "the context was closed");
+            } else if (req->op == BP_REQ_CLOSE) {
+                close_req = req;
+            } else {
+                serve(c, req);
+            }
+        }
+    }
+    end_interpreter(c, ts, main_ts);
+    pthread_mutex_lock(&c->submit_lock);
+    atomic_store(&c->state, CTX_CLOSED);
+    reject_all(bp_mpsc_take(&c->requests), "the context was closed");
+    pthread_mutex_unlock(&c->submit_lock);
+    complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
+    ctx_unref(c);
+    return NULL;
+}
+
+/* ----------------------------------------------------------------- exported ----- */
+
+void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn) { bp_port_of(io)->doorbell = fn; }
+
+bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id) {
+    if (!bp_running() || (mode != BP_CTX_OWNGIL && mode != BP_CTX_WORKER)) return NULL;
+    bp_context *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->mode = mode;
+    c->wake_fd = eventfd(0, EFD_CLOEXEC);
+    c->scratch.cap = 64 * 1024;
+    c->scratch.buf = malloc(c->scratch.cap);
+    c->start = request_new(c, io, id, BP_REQ_START, 0);
+    if (c->wake_fd < 0 || !c->scratch.buf || !c->start) {
+        if (c->wake_fd >= 0) close(c->wake_fd);
+        if (c->start) request_free(c->start);
+        free(c->scratch.buf);
+        free(c);
+        return NULL;
+    }
+    atomic_init(&c->state, CTX_STARTING);
+    atomic_init(&c->refs, 2); /* JS and the thread */
+    pthread_mutex_init(&c->submit_lock, NULL);
+    pthread_mutex_init(&c->life_lock, NULL);
+    pthread_cond_init(&c->life_cond, NULL);
+    if (pthread_create(&c->thread, NULL, context_main, c) != 0) {
+        request_free(c->start);
+        c->start = NULL;
+        atomic_store(&c->refs, 1);
+        ctx_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void wake(bp_context *c) {
+    if (atomic_exchange(&c->sleeping, 0)) {
+        uint64_t one = 1;
+        ssize_t n = write(c->wake_fd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+static int32_t push(bp_context *c, bp_request *r) {
+    pthread_mutex_lock(&c->submit_lock);
+    int s = atomic_load(&c->state);
+    if (s >= CTX_ENDING) {
+        pthread_mutex_unlock(&c->submit_lock);
+        return BP_ERR_STATE;
+    }
+    bp_mpsc_push(&c->requests, &r->node);
+    pthread_mutex_unlock(&c->submit_lock);
+    wake(c);
+    return BP_OK;
+}
+
+bp_request *bp_ctx_submit(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
+    if (len > io->cap || op == BP_REQ_START) return NULL;
+    bp_request *r = request_new(c, io, id, op, len);
+    if (!r) return NULL;
+    if (push(c, r) != BP_OK) {
+        request_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
+    if (len > io->cap) return BP_ERR_MEMORY;
+    bp_request *r = request_new(c, io, 0, op, len);
+    if (!r) return BP_ERR_MEMORY;
+    sem_t done;
+    sem_init(&done, 0, 0);
+    r->sync = &done;
+    if (push(c, r) != BP_OK) {
+        sem_destroy(&done);
+        request_free(r);
+        return bp_fail_message(io, BP_ERR_STATE, "the context is closed");
+    }
+    /* A futex wake-up costs tens of µs: spin a little first, yielding the core. */
+    int64_t until = now_ns() + SPIN_NS;
+    while (!atomic_load(&r->done) && now_ns() < until) sched_yield();
+    while (sem_wait(&done) < 0 && errno == EINTR) {
+    }
+    sem_destroy(&done);
+    int32_t status = r->status;
+    if (bp_io_reserve(io, r->len) == BP_OK) {
+        if (r->len) memcpy(io->buf, r->data, r->len);
+        io->len = r->len;
+    } else {
+        status = BP_ERR_MEMORY;
+    }
+    request_free(r);
+    return status;
+}
+
+/* Interrupts the request running in the context (from a short-lived thread, so JS never
+   waits for the context's GIL). */
+typedef struct {
+    bp_context *ctx;
+    bp_request *req;
+} interrupt_job;
+
+static void *interrupter_main(void *arg) {
+    interrupt_job job = *(interrupt_job *)arg;
+    free(arg);
+    bp_context *c = job.ctx;
+    pthread_mutex_lock(&c->life_lock);
+    int alive = atomic_load(&c->state) <= CTX_CLOSING;
+    if (alive) c->interrupters++;
+    pthread_mutex_unlock(&c->life_lock);
+    if (alive) {
+        PyThreadState *ts = PyThreadState_New(c->interp);
+        PyEval_RestoreThread(ts);
+        /* With the context's GIL held, `current` is stable. */
+        if (c->current == job.req) PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+        pthread_mutex_lock(&c->life_lock);
+        if (--c->interrupters == 0) pthread_cond_broadcast(&c->life_cond);
+        pthread_mutex_unlock(&c->life_lock);
+    }
+    ctx_unref(c);
+    return NULL;
+}
+
+/* Cancels a request JS has not seen completed: skipped if not started, interrupted
+   (TimeoutError raised inside Python) if running. */
+int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
+    atomic_store(&req->cancelled, 1);
+    if (!bp_running() || atomic_load(&c->state) != CTX_RUNNING) return BP_OK;
+    interrupt_job *job = malloc(sizeof *job);
+    if (!job) return BP_ERR_MEMORY;
+    job->ctx = c;
+    job->req = req;
+    atomic_fetch_add(&c->refs, 1);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, interrupter_main, job);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        free(job);
+        ctx_unref(c);
+        return BP_ERR_MEMORY;
+    }
+    return BP_OK;
+}
+
+int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id) {
+    int expected = CTX_RUNNING;
+    if (!atomic_compare_exchange_strong(&c->state, &expected, CTX_CLOSING) && expected != CTX_STARTING)
+        return BP_ERR_STATE;
+    bp_request *r = request_new(c, io, id, BP_REQ_CLOSE, 0);
+    if (!r) return BP_ERR_MEMORY;
+    if (push(c, r) != BP_OK) {
+        request_free(r);
+        return BP_ERR_STATE;
+    }
+    return BP_OK;
+}
+
+void bp_ctx_free(bp_context *c) {
+    pthread_join(c->thread, NULL);
+    ctx_unref(c);
+}
+
+int32_t bp_ctx_state(bp_context *c) { return atomic_load(&c->state); }
+double bp_ctx_completed(bp_context *c) { return (double)atomic_load(&c->completed); }
+
+/* Every completion for this port: u32 count, then per request u32 id, i32 status,
+   u32 len and len bytes (a value, or an error record). */
+int32_t bp_port_drain(bp_io *io) {
+    bp_port *p = bp_port_of(io);
+    bp_node *list = bp_mpsc_take(&p->completions);
+    uint32_t count = 0;
+    uint64_t need = 4;
+    for (bp_node *n = list; n; n = n->next) {
+        count++;
+        need += 12 + ((bp_request *)n)->len;
+    }
+    if (need > UINT32_MAX || bp_io_reserve(io, (uint32_t)need) != BP_OK) {
+        /* put them back for the next drain */
+        bp_node *rest = list;
+        while (rest) {
+            bp_node *next = rest->next;
+            bp_mpsc_push(&p->completions, rest);
+            rest = next;
+        }
+        return BP_ERR_MEMORY;
+    }
+    uint8_t *b = io->buf;
+    memcpy(b, &count, 4);
+    uint32_t pos = 4;
+    while (list) {
+        bp_request *r = (bp_request *)list;
+        list = list->next;
+        memcpy(b + pos, &r->id, 4);
+        memcpy(b + pos + 4, &r->status, 4);
+        memcpy(b + pos + 8, &r->len, 4);
+        if (r->len) memcpy(b + pos + 12, r->data, r->len);
+        pos += 12 + r->len;
+        request_free(r);
+    }
+    io->len = pos;
+    return (int32_t)count;
+}

@@ -1,0 +1,518 @@
+/**
+ * Contexts: Python running on its own OS thread, with its own interpreter (owngil) or as
+ * a thread of the main interpreter (worker). Calls are asynchronous: JS encodes the
+ * request into its port buffer, the shim copies it onto the context's queue, and the
+ * result comes back through the port's completion queue and doorbell.
+ *
+ * One ContextHub per JS thread owns the doorbell (a threadsafe JSCallback), the table of
+ * pending requests, and a ref'd timer that keeps Bun alive only while calls are in flight.
+ */
+import { BunpyError, ConversionError, PythonError } from "./errors.ts";
+import { Kwargs, type Wire, type WireHooks } from "./codec.ts";
+import { makeDoorbell, type JSCallback } from "./ffi.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+import { stateOf } from "./proxy.ts";
+
+export type ContextMode = "owngil" | "worker";
+
+export interface ContextOptions {
+  /** "owngil" (default on Python ≥ 3.12): a subinterpreter with its own GIL, truly parallel.
+      "worker": a thread of the main interpreter, for extensions such as numpy. */
+  mode?: ContextMode;
+}
+
+export interface CallOptions {
+  /** Milliseconds before the call is interrupted inside Python and rejected. */
+  timeout?: number;
+  /** Aborting it interrupts the call and rejects it with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** The context was closed (or failed to start) before the call could finish. */
+export class ContextClosedError extends BunpyError {
+  override name = "ContextClosedError";
+}
+
+/** A call ran longer than its `timeout`: it was interrupted inside Python. */
+export class CallTimeoutError extends BunpyError {
+  override name = "TimeoutError";
+}
+
+const enum Req {
+  Call = 1,
+  Eval = 2,
+  Exec = 3,
+  RefCall = 4,
+  RefGetattr = 5,
+  RefToJS = 6,
+  RefDrop = 7,
+}
+
+const enum Status {
+  Ok = 0,
+  Python = -1,
+  Convert = -2,
+  State = -3,
+  Memory = -5,
+}
+
+/** Reads an error record (see shim/errors.c) at the wire's position. */
+export function readError(w: Wire, status: number): Error {
+  if (status === Status.Python) {
+    const type = w.readValue() as string;
+    const module = w.readValue() as string;
+    const message = w.readValue() as string;
+    const traceback = w.readValue() as string;
+    const lineno = w.readValue() as number;
+    const offset = w.readValue() as number;
+    return new PythonError(type, module, message, traceback, lineno, offset);
+  }
+  if (status === Status.Memory) return new BunpyError("out of memory in the bunpy shim");
+  const message = w.readValue() as string;
+  if (status === Status.Convert) return new ConversionError(`cannot convert the Python result: ${message}`);
+  if (status === Status.State) return new ContextClosedError(message);
+  return new BunpyError(`unexpected status ${status} from the bunpy shim: ${message}`);
+}
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+  context: Context | undefined;
+  request: number;
+  settled: boolean;
+  timer?: ReturnType<typeof setTimeout>;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+/** The per-JS-thread side of all contexts. */
+export class ContextHub {
+  private readonly doorbell: JSCallback;
+  /** Pending requests by id: ids are slot numbers, reused through a free list (no hashing). */
+  private readonly slots: (Pending | undefined)[] = [undefined];
+  private readonly free: number[] = [];
+  private count = 0;
+  private keepAlive: ReturnType<typeof setInterval> | undefined;
+  private readonly dropped = new Map<Context, number[]>();
+  private dropScheduled = false;
+  readonly refs = new FinalizationRegistry<{ context: Context; handle: number }>((r) => this.dropRef(r.context, r.handle));
+
+  constructor(readonly rt: MainInterpreter) {
+    this.doorbell = makeDoorbell(() => this.drain());
+    rt.lib.bp_port_set_doorbell(rt.io, this.doorbell.ptr as unknown as number);
+  }
+
+  /** A request id: a free slot (0 is never used). Must be followed by track() or release(). */
+  newId(): number {
+    return this.free.length !== 0 ? this.free.pop()! : this.slots.push(undefined) - 1;
+  }
+
+  /** Gives back an id that was never tracked (the submit failed). */
+  releaseId(id: number): void {
+    this.free.push(id);
+  }
+
+  track(id: number, p: Pending): void {
+    this.slots[id] = p;
+    // Threadsafe callbacks do not keep Bun alive: a ref'd timer does while calls are out.
+    if (this.count++ === 0 && this.keepAlive === undefined) this.keepAlive = setInterval(() => {}, 1 << 30);
+  }
+
+  private untrack(id: number): void {
+    this.slots[id] = undefined;
+    this.free.push(id);
+    if (--this.count === 0 && this.keepAlive !== undefined) {
+      clearInterval(this.keepAlive);
+      this.keepAlive = undefined;
+    }
+  }
+
+  /** Rejects a call now and interrupts it in its context; its completion is ignored later. */
+  cancel(id: number, reason: unknown): void {
+    const p = this.slots[id];
+    if (p === undefined || p.settled) return;
+    this.settle(p);
+    if (p.context !== undefined && p.request !== 0) p.context.interrupt(p.request);
+    p.reject(reason);
+  }
+
+  private settle(p: Pending): void {
+    p.settled = true;
+    if (p.timer !== undefined) clearTimeout(p.timer);
+    if (p.signal !== undefined && p.onAbort !== undefined) p.signal.removeEventListener("abort", p.onAbort);
+  }
+
+  /** Takes every completion the shim has for this thread and settles its promise. */
+  drain(): void {
+    const { lib, io, wire } = this.rt;
+    const count = lib.bp_port_drain(io);
+    if (count <= 0) return;
+    wire.refresh();
+    let pos = 4;
+    const saved = wire.hooks;
+    try {
+      for (let i = 0; i < count; i++) {
+        wire.pos = pos;
+        const id = wire.readU32();
+        const status = wire.readI32();
+        const len = wire.readU32();
+        const start = wire.pos;
+        pos = start + len;
+        const p = this.slots[id];
+        if (p === undefined) continue;
+        this.untrack(id);
+        if (p.settled) continue;
+        this.settle(p);
+        if (p.context !== undefined) p.context.finished();
+        wire.hooks = p.context?.hooks ?? saved;
+        wire.pos = start;
+        try {
+          if (status === Status.Ok) p.resolve(wire.readValue());
+          else p.reject(readError(wire, status));
+        } catch (e) {
+          p.reject(e);
+        }
+      }
+    } finally {
+      wire.hooks = saved;
+    }
+  }
+
+  dropRef(context: Context, handle: number): void {
+    if (!context.isOpen) return;
+    let list = this.dropped.get(context);
+    if (list === undefined) this.dropped.set(context, (list = []));
+    list.push(handle);
+    if (!this.dropScheduled) {
+      this.dropScheduled = true;
+      queueMicrotask(() => this.flushDrops());
+    }
+  }
+
+  private flushDrops(): void {
+    this.dropScheduled = false;
+    for (const [context, handles] of this.dropped) context.sendDrops(handles);
+    this.dropped.clear();
+  }
+}
+
+let hubs = new WeakMap<MainInterpreter, ContextHub>();
+export function hubOf(rt: MainInterpreter): ContextHub {
+  let hub = hubs.get(rt);
+  if (hub === undefined) hubs.set(rt, (hub = new ContextHub(rt)));
+  return hub;
+}
+
+/** A Python object that stays in its context; use it through async calls. */
+export class PyRef {
+  #released = false;
+  constructor(
+    readonly context: Context,
+    readonly handle: number,
+  ) {}
+
+  /** Calls the object: `await ref.call(1, 2, py.kw({ x: 3 }))`. */
+  call(...args: unknown[]): Promise<any> {
+    const last = args[args.length - 1];
+    const kwargs = last instanceof Kwargs ? last.values : undefined;
+    const positional = kwargs === undefined ? args : args.slice(0, -1);
+    return this.context.request(Req.RefCall, (w) => {
+      w.writeHandle(this.live());
+      w.writeArgs(positional, kwargs);
+    });
+  }
+
+  /** Reads an attribute: converted when it has a JS form, else another PyRef. */
+  get(attr: string): Promise<any> {
+    return this.context.request(Req.RefGetattr, (w) => {
+      w.writeHandle(this.live());
+      w.writeString(attr);
+    });
+  }
+
+  /** Deep conversion to JS values. */
+  toJS(): Promise<any> {
+    return this.context.request(Req.RefToJS, (w) => w.writeHandle(this.live()));
+  }
+
+  private live(): number {
+    if (this.#released) throw new BunpyError("this PyRef was released");
+    return this.handle;
+  }
+
+  /** Releases the Python object now (it is also released when the PyRef is collected). */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    const hub = this.context.hub;
+    hub.refs.unregister(this);
+    hub.dropRef(this.context, this.handle);
+  }
+
+  [Symbol.dispose](): void {
+    this.release();
+  }
+
+  toString(): string {
+    return `PyRef(${this.context.mode} context, ${this.#released ? "released" : `0x${this.handle.toString(16)}`})`;
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+}
+
+const STATE_NAMES = ["starting", "running", "closing", "ending", "closed", "dead"] as const;
+
+export class Context {
+  readonly mode: ContextMode;
+  readonly hub: ContextHub;
+  readonly hooks: WireHooks;
+  #ptr: number;
+  #closing: Promise<void> | undefined;
+  #freed = false;
+  #inFlight = 0;
+  #errorListeners = new Set<(e: unknown) => void>();
+
+  /** @internal use py.context() */
+  constructor(hub: ContextHub, ptr: number, mode: ContextMode) {
+    this.hub = hub;
+    this.#ptr = ptr;
+    this.mode = mode;
+    const self = this;
+    this.hooks = {
+      handleOf(value: object): number | undefined {
+        if (value instanceof PyRef) {
+          if (value.context !== self) throw new ConversionError("a PyRef from another context cannot be passed here");
+          return value.handle;
+        }
+        if (stateOf(value) !== undefined)
+          throw new ConversionError("a main-interpreter PyObject cannot be passed to a context (pass plain values)");
+        return undefined;
+      },
+      functionId(): number {
+        throw new ConversionError("JS functions cannot be passed to a context");
+      },
+      forgetFunctions(): void {},
+      proxyFor(handle: number): unknown {
+        const ref = new PyRef(self, handle);
+        hub.refs.register(ref, { context: self, handle }, ref);
+        return ref;
+      },
+    };
+  }
+
+  /** Starts a context; resolves once its interpreter is ready. */
+  static start(rt: MainInterpreter, options: ContextOptions = {}): Promise<Context> {
+    const hub = hubOf(rt);
+    const mode = options.mode ?? (rt.info.minor >= 12 ? "owngil" : "worker");
+    if (mode !== "owngil" && mode !== "worker")
+      return Promise.reject(new TypeError(`py.context({ mode }): mode must be "owngil" or "worker", got ${String(mode)}`));
+    if (mode === "owngil" && rt.info.minor < 12)
+      return Promise.reject(
+        new BunpyError(`owngil contexts need Python 3.12 or newer (this is ${rt.info.version}); use { mode: "worker" }`),
+      );
+    const id = hub.newId();
+    const ptr = rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? 0 : 1, id);
+    if (!ptr) hub.releaseId(id);
+    if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
+    const ctx = new Context(hub, ptr, mode);
+    return new Promise<Context>((resolve, reject) => {
+      hub.track(id, {
+        resolve: () => resolve(ctx),
+        reject: (e) => {
+          ctx.#free();
+          reject(e);
+        },
+        context: undefined,
+        request: 0,
+        settled: false,
+      });
+    });
+  }
+
+  /** "starting" | "running" | "closing" | "ending" | "closed" | "dead" */
+  get state(): (typeof STATE_NAMES)[number] {
+    if (this.#freed) return "closed";
+    return STATE_NAMES[this.hub.rt.lib.bp_ctx_state(this.#ptr)] ?? "dead";
+  }
+
+  get isOpen(): boolean {
+    return this.#closing === undefined && !this.#freed;
+  }
+
+  /** Calls in flight on this context. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Requests this context has finished since it started. */
+  get completed(): number {
+    return this.#freed ? 0 : this.hub.rt.lib.bp_ctx_completed(this.#ptr);
+  }
+
+  /** @internal */
+  finished(): void {
+    this.#inFlight--;
+  }
+
+  /** Listens for errors of cast() calls. Without a listener they are printed. */
+  onError(listener: (e: unknown) => void): () => void {
+    this.#errorListeners.add(listener);
+    return () => this.#errorListeners.delete(listener);
+  }
+
+  private encode(op: Req, write: (w: Wire) => void): number {
+    if (!this.isOpen) throw new ContextClosedError("the context is closed");
+    const w = this.hub.rt.wire;
+    const saved = w.hooks;
+    w.hooks = this.hooks;
+    try {
+      w.begin();
+      write(w);
+      return w.pos;
+    } finally {
+      w.hooks = saved;
+    }
+  }
+
+  /** @internal sends a request and returns its promise. */
+  request(op: Req, write: (w: Wire) => void, options: CallOptions = {}): Promise<any> {
+    let len: number;
+    try {
+      if (options.signal?.aborted) throw options.signal.reason ?? new BunpyError("aborted");
+      len = this.encode(op, write);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const { lib, io } = this.hub.rt;
+    const id = this.hub.newId();
+    const req = lib.bp_ctx_submit(this.#ptr, io, id, op, len);
+    if (!req) {
+      this.hub.releaseId(id);
+      return Promise.reject(new ContextClosedError("the context is closed"));
+    }
+    this.#inFlight++;
+    return new Promise((resolve, reject) => {
+      const p: Pending = { resolve, reject, context: this, request: req, settled: false };
+      this.hub.track(id, p);
+      const { timeout, signal } = options;
+      if (timeout !== undefined) {
+        p.timer = setTimeout(
+          () => this.hub.cancel(id, new CallTimeoutError(`the call did not finish within ${timeout} ms; it was interrupted`)),
+          timeout,
+        );
+      }
+      if (signal !== undefined) {
+        p.signal = signal;
+        p.onAbort = () => this.hub.cancel(id, signal.reason ?? new BunpyError("aborted"));
+        signal.addEventListener("abort", p.onAbort, { once: true });
+      }
+    });
+  }
+
+  /** @internal */
+  interrupt(request: number): void {
+    if (!this.#freed) this.hub.rt.lib.bp_ctx_cancel(this.#ptr, request);
+  }
+
+  /** @internal */
+  sendDrops(handles: number[]): void {
+    if (!this.isOpen) return;
+    try {
+      const len = this.encode(Req.RefDrop, (w) => w.writeHandleList(handles));
+      this.hub.rt.lib.bp_ctx_submit(this.#ptr, this.hub.rt.io, 0, Req.RefDrop, len);
+    } catch {
+      // the context is closing: its interpreter frees everything anyway
+    }
+  }
+
+  /** Calls module.fn(*args, **kwargs) in this context. `"__main__"` is the context's own. */
+  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>, options?: CallOptions): Promise<any> {
+    if (!Array.isArray(args)) return Promise.reject(new TypeError("ctx.call(module, fn, args): args must be an array"));
+    return this.request(Req.Call, (w) => {
+      w.writeString(module);
+      w.writeString(fn);
+      w.writeArgs(args, kwargs);
+    }, options);
+  }
+
+  /** Evaluates an expression in this context's __main__. */
+  eval(expression: string, options?: CallOptions): Promise<any> {
+    return this.request(Req.Eval, (w) => w.writeString(expression), options);
+  }
+
+  /** Runs statements in this context's __main__. */
+  async exec(code: string, options?: CallOptions): Promise<void> {
+    await this.request(Req.Exec, (w) => w.writeString(code), options);
+  }
+
+  /** Fire and forget: errors go to onError listeners (or are printed), never lost. */
+  cast(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>): void {
+    this.call(module, fn, args, kwargs).catch((e) => {
+      if (this.#errorListeners.size === 0) console.error(`bunpy: ctx.cast(${module}.${fn}) failed:`, e);
+      for (const l of this.#errorListeners) l(e);
+    });
+  }
+
+  /** Blocks the JS thread until the call has finished in the context. */
+  callSync(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>): any {
+    const len = this.encode(Req.Call, (w) => {
+      w.writeString(module);
+      w.writeString(fn);
+      w.writeArgs(args, kwargs);
+    });
+    const { lib, io, wire } = this.hub.rt;
+    const status = lib.bp_ctx_call_sync(this.#ptr, io, Req.Call, len);
+    const saved = wire.hooks;
+    wire.hooks = this.hooks;
+    try {
+      wire.refresh();
+      wire.pos = 0;
+      if (status !== Status.Ok) throw readError(wire, status);
+      return wire.readValue();
+    } finally {
+      wire.hooks = saved;
+    }
+  }
+
+  /** Finishes what is queued (later requests are rejected), then ends the interpreter. */
+  close(): Promise<void> {
+    if (this.#closing !== undefined) return this.#closing;
+    if (this.#freed) return Promise.resolve();
+    const { lib, io } = this.hub.rt;
+    const id = this.hub.newId();
+    const rc = lib.bp_ctx_close(this.#ptr, io, id);
+    if (rc !== 0) {
+      this.hub.releaseId(id);
+      this.#free();
+      return (this.#closing = Promise.resolve());
+    }
+    this.#closing = new Promise<void>((resolve, reject) => {
+      this.hub.track(id, {
+        resolve: () => {
+          this.#free();
+          resolve();
+        },
+        reject: (e) => {
+          this.#free();
+          reject(e);
+        },
+        context: undefined,
+        request: 0,
+        settled: false,
+      });
+    });
+    return this.#closing;
+  }
+
+  #free(): void {
+    if (this.#freed) return;
+    this.#freed = true;
+    this.hub.rt.lib.bp_ctx_free(this.#ptr);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,121 @@
+/**
+ * A pool of contexts and the router that picks one per call:
+ *   1. an explicit `context`,
+ *   2. else a `key`: a stable hash picks the same context every time (per-key state stays put),
+ *   3. else the calling JS thread's home context (scheduler affinity), spilling to the
+ *      least-loaded context when the home one has more than `spillAt` calls in flight.
+ */
+import { BunpyError } from "./errors.ts";
+import { Context, type CallOptions, type ContextMode } from "./context.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+
+export interface PoolOptions {
+  /** Number of contexts; defaults to the number of cores. */
+  size?: number;
+  mode?: ContextMode;
+  /** In-flight calls on the home context before calls spill to the least-loaded one. */
+  spillAt?: number;
+}
+
+export interface PoolCallOptions extends CallOptions {
+  /** Calls with the same key always run on the same context. */
+  key?: string | number;
+  /** Run on this context of the pool. */
+  context?: Context;
+}
+
+export interface PoolStats {
+  inFlight: number;
+  completed: number;
+  contexts: { state: string; inFlight: number; completed: number }[];
+}
+
+/** FNV-1a over the key's UTF-16 code units: stable across runs and processes. */
+function hashKey(key: string | number): number {
+  const s = typeof key === "number" ? `#${key}` : key;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+export class Pool {
+  readonly contexts: readonly Context[];
+  readonly mode: ContextMode;
+  private readonly home: number;
+  private readonly spillAt: number;
+  private closed = false;
+
+  private constructor(contexts: Context[], spillAt: number) {
+    this.contexts = contexts;
+    this.mode = contexts[0]!.mode;
+    this.spillAt = spillAt;
+    // Each JS thread (main thread, Bun Workers) has its own pool objects; spread homes by thread.
+    const threadId = (globalThis as { threadId?: number }).threadId ?? Number(process.env.BUNPY_THREAD_ID ?? 0);
+    this.home = threadId % contexts.length;
+  }
+
+  static async start(rt: MainInterpreter, options: PoolOptions = {}): Promise<Pool> {
+    const size = options.size ?? navigator.hardwareConcurrency ?? 1;
+    if (!Number.isInteger(size) || size < 1) throw new TypeError(`py.pool({ size }): size must be a positive integer, got ${size}`);
+    const started = await Promise.allSettled(Array.from({ length: size }, () => Context.start(rt, { mode: options.mode })));
+    const contexts = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    const failed = started.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
+    if (failed) {
+      await Promise.all(contexts.map((c) => c.close()));
+      throw failed.reason;
+    }
+    return new Pool(contexts, options.spillAt ?? 32);
+  }
+
+  /** The context a call with these options goes to. */
+  pick(options: PoolCallOptions = {}): Context {
+    if (this.closed) throw new BunpyError("the pool is closed");
+    if (options.context !== undefined) {
+      if (!this.contexts.includes(options.context)) throw new BunpyError("that context does not belong to this pool");
+      return options.context;
+    }
+    const n = this.contexts.length;
+    if (options.key !== undefined) return this.contexts[hashKey(options.key) % n]!;
+    const home = this.contexts[this.home]!;
+    if (home.inFlight < this.spillAt) return home;
+    let best = home;
+    for (const c of this.contexts) if (c.inFlight < best.inFlight) best = c;
+    return best;
+  }
+
+  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>, options?: PoolCallOptions): Promise<any> {
+    let ctx: Context;
+    try {
+      ctx = this.pick(options);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return ctx.call(module, fn, args, kwargs, options);
+  }
+
+  /** Runs statements in every context (e.g. to define functions everywhere). */
+  async execAll(code: string): Promise<void> {
+    await Promise.all(this.contexts.map((c) => c.exec(code)));
+  }
+
+  stats(): PoolStats {
+    const contexts = this.contexts.map((c) => ({ state: c.state, inFlight: c.inFlight, completed: c.completed }));
+    return {
+      inFlight: contexts.reduce((a, c) => a + c.inFlight, 0),
+      completed: contexts.reduce((a, c) => a + c.completed, 0),
+      contexts,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.contexts.map((c) => c.close()));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Leak checks: long loops of calls, proxies and callbacks must leave the process's RSS
+ * and Python's object count flat. Margins are generous (the allocators keep some memory
+ * around) but far below what a per-call leak would cost over these loop sizes.
+ */
+import { expect, test } from "bun:test";
+import { internals, py } from "../src/index.ts";
+
+py.exec(`
+def _bunpy_test_module(name, src):
+    import sys, types
+    m = types.ModuleType(name)
+    exec(src, m.__dict__)
+    sys.modules[name] = m
+`);
+py.call("__main__", "_bunpy_test_module", [
+  "t_memory",
+  `
+import gc
+
+class Thing:
+    def __init__(self, i):
+        self.i = i
+        self.payload = [i, str(i)]
+
+def make(i):
+    return Thing(i)
+
+def call_back(f, i):
+    return f(i, [i])
+
+def objects():
+    gc.collect()
+    return len(gc.get_objects())
+`,
+]);
+
+const MB = 1024 * 1024;
+
+function rss(): number {
+  Bun.gc(true);
+  return process.memoryUsage().rss;
+}
+
+/** Lets FinalizationRegistry callbacks run, then makes one call so queued drops reach Python. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 4; i++) {
+    Bun.gc(true);
+    await Bun.sleep(5);
+  }
+  py.eval("0");
+}
+
+test("1,000,000 calls keep RSS flat", () => {
+  let sum = 0;
+  for (let i = 0; i < 100_000; i++) sum += py.call("operator", "add", [i, 1]);
+  expect(sum).toBe((100_000 * 99_999) / 2 + 100_000);
+  const before = rss();
+  sum = 0;
+  for (let i = 0; i < 1_000_000; i++) sum += py.call("operator", "add", [i, 1]);
+  const after = rss();
+  expect(sum).toBe((1_000_000 * 999_999) / 2 + 1_000_000);
+  // a leak of even 32 bytes per call would show as 30 MB here
+  expect(after - before).toBeLessThan(30 * MB);
+});
+
+test("200k proxies and 100k JS callbacks keep RSS and Python's object count flat", async () => {
+  const live = () => internals.runtime().liveFunctions;
+
+  async function round(proxies: number, callbacks: number): Promise<void> {
+    let checksum = 0;
+    for (let i = 0; i < proxies; i++) {
+      const t = py.call("t_memory", "make", [i]);
+      if (i % 1000 === 0) checksum += t.i as number;
+      if (i % 20_000 === 19_999) await settle(); // let collected proxies go as a program would
+    }
+    for (let i = 0; i < callbacks; i++) {
+      const r = py.call("t_memory", "call_back", [(n: number, a: number[]) => n + a.length, i]);
+      checksum += r - i - 1;
+    }
+    expect(checksum).toBe(Array.from({ length: Math.ceil(proxies / 1000) }, (_, k) => k * 1000).reduce((a, b) => a + b, 0));
+    await settle();
+  }
+
+  // warm-up: caches, allocator pools and JIT reach their steady state
+  await round(20_000, 10_000);
+  const functionsBefore = live();
+  const objectsBefore = py.call("t_memory", "objects") as number;
+  const rssBefore = rss();
+
+  await round(200_000, 100_000);
+
+  const rssAfter = rss();
+  const objectsAfter = py.call("t_memory", "objects") as number;
+  expect(live()).toBe(functionsBefore);
+  // every Thing holds a list and a str: 200k leaked proxies would be 400k+ objects
+  expect(objectsAfter - objectsBefore).toBeLessThan(2_000);
+  expect(rssAfter - rssBefore).toBeLessThan(30 * MB);
+});
