@@ -212,6 +212,87 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
     }
 }
 
+/* A value that must be a str (names, sources). */
+PyObject *bp_read_str(bp_reader *r) {
+    PyObject *s = bp_read_value(r, 0);
+    if (s && !PyUnicode_Check(s)) {
+        Py_DECREF(s);
+        PyErr_SetString(PyExc_TypeError, "expected a string");
+        return NULL;
+    }
+    return s;
+}
+
+/* ---- calls: LIST args then NONE or DICT kwargs, decoded straight into a vectorcall array -- */
+
+#define SMALL_ARGS 16
+
+/* Reads LIST args then NONE | DICT kwargs and calls `callable` with them (vectorcall).
+   *read_failed is set when the arguments could not be read (a Python error is set). */
+PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) {
+    bp_reader r = *rd;
+    PyObject *small[SMALL_ARGS];
+    PyObject **argv = small;
+    PyObject *kwnames = NULL, *result = NULL;
+    uint32_t nargs = 0, nkw = 0, filled = 0;
+
+    if (r.end - r.pos < 5 || r.buf[r.pos] != BP_T_LIST) {
+        PyErr_SetString(PyExc_ValueError, "bunpy: malformed call arguments");
+        goto read_fail;
+    }
+    r.pos++;
+    if (bp_read_u32(&r, &nargs) < 0) goto read_fail;
+    if (nargs > SMALL_ARGS) {
+        argv = PyMem_Malloc(sizeof(PyObject *) * (nargs + SMALL_ARGS));
+        if (!argv) { PyErr_NoMemory(); goto read_fail; }
+    }
+    for (; filled < nargs; filled++) {
+        argv[filled] = bp_read_value(&r, 1);
+        if (!argv[filled]) goto read_fail;
+    }
+    /* kwargs */
+    if (r.pos >= r.end) { PyErr_SetString(PyExc_ValueError, "bunpy: malformed call arguments"); goto read_fail; }
+    uint8_t tag = r.buf[r.pos++];
+    if (tag == BP_T_DICT) {
+        if (bp_read_u32(&r, &nkw) < 0) goto read_fail;
+        uint32_t total = nargs + nkw;
+        if (total > SMALL_ARGS && argv == small) {
+            PyObject **big = PyMem_Malloc(sizeof(PyObject *) * total);
+            if (!big) { PyErr_NoMemory(); goto read_fail; }
+            memcpy(big, small, sizeof(PyObject *) * filled);
+            argv = big;
+        } else if (total > nargs + SMALL_ARGS) {
+            PyObject **big = PyMem_Realloc(argv, sizeof(PyObject *) * total);
+            if (!big) { PyErr_NoMemory(); goto read_fail; }
+            argv = big;
+        }
+        kwnames = PyTuple_New(nkw);
+        if (!kwnames) goto read_fail;
+        for (uint32_t i = 0; i < nkw; i++) {
+            PyObject *k = bp_read_str(&r);
+            if (!k) goto read_fail;
+            PyUnicode_InternInPlace(&k);
+            PyTuple_SET_ITEM(kwnames, i, k);
+            argv[filled] = bp_read_value(&r, 1);
+            if (!argv[filled]) goto read_fail;
+            filled++;
+        }
+    } else if (tag != BP_T_NONE) {
+        PyErr_SetString(PyExc_ValueError, "bunpy: malformed keyword arguments");
+        goto read_fail;
+    }
+    rd->pos = r.pos;
+    result = PyObject_Vectorcall(callable, argv, nargs, kwnames);
+    goto done;
+read_fail:
+    *read_failed = 1;
+done:
+    for (uint32_t i = 0; i < filled; i++) Py_DECREF(argv[i]);
+    if (argv != small) PyMem_Free(argv);
+    Py_XDECREF(kwnames);
+    return result;
+}
+
 /* ======================================================================= writing ===== */
 
 void bp_writer_init(bp_writer *w, bp_io *io, int deep) {

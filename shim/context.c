@@ -48,10 +48,12 @@ struct bp_request {
     int32_t op;
     atomic_int cancelled;
     int32_t status;
-    uint8_t *data;            /* payload, then the result                              */
+    uint8_t *data;            /* payload, then the result (points at `inline_data` or heap) */
     uint32_t len;
+    uint32_t inline_cap;      /* bytes available in inline_data                          */
     sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
+    uint8_t inline_data[];    /* the payload, allocated with the request                */
 };
 
 struct bp_context {
@@ -88,14 +90,16 @@ static void ctx_unref(bp_context *c) {
     free(c);
 }
 
+/* Small results (most of them) are written back into the request's own allocation. */
+#define BP_INLINE_MIN 64
+
 static bp_request *request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
-    bp_request *r = calloc(1, sizeof *r);
+    uint32_t cap = len < BP_INLINE_MIN ? BP_INLINE_MIN : len;
+    bp_request *r = malloc(sizeof *r + cap);
     if (!r) return NULL;
-    r->data = len ? malloc(len) : NULL;
-    if (len && !r->data) {
-        free(r);
-        return NULL;
-    }
+    memset(r, 0, sizeof *r);
+    r->inline_cap = cap;
+    r->data = r->inline_data;
     if (len) memcpy(r->data, io->buf, len);
     r->len = len;
     r->ctx = c;
@@ -108,21 +112,22 @@ static bp_request *request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op
 
 static void request_free(bp_request *r) {
     if (r->reply) bp_port_unref(r->reply);
-    free(r->data);
+    if (r->data != r->inline_data) free(r->data);
     free(r);
 }
 
 /* Hands a finished request back to its JS thread. The result is copied out of `src`. */
 static void complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t len) {
-    uint8_t *copy = len ? malloc(len) : NULL;
-    if (len && !copy) {
+    uint8_t *dst = len <= r->inline_cap ? r->inline_data : malloc(len);
+    if (!dst) {
         status = BP_ERR_MEMORY;
         len = 0;
+        dst = r->inline_data;
     } else if (len) {
-        memcpy(copy, src, len);
+        memcpy(dst, src, len);
     }
-    free(r->data);
-    r->data = copy;
+    if (r->data != r->inline_data) free(r->data);
+    r->data = dst;
     r->len = len;
     r->status = status;
     if (r->sync) {
@@ -324,48 +329,15 @@ static PyObject *resolve_module(bp_context *c, PyObject *name) {
     return PyImport_Import(name);
 }
 
-static PyObject *read_text(bp_reader *r) {
-    PyObject *s = bp_read_value(r, 0);
-    if (s && !PyUnicode_Check(s)) {
-        Py_DECREF(s);
-        PyErr_SetString(PyExc_TypeError, "bunpy: expected a string in the request");
-        return NULL;
-    }
-    return s;
-}
-
-/* LIST args then NONE | DICT kwargs, called on `fn`. */
-static PyObject *call_with(bp_reader *r, PyObject *fn) {
-    PyObject *args = bp_read_value(r, 1);
-    if (!args) return NULL;
-    if (!PyList_Check(args)) {
-        Py_DECREF(args);
-        PyErr_SetString(PyExc_TypeError, "bunpy: malformed call request");
-        return NULL;
-    }
-    PyObject *kwargs = bp_read_value(r, 1);
-    if (!kwargs) {
-        Py_DECREF(args);
-        return NULL;
-    }
-    PyObject *tuple = PyList_AsTuple(args);
-    PyObject *result = NULL;
-    if (tuple) result = PyObject_Call(fn, tuple, kwargs == Py_None ? NULL : kwargs);
-    Py_XDECREF(tuple);
-    Py_DECREF(args);
-    Py_DECREF(kwargs);
-    return result;
-}
-
-static PyObject *run_request(bp_context *c, bp_request *req, int *deep) {
+static PyObject *run_request(bp_context *c, bp_request *req, int *deep, int32_t *read_failed) {
     bp_reader r = {.buf = req->data, .pos = 0, .end = req->len, .port = NULL, .st = NULL};
     switch (req->op) {
     case BP_REQ_CALL: {
-        PyObject *modname = read_text(&r);
-        PyObject *fname = modname ? read_text(&r) : NULL;
+        PyObject *modname = bp_read_str(&r);
+        PyObject *fname = modname ? bp_read_str(&r) : NULL;
         PyObject *mod = fname ? resolve_module(c, modname) : NULL;
         PyObject *fn = mod ? PyObject_GetAttr(mod, fname) : NULL;
-        PyObject *v = fn ? call_with(&r, fn) : NULL;
+        PyObject *v = fn ? bp_read_call(&r, fn, read_failed) : NULL;
         Py_XDECREF(fn);
         Py_XDECREF(mod);
         Py_XDECREF(fname);
@@ -374,7 +346,7 @@ static PyObject *run_request(bp_context *c, bp_request *req, int *deep) {
     }
     case BP_REQ_EVAL:
     case BP_REQ_EXEC: {
-        PyObject *src = read_text(&r);
+        PyObject *src = bp_read_str(&r);
         if (!src) return NULL;
         const char *text = PyUnicode_AsUTF8(src);
         PyObject *code = text ? Py_CompileString(text, req->op == BP_REQ_EVAL ? "<ctx.eval>" : "<ctx.exec>",
@@ -390,13 +362,13 @@ static PyObject *run_request(bp_context *c, bp_request *req, int *deep) {
     }
     case BP_REQ_REF_CALL: {
         PyObject *fn = bp_read_value(&r, 0);
-        PyObject *v = fn ? call_with(&r, fn) : NULL;
+        PyObject *v = fn ? bp_read_call(&r, fn, read_failed) : NULL;
         Py_XDECREF(fn);
         return v;
     }
     case BP_REQ_REF_GETATTR: {
         PyObject *o = bp_read_value(&r, 0);
-        PyObject *name = o ? read_text(&r) : NULL;
+        PyObject *name = o ? bp_read_str(&r) : NULL;
         PyObject *v = name ? PyObject_GetAttr(o, name) : NULL;
         Py_XDECREF(name);
         Py_XDECREF(o);
@@ -432,14 +404,15 @@ static void serve(bp_context *c, bp_request *req) {
     }
     c->current = req;
     int deep = 0;
-    PyObject *v = run_request(c, req, &deep);
+    int32_t read_failed = 0;
+    PyObject *v = run_request(c, req, &deep, &read_failed);
     c->current = NULL;
     /* An interrupt that arrived as the request finished must not hit the next one. */
     PyThreadState_SetAsyncExc(c->ident, NULL);
     bp_io *io = &c->scratch;
     int32_t status;
     if (!v) {
-        status = bp_fail_python(io);
+        status = read_failed ? bp_fail_read(io) : bp_fail_python(io);
     } else {
         bp_writer w;
         bp_writer_init(&w, io, deep);

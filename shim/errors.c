@@ -111,3 +111,17 @@ int32_t bp_fail_python(bp_io *io) {
     Py_DECREF(t);
     return bad ? BP_ERR_MEMORY : BP_ERR_PYTHON;
 }
+
+/* An argument could not be made into a Python object. */
+int32_t bp_fail_read(bp_io *io) {
+    PyObject *exc = bp_err_take();
+    PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+    PyTypeObject *t = exc ? (PyTypeObject *)Py_NewRef((PyObject *)Py_TYPE(exc)) : NULL;
+    const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
+    PyErr_Clear();
+    Py_XDECREF(exc); /* before writing: freeing it may run a __del__ that calls JS */
+    int32_t rc = bp_fail_message(io, BP_ERR_CONVERT, "%s: %s", t ? t->tp_name : "Error", text ? text : "(no message)");
+    Py_XDECREF(msg);
+    Py_XDECREF(t);
+    return rc;
+}

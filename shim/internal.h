@@ -101,6 +101,8 @@ typedef struct bp_writer {
 void bp_reader_init(bp_reader *r, bp_io *io, uint32_t pos);
 PyObject *bp_read_value(bp_reader *r, int depth);          /* new ref, or NULL + error */
 int bp_read_u32(bp_reader *r, uint32_t *out);
+PyObject *bp_read_str(bp_reader *r);                       /* a str value, else TypeError */
+PyObject *bp_read_call(bp_reader *r, PyObject *callable, int32_t *read_failed);
 
 void bp_writer_init(bp_writer *w, bp_io *io, int deep);
 int bp_write_value(bp_writer *w, PyObject *o, int depth);   /* BP_OK or BP_ERR_*        */
@@ -114,6 +116,7 @@ void bp_writer_abort(bp_writer *w);                         /* drop handles writ
 int32_t bp_fail_python(bp_io *io);                          /* from the raised exception */
 int32_t bp_fail_message(bp_io *io, int32_t code, const char *fmt, ...);
 int32_t bp_fail_writer(bp_writer *w, int status);           /* after a failed bp_write_value */
+int32_t bp_fail_read(bp_io *io);                            /* an argument could not be read */
 
 /* ---- module (module.c) -------------------------------------------------------------- */
 PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);

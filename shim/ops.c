@@ -102,37 +102,15 @@ static int32_t finish_handle(bp_io *io, PyObject *obj) {
     return BP_OK;
 }
 
-/* An argument could not be made into a Python object. */
-static int32_t fail_read(bp_io *io) {
-    PyObject *exc = bp_err_take();
-    PyObject *msg = exc ? PyObject_Str(exc) : NULL;
-    PyTypeObject *t = exc ? (PyTypeObject *)Py_NewRef((PyObject *)Py_TYPE(exc)) : NULL;
-    const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
-    PyErr_Clear();
-    Py_XDECREF(exc); /* before writing: freeing it may run a __del__ that calls JS */
-    int32_t rc = bp_fail_message(io, BP_ERR_CONVERT, "%s: %s", t ? t->tp_name : "Error", text ? text : "(no message)");
-    Py_XDECREF(msg);
-    Py_XDECREF(t);
-    return rc;
-}
 
-static PyObject *read_str(bp_reader *r) {
-    PyObject *s = bp_read_value(r, 0);
-    if (s && !PyUnicode_Check(s)) {
-        Py_DECREF(s);
-        PyErr_SetString(PyExc_TypeError, "expected a string");
-        return NULL;
-    }
-    return s;
-}
 
 int32_t bp_compile(bp_io *io, int32_t mode) {
     ENTER(io);
     bp_reader r;
     bp_reader_init(&r, io, 0);
-    PyObject *src = read_str(&r);
-    PyObject *filename = src ? read_str(&r) : NULL;
-    if (!filename) { Py_XDECREF(src); LEAVE(fail_read(io)); }
+    PyObject *src = bp_read_str(&r);
+    PyObject *filename = src ? bp_read_str(&r) : NULL;
+    if (!filename) { Py_XDECREF(src); LEAVE(bp_fail_read(io)); }
     const char *text = PyUnicode_AsUTF8(src);
     PyObject *code = text ? Py_CompileStringObject(text, filename, mode == BP_MODE_EVAL ? Py_eval_input : Py_file_input,
                                                    NULL, -1)
@@ -154,8 +132,8 @@ int32_t bp_import(bp_io *io) {
     ENTER(io);
     bp_reader r;
     bp_reader_init(&r, io, 0);
-    PyObject *name = read_str(&r);
-    if (!name) LEAVE(fail_read(io));
+    PyObject *name = bp_read_str(&r);
+    if (!name) LEAVE(bp_fail_read(io));
     PyObject *mod = PyImport_Import(name);
     Py_DECREF(name);
     LEAVE(mod ? finish_handle(io, mod) : bp_fail_python(io));
@@ -165,8 +143,8 @@ int32_t bp_intern(bp_io *io) {
     ENTER(io);
     bp_reader r;
     bp_reader_init(&r, io, 0);
-    PyObject *s = read_str(&r);
-    if (!s) LEAVE(fail_read(io));
+    PyObject *s = bp_read_str(&r);
+    if (!s) LEAVE(bp_fail_read(io));
     PyUnicode_InternInPlace(&s);
     LEAVE(finish_handle(io, s));
 }
@@ -207,7 +185,7 @@ int32_t bp_setattr(bp_io *io, void *obj, void *name) {
     bp_reader r;
     bp_reader_init(&r, io, 0);
     PyObject *v = bp_read_value(&r, 0);
-    if (!v) LEAVE(fail_read(io));
+    if (!v) LEAVE(bp_fail_read(io));
     int rc = PyObject_SetAttr((PyObject *)obj, (PyObject *)name, v);
     Py_DECREF(v);
     LEAVE(none_or_fail(io, rc));
@@ -230,84 +208,18 @@ int32_t bp_hasattr(bp_io *io, void *obj, void *name) {
     LEAVE(finish(io, Py_NewRef(Py_True), 0));
 }
 
-/* ---- calls: LIST args then NONE or DICT kwargs, decoded straight into a vectorcall array */
-
-#define SMALL_ARGS 16
-
-static PyObject *call_from_buffer(bp_io *io, PyObject *callable, int32_t *read_failed) {
+/* Calls `callable` with the arguments in the buffer (LIST args, NONE | DICT kwargs). */
+static PyObject *call_buffer(bp_io *io, PyObject *callable, int32_t *read_failed) {
     bp_reader r;
     bp_reader_init(&r, io, 0);
-    PyObject *small[SMALL_ARGS];
-    PyObject **argv = small;
-    PyObject *kwnames = NULL, *result = NULL;
-    uint32_t nargs = 0, nkw = 0, filled = 0;
-
-    if (r.end - r.pos < 5 || r.buf[r.pos] != BP_T_LIST) {
-        PyErr_SetString(PyExc_ValueError, "bunpy: malformed call arguments");
-        goto read_fail;
-    }
-    r.pos++;
-    if (bp_read_u32(&r, &nargs) < 0) goto read_fail;
-    if (nargs > SMALL_ARGS) {
-        argv = PyMem_Malloc(sizeof(PyObject *) * (nargs + SMALL_ARGS));
-        if (!argv) { PyErr_NoMemory(); goto read_fail; }
-    }
-    for (; filled < nargs; filled++) {
-        argv[filled] = bp_read_value(&r, 1);
-        if (!argv[filled]) goto read_fail;
-    }
-    /* kwargs */
-    if (r.pos >= r.end) { PyErr_SetString(PyExc_ValueError, "bunpy: malformed call arguments"); goto read_fail; }
-    uint8_t tag = r.buf[r.pos++];
-    if (tag == BP_T_DICT) {
-        if (bp_read_u32(&r, &nkw) < 0) goto read_fail;
-        uint32_t total = nargs + nkw;
-        if (total > SMALL_ARGS && argv == small) {
-            PyObject **big = PyMem_Malloc(sizeof(PyObject *) * total);
-            if (!big) { PyErr_NoMemory(); goto read_fail; }
-            memcpy(big, small, sizeof(PyObject *) * filled);
-            argv = big;
-        } else if (total > nargs + SMALL_ARGS) {
-            PyObject **big = PyMem_Realloc(argv, sizeof(PyObject *) * total);
-            if (!big) { PyErr_NoMemory(); goto read_fail; }
-            argv = big;
-        }
-        kwnames = PyTuple_New(nkw);
-        if (!kwnames) goto read_fail;
-        for (uint32_t i = 0; i < nkw; i++) {
-            PyObject *k = read_str(&r);
-            if (!k) goto read_fail;
-            PyUnicode_InternInPlace(&k);
-            PyTuple_SET_ITEM(kwnames, i, k);
-            argv[filled] = bp_read_value(&r, 1);
-            if (!argv[filled]) goto read_fail;
-            filled++;
-        }
-    } else if (tag != BP_T_NONE) {
-        PyErr_SetString(PyExc_ValueError, "bunpy: malformed keyword arguments");
-        goto read_fail;
-    }
-    result = PyObject_Vectorcall(callable, argv, nargs, kwnames);
-    goto done;
-read_fail:
-    *read_failed = 1;
-done:
-    for (uint32_t i = 0; i < filled; i++) Py_DECREF(argv[i]);
-    if (argv != small) PyMem_Free(argv);
-    Py_XDECREF(kwnames);
-    return result;
-}
-
-static int32_t call_and_finish(bp_io *io, PyObject *callable) {
-    int32_t read_failed = 0;
-    PyObject *v = call_from_buffer(io, callable, &read_failed);
-    if (read_failed) return fail_read(io);
-    return finish(io, v, 0);
+    return bp_read_call(&r, callable, read_failed);
 }
 
 int32_t bp_call(bp_io *io, void *callable) {
     ENTER(io);
-    LEAVE(call_and_finish(io, (PyObject *)callable));
+    int32_t read_failed = 0;
+    PyObject *v = call_buffer(io, (PyObject *)callable, &read_failed);
+    LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
 int32_t bp_call_attr(bp_io *io, void *obj, void *name) {
@@ -315,9 +227,9 @@ int32_t bp_call_attr(bp_io *io, void *obj, void *name) {
     PyObject *fn = PyObject_GetAttr((PyObject *)obj, (PyObject *)name);
     if (!fn) LEAVE(bp_fail_python(io));
     int32_t read_failed = 0;
-    PyObject *v = call_from_buffer(io, fn, &read_failed);
+    PyObject *v = call_buffer(io, fn, &read_failed);
     Py_DECREF(fn); /* before the result is written: dropping it may run a __del__ */
-    LEAVE(read_failed ? fail_read(io) : finish(io, v, 0));
+    LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
 /* ---- items ---------------------------------------------------------------------------- */
@@ -327,7 +239,7 @@ int32_t bp_getitem(bp_io *io, void *obj) {
     bp_reader r;
     bp_reader_init(&r, io, 0);
     PyObject *k = bp_read_value(&r, 0);
-    if (!k) LEAVE(fail_read(io));
+    if (!k) LEAVE(bp_fail_read(io));
     PyObject *v = PyObject_GetItem((PyObject *)obj, k);
     Py_DECREF(k);
     LEAVE(finish(io, v, 0));
@@ -339,7 +251,7 @@ int32_t bp_setitem(bp_io *io, void *obj) {
     bp_reader_init(&r, io, 0);
     PyObject *k = bp_read_value(&r, 0);
     PyObject *v = k ? bp_read_value(&r, 0) : NULL;
-    if (!v) { Py_XDECREF(k); LEAVE(fail_read(io)); }
+    if (!v) { Py_XDECREF(k); LEAVE(bp_fail_read(io)); }
     int rc = PyObject_SetItem((PyObject *)obj, k, v);
     Py_DECREF(k);
     Py_DECREF(v);
@@ -351,7 +263,7 @@ int32_t bp_delitem(bp_io *io, void *obj) {
     bp_reader r;
     bp_reader_init(&r, io, 0);
     PyObject *k = bp_read_value(&r, 0);
-    if (!k) LEAVE(fail_read(io));
+    if (!k) LEAVE(bp_fail_read(io));
     int rc = PyObject_DelItem((PyObject *)obj, k);
     Py_DECREF(k);
     LEAVE(none_or_fail(io, rc));
@@ -365,7 +277,7 @@ int32_t bp_contains(bp_io *io, void *obj) {
     bp_reader r;
     bp_reader_init(&r, io, 0);
     PyObject *x = bp_read_value(&r, 0);
-    if (!x) LEAVE(fail_read(io));
+    if (!x) LEAVE(bp_fail_read(io));
     PyTypeObject *t = Py_TYPE(o);
     int rc;
     if ((t->tp_as_sequence && t->tp_as_sequence->sq_contains) || t->tp_iter) {
