@@ -67,7 +67,7 @@ struct bp_context {
     bp_mpsc requests;
     atomic_int sleeping;
     int wake_fd;
-    pthread_mutex_t submit_lock;  /* orders submits against the final close            */
+    atomic_int submitting;        /* producers between their state check and their push  */
     pthread_mutex_t life_lock;    /* guards `interrupters` against the interpreter's end */
     pthread_cond_t life_cond;
     int interrupters;
@@ -82,7 +82,6 @@ struct bp_context {
 static void ctx_unref(bp_context *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
     if (c->wake_fd >= 0) close(c->wake_fd);
-    pthread_mutex_destroy(&c->submit_lock);
     pthread_mutex_destroy(&c->life_lock);
     pthread_cond_destroy(&c->life_cond);
     free(c->scratch.buf);
@@ -464,15 +463,20 @@ static void reject_all(bp_node *list, const char *why) {
     }
 }
 
+/* Final state: no producer can push any more; whatever got in is rejected. Producers
+   announce themselves in `submitting` before they check the state (lock-free push). */
+static void seal(bp_context *c, int state, const char *why) {
+    atomic_store(&c->state, state);
+    while (atomic_load(&c->submitting) > 0) sched_yield();
+    reject_all(bp_mpsc_take(&c->requests), why);
+}
+
 static void *context_main(void *arg) {
     bp_context *c = arg;
     PyThreadState *main_ts = NULL;
     PyThreadState *ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
     if (!ts) {
-        pthread_mutex_lock(&c->submit_lock);
-        atomic_store(&c->state, CTX_DEAD);
-        reject_all(bp_mpsc_take(&c->requests), "the context failed to start");
-        pthread_mutex_unlock(&c->submit_lock);
+        seal(c, CTX_DEAD, "the context failed to start");
         ctx_unref(c);
         return NULL;
     }
@@ -500,10 +504,7 @@ static void *context_main(void *arg) {
         }
     }
     end_interpreter(c, ts, main_ts);
-    pthread_mutex_lock(&c->submit_lock);
-    atomic_store(&c->state, CTX_CLOSED);
-    reject_all(bp_mpsc_take(&c->requests), "the context was closed");
-    pthread_mutex_unlock(&c->submit_lock);
+    seal(c, CTX_CLOSED, "the context was closed");
     complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
     ctx_unref(c);
     return NULL;
@@ -531,7 +532,6 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id) {
     }
     atomic_init(&c->state, CTX_STARTING);
     atomic_init(&c->refs, 2); /* JS and the thread */
-    pthread_mutex_init(&c->submit_lock, NULL);
     pthread_mutex_init(&c->life_lock, NULL);
     pthread_cond_init(&c->life_cond, NULL);
     if (pthread_create(&c->thread, NULL, context_main, c) != 0) {
@@ -553,14 +553,13 @@ static void wake(bp_context *c) {
 }
 
 static int32_t push(bp_context *c, bp_request *r) {
-    pthread_mutex_lock(&c->submit_lock);
-    int s = atomic_load(&c->state);
-    if (s >= CTX_ENDING) {
-        pthread_mutex_unlock(&c->submit_lock);
+    atomic_fetch_add(&c->submitting, 1);
+    if (atomic_load(&c->state) >= CTX_CLOSED) {
+        atomic_fetch_sub(&c->submitting, 1);
         return BP_ERR_STATE;
     }
     bp_mpsc_push(&c->requests, &r->node);
-    pthread_mutex_unlock(&c->submit_lock);
+    atomic_fetch_sub(&c->submitting, 1);
     wake(c);
     return BP_OK;
 }
