@@ -51,6 +51,7 @@ enum {
     BP_ERR_THREAD = -4,   /* buf: STR message (wrong thread for this operation)           */
     BP_ERR_MEMORY = -5,   /* no buffer could be allocated; buf untouched                  */
     BP_ERR_JS = -6,       /* from the dispatch callback: buf: STR name, STR message, STR stack */
+    BP_ERR_ARGUMENT = -7, /* buf: STR message (an argument could not become a Python object) */
 };
 
 /* ---- runtime states (bp_state) ----------------------------------------------------------- */

@@ -120,7 +120,7 @@ int32_t bp_fail_read(bp_io *io) {
     const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
     PyErr_Clear();
     Py_XDECREF(exc); /* before writing: freeing it may run a __del__ that calls JS */
-    int32_t rc = bp_fail_message(io, BP_ERR_CONVERT, "%s: %s", t ? t->tp_name : "Error", text ? text : "(no message)");
+    int32_t rc = bp_fail_message(io, BP_ERR_ARGUMENT, "%s: %s", t ? t->tp_name : "Error", text ? text : "(no message)");
     Py_XDECREF(msg);
     Py_XDECREF(t);
     return rc;

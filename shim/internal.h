@@ -59,6 +59,7 @@ typedef struct bp_port {
     bp_dispatch_fn dispatch;     /* JSCallback for calls into JS (runs on owner only)        */
     int held;                    /* 1 while this port holds the main GIL                     */
     int no_dispatch;             /* >0 while calls into JS are refused (dropping handles)     */
+    int depth;                   /* bp_ calls of this port in progress (nested via callbacks) */
     int from_gilstate;           /* ts came from PyGILState_Ensure (non-main JS threads)     */
     atomic_int refs;             /* 1 for JS + 1 per live JSFunction pointing here           */
     atomic_int closed;           /* JS side is gone: JSFunctions of this port fail           */

@@ -44,6 +44,7 @@ static int32_t bp_enter(bp_io *io, bp_call_scope *s) {
         if (s->foreign) atomic_fetch_sub(&bp_foreign_calls, 1);
         return bp_fail_message(io, BP_ERR_STATE, "Python is not running (it was closed, or failed to start)");
     }
+    p->depth++;
     s->took_gil = !p->held;
     if (s->took_gil) {
         PyEval_RestoreThread(p->ts);
@@ -61,6 +62,7 @@ static int32_t bp_leave(bp_call_scope *s, int32_t rc) {
         s->p->held = 0;
         PyEval_SaveThread();
     }
+    s->p->depth--;
     if (s->foreign) atomic_fetch_sub(&bp_foreign_calls, 1);
     return rc;
 }

@@ -1,5 +1,6 @@
+#!/usr/bin/env bun
 /**
- * `bun run build`: finds Python and builds (or finds cached) the shim for it, printing
+ * `bunx bunpy-build` (or `bun run build` in this repository): finds Python and builds (or finds cached) the shim for it, printing
  * what it used. Useful to pay the one-time build before the first script or in a Docker
  * image layer.
  */

@@ -7,7 +7,7 @@
  * One ContextHub per JS thread owns the doorbell (a threadsafe JSCallback), the table of
  * pending requests, and a ref'd timer that keeps Bun alive only while calls are in flight.
  */
-import { BunpyError, ConversionError, PythonError } from "./errors.ts";
+import { BunpyError, ConversionError, errorFromRecord, Status } from "./errors.ts";
 import { Kwargs, type Wire, type WireHooks } from "./codec.ts";
 import { makeDoorbell, type JSCallback } from "./ffi.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
@@ -48,30 +48,9 @@ const enum Req {
   RefDrop = 7,
 }
 
-const enum Status {
-  Ok = 0,
-  Python = -1,
-  Convert = -2,
-  State = -3,
-  Memory = -5,
-}
-
 /** Reads an error record (see shim/errors.c) at the wire's position. */
 export function readError(w: Wire, status: number): Error {
-  if (status === Status.Python) {
-    const type = w.readValue() as string;
-    const module = w.readValue() as string;
-    const message = w.readValue() as string;
-    const traceback = w.readValue() as string;
-    const lineno = w.readValue() as number;
-    const offset = w.readValue() as number;
-    return new PythonError(type, module, message, traceback, lineno, offset);
-  }
-  if (status === Status.Memory) return new BunpyError("out of memory in the bunpy shim");
-  const message = w.readValue() as string;
-  if (status === Status.Convert) return new ConversionError(`cannot convert the Python result: ${message}`);
-  if (status === Status.State) return new ContextClosedError(message);
-  return new BunpyError(`unexpected status ${status} from the bunpy shim: ${message}`);
+  return errorFromRecord(status, () => w.readValue(), (message) => new ContextClosedError(message));
 }
 
 interface Pending {

@@ -166,6 +166,8 @@ function unusable(p: Probe): string | undefined {
   if (p.major !== 3 || p.minor < MIN_MINOR) return `is Python ${p.version}; bunpy needs 3.${MIN_MINOR} or newer`;
   if (!p.shared || !p.libdir)
     return `Python ${p.version} has no shared libpython (${p.ldlibrary || "none"}); rebuild it with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install ${p.version})`;
+  if (p.freeThreaded)
+    return `Python ${p.version} is a free-threaded (no-GIL) build, which bunpy does not support yet; use a regular build`;
   if (!existsSync(join(p.include, "Python.h")))
     return `Python ${p.version} has no C headers in ${p.include}; install them (Debian: apt-get install python3-dev)`;
   return undefined;

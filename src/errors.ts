@@ -47,6 +47,8 @@ export class ConversionError extends BunpyError {
   /** Adds an outer path segment while the error travels up through containers. */
   within(segment: string): this {
     this.path = segment + (this.path.startsWith("[") || this.path === "" ? "" : ".") + this.path;
+    // a value nested 1000 deep would make a path of thousands of characters: keep its ends
+    if (this.path.length > 160) this.path = `${this.path.slice(0, 80)}…${this.path.slice(-60)}`;
     this.message = `${this.path}: ${this.reason}`;
     return this;
   }
@@ -65,4 +67,46 @@ export class PythonNotFoundError extends BunpyError {
 /** The C shim could not be built (compiler or headers missing, or the build failed). */
 export class BuildError extends BunpyError {
   override name = "BuildError";
+}
+
+/** Status codes of the shim (shim/bunpy.h BP_OK / BP_ERR_*). */
+export const enum Status {
+  Ok = 0,
+  Python = -1,
+  Convert = -2,
+  State = -3,
+  Thread = -4,
+  Memory = -5,
+  JS = -6,
+  Argument = -7,
+}
+
+/**
+ * The error for a failed shim call. `next` reads the values of the error record the shim
+ * wrote (shim/errors.c); `closed` builds the error for Status.State.
+ */
+export function errorFromRecord(status: number, next: () => unknown, closed: (message: string) => Error): Error {
+  switch (status) {
+    case Status.Python: {
+      const type = next() as string;
+      const module = next() as string;
+      const message = next() as string;
+      const traceback = next() as string;
+      const lineno = next() as number;
+      const offset = next() as number;
+      return new PythonError(type, module, message, traceback, lineno, offset);
+    }
+    case Status.Convert:
+      return new ConversionError(`cannot convert the Python result: ${next() as string}`);
+    case Status.Argument:
+      return new ConversionError(`an argument cannot become a Python object: ${next() as string}`);
+    case Status.State:
+      return closed(next() as string);
+    case Status.Thread:
+      return new BunpyError("this bunpy object belongs to another JS thread");
+    case Status.Memory:
+      return new BunpyError("out of memory in the bunpy shim");
+    default:
+      return new BunpyError(`unexpected status ${status} from the bunpy shim`);
+  }
 }

@@ -118,8 +118,8 @@ export const py = {
    * Later calls throw PythonClosedError; Python cannot be started again in this process.
    */
   async close(): Promise<void> {
-    closed = true;
     main?.close();
+    closed = true;
   },
 };
 

@@ -9,19 +9,9 @@ import { join } from "node:path";
 import { ensureShim, packageRoot } from "./build.ts";
 import { Kwargs, METHOD, Wire, type WireHooks } from "./codec.ts";
 import { findPython, type PythonInfo } from "./discover.ts";
-import { BunpyError, ConversionError, PythonClosedError, PythonError } from "./errors.ts";
+import { BunpyError, ConversionError, errorFromRecord, PythonClosedError, Status } from "./errors.ts";
 import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
 import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
-
-const enum Status {
-  Ok = 0,
-  Python = -1,
-  Convert = -2,
-  State = -3,
-  Thread = -4,
-  Memory = -5,
-  JS = -6,
-}
 
 const enum Mode {
   Eval = 0,
@@ -75,29 +65,9 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   private fail(rc: number): never {
     const w = this.wire;
+    w.refresh();
     w.pos = 0;
-    switch (rc) {
-      case Status.Python: {
-        w.refresh();
-        const type = w.readValue() as string;
-        const module = w.readValue() as string;
-        const message = w.readValue() as string;
-        const traceback = w.readValue() as string;
-        const lineno = w.readValue() as number;
-        const offset = w.readValue() as number;
-        throw new PythonError(type, module, message, traceback, lineno, offset);
-      }
-      case Status.Convert:
-        throw new ConversionError(`cannot convert the Python result: ${w.result() as string}`);
-      case Status.State:
-        throw new PythonClosedError(w.result() as string);
-      case Status.Thread:
-        throw new BunpyError("this bunpy object belongs to another JS thread");
-      case Status.Memory:
-        throw new BunpyError("out of memory in the bunpy shim");
-      default:
-        throw new BunpyError(`unexpected status ${rc} from the bunpy shim`);
-    }
+    throw errorFromRecord(rc, () => w.readValue(), (message) => new PythonClosedError(message));
   }
 
   /** The decoded result of the last call, or the error it reported. */

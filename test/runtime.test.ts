@@ -74,3 +74,14 @@ test("after py.close() every entry point throws PythonClosedError and atexit han
   for (const k of ["eval", "call", "import", "proxyAttr", "proxyCall"]) expect(out[k]).toBe("PythonClosedError");
   expect(out.version).toMatch(/^3\.\d+\.\d+$/);
 });
+
+test("py.close() inside a Python -> JS callback is refused, and Python keeps working", async () => {
+  let refused: unknown;
+  py.register("closeFromCallback", () => {
+    py.close().catch((e) => (refused = e));
+  });
+  py.eval("__import__('bunpy').call('closeFromCallback')");
+  await Bun.sleep(0);
+  expect(String(refused)).toContain("outside any Python -> JS callback");
+  expect(py.eval("40 + 2")).toBe(42);
+});

@@ -58,6 +58,20 @@ describe("discovery", () => {
     expect(r.stderr).toContain("python3-dev");
   });
 
+  test("a free-threaded build is refused with the reason", () => {
+    const dir = tmp("bunpy-fake-");
+    const fake = join(dir, "python3");
+    const probe = {
+      impl: "cpython", version: "3.13.0", major: 3, minor: 13, include: dir,
+      libdir: dir, ldlibrary: "libpython3.13t.so", shared: true, freeThreaded: true,
+    };
+    writeFileSync(fake, `#!/bin/sh\necho '${JSON.stringify(probe)}'\n`);
+    chmodSync(fake, 0o755);
+    const r = run({ BUNPY_PYTHON: fake, BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("free-threaded");
+  });
+
   test("with nothing usable anywhere, the error lists every place tried and how to fix it", () => {
     const home = tmp("bunpy-home-");
     const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: undefined, PYENV_ROOT: join(home, "pyenv"), HOME: home, PATH: "/nonexistent", BUNPY_CACHE_DIR: tmp("bunpy-cache-") });

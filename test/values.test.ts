@@ -702,3 +702,30 @@ test("PythonError is not confused with conversion errors", () => {
   expect(() => py.eval("1/0")).toThrow(PythonError);
   expect(() => py.eval("1/0")).not.toThrow(ConversionError);
 });
+
+describe("edge cases found in review", () => {
+  test("an argument Python cannot build is an argument error, not a result error", () => {
+    expect(() => py.call("builtins", "len", [new Map([[[1, 2], "a"]])])).toThrow(
+      /an argument cannot become a Python object: TypeError: unhashable type: 'list'/,
+    );
+  });
+
+  test("a naive datetime outside the C library's range still converts", () => {
+    const d = py.eval("__import__('datetime').datetime(1, 1, 1)") as Date;
+    expect(d).toBeInstanceOf(Date);
+    expect(d.getUTCFullYear()).toBeLessThanOrEqual(1);
+  });
+
+  test("the path of a cyclic value stays short", () => {
+    const a: unknown[] = [];
+    a.push(a);
+    try {
+      py.call("builtins", "len", [a]);
+      throw new Error("no error");
+    } catch (e) {
+      expect((e as Error).message).toContain("cyclic");
+      expect((e as Error).message.length).toBeLessThan(300);
+      expect((e as Error).message.startsWith("args[0]")).toBe(true);
+    }
+  });
+});

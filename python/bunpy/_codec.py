@@ -15,7 +15,12 @@ def date_from_ms(ms):
 def date_to_ms(dt):
     """Milliseconds since the epoch, rounded down like JS Date; naive means local time."""
     if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
-        dt = dt.astimezone()
+        try:
+            dt = dt.astimezone()
+        except (OverflowError, ValueError, OSError):
+            # outside what the C library's local time covers (e.g. datetime.min):
+            # use today's local offset
+            dt = dt.replace(tzinfo=datetime.now().astimezone().tzinfo)
     return float((dt - _EPOCH) // _MS)
 
 
