@@ -18,6 +18,7 @@ const sources = [_][]const u8{
     "shim/module.c",
     "shim/bench.c",
     "shim/context.c",
+    "shim/jscall.c",
 };
 
 // Fact 7 of DESIGN.md: without -fno-sanitize=undefined zig traps on UB checks in C.

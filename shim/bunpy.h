@@ -52,6 +52,8 @@ enum {
     BP_ERR_MEMORY = -5,   /* no buffer could be allocated; buf untouched                  */
     BP_ERR_JS = -6,       /* from the dispatch callback: buf: STR name, STR message, STR stack */
     BP_ERR_ARGUMENT = -7, /* buf: STR message (an argument could not become a Python object) */
+    BP_CALLS_PENDING = 1, /* bp_ctx_call_sync: calls, completions or messages wait for JS; take
+                             them (bp_port_take_calls, bp_port_drain), then bp_ctx_sync_wait */
 };
 
 /* ---- runtime states (bp_state) ----------------------------------------------------------- */
@@ -106,6 +108,7 @@ enum {
     BP_REQ_REF_DROP = 7,    /* LIST of PYOBJ handles to release; no completion */
     BP_REQ_START = 8,       /* internal: completed when the context is up */
     BP_REQ_CLOSE = 9,       /* internal: completed when the context has ended */
+    BP_REQ_MESSAGE = 10,    /* internal: bunpy.send; drained with id 0: INT53 context, STR channel, value */
 };
 
 /* runtime (runtime.c) */
@@ -146,6 +149,10 @@ BP_EXPORT int32_t bp_port_drain(bp_io *io);                             /* -> co
 BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id);  /* completion `id` once started */
 BP_EXPORT bp_request *bp_ctx_submit(bp_context *ctx, bp_io *io, uint32_t id, int32_t op, uint32_t len);
 BP_EXPORT int32_t bp_ctx_call_sync(bp_context *ctx, bp_io *io, int32_t op, uint32_t len); /* result in buf */
+BP_EXPORT int32_t bp_ctx_sync_wait(bp_context *ctx, bp_io *io, bp_request *req);  /* after BP_CALLS_PENDING */
+/* Python -> JS calls from contexts (jscall.c) */
+BP_EXPORT int32_t bp_port_take_calls(bp_io *io);   /* -> count; buf: (u64 call, u64 context, u32 len, bytes)* */
+BP_EXPORT int32_t bp_call_reply(void *call, bp_io *io, int32_t status, uint32_t len); /* answer in buf */
 BP_EXPORT int32_t bp_ctx_cancel(bp_context *ctx, bp_request *req);
 BP_EXPORT int32_t bp_ctx_close(bp_context *ctx, bp_io *io, uint32_t id); /* completion `id` once ended */
 BP_EXPORT void bp_ctx_free(bp_context *ctx);                              /* after the close completion */

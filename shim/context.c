@@ -20,7 +20,7 @@
  *     an interrupter that holds the same GIL sees a stable value.
  */
 #include "internal.h"
-#include "queue.h"
+#include "context.h"
 #include <errno.h>
 #include <poll.h>
 #include <semaphore.h>
@@ -35,52 +35,13 @@ extern PyInterpreterState *bp_main_interp;
 extern pthread_mutex_t bp_create_lock;
 extern const char *bp_python_dir;
 
-enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
-
-/* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
-#define SPIN_NS 50000
-
-struct bp_request {
-    bp_node node;             /* queue link: must stay first                          */
-    bp_context *ctx;
-    bp_port *reply;           /* completion goes to this port (a ref is held)          */
-    uint32_t id;
-    int32_t op;
-    atomic_int cancelled;
-    int32_t status;
-    uint8_t *data;            /* payload, then the result (points at `inline_data` or heap) */
-    uint32_t len;
-    uint32_t inline_cap;      /* bytes available in inline_data                          */
-    sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
-    atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
-    uint8_t inline_data[];    /* the payload, allocated with the request                */
-};
-
-struct bp_context {
-    int32_t mode;
-    atomic_int state;
-    atomic_int refs;          /* JS + the context thread + running interrupters        */
-    pthread_t thread;
-    unsigned long ident;      /* threading.get_ident() of the context thread           */
-    PyInterpreterState *interp;
-    PyObject *main_module;    /* this context's __main__                               */
-    bp_mpsc requests;
-    atomic_int sleeping;
-    int wake_fd;
-    atomic_int submitting;        /* producers between their state check and their push  */
-    pthread_mutex_t life_lock;    /* guards `interrupters` against the interpreter's end */
-    pthread_cond_t life_cond;
-    int interrupters;
-    bp_request *current;      /* changed only with this context's GIL held              */
-    bp_io scratch;            /* the writer's buffer on this thread                      */
-    atomic_ullong completed;
-    bp_request *start;        /* completed once the interpreter is up (or failed)       */
-};
-
 /* ------------------------------------------------------------------- helpers ----- */
 
-static void ctx_unref(bp_context *c) {
+void bp_ctx_ref(bp_context *c) { atomic_fetch_add(&c->refs, 1); }
+
+void bp_ctx_unref(bp_context *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+    if (c->owner) bp_port_unref(c->owner);
     if (c->wake_fd >= 0) close(c->wake_fd);
     pthread_mutex_destroy(&c->life_lock);
     pthread_cond_destroy(&c->life_cond);
@@ -129,8 +90,12 @@ static void complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t
     r->data = dst;
     r->len = len;
     r->status = status;
+    bp_request_deliver(r);
+}
+
+void bp_request_deliver(bp_request *r) {
     if (r->sync) {
-        sem_t *sync = r->sync; /* r belongs to the waiter once done is set */
+        sem_t *sync = r->sync; /* the port's: it outlives r, which the waiter may free now */
         atomic_store(&r->done, 1);
         sem_post(sync);
         return;
@@ -141,6 +106,7 @@ static void complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t
         return;
     }
     if (bp_mpsc_push(&p->completions, &r->node) && p->doorbell) p->doorbell(&p->io);
+    if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
 }
 
 static void complete_message(bp_request *r, int32_t status, const char *msg) {
@@ -401,13 +367,14 @@ static void serve(bp_context *c, bp_request *req) {
         complete_message(req, BP_ERR_STATE, "cancelled before it started");
         return;
     }
+    bp_request *outer = c->current; /* set when this request runs inside a JS callback's wait */
     c->current = req;
     int deep = 0;
     int32_t read_failed = 0;
     PyObject *v = run_request(c, req, &deep, &read_failed);
-    c->current = NULL;
+    c->current = outer;
     /* An interrupt that arrived as the request finished must not hit the next one. */
-    PyThreadState_SetAsyncExc(c->ident, NULL);
+    if (!outer) PyThreadState_SetAsyncExc(c->ident, NULL);
     bp_io *io = &c->scratch;
     int32_t status;
     if (!v) {
@@ -433,15 +400,19 @@ static void serve(bp_context *c, bp_request *req) {
 }
 
 /* Sleeps until a request arrives: spins briefly, then blocks on the eventfd. GIL released. */
-static void wait_for_work(bp_context *c) {
+static inline int has_work(bp_context *c, atomic_int *flag) {
+    return !bp_mpsc_empty(&c->requests) || (flag && atomic_load(flag));
+}
+
+static void wait_for_work(bp_context *c, atomic_int *flag) {
     PyThreadState *ts = PyEval_SaveThread();
     int64_t until = now_ns() + SPIN_NS;
     /* sched_yield, not a pause loop: on a machine with fewer cores than busy threads the
        spinning context must give its core to the JS thread that produces its work. */
-    while (bp_mpsc_empty(&c->requests) && now_ns() < until) sched_yield();
-    if (bp_mpsc_empty(&c->requests)) {
+    while (!has_work(c, flag) && now_ns() < until) sched_yield();
+    if (!has_work(c, flag)) {
         atomic_store(&c->sleeping, 1);
-        if (bp_mpsc_empty(&c->requests)) {
+        if (!has_work(c, flag)) {
             struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
             while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
             }
@@ -452,6 +423,34 @@ static void wait_for_work(bp_context *c) {
         atomic_store(&c->sleeping, 0);
     }
     PyEval_RestoreThread(ts);
+}
+
+/* Nested calls (JS -> Python -> JS -> Python) deeper than this are refused. */
+#define BP_MAX_NESTING 32
+
+int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
+    if (c->depth >= BP_MAX_NESTING) {
+        PyErr_Format(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than %d levels",
+                     BP_MAX_NESTING);
+        return -1;
+    }
+    c->depth++;
+    while (!atomic_load(flag)) {
+        bp_node *list = bp_mpsc_take(&c->requests);
+        if (!list) {
+            wait_for_work(c, flag);
+            continue;
+        }
+        while (list) {
+            bp_request *req = (bp_request *)list;
+            list = list->next;
+            if (req->op == BP_REQ_CLOSE && !c->deferred_close) c->deferred_close = req; /* handled by the main loop */
+            else if (req->op == BP_REQ_CLOSE) complete_message(req, BP_ERR_STATE, "the context was closed");
+            else serve(c, req);
+        }
+    }
+    c->depth--;
+    return 0;
 }
 
 static void reject_all(bp_node *list, const char *why) {
@@ -471,13 +470,16 @@ static void seal(bp_context *c, int state, const char *why) {
     reject_all(bp_mpsc_take(&c->requests), why);
 }
 
+_Thread_local bp_context *bp_this_context;
+
 static void *context_main(void *arg) {
     bp_context *c = arg;
+    bp_this_context = c;
     PyThreadState *main_ts = NULL;
     PyThreadState *ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
     if (!ts) {
         seal(c, CTX_DEAD, "the context failed to start");
-        ctx_unref(c);
+        bp_ctx_unref(c);
         return NULL;
     }
     atomic_store(&c->state, CTX_RUNNING);
@@ -488,7 +490,11 @@ static void *context_main(void *arg) {
     while (!close_req) {
         bp_node *list = bp_mpsc_take(&c->requests);
         if (!list) {
-            wait_for_work(c);
+            if (c->deferred_close) { /* taken while a JS callback was awaited */
+                close_req = c->deferred_close;
+                break;
+            }
+            wait_for_work(c, NULL);
             continue;
         }
         while (list) {
@@ -506,7 +512,7 @@ static void *context_main(void *arg) {
     end_interpreter(c, ts, main_ts);
     seal(c, CTX_CLOSED, "the context was closed");
     complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
-    ctx_unref(c);
+    bp_ctx_unref(c);
     return NULL;
 }
 
@@ -532,19 +538,21 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id) {
     }
     atomic_init(&c->state, CTX_STARTING);
     atomic_init(&c->refs, 2); /* JS and the thread */
+    c->owner = bp_port_of(io); /* messages from bunpy.send go here */
+    atomic_fetch_add(&c->owner->refs, 1);
     pthread_mutex_init(&c->life_lock, NULL);
     pthread_cond_init(&c->life_cond, NULL);
     if (pthread_create(&c->thread, NULL, context_main, c) != 0) {
         request_free(c->start);
         c->start = NULL;
         atomic_store(&c->refs, 1);
-        ctx_unref(c);
+        bp_ctx_unref(c);
         return NULL;
     }
     return c;
 }
 
-static void wake(bp_context *c) {
+void bp_ctx_wake(bp_context *c) {
     if (atomic_exchange(&c->sleeping, 0)) {
         uint64_t one = 1;
         ssize_t n = write(c->wake_fd, &one, sizeof one);
@@ -560,7 +568,7 @@ static int32_t push(bp_context *c, bp_request *r) {
     }
     bp_mpsc_push(&c->requests, &r->node);
     atomic_fetch_sub(&c->submitting, 1);
-    wake(c);
+    bp_ctx_wake(c);
     return BP_OK;
 }
 
@@ -575,24 +583,31 @@ bp_request *bp_ctx_submit(bp_context *c, bp_io *io, uint32_t id, int32_t op, uin
     return r;
 }
 
-int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
-    if (len > io->cap) return BP_ERR_MEMORY;
-    bp_request *r = request_new(c, io, 0, op, len);
-    if (!r) return BP_ERR_MEMORY;
-    sem_t done;
-    sem_init(&done, 0, 0);
-    r->sync = &done;
-    if (push(c, r) != BP_OK) {
-        sem_destroy(&done);
-        request_free(r);
-        return bp_fail_message(io, BP_ERR_STATE, "the context is closed");
+/* Waits for a sync request; returns BP_CALLS_PENDING (with the request pointer in the
+   buffer) when a context calls into JS or JS has completions or messages to take
+   meanwhile: JS handles them, then calls bp_ctx_sync_wait. */
+static int32_t sync_wait(bp_port *p, bp_request *r, bp_io *io) {
+    atomic_fetch_add(&p->sync_waiting, 1);
+    for (;;) {
+        if (atomic_load(&r->done)) break;
+        /* JS must answer calls and drain messages even while it waits here: a context can
+           be blocked on either (a message queue at its back-pressure limit). */
+        if (!bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) {
+            atomic_fetch_sub(&p->sync_waiting, 1);
+            memcpy(io->buf, &r, sizeof r);
+            io->len = sizeof r;
+            return BP_CALLS_PENDING;
+        }
+        /* A futex wake-up costs tens of µs: spin a little first, yielding the core. */
+        int64_t until = now_ns() + SPIN_NS;
+        while (!atomic_load(&r->done) && bp_mpsc_empty(&p->calls) && bp_mpsc_empty(&p->completions) &&
+               now_ns() < until)
+            sched_yield();
+        if (atomic_load(&r->done) || !bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) continue;
+        while (sem_wait(&p->sync_wake) < 0 && errno == EINTR) {
+        }
     }
-    /* A futex wake-up costs tens of µs: spin a little first, yielding the core. */
-    int64_t until = now_ns() + SPIN_NS;
-    while (!atomic_load(&r->done) && now_ns() < until) sched_yield();
-    while (sem_wait(&done) < 0 && errno == EINTR) {
-    }
-    sem_destroy(&done);
+    atomic_fetch_sub(&p->sync_waiting, 1);
     int32_t status = r->status;
     if (bp_io_reserve(io, r->len) == BP_OK) {
         if (r->len) memcpy(io->buf, r->data, r->len);
@@ -602,6 +617,24 @@ int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
     }
     request_free(r);
     return status;
+}
+
+int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
+    if (len > io->cap) return BP_ERR_MEMORY;
+    bp_request *r = request_new(c, io, 0, op, len);
+    if (!r) return BP_ERR_MEMORY;
+    bp_port *p = bp_port_of(io);
+    r->sync = &p->sync_wake;
+    if (push(c, r) != BP_OK) {
+        request_free(r);
+        return bp_fail_message(io, BP_ERR_STATE, "the context is closed");
+    }
+    return sync_wait(p, r, io);
+}
+
+int32_t bp_ctx_sync_wait(bp_context *c, bp_io *io, bp_request *r) {
+    (void)c;
+    return sync_wait(bp_port_of(io), r, io);
 }
 
 /* Interrupts the request running in the context (from a short-lived thread, so JS never
@@ -630,7 +663,7 @@ static void *interrupter_main(void *arg) {
         if (--c->interrupters == 0) pthread_cond_broadcast(&c->life_cond);
         pthread_mutex_unlock(&c->life_lock);
     }
-    ctx_unref(c);
+    bp_ctx_unref(c);
     return NULL;
 }
 
@@ -652,7 +685,7 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     pthread_attr_destroy(&attr);
     if (rc != 0) {
         free(job);
-        ctx_unref(c);
+        bp_ctx_unref(c);
         return BP_ERR_MEMORY;
     }
     return BP_OK;
@@ -673,7 +706,7 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id) {
 
 void bp_ctx_free(bp_context *c) {
     pthread_join(c->thread, NULL);
-    ctx_unref(c);
+    bp_ctx_unref(c);
 }
 
 int32_t bp_ctx_state(bp_context *c) { return atomic_load(&c->state); }
@@ -711,6 +744,7 @@ int32_t bp_port_drain(bp_io *io) {
         memcpy(b + pos + 8, &r->len, 4);
         if (r->len) memcpy(b + pos + 12, r->data, r->len);
         pos += 12 + r->len;
+        if (r->op == BP_REQ_MESSAGE) bp_message_drained(r);
         request_free(r);
     }
     io->len = pos;

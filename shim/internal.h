@@ -10,6 +10,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <semaphore.h>
 #include "bunpy.h"
 #include "queue.h"
 
@@ -67,7 +68,11 @@ typedef struct bp_port {
     int32_t *released_ids;       /* JS function ids whose Python wrapper died                */
     uint32_t released_cap;
     PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
-    bp_mpsc completions;         /* finished context requests for this JS thread             */
+    bp_mpsc completions;         /* finished context requests and messages for this JS thread */
+    bp_mpsc calls;               /* Python -> JS calls from contexts, waiting for an answer  */
+    sem_t sync_wake;             /* posted for a callSync waiter: result or call arrived     */
+    atomic_int sync_waiting;     /* a callSync is waiting on sync_wake                       */
+    atomic_int unread;           /* bunpy.send messages from the main interpreter not drained */
     bp_doorbell_fn doorbell;     /* threadsafe JSCallback; NULL until a context is created   */
 } bp_port;
 
@@ -122,5 +127,11 @@ int32_t bp_fail_read(bp_io *io);                            /* an argument could
 /* ---- module (module.c) -------------------------------------------------------------- */
 PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);
 PyObject *bp_module_init(void);                             /* PyInit__bunpy             */
+PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS record   */
+
+/* ---- jscall.c: Python -> JS from contexts, bunpy.send --------------------------------- */
+PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
+PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value);
 
 #endif

@@ -31,6 +31,7 @@ bp_io *bp_io_new(bp_dispatch_fn dispatch) {
     atomic_init(&p->refs, 1);
     atomic_init(&p->closed, 0);
     pthread_mutex_init(&p->released_lock, NULL);
+    sem_init(&p->sync_wake, 0, 0);
     if (pthread_equal(p->owner, bp_main_thread) && !bp_main_ts_taken) {
         p->ts = bp_main_ts;
         bp_main_ts_taken = 1;
@@ -48,6 +49,7 @@ bp_io *bp_io_new(bp_dispatch_fn dispatch) {
 void bp_port_unref(bp_port *p) {
     if (atomic_fetch_sub(&p->refs, 1) != 1) return;
     pthread_mutex_destroy(&p->released_lock);
+    sem_destroy(&p->sync_wake);
     free(p->released_ids);
     free(p->io.buf);
     free(p->io.drop);

@@ -7,7 +7,7 @@
  * bp_current_port): the GIL is released while JS runs, so Python threads keep going and
  * JS may call back into Python (nested calls take the GIL again in ops.c).
  */
-#include "internal.h"
+#include "context.h"
 #include <stddef.h>
 #include <string.h>
 
@@ -59,12 +59,11 @@ PyObject *bp_interp_helper(bp_interp *st, const char *name) {
 
 /* ---- calling into JS -------------------------------------------------------------------- */
 
-static PyObject *raise_js_error(bp_interp *st, bp_io *io) {
-    bp_reader r;
-    bp_reader_init(&r, io, 0);
-    PyObject *name = bp_read_value(&r, 0);
-    PyObject *message = name ? bp_read_value(&r, 0) : NULL;
-    PyObject *stack = message ? bp_read_value(&r, 0) : NULL;
+/* Raises bunpy.JSError from an error record (STR name, STR message, STR stack). */
+PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
+    PyObject *name = bp_read_value(r, 0);
+    PyObject *message = name ? bp_read_value(r, 0) : NULL;
+    PyObject *stack = message ? bp_read_value(r, 0) : NULL;
     if (!stack) {
         Py_XDECREF(name);
         Py_XDECREF(message);
@@ -155,7 +154,12 @@ static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *na
         r.st = st;
         return bp_read_value(&r, 0);
     }
-    if (status == BP_ERR_JS) return raise_js_error(st, &p->io);
+    if (status == BP_ERR_JS) {
+        bp_reader r;
+        bp_reader_init(&r, &p->io, 0);
+        r.st = st;
+        return bp_raise_js_error(st, &r);
+    }
     PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)status);
     return NULL;
 }
@@ -167,7 +171,19 @@ static PyObject *mod_call(PyObject *m, PyObject *const *args, Py_ssize_t nargsf,
         PyErr_SetString(PyExc_TypeError, "bunpy.call(name, *args, **kwargs): name must be a str");
         return NULL;
     }
-    return call_js(PyModule_GetState(m), NULL, -1, args[0], args + 1, nargs - 1, kwnames);
+    bp_interp *st = PyModule_GetState(m);
+    if (!bp_current_port && bp_this_context) /* on a context's thread: through its JS port */
+        return bp_context_call_js(st, args[0], args + 1, nargs - 1, kwnames);
+    return call_js(st, NULL, -1, args[0], args + 1, nargs - 1, kwnames);
+}
+
+/* bunpy.send(channel, value) */
+static PyObject *mod_send(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bunpy.send(channel, value): channel must be a str");
+        return NULL;
+    }
+    return bp_send(PyModule_GetState(m), args[0], args[1]);
 }
 
 /* ---- JSFunction ----------------------------------------------------------------------------- */
@@ -269,6 +285,8 @@ static void mod_free(void *m) { mod_clear((PyObject *)m); }
 static PyMethodDef mod_methods[] = {
     {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL | METH_KEYWORDS,
      "call(name, *args, **kwargs)\n--\n\nCall the JS function registered as `name` with py.register()."},
+    {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,
+     "send(channel, value)\n--\n\nDeliver `value` to the JS listeners of `channel` (py.on) without waiting."},
     {NULL, NULL, 0, NULL},
 };
 

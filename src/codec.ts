@@ -444,6 +444,13 @@ export class Wire {
     }
   }
 
+  /** A pointer written by C as a u64 (user-space addresses fit in 53 bits). */
+  readPointer(): number {
+    const v = this.dv.getUint32(this.pos, true) + this.dv.getUint32(this.pos + 4, true) * TWO_32;
+    this.pos += 8;
+    return v;
+  }
+
   readI32(): number {
     const v = this.dv.getInt32(this.pos, true);
     this.pos += 4;

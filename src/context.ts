@@ -53,6 +53,9 @@ export function readError(w: Wire, status: number): Error {
   return errorFromRecord(status, () => w.readValue(), (message) => new ContextClosedError(message));
 }
 
+/** Receives bunpy.send(channel, value); `from` is the sending context (undefined: main). */
+export type MessageListener = (value: any, from: Context | undefined) => void;
+
 interface Pending {
   resolve(value: unknown): void;
   reject(error: unknown): void;
@@ -74,6 +77,9 @@ export class ContextHub {
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private readonly dropped = new Map<Context, number[]>();
   private dropScheduled = false;
+  /** Contexts of this thread by their C pointer (calls and messages name their origin). */
+  readonly contexts = new Map<number, Context>();
+  private readonly listeners = new Map<string, Set<MessageListener>>();
   readonly refs = new FinalizationRegistry<{ context: Context; handle: number }>((r) => this.dropRef(r.context, r.handle));
 
   constructor(readonly rt: MainInterpreter) {
@@ -121,8 +127,19 @@ export class ContextHub {
     if (p.signal !== undefined && p.onAbort !== undefined) p.signal.removeEventListener("abort", p.onAbort);
   }
 
-  /** Takes every completion the shim has for this thread and settles its promise. */
+  /** Rung by the doorbell: settles every completed call, delivers messages, answers calls. */
   drain(): void {
+    this.settleCompleted();
+    this.serveCalls(false);
+  }
+
+  /** drain() for a JS thread blocked in ctx.callSync: Promises cannot be awaited there. */
+  drainBlocked(): void {
+    this.settleCompleted();
+    this.serveCalls(true);
+  }
+
+  private settleCompleted(): void {
     const { lib, io, wire } = this.rt;
     const count = lib.bp_port_drain(io);
     if (count <= 0) return;
@@ -137,6 +154,10 @@ export class ContextHub {
         const len = wire.readU32();
         const start = wire.pos;
         pos = start + len;
+        if (id === 0) {
+          this.deliver(wire, start, saved);
+          continue;
+        }
         const p = this.slots[id];
         if (p === undefined) continue;
         this.untrack(id);
@@ -155,6 +176,116 @@ export class ContextHub {
     } finally {
       wire.hooks = saved;
     }
+  }
+
+  /** A bunpy.send message: INT53 origin context, STR channel, value. */
+  private deliver(wire: Wire, start: number, mainHooks: WireHooks): void {
+    wire.pos = start;
+    const from = this.contexts.get(wire.readValue() as number);
+    wire.hooks = from?.hooks ?? mainHooks;
+    const channel = wire.readValue() as string;
+    const value = wire.readValue();
+    const set = this.listeners.get(channel);
+    if (set === undefined) return;
+    for (const listener of set) {
+      try {
+        listener(value, from);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e; // a listener's error is reported like any uncaught error, not swallowed
+        });
+      }
+    }
+  }
+
+  on(channel: string, listener: MessageListener): () => void {
+    let set = this.listeners.get(channel);
+    if (set === undefined) this.listeners.set(channel, (set = new Set()));
+    set.add(listener);
+    this.drain(); // messages sent before anyone listened (the main interpreter queues them)
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.listeners.delete(channel);
+    };
+  }
+
+  /**
+   * Python -> JS calls from contexts: every call is decoded first (running one may reuse
+   * the buffer), then run. `blocked`: the JS thread is inside ctx.callSync and cannot wait
+   * for a Promise.
+   */
+  serveCalls(blocked: boolean): void {
+    const { lib, io, wire } = this.rt;
+    const count = lib.bp_port_take_calls(io);
+    if (count <= 0) return;
+    wire.refresh();
+    const saved = wire.hooks;
+    const calls: { call: number; context: Context; name: string; args: unknown[]; kwargs: unknown }[] = [];
+    try {
+      let pos = 4;
+      for (let i = 0; i < count; i++) {
+        wire.pos = pos;
+        const call = wire.readPointer();
+        const context = this.contexts.get(wire.readPointer())!;
+        const len = wire.readU32();
+        pos = wire.pos + len;
+        wire.hooks = context.hooks;
+        const name = wire.readValue() as string;
+        const args = wire.readValue() as unknown[];
+        const kwargs = wire.readValue();
+        calls.push({ call, context, name, args, kwargs });
+      }
+    } finally {
+      wire.hooks = saved;
+    }
+    for (const c of calls) this.runCall(c.call, c.context, c.name, c.args, c.kwargs, blocked);
+  }
+
+  private runCall(call: number, context: Context, name: string, args: unknown[], kwargs: unknown, blocked: boolean): void {
+    let value: unknown;
+    try {
+      const fn = this.rt.registered.get(name);
+      if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
+      if (kwargs !== null) args.push(kwargs);
+      value = fn(...args);
+    } catch (e) {
+      return this.replyError(call, e);
+    }
+    if (value instanceof Promise) {
+      if (blocked) {
+        value.catch(() => {});
+        return this.replyError(
+          call,
+          new TypeError("the JS function returned a Promise while its JS thread is blocked in ctx.callSync; it cannot be awaited there"),
+        );
+      }
+      value.then(
+        (v) => this.reply(call, context, v),
+        (e) => this.replyError(call, e),
+      );
+      return;
+    }
+    this.reply(call, context, value);
+  }
+
+  private reply(call: number, context: Context, value: unknown): void {
+    const { lib, io, wire } = this.rt;
+    const saved = wire.hooks;
+    wire.hooks = context.hooks;
+    try {
+      wire.begin();
+      wire.writeTop(value);
+    } catch (e) {
+      wire.hooks = saved;
+      return this.replyError(call, e);
+    }
+    wire.hooks = saved;
+    lib.bp_call_reply(call, io, Status.Ok, wire.pos);
+  }
+
+  private replyError(call: number, e: unknown): void {
+    const status = this.rt.writeThrown(e);
+    this.rt.lib.bp_call_reply(call, this.rt.io, status, this.rt.wire.pos);
   }
 
   dropRef(context: Context, handle: number): void {
@@ -241,6 +372,9 @@ export class PyRef {
   }
 }
 
+/** bp_ctx_call_sync: a context called into JS while the call waited (shim/bunpy.h). */
+const CALLS_PENDING = 1;
+
 const STATE_NAMES = ["starting", "running", "closing", "ending", "closed", "dead"] as const;
 
 export class Context {
@@ -296,6 +430,7 @@ export class Context {
     if (!ptr) hub.releaseId(id);
     if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
     const ctx = new Context(hub, ptr, mode);
+    hub.contexts.set(ptr, ctx);
     return new Promise<Context>((resolve, reject) => {
       hub.track(id, {
         resolve: () => resolve(ctx),
@@ -442,7 +577,15 @@ export class Context {
       w.writeArgs(args, kwargs);
     });
     const { lib, io, wire } = this.hub.rt;
-    const status = lib.bp_ctx_call_sync(this.#ptr, io, Req.Call, len);
+    let status = lib.bp_ctx_call_sync(this.#ptr, io, Req.Call, len);
+    while (status === CALLS_PENDING) {
+      // a context called JS while we wait: answer here, the JS thread is blocked anyway
+      wire.refresh();
+      wire.pos = 0;
+      const request = wire.readPointer();
+      this.hub.drainBlocked();
+      status = lib.bp_ctx_sync_wait(this.#ptr, io, request);
+    }
     const saved = wire.hooks;
     wire.hooks = this.hooks;
     try {
@@ -488,6 +631,7 @@ export class Context {
   #free(): void {
     if (this.#freed) return;
     this.#freed = true;
+    this.hub.contexts.delete(this.#ptr);
     this.hub.rt.lib.bp_ctx_free(this.#ptr);
   }
 

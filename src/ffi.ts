@@ -37,6 +37,9 @@ const symbols = {
   bp_ctx_new: { args: [ptr, i32, u32], returns: ptr },
   bp_ctx_submit: { args: [ptr, ptr, u32, i32, u32], returns: ptr },
   bp_ctx_call_sync: { args: [ptr, ptr, i32, u32], returns: i32 },
+  bp_ctx_sync_wait: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_port_take_calls: { args: [ptr], returns: i32 },
+  bp_call_reply: { args: [ptr, ptr, i32, u32], returns: i32 },
   bp_ctx_cancel: { args: [ptr, ptr], returns: i32 },
   bp_ctx_close: { args: [ptr, ptr, u32], returns: i32 },
   bp_ctx_free: { args: [ptr], returns: FFIType.void },
@@ -82,6 +85,9 @@ export interface Shim {
   bp_ctx_new(io: P, mode: number, id: number): P | null;
   bp_ctx_submit(ctx: P, io: P, id: number, op: number, len: number): P | null;
   bp_ctx_call_sync(ctx: P, io: P, op: number, len: number): number;
+  bp_ctx_sync_wait(ctx: P, io: P, req: P): number;
+  bp_port_take_calls(io: P): number;
+  bp_call_reply(call: P, io: P, status: number, len: number): number;
   bp_ctx_cancel(ctx: P, req: P): number;
   bp_ctx_close(ctx: P, io: P, id: number): number;
   bp_ctx_free(ctx: P): void;

@@ -10,7 +10,8 @@ import { Kwargs } from "./codec.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
 import { BunpyError, PythonClosedError } from "./errors.ts";
-import { Context, type ContextOptions } from "./context.ts";
+import { Context, hubOf, type ContextOptions, type MessageListener } from "./context.ts";
+import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
 export { BunpyError, BuildError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
@@ -18,7 +19,7 @@ export { Kwargs } from "./codec.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";
 export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.ts";
-export type { CallOptions, ContextMode, ContextOptions } from "./context.ts";
+export type { CallOptions, ContextMode, ContextOptions, MessageListener } from "./context.ts";
 export { Pool } from "./pool.ts";
 export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
 
@@ -92,6 +93,17 @@ export const py = {
   /** Starts a pool of contexts (size defaults to the number of cores) with keyed routing. */
   pool(options?: PoolOptions): Promise<Pool> {
     return Pool.start(rt(), options);
+  },
+  /** Listens for bunpy.send(channel, value) from Python (main interpreter and this thread's
+      contexts). Returns a function that stops listening. */
+  on(channel: string, listener: MessageListener): () => void {
+    if (typeof channel !== "string") throw new TypeError("py.on(channel, listener): channel must be a string");
+    if (typeof listener !== "function") throw new TypeError("py.on(channel, listener): listener must be a function");
+    return hubOf(rt()).on(channel, listener);
+  },
+  /** The messages of a channel as an async iterator: `for await (const v of py.messages("log"))`. */
+  messages(channel: string): AsyncIterableIterator<unknown> {
+    return messageIterator((listener) => py.on(channel, listener));
   },
   /** len(obj) */
   len(obj: PyObject): number {

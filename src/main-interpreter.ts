@@ -206,13 +206,13 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       w.writeTop(value);
       return Status.Ok;
     } catch (e) {
-      return this.thrown(e);
+      return this.writeThrown(e);
     }
   }
 
   /** Writes what a JS function threw as the BP_ERR_JS record. Must not throw: an exception
       escaping the dispatch callback would leave C reading the buffer as a result. */
-  private thrown(e: unknown): number {
+  writeThrown(e: unknown): number {
     let name = "Error", message: string, stack = "";
     try {
       if (e instanceof Error) {

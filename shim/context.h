@@ -1,0 +1,73 @@
+/*
+ * context.h — what context.c shares with jscall.c (calls and messages from a context to
+ * JS). Internal: nothing here is exported.
+ */
+#ifndef BUNPY_CONTEXT_H
+#define BUNPY_CONTEXT_H
+
+#include "internal.h"
+#include <semaphore.h>
+
+enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
+
+/* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
+#define SPIN_NS 50000
+
+struct bp_request {
+    bp_node node;             /* queue link: must stay first                          */
+    bp_context *ctx;
+    bp_port *reply;           /* completion goes to this port (a ref is held)          */
+    uint32_t id;
+    int32_t op;
+    atomic_int cancelled;
+    int32_t status;
+    uint8_t *data;            /* payload, then the result (points at `inline_data` or heap) */
+    uint32_t len;
+    uint32_t inline_cap;      /* bytes available in inline_data                          */
+    sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
+    atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
+    uint8_t inline_data[];    /* the payload, allocated with the request                */
+};
+
+struct bp_context {
+    int32_t mode;
+    atomic_int state;
+    atomic_int refs;          /* JS + the context thread + running interrupters        */
+    pthread_t thread;
+    unsigned long ident;      /* threading.get_ident() of the context thread           */
+    PyInterpreterState *interp;
+    PyObject *main_module;    /* this context's __main__                               */
+    bp_mpsc requests;
+    atomic_int sleeping;
+    int wake_fd;
+    atomic_int submitting;        /* producers between their state check and their push  */
+    pthread_mutex_t life_lock;    /* guards `interrupters` against the interpreter's end */
+    pthread_cond_t life_cond;
+    int interrupters;
+    bp_request *current;      /* changed only with this context's GIL held              */
+    bp_io scratch;            /* the writer's buffer on this thread                      */
+    atomic_ullong completed;
+    bp_request *start;        /* completed once the interpreter is up (or failed)       */
+    bp_port *owner;           /* the JS thread that created it: bunpy.send goes there     */
+    int depth;                /* JS callbacks being awaited on this thread (nesting)      */
+    bp_request *deferred_close; /* a close taken while a JS callback was awaited        */
+    atomic_int unread;        /* messages sent but not drained by JS yet (back-pressure)  */
+};
+
+
+/* The context whose thread this is (NULL on other threads). */
+extern _Thread_local bp_context *bp_this_context;
+
+void bp_ctx_ref(bp_context *c);
+void bp_ctx_unref(bp_context *c);
+void bp_ctx_wake(bp_context *c);
+/* Waits, GIL released, until *flag is set, serving requests that arrive meanwhile (a JS
+   callback may call back into this context). GIL held on entry and exit; -1 with a Python
+   error when the nesting limit is reached. */
+int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
+/* Hands a finished request (or a message) to its port and rings the doorbell on the edge. */
+void bp_request_deliver(bp_request *r);
+/* bp_port_drain hands a message to JS: lets a blocked sender go on (jscall.c). */
+void bp_message_drained(bp_request *r);
+
+#endif

@@ -1,0 +1,258 @@
+/*
+ * jscall.c — Python reaching JS from a context thread, and bunpy.send everywhere.
+ *
+ * bunpy.call(name, ...) on a context thread: the call is queued on the `calls` queue of the
+ * JS thread that sent the request being served, that thread's doorbell is rung (or its
+ * callSync waiter woken), and the context thread waits with its GIL released — serving any
+ * request that arrives meanwhile, so JS -> Python -> JS -> Python chains work — until JS
+ * answers with bp_call_reply.
+ *
+ * bunpy.send(channel, value) queues a message on the completion queue of the JS thread
+ * that owns the interpreter (the context's creator, or the calling JS thread for the main
+ * interpreter). At most BP_MAX_UNREAD messages wait per sender: a context then blocks in
+ * send until JS catches up; the main interpreter (which runs on the JS thread and so
+ * cannot wait for it) raises BufferError.
+ */
+#include "context.h"
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <unistd.h>
+
+#define BP_MAX_UNREAD 1024
+
+typedef struct bp_jscall {
+    bp_node node;             /* queue link: must stay first */
+    bp_context *ctx;
+    atomic_int answered;
+    int32_t status;
+    uint8_t *data;            /* the call (name, args, kwargs), then the answer */
+    uint32_t len;
+} bp_jscall;
+
+static int write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int rc = bp_write_value(w, name, 0);
+    if (!rc) rc = bp_write_tag_u32(w, BP_T_LIST, (uint32_t)nargs);
+    for (Py_ssize_t i = 0; !rc && i < nargs; i++) rc = bp_write_value(w, args[i], 1);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (!rc && nkw == 0) return bp_write_value(w, Py_None, 0);
+    if (!rc) rc = bp_write_tag_u32(w, BP_T_DICT, (uint32_t)nkw);
+    for (Py_ssize_t i = 0; !rc && i < nkw; i++) {
+        rc = bp_write_value(w, PyTuple_GET_ITEM(kwnames, i), 1);
+        if (!rc) rc = bp_write_value(w, args[nargs + i], 1);
+    }
+    return rc;
+}
+
+/* Copies what the writer produced into a fresh heap block. */
+static uint8_t *take_written(bp_writer *w, uint32_t *len) {
+    bp_writer_commit(w);
+    *len = w->io->len;
+    uint8_t *copy = malloc(*len ? *len : 1);
+    if (copy) memcpy(copy, w->io->buf, *len);
+    return copy;
+}
+
+static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
+    bp_writer_abort(w);
+    if (rc != BP_ERR_PYTHON) PyErr_Format(PyExc_TypeError, "bunpy: cannot pass to JS (%s): %s", what, w->error);
+    return NULL;
+}
+
+PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames) {
+    bp_context *c = bp_this_context;
+    bp_port *p = c->current ? c->current->reply : c->owner;
+    if (atomic_load(&p->closed) || !p->doorbell) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS thread of this context is gone");
+        return NULL;
+    }
+    if (c->depth >= 32) {
+        PyErr_SetString(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than 32 levels");
+        return NULL;
+    }
+    bp_writer w;
+    bp_writer_init(&w, &c->scratch, 0);
+    int rc = write_call(&w, name, args, nargs, kwnames);
+    if (rc) return raise_convert(&w, rc, "call arguments");
+    bp_jscall *call = calloc(1, sizeof *call);
+    if (call) call->data = take_written(&w, &call->len);
+    if (!call || !call->data) {
+        free(call);
+        return PyErr_NoMemory();
+    }
+    call->ctx = c;
+    int was_empty = bp_mpsc_push(&p->calls, &call->node);
+    if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
+    if (was_empty) p->doorbell(&p->io);
+
+    /* The answer comes back through bp_call_reply, which sets `answered` and wakes us. */
+    int waited = bp_ctx_wait_serving(c, &call->answered);
+    (void)waited; /* the depth was checked above: the wait cannot refuse */
+    PyObject *result = NULL;
+    bp_reader r = {.buf = call->data, .pos = 0, .end = call->len, .port = NULL, .st = st};
+    if (call->status == BP_OK) {
+        result = bp_read_value(&r, 0);
+    } else if (call->status == BP_ERR_JS) {
+        bp_raise_js_error(st, &r);
+    } else {
+        PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)call->status);
+    }
+    free(call->data);
+    free(call);
+    return result;
+}
+
+int32_t bp_port_take_calls(bp_io *io) {
+    bp_port *p = bp_port_of(io);
+    bp_node *list = bp_mpsc_take(&p->calls);
+    uint32_t count = 0;
+    uint64_t need = 4;
+    for (bp_node *n = list; n; n = n->next) {
+        count++;
+        need += 20 + ((bp_jscall *)n)->len;
+    }
+    if (need > UINT32_MAX || bp_io_reserve(io, (uint32_t)need) != BP_OK) {
+        while (list) { /* give them back for the next try */
+            bp_node *next = list->next;
+            bp_mpsc_push(&p->calls, list);
+            list = next;
+        }
+        return BP_ERR_MEMORY;
+    }
+    uint8_t *b = io->buf;
+    memcpy(b, &count, 4);
+    uint32_t pos = 4;
+    for (bp_node *n = list; n;) {
+        bp_jscall *call = (bp_jscall *)n;
+        n = n->next; /* the call stays alive until bp_call_reply */
+        uint64_t cp = (uint64_t)(uintptr_t)call, ctx = (uint64_t)(uintptr_t)call->ctx;
+        memcpy(b + pos, &cp, 8);
+        memcpy(b + pos + 8, &ctx, 8);
+        memcpy(b + pos + 16, &call->len, 4);
+        memcpy(b + pos + 20, call->data, call->len);
+        pos += 20 + call->len;
+    }
+    io->len = pos;
+    return (int32_t)count;
+}
+
+int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
+    bp_jscall *call = handle;
+    uint8_t *answer = malloc(len ? len : 1);
+    if (!answer) {
+        status = BP_ERR_MEMORY;
+        len = 0;
+    } else if (len) {
+        memcpy(answer, io->buf, len);
+    }
+    free(call->data);
+    call->data = answer;
+    call->len = len;
+    call->status = status;
+    bp_context *c = call->ctx;
+    atomic_store(&call->answered, 1); /* the context may free `call` from here on */
+    bp_ctx_wake(c);
+    return BP_OK;
+}
+
+/* ------------------------------------------------------------------------ messages ----- */
+
+/* Waits (GIL released) until fewer than BP_MAX_UNREAD messages of this context wait. */
+static void wait_for_reader(bp_context *c) {
+    PyThreadState *ts = PyEval_SaveThread();
+    while (atomic_load(&c->unread) >= BP_MAX_UNREAD) {
+        atomic_store(&c->sleeping, 1);
+        if (atomic_load(&c->unread) < BP_MAX_UNREAD) break;
+        struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
+        if (poll(&pfd, 1, 100) > 0) {
+            uint64_t v;
+            ssize_t n = read(c->wake_fd, &v, sizeof v);
+            (void)n;
+        }
+    }
+    atomic_store(&c->sleeping, 0);
+    PyEval_RestoreThread(ts);
+}
+
+/* A message record: a bp_request with op MESSAGE and id 0, drained with the completions. */
+static bp_request *message_new(uint8_t *payload, uint32_t len, bp_port *to, bp_context *from) {
+    bp_request *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->op = BP_REQ_MESSAGE;
+    r->data = payload; /* heap: request_free frees it since it is not inline_data */
+    r->len = len;
+    r->reply = to;
+    atomic_fetch_add(&to->refs, 1);
+    r->ctx = from;
+    if (from) bp_ctx_ref(from);
+    return r;
+}
+
+PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
+    (void)st;
+    bp_context *c = bp_this_context;
+    bp_port *to = c ? c->owner : bp_current_port;
+    if (!to) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bunpy.send works on a context's thread or while JS is calling into Python, not from "
+                        "a Python thread started with `threading`");
+        return NULL;
+    }
+    atomic_int *unread = c ? &c->unread : &to->unread;
+    if (atomic_load(unread) >= BP_MAX_UNREAD) {
+        if (!c) {
+            PyErr_Format(PyExc_BufferError,
+                         "bunpy.send: %d messages are waiting for JS; the main interpreter runs on the JS "
+                         "thread and cannot wait for JS to read them (send from a context, or return first)",
+                         BP_MAX_UNREAD);
+            return NULL;
+        }
+        wait_for_reader(c);
+    }
+    bp_io *scratch = c ? &c->scratch : NULL;
+    bp_io tmp = {0};
+    if (!scratch) { /* the main interpreter's port buffer may hold the current call's data */
+        tmp.cap = 256;
+        tmp.buf = malloc(tmp.cap);
+        if (!tmp.buf) return PyErr_NoMemory();
+        scratch = &tmp;
+    }
+    bp_writer w;
+    bp_writer_init(&w, scratch, 0);
+    PyObject *origin = PyFloat_FromDouble((double)(uintptr_t)c);
+    int rc = origin ? bp_write_value(&w, origin, 0) : BP_ERR_PYTHON;
+    Py_XDECREF(origin);
+    if (!rc) rc = bp_write_value(&w, channel, 0);
+    if (!rc) rc = bp_write_value(&w, value, 0);
+    uint32_t len = 0;
+    uint8_t *payload = NULL;
+    if (rc) {
+        raise_convert(&w, rc, "message");
+    } else {
+        payload = take_written(&w, &len);
+        if (!payload) PyErr_NoMemory();
+    }
+    free(tmp.buf);
+    if (!payload) return NULL;
+    bp_request *r = message_new(payload, len, to, c);
+    if (!r) {
+        free(payload);
+        return PyErr_NoMemory();
+    }
+    atomic_fetch_add(unread, 1);
+    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) to->doorbell(&to->io);
+    if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
+    Py_RETURN_NONE;
+}
+
+/* bp_port_drain saw a message go to JS. */
+void bp_message_drained(bp_request *r) {
+    if (r->ctx) {
+        if (atomic_fetch_sub(&r->ctx->unread, 1) == BP_MAX_UNREAD) bp_ctx_wake(r->ctx);
+        bp_ctx_unref(r->ctx);
+        r->ctx = NULL;
+    } else {
+        atomic_fetch_sub(&r->reply->unread, 1);
+    }
+}
