@@ -1,0 +1,173 @@
+// Python reaching JS from contexts (bunpy.call) and messages (bunpy.send) from every
+// interpreter, with back-pressure.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PythonError, py, type Context } from "../src/index.ts";
+
+const hasOwnGil = Number(py.version.split(".")[1]) >= 12;
+const modes = hasOwnGil ? (["owngil", "worker"] as const) : (["worker"] as const);
+const open: Context[] = [];
+async function context(mode?: "owngil" | "worker") {
+  const ctx = await py.context(mode ? { mode } : undefined);
+  await ctx.exec("import bunpy");
+  open.push(ctx);
+  return ctx;
+}
+afterAll(async () => {
+  await Promise.all(open.map((c) => c.close()));
+});
+
+py.register("cb_add", (a: number, b: number) => a + b);
+py.register("cb_kw", (a: number, kw: { scale: number }) => a * kw.scale);
+py.register("cb_async", async (x: number) => {
+  await Bun.sleep(2);
+  return { doubled: x * 2 };
+});
+py.register("cb_throw", () => {
+  throw new RangeError("out of range in JS");
+});
+py.register("cb_reject", () => Promise.reject(new Error("rejected in JS")));
+
+for (const mode of modes) {
+  describe(`bunpy.call from a ${mode} context`, () => {
+    test("sync and async JS functions return their values", async () => {
+      const ctx = await context(mode);
+      expect(await ctx.eval("bunpy.call('cb_add', 2, 3)")).toBe(5);
+      expect(await ctx.eval("bunpy.call('cb_kw', 7, scale=6)")).toBe(42);
+      expect(await ctx.eval("bunpy.call('cb_async', 21)")).toEqual({ doubled: 42 });
+    });
+
+    test("a JS throw and a rejected Promise become bunpy.JSError in Python", async () => {
+      const ctx = await context(mode);
+      await ctx.exec(`
+def catch(name):
+    try:
+        bunpy.call(name)
+    except bunpy.JSError as e:
+        return [e.js_name, e.js_message, "context-callbacks.test.ts" in e.js_stack]
+`);
+      expect(await ctx.call("__main__", "catch", ["cb_throw"])).toEqual(["RangeError", "out of range in JS", true]);
+      const rejected = (await ctx.call("__main__", "catch", ["cb_reject"])) as unknown[];
+      expect(rejected.slice(0, 2)).toEqual(["Error", "rejected in JS"]);
+      const unknown = (await ctx.call("__main__", "catch", ["cb_nope"])) as string[];
+      expect(unknown[0]).toBe("ReferenceError");
+      const e = await ctx.eval("bunpy.call('cb_throw')").catch((x) => x);
+      expect(e).toBeInstanceOf(PythonError);
+      expect(e.type).toBe("JSError");
+    });
+
+    test("ctx.callSync serves callbacks from the context without deadlock", async () => {
+      const ctx = await context(mode);
+      await ctx.exec("def via_js(a, b):\n    return bunpy.call('cb_add', a, b) * 10");
+      expect(ctx.callSync("__main__", "via_js", [1, 2])).toBe(30);
+      // an async JS function cannot be awaited while the JS thread is blocked
+      await ctx.exec("def via_async():\n    return bunpy.call('cb_async', 1)");
+      expect(() => ctx.callSync("__main__", "via_async")).toThrow(/callSync/);
+    });
+
+    test("nested JS -> Python -> JS -> Python chains work, and too deep is an error", async () => {
+      const ctx = await context(mode);
+      py.register(`cb_down_${mode}`, (n: number) => (n <= 0 ? 0 : 1 + (ctx.callSync("__main__", "down", [n - 1]) as number)));
+      py.register(`cb_down_async_${mode}`, async (n: number) => (n <= 0 ? 0 : 1 + (await ctx.call("__main__", "down_async", [n - 1]))));
+      await ctx.exec(`
+def down(n):
+    return bunpy.call('cb_down_${mode}', n)
+def down_async(n):
+    return bunpy.call('cb_down_async_${mode}', n)
+`);
+      expect(await ctx.call("__main__", "down", [8])).toBe(8);
+      expect(await ctx.call("__main__", "down_async", [8])).toBe(8);
+      const e = await ctx.call("__main__", "down_async", [100]).catch((x) => x);
+      expect(String(e)).toMatch(/nested deeper than 32/);
+      expect(await ctx.eval("'still serving'")).toBe("still serving");
+    });
+  });
+}
+
+test("callbacks from 4 contexts at once", async () => {
+  const ctxs = await Promise.all([0, 1, 2, 3].map(() => context()));
+  let calls = 0;
+  py.register("cb_count", (i: number) => {
+    calls++;
+    return i + 1;
+  });
+  const results = await Promise.all(
+    ctxs.map((c, k) => c.eval(`sum(bunpy.call('cb_count', i) for i in range(${100 * (k + 1)}))`)),
+  );
+  expect(results).toEqual([100, 200, 300, 400].map((n) => (n * (n + 1)) / 2));
+  expect(calls).toBe(1000);
+});
+
+describe("bunpy.send", () => {
+  test("messages keep their order per sender and name their context", async () => {
+    const ctxs = await Promise.all([0, 1, 2].map(() => context()));
+    const got = new Map<Context | undefined, number[]>();
+    const stop = py.on("ordered", (v: number, from) => {
+      if (!got.has(from)) got.set(from, []);
+      got.get(from)!.push(v);
+    });
+    await Promise.all(ctxs.map((c) => c.exec("for i in range(2000):\n    bunpy.send('ordered', i)")));
+    py.exec("import bunpy\nfor i in range(100):\n    bunpy.send('ordered', i)");
+    await Bun.sleep(20);
+    stop();
+    for (const c of ctxs) expect(got.get(c)).toEqual(Array.from({ length: 2000 }, (_, i) => i));
+    expect(got.get(undefined)).toEqual(Array.from({ length: 100 }, (_, i) => i));
+  });
+
+  test("values of every kind travel, and py.messages is an async iterator", async () => {
+    const ctx = await context();
+    const it = py.messages("iter");
+    await ctx.exec("bunpy.send('iter', {'a': [1, 2.5, None], 'b': b'xy'})\nbunpy.send('iter', 'done')");
+    expect((await it.next()).value).toEqual({ a: [1, 2.5, null], b: new Uint8Array([120, 121]) });
+    expect((await it.next()).value).toBe("done");
+    await it.return!();
+  });
+
+  test("a context that outruns JS blocks at the limit instead of queueing without bound", async () => {
+    const ctx = await context();
+    const flag = join(mkdtempSync(join(tmpdir(), "bunpy-bp-")), "js-resumed");
+    await ctx.exec(`
+import os, threading, time
+sent = 0
+def flood(n, flag):
+    global sent
+    seen = []
+    def observe():
+        while not os.path.exists(flag):
+            seen.append(sent)
+            time.sleep(0.002)
+    watcher = threading.Thread(target=observe)
+    watcher.start()
+    for i in range(n):
+        bunpy.send('flood', i)
+        sent += 1
+    watcher.join()
+    return max(seen)
+`);
+    const received: number[] = [];
+    const stop = py.on("flood", (v: number) => received.push(v));
+    const result = ctx.call("__main__", "flood", [5000, flag]);
+    const until = performance.now() + 300;
+    while (performance.now() < until) {} // JS busy: it drains nothing meanwhile
+    writeFileSync(flag, "");
+    const maxAhead = (await result) as number;
+    await Bun.sleep(20);
+    stop();
+    expect(maxAhead).toBeGreaterThan(0);
+    expect(maxAhead).toBeLessThanOrEqual(1025);
+    expect(received).toEqual(Array.from({ length: 5000 }, (_, i) => i));
+  });
+
+  test("the main interpreter cannot wait for JS: past the limit send raises BufferError", () => {
+    const e = (() => {
+      try {
+        py.exec("import bunpy\nfor i in range(3000):\n    bunpy.send('unread', i)");
+      } catch (x) {
+        return x as PythonError;
+      }
+    })();
+    expect(e?.type).toBe("BufferError");
+  });
+});
