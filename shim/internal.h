@@ -132,6 +132,9 @@ PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS 
 /* ---- jscall.c: Python -> JS from contexts, bunpy.send --------------------------------- */
 PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames);
+PyObject *bp_context_call_start(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames);
+PyObject *bp_context_call_finish(bp_interp *st, PyObject *handle);
 PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value);
 
 #endif

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <poll.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 
 #define BP_MAX_UNREAD 1024
 
@@ -28,7 +29,16 @@ typedef struct bp_jscall {
     int32_t status;
     uint8_t *data;            /* the call (name, args, kwargs), then the answer */
     uint32_t len;
+    int notify_fd;            /* async_call: an eventfd written when answered; -1 when sync */
+    atomic_int refs;          /* async_call: the Python handle and the pending answer       */
 } bp_jscall;
+
+static void call_unref(bp_jscall *call) {
+    if (atomic_fetch_sub(&call->refs, 1) != 1) return;
+    if (call->notify_fd >= 0) close(call->notify_fd);
+    free(call->data);
+    free(call);
+}
 
 static int write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     int rc = bp_write_value(w, name, 0);
@@ -59,48 +69,103 @@ static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
     return NULL;
 }
 
-PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames) {
-    bp_context *c = bp_this_context;
+/* Encodes the call and queues it on the JS port of the request being served. */
+static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             int notify_fd) {
     bp_port *p = c->current ? c->current->reply : c->owner;
     if (atomic_load(&p->closed) || !p->doorbell) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS thread of this context is gone");
         return NULL;
     }
-    if (c->depth >= 32) {
-        PyErr_SetString(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than 32 levels");
-        return NULL;
-    }
     bp_writer w;
     bp_writer_init(&w, &c->scratch, 0);
     int rc = write_call(&w, name, args, nargs, kwnames);
-    if (rc) return raise_convert(&w, rc, "call arguments");
+    if (rc) {
+        raise_convert(&w, rc, "call arguments");
+        return NULL;
+    }
     bp_jscall *call = calloc(1, sizeof *call);
     if (call) call->data = take_written(&w, &call->len);
     if (!call || !call->data) {
         free(call);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        return NULL;
     }
     call->ctx = c;
+    call->notify_fd = notify_fd;
+    atomic_init(&call->refs, notify_fd >= 0 ? 2 : 1);
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
     if (was_empty) p->doorbell(&p->io);
+    return call;
+}
 
-    /* The answer comes back through bp_call_reply, which sets `answered` and wakes us. */
+/* The JS answer as a Python value, or the JSError it stands for. */
+static PyObject *answer_of(bp_interp *st, bp_jscall *call) {
+    bp_reader r = {.buf = call->data, .pos = 0, .end = call->len, .port = NULL, .st = st};
+    if (call->status == BP_OK) return bp_read_value(&r, 0);
+    if (call->status == BP_ERR_JS) return bp_raise_js_error(st, &r);
+    PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)call->status);
+    return NULL;
+}
+
+PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames) {
+    bp_context *c = bp_this_context;
+    if (c->depth >= 32) {
+        PyErr_SetString(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than 32 levels");
+        return NULL;
+    }
+    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, -1);
+    if (!call) return NULL;
+    /* The answer comes back through bp_call_reply, which sets `answered` and wakes us;
+       meanwhile requests to this context are served (JS may call back into it). */
     int waited = bp_ctx_wait_serving(c, &call->answered);
     (void)waited; /* the depth was checked above: the wait cannot refuse */
-    PyObject *result = NULL;
-    bp_reader r = {.buf = call->data, .pos = 0, .end = call->len, .port = NULL, .st = st};
-    if (call->status == BP_OK) {
-        result = bp_read_value(&r, 0);
-    } else if (call->status == BP_ERR_JS) {
-        bp_raise_js_error(st, &r);
-    } else {
-        PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)call->status);
-    }
-    free(call->data);
-    free(call);
+    PyObject *result = answer_of(st, call);
+    call_unref(call);
     return result;
+}
+
+/* ---- async_call: the answer wakes an asyncio loop through an eventfd ------------------- */
+
+#define CALL_CAPSULE "bunpy.jscall"
+
+static void capsule_drop(PyObject *capsule) {
+    bp_jscall *call = PyCapsule_GetPointer(capsule, CALL_CAPSULE);
+    if (call) call_unref(call);
+}
+
+/* _bunpy.call_start(name, *args, **kwargs) -> (handle, fd): fd becomes readable when JS answered. */
+PyObject *bp_context_call_start(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    (void)st;
+    bp_context *c = bp_this_context;
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, fd);
+    if (!call) {
+        close(fd);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(call, CALL_CAPSULE, capsule_drop);
+    if (!capsule) {
+        /* the queued call still holds its reference and is answered later */
+        atomic_fetch_sub(&call->refs, 1);
+        return NULL;
+    }
+    return Py_BuildValue("(Ni)", capsule, fd);
+}
+
+/* _bunpy.call_finish(handle) -> the answer (or raises the JSError). */
+PyObject *bp_context_call_finish(bp_interp *st, PyObject *capsule) {
+    bp_jscall *call = PyCapsule_GetPointer(capsule, CALL_CAPSULE);
+    if (!call) return NULL;
+    if (!atomic_load(&call->answered)) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS call has not been answered yet");
+        return NULL;
+    }
+    return answer_of(st, call);
 }
 
 int32_t bp_port_take_calls(bp_io *io) {
@@ -151,6 +216,14 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
     call->len = len;
     call->status = status;
     bp_context *c = call->ctx;
+    if (call->notify_fd >= 0) {
+        atomic_store(&call->answered, 1);
+        uint64_t one = 1;
+        ssize_t n = write(call->notify_fd, &one, sizeof one);
+        (void)n;
+        call_unref(call); /* the answer's reference; the Python handle keeps its own */
+        return BP_OK;
+    }
     atomic_store(&call->answered, 1); /* the context may free `call` from here on */
     bp_ctx_wake(c);
     return BP_OK;

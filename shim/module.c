@@ -177,6 +177,30 @@ static PyObject *mod_call(PyObject *m, PyObject *const *args, Py_ssize_t nargsf,
     return call_js(st, NULL, -1, args[0], args + 1, nargs - 1, kwnames);
 }
 
+/* _bunpy.call_start(name, *args, **kwargs): the first half of bunpy.async_call in a context */
+static PyObject *mod_call_start(PyObject *m, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bunpy.async_call(name, *args, **kwargs): name must be a str");
+        return NULL;
+    }
+    if (!bp_this_context || bp_current_port) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: call_start works only on a context's thread");
+        return NULL;
+    }
+    return bp_context_call_start(PyModule_GetState(m), args[0], args + 1, nargs - 1, kwnames);
+}
+
+static PyObject *mod_call_finish(PyObject *m, PyObject *handle) {
+    return bp_context_call_finish(PyModule_GetState(m), handle);
+}
+
+static PyObject *mod_in_context(PyObject *m, PyObject *unused) {
+    (void)m;
+    (void)unused;
+    return PyBool_FromLong(bp_this_context != NULL && bp_current_port == NULL);
+}
+
 /* bunpy.send(channel, value) */
 static PyObject *mod_send(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyUnicode_Check(args[0])) {
@@ -285,6 +309,10 @@ static void mod_free(void *m) { mod_clear((PyObject *)m); }
 static PyMethodDef mod_methods[] = {
     {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL | METH_KEYWORDS,
      "call(name, *args, **kwargs)\n--\n\nCall the JS function registered as `name` with py.register()."},
+    {"call_start", (PyCFunction)(void (*)(void))mod_call_start, METH_FASTCALL | METH_KEYWORDS,
+     "call_start(name, *args, **kwargs) -> (handle, fd)\n--\n\nInternal: queue a JS call; fd is readable once answered."},
+    {"call_finish", mod_call_finish, METH_O, "call_finish(handle)\n--\n\nInternal: the answer of a call_start call."},
+    {"in_context", mod_in_context, METH_NOARGS, "in_context()\n--\n\nTrue on a context's thread."},
     {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,
      "send(channel, value)\n--\n\nDeliver `value` to the JS listeners of `channel` (py.on) without waiting."},
     {NULL, NULL, 0, NULL},

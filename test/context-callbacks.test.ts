@@ -171,3 +171,41 @@ def flood(n, flag):
     expect(e?.type).toBe("BufferError");
   });
 });
+
+describe("bunpy.async_call", () => {
+  test("awaits JS without blocking the context's event loop", async () => {
+    const ctx = await context();
+    let inFlight = 0;
+    let maxInFlight = 0;
+    py.register("cb_slow", async (x: number) => {
+      maxInFlight = Math.max(maxInFlight, ++inFlight);
+      await Bun.sleep(20);
+      inFlight--;
+      return x * 2;
+    });
+    py.register("cb_slow_fail", async () => {
+      await Bun.sleep(1);
+      throw new SyntaxError("async failure");
+    });
+    await ctx.exec(`
+import asyncio
+async def gather_calls(n):
+    results = await asyncio.gather(*(bunpy.async_call('cb_slow', i) for i in range(n)))
+    try:
+        await bunpy.async_call('cb_slow_fail')
+    except bunpy.JSError as e:
+        return results, e.js_name, e.js_message
+def run(n):
+    return asyncio.run(gather_calls(n))
+`);
+    const [results, name, message] = (await ctx.call("__main__", "run", [8])) as [number[], string, string];
+    expect(results).toEqual([0, 2, 4, 6, 8, 10, 12, 14]);
+    expect([name, message]).toEqual(["SyntaxError", "async failure"]);
+    expect(maxInFlight).toBe(8); // all eight were waiting in JS at the same time
+  });
+
+  test("in the main interpreter it calls at once, like bunpy.call", () => {
+    py.exec("import asyncio, bunpy\nasync def _ac():\n    return await bunpy.async_call('cb_add', 20, 22)");
+    expect(py.eval("asyncio.run(_ac())")).toBe(42);
+  });
+});
