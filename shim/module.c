@@ -142,11 +142,21 @@ static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *na
     }
     bp_writer_commit(&w); /* handles in the arguments now belong to JS */
 
-    p->held = 0;
-    PyThreadState *ts = PyEval_SaveThread();
-    int32_t status = p->dispatch(&p->io, target);
-    PyEval_RestoreThread(ts);
-    p->held = 1;
+    /* Release the GIL while JS runs so that Python threads keep going — unless this is
+       the interpreter's only thread: then nobody could use it, and keeping it saves a
+       release and a re-acquire (nested bp_ calls see `held` and do not take it again). */
+    PyThreadState *ts = PyThreadState_Get();
+    int alone = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts)) == ts && !PyThreadState_Next(ts);
+    int32_t status;
+    if (alone) {
+        status = p->dispatch(&p->io, target);
+    } else {
+        p->held = 0;
+        PyEval_SaveThread();
+        status = p->dispatch(&p->io, target);
+        PyEval_RestoreThread(ts);
+        p->held = 1;
+    }
 
     if (status == BP_OK) {
         bp_reader r;
