@@ -19,6 +19,7 @@ const sources = [_][]const u8{
     "shim/bench.c",
     "shim/context.c",
     "shim/jscall.c",
+    "shim/sandbox.c",
 };
 
 // Fact 7 of DESIGN.md: without -fno-sanitize=undefined zig traps on UB checks in C.

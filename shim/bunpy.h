@@ -146,7 +146,8 @@ BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop 
 /* contexts (context.c) */
 BP_EXPORT void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn);
 BP_EXPORT int32_t bp_port_drain(bp_io *io);                             /* -> count; buf: (u32 id, i32 status, u32 len, bytes)* */
-BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id);  /* completion `id` once started */
+BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len); /* buf: policy (DICT|NONE);
+                                                                      completion `id` once started */
 BP_EXPORT bp_request *bp_ctx_submit(bp_context *ctx, bp_io *io, uint32_t id, int32_t op, uint32_t len);
 BP_EXPORT int32_t bp_ctx_call_sync(bp_context *ctx, bp_io *io, int32_t op, uint32_t len); /* result in buf */
 BP_EXPORT int32_t bp_ctx_sync_wait(bp_context *ctx, bp_io *io, bp_request *req);  /* after BP_CALLS_PENDING */

@@ -140,12 +140,18 @@ static int setup_interpreter(bp_context *c, int owngil) {
     PyObject *m = PyImport_ImportModule("_bunpy");
     if (!m) return -1;
     Py_DECREF(m);
+    /* the start request carries the sandbox policy (a dict, or None) */
+    bp_reader rd = {.buf = c->start->data, .pos = 0, .end = c->start->len, .port = NULL, .st = NULL};
+    PyObject *spec = c->start->len ? bp_read_value(&rd, 0) : Py_NewRef(Py_None);
+    if (!spec) return -1;
     PyObject *setup = PyImport_ImportModule("bunpy._context");
-    if (!setup) return -1;
-    PyObject *r = PyObject_CallMethod(setup, "setup", "i", owngil);
-    Py_DECREF(setup);
-    if (!r) return -1;
-    Py_DECREF(r);
+    PyObject *policy = setup ? PyObject_CallMethod(setup, "setup", "iO", owngil, spec) : NULL;
+    Py_XDECREF(setup);
+    Py_DECREF(spec);
+    if (!policy) return -1;
+    int loaded = bp_policy_load(&c->policy, policy);
+    Py_DECREF(policy);
+    if (loaded < 0) return -1;
     if (owngil) {
         c->main_module = Py_XNewRef(PyImport_AddModule("__main__"));
     } else {
@@ -211,6 +217,7 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
     c->interp = PyThreadState_GetInterpreter(sub);
     if (setup_interpreter(c, 1) < 0) {
         startup_failed(c, "setting up the subinterpreter failed");
+        bp_policy_clear(&c->policy);
         Py_CLEAR(c->main_module);
         Py_EndInterpreter(sub);
         PyEval_RestoreThread(*main_ts);
@@ -235,6 +242,7 @@ static PyThreadState *start_worker(bp_context *c) {
     c->interp = bp_main_interp;
     if (setup_interpreter(c, 0) < 0) {
         startup_failed(c, "setting up the worker context failed");
+        bp_policy_clear(&c->policy);
         Py_CLEAR(c->main_module);
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
@@ -264,6 +272,7 @@ static void run_teardown(void) {
 static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *main_ts) {
     stop_interrupters(c);
     run_teardown();
+    bp_policy_clear(&c->policy);
     Py_CLEAR(c->main_module);
     if (c->mode == BP_CTX_WORKER) {
         PyThreadState_Clear(ts);
@@ -520,7 +529,7 @@ static void *context_main(void *arg) {
 
 void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn) { bp_port_of(io)->doorbell = fn; }
 
-bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id) {
+bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     if (!bp_running() || (mode != BP_CTX_OWNGIL && mode != BP_CTX_WORKER)) return NULL;
     bp_context *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -528,7 +537,7 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id) {
     c->wake_fd = eventfd(0, EFD_CLOEXEC);
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
-    c->start = request_new(c, io, id, BP_REQ_START, 0);
+    c->start = len <= io->cap ? request_new(c, io, id, BP_REQ_START, len) : NULL;
     if (c->wake_fd < 0 || !c->scratch.buf || !c->start) {
         if (c->wake_fd >= 0) close(c->wake_fd);
         if (c->start) request_free(c->start);

@@ -8,6 +8,20 @@
 #include "internal.h"
 #include <semaphore.h>
 
+/* A context's sandbox policy (sandbox.c); its objects belong to the context's interpreter. */
+typedef struct bp_policy {
+    int active;
+    int refuse_processes, refuse_ctypes, refuse_sockets;
+    PyObject *deny_imports;   /* frozenset of module names, or NULL              */
+    PyObject *allow_paths;    /* tuple of real directory paths, or NULL: any file */
+    PyObject *read_paths;     /* tuple: also readable (Python's own files)        */
+} bp_policy;
+
+int bp_sandbox_install(void);
+int bp_policy_load(bp_policy *pol, PyObject *spec);
+void bp_policy_clear(bp_policy *pol);
+int bp_policy_refuses(const char *rule);
+
 enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
 
 /* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
@@ -52,6 +66,7 @@ struct bp_context {
     int depth;                /* JS callbacks being awaited on this thread (nesting)      */
     bp_request *deferred_close; /* a close taken while a JS callback was awaited        */
     atomic_int unread;        /* messages sent but not drained by JS yet (back-pressure)  */
+    bp_policy policy;         /* sandbox rules for code running on this context's thread  */
 };
 
 

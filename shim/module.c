@@ -205,6 +205,16 @@ static PyObject *mod_call_finish(PyObject *m, PyObject *handle) {
     return bp_context_call_finish(PyModule_GetState(m), handle);
 }
 
+static PyObject *mod_refused(PyObject *m, PyObject *rule) {
+    (void)m;
+    const char *s = PyUnicode_Check(rule) ? PyUnicode_AsUTF8(rule) : NULL;
+    if (!s) {
+        PyErr_SetString(PyExc_TypeError, "refused(rule): rule must be a str");
+        return NULL;
+    }
+    return PyBool_FromLong(bp_policy_refuses(s));
+}
+
 static PyObject *mod_in_context(PyObject *m, PyObject *unused) {
     (void)m;
     (void)unused;
@@ -323,6 +333,7 @@ static PyMethodDef mod_methods[] = {
      "call_start(name, *args, **kwargs) -> (handle, fd)\n--\n\nInternal: queue a JS call; fd is readable once answered."},
     {"call_finish", mod_call_finish, METH_O, "call_finish(handle)\n--\n\nInternal: the answer of a call_start call."},
     {"in_context", mod_in_context, METH_NOARGS, "in_context()\n--\n\nTrue on a context's thread."},
+    {"refused", mod_refused, METH_O, "refused(rule)\n--\n\nWhether the sandbox policy of this thread refuses `rule`."},
     {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,
      "send(channel, value)\n--\n\nDeliver `value` to the JS listeners of `channel` (py.on) without waiting."},
     {NULL, NULL, 0, NULL},

@@ -4,7 +4,7 @@
  * State machine (atomic): UNINITIALISED -> STARTING -> RUNNING -> STOPPING -> STOPPED.
  * Every entry point checks it, so a call after py.close() is an error, not a crash.
  */
-#include "internal.h"
+#include "context.h"
 #include <dlfcn.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -92,6 +92,10 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
 
     if (promote_libpython(err, errlen) < 0) goto failed;
     keep_ctrl_c();
+    if (bp_sandbox_install() < 0) { /* before initialising: it then sees every interpreter */
+        snprintf(err, (size_t)errlen, "cannot install bunpy's audit hook");
+        goto failed;
+    }
     if (PyImport_AppendInittab("_bunpy", bp_module_init) < 0) {
         snprintf(err, (size_t)errlen, "cannot register the _bunpy module");
         goto failed;

@@ -19,6 +19,43 @@ export interface ContextOptions {
   /** "owngil" (default on Python ≥ 3.12): a subinterpreter with its own GIL, truly parallel.
       "worker": a thread of the main interpreter, for extensions such as numpy. */
   mode?: ContextMode;
+  /** What Python code in this context may do (a guard against accidents, not a security
+      boundary). Forking without exec is refused everywhere, always. */
+  sandbox?: SandboxPolicy;
+}
+
+export interface SandboxPolicy {
+  /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
+      functions through ctypes). Default true. */
+  processes?: boolean;
+  /** Use ctypes at all. Default true. */
+  ctypes?: boolean;
+  /** Use sockets. Default true. */
+  sockets?: boolean;
+  /** Modules (and their submodules) that cannot be imported. */
+  denyImports?: string[];
+  /** Directories files may be opened in (read or write). Python's own files stay readable.
+      Default: anywhere. */
+  files?: string[];
+}
+
+function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
+  if (p === undefined) return null;
+  if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
+  const known = new Set(["processes", "ctypes", "sockets", "denyImports", "files"]);
+  for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
+  for (const k of ["processes", "ctypes", "sockets"] as const)
+    if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
+  for (const k of ["denyImports", "files"] as const)
+    if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
+      throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
+  return {
+    processes: p.processes ?? true,
+    ctypes: p.ctypes ?? true,
+    sockets: p.sockets ?? true,
+    deny_imports: p.denyImports ?? null,
+    files: p.files ?? null,
+  };
 }
 
 export interface CallOptions {
@@ -425,8 +462,17 @@ export class Context {
       return Promise.reject(
         new BunpyError(`owngil contexts need Python 3.12 or newer (this is ${rt.info.version}); use { mode: "worker" }`),
       );
+    let policyLen: number;
+    try {
+      const policy = policyValue(options.sandbox);
+      rt.wire.begin();
+      rt.wire.writeTop(policy);
+      policyLen = rt.wire.pos;
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const id = hub.newId();
-    const ptr = rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? 0 : 1, id);
+    const ptr = rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? 0 : 1, id, policyLen);
     if (!ptr) hub.releaseId(id);
     if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
     const ctx = new Context(hub, ptr, mode);

@@ -34,7 +34,7 @@ const symbols = {
   bp_flush: { args: [ptr], returns: i32 },
   bp_port_set_doorbell: { args: [ptr, ptr], returns: FFIType.void },
   bp_port_drain: { args: [ptr], returns: i32 },
-  bp_ctx_new: { args: [ptr, i32, u32], returns: ptr },
+  bp_ctx_new: { args: [ptr, i32, u32, u32], returns: ptr },
   bp_ctx_submit: { args: [ptr, ptr, u32, i32, u32], returns: ptr },
   bp_ctx_call_sync: { args: [ptr, ptr, i32, u32], returns: i32 },
   bp_ctx_sync_wait: { args: [ptr, ptr, ptr], returns: i32 },
@@ -82,7 +82,7 @@ export interface Shim {
   bp_flush(io: P): number;
   bp_port_set_doorbell(io: P, doorbell: P): void;
   bp_port_drain(io: P): number;
-  bp_ctx_new(io: P, mode: number, id: number): P | null;
+  bp_ctx_new(io: P, mode: number, id: number, policyLen: number): P | null;
   bp_ctx_submit(ctx: P, io: P, id: number, op: number, len: number): P | null;
   bp_ctx_call_sync(ctx: P, io: P, op: number, len: number): number;
   bp_ctx_sync_wait(ctx: P, io: P, req: P): number;

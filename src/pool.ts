@@ -6,13 +6,15 @@
  *      least-loaded context when the home one has more than `spillAt` calls in flight.
  */
 import { BunpyError } from "./errors.ts";
-import { Context, type CallOptions, type ContextMode } from "./context.ts";
+import { Context, type CallOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
   size?: number;
   mode?: ContextMode;
+  /** The sandbox policy of every context of the pool. */
+  sandbox?: SandboxPolicy;
   /** In-flight calls on the home context before calls spill to the least-loaded one. */
   spillAt?: number;
 }
@@ -60,7 +62,7 @@ export class Pool {
   static async start(rt: MainInterpreter, options: PoolOptions = {}): Promise<Pool> {
     const size = options.size ?? navigator.hardwareConcurrency ?? 1;
     if (!Number.isInteger(size) || size < 1) throw new TypeError(`py.pool({ size }): size must be a positive integer, got ${size}`);
-    const started = await Promise.allSettled(Array.from({ length: size }, () => Context.start(rt, { mode: options.mode })));
+    const started = await Promise.allSettled(Array.from({ length: size }, () => Context.start(rt, { mode: options.mode, sandbox: options.sandbox })));
     const contexts = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const failed = started.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
     if (failed) {

@@ -1,0 +1,216 @@
+/*
+ * sandbox.c — policies enforced by a C audit hook (PySys_AddAuditHook, installed before
+ * Py_Initialize so it sees every interpreter). DESIGN.md fact 10.
+ *
+ * Always refused, in every interpreter: forking without exec (os.fork, os.forkpty, and
+ * libc's fork family through ctypes): a forked copy of a Bun process has no JS runtime.
+ * A context can refuse more: process creation, ctypes, sockets, imports of listed
+ * modules, opening files outside given directories.
+ *
+ * This guards against accidents. It is not a security boundary: Python code that wants
+ * to escape can (for example through a C extension that calls the OS directly).
+ */
+#include "context.h"
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int refuse(const char *event, const char *rule, const char *why) {
+    PyErr_Format(PyExc_PermissionError, "bunpy sandbox: %s is refused (rule: %s): %s", event, rule, why);
+    return -1;
+}
+
+static int is_one_of(const char *s, const char *const *names) {
+    for (; *names; names++)
+        if (strcmp(s, *names) == 0) return 1;
+    return 0;
+}
+
+static const char *const FORK_SYMBOLS[] = {"fork", "vfork", "forkpty", "__fork", "_Fork", NULL};
+static const char *const PROCESS_SYMBOLS[] = {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl",
+                                              "execle", "execlp", "posix_spawn", "posix_spawnp", "clone", NULL};
+static const char *const PROCESS_EVENTS[] = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
+                                             "os.startfile", "pty.spawn", NULL};
+
+/* The policy of the code running on this thread. */
+static bp_policy *current_policy(void) {
+    bp_context *c = bp_this_context;
+    return c ? &c->policy : NULL;
+}
+
+static const char *symbol_name(PyObject *args, Py_ssize_t i) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) <= i) return NULL;
+    PyObject *v = PyTuple_GET_ITEM(args, i);
+    if (PyUnicode_Check(v)) return PyUnicode_AsUTF8(v);
+    if (PyBytes_Check(v)) return PyBytes_AS_STRING(v);
+    return NULL;
+}
+
+static int module_denied(bp_policy *pol, PyObject *args) {
+    if (!pol->deny_imports || !PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 1) return 0;
+    PyObject *name = PyTuple_GET_ITEM(args, 0);
+    if (!PyUnicode_Check(name)) return 0;
+    int hit = PySet_Contains(pol->deny_imports, name);
+    if (hit) return hit;
+    Py_ssize_t dot = PyUnicode_FindChar(name, '.', 0, PyUnicode_GET_LENGTH(name), 1);
+    if (dot <= 0) return 0;
+    PyObject *top = PyUnicode_Substring(name, 0, dot);
+    if (!top) return -1;
+    hit = PySet_Contains(pol->deny_imports, top);
+    Py_DECREF(top);
+    return hit;
+}
+
+/* Is `path` inside one of the allowed directories (compared after realpath)? */
+static int path_allowed(bp_policy *pol, const char *path) {
+    char real[PATH_MAX];
+    if (!realpath(path, real)) {
+        /* a file about to be created: check its directory */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir) slash[1] = 0;
+        else if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+        if (!realpath(dir, real)) return 0;
+    }
+    size_t n = strlen(real);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pol->allow_paths); i++) {
+        const char *dir = PyUnicode_AsUTF8(PyTuple_GET_ITEM(pol->allow_paths, i));
+        if (!dir) return 0;
+        size_t d = strlen(dir);
+        if (n >= d && strncmp(real, dir, d) == 0 && (n == d || real[d] == '/' || (d > 0 && dir[d - 1] == '/'))) return 1;
+    }
+    return 0;
+}
+
+/* open(path, mode, flags): reads of Python's own files stay allowed (imports open them). */
+static int open_allowed(bp_policy *pol, PyObject *args) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 1) return 1;
+    PyObject *path = PyTuple_GET_ITEM(args, 0);
+    if (PyLong_Check(path)) return 1; /* an fd that is already open */
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(path, &bytes)) {
+        PyErr_Clear();
+        return 1;
+    }
+    const char *p = PyBytes_AS_STRING(bytes);
+    int writing = 0;
+    PyObject *mode = PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : NULL;
+    PyObject *flags = PyTuple_GET_SIZE(args) > 2 ? PyTuple_GET_ITEM(args, 2) : NULL;
+    if (mode && PyUnicode_Check(mode)) {
+        const char *m = PyUnicode_AsUTF8(mode);
+        writing = m && strpbrk(m, "wax+") != NULL;
+    }
+    if (flags && PyLong_Check(flags)) {
+        long f = PyLong_AsLong(flags);
+        writing = writing || (f & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND));
+    }
+    int ok = path_allowed(pol, p);
+    if (!ok && !writing && pol->read_paths) {
+        bp_policy reads = *pol;
+        reads.allow_paths = pol->read_paths;
+        ok = path_allowed(&reads, p);
+    }
+    Py_DECREF(bytes);
+    return ok;
+}
+
+static int audit_hook(const char *event, PyObject *args, void *unused) {
+    (void)unused;
+    /* cheap first-character filters: the hook sees every audited event */
+    switch (event[0]) {
+    case 'o':
+        if (strcmp(event, "os.fork") == 0 || strcmp(event, "os.forkpty") == 0)
+            return refuse(event, "no fork without exec",
+                          "a forked copy of a Bun process has no JS runtime; use subprocess instead");
+        break;
+    case 'c':
+        if (strcmp(event, "ctypes.dlsym") == 0) {
+            const char *sym = symbol_name(args, 1);
+            if (sym && is_one_of(sym, FORK_SYMBOLS))
+                return refuse(event, "no fork without exec", "libc's fork cannot be called through ctypes");
+        }
+        break;
+    case 'i':
+    case 's':
+    case 'p':
+        break;
+    default:
+        return 0;
+    }
+    bp_policy *pol = current_policy();
+    if (!pol || !pol->active) return 0;
+    if (pol->refuse_processes) {
+        if (is_one_of(event, PROCESS_EVENTS)) return refuse(event, "no processes", "this context may not start processes");
+        if (strcmp(event, "ctypes.dlsym") == 0) {
+            const char *sym = symbol_name(args, 1);
+            if (sym && is_one_of(sym, PROCESS_SYMBOLS))
+                return refuse(event, "no processes", "this context may not start processes, ctypes included");
+        }
+    }
+    if (pol->refuse_ctypes && strncmp(event, "ctypes.", 7) == 0)
+        return refuse(event, "no ctypes", "this context may not use ctypes");
+    if (pol->refuse_sockets && strncmp(event, "socket.", 7) == 0 && strcmp(event, "socket.gethostname") != 0)
+        return refuse(event, "no sockets", "this context may not use the network");
+    if (strcmp(event, "import") == 0) {
+        int denied = module_denied(pol, args);
+        if (denied < 0) return -1;
+        if (denied) return refuse(event, "denied imports", "this module is on the context's deny list");
+        if (pol->refuse_ctypes && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0) {
+            const char *name = symbol_name(args, 0);
+            if (name && (strcmp(name, "ctypes") == 0 || strcmp(name, "_ctypes") == 0 || strncmp(name, "ctypes.", 7) == 0))
+                return refuse(event, "no ctypes", "this context may not use ctypes");
+        }
+    }
+    if (pol->allow_paths && strcmp(event, "open") == 0 && !open_allowed(pol, args))
+        return refuse(event, "files only in allowed directories", "this path is outside them");
+    return 0;
+}
+
+int bp_sandbox_install(void) { return PySys_AddAuditHook(audit_hook, NULL); }
+
+/* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
+   {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
+    "read_paths": [str]} — booleans say what is allowed. */
+int bp_policy_load(bp_policy *pol, PyObject *spec) {
+    memset(pol, 0, sizeof *pol);
+    if (spec == Py_None) return 0;
+    if (!PyDict_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "bunpy: a sandbox policy must be a dict");
+        return -1;
+    }
+    pol->active = 1;
+    PyObject *v;
+    v = PyDict_GetItemString(spec, "processes");
+    pol->refuse_processes = v && v == Py_False;
+    v = PyDict_GetItemString(spec, "ctypes");
+    pol->refuse_ctypes = v && v == Py_False;
+    v = PyDict_GetItemString(spec, "sockets");
+    pol->refuse_sockets = v && v == Py_False;
+    v = PyDict_GetItemString(spec, "deny_imports");
+    if (v && v != Py_None && !(pol->deny_imports = PyFrozenSet_New(v))) return -1;
+    v = PyDict_GetItemString(spec, "files");
+    if (v && v != Py_None && !(pol->allow_paths = PySequence_Tuple(v))) return -1;
+    v = PyDict_GetItemString(spec, "read_paths");
+    if (v && v != Py_None && !(pol->read_paths = PySequence_Tuple(v))) return -1;
+    return 0;
+}
+
+void bp_policy_clear(bp_policy *pol) {
+    pol->active = 0;
+    Py_CLEAR(pol->deny_imports);
+    Py_CLEAR(pol->allow_paths);
+    Py_CLEAR(pol->read_paths);
+}
+
+/* _bunpy.refused(rule) -> bool: lets Python-level guards (fork_exec) ask the policy. */
+int bp_policy_refuses(const char *rule) {
+    bp_policy *pol = current_policy();
+    if (!pol || !pol->active) return 0;
+    if (strcmp(rule, "processes") == 0) return pol->refuse_processes;
+    if (strcmp(rule, "ctypes") == 0) return pol->refuse_ctypes;
+    if (strcmp(rule, "sockets") == 0) return pol->refuse_sockets;
+    return 0;
+}
