@@ -35,6 +35,9 @@ extern PyInterpreterState *bp_main_interp;
 extern pthread_mutex_t bp_create_lock;
 extern const char *bp_python_dir;
 
+/* Contexts whose thread has not finished yet: Python cannot be finalised under them. */
+atomic_int bp_live_contexts = 0;
+
 /* ------------------------------------------------------------------- helpers ----- */
 
 void bp_ctx_ref(bp_context *c) { atomic_fetch_add(&c->refs, 1); }
@@ -488,6 +491,7 @@ static void *context_main(void *arg) {
     PyThreadState *ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
     if (!ts) {
         seal(c, CTX_DEAD, "the context failed to start");
+        atomic_fetch_sub(&bp_live_contexts, 1);
         bp_ctx_unref(c);
         return NULL;
     }
@@ -520,6 +524,7 @@ static void *context_main(void *arg) {
     }
     end_interpreter(c, ts, main_ts);
     seal(c, CTX_CLOSED, "the context was closed");
+    atomic_fetch_sub(&bp_live_contexts, 1);
     complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
     bp_ctx_unref(c);
     return NULL;
@@ -551,7 +556,9 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     atomic_fetch_add(&c->owner->refs, 1);
     pthread_mutex_init(&c->life_lock, NULL);
     pthread_cond_init(&c->life_cond, NULL);
+    atomic_fetch_add(&bp_live_contexts, 1);
     if (pthread_create(&c->thread, NULL, context_main, c) != 0) {
+        atomic_fetch_sub(&bp_live_contexts, 1);
         request_free(c->start);
         c->start = NULL;
         atomic_store(&c->refs, 1);

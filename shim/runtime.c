@@ -151,6 +151,8 @@ int32_t bp_finalize(bp_io *io) {
     bp_port *p = bp_port_of(io);
     if (!pthread_equal(pthread_self(), bp_main_thread) || p->ts != bp_main_ts) return BP_ERR_THREAD;
     if (p->held || p->depth > 0) return BP_ERR_THREAD; /* inside a Python -> JS callback */
+    extern atomic_int bp_live_contexts;
+    if (atomic_load(&bp_live_contexts) > 0) return BP_ERR_BUSY; /* their threads need the runtime */
     int expected = BP_RUNNING;
     if (!atomic_compare_exchange_strong(&state, &expected, BP_STOPPING)) return BP_ERR_STATE;
     while (atomic_load(&bp_foreign_calls) > 0) usleep(100);

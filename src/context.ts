@@ -343,7 +343,10 @@ export class ContextHub {
   }
 }
 
-let hubs = new WeakMap<MainInterpreter, ContextHub>();
+const hubs = new WeakMap<MainInterpreter, ContextHub>();
+export function existingHub(rt: MainInterpreter): ContextHub | undefined {
+  return hubs.get(rt);
+}
 export function hubOf(rt: MainInterpreter): ContextHub {
   let hub = hubs.get(rt);
   if (hub === undefined) hubs.set(rt, (hub = new ContextHub(rt)));

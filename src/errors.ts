@@ -79,6 +79,7 @@ export const enum Status {
   Memory = -5,
   JS = -6,
   Argument = -7,
+  Busy = -8,
 }
 
 /**

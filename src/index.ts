@@ -10,7 +10,7 @@ import { Kwargs } from "./codec.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
 import { BunpyError, PythonClosedError } from "./errors.ts";
-import { Context, hubOf, type ContextOptions, type MessageListener } from "./context.ts";
+import { Context, existingHub, hubOf, type ContextOptions, type MessageListener } from "./context.ts";
 import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
@@ -126,11 +126,17 @@ export const py = {
     return main !== undefined && !main.isClosed;
   },
   /**
-   * Shuts Python down (Py_FinalizeEx: atexit handlers run, non-daemon threads are joined).
+   * Shuts Python down: closes this thread's contexts (queued calls finish first), then
+   * Py_FinalizeEx (atexit handlers run, non-daemon threads are joined).
    * Later calls throw PythonClosedError; Python cannot be started again in this process.
    */
   async close(): Promise<void> {
-    main?.close();
+    if (main !== undefined && !main.isClosed) {
+      // contexts first: their threads use the runtime that Py_FinalizeEx tears down
+      const hub = existingHub(main);
+      if (hub !== undefined) await Promise.all([...hub.contexts.values()].map((c) => c.close()));
+      main.close();
+    }
     closed = true;
   },
 };

@@ -426,6 +426,8 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       throw new BunpyError(
         "py.close() must be called on the JS thread that started Python, outside any Python -> JS callback",
       );
+    if (rc === Status.Busy)
+      throw new BunpyError("py.close(): contexts of other JS threads (Bun Workers) are still open; close them first");
     this.closed = true;
     // The io port stays allocated: every later call through it gets BP_ERR_STATE from the
     // shim (a clear PythonClosedError) instead of touching freed memory. Python is gone,

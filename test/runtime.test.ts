@@ -61,7 +61,7 @@ test("Bun Workers call the main interpreter through their own port", async () =>
   expect(py.call("operator", "add", [1, 2])).toBe(3); // the main thread still works
 });
 
-test("after py.close() every entry point throws PythonClosedError and atexit handlers ran", () => {
+test("py.close() closes contexts first; afterwards every entry point throws, and atexit handlers ran", () => {
   const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "close.ts")], {
     stdout: "pipe",
     stderr: "pipe",
@@ -72,6 +72,8 @@ test("after py.close() every entry point throws PythonClosedError and atexit han
   expect(stdout).toContain("atexit ran");
   const out = JSON.parse(stdout.trim().split("\n").pop()!);
   for (const k of ["eval", "call", "import", "proxyAttr", "proxyCall"]) expect(out[k]).toBe("PythonClosedError");
+  expect(out.contextCall).toContain("ContextClosedError");
+  expect([out.ctx, out.worker, out.running]).toEqual(["closed", "closed", "finished"]);
   expect(out.version).toMatch(/^3\.\d+\.\d+$/);
 });
 
