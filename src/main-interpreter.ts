@@ -174,8 +174,17 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   /** Python called a JS function: arguments are in the buffer, the result goes back there. */
+  /** JS functions called by Python that are running right now (nested calls count each). */
+  private dispatching = 0;
+
+  /** True while a JS function called from Python runs: Python cannot be closed then. */
+  get insideCallback(): boolean {
+    return this.dispatching > 0;
+  }
+
   private dispatch(target: number): number {
     const w = this.wire;
+    this.dispatching++;
     try {
       w.refresh();
       w.pos = 0;
@@ -207,6 +216,8 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       return Status.Ok;
     } catch (e) {
       return this.writeThrown(e);
+    } finally {
+      this.dispatching--;
     }
   }
 
