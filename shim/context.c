@@ -218,6 +218,9 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
     }
     pthread_mutex_unlock(&bp_create_lock);
     c->interp = PyThreadState_GetInterpreter(sub);
+#if PY_VERSION_HEX < 0x030D0000
+    { extern atomic_int bp_finalize_unsafe; atomic_store(&bp_finalize_unsafe, 1); } /* 3.12: see runtime.c */
+#endif
     if (setup_interpreter(c, 1) < 0) {
         startup_failed(c, "setting up the subinterpreter failed");
         bp_policy_clear(&c->policy);

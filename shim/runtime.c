@@ -16,6 +16,10 @@ static atomic_int state = BP_UNINITIALISED;
 /* Calls in flight from JS threads other than the initialising one (Bun Workers): close
    waits for them so that none takes the GIL of a finalised interpreter. */
 atomic_int bp_foreign_calls = 0;
+/* Set when Py_FinalizeEx is known to crash this process: on 3.12.x once a subinterpreter
+   imported asyncio (seen with 3.12.1: free(): invalid pointer), and after a context thread
+   was killed while it held interpreter state. py.close() then skips it. */
+atomic_int bp_finalize_unsafe = 0;
 
 PyInterpreterState *bp_main_interp;
 pthread_mutex_t bp_create_lock = PTHREAD_MUTEX_INITIALIZER; /* interpreter creation/end (fact 4) */
@@ -157,7 +161,20 @@ int32_t bp_finalize(bp_io *io) {
     if (!atomic_compare_exchange_strong(&state, &expected, BP_STOPPING)) return BP_ERR_STATE;
     while (atomic_load(&bp_foreign_calls) > 0) usleep(100);
     PyEval_RestoreThread(bp_main_ts);
-    int rc = Py_FinalizeEx();
+    int rc;
+    if (atomic_load(&bp_finalize_unsafe)) {
+        /* Py_FinalizeEx would crash (see bp_finalize_unsafe): do what users rely on —
+           join threads, run atexit handlers, flush — and leave the runtime to process exit. */
+        PyObject *m = PyImport_ImportModule("bunpy._context");
+        PyObject *r = m ? PyObject_CallMethod(m, "shutdown_without_finalize", NULL) : NULL;
+        rc = r ? 0 : -1;
+        if (!r) PyErr_WriteUnraisable(m);
+        Py_XDECREF(r);
+        Py_XDECREF(m);
+        PyEval_SaveThread();
+    } else {
+        rc = Py_FinalizeEx();
+    }
     bp_main_ts = NULL;
     p->ts = NULL;
     atomic_store(&state, BP_STOPPED);

@@ -108,3 +108,18 @@ def teardown():
     # __del__ needs the threading module alive; drop it now rather than during teardown.
     if local is not None and hasattr(local, "_track_dummy_thread_ref"):
         del local._track_dummy_thread_ref
+
+
+def shutdown_without_finalize():
+    """py.close() where Py_FinalizeEx would crash: what a normal shutdown does for users."""
+    import atexit
+
+    threading = sys.modules.get("threading")
+    if threading is not None and hasattr(threading, "_shutdown"):
+        threading._shutdown()  # joins non-daemon threads, as Py_FinalizeEx does
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
