@@ -383,6 +383,7 @@ static void serve(bp_context *c, bp_request *req) {
         return;
     }
     bp_request *outer = c->current; /* set when this request runs inside a JS callback's wait */
+    req->outer = outer;
     c->current = req;
     int deep = 0;
     int32_t read_failed = 0;
@@ -440,6 +441,15 @@ static void wait_for_work(bp_context *c, atomic_int *flag) {
     PyEval_RestoreThread(ts);
 }
 
+/* The next request to run, in order: from the batch taken off the queue last time, or a
+   new batch. Kept in the context (not a local) so a dying thread can still fail it. */
+static bp_request *next_request(bp_context *c) {
+    if (!c->batch) c->batch = bp_mpsc_take(&c->requests);
+    bp_node *n = c->batch;
+    if (n) c->batch = n->next;
+    return (bp_request *)n;
+}
+
 /* Nested calls (JS -> Python -> JS -> Python) deeper than this are refused. */
 #define BP_MAX_NESTING 32
 
@@ -451,18 +461,10 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
     }
     c->depth++;
     while (!atomic_load(flag)) {
-        bp_node *list = bp_mpsc_take(&c->requests);
-        if (!list) {
-            wait_for_work(c, flag);
-            continue;
-        }
-        while (list) {
-            bp_request *req = (bp_request *)list;
-            list = list->next;
-            if (req->op == BP_REQ_CLOSE && !c->deferred_close) c->deferred_close = req; /* handled by the main loop */
-            else if (req->op == BP_REQ_CLOSE) complete_message(req, BP_ERR_STATE, "the context was closed");
-            else serve(c, req);
-        }
+        bp_request *req = next_request(c);
+        if (!req) wait_for_work(c, flag);
+        else if (req->op == BP_REQ_CLOSE) c->deferred_close = req; /* the main loop ends the context */
+        else serve(c, req);
     }
     c->depth--;
     return 0;
@@ -487,6 +489,51 @@ static void seal(bp_context *c, int state, const char *why) {
 
 _Thread_local bp_context *bp_this_context;
 
+/* Serves requests until a close request arrives; returns it. */
+/* Serves requests until a close request arrives; returns it. */
+
+/* Serves requests until a close request arrives; returns it. */
+static bp_request *serve_until_closed(bp_context *c) {
+    for (;;) {
+        if (c->deferred_close) { /* taken while a JS callback was awaited */
+            bp_request *close_req = c->deferred_close;
+            c->deferred_close = NULL;
+            return close_req;
+        }
+        bp_request *req = next_request(c);
+        if (!req) wait_for_work(c, NULL);
+        else if (req->op == BP_REQ_CLOSE) return req;
+        else serve(c, req);
+    }
+}
+
+/*
+ * Runs only when the context thread is ended under us — pthread_exit() called from Python
+ * code (a C extension, or ctypes) while it ran a request. The thread held its GIL: give it
+ * up so the rest of the process goes on, fail what this context was doing, and mark it
+ * dead. Its interpreter is abandoned (it cannot be ended from another thread), and
+ * Py_FinalizeEx is skipped from then on.
+ */
+static void on_thread_killed(void *arg) {
+    extern atomic_int bp_finalize_unsafe;
+    bp_context *c = arg;
+    atomic_store(&c->state, CTX_DEAD); /* before JS can see any failure below */
+    atomic_store(&bp_finalize_unsafe, 1);
+    if (bp_thread_state_unchecked()) PyEval_SaveThread();
+    for (bp_request *r = c->current; r;) {
+        bp_request *outer = r->outer;
+        complete_message(r, BP_ERR_DIED, "the context's thread ended while running this call");
+        r = outer;
+    }
+    c->current = NULL;
+    if (c->deferred_close) complete_message(c->deferred_close, BP_ERR_DIED, "the context's thread ended");
+    reject_all(c->batch, "the context's thread ended unexpectedly");
+    c->batch = NULL;
+    seal(c, CTX_DEAD, "the context's thread ended unexpectedly");
+    atomic_fetch_sub(&bp_live_contexts, 1);
+    bp_ctx_unref(c);
+}
+
 static void *context_main(void *arg) {
     bp_context *c = arg;
     bp_this_context = c;
@@ -503,29 +550,12 @@ static void *context_main(void *arg) {
     c->start = NULL;
 
     bp_request *close_req = NULL;
-    while (!close_req) {
-        bp_node *list = bp_mpsc_take(&c->requests);
-        if (!list) {
-            if (c->deferred_close) { /* taken while a JS callback was awaited */
-                close_req = c->deferred_close;
-                break;
-            }
-            wait_for_work(c, NULL);
-            continue;
-        }
-        while (list) {
-            bp_request *req = (bp_request *)list;
-            list = list->next;
-            if (close_req) {
-                complete_message(req, BP_ERR_STATE, "the context was closed");
-            } else if (req->op == BP_REQ_CLOSE) {
-                close_req = req;
-            } else {
-                serve(c, req);
-            }
-        }
-    }
+    pthread_cleanup_push(on_thread_killed, c);
+    close_req = serve_until_closed(c);
+    pthread_cleanup_pop(0);
     end_interpreter(c, ts, main_ts);
+    reject_all(c->batch, "the context was closed");
+    c->batch = NULL;
     seal(c, CTX_CLOSED, "the context was closed");
     atomic_fetch_sub(&bp_live_contexts, 1);
     complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);

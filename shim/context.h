@@ -40,6 +40,7 @@ struct bp_request {
     uint32_t inline_cap;      /* bytes available in inline_data                          */
     sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
+    bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
     uint8_t inline_data[];    /* the payload, allocated with the request                */
 };
 
@@ -65,6 +66,7 @@ struct bp_context {
     bp_port *owner;           /* the JS thread that created it: bunpy.send goes there     */
     int depth;                /* JS callbacks being awaited on this thread (nesting)      */
     bp_request *deferred_close; /* a close taken while a JS callback was awaited        */
+    bp_node *batch;           /* requests taken off the queue, not yet run (in order)     */
     atomic_int unread;        /* messages sent but not drained by JS yet (back-pressure)  */
     bp_policy policy;         /* sandbox rules for code running on this context's thread  */
 };

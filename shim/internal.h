@@ -37,6 +37,15 @@ static inline void bp_err_give(PyObject *exc) { /* steals exc */
 #endif
 }
 
+/* The current thread state without the fatal error when there is none. */
+static inline PyThreadState *bp_thread_state_unchecked(void) {
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#else
+    return _PyThreadState_UncheckedGet();
+#endif
+}
+
 /* Deeper nesting than this is refused in both directions (and reported as a cycle when
    the too-deep path revisits a container). */
 #define BP_MAX_DEPTH 1000

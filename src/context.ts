@@ -201,6 +201,7 @@ export class ContextHub {
         if (p.settled) continue;
         this.settle(p);
         if (p.context !== undefined) p.context.finished();
+        if (status === Status.Died && p.context !== undefined) p.context.died();
         wire.hooks = p.context?.hooks ?? saved;
         wire.pos = start;
         try {
@@ -519,6 +520,23 @@ export class Context {
     this.#inFlight--;
   }
 
+  #diedListeners = new Set<(ctx: Context) => void>();
+  #reportedDeath = false;
+
+  /** @internal a completion said the thread ended: report it once. */
+  died(): void {
+    if (this.#reportedDeath) return;
+    this.#reportedDeath = true;
+    for (const l of this.#diedListeners) l(this);
+    if (this.#diedListeners.size === 0) console.error("bunpy: a context's thread ended unexpectedly; it is dead");
+  }
+
+  /** Called once if the context's thread dies (a pool uses it to replace the context). */
+  onDied(listener: (ctx: Context) => void): () => void {
+    this.#diedListeners.add(listener);
+    return () => this.#diedListeners.delete(listener);
+  }
+
   /** Listens for errors of cast() calls. Without a listener they are printed. */
   onError(listener: (e: unknown) => void): () => void {
     this.#errorListeners.add(listener);
@@ -651,6 +669,10 @@ export class Context {
   close(): Promise<void> {
     if (this.#closing !== undefined) return this.#closing;
     if (this.#freed) return Promise.resolve();
+    if (this.state === "dead") {
+      this.#free(); // its thread is gone: nothing to end, just join it
+      return (this.#closing = Promise.resolve());
+    }
     const { lib, io } = this.hub.rt;
     const id = this.hub.newId();
     const rc = lib.bp_ctx_close(this.#ptr, io, id);

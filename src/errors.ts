@@ -59,6 +59,12 @@ export class PythonClosedError extends BunpyError {
   override name = "PythonClosedError";
 }
 
+/** A context's thread ended under a call (pthread_exit from a C extension or ctypes). The
+    context is dead; a pool replaces it. */
+export class ContextDiedError extends BunpyError {
+  override name = "ContextDiedError";
+}
+
 /** No usable Python was found; the message lists every place that was tried. */
 export class PythonNotFoundError extends BunpyError {
   override name = "PythonNotFoundError";
@@ -80,6 +86,7 @@ export const enum Status {
   JS = -6,
   Argument = -7,
   Busy = -8,
+  Died = -9,
 }
 
 /**
@@ -103,6 +110,8 @@ export function errorFromRecord(status: number, next: () => unknown, closed: (me
       return new ConversionError(`an argument cannot become a Python object: ${next() as string}`);
     case Status.State:
       return closed(next() as string);
+    case Status.Died:
+      return new ContextDiedError(next() as string);
     case Status.Thread:
       return new BunpyError("this bunpy object belongs to another JS thread");
     case Status.Memory:

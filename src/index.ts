@@ -14,7 +14,7 @@ import { Context, existingHub, hubOf, type ContextOptions, type MessageListener 
 import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
-export { BunpyError, BuildError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
+export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
 export { Kwargs } from "./codec.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";

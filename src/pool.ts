@@ -29,6 +29,8 @@ export interface PoolCallOptions extends CallOptions {
 export interface PoolStats {
   inFlight: number;
   completed: number;
+  /** Contexts started in place of dead ones. */
+  replaced: number;
   contexts: { state: string; inFlight: number; completed: number }[];
 }
 
@@ -44,19 +46,42 @@ function hashKey(key: string | number): number {
 }
 
 export class Pool {
-  readonly contexts: readonly Context[];
+  /** The pool's contexts; a dead one is replaced in place. */
+  readonly contexts: Context[];
   readonly mode: ContextMode;
   private readonly home: number;
   private readonly spillAt: number;
   private closed = false;
+  private readonly rt: MainInterpreter;
+  private readonly options: PoolOptions;
+  /** Code run with execAll, run again in a replacement context. */
+  private readonly setup: string[] = [];
+  private replacements = 0;
 
-  private constructor(contexts: Context[], spillAt: number) {
+  private constructor(rt: MainInterpreter, contexts: Context[], options: PoolOptions) {
+    this.rt = rt;
+    this.options = options;
+    const spillAt = options.spillAt ?? 32;
     this.contexts = contexts;
     this.mode = contexts[0]!.mode;
     this.spillAt = spillAt;
     // Each JS thread (main thread, Bun Workers) has its own pool objects; spread homes by thread.
     const threadId = (globalThis as { threadId?: number }).threadId ?? Number(process.env.BUNPY_THREAD_ID ?? 0);
     this.home = threadId % contexts.length;
+    for (const c of contexts) c.onDied((dead) => void this.replace(dead));
+  }
+
+  /** Starts a context in place of a dead one and runs the pool's execAll code in it. */
+  private async replace(dead: Context): Promise<void> {
+    const i = this.contexts.indexOf(dead);
+    if (i < 0 || this.closed) return;
+    await dead.close().catch(() => {}); // it is dead: closing only joins its thread
+    const fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
+    for (const code of this.setup) await fresh.exec(code);
+    if (this.closed) return void (await fresh.close());
+    fresh.onDied((d) => void this.replace(d));
+    this.contexts[i] = fresh;
+    this.replacements++;
   }
 
   static async start(rt: MainInterpreter, options: PoolOptions = {}): Promise<Pool> {
@@ -69,7 +94,7 @@ export class Pool {
       await Promise.all(contexts.map((c) => c.close()));
       throw failed.reason;
     }
-    return new Pool(contexts, options.spillAt ?? 32);
+    return new Pool(rt, contexts, options);
   }
 
   /** The context a call with these options goes to. */
@@ -82,10 +107,10 @@ export class Pool {
     const n = this.contexts.length;
     if (options.key !== undefined) return this.contexts[hashKey(options.key) % n]!;
     const home = this.contexts[this.home]!;
-    if (home.inFlight < this.spillAt) return home;
-    let best = home;
-    for (const c of this.contexts) if (c.inFlight < best.inFlight) best = c;
-    return best;
+    if (home.inFlight < this.spillAt && home.state !== "dead") return home;
+    let best: Context | undefined;
+    for (const c of this.contexts) if (c.state !== "dead" && (best === undefined || c.inFlight < best.inFlight)) best = c;
+    return best ?? home;
   }
 
   call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>, options?: PoolCallOptions): Promise<any> {
@@ -100,12 +125,14 @@ export class Pool {
 
   /** Runs statements in every context (e.g. to define functions everywhere). */
   async execAll(code: string): Promise<void> {
+    this.setup.push(code);
     await Promise.all(this.contexts.map((c) => c.exec(code)));
   }
 
   stats(): PoolStats {
     const contexts = this.contexts.map((c) => ({ state: c.state, inFlight: c.inFlight, completed: c.completed }));
     return {
+      replaced: this.replacements,
       inFlight: contexts.reduce((a, c) => a + c.inFlight, 0),
       completed: contexts.reduce((a, c) => a + c.completed, 0),
       contexts,

@@ -257,6 +257,28 @@ result = (r, json.loads(s)["d"], m, len(h))
     for (const r of results) expect(r.ident).not.toBe(mainIdent); // ran on a context thread
   });
 
+  // ctypes loads in owngil subinterpreters from 3.13 on (it is single-phase in 3.12)
+  const deathModes = Number(py.version.split(".")[1]) >= 13 ? ["worker", "owngil"] : ["worker"];
+  for (const mode of deathModes) {
+    test(`a ${mode} context whose thread dies is reported and the pool replaces it`, () => {
+      const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "context-death.ts"), mode], {
+        stdout: "pipe",
+        stderr: "pipe",
+        timeout: 60_000,
+      });
+      expect(r.exitCode).toBe(0);
+      const out = JSON.parse(r.stdout.toString().trim().split("\n").pop()!);
+      expect(out).toEqual({
+        error: "ContextDiedError",
+        queuedAfter: "ContextClosedError",
+        victimState: "closed",
+        replaced: 1,
+        sameFunctionsAfter: true, // execAll code ran again in the replacement
+        main: 42,
+      });
+    });
+  }
+
   test("a script using a pool exits by itself when its work is done", () => {
     const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "pool-exit.ts")], { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
     expect(r.exitCode).toBe(0);
