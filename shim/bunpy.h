@@ -8,7 +8,7 @@
  *  - Functions returning int return BP_OK (0) or a negative BP_ERR_* code; on error the
  *    buffer holds an error record (see BP_ERR_PYTHON / BP_ERR_CONVERT).
  *  - PyObject pointers given to JS ("handles") are strong references owned by JS;
- *    JS drops them with bp_decref.
+ *    JS drops them through the io drop queue (io->drop, emptied by the next call).
  */
 #ifndef BUNPY_H
 #define BUNPY_H
@@ -58,7 +58,7 @@ enum {
                              them (bp_port_take_calls, bp_port_drain), then bp_ctx_sync_wait */
 };
 
-/* ---- runtime states (bp_state) ----------------------------------------------------------- */
+/* ---- runtime states (runtime.c) ----------------------------------------------------------- */
 enum { BP_UNINITIALISED = 0, BP_STARTING = 1, BP_RUNNING = 2, BP_STOPPING = 3, BP_STOPPED = 4 };
 
 /* modes for bp_compile */
@@ -115,9 +115,7 @@ enum {
 
 /* runtime (runtime.c) */
 BP_EXPORT int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t errlen);
-BP_EXPORT int32_t bp_state(void);
 BP_EXPORT int32_t bp_finalize(bp_io *io);
-BP_EXPORT int32_t bp_version_hex(void);
 
 /* io (io.c) */
 BP_EXPORT bp_io *bp_io_new(bp_dispatch_fn dispatch);
@@ -133,7 +131,6 @@ BP_EXPORT int32_t bp_intern(bp_io *io);                                 /* STR -
 BP_EXPORT int32_t bp_getattr(bp_io *io, void *obj, void *name);         /* -> value, METHOD; 1: no such attribute */
 BP_EXPORT int32_t bp_setattr(bp_io *io, void *obj, void *name);         /* value -> None */
 BP_EXPORT int32_t bp_delattr(bp_io *io, void *obj, void *name);
-BP_EXPORT int32_t bp_hasattr(bp_io *io, void *obj, void *name);         /* -> bool */
 BP_EXPORT int32_t bp_call(bp_io *io, void *callable);                   /* LIST args, DICT|NONE kwargs -> value */
 BP_EXPORT int32_t bp_call_attr(bp_io *io, void *obj, void *name);       /* obj.name(*args, **kwargs) */
 BP_EXPORT int32_t bp_getitem(bp_io *io, void *obj);                     /* key -> value */
@@ -142,7 +139,6 @@ BP_EXPORT int32_t bp_delitem(bp_io *io, void *obj);                     /* key -
 BP_EXPORT int32_t bp_contains(bp_io *io, void *obj);                    /* value -> bool */
 BP_EXPORT int32_t bp_object_op(bp_io *io, void *obj, int32_t op);       /* BP_OP_* -> value */
 BP_EXPORT int32_t bp_builtins(bp_io *io);                               /* -> PYOBJ builtins module */
-BP_EXPORT void bp_decref(bp_io *io, void *obj);
 BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop io->drop now */
 
 /* contexts (context.c) */

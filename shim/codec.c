@@ -242,6 +242,10 @@ PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) 
     }
     r.pos++;
     if (bp_read_u32(&r, &nargs) < 0) goto read_fail;
+    if (nargs > r.end - r.pos) { /* each argument takes at least one byte */
+        PyErr_SetString(PyExc_ValueError, "bunpy: malformed call arguments");
+        goto read_fail;
+    }
     if (nargs > SMALL_ARGS) {
         argv = PyMem_Malloc(sizeof(PyObject *) * (nargs + SMALL_ARGS));
         if (!argv) { PyErr_NoMemory(); goto read_fail; }
@@ -329,6 +333,8 @@ static int convert_error(bp_writer *w, const char *fmt, ...) {
 
 static inline int reserve(bp_writer *w, uint32_t n) {
     if (w->io->cap - w->pos >= n) return BP_OK;
+    if ((uint64_t)w->pos + n > UINT32_MAX - 16) /* the buffer's sizes are 32-bit */
+        return convert_error(w, "value too large to convert (more than 4 GiB in all)");
     return bp_io_grow(w->io, w->pos + n) < 0 ? BP_ERR_PYTHON : BP_OK;
 }
 
@@ -344,8 +350,6 @@ int bp_write_tag_u32(bp_writer *w, uint8_t tag, uint32_t n) {
     return BP_OK;
 }
 
-int bp_write_i32(bp_writer *w, int32_t v) { return bp_write_tag_u32(w, BP_T_INT32, (uint32_t)v); }
-
 static int write_span(bp_writer *w, uint8_t tag, const char *p, size_t n) {
     if (n > UINT32_MAX - 16) return convert_error(w, "value too large to convert (%zu bytes)", n);
     int rc = reserve(w, 5 + (uint32_t)n);
@@ -356,8 +360,6 @@ static int write_span(bp_writer *w, uint8_t tag, const char *p, size_t n) {
     w->pos += (uint32_t)n;
     return BP_OK;
 }
-
-int bp_write_cstr(bp_writer *w, const char *s) { return write_span(w, BP_T_STR, s, strlen(s)); }
 
 static int write_str(bp_writer *w, PyObject *o) {
     Py_ssize_t n;
@@ -603,4 +605,23 @@ int bp_write_value(bp_writer *w, PyObject *o, int depth) {
     if (is_datetime(w, o)) return write_datetime(w, o);
     if (PyErr_Occurred()) return BP_ERR_PYTHON;
     return write_handle(w, o);
+}
+
+/* A call for JS: [STR name,] LIST args, NONE | DICT kwargs (vectorcall layout in). */
+int bp_write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int rc = BP_OK;
+    if (name) rc = bp_write_value(w, name, 0);
+    if (!rc) rc = bp_write_tag_u32(w, BP_T_LIST, (uint32_t)nargs);
+    for (Py_ssize_t i = 0; !rc && i < nargs; i++) rc = bp_write_value(w, args[i], 1);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (!rc && nkw == 0) {
+        rc = bp_write_value(w, Py_None, 0);
+    } else if (!rc) {
+        rc = bp_write_tag_u32(w, BP_T_DICT, (uint32_t)nkw);
+        for (Py_ssize_t i = 0; !rc && i < nkw; i++) {
+            rc = bp_write_value(w, PyTuple_GET_ITEM(kwnames, i), 1);
+            if (!rc) rc = bp_write_value(w, args[nargs + i], 1);
+        }
+    }
+    return rc;
 }

@@ -137,7 +137,9 @@ static int64_t now_ns(void) {
 static int setup_interpreter(bp_context *c, int owngil) {
     PyObject *sys_path = PySys_GetObject("path");
     PyObject *dir = PyUnicode_DecodeFSDefault(bp_python_dir);
-    int ok = sys_path && dir && PyList_Insert(sys_path, 0, dir) == 0;
+    int present = sys_path && dir ? PySequence_Contains(sys_path, dir) : -1;
+    /* a worker context shares the main interpreter's sys.path, which has it already */
+    int ok = present == 1 || (present == 0 && PyList_Insert(sys_path, 0, dir) == 0);
     Py_XDECREF(dir);
     if (!ok) return -1;
     PyObject *m = PyImport_ImportModule("_bunpy");
@@ -179,7 +181,8 @@ static void startup_failed(bp_context *c, const char *what) {
     char msg[512];
     PyObject *exc = PyErr_Occurred() ? bp_err_take() : NULL;
     PyObject *s = exc ? PyObject_Str(exc) : NULL;
-    snprintf(msg, sizeof msg, "%s%s%s", what, s ? ": " : "", s ? PyUnicode_AsUTF8(s) : "");
+    const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
+    snprintf(msg, sizeof msg, "%s%s%s", what, text ? ": " : "", text ? text : "");
     Py_XDECREF(s);
     Py_XDECREF(exc);
     PyErr_Clear();
@@ -225,7 +228,11 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         startup_failed(c, "setting up the subinterpreter failed");
         bp_policy_clear(&c->policy);
         Py_CLEAR(c->main_module);
+        PyEval_SaveThread();
+        pthread_mutex_lock(&bp_create_lock); /* ending interpreters concurrently races (fact 3) */
+        PyEval_RestoreThread(sub);
         Py_EndInterpreter(sub);
+        pthread_mutex_unlock(&bp_create_lock);
         PyEval_RestoreThread(*main_ts);
         PyThreadState_Clear(*main_ts);
         PyThreadState_DeleteCurrent();
@@ -377,22 +384,34 @@ static PyObject *run_request(bp_context *c, bp_request *req, int *deep, int32_t 
     }
 }
 
+static void set_current(bp_context *c, bp_request *r) {
+    c->current = r;
+    atomic_store(&c->running_seq, r ? atomic_load(&r->seq) : 0);
+}
+
 static void serve(bp_context *c, bp_request *req) {
+    bp_request *outer = c->current; /* set when this request runs inside a JS callback's wait */
+    req->outer = outer;
+    atomic_store(&req->seq, ++c->seq);
+    set_current(c, req);
+    /* after set_current: bp_ctx_cancel sets `cancelled` then reads running_seq, so either
+       we see the flag here or it sees this request running and interrupts it */
     if (atomic_load(&req->cancelled)) {
+        set_current(c, outer);
         complete_message(req, BP_ERR_STATE, "cancelled before it started");
         return;
     }
-    bp_request *outer = c->current; /* set when this request runs inside a JS callback's wait */
-    req->outer = outer;
-    c->current = req;
+    /* an interrupt aimed at the outer call (which waits for JS) must not hit this one */
+    if (outer) PyThreadState_SetAsyncExc(c->ident, NULL);
     int deep = 0;
     int32_t read_failed = 0;
     PyObject *v = run_request(c, req, &deep, &read_failed);
-    c->current = outer;
-    /* An interrupt that arrived as the request finished must not hit the next one. */
-    if (!outer) PyThreadState_SetAsyncExc(c->ident, NULL);
+    set_current(c, outer);
+    /* nor must one that arrived as this request finished hit the next */
+    PyThreadState_SetAsyncExc(c->ident, NULL);
     bp_io *io = &c->scratch;
     int32_t status;
+    c->no_js++; /* writing may run Python code (a tzinfo, items(), __del__): it must not call JS */
     if (!v) {
         status = read_failed ? bp_fail_read(io) : bp_fail_python(io);
     } else {
@@ -407,12 +426,20 @@ static void serve(bp_context *c, bp_request *req) {
             status = BP_OK;
         }
     }
-    atomic_fetch_add(&c->completed, 1);
+    c->no_js--;
     if (req->op == BP_REQ_REF_DROP) {
         request_free(req);
         return;
     }
-    complete(req, status, io->buf, io->len);
+    atomic_fetch_add(&c->completed, 1);
+    if (c->mode == BP_CTX_WORKER) {
+        /* the main GIL: never hold it while handing a result to JS */
+        PyThreadState *ts = PyEval_SaveThread();
+        complete(req, status, io->buf, io->len);
+        PyEval_RestoreThread(ts);
+    } else {
+        complete(req, status, io->buf, io->len);
+    }
 }
 
 /* Sleeps until a request arrives: spins briefly, then blocks on the eventfd. GIL released. */
@@ -451,7 +478,6 @@ static bp_request *next_request(bp_context *c) {
 }
 
 /* Nested calls (JS -> Python -> JS -> Python) deeper than this are refused. */
-#define BP_MAX_NESTING 32
 
 int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
     if (c->depth >= BP_MAX_NESTING) {
@@ -489,8 +515,6 @@ static void seal(bp_context *c, int state, const char *why) {
 
 _Thread_local bp_context *bp_this_context;
 
-/* Serves requests until a close request arrives; returns it. */
-/* Serves requests until a close request arrives; returns it. */
 
 /* Serves requests until a close request arrives; returns it. */
 static bp_request *serve_until_closed(bp_context *c) {
@@ -621,8 +645,11 @@ static int32_t push(bp_context *c, bp_request *r) {
     return BP_OK;
 }
 
+/* Requests JS may send (the others are internal). */
+static int user_op(int32_t op) { return op >= BP_REQ_CALL && op <= BP_REQ_REF_DROP; }
+
 bp_request *bp_ctx_submit(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
-    if (len > io->cap || op == BP_REQ_START) return NULL;
+    if (len > io->cap || !user_op(op)) return NULL;
     bp_request *r = request_new(c, io, id, op, len);
     if (!r) return NULL;
     if (push(c, r) != BP_OK) {
@@ -657,6 +684,8 @@ static int32_t sync_wait(bp_port *p, bp_request *r, bp_io *io) {
         }
     }
     atomic_fetch_sub(&p->sync_waiting, 1);
+    while (sem_trywait(&p->sync_wake) == 0) { /* wake-ups nobody slept for: drop them */
+    }
     int32_t status = r->status;
     if (bp_io_reserve(io, r->len) == BP_OK) {
         if (r->len) memcpy(io->buf, r->data, r->len);
@@ -669,7 +698,7 @@ static int32_t sync_wait(bp_port *p, bp_request *r, bp_io *io) {
 }
 
 int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
-    if (len > io->cap) return BP_ERR_MEMORY;
+    if (len > io->cap || !user_op(op) || op == BP_REQ_REF_DROP) return BP_ERR_MEMORY;
     bp_request *r = request_new(c, io, 0, op, len);
     if (!r) return BP_ERR_MEMORY;
     bp_port *p = bp_port_of(io);
@@ -682,7 +711,7 @@ int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
 }
 
 int32_t bp_ctx_sync_wait(bp_context *c, bp_io *io, bp_request *r) {
-    (void)c;
+    if (r->ctx != c) return BP_ERR_STATE;
     return sync_wait(bp_port_of(io), r, io);
 }
 
@@ -690,7 +719,7 @@ int32_t bp_ctx_sync_wait(bp_context *c, bp_io *io, bp_request *r) {
    waits for the context's GIL). */
 typedef struct {
     bp_context *ctx;
-    bp_request *req;
+    uint64_t seq; /* the run of the request to interrupt (addresses get reused) */
 } interrupt_job;
 
 static void *interrupter_main(void *arg) {
@@ -705,7 +734,7 @@ static void *interrupter_main(void *arg) {
         PyThreadState *ts = PyThreadState_New(c->interp);
         PyEval_RestoreThread(ts);
         /* With the context's GIL held, `current` is stable. */
-        if (c->current == job.req) PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
+        if (c->current && atomic_load(&c->current->seq) == job.seq) PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
         pthread_mutex_lock(&c->life_lock);
@@ -720,12 +749,16 @@ static void *interrupter_main(void *arg) {
    (TimeoutError raised inside Python) if running. */
 int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     atomic_store(&req->cancelled, 1);
-    if (!bp_running() || atomic_load(&c->state) != CTX_RUNNING) return BP_OK;
+    int s = atomic_load(&c->state);
+    if (!bp_running() || s > CTX_CLOSING) return BP_OK;
+    uint64_t seq = atomic_load(&req->seq);
+    /* not running (queued: the flag makes serve() skip it; finished: nothing to do) */
+    if (seq == 0 || atomic_load(&c->running_seq) != seq) return BP_OK;
     interrupt_job *job = malloc(sizeof *job);
     if (!job) return BP_ERR_MEMORY;
     job->ctx = c;
-    job->req = req;
-    atomic_fetch_add(&c->refs, 1);
+    job->seq = seq;
+    bp_ctx_ref(c);
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);

@@ -41,6 +41,7 @@ struct bp_request {
     sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
     bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
+    atomic_ullong seq;        /* which run of its context this is; 0 until it starts    */
     uint8_t inline_data[];    /* the payload, allocated with the request                */
 };
 
@@ -69,6 +70,9 @@ struct bp_context {
     bp_node *batch;           /* requests taken off the queue, not yet run (in order)     */
     atomic_int unread;        /* messages sent but not drained by JS yet (back-pressure)  */
     bp_policy policy;         /* sandbox rules for code running on this context's thread  */
+    uint64_t seq;             /* runs started so far (request seq numbers)               */
+    atomic_ullong running_seq;/* seq of the request running now, 0 when idle             */
+    int no_js;                /* >0 while a result is written: calls into JS are refused */
 };
 
 

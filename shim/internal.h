@@ -50,6 +50,9 @@ static inline PyThreadState *bp_thread_state_unchecked(void) {
    the too-deep path revisits a container). */
 #define BP_MAX_DEPTH 1000
 
+/* JS -> Python -> JS -> Python chains through a context deeper than this are refused. */
+#define BP_MAX_NESTING 32
+
 /* ---- per-interpreter state (module.c): what the codec needs from the interpreter ---- */
 typedef struct bp_interp {
     PyTypeObject *jsfunc_type;   /* bunpy.JSFunction (heap type of this interpreter)       */
@@ -121,9 +124,8 @@ PyObject *bp_read_call(bp_reader *r, PyObject *callable, int32_t *read_failed);
 
 void bp_writer_init(bp_writer *w, bp_io *io, int deep);
 int bp_write_value(bp_writer *w, PyObject *o, int depth);   /* BP_OK or BP_ERR_*        */
-int bp_write_cstr(bp_writer *w, const char *s);
-int bp_write_i32(bp_writer *w, int32_t v);
 int bp_write_tag_u32(bp_writer *w, uint8_t tag, uint32_t n);
+int bp_write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 void bp_writer_commit(bp_writer *w);                        /* result is complete        */
 void bp_writer_abort(bp_writer *w);                         /* drop handles written      */
 

@@ -40,20 +40,6 @@ static void call_unref(bp_jscall *call) {
     free(call);
 }
 
-static int write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    int rc = bp_write_value(w, name, 0);
-    if (!rc) rc = bp_write_tag_u32(w, BP_T_LIST, (uint32_t)nargs);
-    for (Py_ssize_t i = 0; !rc && i < nargs; i++) rc = bp_write_value(w, args[i], 1);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (!rc && nkw == 0) return bp_write_value(w, Py_None, 0);
-    if (!rc) rc = bp_write_tag_u32(w, BP_T_DICT, (uint32_t)nkw);
-    for (Py_ssize_t i = 0; !rc && i < nkw; i++) {
-        rc = bp_write_value(w, PyTuple_GET_ITEM(kwnames, i), 1);
-        if (!rc) rc = bp_write_value(w, args[nargs + i], 1);
-    }
-    return rc;
-}
-
 /* Copies what the writer produced into a fresh heap block. */
 static uint8_t *take_written(bp_writer *w, uint32_t *len) {
     bp_writer_commit(w);
@@ -70,8 +56,16 @@ static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
 }
 
 /* Encodes the call and queues it on the JS port of the request being served. */
+static int refuse_while_writing(bp_context *c) {
+    if (!c->no_js) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "bunpy: JS cannot be called from Python code that bunpy runs while it "
+                                        "converts a value (a tzinfo, __hash__, items() or __del__)");
+    return -1;
+}
+
 static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                              int notify_fd) {
+    if (refuse_while_writing(c) < 0) return NULL;
     bp_port *p = c->current ? c->current->reply : c->owner;
     if (atomic_load(&p->closed) || !p->doorbell) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS thread of this context is gone");
@@ -79,7 +73,7 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
     }
     bp_writer w;
     bp_writer_init(&w, &c->scratch, 0);
-    int rc = write_call(&w, name, args, nargs, kwnames);
+    int rc = bp_write_call(&w, name, args, nargs, kwnames);
     if (rc) {
         raise_convert(&w, rc, "call arguments");
         return NULL;
@@ -112,8 +106,9 @@ static PyObject *answer_of(bp_interp *st, bp_jscall *call) {
 PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames) {
     bp_context *c = bp_this_context;
-    if (c->depth >= 32) {
-        PyErr_SetString(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than 32 levels");
+    if (c->depth >= BP_MAX_NESTING) {
+        PyErr_Format(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than %d levels",
+                     BP_MAX_NESTING);
         return NULL;
     }
     bp_jscall *call = queue_call(c, name, args, nargs, kwnames, -1);
@@ -272,6 +267,7 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
                         "a Python thread started with `threading`");
         return NULL;
     }
+    if (c && refuse_while_writing(c) < 0) return NULL;
     atomic_int *unread = c ? &c->unread : &to->unread;
     if (atomic_load(unread) >= BP_MAX_UNREAD) {
         if (!c) {

@@ -86,23 +86,6 @@ PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
     return NULL;
 }
 
-static int write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    int rc = BP_OK;
-    if (name) rc = bp_write_value(w, name, 0);
-    if (!rc) rc = bp_write_tag_u32(w, BP_T_LIST, (uint32_t)nargs);
-    for (Py_ssize_t i = 0; !rc && i < nargs; i++) rc = bp_write_value(w, args[i], 1);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (!rc && nkw == 0) {
-        rc = bp_write_value(w, Py_None, 0);
-    } else if (!rc) {
-        rc = bp_write_tag_u32(w, BP_T_DICT, (uint32_t)nkw);
-        for (Py_ssize_t i = 0; !rc && i < nkw; i++) {
-            rc = bp_write_value(w, PyTuple_GET_ITEM(kwnames, i), 1);
-            if (!rc) rc = bp_write_value(w, args[nargs + i], 1);
-        }
-    }
-    return rc;
-}
 
 /* target >= 0: a JS function id; -1: a function registered by name (`name`). */
 static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *name, PyObject *const *args,
@@ -133,7 +116,7 @@ static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *na
     bp_writer w;
     bp_writer_init(&w, &p->io, 0);
     p->no_dispatch++; /* the conversion may run Python code: it must not call JS meanwhile */
-    int rc = write_call(&w, name, args, nargs, kwnames);
+    int rc = bp_write_call(&w, name, args, nargs, kwnames);
     p->no_dispatch--;
     if (rc) {
         bp_writer_abort(&w);

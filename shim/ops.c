@@ -198,17 +198,6 @@ int32_t bp_delattr(bp_io *io, void *obj, void *name) {
     LEAVE(none_or_fail(io, PyObject_DelAttr((PyObject *)obj, (PyObject *)name)));
 }
 
-int32_t bp_hasattr(bp_io *io, void *obj, void *name) {
-    ENTER(io);
-    PyObject *v = PyObject_GetAttr((PyObject *)obj, (PyObject *)name);
-    if (!v) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) LEAVE(bp_fail_python(io));
-        PyErr_Clear();
-        LEAVE(finish(io, Py_NewRef(Py_False), 0));
-    }
-    Py_DECREF(v);
-    LEAVE(finish(io, Py_NewRef(Py_True), 0));
-}
 
 /* Calls `callable` with the arguments in the buffer (LIST args, NONE | DICT kwargs). */
 static PyObject *call_buffer(bp_io *io, PyObject *callable, int32_t *read_failed) {
@@ -354,14 +343,4 @@ int32_t bp_builtins(bp_io *io) {
 int32_t bp_flush(bp_io *io) {
     ENTER(io);
     LEAVE(BP_OK); /* bp_enter dropped them */
-}
-
-/* Drops a handle. Silently does nothing once Python is stopped: the object is gone. */
-void bp_decref(bp_io *io, void *obj) {
-    bp_port *p = bp_port_of(io);
-    if (!obj || !pthread_equal(p->owner, pthread_self())) return;
-    bp_call_scope s;
-    if (bp_enter(io, &s)) return;
-    Py_DECREF((PyObject *)obj);
-    bp_leave(&s, 0);
 }

@@ -30,8 +30,6 @@ int bp_main_ts_taken;            /* the main thread's port uses bp_main_ts      
 _Thread_local bp_port *bp_current_port;
 
 int bp_running(void) { return atomic_load_explicit(&state, memory_order_acquire) == BP_RUNNING; }
-int32_t bp_state(void) { return atomic_load(&state); }
-int32_t bp_version_hex(void) { return PY_VERSION_HEX; }
 
 /* Fact 2: Python must not swallow Ctrl-C. Importing `signal` installs Python's SIGINT
    handler only when the current one is SIG_DFL, so we put a handler there first that

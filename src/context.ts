@@ -122,6 +122,9 @@ export class ContextHub {
   constructor(readonly rt: MainInterpreter) {
     this.doorbell = makeDoorbell(() => this.drain());
     rt.lib.bp_port_set_doorbell(rt.io, this.doorbell.ptr as unknown as number);
+    // Messages the main interpreter sent before there was a doorbell rang nothing: take
+    // them now, or the queue would stay non-empty and no later push would ring.
+    queueMicrotask(() => this.drain());
   }
 
   /** A request id: a free slot (0 is never used). Must be followed by track() or release(). */
@@ -154,6 +157,7 @@ export class ContextHub {
     const p = this.slots[id];
     if (p === undefined || p.settled) return;
     this.settle(p);
+    p.context?.finished();
     if (p.context !== undefined && p.request !== 0) p.context.interrupt(p.request);
     p.reject(reason);
   }
@@ -176,6 +180,10 @@ export class ContextHub {
     this.serveCalls(true);
   }
 
+  /**
+   * Settles every completed call and delivers messages. Everything is decoded before any
+   * user code runs: a message listener may call Python, which reuses the buffer.
+   */
   private settleCompleted(): void {
     const { lib, io, wire } = this.rt;
     const count = lib.bp_port_drain(io);
@@ -183,6 +191,7 @@ export class ContextHub {
     wire.refresh();
     let pos = 4;
     const saved = wire.hooks;
+    const settled: (() => void)[] = [];
     try {
       for (let i = 0; i < count; i++) {
         wire.pos = pos;
@@ -192,37 +201,49 @@ export class ContextHub {
         const start = wire.pos;
         pos = start + len;
         if (id === 0) {
-          this.deliver(wire, start, saved);
+          settled.push(this.decodeMessage(wire, start, saved));
           continue;
         }
         const p = this.slots[id];
         if (p === undefined) continue;
         this.untrack(id);
+        const ctx = p.context;
+        wire.hooks = ctx?.hooks ?? saved;
+        wire.pos = start;
+        let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
+        try {
+          outcome = status === Status.Ok ? { ok: true, value: wire.readValue() } : { ok: false, error: readError(wire, status) };
+        } catch (e) {
+          outcome = { ok: false, error: e };
+        }
+        // a call rejected earlier (timeout, abort) was decoded only so that any PyRef in
+        // its result is released by the garbage collector
         if (p.settled) continue;
         this.settle(p);
-        if (p.context !== undefined) p.context.finished();
-        if (status === Status.Died && p.context !== undefined) p.context.died();
-        wire.hooks = p.context?.hooks ?? saved;
-        wire.pos = start;
-        try {
-          if (status === Status.Ok) p.resolve(wire.readValue());
-          else p.reject(readError(wire, status));
-        } catch (e) {
-          p.reject(e);
-        }
+        ctx?.finished();
+        settled.push(() => {
+          if (status === Status.Died) ctx?.died();
+          if (outcome.ok) p.resolve(outcome.value);
+          else p.reject(outcome.error);
+        });
       }
     } finally {
       wire.hooks = saved;
     }
+    for (const run of settled) run();
   }
 
-  /** A bunpy.send message: INT53 origin context, STR channel, value. */
-  private deliver(wire: Wire, start: number, mainHooks: WireHooks): void {
+  /** Decodes a bunpy.send message (INT53 origin context, STR channel, value); returns its delivery. */
+  private decodeMessage(wire: Wire, start: number, mainHooks: WireHooks): () => void {
     wire.pos = start;
     const from = this.contexts.get(wire.readValue() as number);
     wire.hooks = from?.hooks ?? mainHooks;
     const channel = wire.readValue() as string;
     const value = wire.readValue();
+    return () => this.deliver(channel, value, from);
+  }
+
+  private deliver(channel: string, value: unknown, from: Context | undefined): void {
     const set = this.listeners.get(channel);
     if (set === undefined) return;
     for (const listener of set) {
@@ -391,6 +412,11 @@ export class PyRef {
     return this.handle;
   }
 
+  /** True once release() ran (or the PyRef was disposed). */
+  get released(): boolean {
+    return this.#released;
+  }
+
   /** Releases the Python object now (it is also released when the PyRef is collected). */
   release(): void {
     if (this.#released) return;
@@ -438,6 +464,7 @@ export class Context {
       handleOf(value: object): number | undefined {
         if (value instanceof PyRef) {
           if (value.context !== self) throw new ConversionError("a PyRef from another context cannot be passed here");
+          if (value.released) throw new ConversionError("a released PyRef cannot be passed to Python");
           return value.handle;
         }
         if (stateOf(value) !== undefined)

@@ -7,9 +7,7 @@ const { i32, i64, ptr, u32 } = FFIType;
 
 const symbols = {
   bp_init: { args: [ptr, ptr, ptr, i32], returns: i32 },
-  bp_state: { args: [], returns: i32 },
   bp_finalize: { args: [ptr], returns: i32 },
-  bp_version_hex: { args: [], returns: i32 },
   bp_io_new: { args: [ptr], returns: ptr },
   bp_io_free: { args: [ptr], returns: FFIType.void },
   bp_io_reserve: { args: [ptr, u32], returns: i32 },
@@ -21,7 +19,6 @@ const symbols = {
   bp_getattr: { args: [ptr, ptr, ptr], returns: i32 },
   bp_setattr: { args: [ptr, ptr, ptr], returns: i32 },
   bp_delattr: { args: [ptr, ptr, ptr], returns: i32 },
-  bp_hasattr: { args: [ptr, ptr, ptr], returns: i32 },
   bp_call: { args: [ptr, ptr], returns: i32 },
   bp_call_attr: { args: [ptr, ptr, ptr], returns: i32 },
   bp_getitem: { args: [ptr, ptr], returns: i32 },
@@ -30,7 +27,6 @@ const symbols = {
   bp_contains: { args: [ptr, ptr], returns: i32 },
   bp_object_op: { args: [ptr, ptr, i32], returns: i32 },
   bp_builtins: { args: [ptr], returns: i32 },
-  bp_decref: { args: [ptr, ptr], returns: FFIType.void },
   bp_flush: { args: [ptr], returns: i32 },
   bp_port_set_doorbell: { args: [ptr, ptr], returns: FFIType.void },
   bp_port_drain: { args: [ptr], returns: i32 },
@@ -55,9 +51,7 @@ type P = number;
 /** The shim's functions as JS sees them; see shim/bunpy.h for what each does. */
 export interface Shim {
   bp_init(program: Buffer, pythonDir: Buffer, err: Buffer, errLen: number): number;
-  bp_state(): number;
   bp_finalize(io: P): number;
-  bp_version_hex(): number;
   bp_io_new(dispatch: P | null): P | null;
   bp_io_free(io: P): void;
   bp_io_reserve(io: P, need: number): number;
@@ -69,7 +63,6 @@ export interface Shim {
   bp_getattr(io: P, obj: P, name: P): number;
   bp_setattr(io: P, obj: P, name: P): number;
   bp_delattr(io: P, obj: P, name: P): number;
-  bp_hasattr(io: P, obj: P, name: P): number;
   bp_call(io: P, callable: P): number;
   bp_call_attr(io: P, obj: P, name: P): number;
   bp_getitem(io: P, obj: P): number;
@@ -78,7 +71,6 @@ export interface Shim {
   bp_contains(io: P, obj: P): number;
   bp_object_op(io: P, obj: P, op: number): number;
   bp_builtins(io: P): number;
-  bp_decref(io: P, obj: P): void;
   bp_flush(io: P): number;
   bp_port_set_doorbell(io: P, doorbell: P): void;
   bp_port_drain(io: P): number;

@@ -8,6 +8,7 @@
 import { BunpyError } from "./errors.ts";
 import { Context, type CallOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
+import { threadId } from "node:worker_threads";
 
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
@@ -15,7 +16,8 @@ export interface PoolOptions {
   mode?: ContextMode;
   /** The sandbox policy of every context of the pool. */
   sandbox?: SandboxPolicy;
-  /** In-flight calls on the home context before calls spill to the least-loaded one. */
+  /** In-flight calls on the home context before calls spill to the least-loaded one
+      (default 1: the home context is used while it is idle). */
   spillAt?: number;
 }
 
@@ -61,12 +63,11 @@ export class Pool {
   private constructor(rt: MainInterpreter, contexts: Context[], options: PoolOptions) {
     this.rt = rt;
     this.options = options;
-    const spillAt = options.spillAt ?? 32;
+    const spillAt = options.spillAt ?? 1;
     this.contexts = contexts;
     this.mode = contexts[0]!.mode;
     this.spillAt = spillAt;
     // Each JS thread (main thread, Bun Workers) has its own pool objects; spread homes by thread.
-    const threadId = (globalThis as { threadId?: number }).threadId ?? Number(process.env.BUNPY_THREAD_ID ?? 0);
     this.home = threadId % contexts.length;
     for (const c of contexts) c.onDied((dead) => void this.replace(dead));
   }
