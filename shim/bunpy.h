@@ -48,7 +48,7 @@ enum {
                                   INT32 lineno, INT32 offset (-1 when not a SyntaxError) */
     BP_ERR_CONVERT = -2,  /* buf: STR message (a value could not cross the boundary)      */
     BP_ERR_STATE = -3,    /* buf: STR message (Python is not running / was closed)        */
-    BP_ERR_THREAD = -4,   /* buf: STR message (wrong thread for this operation)           */
+    BP_ERR_THREAD = -4,   /* wrong thread for this operation, or inside a callback; buf untouched */
     BP_ERR_MEMORY = -5,   /* no buffer could be allocated; buf untouched                  */
     BP_ERR_JS = -6,       /* from the dispatch callback: buf: STR name, STR message, STR stack */
     BP_ERR_ARGUMENT = -7, /* buf: STR message (an argument could not become a Python object) */

@@ -1,6 +1,7 @@
 /**
  * bunpy.send messages as an async iterator. Values that arrive while nobody awaits are
- * queued here (JS memory); the sender side is bounded by the shim's back-pressure.
+ * queued here in JS memory, without limit: the shim's back-pressure bounds what waits for
+ * the JS thread, not what a slow consumer of this iterator leaves unread.
  */
 export function messageIterator(subscribe: (listener: (value: unknown) => void) => () => void): AsyncIterableIterator<unknown> {
   const queued: unknown[] = [];
