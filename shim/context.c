@@ -401,14 +401,21 @@ static void serve(bp_context *c, bp_request *req) {
         complete_message(req, BP_ERR_STATE, "cancelled before it started");
         return;
     }
-    /* an interrupt aimed at the outer call (which waits for JS) must not hit this one */
-    if (outer) PyThreadState_SetAsyncExc(c->ident, NULL);
+    /* An interrupt aimed at the outer call (which waits for JS) must not hit this one, nor
+       one that arrived as this request finished hit the next. Clearing takes a runtime-wide
+       lock, so it is done only when an interrupt was delivered. */
+    if (outer && atomic_load(&c->interrupts)) {
+        atomic_store(&c->interrupts, 0);
+        PyThreadState_SetAsyncExc(c->ident, NULL);
+    }
     int deep = 0;
     int32_t read_failed = 0;
     PyObject *v = run_request(c, req, &deep, &read_failed);
     set_current(c, outer);
-    /* nor must one that arrived as this request finished hit the next */
-    PyThreadState_SetAsyncExc(c->ident, NULL);
+    if (atomic_load(&c->interrupts)) {
+        atomic_store(&c->interrupts, 0);
+        PyThreadState_SetAsyncExc(c->ident, NULL);
+    }
     bp_io *io = &c->scratch;
     int32_t status;
     c->no_js++; /* writing may run Python code (a tzinfo, items(), __del__): it must not call JS */
@@ -734,7 +741,10 @@ static void *interrupter_main(void *arg) {
         PyThreadState *ts = PyThreadState_New(c->interp);
         PyEval_RestoreThread(ts);
         /* With the context's GIL held, `current` is stable. */
-        if (c->current && atomic_load(&c->current->seq) == job.seq) PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
+        if (c->current && atomic_load(&c->current->seq) == job.seq) {
+            atomic_store(&c->interrupts, 1);
+            PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
+        }
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
         pthread_mutex_lock(&c->life_lock);

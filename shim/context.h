@@ -73,6 +73,7 @@ struct bp_context {
     uint64_t seq;             /* runs started so far (request seq numbers)               */
     atomic_ullong running_seq;/* seq of the request running now, 0 when idle             */
     int no_js;                /* >0 while a result is written: calls into JS are refused */
+    atomic_int interrupts;    /* an async exception was set: clear it when the run ends  */
 };
 
 

@@ -550,6 +550,11 @@ export class Context {
   #diedListeners = new Set<(ctx: Context) => void>();
   #reportedDeath = false;
 
+  /** True once the context's thread died (a cheap check; `state` asks the shim). */
+  get isDead(): boolean {
+    return this.#reportedDeath;
+  }
+
   /** @internal a completion said the thread ended: report it once. */
   died(): void {
     if (this.#reportedDeath) return;

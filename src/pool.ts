@@ -108,9 +108,9 @@ export class Pool {
     const n = this.contexts.length;
     if (options.key !== undefined) return this.contexts[hashKey(options.key) % n]!;
     const home = this.contexts[this.home]!;
-    if (home.inFlight < this.spillAt && home.state !== "dead") return home;
+    if (home.inFlight < this.spillAt && !home.isDead) return home;
     let best: Context | undefined;
-    for (const c of this.contexts) if (c.state !== "dead" && (best === undefined || c.inFlight < best.inFlight)) best = c;
+    for (const c of this.contexts) if (!c.isDead && (best === undefined || c.inFlight < best.inFlight)) best = c;
     return best ?? home;
   }
 
