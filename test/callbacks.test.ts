@@ -5,15 +5,9 @@
  */
 import { describe, expect, test } from "bun:test";
 import { PythonError, internals, py } from "../src/index.ts";
+import { defineModule } from "./helpers.ts";
 
-py.exec(`
-def _bunpy_test_module(name, src):
-    import sys, types
-    m = types.ModuleType(name)
-    exec(src, m.__dict__)
-    sys.modules[name] = m
-`);
-py.call("__main__", "_bunpy_test_module", [
+defineModule(
   "t_callbacks",
   `
 import bunpy, threading
@@ -161,7 +155,7 @@ def call_unknown_with_marker():
     except bunpy.JSError:
         pass
 `,
-]);
+);
 
 const call = (fn: string, ...args: unknown[]): any => py.call("t_callbacks", fn, args);
 

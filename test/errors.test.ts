@@ -8,15 +8,9 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BunpyError, ConversionError, PythonError, py } from "../src/index.ts";
+import { defineModule } from "./helpers.ts";
 
-py.exec(`
-def _bunpy_test_module(name, src):
-    import sys, types
-    m = types.ModuleType(name)
-    exec(src, m.__dict__)
-    sys.modules[name] = m
-`);
-py.call("__main__", "_bunpy_test_module", [
+defineModule(
   "t_errors",
   `
 import sys
@@ -54,7 +48,7 @@ def add_path(p):
 def exit_count():
     return 1
 `,
-]);
+);
 
 // A module in a real file, so that tracebacks show its source lines.
 const dir = mkdtempSync(join(tmpdir(), "bunpy-errors-"));

@@ -5,15 +5,9 @@
  */
 import { expect, test } from "bun:test";
 import { internals, py } from "../src/index.ts";
+import { defineModule } from "./helpers.ts";
 
-py.exec(`
-def _bunpy_test_module(name, src):
-    import sys, types
-    m = types.ModuleType(name)
-    exec(src, m.__dict__)
-    sys.modules[name] = m
-`);
-py.call("__main__", "_bunpy_test_module", [
+defineModule(
   "t_memory",
   `
 import gc
@@ -33,7 +27,7 @@ def objects():
     gc.collect()
     return len(gc.get_objects())
 `,
-]);
+);
 
 const MB = 1024 * 1024;
 

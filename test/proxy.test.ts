@@ -4,15 +4,9 @@
  */
 import { describe, expect, test } from "bun:test";
 import { BunpyError, PythonError, py, type PyObject } from "../src/index.ts";
+import { defineModule } from "./helpers.ts";
 
-py.exec(`
-def _bunpy_test_module(name, src):
-    import sys, types
-    m = types.ModuleType(name)
-    exec(src, m.__dict__)
-    sys.modules[name] = m
-`);
-py.call("__main__", "_bunpy_test_module", [
+defineModule(
   "t_proxy",
   `
 import collections, sys, gc
@@ -78,7 +72,7 @@ def track(o):
 def tracked_alive():
     return _tracked() is not None
 `,
-]);
+);
 
 const mod = py.import("t_proxy");
 

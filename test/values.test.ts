@@ -5,6 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { ConversionError, PythonError, py } from "../src/index.ts";
+import { defineModule } from "./helpers.ts";
 
 py.exec(`
 import datetime
@@ -14,7 +15,7 @@ def _bunpy_test_module(name, src):
     exec(src, m.__dict__)
     sys.modules[name] = m
 `);
-py.call("__main__", "_bunpy_test_module", [
+defineModule(
   "t_values",
   `
 import datetime, sys
@@ -54,7 +55,7 @@ def self_dict():
 def call_it(f, *a, **k): return f(*a, **k)
 def same(a, b): return a is b
 `,
-]);
+);
 
 const call = (fn: string, ...args: unknown[]): any => py.call("t_values", fn, args);
 const tname = (v: unknown): string => call("tname", v);
