@@ -34,10 +34,11 @@ function rt(): MainInterpreter {
   return main;
 }
 
-function proxyState(value: unknown, what: string) {
+/** A one-object operation (len, repr, type name) on a proxy, with a TypeError naming `what`. */
+function objectOp(value: unknown, what: string, op: Op): unknown {
   const st = stateOf(value);
   if (st === undefined) throw new TypeError(`${what}: expected a Python object (a PyObject proxy)`);
-  return live(st);
+  return st.owner.op(live(st), op);
 }
 
 /** The Python side of bunpy: the main interpreter, called synchronously from JS. */
@@ -107,15 +108,15 @@ export const py = {
   },
   /** len(obj) */
   len(obj: PyObject): number {
-    return proxyState(obj, "py.len").owner.op(proxyState(obj, "py.len"), Op.Len) as number;
+    return objectOp(obj, "py.len", Op.Len) as number;
   },
   /** repr(obj) */
   repr(obj: PyObject): string {
-    return proxyState(obj, "py.repr").owner.op(proxyState(obj, "py.repr"), Op.Repr) as string;
+    return objectOp(obj, "py.repr", Op.Repr) as string;
   },
   /** The qualified Python type name of a proxy, e.g. "collections.OrderedDict". */
   typeName(obj: PyObject): string {
-    return proxyState(obj, "py.typeName").owner.op(proxyState(obj, "py.typeName"), Op.TypeName) as string;
+    return objectOp(obj, "py.typeName", Op.TypeName) as string;
   },
   /** True for a PyObject proxy. */
   isPyObject(value: unknown): value is PyObject {
