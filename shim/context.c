@@ -447,6 +447,7 @@ static void serve(bp_context *c, bp_request *req) {
     } else {
         complete(req, status, io->buf, io->len);
     }
+    bp_io_trim(io, 0);
 }
 
 /* Sleeps until a request arrives: spins briefly, then blocks on the eventfd. GIL released. */

@@ -90,6 +90,7 @@ typedef struct bp_port {
 
 static inline bp_port *bp_port_of(bp_io *io) { return (bp_port *)io; }
 int bp_io_grow(bp_io *io, uint32_t need);       /* 0, or -1 (MemoryError set)              */
+void bp_io_trim(bp_io *io, uint32_t keep);     /* shrink a buffer a huge value left big     */
 void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */
 void bp_port_unref(bp_port *p);
 

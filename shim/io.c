@@ -11,6 +11,7 @@
 #include <string.h>
 
 #define BP_IO_INITIAL_CAP (64 * 1024)
+#define BP_IO_TRIM_ABOVE (4 * 1024 * 1024)
 
 extern PyThreadState *bp_main_ts;      /* runtime.c: thread state of the initialising thread */
 extern pthread_t bp_main_thread;
@@ -70,32 +71,36 @@ void bp_io_free(bp_io *io) {
     bp_port_unref(p);
 }
 
-int bp_io_grow(bp_io *io, uint32_t need) {
-    if (need <= io->cap) return 0;
-    uint64_t cap = io->cap;
-    while (cap < need) cap *= 2;
-    if (cap > UINT32_MAX) cap = UINT32_MAX;
-    if (cap < need) { PyErr_NoMemory(); return -1; }
-    uint8_t *buf = realloc(io->buf, (size_t)cap);
-    if (!buf) { PyErr_NoMemory(); return -1; }
-    io->buf = buf;
-    io->cap = (uint32_t)cap;
-    io->gen++;
-    return 0;
-}
-
-/* Called by JS before it writes a value larger than the buffer. No GIL needed. */
+/* Called by JS before it writes a value larger than the buffer, and by C. No GIL needed. */
 int32_t bp_io_reserve(bp_io *io, uint32_t need) {
     if (need <= io->cap) return BP_OK;
     uint64_t cap = io->cap;
     while (cap < need) cap *= 2;
-    if (cap > UINT32_MAX) return BP_ERR_MEMORY;
+    if (cap > UINT32_MAX) cap = UINT32_MAX;
     uint8_t *buf = realloc(io->buf, (size_t)cap);
     if (!buf) return BP_ERR_MEMORY;
     io->buf = buf;
     io->cap = (uint32_t)cap;
     io->gen++;
     return BP_OK;
+}
+
+/* bp_io_reserve with a MemoryError set on failure (GIL held). */
+int bp_io_grow(bp_io *io, uint32_t need) {
+    if (bp_io_reserve(io, need) == BP_OK) return 0;
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* After a huge value the buffer goes back to its usual size, keeping `keep` bytes (the
+   result JS is about to read). JS sees the move through io->gen. */
+void bp_io_trim(bp_io *io, uint32_t keep) {
+    if (io->cap <= BP_IO_TRIM_ABOVE || keep > BP_IO_INITIAL_CAP) return;
+    uint8_t *buf = realloc(io->buf, BP_IO_INITIAL_CAP);
+    if (!buf) return; /* keeping the big one is fine */
+    io->buf = buf;
+    io->cap = BP_IO_INITIAL_CAP;
+    io->gen++;
 }
 
 /* A JSFunction died (any thread, GIL held): remember its id for JS to forget. */

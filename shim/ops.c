@@ -63,6 +63,7 @@ static int32_t bp_leave(bp_call_scope *s, int32_t rc) {
         PyEval_SaveThread();
     }
     s->p->depth--;
+    if (s->p->depth == 0) bp_io_trim(&s->p->io, s->p->io.len);
     if (s->foreign) atomic_fetch_sub(&bp_foreign_calls, 1);
     return rc;
 }

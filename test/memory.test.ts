@@ -91,3 +91,14 @@ test("200k proxies and 100k JS callbacks keep RSS and Python's object count flat
   expect(objectsAfter - objectsBefore).toBeLessThan(2_000);
   expect(rssAfter - rssBefore).toBeLessThan(30 * MB);
 });
+
+test("the io buffer goes back to its usual size after a huge value", () => {
+  const wire = internals.runtime().wire;
+  const big = py.eval("b'x' * (16 * 1024 * 1024)") as Uint8Array;
+  expect(big.length).toBe(16 * 1024 * 1024);
+  expect(py.call("operator", "add", [1, 2])).toBe(3); // a small call after it
+  expect(wire.header[2]).toBeLessThanOrEqual(64 * 1024); // header[2]: the buffer's capacity
+  const again = py.call("builtins", "len", [big]);
+  expect(again).toBe(16 * 1024 * 1024);
+  expect(py.eval("'after'")).toBe("after");
+});
