@@ -805,27 +805,46 @@ void bp_ctx_free(bp_context *c) {
 int32_t bp_ctx_state(bp_context *c) { return atomic_load(&c->state); }
 double bp_ctx_completed(bp_context *c) { return (double)atomic_load(&c->completed); }
 
-/* Every completion for this port: u32 count, then per request u32 id, i32 status,
-   u32 len and len bytes (a value, or an error record). */
+/* Every completion for this port that fits in one buffer: u32 count, then per request
+   u32 id, i32 status, u32 len and len bytes (a value, or an error record). What does not
+   fit (more than 4 GiB together, or no memory to grow) stays in `drain_rest` for the next
+   call: JS calls again until it gets 0. */
 int32_t bp_port_drain(bp_io *io) {
     bp_port *p = bp_port_of(io);
-    bp_node *list = bp_mpsc_take(&p->completions);
+    bp_node *list = p->drain_rest;
+    p->drain_rest = NULL;
+    bp_node *fresh = bp_mpsc_take(&p->completions);
+    if (!list) list = fresh;
+    else if (fresh) { /* append: the leftovers came first */
+        bp_node *tail = list;
+        while (tail->next) tail = tail->next;
+        tail->next = fresh;
+    }
+    if (!list) return 0;
+    /* the longest prefix that fits, at least one record */
     uint32_t count = 0;
     uint64_t need = 4;
+    bp_node *last = NULL;
     for (bp_node *n = list; n; n = n->next) {
+        uint64_t more = 12 + (uint64_t)((bp_request *)n)->len;
+        if (count > 0 && need + more > UINT32_MAX - 16) break;
+        need += more;
         count++;
-        need += 12 + ((bp_request *)n)->len;
+        last = n;
     }
-    if (need > UINT32_MAX || bp_io_reserve(io, (uint32_t)need) != BP_OK) {
-        /* put them back for the next drain */
-        bp_node *rest = list;
-        while (rest) {
-            bp_node *next = rest->next;
-            bp_mpsc_push(&p->completions, rest);
-            rest = next;
-        }
+    while (count > 1 && bp_io_reserve(io, (uint32_t)need) != BP_OK) { /* out of memory: take fewer */
+        bp_node *prev = list;
+        while (prev->next != last) prev = prev->next;
+        need -= 12 + (uint64_t)((bp_request *)last)->len;
+        last = prev;
+        count--;
+    }
+    if (bp_io_reserve(io, (uint32_t)need) != BP_OK) {
+        p->drain_rest = list;
         return BP_ERR_MEMORY;
     }
+    p->drain_rest = last->next;
+    last->next = NULL;
     uint8_t *b = io->buf;
     memcpy(b, &count, 4);
     uint32_t pos = 4;

@@ -82,6 +82,7 @@ typedef struct bp_port {
     PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
     bp_mpsc completions;         /* finished context requests and messages for this JS thread */
     bp_mpsc calls;               /* Python -> JS calls from contexts, waiting for an answer  */
+    bp_node *drain_rest;         /* completions taken but not yet given to JS (JS thread only) */
     sem_t sync_wake;             /* posted for a callSync waiter: result or call arrived     */
     atomic_int sync_waiting;     /* a callSync is waiting on sync_wake                       */
     atomic_int unread;           /* bunpy.send messages from the main interpreter not drained */

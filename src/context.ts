@@ -185,13 +185,20 @@ export class ContextHub {
    * user code runs: a message listener may call Python, which reuses the buffer.
    */
   private settleCompleted(): void {
+    const settled: (() => void)[] = [];
+    // one drain returns what fits in one buffer: go on until nothing is left
+    while (this.decodeCompleted(settled) > 0) {}
+    for (const run of settled) run();
+  }
+
+  /** Decodes one drain's worth of completions into `settled`; returns how many there were. */
+  private decodeCompleted(settled: (() => void)[]): number {
     const { lib, io, wire } = this.rt;
     const count = lib.bp_port_drain(io);
-    if (count <= 0) return;
+    if (count <= 0) return 0;
     wire.refresh();
     let pos = 4;
     const saved = wire.hooks;
-    const settled: (() => void)[] = [];
     try {
       for (let i = 0; i < count; i++) {
         wire.pos = pos;
@@ -230,7 +237,7 @@ export class ContextHub {
     } finally {
       wire.hooks = saved;
     }
-    for (const run of settled) run();
+    return count;
   }
 
   /** Decodes a bunpy.send message (INT53 origin context, STR channel, value); returns its delivery. */
