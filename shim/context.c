@@ -158,6 +158,8 @@ static int setup_interpreter(bp_context *c, int owngil) {
     Py_DECREF(policy);
     if (loaded < 0) return -1;
     if (owngil) {
+        bp_interp *st = bp_interp_get();
+        if (st) st->ctx = c; /* the sandbox finds the policy of this interpreter's other threads */
         c->main_module = Py_XNewRef(PyImport_AddModule("__main__"));
     } else {
         /* worker mode shares the main interpreter: give the context its own namespace */
@@ -274,17 +276,23 @@ static void stop_interrupters(bp_context *c) {
     PyEval_RestoreThread(ts);
 }
 
-static void run_teardown(void) {
+static void run_teardown(int owngil) {
     PyObject *m = PyImport_ImportModule("bunpy._context");
-    PyObject *r = m ? PyObject_CallMethod(m, "teardown", NULL) : NULL;
+    PyObject *r = m ? PyObject_CallMethod(m, "teardown", "i", owngil) : NULL;
     if (!r) PyErr_WriteUnraisable(m);
     Py_XDECREF(r);
     Py_XDECREF(m);
 }
 
+static int alone_in_interpreter(PyThreadState *ts) {
+    return PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts)) == ts && !PyThreadState_Next(ts);
+}
+
 static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *main_ts) {
     stop_interrupters(c);
-    run_teardown();
+    /* owngil: joins the interpreter's threads and runs its atexit handlers here, before the
+       process-wide creation lock is taken for the final teardown */
+    run_teardown(c->mode == BP_CTX_OWNGIL);
     bp_policy_clear(&c->policy);
     Py_CLEAR(c->main_module);
     if (c->mode == BP_CTX_WORKER) {
@@ -293,6 +301,26 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
         return;
     }
 #if PY_VERSION_HEX >= 0x030C0000
+    /* Py_EndInterpreter aborts the process if another thread state is left (threads from
+       _thread.start_new_thread, or still ending): give them a few seconds, else leave the
+       interpreter behind rather than crash. */
+    for (int i = 0; i < 500 && !alone_in_interpreter(ts); i++) {
+        Py_BEGIN_ALLOW_THREADS usleep(10000);
+        Py_END_ALLOW_THREADS
+    }
+    if (!alone_in_interpreter(ts)) {
+        extern atomic_int bp_finalize_unsafe;
+        fprintf(stderr, "bunpy: a context was closed while Python threads it started were still running; "
+                        "its interpreter is left behind until the process exits\n");
+        bp_interp *st = bp_interp_get();
+        if (st) st->ctx = NULL; /* its threads must not read this context's policy any more */
+        atomic_store(&bp_finalize_unsafe, 1);
+        PyEval_SaveThread();
+        PyEval_RestoreThread(main_ts);
+        PyThreadState_Clear(main_ts);
+        PyThreadState_DeleteCurrent();
+        return;
+    }
     /* Stopping interpreters concurrently races in some releases (DESIGN fact 3). */
     PyThreadState *sub = PyEval_SaveThread();
     pthread_mutex_lock(&bp_create_lock);
@@ -509,6 +537,7 @@ static void reject_all(bp_node *list, const char *why) {
         bp_request *req = (bp_request *)list;
         list = list->next;
         if (req->op == BP_REQ_REF_DROP) request_free(req);
+        else if (req->op == BP_REQ_CLOSE) complete(req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
         else complete_message(req, BP_ERR_STATE, why);
     }
 }
@@ -558,7 +587,7 @@ static void on_thread_killed(void *arg) {
         r = outer;
     }
     c->current = NULL;
-    if (c->deferred_close) complete_message(c->deferred_close, BP_ERR_DIED, "the context's thread ended");
+    if (c->deferred_close) complete(c->deferred_close, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
     reject_all(c->batch, "the context's thread ended unexpectedly");
     c->batch = NULL;
     seal(c, CTX_DEAD, "the context's thread ended unexpectedly");

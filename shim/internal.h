@@ -59,6 +59,7 @@ typedef struct bp_interp {
     PyObject *jserror_type;      /* bunpy.JSError                                           */
     PyObject *helpers;           /* the bunpy._codec module (datetime and traceback helpers) */
     PyObject *datetime_type;     /* datetime.datetime once the helpers loaded it            */
+    struct bp_context *ctx;      /* the owngil context running this interpreter, else NULL  */
 } bp_interp;
 
 bp_interp *bp_interp_get(void);               /* state of the current interpreter, or NULL */

@@ -55,6 +55,18 @@ static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
     return NULL;
 }
 
+/* Rings a port's doorbell; a worker context lets the main GIL go first (ringing a JS
+   thread that is gone never returns, and must not stall the whole process). */
+static void ring(bp_context *c, bp_port *p) {
+    if (c && c->mode == BP_CTX_WORKER) {
+        PyThreadState *ts = PyEval_SaveThread();
+        p->doorbell(&p->io);
+        PyEval_RestoreThread(ts);
+    } else {
+        p->doorbell(&p->io);
+    }
+}
+
 /* Encodes the call and queues it on the JS port of the request being served. */
 static int refuse_while_writing(bp_context *c) {
     if (!c->no_js) return 0;
@@ -86,11 +98,12 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
         return NULL;
     }
     call->ctx = c;
+    bp_ctx_ref(c); /* the answer may come after the context died and JS freed it */
     call->notify_fd = notify_fd;
     atomic_init(&call->refs, notify_fd >= 0 ? 2 : 1);
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
-    if (was_empty) p->doorbell(&p->io);
+    if (was_empty) ring(c, p);
     return call;
 }
 
@@ -115,8 +128,7 @@ PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *arg
     if (!call) return NULL;
     /* The answer comes back through bp_call_reply, which sets `answered` and wakes us;
        meanwhile requests to this context are served (JS may call back into it). */
-    int waited = bp_ctx_wait_serving(c, &call->answered);
-    (void)waited; /* the depth was checked above: the wait cannot refuse */
+    bp_ctx_wait_serving(c, &call->answered); /* cannot refuse: the depth was checked above */
     PyObject *result = answer_of(st, call);
     call_unref(call);
     return result;
@@ -173,10 +185,11 @@ int32_t bp_port_take_calls(bp_io *io) {
         need += 20 + ((bp_jscall *)n)->len;
     }
     if (need > UINT32_MAX || bp_io_reserve(io, (uint32_t)need) != BP_OK) {
-        while (list) { /* give them back for the next try */
-            bp_node *next = list->next;
-            bp_mpsc_push(&p->calls, list);
-            list = next;
+        /* out of memory: answer them with an error rather than reorder or lose them */
+        for (bp_node *n = list; n;) {
+            bp_jscall *call = (bp_jscall *)n;
+            n = n->next;
+            bp_call_reply(call, io, BP_ERR_MEMORY, 0);
         }
         return BP_ERR_MEMORY;
     }
@@ -217,10 +230,11 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
         ssize_t n = write(call->notify_fd, &one, sizeof one);
         (void)n;
         call_unref(call); /* the answer's reference; the Python handle keeps its own */
-        return BP_OK;
+    } else {
+        atomic_store(&call->answered, 1); /* the context may free `call` from here on */
+        bp_ctx_wake(c);
     }
-    atomic_store(&call->answered, 1); /* the context may free `call` from here on */
-    bp_ctx_wake(c);
+    bp_ctx_unref(c); /* taken in queue_call */
     return BP_OK;
 }
 
@@ -268,6 +282,10 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
         return NULL;
     }
     if (c && refuse_while_writing(c) < 0) return NULL;
+    if (atomic_load(&to->closed)) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy.send: the JS thread of this interpreter is gone");
+        return NULL;
+    }
     atomic_int *unread = c ? &c->unread : &to->unread;
     if (atomic_load(unread) >= BP_MAX_UNREAD) {
         if (!c) {
@@ -310,7 +328,7 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
         return PyErr_NoMemory();
     }
     atomic_fetch_add(unread, 1);
-    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) to->doorbell(&to->io);
+    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) ring(c, to);
     if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
     Py_RETURN_NONE;
 }

@@ -12,6 +12,7 @@
  */
 #include "context.h"
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,13 +31,22 @@ static int is_one_of(const char *s, const char *const *names) {
 static const char *const FORK_SYMBOLS[] = {"fork", "vfork", "forkpty", "__fork", "_Fork", NULL};
 static const char *const PROCESS_SYMBOLS[] = {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl",
                                               "execle", "execlp", "posix_spawn", "posix_spawnp", "clone", NULL};
-static const char *const PROCESS_EVENTS[] = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-                                             "os.startfile", "pty.spawn", NULL};
+/* (os.spawn* and pty.spawn fork first on POSIX: the always-on fork rule refuses them) */
+static const char *const PROCESS_EVENTS[] = {"os.system", "os.exec", "os.posix_spawn", "subprocess.Popen", NULL};
 
-/* The policy of the code running on this thread. */
+/* The policy of the code running on this thread: its context's, or — for a thread that
+   Python code started inside an owngil context — the policy of that interpreter's context.
+   (Threads started in a worker context run in the main interpreter: no policy.) */
 static bp_policy *current_policy(void) {
     bp_context *c = bp_this_context;
-    return c ? &c->policy : NULL;
+    if (c) return &c->policy;
+    bp_interp *st = bp_interp_get();
+    return st && st->ctx ? &st->ctx->policy : NULL;
+}
+
+static long int_arg(PyObject *args, Py_ssize_t i) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) <= i || !PyLong_Check(PyTuple_GET_ITEM(args, i))) return -1;
+    return PyLong_AsLong(PyTuple_GET_ITEM(args, i));
 }
 
 static const char *symbol_name(PyObject *args, Py_ssize_t i) {
@@ -152,8 +162,11 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
     }
     if (pol->refuse_ctypes && strncmp(event, "ctypes.", 7) == 0)
         return refuse(event, "no ctypes", "this context may not use ctypes");
-    if (pol->refuse_sockets && strncmp(event, "socket.", 7) == 0 && strcmp(event, "socket.gethostname") != 0)
+    if (pol->refuse_sockets && strncmp(event, "socket.", 7) == 0 && strcmp(event, "socket.gethostname") != 0) {
+        /* AF_UNIX stays: asyncio's event loop wakes itself through a local socketpair */
+        if (strcmp(event, "socket.__new__") == 0 && int_arg(args, 1) == AF_UNIX) return 0;
         return refuse(event, "no sockets", "this context may not use the network");
+    }
     if (strcmp(event, "import") == 0) {
         int denied = module_denied(pol, args);
         if (denied < 0) return -1;

@@ -186,10 +186,24 @@ export class ContextHub {
    */
   private settleCompleted(): void {
     const settled: (() => void)[] = [];
-    // one drain returns what fits in one buffer: go on until nothing is left
-    while (this.decodeCompleted(settled) > 0) {}
+    // A few drains per wake-up, then the event loop gets a turn: senders that refill the
+    // queue as fast as it empties must not freeze it (the rest is taken on the next turn).
+    let more = false;
+    for (let round = 0; round < 4; round++) {
+      if (this.decodeCompleted(settled) === 0) break;
+      more = round === 3;
+    }
     for (const run of settled) run();
+    if (more && !this.drainScheduled) {
+      this.drainScheduled = true;
+      setImmediate(() => {
+        this.drainScheduled = false;
+        this.drain();
+      });
+    }
   }
+
+  private drainScheduled = false;
 
   /** Decodes one drain's worth of completions into `settled`; returns how many there were. */
   private decodeCompleted(settled: (() => void)[]): number {
@@ -287,27 +301,45 @@ export class ContextHub {
     wire.refresh();
     const saved = wire.hooks;
     const calls: { call: number; context: Context; name: string; args: unknown[]; kwargs: unknown }[] = [];
+    const orphans: number[] = [];
+    const failed: { call: number; error: unknown }[] = [];
     try {
       let pos = 4;
       for (let i = 0; i < count; i++) {
         wire.pos = pos;
         const call = wire.readPointer();
-        const context = this.contexts.get(wire.readPointer())!;
+        const context = this.contexts.get(wire.readPointer());
         const len = wire.readU32();
         pos = wire.pos + len;
+        if (context === undefined) {
+          // its context was closed meanwhile: nobody can use the answer, but the shim
+          // must get one to free the call
+          orphans.push(call);
+          continue;
+        }
         wire.hooks = context.hooks;
-        const name = wire.readValue() as string;
-        const args = wire.readValue() as unknown[];
-        const kwargs = wire.readValue();
-        calls.push({ call, context, name, args, kwargs });
+        try {
+          const name = wire.readValue() as string;
+          const args = wire.readValue() as unknown[];
+          const kwargs = wire.readValue();
+          calls.push({ call, context, name, args, kwargs });
+        } catch (e) {
+          failed.push({ call, error: e });
+        }
       }
     } finally {
       wire.hooks = saved;
     }
+    for (const call of orphans) this.replyError(call, new Error("the calling context was closed"), false);
+    for (const f of failed) this.replyError(f.call, f.error, false);
     for (const c of calls) this.runCall(c.call, c.context, c.name, c.args, c.kwargs, blocked);
   }
 
+  /** JS functions called by contexts that have not answered yet: py.close() must wait. */
+  activeCalls = 0;
+
   private runCall(call: number, context: Context, name: string, args: unknown[], kwargs: unknown, blocked: boolean): void {
+    this.activeCalls++;
     let value: unknown;
     try {
       const fn = this.rt.registered.get(name);
@@ -335,6 +367,7 @@ export class ContextHub {
   }
 
   private reply(call: number, context: Context, value: unknown): void {
+    this.activeCalls--;
     const { lib, io, wire } = this.rt;
     const saved = wire.hooks;
     wire.hooks = context.hooks;
@@ -343,13 +376,15 @@ export class ContextHub {
       wire.writeTop(value);
     } catch (e) {
       wire.hooks = saved;
+      this.activeCalls++; // replyError counts it down again
       return this.replyError(call, e);
     }
     wire.hooks = saved;
     lib.bp_call_reply(call, io, Status.Ok, wire.pos);
   }
 
-  private replyError(call: number, e: unknown): void {
+  private replyError(call: number, e: unknown, counted = true): void {
+    if (counted) this.activeCalls--;
     const status = this.rt.writeThrown(e);
     this.rt.lib.bp_call_reply(call, this.rt.io, status, this.rt.wire.pos);
   }
@@ -448,6 +483,8 @@ export class PyRef {
 
 /** bp_ctx_call_sync: a context called into JS while the call waited (shim/bunpy.h). */
 const CALLS_PENDING = 1;
+
+const DEAD_STATE = 5; // CTX_DEAD in shim/context.h
 
 const STATE_NAMES = ["starting", "running", "closing", "ending", "closed", "dead"] as const;
 
@@ -610,6 +647,7 @@ export class Context {
     const req = lib.bp_ctx_submit(this.#ptr, io, id, op, len);
     if (!req) {
       this.hub.releaseId(id);
+      if (lib.bp_ctx_state(this.#ptr) === DEAD_STATE) this.died();
       return Promise.reject(new ContextClosedError("the context is closed"));
     }
     this.#inFlight++;
@@ -692,6 +730,7 @@ export class Context {
       this.hub.drainBlocked();
       status = lib.bp_ctx_sync_wait(this.#ptr, io, request);
     }
+    if (status === Status.Died) this.died();
     const saved = wire.hooks;
     wire.hooks = this.hooks;
     try {

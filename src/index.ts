@@ -133,11 +133,13 @@ export const py = {
    */
   async close(): Promise<void> {
     if (main !== undefined && !main.isClosed) {
-      if (main.insideCallback)
-        throw new BunpyError("py.close() must be called on the JS thread that started Python, outside any Python -> JS callback");
-      // contexts first: their threads use the runtime that Py_FinalizeEx tears down
       const hub = existingHub(main);
-      if (hub !== undefined) await Promise.all([...hub.contexts.values()].map((c) => c.close()));
+      if (main.insideCallback || (hub !== undefined && hub.activeCalls > 0))
+        throw new BunpyError("py.close() must be called on the JS thread that started Python, outside any Python -> JS callback");
+      // contexts first: their threads use the runtime that Py_FinalizeEx tears down (and
+      // again if a pool started a replacement meanwhile)
+      while (hub !== undefined && hub.contexts.size > 0)
+        await Promise.allSettled([...hub.contexts.values()].map((c) => c.close()));
       main.close();
     }
     closed = true;

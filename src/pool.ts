@@ -77,9 +77,16 @@ export class Pool {
     const i = this.contexts.indexOf(dead);
     if (i < 0 || this.closed) return;
     await dead.close().catch(() => {}); // it is dead: closing only joins its thread
-    const fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
-    for (const code of this.setup) await fresh.exec(code);
-    if (this.closed) return void (await fresh.close());
+    let fresh: Context | undefined;
+    try {
+      fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
+      for (const code of this.setup) await fresh.exec(code);
+    } catch (e) {
+      await fresh?.close().catch(() => {});
+      console.error("bunpy: a pool could not replace a dead context:", e);
+      return;
+    }
+    if (this.closed) return void (await fresh.close().catch(() => {}));
     fresh.onDied((d) => void this.replace(d));
     this.contexts[i] = fresh;
     this.replacements++;
@@ -106,7 +113,7 @@ export class Pool {
       return options.context;
     }
     const n = this.contexts.length;
-    if (options.key !== undefined) return this.contexts[hashKey(options.key) % n]!;
+    if (options.key !== undefined) return this.contexts[hashKey(options.key) % n]!; // a dead one is replaced in place
     const home = this.contexts[this.home]!;
     if (home.inFlight < this.spillAt && !home.isDead) return home;
     let best: Context | undefined;

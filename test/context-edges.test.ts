@@ -100,3 +100,50 @@ def result():
   expect(r[1]).toBeInstanceOf(Date);
   expect(r[2]).toBe("last");
 });
+
+test("closing a context whose Python threads still run does not abort the process", async () => {
+  const ctx = await py.context();
+  await ctx.exec("import _thread, threading, time\n_thread.start_new_thread(time.sleep, (0.3,))\nthreading.Thread(target=time.sleep, args=(0.2,)).start()");
+  await ctx.close(); // joins the threading thread, waits for the low-level one
+  expect(ctx.state).toBe("closed");
+  expect(py.eval("1 + 1")).toBe(2);
+});
+
+test("asyncio works in a context without network sockets", async () => {
+  const ctx = await py.context({ sandbox: { sockets: false } });
+  open.push(ctx);
+  await ctx.exec("import asyncio\nasync def _m():\n    await asyncio.sleep(0)\n    return 'ran'");
+  expect(await ctx.eval("asyncio.run(_m())")).toBe("ran");
+  await expect(ctx.exec("import socket\nsocket.create_connection(('127.0.0.1', 9))")).rejects.toThrow(/no sockets/);
+});
+
+test.skipIf(Number(py.version.split(".")[1]) < 12)("threads started in an owngil context follow its sandbox policy", async () => {
+  const ctx = await py.context({ mode: "owngil", sandbox: { processes: false } });
+  open.push(ctx);
+  await ctx.exec(`
+import threading
+result = []
+def work():
+    try:
+        import os
+        os.system('true')
+        result.append('allowed')
+    except PermissionError as e:
+        result.append('refused')
+t = threading.Thread(target=work)
+t.start(); t.join()
+`);
+  expect(await ctx.eval("result")).toEqual(["refused"]);
+});
+
+test("py.close() from a JS function a context is calling is refused", async () => {
+  const ctx = await context();
+  let refused = "";
+  py.register("edge_close", async () => {
+    await py.close().catch((e) => (refused = String(e)));
+    return 1;
+  });
+  expect(await ctx.eval("__import__('bunpy').call('edge_close')")).toBe(1);
+  expect(refused).toContain("outside any Python -> JS callback");
+  expect(py.eval("2 + 2")).toBe(4);
+});

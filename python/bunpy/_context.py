@@ -41,7 +41,7 @@ class RefuseUnsafeExtensions:
     def find_spec(self, name, path=None, target=None):
         if name in self.names:
             raise ImportError(f"bunpy: {name} is not safe in a subinterpreter on this Python", name=name)
-        if not self.only_known or name.rpartition(".")[2] in MULTI_PHASE_312:
+        if not self.only_known or name in MULTI_PHASE_312:
             return None
         spec = PathFinder.find_spec(name, path)
         if spec is not None and isinstance(spec.loader, ExtensionFileLoader):
@@ -100,9 +100,17 @@ def setup(owngil, policy=None):
     return policy
 
 
-def teardown():
+def teardown(owngil=False):
     """Runs on the context thread just before its interpreter or thread state ends."""
     threading = sys.modules.get("threading")
+    if owngil:
+        # what Py_EndInterpreter would do, done before bunpy takes its process-wide lock:
+        # join the interpreter's non-daemon threads and run its atexit handlers
+        if threading is not None and hasattr(threading, "_shutdown"):
+            threading._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
     local = getattr(threading, "_thread_local_info", None)
     # 3.13: a _DummyThread made for this thread is dropped through a thread-local whose
     # __del__ needs the threading module alive; drop it now rather than during teardown.
