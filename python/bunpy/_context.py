@@ -100,14 +100,26 @@ def setup(owngil, policy=None):
     return policy
 
 
+def _join_threads(threading):
+    """Joins non-daemon threads, as interpreter shutdown does."""
+    # Not threading._shutdown(): the interpreter calls that again when it ends, and 3.12
+    # asserts on a second call. Joining the threads leaves it nothing to wait for.
+    if threading is None:
+        return
+    me = threading.get_ident()
+    for t in threading.enumerate():
+        # by ident: this thread may be known both as the main thread and as a dummy thread
+        if t.ident != me and t is not threading.main_thread() and not t.daemon and t.is_alive():
+            t.join()
+
+
 def teardown(owngil=False):
     """Runs on the context thread just before its interpreter or thread state ends."""
     threading = sys.modules.get("threading")
     if owngil:
         # what Py_EndInterpreter would do, done before bunpy takes its process-wide lock:
         # join the interpreter's non-daemon threads and run its atexit handlers
-        if threading is not None and hasattr(threading, "_shutdown"):
-            threading._shutdown()
+        _join_threads(threading)
         import atexit
 
         atexit._run_exitfuncs()
@@ -122,9 +134,7 @@ def shutdown_without_finalize():
     """py.close() where Py_FinalizeEx would crash: what a normal shutdown does for users."""
     import atexit
 
-    threading = sys.modules.get("threading")
-    if threading is not None and hasattr(threading, "_shutdown"):
-        threading._shutdown()  # joins non-daemon threads, as Py_FinalizeEx does
+    _join_threads(sys.modules.get("threading"))
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
