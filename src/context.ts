@@ -12,8 +12,10 @@ import { Kwargs, type Wire, type WireHooks } from "./codec.ts";
 import { makeDoorbell, type JSCallback } from "./ffi.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { stateOf } from "./proxy.ts";
+import { policyValue, type SandboxPolicy } from "./sandbox.ts";
 
 export type ContextMode = "owngil" | "worker";
+export type { SandboxPolicy } from "./sandbox.ts";
 
 export interface ContextOptions {
   /** "owngil" (default on Python ≥ 3.12): a subinterpreter with its own GIL, truly parallel.
@@ -22,40 +24,6 @@ export interface ContextOptions {
   /** What Python code in this context may do (a guard against accidents, not a security
       boundary). Forking without exec is refused everywhere, always. */
   sandbox?: SandboxPolicy;
-}
-
-export interface SandboxPolicy {
-  /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
-      functions through ctypes). Default true. */
-  processes?: boolean;
-  /** Use ctypes at all. Default true. */
-  ctypes?: boolean;
-  /** Use sockets. Default true. */
-  sockets?: boolean;
-  /** Modules (and their submodules) that cannot be imported. */
-  denyImports?: string[];
-  /** Directories files may be opened in (read or write). Python's own files stay readable.
-      Default: anywhere. */
-  files?: string[];
-}
-
-function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
-  if (p === undefined) return null;
-  if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "denyImports", "files"]);
-  for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
-  for (const k of ["processes", "ctypes", "sockets"] as const)
-    if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
-  for (const k of ["denyImports", "files"] as const)
-    if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
-      throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
-  return {
-    processes: p.processes ?? true,
-    ctypes: p.ctypes ?? true,
-    sockets: p.sockets ?? true,
-    deny_imports: p.denyImports ?? null,
-    files: p.files ?? null,
-  };
 }
 
 export interface CallOptions {

@@ -1,0 +1,38 @@
+/**
+ * Sandbox policies as JS gives them (py.context({ sandbox })), checked and turned into the
+ * dict that python/bunpy/_context.py and shim/sandbox.c read. See docs/sandbox.md.
+ */
+
+export interface SandboxPolicy {
+  /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
+      functions through ctypes). Default true. */
+  processes?: boolean;
+  /** Use ctypes at all. Default true. */
+  ctypes?: boolean;
+  /** Use sockets. Default true. */
+  sockets?: boolean;
+  /** Modules (and their submodules) that cannot be imported. */
+  denyImports?: string[];
+  /** Directories files may be opened in (read or write). Python's own files stay readable.
+      Default: anywhere. */
+  files?: string[];
+}
+
+export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
+  if (p === undefined) return null;
+  if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
+  const known = new Set(["processes", "ctypes", "sockets", "denyImports", "files"]);
+  for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
+  for (const k of ["processes", "ctypes", "sockets"] as const)
+    if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
+  for (const k of ["denyImports", "files"] as const)
+    if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
+      throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
+  return {
+    processes: p.processes ?? true,
+    ctypes: p.ctypes ?? true,
+    sockets: p.sockets ?? true,
+    deny_imports: p.denyImports ?? null,
+    files: p.files ?? null,
+  };
+}
