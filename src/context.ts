@@ -7,7 +7,8 @@
  * One ContextHub per JS thread owns the doorbell (a threadsafe JSCallback), the table of
  * pending requests, and a ref'd timer that keeps Bun alive only while calls are in flight.
  */
-import { BunpyError, ConversionError, errorFromRecord, Status } from "./errors.ts";
+import { BunpyError, CallTimeoutError, ContextClosedError, ConversionError, errorFromRecord, Status } from "./errors.ts";
+export { CallTimeoutError, ContextClosedError } from "./errors.ts";
 import { Kwargs, type Wire, type WireHooks } from "./codec.ts";
 import { makeDoorbell, type JSCallback } from "./ffi.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
@@ -31,16 +32,6 @@ export interface CallOptions {
   timeout?: number;
   /** Aborting it interrupts the call and rejects it with the signal's reason. */
   signal?: AbortSignal;
-}
-
-/** The context was closed (or failed to start) before the call could finish. */
-export class ContextClosedError extends BunpyError {
-  override name = "ContextClosedError";
-}
-
-/** A call ran longer than its `timeout`: it was interrupted inside Python. */
-export class CallTimeoutError extends BunpyError {
-  override name = "TimeoutError";
 }
 
 const enum Req {

@@ -59,6 +59,16 @@ export class PythonClosedError extends BunpyError {
   override name = "PythonClosedError";
 }
 
+/** The context was closed (or failed to start) before the call could finish. */
+export class ContextClosedError extends BunpyError {
+  override name = "ContextClosedError";
+}
+
+/** A call ran longer than its `timeout`: it was interrupted inside Python. */
+export class CallTimeoutError extends BunpyError {
+  override name = "TimeoutError";
+}
+
 /** A context's thread ended under a call (pthread_exit from a C extension or ctypes). The
     context is dead; a pool replaces it. */
 export class ContextDiedError extends BunpyError {
