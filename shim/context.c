@@ -104,7 +104,7 @@ void bp_request_deliver(bp_request *r) {
         return;
     }
     bp_port *p = r->reply;
-    if (atomic_load(&p->closed)) { /* its JS thread is gone: nobody will drain it */
+    if (!bp_port_alive(p)) { /* its JS thread is gone: nobody will drain it */
         request_free(r);
         return;
     }

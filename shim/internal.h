@@ -70,6 +70,7 @@ typedef struct bp_port {
     bp_io io;                    /* must stay first: JS reads it                            */
     PyThreadState *ts;           /* this JS thread's thread state in the main interpreter    */
     pthread_t owner;             /* the JS thread                                            */
+    pid_t tid;                   /* its kernel thread id (bp_port_alive)                      */
     bp_dispatch_fn dispatch;     /* JSCallback for calls into JS (runs on owner only)        */
     int held;                    /* 1 while this port holds the main GIL                     */
     int no_dispatch;             /* >0 while calls into JS are refused (dropping handles)     */
@@ -95,6 +96,7 @@ int bp_io_grow(bp_io *io, uint32_t need);       /* 0, or -1 (MemoryError set)   
 void bp_io_trim(bp_io *io, uint32_t keep);     /* shrink a buffer a huge value left big     */
 void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */
 void bp_port_unref(bp_port *p);
+int bp_port_alive(bp_port *p);                 /* 0 once the JS thread is gone (port closed)  */
 
 /* ---- runtime (runtime.c) ----------------------------------------------------------- */
 int bp_running(void);

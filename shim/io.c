@@ -9,6 +9,10 @@
 #include "internal.h"
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define BP_IO_INITIAL_CAP (64 * 1024)
 #define BP_IO_TRIM_ABOVE (4 * 1024 * 1024)
@@ -28,6 +32,7 @@ bp_io *bp_io_new(bp_dispatch_fn dispatch) {
     p->io.drop = calloc(p->io.drop_cap, sizeof(double));
     if (!p->io.drop) { free(p->io.buf); free(p); return NULL; }
     p->owner = pthread_self();
+    p->tid = (pid_t)syscall(SYS_gettid);
     p->dispatch = dispatch;
     atomic_init(&p->refs, 1);
     atomic_init(&p->closed, 0);
@@ -140,4 +145,14 @@ int32_t bp_take_released(bp_io *io) {
     io->released = 0;
     pthread_mutex_unlock(&p->released_lock);
     return BP_OK;
+}
+
+/* Whether the JS thread of a port still exists. Bun runs no code in a terminated Worker,
+   so this is how the shim learns that nobody will drain the port any more: ringing the
+   doorbell of a gone thread would never return. */
+int bp_port_alive(bp_port *p) {
+    if (atomic_load(&p->closed)) return 0;
+    if (syscall(SYS_tgkill, getpid(), p->tid, 0) == 0 || errno != ESRCH) return 1;
+    atomic_store(&p->closed, 1);
+    return 0;
 }

@@ -58,6 +58,7 @@ static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
 /* Rings a port's doorbell; a worker context lets the main GIL go first (ringing a JS
    thread that is gone never returns, and must not stall the whole process). */
 static void ring(bp_context *c, bp_port *p) {
+    if (!bp_port_alive(p)) return;
     if (c && c->mode == BP_CTX_WORKER) {
         PyThreadState *ts = PyEval_SaveThread();
         p->doorbell(&p->io);
@@ -79,7 +80,7 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
                              int notify_fd) {
     if (refuse_while_writing(c) < 0) return NULL;
     bp_port *p = c->current ? c->current->reply : c->owner;
-    if (atomic_load(&p->closed) || !p->doorbell) {
+    if (!bp_port_alive(p) || !p->doorbell) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS thread of this context is gone");
         return NULL;
     }
@@ -282,7 +283,7 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
         return NULL;
     }
     if (c && refuse_while_writing(c) < 0) return NULL;
-    if (atomic_load(&to->closed)) {
+    if (!bp_port_alive(to)) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy.send: the JS thread of this interpreter is gone");
         return NULL;
     }

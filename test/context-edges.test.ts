@@ -147,3 +147,15 @@ test("py.close() from a JS function a context is calling is refused", async () =
   expect(refused).toContain("outside any Python -> JS callback");
   expect(py.eval("2 + 2")).toBe(4);
 });
+
+for (const mode of Number(py.version.split(".")[1]) >= 12 ? ["owngil", "worker"] : ["worker"]) {
+  test(`a ${mode} context finishing a call for a terminated Bun Worker does not crash the process`, () => {
+    const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "terminated-worker.ts"), mode], {
+      stdout: "pipe",
+      stderr: "pipe",
+      timeout: 30_000,
+    });
+    expect(r.exitCode).toBe(0);
+    expect(JSON.parse(r.stdout.toString().trim().split("\n").pop()!)).toEqual({ main: 42 });
+  });
+}
