@@ -513,8 +513,7 @@ static bp_request *next_request(bp_context *c) {
     return (bp_request *)n;
 }
 
-/* Nested calls (JS -> Python -> JS -> Python) deeper than this are refused. */
-
+/* See context.h. Requests served here run nested inside the waiting one (a stack). */
 int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
     if (c->depth >= BP_MAX_NESTING) {
         PyErr_Format(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than %d levels",
