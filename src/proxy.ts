@@ -151,11 +151,19 @@ const handler: ProxyHandler<Target> = {
   },
 };
 
+/** console.log / Bun.inspect show repr(obj). Bun inspects a Proxy's target without its
+    traps, so this sits on the target itself (one shared function, `this` is the target). */
+function inspectRepr(this: Target): string {
+  const st = this[STATE];
+  return st.disposed ? "<disposed PyObject>" : (st.owner.op(st, Op.Repr) as string);
+}
+
 export function makeProxy(owner: ProxyOwner, handle: number): PyObject {
   // A function target makes the proxy callable; STATE on it is found by every trap.
-  const target = function PyObject() {} as unknown as Target;
+  const target = function PyObject() {} as unknown as Target & { [inspectCustom]?: unknown };
   const st: ProxyState = { handle, disposed: false, owner };
   target[STATE] = st;
+  target[inspectCustom] = inspectRepr;
   return new Proxy(target, handler) as unknown as PyObject;
 }
 

@@ -409,3 +409,9 @@ describe("lifetime", () => {
     expect(r.x).toBe(2);
   });
 });
+
+test("console.log and Bun.inspect show the Python repr", () => {
+  const c = py.import("collections").Counter("aab");
+  expect(Bun.inspect(c)).toBe("Counter({'a': 2, 'b': 1})");
+  expect(Bun.inspect([py.eval("bytearray(b'ab')")])).toContain("bytearray(b'ab')");
+});
