@@ -236,8 +236,6 @@ export class Wire {
   }
 
   private writeObject(v: object, depth: number): void {
-    const h = this.hooks.handleOf(v);
-    if (h !== undefined) return this.writeHandle(h);
     if (Array.isArray(v)) {
       this.enter(v, depth);
       this.putHeader(Tag.List, v.length);
@@ -251,6 +249,10 @@ export class Wire {
       this.stack.pop();
       return;
     }
+    const proto = Object.getPrototypeOf(v);
+    if (proto === Object.prototype || proto === null) return this.writeDict(v as Record<string, unknown>, depth);
+    const h = this.hooks.handleOf(v); // a PyRef (contexts); proxies are functions
+    if (h !== undefined) return this.writeHandle(h);
     if (v instanceof Uint8Array) return this.writeBytes(v);
     if (ArrayBuffer.isView(v)) return this.writeBytes(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
     if (v instanceof ArrayBuffer || v instanceof SharedArrayBuffer) return this.writeBytes(new Uint8Array(v));
@@ -285,16 +287,17 @@ export class Wire {
       return;
     }
     if (v instanceof Kwargs) throw new ConversionError("py.kw() must be the last argument of a call");
-    const proto = Object.getPrototypeOf(v);
-    if (proto !== Object.prototype && proto !== null)
-      throw new ConversionError(`cannot convert ${describe(v)} to Python (pass a plain object, array, Map or Set)`);
+    throw new ConversionError(`cannot convert ${describe(v)} to Python (pass a plain object, array, Map or Set)`);
+  }
+
+  private writeDict(v: Record<string, unknown>, depth: number): void {
     this.enter(v, depth);
     const keys = Object.keys(v);
     this.putHeader(Tag.Dict, keys.length);
     for (const k of keys) {
       this.writeString(k);
       try {
-        this.writeValue((v as Record<string, unknown>)[k], depth + 1);
+        this.writeValue(v[k], depth + 1);
       } catch (e) {
         throw e instanceof ConversionError ? e.within(k) : e;
       }
