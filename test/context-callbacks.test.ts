@@ -1,23 +1,19 @@
 // Python reaching JS from contexts (bunpy.call) and messages (bunpy.send) from every
 // interpreter, with back-pressure.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PythonError, py, type Context } from "../src/index.ts";
+import { closedAfterAll, contextModes } from "./helpers.ts";
 
-const hasOwnGil = Number(py.version.split(".")[1]) >= 12;
-const modes = hasOwnGil ? (["owngil", "worker"] as const) : (["worker"] as const);
-const open: Context[] = [];
+const modes = contextModes;
+const contexts = closedAfterAll();
 async function context(mode?: "owngil" | "worker") {
-  const ctx = await py.context(mode ? { mode } : undefined);
+  const ctx = await contexts.context(mode);
   await ctx.exec("import bunpy");
-  open.push(ctx);
   return ctx;
 }
-afterAll(async () => {
-  await Promise.all(open.map((c) => c.close()));
-});
 
 py.register("cb_add", (a: number, b: number) => a + b);
 py.register("cb_kw", (a: number, kw: { scale: number }) => a * kw.scale);

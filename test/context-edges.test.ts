@@ -1,17 +1,10 @@
 // Edge cases found in review: each of these once crashed, hung or leaked.
-import { afterAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { BunpyError, ConversionError, CallTimeoutError, py, type Context } from "../src/index.ts";
+import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
 
-const open: Context[] = [];
-async function context(mode?: "owngil" | "worker") {
-  const ctx = await py.context(mode ? { mode } : undefined);
-  open.push(ctx);
-  return ctx;
-}
-afterAll(async () => {
-  await Promise.all(open.map((c) => c.close()));
-});
+const { context, keep } = closedAfterAll();
 
 test("a released PyRef cannot be passed back (it would be a freed object)", async () => {
   const ctx = await context();
@@ -111,15 +104,15 @@ test("closing a context whose Python threads still run does not abort the proces
 
 test("asyncio works in a context without network sockets", async () => {
   const ctx = await py.context({ sandbox: { sockets: false } });
-  open.push(ctx);
+  keep(ctx);
   await ctx.exec("import asyncio\nasync def _m():\n    await asyncio.sleep(0)\n    return 'ran'");
   expect(await ctx.eval("asyncio.run(_m())")).toBe("ran");
   await expect(ctx.exec("import socket\nsocket.create_connection(('127.0.0.1', 9))")).rejects.toThrow(/no sockets/);
 });
 
-test.skipIf(Number(py.version.split(".")[1]) < 12)("threads started in an owngil context follow its sandbox policy", async () => {
+test.skipIf(!hasOwnGil)("threads started in an owngil context follow its sandbox policy", async () => {
   const ctx = await py.context({ mode: "owngil", sandbox: { processes: false } });
-  open.push(ctx);
+  keep(ctx);
   await ctx.exec(`
 import threading
 result = []
@@ -148,7 +141,7 @@ test("py.close() from a JS function a context is calling is refused", async () =
   expect(py.eval("2 + 2")).toBe(4);
 });
 
-for (const mode of Number(py.version.split(".")[1]) >= 12 ? ["owngil", "worker"] : ["worker"]) {
+for (const mode of contextModes) {
   test(`a ${mode} context finishing a call for a terminated Bun Worker does not crash the process`, () => {
     const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "terminated-worker.ts"), mode], {
       stdout: "pipe",

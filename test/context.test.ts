@@ -1,21 +1,13 @@
 // Contexts: Python on its own thread with its own interpreter (owngil) or as a thread of
 // the main interpreter (worker), and pools that route calls between them.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { BunpyError, CallTimeoutError, ContextClosedError, PyRef, PythonError, py, type Context } from "../src/index.ts";
+import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
 
-const hasOwnGil = Number(py.version.split(".")[1]) >= 12;
-const modes = hasOwnGil ? (["owngil", "worker"] as const) : (["worker"] as const);
+const modes = contextModes;
 
-const open: Context[] = [];
-async function context(mode?: "owngil" | "worker") {
-  const ctx = await py.context(mode ? { mode } : undefined);
-  open.push(ctx);
-  return ctx;
-}
-afterAll(async () => {
-  await Promise.all(open.map((c) => c.close()));
-});
+const { context, keep } = closedAfterAll();
 
 for (const mode of modes) {
   describe(`${mode} context`, () => {

@@ -1,6 +1,7 @@
 // Shared by the test files: defines a Python module from source in the main interpreter,
 // so each file's helpers live in their own namespace.
-import { py } from "../src/index.ts";
+import { afterAll } from "bun:test";
+import { py, type Context } from "../src/index.ts";
 
 py.exec(`
 def _bunpy_test_module(name, src):
@@ -12,4 +13,25 @@ def _bunpy_test_module(name, src):
 
 export function defineModule(name: string, source: string): void {
   py.call("__main__", "_bunpy_test_module", [name, source]);
+}
+
+/** Python 3.12+ has subinterpreters with their own GIL (owngil contexts). */
+export const hasOwnGil = Number(py.version.split(".")[1]) >= 12;
+/** The context modes this Python has. */
+export const contextModes = hasOwnGil ? (["owngil", "worker"] as const) : (["worker"] as const);
+
+/**
+ * Contexts a test file starts and that are closed after all its tests:
+ * `context(mode?)` starts one, `keep(ctx)` adds one started another way.
+ */
+export function closedAfterAll() {
+  const open: Context[] = [];
+  afterAll(async () => {
+    await Promise.all(open.map((c) => c.close()));
+  });
+  const keep = (ctx: Context): Context => (open.push(ctx), ctx);
+  return {
+    keep,
+    context: async (mode?: "owngil" | "worker") => keep(await py.context(mode ? { mode } : undefined)),
+  };
 }

@@ -1,13 +1,13 @@
 // Sandbox policies: a C audit hook with a policy per context. Each rule is checked both
 // refusing (when on) and allowing (when off).
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py, type Context, type SandboxPolicy } from "../src/index.ts";
+import { closedAfterAll, contextModes } from "./helpers.ts";
 
-const hasOwnGil = Number(py.version.split(".")[1]) >= 12;
-const modes = hasOwnGil ? (["owngil", "worker"] as const) : (["worker"] as const);
+const modes = contextModes;
 const ATTEMPT = `
 def attempt(code):
     try:
@@ -18,16 +18,12 @@ def attempt(code):
     except Exception as e:
         return type(e).__name__ + ": " + str(e)
 `;
-const open: Context[] = [];
+const { keep } = closedAfterAll();
 async function sandboxed(mode: "owngil" | "worker", sandbox?: SandboxPolicy) {
-  const ctx = await py.context({ mode, sandbox });
+  const ctx = keep(await py.context({ mode, sandbox }));
   await ctx.exec(ATTEMPT);
-  open.push(ctx);
   return ctx;
 }
-afterAll(async () => {
-  await Promise.all(open.map((c) => c.close()));
-});
 const attempt = (ctx: Context, code: string) => ctx.call("__main__", "attempt", [code]) as Promise<string>;
 
 test("forking without exec is refused in the main interpreter, naming the rule", () => {

@@ -7,14 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { ConversionError, PythonError, py } from "../src/index.ts";
 import { defineModule } from "./helpers.ts";
 
-py.exec(`
-import datetime
-def _bunpy_test_module(name, src):
-    import sys, types
-    m = types.ModuleType(name)
-    exec(src, m.__dict__)
-    sys.modules[name] = m
-`);
+py.exec("import datetime");
 defineModule(
   "t_values",
   `
