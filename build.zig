@@ -18,6 +18,7 @@ const sources = [_][]const u8{
     "shim/module.c",
     "shim/bench.c",
     "shim/context.c",
+    "shim/request.c",
     "shim/jscall.c",
     "shim/sandbox.c",
 };

@@ -38,7 +38,7 @@ extern const char *bp_python_dir;
 /* Contexts whose thread has not finished yet: Python cannot be finalised under them. */
 atomic_int bp_live_contexts = 0;
 
-/* ------------------------------------------------------------------- helpers ----- */
+/* ---------------------------------------------------------------- references ----- */
 
 void bp_ctx_ref(bp_context *c) { atomic_fetch_add(&c->refs, 1); }
 
@@ -51,84 +51,6 @@ void bp_ctx_unref(bp_context *c) {
     free(c->scratch.buf);
     free(c->scratch.drop);
     free(c);
-}
-
-/* Small results (most of them) are written back into the request's own allocation. */
-#define BP_INLINE_MIN 64
-
-static bp_request *request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
-    uint32_t cap = len < BP_INLINE_MIN ? BP_INLINE_MIN : len;
-    bp_request *r = malloc(sizeof *r + cap);
-    if (!r) return NULL;
-    memset(r, 0, sizeof *r);
-    r->inline_cap = cap;
-    r->data = r->inline_data;
-    if (len) memcpy(r->data, io->buf, len);
-    r->len = len;
-    r->ctx = c;
-    r->id = id;
-    r->op = op;
-    r->reply = bp_port_of(io);
-    atomic_fetch_add(&r->reply->refs, 1);
-    return r;
-}
-
-static void request_free(bp_request *r) {
-    if (r->reply) bp_port_unref(r->reply);
-    if (r->data != r->inline_data) free(r->data);
-    free(r);
-}
-
-/* Hands a finished request back to its JS thread. The result is copied out of `src`. */
-static void complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t len) {
-    uint8_t *dst = len <= r->inline_cap ? r->inline_data : malloc(len);
-    if (!dst) {
-        status = BP_ERR_MEMORY;
-        len = 0;
-        dst = r->inline_data;
-    } else if (len) {
-        memcpy(dst, src, len);
-    }
-    if (r->data != r->inline_data) free(r->data);
-    r->data = dst;
-    r->len = len;
-    r->status = status;
-    bp_request_deliver(r);
-}
-
-void bp_request_deliver(bp_request *r) {
-    if (r->sync) {
-        sem_t *sync = r->sync; /* the port's: it outlives r, which the waiter may free now */
-        atomic_store(&r->done, 1);
-        sem_post(sync);
-        return;
-    }
-    bp_port *p = r->reply;
-    if (!bp_port_alive(p)) { /* its JS thread is gone: nobody will drain it */
-        request_free(r);
-        return;
-    }
-    if (bp_mpsc_push(&p->completions, &r->node) && p->doorbell) p->doorbell(&p->io);
-    if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
-}
-
-static void complete_message(bp_request *r, int32_t status, const char *msg) {
-    bp_io tmp = {0};
-    tmp.buf = malloc(256 + strlen(msg));
-    if (!tmp.buf) {
-        complete(r, BP_ERR_MEMORY, NULL, 0);
-        return;
-    }
-    tmp.cap = 256 + (uint32_t)strlen(msg);
-    bp_fail_message(&tmp, status, "%s", msg);
-    complete(r, status, tmp.buf, tmp.len);
-    free(tmp.buf);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* ------------------------------------------------------------ interpreter life ----- */
@@ -188,7 +110,7 @@ static void startup_failed(bp_context *c, const char *what) {
     Py_XDECREF(s);
     Py_XDECREF(exc);
     PyErr_Clear();
-    complete_message(c->start, BP_ERR_STATE, msg);
+    bp_request_fail(c->start, BP_ERR_STATE, msg);
     c->start = NULL;
 }
 
@@ -217,7 +139,7 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         PyThreadState_DeleteCurrent();
         *main_ts = NULL;
         pthread_mutex_unlock(&bp_create_lock);
-        complete_message(c->start, BP_ERR_STATE, msg);
+        bp_request_fail(c->start, BP_ERR_STATE, msg);
         c->start = NULL;
         return NULL;
     }
@@ -244,7 +166,7 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
     return sub;
 #else
     (void)main_ts;
-    complete_message(c->start, BP_ERR_STATE,
+    bp_request_fail(c->start, BP_ERR_STATE,
                      "owngil contexts need Python 3.12 or newer (subinterpreters with their own GIL); use mode \"worker\"");
     c->start = NULL;
     return NULL;
@@ -335,7 +257,7 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
 #endif
 }
 
-/* ------------------------------------------------------------------ requests ----- */
+/* ---------------------------------------------------------- running requests ----- */
 
 static PyObject *resolve_module(bp_context *c, PyObject *name) {
     if (PyUnicode_CompareWithASCIIString(name, "__main__") == 0) return Py_NewRef(c->main_module);
@@ -426,7 +348,7 @@ static void serve(bp_context *c, bp_request *req) {
        we see the flag here or it sees this request running and interrupts it */
     if (atomic_load(&req->cancelled)) {
         set_current(c, outer);
-        complete_message(req, BP_ERR_STATE, "cancelled before it started");
+        bp_request_fail(req, BP_ERR_STATE, "cancelled before it started");
         return;
     }
     /* An interrupt aimed at the outer call (which waits for JS) must not hit this one, nor
@@ -463,44 +385,54 @@ static void serve(bp_context *c, bp_request *req) {
     }
     c->no_js--;
     if (req->op == BP_REQ_REF_DROP) {
-        request_free(req);
+        bp_request_free(req);
         return;
     }
     atomic_fetch_add(&c->completed, 1);
     if (c->mode == BP_CTX_WORKER) {
         /* the main GIL: never hold it while handing a result to JS */
         PyThreadState *ts = PyEval_SaveThread();
-        complete(req, status, io->buf, io->len);
+        bp_request_complete(req, status, io->buf, io->len);
         PyEval_RestoreThread(ts);
     } else {
-        complete(req, status, io->buf, io->len);
+        bp_request_complete(req, status, io->buf, io->len);
     }
     bp_io_trim(io, 0);
 }
 
-/* Sleeps until a request arrives: spins briefly, then blocks on the eventfd. GIL released. */
+/* A request arrived, or *flag was set. */
 static inline int has_work(bp_context *c, atomic_int *flag) {
     return !bp_mpsc_empty(&c->requests) || (flag && atomic_load(flag));
 }
 
+/* Sleeps on the context's eventfd until bp_ctx_wake (or timeout_ms, -1: none), unless
+   `ready` is already true once `sleeping` is announced. GIL released by the caller. */
+void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms) {
+    atomic_store(&c->sleeping, 1);
+    if (!ready(c, arg)) { /* re-checked after announcing: a producer that saw 0 pushed before */
+        struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
+        int n;
+        while ((n = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR) {
+        }
+        if (n > 0) {
+            uint64_t v;
+            ssize_t got = read(c->wake_fd, &v, sizeof v);
+            (void)got;
+        }
+    }
+    atomic_store(&c->sleeping, 0);
+}
+
+static int work_ready(bp_context *c, void *flag) { return has_work(c, flag); }
+
+/* Waits until has_work: spins briefly, then sleeps on the eventfd. Releases the GIL. */
 static void wait_for_work(bp_context *c, atomic_int *flag) {
     PyThreadState *ts = PyEval_SaveThread();
-    int64_t until = now_ns() + SPIN_NS;
+    int64_t until = bp_now_ns() + SPIN_NS;
     /* sched_yield, not a pause loop: on a machine with fewer cores than busy threads the
        spinning context must give its core to the JS thread that produces its work. */
-    while (!has_work(c, flag) && now_ns() < until) sched_yield();
-    if (!has_work(c, flag)) {
-        atomic_store(&c->sleeping, 1);
-        if (!has_work(c, flag)) {
-            struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
-            while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
-            }
-            uint64_t v;
-            ssize_t n = read(c->wake_fd, &v, sizeof v);
-            (void)n;
-        }
-        atomic_store(&c->sleeping, 0);
-    }
+    while (!has_work(c, flag) && bp_now_ns() < until) sched_yield();
+    if (!has_work(c, flag)) bp_ctx_sleep(c, work_ready, flag, -1);
     PyEval_RestoreThread(ts);
 }
 
@@ -535,9 +467,9 @@ static void reject_all(bp_node *list, const char *why) {
     while (list) {
         bp_request *req = (bp_request *)list;
         list = list->next;
-        if (req->op == BP_REQ_REF_DROP) request_free(req);
-        else if (req->op == BP_REQ_CLOSE) complete(req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
-        else complete_message(req, BP_ERR_STATE, why);
+        if (req->op == BP_REQ_REF_DROP) bp_request_free(req);
+        else if (req->op == BP_REQ_CLOSE) bp_request_complete(req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
+        else bp_request_fail(req, BP_ERR_STATE, why);
     }
 }
 
@@ -550,7 +482,6 @@ static void seal(bp_context *c, int state, const char *why) {
 }
 
 _Thread_local bp_context *bp_this_context;
-
 
 /* Serves requests until a close request arrives; returns it. */
 static bp_request *serve_until_closed(bp_context *c) {
@@ -582,11 +513,11 @@ static void on_thread_killed(void *arg) {
     if (bp_thread_state_unchecked()) PyEval_SaveThread();
     for (bp_request *r = c->current; r;) {
         bp_request *outer = r->outer;
-        complete_message(r, BP_ERR_DIED, "the context's thread ended while running this call");
+        bp_request_fail(r, BP_ERR_DIED, "the context's thread ended while running this call");
         r = outer;
     }
     c->current = NULL;
-    if (c->deferred_close) complete(c->deferred_close, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
+    if (c->deferred_close) bp_request_complete(c->deferred_close, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
     reject_all(c->batch, "the context's thread ended unexpectedly");
     c->batch = NULL;
     seal(c, CTX_DEAD, "the context's thread ended unexpectedly");
@@ -606,7 +537,7 @@ static void *context_main(void *arg) {
         return NULL;
     }
     atomic_store(&c->state, CTX_RUNNING);
-    complete(c->start, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
+    bp_request_complete(c->start, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
     c->start = NULL;
 
     bp_request *close_req = NULL;
@@ -618,14 +549,12 @@ static void *context_main(void *arg) {
     c->batch = NULL;
     seal(c, CTX_CLOSED, "the context was closed");
     atomic_fetch_sub(&bp_live_contexts, 1);
-    complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
+    bp_request_complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
     bp_ctx_unref(c);
     return NULL;
 }
 
 /* ----------------------------------------------------------------- exported ----- */
-
-void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn) { bp_port_of(io)->doorbell = fn; }
 
 bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     if (!bp_running() || (mode != BP_CTX_OWNGIL && mode != BP_CTX_WORKER)) return NULL;
@@ -635,10 +564,10 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     c->wake_fd = eventfd(0, EFD_CLOEXEC);
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
-    c->start = len <= io->cap ? request_new(c, io, id, BP_REQ_START, len) : NULL;
+    c->start = len <= io->cap ? bp_request_new(c, io, id, BP_REQ_START, len) : NULL;
     if (c->wake_fd < 0 || !c->scratch.buf || !c->start) {
         if (c->wake_fd >= 0) close(c->wake_fd);
-        if (c->start) request_free(c->start);
+        if (c->start) bp_request_free(c->start);
         free(c->scratch.buf);
         free(c);
         return NULL;
@@ -652,7 +581,7 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     atomic_fetch_add(&bp_live_contexts, 1);
     if (pthread_create(&c->thread, NULL, context_main, c) != 0) {
         atomic_fetch_sub(&bp_live_contexts, 1);
-        request_free(c->start);
+        bp_request_free(c->start);
         c->start = NULL;
         atomic_store(&c->refs, 1);
         bp_ctx_unref(c);
@@ -661,165 +590,14 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     return c;
 }
 
-void bp_ctx_wake(bp_context *c) {
-    if (atomic_exchange(&c->sleeping, 0)) {
-        uint64_t one = 1;
-        ssize_t n = write(c->wake_fd, &one, sizeof one);
-        (void)n;
-    }
-}
-
-static int32_t push(bp_context *c, bp_request *r) {
-    atomic_fetch_add(&c->submitting, 1);
-    if (atomic_load(&c->state) >= CTX_CLOSED) {
-        atomic_fetch_sub(&c->submitting, 1);
-        return BP_ERR_STATE;
-    }
-    bp_mpsc_push(&c->requests, &r->node);
-    atomic_fetch_sub(&c->submitting, 1);
-    bp_ctx_wake(c);
-    return BP_OK;
-}
-
-/* Requests JS may send (the others are internal). */
-static int user_op(int32_t op) { return op >= BP_REQ_CALL && op <= BP_REQ_REF_DROP; }
-
-bp_request *bp_ctx_submit(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
-    if (len > io->cap || !user_op(op)) return NULL;
-    bp_request *r = request_new(c, io, id, op, len);
-    if (!r) return NULL;
-    if (push(c, r) != BP_OK) {
-        request_free(r);
-        return NULL;
-    }
-    return r;
-}
-
-/* Waits for a sync request; returns BP_CALLS_PENDING (with the request pointer in the
-   buffer) when a context calls into JS or JS has completions or messages to take
-   meanwhile: JS handles them, then calls bp_ctx_sync_wait. */
-static int32_t sync_wait(bp_port *p, bp_request *r, bp_io *io) {
-    atomic_fetch_add(&p->sync_waiting, 1);
-    for (;;) {
-        if (atomic_load(&r->done)) break;
-        /* JS must answer calls and drain messages even while it waits here: a context can
-           be blocked on either (a message queue at its back-pressure limit). */
-        if (!bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) {
-            atomic_fetch_sub(&p->sync_waiting, 1);
-            memcpy(io->buf, &r, sizeof r);
-            io->len = sizeof r;
-            return BP_CALLS_PENDING;
-        }
-        /* A futex wake-up costs tens of µs: spin a little first, yielding the core. */
-        int64_t until = now_ns() + SPIN_NS;
-        while (!atomic_load(&r->done) && bp_mpsc_empty(&p->calls) && bp_mpsc_empty(&p->completions) &&
-               now_ns() < until)
-            sched_yield();
-        if (atomic_load(&r->done) || !bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) continue;
-        while (sem_wait(&p->sync_wake) < 0 && errno == EINTR) {
-        }
-    }
-    atomic_fetch_sub(&p->sync_waiting, 1);
-    while (sem_trywait(&p->sync_wake) == 0) { /* wake-ups nobody slept for: drop them */
-    }
-    int32_t status = r->status;
-    if (bp_io_reserve(io, r->len) == BP_OK) {
-        if (r->len) memcpy(io->buf, r->data, r->len);
-        io->len = r->len;
-    } else {
-        status = BP_ERR_MEMORY;
-    }
-    request_free(r);
-    return status;
-}
-
-int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
-    if (len > io->cap || !user_op(op) || op == BP_REQ_REF_DROP) return BP_ERR_MEMORY;
-    bp_request *r = request_new(c, io, 0, op, len);
-    if (!r) return BP_ERR_MEMORY;
-    bp_port *p = bp_port_of(io);
-    r->sync = &p->sync_wake;
-    if (push(c, r) != BP_OK) {
-        request_free(r);
-        return bp_fail_message(io, BP_ERR_STATE, "the context is closed");
-    }
-    return sync_wait(p, r, io);
-}
-
-int32_t bp_ctx_sync_wait(bp_context *c, bp_io *io, bp_request *r) {
-    if (r->ctx != c) return BP_ERR_STATE;
-    return sync_wait(bp_port_of(io), r, io);
-}
-
-/* Interrupts the request running in the context (from a short-lived thread, so JS never
-   waits for the context's GIL). */
-typedef struct {
-    bp_context *ctx;
-    uint64_t seq; /* the run of the request to interrupt (addresses get reused) */
-} interrupt_job;
-
-static void *interrupter_main(void *arg) {
-    interrupt_job job = *(interrupt_job *)arg;
-    free(arg);
-    bp_context *c = job.ctx;
-    pthread_mutex_lock(&c->life_lock);
-    int alive = atomic_load(&c->state) <= CTX_CLOSING;
-    if (alive) c->interrupters++;
-    pthread_mutex_unlock(&c->life_lock);
-    if (alive) {
-        PyThreadState *ts = PyThreadState_New(c->interp);
-        PyEval_RestoreThread(ts);
-        /* With the context's GIL held, `current` is stable. */
-        if (c->current && atomic_load(&c->current->seq) == job.seq) {
-            atomic_store(&c->interrupts, 1);
-            PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
-        }
-        PyThreadState_Clear(ts);
-        PyThreadState_DeleteCurrent();
-        pthread_mutex_lock(&c->life_lock);
-        if (--c->interrupters == 0) pthread_cond_broadcast(&c->life_cond);
-        pthread_mutex_unlock(&c->life_lock);
-    }
-    bp_ctx_unref(c);
-    return NULL;
-}
-
-/* Cancels a request JS has not seen completed: skipped if not started, interrupted
-   (TimeoutError raised inside Python) if running. */
-int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
-    atomic_store(&req->cancelled, 1);
-    int s = atomic_load(&c->state);
-    if (!bp_running() || s > CTX_CLOSING) return BP_OK;
-    uint64_t seq = atomic_load(&req->seq);
-    /* not running (queued: the flag makes serve() skip it; finished: nothing to do) */
-    if (seq == 0 || atomic_load(&c->running_seq) != seq) return BP_OK;
-    interrupt_job *job = malloc(sizeof *job);
-    if (!job) return BP_ERR_MEMORY;
-    job->ctx = c;
-    job->seq = seq;
-    bp_ctx_ref(c);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, interrupter_main, job);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        free(job);
-        bp_ctx_unref(c);
-        return BP_ERR_MEMORY;
-    }
-    return BP_OK;
-}
-
 int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id) {
     int expected = CTX_RUNNING;
     if (!atomic_compare_exchange_strong(&c->state, &expected, CTX_CLOSING) && expected != CTX_STARTING)
         return BP_ERR_STATE;
-    bp_request *r = request_new(c, io, id, BP_REQ_CLOSE, 0);
+    bp_request *r = bp_request_new(c, io, id, BP_REQ_CLOSE, 0);
     if (!r) return BP_ERR_MEMORY;
-    if (push(c, r) != BP_OK) {
-        request_free(r);
+    if (bp_ctx_push(c, r) != BP_OK) {
+        bp_request_free(r);
         return BP_ERR_STATE;
     }
     return BP_OK;
@@ -833,60 +611,3 @@ void bp_ctx_free(bp_context *c) {
 int32_t bp_ctx_state(bp_context *c) { return atomic_load(&c->state); }
 double bp_ctx_completed(bp_context *c) { return (double)atomic_load(&c->completed); }
 
-/* Every completion for this port that fits in one buffer: u32 count, then per request
-   u32 id, i32 status, u32 len and len bytes (a value, or an error record). What does not
-   fit (more than 4 GiB together, or no memory to grow) stays in `drain_rest` for the next
-   call: JS calls again until it gets 0. */
-int32_t bp_port_drain(bp_io *io) {
-    bp_port *p = bp_port_of(io);
-    bp_node *list = p->drain_rest;
-    p->drain_rest = NULL;
-    bp_node *fresh = bp_mpsc_take(&p->completions);
-    if (!list) list = fresh;
-    else if (fresh) { /* append: the leftovers came first */
-        bp_node *tail = list;
-        while (tail->next) tail = tail->next;
-        tail->next = fresh;
-    }
-    if (!list) return 0;
-    /* the longest prefix that fits, at least one record */
-    uint32_t count = 0;
-    uint64_t need = 4;
-    bp_node *last = NULL;
-    for (bp_node *n = list; n; n = n->next) {
-        uint64_t more = 12 + (uint64_t)((bp_request *)n)->len;
-        if (count > 0 && need + more > UINT32_MAX - 16) break;
-        need += more;
-        count++;
-        last = n;
-    }
-    while (count > 1 && bp_io_reserve(io, (uint32_t)need) != BP_OK) { /* out of memory: take fewer */
-        bp_node *prev = list;
-        while (prev->next != last) prev = prev->next;
-        need -= 12 + (uint64_t)((bp_request *)last)->len;
-        last = prev;
-        count--;
-    }
-    if (bp_io_reserve(io, (uint32_t)need) != BP_OK) {
-        p->drain_rest = list;
-        return BP_ERR_MEMORY;
-    }
-    p->drain_rest = last->next;
-    last->next = NULL;
-    uint8_t *b = io->buf;
-    memcpy(b, &count, 4);
-    uint32_t pos = 4;
-    while (list) {
-        bp_request *r = (bp_request *)list;
-        list = list->next;
-        memcpy(b + pos, &r->id, 4);
-        memcpy(b + pos + 4, &r->status, 4);
-        memcpy(b + pos + 8, &r->len, 4);
-        if (r->len) memcpy(b + pos + 12, r->data, r->len);
-        pos += 12 + r->len;
-        if (r->op == BP_REQ_MESSAGE) bp_message_drained(r);
-        request_free(r);
-    }
-    io->len = pos;
-    return (int32_t)count;
-}

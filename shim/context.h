@@ -7,6 +7,7 @@
 
 #include "internal.h"
 #include <semaphore.h>
+#include <time.h>
 
 /* A context's sandbox policy (sandbox.c); its objects belong to the context's interpreter. */
 typedef struct bp_policy {
@@ -77,12 +78,27 @@ struct bp_context {
 };
 
 
+static inline int64_t bp_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* request.c */
+bp_request *bp_request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len); /* copies io->buf[0..len) */
+void bp_request_free(bp_request *r);
+/* Finishes a request with a result copied from src (or a BP_ERR_* record) and delivers it. */
+void bp_request_complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t len);
+void bp_request_fail(bp_request *r, int32_t status, const char *msg); /* record: STR msg */
+int32_t bp_ctx_push(bp_context *c, bp_request *r);                   /* onto the queue, waking it */
+
 /* The context whose thread this is (NULL on other threads). */
 extern _Thread_local bp_context *bp_this_context;
 
 void bp_ctx_ref(bp_context *c);
 void bp_ctx_unref(bp_context *c);
 void bp_ctx_wake(bp_context *c);
+void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms);
 /* Waits, GIL released, until *flag is set, serving requests that arrive meanwhile (a JS
    callback may call back into this context). GIL held on entry and exit; -1 with a Python
    error when the nesting limit is reached. */

@@ -70,14 +70,13 @@ typedef struct bp_port {
     bp_io io;                    /* must stay first: JS reads it                            */
     PyThreadState *ts;           /* this JS thread's thread state in the main interpreter    */
     pthread_t owner;             /* the JS thread                                            */
-    pid_t tid;                   /* its kernel thread id (bp_port_alive)                      */
     bp_dispatch_fn dispatch;     /* JSCallback for calls into JS (runs on owner only)        */
     int held;                    /* 1 while this port holds the main GIL                     */
     int no_dispatch;             /* >0 while calls into JS are refused (dropping handles)     */
     int depth;                   /* bp_ calls of this port in progress (nested via callbacks) */
     int from_gilstate;           /* ts came from PyGILState_Ensure (non-main JS threads)     */
     atomic_int refs;             /* 1 for JS + 1 per live JSFunction pointing here           */
-    atomic_int closed;           /* JS side is gone: JSFunctions of this port fail           */
+    atomic_int closed;           /* JS side is gone (bp_io_free, or its thread exited)       */
     pthread_mutex_t released_lock;
     int32_t *released_ids;       /* JS function ids whose Python wrapper died                */
     uint32_t released_cap;

@@ -9,10 +9,6 @@
 #include "internal.h"
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <signal.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #define BP_IO_INITIAL_CAP (64 * 1024)
 #define BP_IO_TRIM_ABOVE (4 * 1024 * 1024)
@@ -20,6 +16,18 @@
 extern PyThreadState *bp_main_ts;      /* runtime.c: thread state of the initialising thread */
 extern pthread_t bp_main_thread;
 extern int bp_main_ts_taken;
+
+static pthread_key_t thread_port_key;
+static pthread_once_t thread_port_once = PTHREAD_ONCE_INIT;
+
+static void thread_ended(void *port) { atomic_store(&((bp_port *)port)->closed, 1); }
+static void make_thread_port_key(void) { pthread_key_create(&thread_port_key, thread_ended); }
+
+/* When this JS thread's OS thread exits, its port is marked closed (see bp_port_alive). */
+static void watch_thread_end(bp_port *p) {
+    pthread_once(&thread_port_once, make_thread_port_key);
+    pthread_setspecific(thread_port_key, p);
+}
 
 bp_io *bp_io_new(bp_dispatch_fn dispatch) {
     if (!bp_running()) return NULL;
@@ -32,7 +40,7 @@ bp_io *bp_io_new(bp_dispatch_fn dispatch) {
     p->io.drop = calloc(p->io.drop_cap, sizeof(double));
     if (!p->io.drop) { free(p->io.buf); free(p); return NULL; }
     p->owner = pthread_self();
-    p->tid = (pid_t)syscall(SYS_gettid);
+    watch_thread_end(p);
     p->dispatch = dispatch;
     atomic_init(&p->refs, 1);
     atomic_init(&p->closed, 0);
@@ -66,6 +74,7 @@ void bp_io_free(bp_io *io) {
     if (!io) return;
     bp_port *p = bp_port_of(io);
     atomic_store(&p->closed, 1);
+    if (pthread_equal(p->owner, pthread_self())) pthread_setspecific(thread_port_key, NULL);
     if (p->from_gilstate && bp_running() && pthread_equal(p->owner, pthread_self())) {
         PyEval_RestoreThread(p->ts);
         PyGILState_Release(PyGILState_UNLOCKED); /* what Ensure returned in bp_io_new */
@@ -148,11 +157,6 @@ int32_t bp_take_released(bp_io *io) {
 }
 
 /* Whether the JS thread of a port still exists. Bun runs no code in a terminated Worker,
-   so this is how the shim learns that nobody will drain the port any more: ringing the
-   doorbell of a gone thread would never return. */
-int bp_port_alive(bp_port *p) {
-    if (atomic_load(&p->closed)) return 0;
-    if (syscall(SYS_tgkill, getpid(), p->tid, 0) == 0 || errno != ESRCH) return 1;
-    atomic_store(&p->closed, 1);
-    return 0;
-}
+   so its port learns of the end from a thread-specific destructor (run when the OS thread
+   exits): ringing the doorbell of a gone thread crashed Bun. No syscall on the hot path. */
+int bp_port_alive(bp_port *p) { return !atomic_load(&p->closed); }

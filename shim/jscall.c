@@ -16,7 +16,6 @@
 #include "context.h"
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 
@@ -242,19 +241,15 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
 /* ------------------------------------------------------------------------ messages ----- */
 
 /* Waits (GIL released) until fewer than BP_MAX_UNREAD messages of this context wait. */
+static int reader_caught_up(bp_context *c, void *unused) {
+    (void)unused;
+    return atomic_load(&c->unread) < BP_MAX_UNREAD;
+}
+
 static void wait_for_reader(bp_context *c) {
     PyThreadState *ts = PyEval_SaveThread();
-    while (atomic_load(&c->unread) >= BP_MAX_UNREAD) {
-        atomic_store(&c->sleeping, 1);
-        if (atomic_load(&c->unread) < BP_MAX_UNREAD) break;
-        struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
-        if (poll(&pfd, 1, 100) > 0) {
-            uint64_t v;
-            ssize_t n = read(c->wake_fd, &v, sizeof v);
-            (void)n;
-        }
-    }
-    atomic_store(&c->sleeping, 0);
+    /* woken by bp_message_drained; the timeout only guards against a lost wake-up */
+    while (!reader_caught_up(c, NULL)) bp_ctx_sleep(c, reader_caught_up, NULL, 100);
     PyEval_RestoreThread(ts);
 }
 

@@ -10,7 +10,8 @@ import { Kwargs } from "./codec.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
 import { BunpyError, PythonClosedError } from "./errors.ts";
-import { Context, existingHub, hubOf, type ContextOptions, type MessageListener } from "./context.ts";
+import { Context, type ContextOptions } from "./context.ts";
+import { existingHub, hubOf, type MessageListener } from "./hub.ts";
 import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 

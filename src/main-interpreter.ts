@@ -174,6 +174,15 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   /** Python called a JS function: arguments are in the buffer, the result goes back there. */
+  /** Runs the function registered as `name` (py.register); Python's keyword arguments,
+      if any, arrive as one trailing object. */
+  callRegistered(name: string, args: unknown[], kwargs: unknown): unknown {
+    const fn = this.registered.get(name);
+    if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
+    if (kwargs !== null) args.push(kwargs);
+    return fn(...args);
+  }
+
   /** JS functions called by Python that are running right now (nested calls count each). */
   private dispatching = 0;
 
@@ -193,16 +202,15 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       const name = target < 0 ? (w.readValue() as string) : "";
       const args = w.readValue() as unknown[];
       const kwargs = w.readValue();
-      if (kwargs !== null) args.push(kwargs);
-      let fn: Function | undefined;
+      let value: unknown;
       if (target < 0) {
-        fn = this.registered.get(name);
-        if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
+        value = this.callRegistered(name, args, kwargs);
       } else {
-        fn = this.functions.get(target);
+        const fn = this.functions.get(target);
         if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);
+        if (kwargs !== null) args.push(kwargs);
+        value = fn(...args);
       }
-      const value = fn(...args);
       if (value instanceof Promise || (value !== null && typeof value === "object" && typeof (value as { then?: unknown }).then === "function")) {
         // A dropped Promise must not be reported unhandled; another thenable's then() is
         // user code and is not run.

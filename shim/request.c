@@ -1,0 +1,298 @@
+/*
+ * request.c — requests between JS threads and contexts: their memory, handing results
+ * back (completion queue + doorbell, or a callSync waiter), submitting, callSync,
+ * interrupting a running request, and draining completions into JS.
+ *
+ * A request is one allocation holding its payload; small results are written back into
+ * it. It belongs to the context while queued or running, and to JS from the moment it is
+ * pushed onto the port's completion queue until bp_port_drain frees it.
+ */
+#include "context.h"
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Small results (most of them) are written back into the request's own allocation. */
+#define BP_INLINE_MIN 64
+
+bp_request *bp_request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
+    uint32_t cap = len < BP_INLINE_MIN ? BP_INLINE_MIN : len;
+    bp_request *r = malloc(sizeof *r + cap);
+    if (!r) return NULL;
+    memset(r, 0, sizeof *r);
+    r->inline_cap = cap;
+    r->data = r->inline_data;
+    if (len) memcpy(r->data, io->buf, len);
+    r->len = len;
+    r->ctx = c;
+    r->id = id;
+    r->op = op;
+    r->reply = bp_port_of(io);
+    atomic_fetch_add(&r->reply->refs, 1);
+    return r;
+}
+
+void bp_request_free(bp_request *r) {
+    if (r->reply) bp_port_unref(r->reply);
+    if (r->data != r->inline_data) free(r->data);
+    free(r);
+}
+
+/* Hands a finished request back to its JS thread. The result is copied out of `src`. */
+void bp_request_complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t len) {
+    uint8_t *dst = len <= r->inline_cap ? r->inline_data : malloc(len);
+    if (!dst) {
+        status = BP_ERR_MEMORY;
+        len = 0;
+        dst = r->inline_data;
+    } else if (len) {
+        memcpy(dst, src, len);
+    }
+    if (r->data != r->inline_data) free(r->data);
+    r->data = dst;
+    r->len = len;
+    r->status = status;
+    bp_request_deliver(r);
+}
+
+void bp_request_deliver(bp_request *r) {
+    if (r->sync) {
+        sem_t *sync = r->sync; /* the port's: it outlives r, which the waiter may free now */
+        atomic_store(&r->done, 1);
+        sem_post(sync);
+        return;
+    }
+    bp_port *p = r->reply;
+    if (!bp_port_alive(p)) { /* its JS thread is gone: nobody will drain it */
+        bp_request_free(r);
+        return;
+    }
+    if (bp_mpsc_push(&p->completions, &r->node) && p->doorbell) p->doorbell(&p->io);
+    if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
+}
+
+void bp_request_fail(bp_request *r, int32_t status, const char *msg) {
+    bp_io tmp = {0};
+    tmp.buf = malloc(256 + strlen(msg));
+    if (!tmp.buf) {
+        bp_request_complete(r, BP_ERR_MEMORY, NULL, 0);
+        return;
+    }
+    tmp.cap = 256 + (uint32_t)strlen(msg);
+    bp_fail_message(&tmp, status, "%s", msg);
+    bp_request_complete(r, status, tmp.buf, tmp.len);
+    free(tmp.buf);
+}
+
+void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn) { bp_port_of(io)->doorbell = fn; }
+
+void bp_ctx_wake(bp_context *c) {
+    if (atomic_exchange(&c->sleeping, 0)) {
+        uint64_t one = 1;
+        ssize_t n = write(c->wake_fd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+int32_t bp_ctx_push(bp_context *c, bp_request *r) {
+    atomic_fetch_add(&c->submitting, 1);
+    if (atomic_load(&c->state) >= CTX_CLOSED) {
+        atomic_fetch_sub(&c->submitting, 1);
+        return BP_ERR_STATE;
+    }
+    bp_mpsc_push(&c->requests, &r->node);
+    atomic_fetch_sub(&c->submitting, 1);
+    bp_ctx_wake(c);
+    return BP_OK;
+}
+
+/* Requests JS may send (the others are internal). */
+static int user_op(int32_t op) { return op >= BP_REQ_CALL && op <= BP_REQ_REF_DROP; }
+
+bp_request *bp_ctx_submit(bp_context *c, bp_io *io, uint32_t id, int32_t op, uint32_t len) {
+    if (len > io->cap || !user_op(op)) return NULL;
+    bp_request *r = bp_request_new(c, io, id, op, len);
+    if (!r) return NULL;
+    if (bp_ctx_push(c, r) != BP_OK) {
+        bp_request_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Waits for a sync request; returns BP_CALLS_PENDING (with the request pointer in the
+   buffer) when a context calls into JS or JS has completions or messages to take
+   meanwhile: JS handles them, then calls bp_ctx_sync_wait. */
+static int32_t sync_wait(bp_port *p, bp_request *r, bp_io *io) {
+    atomic_fetch_add(&p->sync_waiting, 1);
+    for (;;) {
+        if (atomic_load(&r->done)) break;
+        /* JS must answer calls and drain messages even while it waits here: a context can
+           be blocked on either (a message queue at its back-pressure limit). */
+        if (!bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) {
+            atomic_fetch_sub(&p->sync_waiting, 1);
+            memcpy(io->buf, &r, sizeof r);
+            io->len = sizeof r;
+            return BP_CALLS_PENDING;
+        }
+        /* A futex wake-up costs tens of µs: spin a little first, yielding the core. */
+        int64_t until = bp_now_ns() + SPIN_NS;
+        while (!atomic_load(&r->done) && bp_mpsc_empty(&p->calls) && bp_mpsc_empty(&p->completions) &&
+               bp_now_ns() < until)
+            sched_yield();
+        if (atomic_load(&r->done) || !bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) continue;
+        while (sem_wait(&p->sync_wake) < 0 && errno == EINTR) {
+        }
+    }
+    atomic_fetch_sub(&p->sync_waiting, 1);
+    while (sem_trywait(&p->sync_wake) == 0) { /* wake-ups nobody slept for: drop them */
+    }
+    int32_t status = r->status;
+    if (bp_io_reserve(io, r->len) == BP_OK) {
+        if (r->len) memcpy(io->buf, r->data, r->len);
+        io->len = r->len;
+    } else {
+        status = BP_ERR_MEMORY;
+    }
+    bp_request_free(r);
+    return status;
+}
+
+int32_t bp_ctx_call_sync(bp_context *c, bp_io *io, int32_t op, uint32_t len) {
+    if (len > io->cap || !user_op(op) || op == BP_REQ_REF_DROP) return BP_ERR_MEMORY;
+    bp_request *r = bp_request_new(c, io, 0, op, len);
+    if (!r) return BP_ERR_MEMORY;
+    bp_port *p = bp_port_of(io);
+    r->sync = &p->sync_wake;
+    if (bp_ctx_push(c, r) != BP_OK) {
+        bp_request_free(r);
+        return bp_fail_message(io, BP_ERR_STATE, "the context is closed");
+    }
+    return sync_wait(p, r, io);
+}
+
+int32_t bp_ctx_sync_wait(bp_context *c, bp_io *io, bp_request *r) {
+    if (r->ctx != c) return BP_ERR_STATE;
+    return sync_wait(bp_port_of(io), r, io);
+}
+
+/* Interrupts the request running in the context (from a short-lived thread, so JS never
+   waits for the context's GIL). */
+typedef struct {
+    bp_context *ctx;
+    uint64_t seq; /* the run of the request to interrupt (addresses get reused) */
+} interrupt_job;
+
+static void *interrupter_main(void *arg) {
+    interrupt_job job = *(interrupt_job *)arg;
+    free(arg);
+    bp_context *c = job.ctx;
+    pthread_mutex_lock(&c->life_lock);
+    int alive = atomic_load(&c->state) <= CTX_CLOSING;
+    if (alive) c->interrupters++;
+    pthread_mutex_unlock(&c->life_lock);
+    if (alive) {
+        PyThreadState *ts = PyThreadState_New(c->interp);
+        PyEval_RestoreThread(ts);
+        /* With the context's GIL held, `current` is stable. */
+        if (c->current && atomic_load(&c->current->seq) == job.seq) {
+            atomic_store(&c->interrupts, 1);
+            PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
+        }
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+        pthread_mutex_lock(&c->life_lock);
+        if (--c->interrupters == 0) pthread_cond_broadcast(&c->life_cond);
+        pthread_mutex_unlock(&c->life_lock);
+    }
+    bp_ctx_unref(c);
+    return NULL;
+}
+
+/* Cancels a request JS has not seen completed: skipped if not started, interrupted
+   (TimeoutError raised inside Python) if running. */
+int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
+    atomic_store(&req->cancelled, 1);
+    int s = atomic_load(&c->state);
+    if (!bp_running() || s > CTX_CLOSING) return BP_OK;
+    uint64_t seq = atomic_load(&req->seq);
+    /* not running (queued: the flag makes serve() skip it; finished: nothing to do) */
+    if (seq == 0 || atomic_load(&c->running_seq) != seq) return BP_OK;
+    interrupt_job *job = malloc(sizeof *job);
+    if (!job) return BP_ERR_MEMORY;
+    job->ctx = c;
+    job->seq = seq;
+    bp_ctx_ref(c);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, interrupter_main, job);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        free(job);
+        bp_ctx_unref(c);
+        return BP_ERR_MEMORY;
+    }
+    return BP_OK;
+}
+
+/* Every completion for this port that fits in one buffer: u32 count, then per request
+   u32 id, i32 status, u32 len and len bytes (a value, or an error record). What does not
+   fit (more than 4 GiB together, or no memory to grow) stays in `drain_rest` for the next
+   call: JS calls again until it gets 0. */
+int32_t bp_port_drain(bp_io *io) {
+    bp_port *p = bp_port_of(io);
+    bp_node *list = p->drain_rest;
+    p->drain_rest = NULL;
+    bp_node *fresh = bp_mpsc_take(&p->completions);
+    if (!list) list = fresh;
+    else if (fresh) { /* append: the leftovers came first */
+        bp_node *tail = list;
+        while (tail->next) tail = tail->next;
+        tail->next = fresh;
+    }
+    if (!list) return 0;
+    /* the longest prefix that fits, at least one record */
+    uint32_t count = 0;
+    uint64_t need = 4;
+    bp_node *last = NULL;
+    for (bp_node *n = list; n; n = n->next) {
+        uint64_t more = 12 + (uint64_t)((bp_request *)n)->len;
+        if (count > 0 && need + more > UINT32_MAX - 16) break;
+        need += more;
+        count++;
+        last = n;
+    }
+    while (count > 1 && bp_io_reserve(io, (uint32_t)need) != BP_OK) { /* out of memory: take fewer */
+        bp_node *prev = list;
+        while (prev->next != last) prev = prev->next;
+        need -= 12 + (uint64_t)((bp_request *)last)->len;
+        last = prev;
+        count--;
+    }
+    if (bp_io_reserve(io, (uint32_t)need) != BP_OK) {
+        p->drain_rest = list;
+        return BP_ERR_MEMORY;
+    }
+    p->drain_rest = last->next;
+    last->next = NULL;
+    uint8_t *b = io->buf;
+    memcpy(b, &count, 4);
+    uint32_t pos = 4;
+    while (list) {
+        bp_request *r = (bp_request *)list;
+        list = list->next;
+        memcpy(b + pos, &r->id, 4);
+        memcpy(b + pos + 4, &r->status, 4);
+        memcpy(b + pos + 8, &r->len, 4);
+        if (r->len) memcpy(b + pos + 12, r->data, r->len);
+        pos += 12 + r->len;
+        if (r->op == BP_REQ_MESSAGE) bp_message_drained(r);
+        bp_request_free(r);
+    }
+    io->len = pos;
+    return (int32_t)count;
+}

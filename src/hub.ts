@@ -1,0 +1,341 @@
+/**
+ * The per-JS-thread side of all contexts: the doorbell (a threadsafe JSCallback the shim
+ * rings from context threads), the table of pending requests, delivery of bunpy.send
+ * messages, answers to Python -> JS calls from contexts, and a ref'd timer that keeps Bun
+ * alive only while calls are in flight.
+ */
+import { ContextClosedError, errorFromRecord, Status } from "./errors.ts";
+import type { Wire, WireHooks } from "./codec.ts";
+import { makeDoorbell, type JSCallback } from "./ffi.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+import type { Context } from "./context.ts";
+
+/** Reads an error record (see shim/errors.c) at the wire's position. */
+export function readError(w: Wire, status: number): Error {
+  return errorFromRecord(status, () => w.readValue(), (message) => new ContextClosedError(message));
+}
+
+/** Receives bunpy.send(channel, value); `from` is the sending context (undefined: main). */
+export type MessageListener = (value: any, from: Context | undefined) => void;
+
+export interface Pending {
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+  context: Context | undefined;
+  request: number;
+  settled: boolean;
+  timer?: ReturnType<typeof setTimeout>;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+/** The per-JS-thread side of all contexts. */
+export class ContextHub {
+  private readonly doorbell: JSCallback;
+  /** Pending requests by id: ids are slot numbers, reused through a free list (no hashing). */
+  private readonly slots: (Pending | undefined)[] = [undefined];
+  private readonly free: number[] = [];
+  private count = 0;
+  private keepAlive: ReturnType<typeof setInterval> | undefined;
+  private readonly dropped = new Map<Context, number[]>();
+  private dropScheduled = false;
+  /** Contexts of this thread by their C pointer (calls and messages name their origin). */
+  readonly contexts = new Map<number, Context>();
+  private readonly listeners = new Map<string, Set<MessageListener>>();
+  readonly refs = new FinalizationRegistry<{ context: Context; handle: number }>((r) => this.dropRef(r.context, r.handle));
+
+  constructor(readonly rt: MainInterpreter) {
+    this.doorbell = makeDoorbell(() => this.drain());
+    rt.lib.bp_port_set_doorbell(rt.io, this.doorbell.ptr as unknown as number);
+    // Messages the main interpreter sent before there was a doorbell rang nothing: take
+    // them now, or the queue would stay non-empty and no later push would ring.
+    queueMicrotask(() => this.drain());
+  }
+
+  /** A request id: a free slot (0 is never used). Must be followed by track() or release(). */
+  newId(): number {
+    return this.free.length !== 0 ? this.free.pop()! : this.slots.push(undefined) - 1;
+  }
+
+  /** Gives back an id that was never tracked (the submit failed). */
+  releaseId(id: number): void {
+    this.free.push(id);
+  }
+
+  track(id: number, p: Pending): void {
+    this.slots[id] = p;
+    // Threadsafe callbacks do not keep Bun alive: a ref'd timer does while calls are out.
+    if (this.count++ === 0 && this.keepAlive === undefined) this.keepAlive = setInterval(() => {}, 1 << 30);
+  }
+
+  private untrack(id: number): void {
+    this.slots[id] = undefined;
+    this.free.push(id);
+    if (--this.count === 0 && this.keepAlive !== undefined) {
+      clearInterval(this.keepAlive);
+      this.keepAlive = undefined;
+    }
+  }
+
+  /** Rejects a call now and interrupts it in its context; its completion is ignored later. */
+  cancel(id: number, reason: unknown): void {
+    const p = this.slots[id];
+    if (p === undefined || p.settled) return;
+    this.settle(p);
+    p.context?.finished();
+    if (p.context !== undefined && p.request !== 0) p.context.interrupt(p.request);
+    p.reject(reason);
+  }
+
+  private settle(p: Pending): void {
+    p.settled = true;
+    if (p.timer !== undefined) clearTimeout(p.timer);
+    if (p.signal !== undefined && p.onAbort !== undefined) p.signal.removeEventListener("abort", p.onAbort);
+  }
+
+  /** Rung by the doorbell: settles every completed call, delivers messages, answers calls. */
+  drain(): void {
+    this.settleCompleted();
+    this.serveCalls(false);
+  }
+
+  /** drain() for a JS thread blocked in ctx.callSync: Promises cannot be awaited there. */
+  drainBlocked(): void {
+    this.settleCompleted();
+    this.serveCalls(true);
+  }
+
+  /**
+   * Settles every completed call and delivers messages. Everything is decoded before any
+   * user code runs: a message listener may call Python, which reuses the buffer.
+   */
+  private settleCompleted(): void {
+    const settled: (() => void)[] = [];
+    // A few drains per wake-up, then the event loop gets a turn: senders that refill the
+    // queue as fast as it empties must not freeze it (the rest is taken on the next turn).
+    let more = false;
+    for (let round = 0; round < 4; round++) {
+      if (this.decodeCompleted(settled) === 0) break;
+      more = round === 3;
+    }
+    for (const run of settled) run();
+    if (more && !this.drainScheduled) {
+      this.drainScheduled = true;
+      setImmediate(() => {
+        this.drainScheduled = false;
+        this.drain();
+      });
+    }
+  }
+
+  private drainScheduled = false;
+
+  /** Decodes one drain's worth of completions into `settled`; returns how many there were. */
+  private decodeCompleted(settled: (() => void)[]): number {
+    const { lib, io, wire } = this.rt;
+    const count = lib.bp_port_drain(io);
+    if (count <= 0) return 0;
+    wire.refresh();
+    let pos = 4;
+    const saved = wire.hooks;
+    try {
+      for (let i = 0; i < count; i++) {
+        wire.pos = pos;
+        const id = wire.readU32();
+        const status = wire.readI32();
+        const len = wire.readU32();
+        const start = wire.pos;
+        pos = start + len;
+        if (id === 0) {
+          settled.push(this.decodeMessage(wire, start, saved));
+          continue;
+        }
+        const p = this.slots[id];
+        if (p === undefined) continue;
+        this.untrack(id);
+        const ctx = p.context;
+        wire.hooks = ctx?.hooks ?? saved;
+        wire.pos = start;
+        let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
+        try {
+          outcome = status === Status.Ok ? { ok: true, value: wire.readValue() } : { ok: false, error: readError(wire, status) };
+        } catch (e) {
+          outcome = { ok: false, error: e };
+        }
+        // a call rejected earlier (timeout, abort) was decoded only so that any PyRef in
+        // its result is released by the garbage collector
+        if (p.settled) continue;
+        this.settle(p);
+        ctx?.finished();
+        settled.push(() => {
+          if (status === Status.Died) ctx?.died();
+          if (outcome.ok) p.resolve(outcome.value);
+          else p.reject(outcome.error);
+        });
+      }
+    } finally {
+      wire.hooks = saved;
+    }
+    return count;
+  }
+
+  /** Decodes a bunpy.send message (INT53 origin context, STR channel, value); returns its delivery. */
+  private decodeMessage(wire: Wire, start: number, mainHooks: WireHooks): () => void {
+    wire.pos = start;
+    const from = this.contexts.get(wire.readValue() as number);
+    wire.hooks = from?.hooks ?? mainHooks;
+    const channel = wire.readValue() as string;
+    const value = wire.readValue();
+    return () => this.deliver(channel, value, from);
+  }
+
+  private deliver(channel: string, value: unknown, from: Context | undefined): void {
+    const set = this.listeners.get(channel);
+    if (set === undefined) return;
+    for (const listener of set) {
+      try {
+        listener(value, from);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e; // a listener's error is reported like any uncaught error, not swallowed
+        });
+      }
+    }
+  }
+
+  on(channel: string, listener: MessageListener): () => void {
+    let set = this.listeners.get(channel);
+    if (set === undefined) this.listeners.set(channel, (set = new Set()));
+    set.add(listener);
+    this.drain(); // messages sent before anyone listened (the main interpreter queues them)
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.listeners.delete(channel);
+    };
+  }
+
+  /**
+   * Python -> JS calls from contexts: every call is decoded first (running one may reuse
+   * the buffer), then run. `blocked`: the JS thread is inside ctx.callSync and cannot wait
+   * for a Promise.
+   */
+  serveCalls(blocked: boolean): void {
+    const { lib, io, wire } = this.rt;
+    const count = lib.bp_port_take_calls(io);
+    if (count <= 0) return;
+    wire.refresh();
+    const saved = wire.hooks;
+    const calls: { call: number; context: Context; name: string; args: unknown[]; kwargs: unknown }[] = [];
+    const orphans: number[] = [];
+    const failed: { call: number; error: unknown }[] = [];
+    try {
+      let pos = 4;
+      for (let i = 0; i < count; i++) {
+        wire.pos = pos;
+        const call = wire.readPointer();
+        const context = this.contexts.get(wire.readPointer());
+        const len = wire.readU32();
+        pos = wire.pos + len;
+        if (context === undefined) {
+          // its context was closed meanwhile: nobody can use the answer, but the shim
+          // must get one to free the call
+          orphans.push(call);
+          continue;
+        }
+        wire.hooks = context.hooks;
+        try {
+          const name = wire.readValue() as string;
+          const args = wire.readValue() as unknown[];
+          const kwargs = wire.readValue();
+          calls.push({ call, context, name, args, kwargs });
+        } catch (e) {
+          failed.push({ call, error: e });
+        }
+      }
+    } finally {
+      wire.hooks = saved;
+    }
+    for (const call of orphans) this.replyError(call, new Error("the calling context was closed"), false);
+    for (const f of failed) this.replyError(f.call, f.error, false);
+    for (const c of calls) this.runCall(c.call, c.context, c.name, c.args, c.kwargs, blocked);
+  }
+
+  /** JS functions called by contexts that have not answered yet: py.close() must wait. */
+  activeCalls = 0;
+
+  private runCall(call: number, context: Context, name: string, args: unknown[], kwargs: unknown, blocked: boolean): void {
+    this.activeCalls++;
+    let value: unknown;
+    try {
+      value = this.rt.callRegistered(name, args, kwargs);
+    } catch (e) {
+      return this.replyError(call, e);
+    }
+    if (value instanceof Promise) {
+      if (blocked) {
+        value.catch(() => {});
+        return this.replyError(
+          call,
+          new TypeError("the JS function returned a Promise while its JS thread is blocked in ctx.callSync; it cannot be awaited there"),
+        );
+      }
+      value.then(
+        (v) => this.reply(call, context, v),
+        (e) => this.replyError(call, e),
+      );
+      return;
+    }
+    this.reply(call, context, value);
+  }
+
+  private reply(call: number, context: Context, value: unknown): void {
+    this.activeCalls--;
+    const { lib, io, wire } = this.rt;
+    const saved = wire.hooks;
+    wire.hooks = context.hooks;
+    try {
+      wire.begin();
+      wire.writeTop(value);
+    } catch (e) {
+      wire.hooks = saved;
+      this.activeCalls++; // replyError counts it down again
+      return this.replyError(call, e);
+    }
+    wire.hooks = saved;
+    lib.bp_call_reply(call, io, Status.Ok, wire.pos);
+  }
+
+  private replyError(call: number, e: unknown, counted = true): void {
+    if (counted) this.activeCalls--;
+    const status = this.rt.writeThrown(e);
+    this.rt.lib.bp_call_reply(call, this.rt.io, status, this.rt.wire.pos);
+  }
+
+  dropRef(context: Context, handle: number): void {
+    if (!context.isOpen) return;
+    let list = this.dropped.get(context);
+    if (list === undefined) this.dropped.set(context, (list = []));
+    list.push(handle);
+    if (!this.dropScheduled) {
+      this.dropScheduled = true;
+      queueMicrotask(() => this.flushDrops());
+    }
+  }
+
+  private flushDrops(): void {
+    this.dropScheduled = false;
+    for (const [context, handles] of this.dropped) context.sendDrops(handles);
+    this.dropped.clear();
+  }
+}
+
+const hubs = new WeakMap<MainInterpreter, ContextHub>();
+export function existingHub(rt: MainInterpreter): ContextHub | undefined {
+  return hubs.get(rt);
+}
+export function hubOf(rt: MainInterpreter): ContextHub {
+  let hub = hubs.get(rt);
+  if (hub === undefined) hubs.set(rt, (hub = new ContextHub(rt)));
+  return hub;
+}
+
