@@ -16,6 +16,8 @@ const sources = [_][]const u8{
     "shim/errors.c",
     "shim/ops.c",
     "shim/module.c",
+    "shim/reactor.c",
+    "shim/loop.c",
     "shim/bench.c",
     "shim/context.c",
     "shim/request.c",

@@ -46,6 +46,7 @@ void bp_ctx_unref(bp_context *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
     if (c->owner) bp_port_unref(c->owner);
     if (c->wake_fd >= 0) close(c->wake_fd);
+    if (c->alert_fd >= 0) close(c->alert_fd);
     pthread_mutex_destroy(&c->life_lock);
     pthread_cond_destroy(&c->life_cond);
     free(c->scratch.buf);
@@ -334,6 +335,15 @@ static PyObject *run_request(bp_context *c, bp_request *req, int *deep, int32_t 
     }
 }
 
+/* A call whose result is awaitable (an `async def`'s coroutine, a Future) settles when it
+   finishes: its Promise follows the task, as a JS async function's would. */
+static int awaited(bp_request *req, PyObject *v) {
+    if (req->op != BP_REQ_CALL && req->op != BP_REQ_REF_CALL && req->op != BP_REQ_EVAL) return 0;
+    if (PyCoro_CheckExact(v)) return 1;
+    PyAsyncMethods *am = Py_TYPE(v)->tp_as_async;
+    return am && am->am_await;
+}
+
 static void set_current(bp_context *c, bp_request *r) {
     c->current = r;
     atomic_store(&c->running_seq, r ? atomic_load(&r->seq) : 0);
@@ -366,6 +376,18 @@ static void serve(bp_context *c, bp_request *req) {
         atomic_store(&c->interrupts, 0);
         PyThreadState_SetAsyncExc(c->ident, NULL);
     }
+    if (v && awaited(req, v)) {
+        int parked = bp_loop_park(c, req, v);
+        Py_DECREF(v);
+        if (parked == 0) return; /* completed when its task ends */
+        v = NULL;                /* could not start it: the error goes back to JS */
+    }
+    bp_ctx_complete_with(c, req, v, deep, read_failed);
+}
+
+/* Writes the result of a request (or the Python error set when v is NULL; v is stolen)
+   and hands it to JS. */
+void bp_ctx_complete_with(bp_context *c, bp_request *req, PyObject *v, int deep, int32_t read_failed) {
     bp_io *io = &c->scratch;
     int32_t status;
     c->no_js++; /* writing may run Python code (a tzinfo, items(), __del__): it must not call JS */
@@ -398,6 +420,16 @@ static void serve(bp_context *c, bp_request *req) {
         bp_request_complete(req, status, io->buf, io->len);
     }
     bp_io_trim(io, 0);
+}
+
+int bp_ctx_has_work(bp_context *c) {
+    return !bp_mpsc_empty(&c->requests) || atomic_load(&c->task_cancels) != c->task_cancels_seen;
+}
+
+void bp_ctx_alert(bp_context *c) {
+    uint64_t one = 1;
+    ssize_t n = write(c->alert_fd, &one, sizeof one);
+    (void)n;
 }
 
 /* A request arrived, or *flag was set. */
@@ -492,9 +524,16 @@ static bp_request *serve_until_closed(bp_context *c) {
             return close_req;
         }
         bp_request *req = next_request(c);
-        if (!req) wait_for_work(c, NULL);
-        else if (req->op == BP_REQ_CLOSE) return req;
-        else serve(c, req);
+        if (req) {
+            if (req->op == BP_REQ_CLOSE) return req;
+            serve(c, req);
+        } else if (atomic_load(&c->task_cancels) != c->task_cancels_seen) {
+            bp_loop_cancel_tasks(c);
+        } else if (c->loop_reactor) {
+            bp_loop_step(c); /* its wait ends when a request arrives */
+        } else {
+            wait_for_work(c, NULL);
+        }
     }
 }
 
@@ -517,6 +556,7 @@ static void on_thread_killed(void *arg) {
         r = outer;
     }
     c->current = NULL;
+    bp_loop_abandon(c);
     if (c->deferred_close) bp_request_complete(c->deferred_close, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
     reject_all(c->batch, "the context's thread ended unexpectedly");
     c->batch = NULL;
@@ -544,6 +584,7 @@ static void *context_main(void *arg) {
     pthread_cleanup_push(on_thread_killed, c);
     close_req = serve_until_closed(c);
     pthread_cleanup_pop(0);
+    bp_loop_close(c);
     end_interpreter(c, ts, main_ts);
     reject_all(c->batch, "the context was closed");
     c->batch = NULL;
@@ -561,12 +602,14 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     bp_context *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->mode = mode;
-    c->wake_fd = eventfd(0, EFD_CLOEXEC);
+    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->alert_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
     c->start = len <= io->cap ? bp_request_new(c, io, id, BP_REQ_START, len) : NULL;
-    if (c->wake_fd < 0 || !c->scratch.buf || !c->start) {
+    if (c->wake_fd < 0 || c->alert_fd < 0 || !c->scratch.buf || !c->start) {
         if (c->wake_fd >= 0) close(c->wake_fd);
+        if (c->alert_fd >= 0) close(c->alert_fd);
         if (c->start) bp_request_free(c->start);
         free(c->scratch.buf);
         free(c);
@@ -600,6 +643,7 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id) {
         bp_request_free(r);
         return BP_ERR_STATE;
     }
+    bp_ctx_alert(c); /* a bunpy.sleep in progress ends */
     return BP_OK;
 }
 

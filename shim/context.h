@@ -43,6 +43,11 @@ struct bp_request {
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
     bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
     atomic_ullong seq;        /* which run of its context this is; 0 until it starts    */
+    atomic_int interrupted;   /* a TimeoutError was raised for its cancellation already   */
+    atomic_int parked;        /* its result is an awaitable running as a task on the loop */
+    bp_request *park_prev, *park_next; /* the context's parked list (context thread only)  */
+    PyObject *task;           /* parked: the asyncio task, and the token its end presents */
+    PyObject *token;
     uint8_t inline_data[];    /* the payload, allocated with the request                */
 };
 
@@ -75,6 +80,13 @@ struct bp_context {
     atomic_ullong running_seq;/* seq of the request running now, 0 when idle             */
     int no_js;                /* >0 while a result is written: calls into JS are refused */
     atomic_int interrupts;    /* an async exception was set: clear it when the run ends  */
+    /* the event loop (#5): created on first use, driven between requests by the thread  */
+    PyObject *loop;           /* the context's BunpyEventLoop (strong), or NULL          */
+    PyObject *loop_reactor;   /* its _bunpy.Reactor (borrowed; cleared when it closes)    */
+    bp_request *parked;       /* requests whose awaitable runs as a task on `loop`        */
+    atomic_int task_cancels;  /* bumped when JS cancels a parked request                  */
+    int task_cancels_seen;
+    int alert_fd;             /* eventfd: ends bunpy.sleep on a cancel or the close       */
 };
 
 
@@ -98,11 +110,28 @@ extern _Thread_local bp_context *bp_this_context;
 void bp_ctx_ref(bp_context *c);
 void bp_ctx_unref(bp_context *c);
 void bp_ctx_wake(bp_context *c);
+/* Requests queued, or parked tasks to cancel (context thread only). */
+int bp_ctx_has_work(bp_context *c);
+/* Ends a bunpy.sleep in progress on the context (a cancel, or the close). */
+void bp_ctx_alert(bp_context *c);
 void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms);
 /* Waits, GIL released, until *flag is set, serving requests that arrive meanwhile (a JS
    callback may call back into this context). GIL held on entry and exit; -1 with a Python
    error when the nesting limit is reached. */
 int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
+/* Writes a request's result (or the Python error set when v is NULL; v is stolen) and
+   hands it to JS. Context thread, GIL held. */
+void bp_ctx_complete_with(bp_context *c, bp_request *req, PyObject *v, int deep, int32_t read_failed);
+
+/* loop.c: the context's event loop, driven by its thread between requests. GIL held. */
+int bp_loop_park(bp_context *c, bp_request *req, PyObject *awaitable); /* -1: error set */
+PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task);      /* _bunpy.finish_parked */
+void bp_loop_cancel_tasks(bp_context *c);  /* cancels the tasks of requests JS cancelled     */
+void bp_loop_step(bp_context *c);          /* one loop iteration; waits for work inside     */
+void bp_loop_close(bp_context *c);         /* fails parked requests, closes the loop         */
+void bp_loop_abandon(bp_context *c);       /* the thread died: fail parked requests, no Python */
+PyObject *bp_sleep(double seconds);        /* bunpy.sleep outside a running loop            */
+
 /* Hands a finished request (or a message) to its port and rings the doorbell on the edge. */
 void bp_request_deliver(bp_request *r);
 /* bp_port_drain hands a message to JS: lets a blocked sender go on (jscall.c). */

@@ -62,6 +62,7 @@ typedef struct bp_interp {
     struct bp_context *ctx;      /* the owngil context running this interpreter, else NULL  */
 } bp_interp;
 
+PyObject *bp_reactor_type_new(PyObject *module); /* _bunpy.Reactor (reactor.c)            */
 bp_interp *bp_interp_get(void);               /* state of the current interpreter, or NULL */
 PyObject *bp_interp_helper(bp_interp *st, const char *name); /* borrowed, NULL + error  */
 

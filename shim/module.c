@@ -276,6 +276,12 @@ static int mod_exec(PyObject *m) {
     if (!st->jserror_type || PyModule_AddObjectRef(m, "JSError", st->jserror_type) < 0) return -1;
     st->jsfunc_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &jsfunc_spec, NULL);
     if (!st->jsfunc_type || PyModule_AddObjectRef(m, "JSFunction", (PyObject *)st->jsfunc_type) < 0) return -1;
+    PyObject *reactor = bp_reactor_type_new(m);
+    if (!reactor || PyModule_AddObjectRef(m, "Reactor", reactor) < 0) {
+        Py_XDECREF(reactor);
+        return -1;
+    }
+    Py_DECREF(reactor);
     /* Found again by bp_interp_get; the interpreter dict keeps the module alive until the
        interpreter itself goes. */
     PyObject *d = PyInterpreterState_GetDict(PyInterpreterState_Get());
@@ -309,7 +315,25 @@ static int mod_clear(PyObject *m) {
 
 static void mod_free(void *m) { mod_clear((PyObject *)m); }
 
+static PyObject *mod_finish_parked(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "finish_parked(token, task)");
+        return NULL;
+    }
+    return bp_loop_finish_parked(args[0], args[1]);
+}
+
+static PyObject *mod_sleep(PyObject *m, PyObject *arg) {
+    double s = PyFloat_AsDouble(arg);
+    if (s == -1 && PyErr_Occurred()) return NULL;
+    return bp_sleep(s);
+}
+
 static PyMethodDef mod_methods[] = {
+    {"finish_parked", (PyCFunction)(void (*)(void))mod_finish_parked, METH_FASTCALL,
+     "finish_parked(token, task)\n--\n\nInternal: a task started for a JS call ended."},
+    {"sleep", mod_sleep, METH_O,
+     "sleep(seconds)\n--\n\nSleep with the GIL released; a cancel of the running call or the context's close ends it."},
     {"call", (PyCFunction)(void (*)(void))mod_call, METH_FASTCALL | METH_KEYWORDS,
      "call(name, *args, **kwargs)\n--\n\nCall the JS function registered as `name` with py.register()."},
     {"call_start", (PyCFunction)(void (*)(void))mod_call_start, METH_FASTCALL | METH_KEYWORDS,

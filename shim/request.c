@@ -197,7 +197,7 @@ static void *interrupter_main(void *arg) {
         PyThreadState *ts = PyThreadState_New(c->interp);
         PyEval_RestoreThread(ts);
         /* With the context's GIL held, `current` is stable. */
-        if (c->current && atomic_load(&c->current->seq) == job.seq) {
+        if (c->current && atomic_load(&c->current->seq) == job.seq && !atomic_exchange(&c->current->interrupted, 1)) {
             atomic_store(&c->interrupts, 1);
             PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
         }
@@ -217,9 +217,15 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     atomic_store(&req->cancelled, 1);
     int s = atomic_load(&c->state);
     if (!bp_running() || s > CTX_CLOSING) return BP_OK;
+    if (atomic_load(&req->parked)) { /* its awaitable runs as a task: the context cancels it */
+        atomic_fetch_add(&c->task_cancels, 1);
+        bp_ctx_wake(c);
+        return BP_OK;
+    }
     uint64_t seq = atomic_load(&req->seq);
     /* not running (queued: the flag makes serve() skip it; finished: nothing to do) */
     if (seq == 0 || atomic_load(&c->running_seq) != seq) return BP_OK;
+    bp_ctx_alert(c); /* ends a bunpy.sleep in progress */
     interrupt_job *job = malloc(sizeof *job);
     if (!job) return BP_ERR_MEMORY;
     job->ctx = c;

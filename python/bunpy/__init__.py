@@ -6,14 +6,46 @@ Inside Python run by bunpy, ``import bunpy`` gives access to the JavaScript side
                                         (from the main interpreter or any context)
     await bunpy.async_call(name, ...)   the same without blocking the running asyncio loop
     bunpy.send(channel, value)          deliver a value to the JS listeners of a channel (py.on)
+    bunpy.sleep(seconds)                sleep, cancellable from JS (awaitable inside a running loop)
+    bunpy.run(coro)                     asyncio.run on bunpy's event loop
+    bunpy.new_event_loop()              a new bunpy event loop (C reactor and timers)
+    bunpy.EventLoopPolicy               an asyncio policy that makes bunpy loops
     bunpy.JSError                       raised when a JS function throws
     bunpy.JSFunction                    the type of JS functions passed into Python
 """
 
+import sys
+
 import _bunpy
 from _bunpy import JSError, JSFunction, call, send
 
-__all__ = ["call", "async_call", "send", "JSError", "JSFunction"]
+__all__ = ["call", "async_call", "send", "sleep", "run", "new_event_loop", "EventLoopPolicy", "JSError", "JSFunction"]
+
+# asyncio takes a while to import: the loop module loads on first use
+_LOOP_NAMES = ("run", "new_event_loop", "EventLoopPolicy", "BunpyEventLoop")
+
+
+def __getattr__(name):
+    if name in _LOOP_NAMES:
+        from . import _loop
+
+        return getattr(_loop, name)
+    raise AttributeError(f"module 'bunpy' has no attribute {name!r}")
+
+
+def sleep(seconds):
+    """Sleeps for `seconds` with the GIL released.
+
+    In synchronous code on a context, cancelling the JS call (timeout, AbortSignal) ends
+    the sleep with TimeoutError and closing the context ends it with RuntimeError. Inside a
+    running event loop it returns asyncio.sleep(seconds), to be awaited.
+    """
+    events = sys.modules.get("asyncio.events")
+    if events is not None and events._get_running_loop() is not None:
+        import asyncio
+
+        return asyncio.sleep(seconds)
+    return _bunpy.sleep(seconds)
 
 
 async def async_call(name, *args, **kwargs):

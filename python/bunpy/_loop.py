@@ -1,0 +1,235 @@
+"""bunpy's asyncio event loop: the stock selector loop on a C reactor (shim/reactor.c).
+
+What changes against asyncio's own loop:
+  * the selector is an epoll set in C whose wait releases the GIL with sub-millisecond
+    precision, and whose wake-up (call_soon_threadsafe) is an eventfd written only when no
+    wake-up is pending — no self-pipe;
+  * timers live in a C heap compared by time, so scheduling one runs no Python comparisons;
+  * the ready queue is run from C;
+  * on a context's thread, requests from JS end the loop's wait: the context serves them
+    between two iterations of its loop (shim/context.c), and coroutines returned to JS run
+    on this loop as tasks.
+Signal handlers and subprocesses are refused: Bun owns the process's signals and its
+children (see docs/asyncio.md).
+"""
+
+import asyncio
+import selectors
+import sys
+import threading
+from asyncio import events
+
+import _bunpy
+
+__all__ = ["BunpyEventLoop", "EventLoopPolicy", "new_event_loop", "run"]
+
+_VALID_EVENTS = selectors.EVENT_READ | selectors.EVENT_WRITE
+
+
+class _ReactorSelector(selectors._BaseSelectorImpl):
+    """A selectors.BaseSelector over the C reactor (level-triggered epoll)."""
+
+    def __init__(self, context=False):
+        super().__init__()
+        # the reactor looks ready fds up in this selector's own fd -> key map
+        self._reactor = _bunpy.Reactor(self._fd_to_key, context)
+
+    def register(self, fileobj, events, data=None):
+        key = super().register(fileobj, events, data)
+        try:
+            self._reactor.register(key.fd, events)
+        except BaseException:
+            super().unregister(fileobj)
+            raise
+        return key
+
+    def unregister(self, fileobj):
+        key = super().unregister(fileobj)
+        self._reactor.unregister(key.fd)
+        return key
+
+    def modify(self, fileobj, events, data=None):
+        try:
+            key = self._fd_to_key[self._fileobj_lookup(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        changed = False
+        if events != key.events:
+            if not events or events & ~_VALID_EVENTS:
+                raise ValueError(f"Invalid events: {events!r}")
+            self._reactor.modify(key.fd, events)
+            changed = True
+        if data != key.data:
+            changed = True
+        if changed:
+            key = key._replace(events=events, data=data)
+            self._fd_to_key[key.fd] = key
+        return key
+
+    def select(self, timeout=None):
+        return self._reactor.select(timeout)
+
+    def fileno(self):
+        return self._reactor.fileno()
+
+    def close(self):
+        self._reactor.close()
+        super().close()
+
+
+def _refused(what, why):
+    return NotImplementedError(f"bunpy's event loop does not support {what}: {why}")
+
+
+class BunpyEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop on bunpy's C reactor; behaves like asyncio's selector loop."""
+
+    def __init__(self, *, _context=False):
+        selector = _ReactorSelector(_context)
+        self._reactor = selector._reactor  # before the base class makes its "self-pipe"
+        super().__init__(selector)
+        self._scheduled = self._reactor  # the C timer heap stands where asyncio keeps its list
+
+    # -- the self-pipe becomes the reactor's eventfd ------------------------------------
+    def _make_self_pipe(self):
+        self._ssock = self._csock = None
+
+    def _close_self_pipe(self):
+        pass
+
+    def _write_to_self(self):
+        reactor = getattr(self, "_reactor", None)
+        if reactor is not None:
+            reactor.wake()
+
+    # -- timers in the C heap -----------------------------------------------------------
+    def call_at(self, when, callback, *args, context=None):
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_at")
+        timer = events.TimerHandle(when, callback, args, self, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        self._reactor.push(timer)
+        return timer
+
+    def _timer_handle_cancelled(self, handle):
+        if handle._scheduled:
+            self._reactor.cancelled()
+
+    def _run_once(self):
+        reactor = self._reactor
+        ready = self._ready
+        timeout = 0 if ready or self._stopping else reactor.timeout(self.time())
+        event_list = self._selector.select(timeout)
+        if event_list:
+            self._process_events(event_list)
+        event_list = None  # breaks cycles when an exception occurs
+        reactor.pop_due(self.time() + self._clock_resolution, ready.append)
+        if self._debug:
+            self._run_ready_debug()
+        else:
+            reactor.run_ready(ready)
+
+    def _run_ready_debug(self):
+        # as asyncio's loop in debug mode: time every callback, warn about slow ones
+        for _ in range(len(self._ready)):
+            handle = self._ready.popleft()
+            if handle._cancelled:
+                continue
+            try:
+                self._current_handle = handle
+                t0 = self.time()
+                handle._run()
+                dt = self.time() - t0
+                if dt >= self.slow_callback_duration:
+                    asyncio.log.logger.warning("Executing %s took %.3f seconds", asyncio.base_events._format_handle(handle), dt)
+            finally:
+                self._current_handle = None
+
+    # -- refused --------------------------------------------------------------------------
+    def add_signal_handler(self, sig, callback, *args):
+        raise _refused("signal handlers", "Bun owns the process's signals; listen with process.on() in JS")
+
+    def remove_signal_handler(self, sig):
+        raise _refused("signal handlers", "Bun owns the process's signals; listen with process.on() in JS")
+
+    async def _make_subprocess_transport(self, *args, **kwargs):
+        raise _refused("subprocesses", "start them from JS with Bun.spawn, or call subprocess.run in a thread")
+
+    # -- a context's own loop, driven by the context thread ------------------------------
+    def _bunpy_step(self):
+        """One iteration of a context's loop (called from C between requests)."""
+        events._set_running_loop(self)
+        try:
+            self._run_once()
+        finally:
+            events._set_running_loop(None)
+            self._stopping = False  # a context's loop runs for the context's whole life
+
+    def _bunpy_start(self, awaitable, token):
+        """Runs what a JS call returned as a task; its end completes the call."""
+        task = asyncio.ensure_future(awaitable, loop=self)
+        task.add_done_callback(lambda t: _bunpy.finish_parked(token, t))
+        return task
+
+
+class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
+    """asyncio's policy, making bunpy loops; on a context's thread get_event_loop() gives
+    the context's own loop (its tasks keep running between calls from JS)."""
+
+    _loop_factory = BunpyEventLoop
+
+    def get_event_loop(self):
+        if _bunpy.in_context() and self._local._loop is None:
+            return context_loop()
+        return super().get_event_loop()
+
+
+def new_event_loop():
+    """A new bunpy event loop (asyncio.AbstractEventLoop)."""
+    return BunpyEventLoop()
+
+
+def run(main, *, debug=None):
+    """asyncio.run(main) on a new bunpy event loop."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+_context_loop = None
+
+
+def context_loop():
+    """The loop of the context this thread runs (created on first use)."""
+    global _context_loop
+    if _context_loop is None:
+        if not _bunpy.in_context():
+            raise RuntimeError("bunpy: not on a context's thread")
+        loop = BunpyEventLoop(_context=True)
+        loop._thread_id = threading.get_ident()  # running for the thread's whole life
+        sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook)
+        _context_loop = loop
+    return _context_loop
+
+
+def close_context_loop(budget=1.0):
+    """At a context's close: cancel its tasks, let them unwind (up to `budget` seconds),
+    finish async generators and close the loop."""
+    global _context_loop
+    loop, _context_loop = _context_loop, None
+    if loop is None or loop.is_closed():
+        return
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    deadline = loop.time() + budget
+    agens = loop.create_task(loop.shutdown_asyncgens()) if loop._asyncgens else None
+    while loop.time() < deadline and (any(not t.done() for t in tasks) or (agens and not agens.done())):
+        loop._bunpy_step()
+    loop._thread_id = None
+    sys.set_asyncgen_hooks(None, None)
+    loop.close()

@@ -1,0 +1,187 @@
+/*
+ * loop.c — a context's event loop (python/bunpy/_loop.py) as seen from its thread.
+ *
+ * The context thread alternates: serve the queued requests, then run one iteration of
+ * the loop, whose wait (reactor.c) also ends when a request arrives. A request whose
+ * result is awaitable is "parked": its awaitable runs as a task on the loop and the
+ * request is completed by the task's done-callback (bp_loop_finish_parked). JS cancelling
+ * a parked request bumps `task_cancels` and wakes the thread, which cancels the task.
+ *
+ * A parked request is reached from Python only through its token, a capsule whose
+ * context pointer is the request; the pointer is cleared when the request completes or
+ * is failed at close, so a late done-callback finds nothing.
+ *
+ * Also here: bunpy.sleep for synchronous code, which waits on the context's alert fd.
+ */
+#include "context.h"
+#include <errno.h>
+#include <poll.h>
+#include <unistd.h>
+
+#define TOKEN_NAME "bunpy.parked"
+
+static PyObject *loop_module(void) { return PyImport_ImportModule("bunpy._loop"); }
+
+/* The context's loop, created on first use (new reference). */
+static PyObject *context_loop(bp_context *c) {
+    if (c->loop) return Py_NewRef(c->loop);
+    PyObject *m = loop_module();
+    PyObject *loop = m ? PyObject_CallMethod(m, "context_loop", NULL) : NULL;
+    Py_XDECREF(m);
+    if (loop) c->loop = Py_NewRef(loop);
+    return loop;
+}
+
+static void unlink_parked(bp_context *c, bp_request *r) {
+    if (r->park_prev) r->park_prev->park_next = r->park_next;
+    else c->parked = r->park_next;
+    if (r->park_next) r->park_next->park_prev = r->park_prev;
+    r->park_prev = r->park_next = NULL;
+    atomic_store(&r->parked, 0);
+    PyCapsule_SetContext(r->token, NULL);
+    Py_CLEAR(r->token);
+}
+
+static void cancel_task(PyObject *task) {
+    PyObject *v = PyObject_CallMethod(task, "cancel", NULL);
+    if (!v) PyErr_WriteUnraisable(task);
+    Py_XDECREF(v);
+}
+
+int bp_loop_park(bp_context *c, bp_request *req, PyObject *awaitable) {
+    PyObject *loop = context_loop(c);
+    if (!loop) return -1;
+    PyObject *token = PyCapsule_New(c, TOKEN_NAME, NULL);
+    if (!token || PyCapsule_SetContext(token, req) < 0) {
+        Py_XDECREF(token);
+        Py_DECREF(loop);
+        return -1;
+    }
+    PyObject *task = PyObject_CallMethod(loop, "_bunpy_start", "OO", awaitable, token);
+    Py_DECREF(loop);
+    if (!task) {
+        Py_DECREF(token);
+        return -1;
+    }
+    req->task = task;
+    req->token = token;
+    req->park_prev = NULL;
+    req->park_next = c->parked;
+    if (c->parked) c->parked->park_prev = req;
+    c->parked = req;
+    atomic_store(&req->parked, 1);
+    /* a cancel that came before `parked` was set did not bump task_cancels */
+    if (atomic_load(&req->cancelled)) cancel_task(task);
+    return 0;
+}
+
+PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task) {
+    if (!PyCapsule_IsValid(token, TOKEN_NAME)) {
+        PyErr_SetString(PyExc_TypeError, "finish_parked: not a bunpy token");
+        return NULL;
+    }
+    bp_request *req = PyCapsule_GetContext(token);
+    bp_context *c = bp_this_context;
+    if (!req || !c || PyCapsule_GetPointer(token, TOKEN_NAME) != c) Py_RETURN_NONE; /* failed at close */
+    unlink_parked(c, req);
+    PyObject *t = req->task;
+    req->task = NULL;
+    PyObject *v = PyObject_CallMethod(task, "result", NULL);
+    Py_XDECREF(t);
+    bp_ctx_complete_with(c, req, v, 0, 0);
+    Py_RETURN_NONE;
+}
+
+void bp_loop_cancel_tasks(bp_context *c) {
+    c->task_cancels_seen = atomic_load(&c->task_cancels);
+    for (bp_request *r = c->parked; r; r = r->park_next)
+        if (atomic_load(&r->cancelled) && r->task) cancel_task(r->task);
+}
+
+void bp_loop_step(bp_context *c) {
+    PyObject *loop = context_loop(c); /* it may have been made by Python code (get_event_loop) */
+    PyObject *v = loop ? PyObject_CallMethod(loop, "_bunpy_step", NULL) : NULL;
+    Py_XDECREF(loop);
+    if (!v) PyErr_WriteUnraisable(c->loop); /* SystemExit or KeyboardInterrupt out of a callback */
+    Py_XDECREF(v);
+}
+
+/* Fails every parked request (their tasks are cancelled by close_context_loop). */
+static void fail_parked(bp_context *c, int with_python) {
+    while (c->parked) {
+        bp_request *r = c->parked;
+        if (with_python) {
+            PyObject *task = r->task;
+            r->task = NULL;
+            unlink_parked(c, r);
+            Py_XDECREF(task);
+        } else { /* the thread is dying: Python objects are abandoned */
+            c->parked = r->park_next;
+            r->task = r->token = NULL;
+        }
+        bp_request_fail(r, BP_ERR_STATE, "the context was closed before this call's coroutine finished");
+    }
+}
+
+void bp_loop_close(bp_context *c) {
+    fail_parked(c, 1);
+    if (!c->loop && !c->loop_reactor) return;
+    PyObject *m = loop_module();
+    PyObject *v = m ? PyObject_CallMethod(m, "close_context_loop", NULL) : NULL;
+    if (!v) PyErr_WriteUnraisable(m);
+    Py_XDECREF(v);
+    Py_XDECREF(m);
+    fail_parked(c, 1); /* requests parked while the loop unwound */
+    Py_CLEAR(c->loop);
+}
+
+void bp_loop_abandon(bp_context *c) {
+    fail_parked(c, 0);
+    c->loop = NULL;
+}
+
+/* ---- bunpy.sleep ------------------------------------------------------------------- */
+
+/* Raises for the cancel of the running request, or the context's close; 0 otherwise. */
+static int interrupted(bp_context *c) {
+    bp_request *r = c->current;
+    if (r && atomic_load(&r->cancelled)) {
+        /* the interrupter thread may have set a TimeoutError already: it comes out next */
+        if (atomic_exchange(&r->interrupted, 1)) return 0;
+        PyErr_SetString(PyExc_TimeoutError, "bunpy.sleep: the call was cancelled");
+        return -1;
+    }
+    if (atomic_load(&c->state) >= CTX_CLOSING) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy.sleep: the context is closing");
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *bp_sleep(double seconds) {
+    if (!(seconds >= 0)) { /* also NaN */
+        PyErr_SetString(PyExc_ValueError, "sleep length must be a non-negative number");
+        return NULL;
+    }
+    bp_context *c = bp_this_context;
+    int64_t deadline = bp_now_ns() + (int64_t)(seconds > 1e9 ? 1e18 : seconds * 1e9);
+    for (;;) {
+        if (c && interrupted(c) < 0) return NULL;
+        int64_t left = deadline - bp_now_ns();
+        if (left <= 0) break;
+        struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+        struct pollfd pfd = {.fd = c ? c->alert_fd : -1, .events = POLLIN};
+        int n;
+        Py_BEGIN_ALLOW_THREADS
+        n = ppoll(&pfd, 1, &ts, NULL);
+        Py_END_ALLOW_THREADS
+        if (n > 0) {
+            uint64_t v;
+            ssize_t got = read(c->alert_fd, &v, sizeof v);
+            (void)got;
+        } else if (n < 0 && errno == EINTR && PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}

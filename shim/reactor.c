@@ -1,0 +1,607 @@
+/*
+ * reactor.c — _bunpy.Reactor: the C core under bunpy's asyncio loop (python/bunpy/_loop.py).
+ *
+ * One per event loop: an epoll set, an eventfd that wakes the loop from other threads
+ * (written only when no wake-up is pending), and the timer store — a binary heap of
+ * (when, seq, TimerHandle) compared in C, so scheduling a timer never runs Python
+ * comparisons. Cancelled handles stay in the heap as tombstones and are skipped when they
+ * reach the top, or swept out when they are more than half of it.
+ *
+ * File descriptors are registered level-triggered (DESIGN.md fact 8: asyncio transports
+ * read once per readiness event, so an edge-triggered registration would lose data).
+ * An fd belongs to one reactor: registering it in another removes it from the first
+ * (`fd_owner`), so an fd used from another context moves there.
+ *
+ * A context's own loop also watches the context's wake-up eventfd: a request arriving
+ * ends the loop's wait, and the context thread (context.c) serves it between two loop
+ * iterations.
+ */
+#include "context.h"
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_epoll_pwait2
+#define SYS_epoll_pwait2 441
+#endif
+
+#define EVENT_READ 1  /* selectors.EVENT_READ  */
+#define EVENT_WRITE 2 /* selectors.EVENT_WRITE */
+
+/* epoll data of the two internal fds; user fds carry their number (< 2^31). */
+#define TAG_WAKE (1ULL << 40)
+#define TAG_CONTEXT (2ULL << 40)
+
+/* Which epoll set each fd is registered in (epoll fd + 1; 0: none). fds are process-wide,
+   so this table is too; fds beyond it are not tracked (they simply do not move). */
+#define FD_TRACKED 65536
+static atomic_int fd_owner[FD_TRACKED];
+
+typedef struct {
+    double when;
+    uint64_t seq;      /* ties keep the order timers were scheduled in */
+    PyObject *handle;  /* a TimerHandle (strong ref) */
+} bp_timer;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    int wake_fd;
+    atomic_int wake_pending;
+    bp_context *ctx;          /* its requests end this reactor's waits; NULL if none   */
+    PyObject *keys;           /* dict fd -> selectors.SelectorKey, shared with _loop.py */
+    int nfds;                 /* user fds registered now                                */
+    bp_timer *heap;
+    Py_ssize_t n, cap;
+    Py_ssize_t cancelled;     /* tombstones in the heap                                */
+    uint64_t seq;
+    struct epoll_event events[256];
+} bp_reactor;
+
+static inline int heap_less(const bp_timer *a, const bp_timer *b) {
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void sift_up(bp_timer *h, Py_ssize_t i) {
+    bp_timer t = h[i];
+    while (i > 0) {
+        Py_ssize_t parent = (i - 1) / 2;
+        if (!heap_less(&t, &h[parent])) break;
+        h[i] = h[parent];
+        i = parent;
+    }
+    h[i] = t;
+}
+
+static void sift_down(bp_timer *h, Py_ssize_t n, Py_ssize_t i) {
+    bp_timer t = h[i];
+    for (;;) {
+        Py_ssize_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && heap_less(&h[child + 1], &h[child])) child++;
+        if (!heap_less(&h[child], &t)) break;
+        h[i] = h[child];
+        i = child;
+    }
+    h[i] = t;
+}
+
+static PyObject *str_when, *str_cancelled, *str_scheduled, *str_run, *str_popleft;
+
+static int interned(void) {
+    if (str_popleft) return 0;
+    /* immortal in 3.12+; a leak of five small strings on 3.11 */
+    str_when = PyUnicode_InternFromString("_when");
+    str_cancelled = PyUnicode_InternFromString("_cancelled");
+    str_scheduled = PyUnicode_InternFromString("_scheduled");
+    str_run = PyUnicode_InternFromString("_run");
+    PyObject *p = PyUnicode_InternFromString("popleft");
+    if (!str_when || !str_cancelled || !str_scheduled || !str_run || !p) return -1;
+    str_popleft = p;
+    return 0;
+}
+
+/* 1 if the handle was cancelled, 0 if not, -1 on error. */
+static int is_cancelled(PyObject *handle) {
+    PyObject *v = PyObject_GetAttr(handle, str_cancelled);
+    if (!v) return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static bp_timer heap_pop(bp_reactor *r) {
+    bp_timer top = r->heap[0];
+    if (--r->n > 0) {
+        r->heap[0] = r->heap[r->n];
+        sift_down(r->heap, r->n, 0);
+    }
+    return top;
+}
+
+/* Drops cancelled handles from the top of the heap. */
+static int drop_cancelled_top(bp_reactor *r) {
+    while (r->n > 0) {
+        int c = is_cancelled(r->heap[0].handle);
+        if (c < 0) return -1;
+        if (!c) break;
+        bp_timer t = heap_pop(r);
+        if (r->cancelled > 0) r->cancelled--;
+        int rc = PyObject_SetAttr(t.handle, str_scheduled, Py_False);
+        Py_DECREF(t.handle);
+        if (rc < 0) return -1;
+    }
+    return 0;
+}
+
+/* ---- fd registration ------------------------------------------------------------------ */
+
+static uint32_t epoll_mask(int events) {
+    return (events & EVENT_READ ? EPOLLIN : 0) | (events & EVENT_WRITE ? EPOLLOUT : 0);
+}
+
+static void take_ownership(bp_reactor *r, int fd) {
+    if (fd >= FD_TRACKED) return;
+    int prev = atomic_exchange(&fd_owner[fd], r->epfd + 1);
+    if (prev && prev != r->epfd + 1) /* registered in another loop: it moves here */
+        epoll_ctl(prev - 1, EPOLL_CTL_DEL, fd, NULL);
+}
+
+static void release_ownership(bp_reactor *r, int fd) {
+    if (fd >= FD_TRACKED) return;
+    int mine = r->epfd + 1;
+    atomic_compare_exchange_strong(&fd_owner[fd], &mine, 0);
+}
+
+/* PyLong_AsInt is 3.13+ */
+static int as_int(PyObject *o) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v > INT_MAX || v < INT_MIN) {
+        PyErr_SetString(PyExc_OverflowError, "value out of range for a C int");
+        return -1;
+    }
+    return (int)v;
+}
+
+static int fd_arg(PyObject *o) {
+    int fd = as_int(o);
+    if (fd == -1 && PyErr_Occurred()) return -1;
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %d", fd);
+        return -1;
+    }
+    return fd;
+}
+
+static PyObject *closed_error(void) {
+    PyErr_SetString(PyExc_RuntimeError, "bunpy: the event loop's reactor is closed");
+    return NULL;
+}
+
+/* register(fd, events) / modify(fd, events): level-triggered interest in the fd. */
+static PyObject *ctl(bp_reactor *r, PyObject *const *args, Py_ssize_t nargs, int op) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (fd, events)");
+        return NULL;
+    }
+    if (r->epfd < 0) return closed_error();
+    int fd = fd_arg(args[0]);
+    int events = fd < 0 ? -1 : as_int(args[1]);
+    if (fd < 0 || (events == -1 && PyErr_Occurred())) return NULL;
+    struct epoll_event ev = {.events = epoll_mask(events), .data.u64 = (uint64_t)fd};
+    int rc = epoll_ctl(r->epfd, op, fd, &ev);
+    /* the fd left this set (moved to another loop and back, or closed and reused) */
+    if (rc < 0 && op == EPOLL_CTL_MOD && errno == ENOENT) rc = epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
+    else if (rc < 0 && op == EPOLL_CTL_ADD && errno == EEXIST) rc = epoll_ctl(r->epfd, EPOLL_CTL_MOD, fd, &ev);
+    if (rc < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (op == EPOLL_CTL_ADD) r->nfds++;
+    take_ownership(r, fd);
+    Py_RETURN_NONE;
+}
+
+static PyObject *reactor_register(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return ctl((bp_reactor *)self, args, nargs, EPOLL_CTL_ADD);
+}
+
+static PyObject *reactor_modify(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return ctl((bp_reactor *)self, args, nargs, EPOLL_CTL_MOD);
+}
+
+/* unregister(fd): errors are ignored — the fd may be closed already, or have moved away. */
+static PyObject *reactor_unregister(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    int fd = fd_arg(arg);
+    if (fd < 0) return NULL;
+    if (r->epfd >= 0) {
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+        release_ownership(r, fd);
+    }
+    if (r->nfds > 0) r->nfds--;
+    Py_RETURN_NONE;
+}
+
+/* ---- waiting ----------------------------------------------------------------------- */
+
+static int context_has_work(bp_context *c) { return c && bp_ctx_has_work(c); }
+
+static int wait_events(bp_reactor *r, double timeout) {
+    int max = (int)(sizeof r->events / sizeof r->events[0]);
+    if (timeout == 0) return epoll_wait(r->epfd, r->events, max, 0);
+    struct timespec ts, *tsp = NULL;
+    if (timeout > 0) {
+        if (timeout > 1e9) timeout = 1e9;
+        ts.tv_sec = (time_t)timeout;
+        ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+        tsp = &ts;
+    }
+    static atomic_int no_pwait2;
+    if (!atomic_load(&no_pwait2)) {
+        int n = (int)syscall(SYS_epoll_pwait2, r->epfd, r->events, max, tsp, NULL, 0);
+        if (n >= 0 || errno != ENOSYS) return n;
+        atomic_store(&no_pwait2, 1);
+    }
+    int ms = tsp ? (int)ceil(timeout * 1e3) : -1; /* millisecond precision only */
+    return epoll_wait(r->epfd, r->events, max, ms);
+}
+
+/* A context's loop: spin briefly (without user fds to watch) before sleeping, as the
+   context's plain wait does — a wake-up from sleep costs tens of µs. */
+static void spin_for_requests(bp_reactor *r, double timeout) {
+    if (r->nfds > 0 || timeout == 0) return;
+    int64_t spin = SPIN_NS;
+    if (timeout > 0 && timeout * 1e9 < (double)spin) spin = (int64_t)(timeout * 1e9);
+    int64_t until = bp_now_ns() + spin;
+    while (!bp_ctx_has_work(r->ctx) && bp_now_ns() < until) sched_yield();
+}
+
+/* select(timeout) -> [(key, events)] for the ready user fds; timeout None waits for ever. */
+static PyObject *reactor_select(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (r->epfd < 0) return closed_error();
+    double timeout = -1;
+    if (arg != Py_None) {
+        timeout = PyFloat_AsDouble(arg);
+        if (timeout == -1 && PyErr_Occurred()) return NULL;
+        if (timeout < 0) timeout = 0;
+    }
+    if (context_has_work(r->ctx) || atomic_load(&r->wake_pending)) timeout = 0;
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    if (r->ctx) {
+        spin_for_requests(r, timeout);
+        /* announce the sleep, then look again: a producer that saw `sleeping` clear has
+           pushed already (the same handshake as bp_ctx_sleep) */
+        atomic_store(&r->ctx->sleeping, 1);
+        if (bp_ctx_has_work(r->ctx)) timeout = 0;
+    }
+    while ((n = wait_events(r, timeout)) < 0 && errno == EINTR) {
+    }
+    if (r->ctx) atomic_store(&r->ctx->sleeping, 0);
+    Py_END_ALLOW_THREADS
+    if (n < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *ready = PyList_New(0);
+    if (!ready) return NULL;
+    for (int i = 0; i < n; i++) {
+        struct epoll_event *ev = &r->events[i];
+        if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
+            uint64_t v;
+            ssize_t got = read(ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx->wake_fd, &v, sizeof v);
+            (void)got;
+            if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
+            continue;
+        }
+        int mask = 0;
+        if (ev->events & ~(uint32_t)EPOLLIN) mask |= EVENT_WRITE; /* as selectors.EpollSelector */
+        if (ev->events & ~(uint32_t)EPOLLOUT) mask |= EVENT_READ;
+        PyObject *fd = PyLong_FromLong((long)ev->data.u64);
+        if (!fd) goto fail;
+        PyObject *key = PyDict_GetItemWithError(r->keys, fd); /* borrowed */
+        Py_DECREF(fd);
+        if (!key) {
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        long interest = PyTuple_Check(key) && PyTuple_GET_SIZE(key) > 2 ? PyLong_AsLong(PyTuple_GET_ITEM(key, 2)) : 3;
+        if ((mask &= (int)interest) == 0) continue;
+        PyObject *item = Py_BuildValue("(Oi)", key, mask);
+        if (!item || PyList_Append(ready, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    return ready;
+fail:
+    Py_DECREF(ready);
+    return NULL;
+}
+
+/* wake(): ends a wait from any thread; one write per pending wake-up. */
+static PyObject *reactor_wake(PyObject *self, PyObject *unused) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (r->wake_fd >= 0 && !atomic_exchange(&r->wake_pending, 1)) {
+        uint64_t one = 1;
+        ssize_t n = write(r->wake_fd, &one, sizeof one);
+        (void)n;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- timers ------------------------------------------------------------------------ */
+
+/* push(handle): schedules a TimerHandle at handle._when. */
+static PyObject *reactor_push(PyObject *self, PyObject *handle) {
+    bp_reactor *r = (bp_reactor *)self;
+    PyObject *w = PyObject_GetAttr(handle, str_when);
+    if (!w) return NULL;
+    double when = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    if (when == -1 && PyErr_Occurred()) return NULL;
+    if (isnan(when)) {
+        PyErr_SetString(PyExc_ValueError, "a timer's time cannot be NaN");
+        return NULL;
+    }
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap ? r->cap * 2 : 64;
+        bp_timer *h = PyMem_Realloc(r->heap, (size_t)cap * sizeof *h);
+        if (!h) return PyErr_NoMemory();
+        r->heap = h;
+        r->cap = cap;
+    }
+    if (PyObject_SetAttr(handle, str_scheduled, Py_True) < 0) return NULL;
+    r->heap[r->n] = (bp_timer){.when = when, .seq = r->seq++, .handle = Py_NewRef(handle)};
+    sift_up(r->heap, r->n++);
+    Py_RETURN_NONE;
+}
+
+/* cancelled(): a scheduled handle was cancelled. Sweeps the heap when tombstones are more
+   than half of it (and more than 100), as the stock loop does. */
+static PyObject *reactor_cancelled(PyObject *self, PyObject *unused) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (++r->cancelled <= 100 || r->cancelled * 2 <= r->n) Py_RETURN_NONE;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < r->n; i++) {
+        int c = is_cancelled(r->heap[i].handle);
+        if (c == 0) {
+            r->heap[kept++] = r->heap[i];
+            continue;
+        }
+        if (c < 0) PyErr_Clear();
+        if (PyObject_SetAttr(r->heap[i].handle, str_scheduled, Py_False) < 0) PyErr_Clear();
+        Py_DECREF(r->heap[i].handle);
+    }
+    r->n = kept;
+    for (Py_ssize_t i = kept / 2; i-- > 0;) sift_down(r->heap, r->n, i);
+    r->cancelled = 0;
+    Py_RETURN_NONE;
+}
+
+/* timeout(now) -> seconds until the first live timer, or None without timers. */
+static PyObject *reactor_timeout(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1 && PyErr_Occurred()) return NULL;
+    if (drop_cancelled_top(r) < 0) return NULL;
+    if (r->n == 0) Py_RETURN_NONE;
+    double t = r->heap[0].when - now;
+    return PyFloat_FromDouble(t > 0 ? t : 0);
+}
+
+/* pop_due(end_time, append): moves every timer due by end_time to the ready queue. */
+static PyObject *reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (end_time, append)");
+        return NULL;
+    }
+    double end = PyFloat_AsDouble(args[0]);
+    if (end == -1 && PyErr_Occurred()) return NULL;
+    while (r->n > 0 && r->heap[0].when < end) {
+        bp_timer t = heap_pop(r);
+        int c = is_cancelled(t.handle);
+        int rc = c < 0 ? -1 : PyObject_SetAttr(t.handle, str_scheduled, Py_False);
+        if (rc == 0 && c == 0) {
+            PyObject *v = PyObject_CallOneArg(args[1], t.handle);
+            rc = v ? 0 : -1;
+            Py_XDECREF(v);
+        } else if (c > 0 && r->cancelled > 0) {
+            r->cancelled--;
+        }
+        Py_DECREF(t.handle);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* run_ready(ready): runs the handles in the ready deque now (not those they add). */
+static PyObject *reactor_run_ready(PyObject *self, PyObject *ready) {
+    (void)self;
+    Py_ssize_t ntodo = PyObject_Length(ready);
+    if (ntodo < 0) return NULL;
+    PyObject *popleft = PyObject_GetAttr(ready, str_popleft);
+    if (!popleft) return NULL;
+    for (Py_ssize_t i = 0; i < ntodo; i++) {
+        PyObject *h = PyObject_CallNoArgs(popleft);
+        if (!h) goto fail;
+        int c = is_cancelled(h);
+        PyObject *v = c == 0 ? PyObject_CallMethodNoArgs(h, str_run) : NULL;
+        Py_DECREF(h);
+        if (c > 0) continue;
+        if (!v) goto fail; /* _run lets only SystemExit and KeyboardInterrupt out */
+        Py_DECREF(v);
+    }
+    Py_DECREF(popleft);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(popleft);
+    return NULL;
+}
+
+static void clear_heap(bp_reactor *r) {
+    while (r->n > 0) {
+        PyObject *h = r->heap[--r->n].handle;
+        if (PyObject_SetAttr(h, str_scheduled, Py_False) < 0) PyErr_Clear();
+        Py_DECREF(h);
+    }
+    r->cancelled = 0;
+}
+
+static PyObject *reactor_clear(PyObject *self, PyObject *unused) {
+    clear_heap((bp_reactor *)self);
+    Py_RETURN_NONE;
+}
+
+/* The timer store as a sequence: [0] is the next timer due (for code that peeks at
+   loop._scheduled), the rest in heap order. */
+static Py_ssize_t reactor_len(PyObject *self) { return ((bp_reactor *)self)->n; }
+
+static PyObject *reactor_item(PyObject *self, Py_ssize_t i) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (i < 0 || i >= r->n) {
+        PyErr_SetString(PyExc_IndexError, "timer index out of range");
+        return NULL;
+    }
+    return Py_NewRef(r->heap[i].handle);
+}
+
+/* ---- life ------------------------------------------------------------------------------ */
+
+static void close_fds(bp_reactor *r) {
+    if (r->ctx && r->ctx->loop_reactor == (PyObject *)r) r->ctx->loop_reactor = NULL;
+    if (r->epfd >= 0) {
+        if (r->keys) { /* fds still registered here are no longer owned by this set */
+            PyObject *fd, *key;
+            Py_ssize_t pos = 0;
+            while (PyDict_Next(r->keys, &pos, &fd, &key)) {
+                int n = as_int(fd);
+                if (n >= 0) release_ownership(r, n);
+                else PyErr_Clear();
+            }
+        }
+        close(r->epfd);
+        r->epfd = -1;
+    }
+    if (r->wake_fd >= 0) close(r->wake_fd);
+    r->wake_fd = -1;
+    r->ctx = NULL;
+}
+
+static PyObject *reactor_close(PyObject *self, PyObject *unused) {
+    bp_reactor *r = (bp_reactor *)self;
+    close_fds(r);
+    clear_heap(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *reactor_fileno(PyObject *self, PyObject *unused) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (r->epfd < 0) return closed_error();
+    return PyLong_FromLong(r->epfd);
+}
+
+/* Reactor(keys, context=False): context=True on a context's thread makes this the
+   context's loop reactor (its requests end waits). */
+static PyObject *reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"keys", "context", NULL};
+    PyObject *keys;
+    int for_context = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!|p:Reactor", names, &PyDict_Type, &keys, &for_context)) return NULL;
+    if (interned() < 0) return NULL;
+    bp_context *c = for_context ? bp_this_context : NULL;
+    if (for_context && (!c || c->loop_reactor)) {
+        PyErr_SetString(PyExc_RuntimeError, c ? "bunpy: this context has a loop already" : "bunpy: not on a context's thread");
+        return NULL;
+    }
+    bp_reactor *r = (bp_reactor *)type->tp_alloc(type, 0);
+    if (!r) return NULL;
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->keys = Py_NewRef(keys);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_WAKE};
+    if (r->epfd < 0 || r->wake_fd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->wake_fd, &ev) < 0) goto fail;
+    if (c) {
+        ev.data.u64 = TAG_CONTEXT;
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, c->wake_fd, &ev) < 0) goto fail;
+        r->ctx = c;
+        c->loop_reactor = (PyObject *)r; /* borrowed: cleared when this reactor closes */
+    }
+    return (PyObject *)r;
+fail:
+    PyErr_SetFromErrno(PyExc_OSError);
+    Py_DECREF(r);
+    return NULL;
+}
+
+static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(r->keys);
+    for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
+    return 0;
+}
+
+static int reactor_tp_clear(PyObject *self) {
+    bp_reactor *r = (bp_reactor *)self;
+    Py_ssize_t n = r->n;
+    r->n = 0;
+    for (Py_ssize_t i = 0; i < n; i++) Py_CLEAR(r->heap[i].handle);
+    Py_CLEAR(r->keys);
+    return 0;
+}
+
+static void reactor_dealloc(PyObject *self) {
+    bp_reactor *r = (bp_reactor *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    close_fds(r);
+    reactor_tp_clear(self);
+    PyMem_Free(r->heap);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef reactor_methods[] = {
+    {"register", (PyCFunction)(void (*)(void))reactor_register, METH_FASTCALL, "register(fd, events): watch fd."},
+    {"modify", (PyCFunction)(void (*)(void))reactor_modify, METH_FASTCALL, "modify(fd, events): change the interest."},
+    {"unregister", reactor_unregister, METH_O, "unregister(fd): stop watching fd."},
+    {"select", reactor_select, METH_O, "select(timeout) -> [(key, events)]; None waits for ever."},
+    {"wake", reactor_wake, METH_NOARGS, "wake(): end the current or next wait (any thread)."},
+    {"push", reactor_push, METH_O, "push(timer_handle): schedule it at its _when."},
+    {"cancelled", reactor_cancelled, METH_NOARGS, "cancelled(): a scheduled handle was cancelled."},
+    {"timeout", reactor_timeout, METH_O, "timeout(now) -> seconds to the next timer, or None."},
+    {"pop_due", (PyCFunction)(void (*)(void))reactor_pop_due, METH_FASTCALL, "pop_due(end, append): due timers to append."},
+    {"run_ready", reactor_run_ready, METH_O, "run_ready(deque): run the handles queued now."},
+    {"clear", reactor_clear, METH_NOARGS, "clear(): drop every timer."},
+    {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
+    {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot reactor_slots[] = {
+    {Py_tp_new, reactor_new},
+    {Py_tp_dealloc, reactor_dealloc},
+    {Py_tp_traverse, reactor_traverse},
+    {Py_tp_clear, reactor_tp_clear},
+    {Py_tp_methods, reactor_methods},
+    {Py_sq_length, reactor_len},
+    {Py_sq_item, reactor_item},
+    {Py_tp_doc, "The epoll set, wake-up fd and timer heap of one bunpy event loop."},
+    {0, NULL},
+};
+
+static PyType_Spec reactor_spec = {
+    .name = "_bunpy.Reactor",
+    .basicsize = sizeof(bp_reactor),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = reactor_slots,
+};
+
+PyObject *bp_reactor_type_new(PyObject *module) { return PyType_FromModuleAndSpec(module, &reactor_spec, NULL); }
