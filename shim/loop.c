@@ -146,8 +146,10 @@ void bp_loop_abandon(bp_context *c) {
 static int interrupted(bp_context *c) {
     bp_request *r = c->current;
     if (r && atomic_load(&r->cancelled)) {
-        /* the interrupter thread may have set a TimeoutError already: it comes out next */
-        if (atomic_exchange(&r->interrupted, 1)) return 0;
+        /* The interrupter thread (which needs this GIL) may have set its TimeoutError as an
+           async exception already; it would only fire once bytecode runs again: drop it and
+           raise here. If it has not, `interrupted` tells it not to. */
+        if (atomic_exchange(&r->interrupted, 1)) PyThreadState_SetAsyncExc(c->ident, NULL);
         PyErr_SetString(PyExc_TimeoutError, "bunpy.sleep: the call was cancelled");
         return -1;
     }

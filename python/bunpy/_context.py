@@ -54,6 +54,40 @@ class RefuseUnsafeExtensions:
         return None
 
 
+class InstallLoopPolicy:
+    """A sys.meta_path finder that waits for asyncio's import (importing it for every
+    context would slow their start) and then installs bunpy's policy: on a context's
+    thread, asyncio.get_event_loop() is the context's own loop."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "asyncio":
+            return None
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            from bunpy import _loop
+
+            _loop.install_contexts_policy()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install_loop_policy():
+    if "asyncio" in sys.modules:
+        from bunpy import _loop
+
+        _loop.install_contexts_policy()
+    elif not any(isinstance(f, InstallLoopPolicy) for f in sys.meta_path):
+        sys.meta_path.insert(0, InstallLoopPolicy())  # before PathFinder, which would find asyncio
+
+
 def _real_dirs(paths):
     import os
 
@@ -97,6 +131,7 @@ def setup(owngil, policy=None):
         strict = sys.version_info[:2] == (3, 12)
         if names or strict:
             sys.meta_path.insert(0, RefuseUnsafeExtensions(names, strict))
+    install_loop_policy()
     return policy
 
 

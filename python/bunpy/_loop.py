@@ -184,9 +184,29 @@ class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
     _loop_factory = BunpyEventLoop
 
     def get_event_loop(self):
-        if _bunpy.in_context() and self._local._loop is None:
+        if self._local._loop is None and _bunpy.in_context():
             return context_loop()
         return super().get_event_loop()
+
+
+class ContextsPolicy(asyncio.DefaultEventLoopPolicy):
+    """The policy bunpy installs in an interpreter that runs contexts: bunpy loops on
+    context threads, asyncio's own everywhere else (worker contexts share the main
+    interpreter, whose asyncio code must not change)."""
+
+    def get_event_loop(self):
+        if self._local._loop is None and _bunpy.in_context():
+            return context_loop()
+        return super().get_event_loop()
+
+    def new_event_loop(self):
+        return BunpyEventLoop() if _bunpy.in_context() else super().new_event_loop()
+
+
+def install_contexts_policy():
+    """Called once asyncio is imported in an interpreter running contexts."""
+    if events._event_loop_policy is None:
+        events.set_event_loop_policy(ContextsPolicy())
 
 
 def new_event_loop():
@@ -200,27 +220,28 @@ def run(main, *, debug=None):
         return runner.run(main)
 
 
-_context_loop = None
+# per thread: worker contexts are threads of one interpreter
+_this_thread = threading.local()
 
 
 def context_loop():
     """The loop of the context this thread runs (created on first use)."""
-    global _context_loop
-    if _context_loop is None:
+    loop = getattr(_this_thread, "loop", None)
+    if loop is None:
         if not _bunpy.in_context():
             raise RuntimeError("bunpy: not on a context's thread")
         loop = BunpyEventLoop(_context=True)
         loop._thread_id = threading.get_ident()  # running for the thread's whole life
         sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook)
-        _context_loop = loop
-    return _context_loop
+        _this_thread.loop = loop
+    return loop
 
 
 def close_context_loop(budget=1.0):
     """At a context's close: cancel its tasks, let them unwind (up to `budget` seconds),
     finish async generators and close the loop."""
-    global _context_loop
-    loop, _context_loop = _context_loop, None
+    loop = getattr(_this_thread, "loop", None)
+    _this_thread.loop = None
     if loop is None or loop.is_closed():
         return
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
