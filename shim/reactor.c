@@ -62,6 +62,9 @@ typedef struct {
     Py_ssize_t n, cap;
     Py_ssize_t cancelled;     /* tombstones in the heap                                */
     uint64_t seq;
+    PyObject *handle_type;    /* asyncio.Handle and TimerHandle: run from C (configure()) */
+    PyObject *timer_type;
+    PyObject *report;         /* report(handle, exc): a callback raised                   */
     struct epoll_event events[256];
 } bp_reactor;
 
@@ -94,6 +97,12 @@ static void sift_down(bp_timer *h, Py_ssize_t n, Py_ssize_t i) {
 }
 
 static PyObject *str_when, *str_cancelled, *str_scheduled, *str_run, *str_popleft;
+
+static PyObject *str_append_name(void) {
+    static PyObject *name;
+    if (!name) name = PyUnicode_InternFromString("append");
+    return name;
+}
 
 static int interned(void) {
     if (str_popleft) return 0;
@@ -262,16 +271,8 @@ static void spin_for_requests(bp_reactor *r, double timeout) {
     while (!bp_ctx_has_work(r->ctx) && bp_now_ns() < until) sched_yield();
 }
 
-/* select(timeout) -> [(key, events)] for the ready user fds; timeout None waits for ever. */
-static PyObject *reactor_select(PyObject *self, PyObject *arg) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (r->epfd < 0) return closed_error();
-    double timeout = -1;
-    if (arg != Py_None) {
-        timeout = PyFloat_AsDouble(arg);
-        if (timeout == -1 && PyErr_Occurred()) return NULL;
-        if (timeout < 0) timeout = 0;
-    }
+/* Waits for events (GIL released); timeout < 0 waits for ever. Returns the event count. */
+static int reactor_wait(bp_reactor *r, double timeout) {
     if (context_has_work(r->ctx) || atomic_load(&r->wake_pending)) timeout = 0;
     int n;
     Py_BEGIN_ALLOW_THREADS
@@ -286,31 +287,58 @@ static PyObject *reactor_select(PyObject *self, PyObject *arg) {
     }
     if (r->ctx) atomic_store(&r->ctx->sleeping, 0);
     Py_END_ALLOW_THREADS
-    if (n < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (n < 0) PyErr_SetFromErrno(PyExc_OSError);
+    return n;
+}
+
+/* Event i as selectors reports it: its key (borrowed) and the ready events it asked for;
+   NULL key (no error) for the internal fds and fds no longer registered. */
+static PyObject *event_key(bp_reactor *r, int i, int *mask) {
+    struct epoll_event *ev = &r->events[i];
+    if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
+        uint64_t v;
+        ssize_t got = read(ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx->wake_fd, &v, sizeof v);
+        (void)got;
+        if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
+        return NULL;
+    }
+    int m = 0;
+    if (ev->events & ~(uint32_t)EPOLLIN) m |= EVENT_WRITE; /* as selectors.EpollSelector */
+    if (ev->events & ~(uint32_t)EPOLLOUT) m |= EVENT_READ;
+    PyObject *fd = PyLong_FromLong((long)ev->data.u64);
+    if (!fd) return NULL;
+    PyObject *key = PyDict_GetItemWithError(r->keys, fd); /* borrowed */
+    Py_DECREF(fd);
+    if (!key || !PyTuple_Check(key) || PyTuple_GET_SIZE(key) < 4) return NULL;
+    long interest = PyLong_AsLong(PyTuple_GET_ITEM(key, 2));
+    if (interest == -1 && PyErr_Occurred()) return NULL;
+    *mask = m & (int)interest;
+    return *mask ? key : NULL;
+}
+
+static double timeout_arg(PyObject *arg) {
+    if (arg == Py_None) return -1;
+    double t = PyFloat_AsDouble(arg);
+    return t < 0 && !PyErr_Occurred() ? 0 : t;
+}
+
+/* select(timeout) -> [(key, events)] for the ready user fds; timeout None waits for ever. */
+static PyObject *reactor_select(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (r->epfd < 0) return closed_error();
+    double timeout = timeout_arg(arg);
+    if (timeout == -1 && PyErr_Occurred()) return NULL;
+    int n = reactor_wait(r, timeout);
+    if (n < 0) return NULL;
     PyObject *ready = PyList_New(0);
     if (!ready) return NULL;
     for (int i = 0; i < n; i++) {
-        struct epoll_event *ev = &r->events[i];
-        if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
-            uint64_t v;
-            ssize_t got = read(ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx->wake_fd, &v, sizeof v);
-            (void)got;
-            if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
-            continue;
-        }
         int mask = 0;
-        if (ev->events & ~(uint32_t)EPOLLIN) mask |= EVENT_WRITE; /* as selectors.EpollSelector */
-        if (ev->events & ~(uint32_t)EPOLLOUT) mask |= EVENT_READ;
-        PyObject *fd = PyLong_FromLong((long)ev->data.u64);
-        if (!fd) goto fail;
-        PyObject *key = PyDict_GetItemWithError(r->keys, fd); /* borrowed */
-        Py_DECREF(fd);
+        PyObject *key = event_key(r, i, &mask);
         if (!key) {
             if (PyErr_Occurred()) goto fail;
             continue;
         }
-        long interest = PyTuple_Check(key) && PyTuple_GET_SIZE(key) > 2 ? PyLong_AsLong(PyTuple_GET_ITEM(key, 2)) : 3;
-        if ((mask &= (int)interest) == 0) continue;
         PyObject *item = Py_BuildValue("(Oi)", key, mask);
         if (!item || PyList_Append(ready, item) < 0) {
             Py_XDECREF(item);
@@ -395,53 +423,238 @@ static PyObject *reactor_timeout(PyObject *self, PyObject *arg) {
     return PyFloat_FromDouble(t > 0 ? t : 0);
 }
 
-/* pop_due(end_time, append): moves every timer due by end_time to the ready queue. */
-static PyObject *reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "expected (end_time, append)");
-        return NULL;
-    }
-    double end = PyFloat_AsDouble(args[0]);
-    if (end == -1 && PyErr_Occurred()) return NULL;
+/* Moves every timer due by `end` to the ready queue through `append`. */
+static int pop_due_into(bp_reactor *r, double end, PyObject *append) {
     while (r->n > 0 && r->heap[0].when < end) {
         bp_timer t = heap_pop(r);
         int c = is_cancelled(t.handle);
         int rc = c < 0 ? -1 : PyObject_SetAttr(t.handle, str_scheduled, Py_False);
         if (rc == 0 && c == 0) {
-            PyObject *v = PyObject_CallOneArg(args[1], t.handle);
+            PyObject *v = PyObject_CallOneArg(append, t.handle);
             rc = v ? 0 : -1;
             Py_XDECREF(v);
         } else if (c > 0 && r->cancelled > 0) {
             r->cancelled--;
         }
         Py_DECREF(t.handle);
-        if (rc < 0) return NULL;
+        if (rc < 0) return -1;
     }
+    return 0;
+}
+
+/* pop_due(end_time, append): moves every timer due by end_time to the ready queue. */
+static PyObject *reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (end_time, append)");
+        return NULL;
+    }
+    double end = PyFloat_AsDouble(args[0]);
+    if (end == -1 && PyErr_Occurred()) return NULL;
+    if (pop_due_into((bp_reactor *)self, end, args[1]) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
-/* run_ready(ready): runs the handles in the ready deque now (not those they add). */
-static PyObject *reactor_run_ready(PyObject *self, PyObject *ready) {
-    (void)self;
+/*
+ * Runs one handle as Handle._run does: callback(*args) inside the handle's context; an
+ * exception other than SystemExit / KeyboardInterrupt goes to report(handle, exc), which
+ * hands it to the loop's exception handler. Subclasses of the handle types run their
+ * own _run.
+ */
+static int run_handle(bp_reactor *r, PyObject *h) {
+    static PyObject *str_context, *str_callback, *str_args;
+    if (!r->report || (Py_TYPE(h) != (PyTypeObject *)r->handle_type && Py_TYPE(h) != (PyTypeObject *)r->timer_type)) {
+        PyObject *v = PyObject_CallMethodNoArgs(h, str_run);
+        Py_XDECREF(v);
+        return v ? 0 : -1;
+    }
+    if (!str_args) {
+        str_context = PyUnicode_InternFromString("_context");
+        str_callback = PyUnicode_InternFromString("_callback");
+        str_args = PyUnicode_InternFromString("_args");
+        if (!str_context || !str_callback || !str_args) return -1;
+    }
+    PyObject *ctx = PyObject_GetAttr(h, str_context);
+    PyObject *cb = ctx ? PyObject_GetAttr(h, str_callback) : NULL;
+    PyObject *args = cb ? PyObject_GetAttr(h, str_args) : NULL;
+    PyObject *v = NULL;
+    if (args && PyTuple_Check(args) && PyContext_CheckExact(ctx) && PyContext_Enter(ctx) == 0) {
+        v = PyObject_Call(cb, args, NULL);
+        if (PyContext_Exit(ctx) < 0) Py_CLEAR(v);
+    } else if (args && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "bunpy: a malformed asyncio handle");
+    }
+    Py_XDECREF(ctx);
+    Py_XDECREF(cb);
+    Py_XDECREF(args);
+    if (v) {
+        Py_DECREF(v);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
+    PyObject *exc = bp_err_take();
+    PyObject *rv = PyObject_CallFunctionObjArgs(r->report, h, exc, NULL);
+    Py_DECREF(exc);
+    Py_XDECREF(rv);
+    return rv ? 0 : -1;
+}
+
+/* Runs the handles in the ready deque now (not those they add). */
+static int run_ready(bp_reactor *r, PyObject *ready) {
     Py_ssize_t ntodo = PyObject_Length(ready);
-    if (ntodo < 0) return NULL;
+    if (ntodo < 0) return -1;
     PyObject *popleft = PyObject_GetAttr(ready, str_popleft);
-    if (!popleft) return NULL;
+    if (!popleft) return -1;
     for (Py_ssize_t i = 0; i < ntodo; i++) {
         PyObject *h = PyObject_CallNoArgs(popleft);
         if (!h) goto fail;
         int c = is_cancelled(h);
-        PyObject *v = c == 0 ? PyObject_CallMethodNoArgs(h, str_run) : NULL;
+        int rc = c == 0 ? run_handle(r, h) : c;
         Py_DECREF(h);
-        if (c > 0) continue;
-        if (!v) goto fail; /* _run lets only SystemExit and KeyboardInterrupt out */
-        Py_DECREF(v);
+        if (rc < 0) goto fail; /* only SystemExit and KeyboardInterrupt get out */
     }
     Py_DECREF(popleft);
-    Py_RETURN_NONE;
+    return 0;
 fail:
     Py_DECREF(popleft);
+    return -1;
+}
+
+/* configure(Handle, TimerHandle, report): lets handles of these exact types run from C. */
+static PyObject *reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "expected (Handle, TimerHandle, report)");
+        return NULL;
+    }
+    Py_XSETREF(r->handle_type, Py_NewRef(args[0]));
+    Py_XSETREF(r->timer_type, Py_NewRef(args[1]));
+    Py_XSETREF(r->report, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *reactor_run_ready(PyObject *self, PyObject *ready) {
+    if (run_ready((bp_reactor *)self, ready) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/*
+ * soon(Handle, callback, args, context, loop, ready) -> handle: what loop.call_soon does
+ * outside debug mode — an asyncio.Handle made without running its Python __init__ (the
+ * same attributes are set), appended to the ready queue.
+ */
+static PyObject *reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static PyObject *names[7];
+    (void)self;
+    if (nargs != 6 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "expected (Handle, callback, args, context, loop, ready)");
+        return NULL;
+    }
+    if (!names[6]) {
+        const char *n[7] = {"_callback", "_args", "_cancelled", "_loop", "_repr", "_source_traceback", "_context"};
+        for (int i = 0; i < 7; i++)
+            if (!(names[i] = PyUnicode_InternFromString(n[i]))) return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)args[0];
+    PyObject *context = args[3] == Py_None ? PyContext_CopyCurrent() : Py_NewRef(args[3]);
+    if (!context) return NULL;
+    PyObject *h = tp->tp_alloc(tp, 0);
+    if (!h) {
+        Py_DECREF(context);
+        return NULL;
+    }
+    PyObject *values[7] = {args[1], args[2], Py_False, args[4], Py_None, Py_None, context};
+    for (int i = 0; i < 7; i++) {
+        if (PyObject_SetAttr(h, names[i], values[i]) < 0) goto fail;
+    }
+    Py_DECREF(context);
+    PyObject *v = PyObject_CallMethodOneArg(args[5], str_append_name(), h);
+    if (!v) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(v);
+    return h;
+fail:
+    Py_DECREF(context);
+    Py_DECREF(h);
+    return NULL;
+}
+
+/* time.monotonic(), which is what loop.time() returns */
+static double monotonic_s(void) { return (double)bp_now_ns() / 1e9; }
+
+/* The reader or writer handle of a ready fd goes to the ready queue; a cancelled one is
+   removed instead (as BaseSelectorEventLoop._process_events). */
+static int dispatch(PyObject *loop, PyObject *fileobj, PyObject *handle, PyObject *remove, PyObject *append) {
+    if (handle == Py_None) return 0;
+    int c = is_cancelled(handle);
+    if (c < 0) return -1;
+    PyObject *v = c ? PyObject_CallMethodOneArg(loop, remove, fileobj) : PyObject_CallOneArg(append, handle);
+    Py_XDECREF(v);
+    return v ? 0 : -1;
+}
+
+/*
+ * run_once(loop, ready, stopping, clock_resolution): one iteration of the loop, as
+ * BaseEventLoop._run_once without debug mode — wait for I/O (no longer than until the
+ * next timer, not at all with callbacks ready), queue the handles of ready fds and due
+ * timers, run what is queued. One call from Python per iteration.
+ */
+static PyObject *reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static PyObject *str_append, *str_remove_reader, *str_remove_writer;
+    bp_reactor *r = (bp_reactor *)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "expected (loop, ready, stopping, clock_resolution)");
+        return NULL;
+    }
+    if (r->epfd < 0) return closed_error();
+    if (!str_remove_writer) {
+        str_append = PyUnicode_InternFromString("append");
+        str_remove_reader = PyUnicode_InternFromString("_remove_reader");
+        str_remove_writer = PyUnicode_InternFromString("_remove_writer");
+        if (!str_append || !str_remove_reader || !str_remove_writer) return NULL;
+    }
+    PyObject *loop = args[0], *ready = args[1];
+    int stopping = PyObject_IsTrue(args[2]);
+    double resolution = PyFloat_AsDouble(args[3]);
+    Py_ssize_t queued = PyObject_Length(ready);
+    if (stopping < 0 || (resolution == -1 && PyErr_Occurred()) || queued < 0) return NULL;
+    double timeout = -1;
+    if (queued > 0 || stopping) {
+        timeout = 0;
+    } else {
+        if (drop_cancelled_top(r) < 0) return NULL;
+        if (r->n > 0) {
+            timeout = r->heap[0].when - monotonic_s();
+            if (timeout < 0) timeout = 0;
+        }
+    }
+    int n = reactor_wait(r, timeout);
+    if (n < 0) return NULL;
+    PyObject *append = PyObject_GetAttr(ready, str_append);
+    if (!append) return NULL;
+    for (int i = 0; i < n; i++) {
+        int mask = 0;
+        PyObject *key = event_key(r, i, &mask);
+        if (!key) {
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        PyObject *fileobj = PyTuple_GET_ITEM(key, 0), *data = PyTuple_GET_ITEM(key, 3);
+        if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) continue; /* not a loop's (reader, writer) */
+        Py_INCREF(key); /* a callback may unregister the fd before we are done with it */
+        int rc = 0;
+        if (mask & EVENT_READ) rc = dispatch(loop, fileobj, PyTuple_GET_ITEM(data, 0), str_remove_reader, append);
+        if (rc == 0 && mask & EVENT_WRITE) rc = dispatch(loop, fileobj, PyTuple_GET_ITEM(data, 1), str_remove_writer, append);
+        Py_DECREF(key);
+        if (rc < 0) goto fail;
+    }
+    if (pop_due_into(r, monotonic_s() + resolution, append) < 0) goto fail;
+    Py_DECREF(append);
+    if (run_ready(r, ready) < 0) return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(append);
     return NULL;
 }
 
@@ -544,6 +757,9 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     bp_reactor *r = (bp_reactor *)self;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(r->keys);
+    Py_VISIT(r->handle_type);
+    Py_VISIT(r->timer_type);
+    Py_VISIT(r->report);
     for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
     return 0;
 }
@@ -554,6 +770,9 @@ static int reactor_tp_clear(PyObject *self) {
     r->n = 0;
     for (Py_ssize_t i = 0; i < n; i++) Py_CLEAR(r->heap[i].handle);
     Py_CLEAR(r->keys);
+    Py_CLEAR(r->handle_type);
+    Py_CLEAR(r->timer_type);
+    Py_CLEAR(r->report);
     return 0;
 }
 
@@ -579,6 +798,12 @@ static PyMethodDef reactor_methods[] = {
     {"timeout", reactor_timeout, METH_O, "timeout(now) -> seconds to the next timer, or None."},
     {"pop_due", (PyCFunction)(void (*)(void))reactor_pop_due, METH_FASTCALL, "pop_due(end, append): due timers to append."},
     {"run_ready", reactor_run_ready, METH_O, "run_ready(deque): run the handles queued now."},
+    {"configure", (PyCFunction)(void (*)(void))reactor_configure, METH_FASTCALL,
+     "configure(Handle, TimerHandle, report): run handles of these types from C."},
+    {"soon", (PyCFunction)(void (*)(void))reactor_soon, METH_FASTCALL,
+     "soon(Handle, callback, args, context, loop, ready) -> handle: call_soon outside debug mode."},
+    {"run_once", (PyCFunction)(void (*)(void))reactor_run_once, METH_FASTCALL,
+     "run_once(loop, ready, stopping, clock_resolution): one loop iteration without debug mode."},
     {"clear", reactor_clear, METH_NOARGS, "clear(): drop every timer."},
     {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},

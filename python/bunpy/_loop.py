@@ -77,6 +77,17 @@ class _ReactorSelector(selectors._BaseSelectorImpl):
         super().close()
 
 
+def _report_callback_error(handle, exc):
+    """What Handle._run does when its callback raises (the handle ran from C)."""
+    from asyncio import format_helpers
+
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
 def _refused(what, why):
     return NotImplementedError(f"bunpy's event loop does not support {what}: {why}")
 
@@ -89,6 +100,11 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         self._reactor = selector._reactor  # before the base class makes its "self-pipe"
         super().__init__(selector)
         self._scheduled = self._reactor  # the C timer heap stands where asyncio keeps its list
+        self._reactor.configure(events.Handle, events.TimerHandle, _report_callback_error)
+
+    def set_debug(self, enabled):
+        super().set_debug(enabled)
+        self._c_iteration = not self._debug and type(self).time is BunpyEventLoop.time
 
     # -- the self-pipe becomes the reactor's eventfd ------------------------------------
     def _make_self_pipe(self):
@@ -101,6 +117,17 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         reactor = getattr(self, "_reactor", None)
         if reactor is not None:
             reactor.wake()
+
+    # -- call_soon: the Handle is made in C ---------------------------------------------
+    def call_soon(self, callback, *args, context=None):
+        if self._debug or self._closed:
+            return super().call_soon(callback, *args, context=context)
+        return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
+
+    def _call_soon(self, callback, args, context):
+        if self._debug:
+            return super()._call_soon(callback, args, context)
+        return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
 
     # -- timers in the C heap -----------------------------------------------------------
     def call_at(self, when, callback, *args, context=None):
@@ -121,6 +148,10 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             self._reactor.cancelled()
 
     def _run_once(self):
+        if self._c_iteration:
+            self._reactor.run_once(self, self._ready, self._stopping, self._clock_resolution)
+            return
+        # debug mode, or a subclass with its own clock: the same steps, from Python
         reactor = self._reactor
         ready = self._ready
         timeout = 0 if ready or self._stopping else reactor.timeout(self.time())
