@@ -81,6 +81,21 @@ async def tcp_round_trips(n):
     await srv.wait_closed()
     return n
 
+async def executor_and_dns():
+    loop = asyncio.get_running_loop()
+    ident = await loop.run_in_executor(None, threading.get_ident)
+    infos = await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+    return [ident != threading.get_ident(), len(infos) > 0]
+
+async def sub_ms_sleeps():
+    loop = asyncio.get_running_loop()
+    early = 0
+    for _ in range(20):
+        t0 = loop.time()
+        await asyncio.sleep(0.0003)
+        early += loop.time() - t0 < 0.0003
+    return early
+
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
@@ -165,6 +180,29 @@ for (const mode of contextModes) {
       const later = (await ctx.eval("ticks")) as number;
       expect(later).toBeGreaterThan(first);
       await ctx.exec("ticker_task.cancel()");
+    });
+
+    test("run_in_executor, getaddrinfo and sub-millisecond sleeps on the context's loop", async () => {
+      const ctx = await context(mode);
+      await ctx.exec(SOURCE);
+      expect(await ctx.call("__main__", "executor_and_dns")).toEqual([true, true]);
+      expect(await ctx.call("__main__", "sub_ms_sleeps")).toBe(0);
+    });
+
+    test("callSync, cast and pools take coroutines too", async () => {
+      const ctx = await context(mode);
+      await ctx.exec(SOURCE);
+      expect(ctx.callSync("__main__", "double", [4, 0.001])).toBe(8);
+      ctx.cast("__main__", "traced", [99, 0]);
+      expect(await ctx.call("__main__", "double", [1, 0.01])).toBe(2);
+      expect(((await ctx.eval("log")) as [string, number][]).filter(([, i]) => i === 99).length).toBe(2);
+      const pool = await py.pool({ size: 2, mode });
+      try {
+        await pool.execAll(SOURCE);
+        expect(await Promise.all([1, 2, 3, 4].map((i) => pool.call("__main__", "double", [i, 0.001])))).toEqual([2, 4, 6, 8]);
+      } finally {
+        await pool.close();
+      }
     });
 
     test("asyncio.run inside a call runs a nested bunpy loop", async () => {
