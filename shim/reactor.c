@@ -65,6 +65,7 @@ typedef struct {
     PyObject *handle_type;    /* asyncio.Handle and TimerHandle: run from C (configure()) */
     PyObject *timer_type;
     PyObject *report;         /* report(handle, exc): a callback raised                   */
+    int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
     struct epoll_event events[256];
 } bp_reactor;
 
@@ -273,8 +274,13 @@ static void spin_for_requests(bp_reactor *r, double timeout) {
 
 /* Waits for events (GIL released); timeout < 0 waits for ever. Returns the event count. */
 static int reactor_wait(bp_reactor *r, double timeout) {
+    if (r->waiting) { /* the events buffer is in use: asyncio loops are not thread-safe either */
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: this event loop is already waiting in another thread");
+        return -1;
+    }
     if (context_has_work(r->ctx) || atomic_load(&r->wake_pending)) timeout = 0;
     int n;
+    r->waiting = 1;
     Py_BEGIN_ALLOW_THREADS
     if (r->ctx) {
         spin_for_requests(r, timeout);
@@ -287,6 +293,7 @@ static int reactor_wait(bp_reactor *r, double timeout) {
     }
     if (r->ctx) atomic_store(&r->ctx->sleeping, 0);
     Py_END_ALLOW_THREADS
+    r->waiting = 0;
     if (n < 0) PyErr_SetFromErrno(PyExc_OSError);
     return n;
 }
@@ -296,8 +303,9 @@ static int reactor_wait(bp_reactor *r, double timeout) {
 static PyObject *event_key(bp_reactor *r, int i, int *mask) {
     struct epoll_event *ev = &r->events[i];
     if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
+        int fd = ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx ? r->ctx->wake_fd : -1;
         uint64_t v;
-        ssize_t got = read(ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx->wake_fd, &v, sizeof v);
+        ssize_t got = fd >= 0 ? read(fd, &v, sizeof v) : 0;
         (void)got;
         if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
         return NULL;
@@ -544,9 +552,9 @@ static PyObject *reactor_run_ready(PyObject *self, PyObject *ready) {
  */
 static PyObject *reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     static PyObject *names[7];
-    (void)self;
-    if (nargs != 6 || !PyType_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "expected (Handle, callback, args, context, loop, ready)");
+    bp_reactor *r = (bp_reactor *)self;
+    if (nargs != 6 || args[0] != r->handle_type) { /* only the type configure() vetted */
+        PyErr_SetString(PyExc_TypeError, "expected (Handle, callback, args, context, loop, ready) after configure()");
         return NULL;
     }
     if (!names[6]) {
@@ -709,6 +717,10 @@ static void close_fds(bp_reactor *r) {
 
 static PyObject *reactor_close(PyObject *self, PyObject *unused) {
     bp_reactor *r = (bp_reactor *)self;
+    if (r->waiting) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: cannot close an event loop that is waiting in another thread");
+        return NULL;
+    }
     close_fds(r);
     clear_heap(r);
     Py_RETURN_NONE;

@@ -285,6 +285,29 @@ def bad_sleeps():
             out.append(type(e).__name__)
     return out
 
+def reactor_misuse():
+    import _bunpy
+    out = []
+    def attempt(f):
+        try:
+            f()
+            out.append("no error")
+        except Exception as e:
+            out.append(type(e).__name__)
+    attempt(lambda: _bunpy.Reactor({}, True))          # not on a context's thread
+    attempt(lambda: _bunpy.Reactor("keys"))
+    r = _bunpy.Reactor({})
+    attempt(lambda: r.register(-1, 1))
+    attempt(lambda: r.register(2**40, 1))
+    attempt(lambda: r.push(object()))
+    attempt(lambda: r.soon(int, print, (), None, None, []))
+    attempt(lambda: r.run_once(None, None, False, 0.0))
+    r.close()
+    attempt(lambda: r.select(0))
+    attempt(lambda: r.register(0, 1))
+    r.close()
+    return out
+
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
@@ -407,6 +430,20 @@ describe("bunpy event loop", () => {
     const errors = call("closed_loop_errors") as string[];
     expect(errors.length).toBe(3);
     for (const e of errors) expect(e).toContain("closed");
+  });
+
+  test("the C reactor refuses bad input with Python errors", () => {
+    expect(call("reactor_misuse")).toEqual([
+      "RuntimeError",
+      "TypeError",
+      "ValueError",
+      "OverflowError",
+      "AttributeError",
+      "TypeError",
+      "TypeError",
+      "RuntimeError",
+      "RuntimeError",
+    ]);
   });
 
   test("creating and closing loops leaks no file descriptors", () => {
