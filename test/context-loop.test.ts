@@ -134,6 +134,20 @@ for (const mode of contextModes) {
       expect(await ctx.call("__main__", "returns_future")).toBe("from a future");
     });
 
+    test("a coroutine from code that never imported asyncio; JS awaiting an earlier call into the same context from inside it", async () => {
+      const ctx = await context(mode);
+      await ctx.exec(
+        "import bunpy\nasync def outer(x):\n    return await bunpy.async_call('t_ctx_loop_js', x)\ndef inner(x):\n    return x + 1",
+      );
+      py.register("t_ctx_loop_js", async (x: number) => ((await ctx.call("__main__", "inner", [x])) as number) * 10);
+      try {
+        expect(await ctx.call("__main__", "outer", [4])).toBe(50);
+        expect(await ctx.eval("type(__import__('asyncio').get_event_loop()).__name__")).toBe("BunpyEventLoop");
+      } finally {
+        py.unregister("t_ctx_loop_js");
+      }
+    });
+
     test("many coroutine calls interleave on one context", async () => {
       const ctx = await context(mode);
       await ctx.exec(SOURCE);

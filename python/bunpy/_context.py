@@ -54,6 +54,9 @@ class RefuseUnsafeExtensions:
         return None
 
 
+policy_pending = False
+
+
 class InstallLoopPolicy:
     """A sys.meta_path finder that waits for asyncio's import (importing it for every
     context would slow their start) and then installs bunpy's policy: on a context's
@@ -68,9 +71,14 @@ class InstallLoopPolicy:
         run_module = spec.loader.exec_module
 
         def exec_module(module):
+            global policy_pending
             run_module(module)
             if self in sys.meta_path:
                 sys.meta_path.remove(self)
+            loop_module = sys.modules.get("bunpy._loop")
+            if loop_module is not None and not hasattr(loop_module, "install_contexts_policy"):
+                policy_pending = True  # bunpy._loop is importing asyncio: it installs at its end
+                return
             from bunpy import _loop
 
             _loop.install_contexts_policy()

@@ -285,3 +285,8 @@ def close_context_loop(budget=1.0):
     loop._thread_id = None
     sys.set_asyncgen_hooks(None, None)
     loop.close()
+
+
+# asyncio was first imported by this module, in an interpreter running contexts
+if getattr(sys.modules.get("bunpy._context"), "policy_pending", False):
+    install_contexts_policy()

@@ -91,6 +91,20 @@ def install_bunpy():
     return checks
 
 
+def stock_checks():
+    """What asyncio hands out when nothing is patched (the comparison run)."""
+    import asyncio
+    import asyncio.events as events
+
+    checks = {"policy": type(asyncio.get_event_loop_policy()).__qualname__}
+    loop = asyncio.new_event_loop()
+    checks["new_event_loop"] = type(loop).__qualname__
+    checks["selector"] = type(loop._selector).__qualname__
+    loop.close()
+    checks["asyncio.run"] = asyncio.run(_running_loop_type())
+    return checks
+
+
 async def _running_loop_type():
     import asyncio
 
@@ -118,9 +132,58 @@ def loop_under_test(mode):
     return create_event_loop
 
 
+def _without_child_watcher(cls):
+    """setUp/tearDown of cls run with asyncio's child watcher API stubbed out.
+
+    GetEventLoopTestsMixin.setUp attaches a SafeChildWatcher to its loop (a SIGCHLD handler:
+    refused by bunpy's loop) and sets it on the policy (bunpy's policy has no child
+    watchers); its tests are about get_event_loop/get_running_loop, not about children.
+    """
+    import asyncio
+    from unittest import mock
+
+    class NoWatcher:
+        def attach_loop(self, loop):
+            pass
+
+        def close(self):
+            pass
+
+    orig_setUp, orig_tearDown = cls.setUp, cls.tearDown
+
+    def start():
+        patches = [mock.patch.object(asyncio, name, new) for name, new in (("SafeChildWatcher", NoWatcher), ("set_child_watcher", lambda watcher: None)) if hasattr(asyncio, name)]
+        for p in patches:
+            p.start()
+        return patches
+
+    def setUp(self):
+        self._suite_patches = start()
+        try:
+            orig_setUp(self)
+        except BaseException:
+            for p in reversed(self._suite_patches):
+                p.stop()
+            raise
+
+    def tearDown(self):
+        try:
+            orig_tearDown(self)
+        finally:
+            for p in reversed(self._suite_patches):
+                p.stop()
+
+    cls.setUp, cls.tearDown = setUp, tearDown
+
+
 def adapt_module(mod, mode):
     """Replaces the per-selector test classes by one class running the loop under test."""
     notes = []
+    if mode == "bunpy" and mod.__name__.endswith(".test_events"):
+        for name in ("TestPyGetEventLoop", "TestCGetEventLoop"):
+            if isinstance(getattr(mod, name, None), type):
+                _without_child_watcher(getattr(mod, name))
+                notes.append(f"{name}: SafeChildWatcher/set_child_watcher stubbed in setUp/tearDown (SIGCHLD handler refused)")
     template = getattr(mod, "EPollEventLoopTests", None)
     if isinstance(template, type):
         bases = []
@@ -242,7 +305,7 @@ class _Result(unittest.TestResult):
         self._note(test, "xpass")
 
 
-def run_module(name, mode, events_path, skip_path=None, test_timeout=120.0, dump_path=None, only=None):
+def run_module(name, mode, events_path, skip_path=None, test_timeout=120.0, dump_path=None, only=None, sigint=True, preload=None):
     """Runs test.test_asyncio.<name>; mode "bunpy" (loop under test: bunpy's) or "stock"."""
     events = _Events(events_path)
     info = {"ev": "info", "module": name, "mode": mode, "python": sys.version.split()[0], "pid": os.getpid()}
@@ -250,12 +313,27 @@ def run_module(name, mode, events_path, skip_path=None, test_timeout=120.0, dump
     if skip_path and os.path.exists(skip_path):
         with open(skip_path) as f:
             skip = json.load(f)
+    if sigint:
+        # as in a plain python: SIGINT raises KeyboardInterrupt. bunpy leaves SIGINT to Bun
+        # (Python sees an unknown handler), so _thread.interrupt_main() -- test_runners'
+        # interrupt tests -- would do nothing and those tests would wait for ever
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        info["sigint"] = "default_int_handler"
     dump_file = open(dump_path or os.devnull, "a")
     faulthandler.enable(file=dump_file, all_threads=True)
     _count_loops()
+    if preload:  # e.g. a fix to try, patched into bunpy's classes
+        import runpy
+
+        runpy.run_path(preload, run_name="__asyncio_suite_preload__")
+        info["preload"] = preload
     if mode == "bunpy":
         info["checks"] = install_bunpy()
-        _loop_counts.clear()  # the checks' own loops
+    else:
+        info["checks"] = stock_checks()
+    _loop_counts.clear()  # the checks' own loops
     try:
         mod = importlib.import_module(f"test.test_asyncio.{name}")
     except unittest.SkipTest as e:
