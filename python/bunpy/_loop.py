@@ -17,7 +17,7 @@ import asyncio
 import selectors
 import sys
 import threading
-from asyncio import events
+from asyncio import base_events, events
 
 import _bunpy
 
@@ -109,9 +109,10 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
     # -- the self-pipe becomes the reactor's eventfd ------------------------------------
     def _make_self_pipe(self):
         self._ssock = self._csock = None
+        self._internal_fds += 1  # the eventfd, counted as asyncio counts its self-pipe
 
     def _close_self_pipe(self):
-        pass
+        self._internal_fds -= 1
 
     def _write_to_self(self):
         reactor = getattr(self, "_reactor", None)
@@ -119,15 +120,29 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             reactor.wake()
 
     # -- call_soon: the Handle is made in C ---------------------------------------------
+    # In debug mode the Handle is made here, not through super(): asyncio trims one frame
+    # per level from its _source_traceback, and a frame of ours in between would stay.
     def call_soon(self, callback, *args, context=None):
-        if self._debug or self._closed:
-            return super().call_soon(callback, *args, context=context)
-        return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
+        if not (self._debug or self._closed):
+            return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        return handle
 
     def _call_soon(self, callback, args, context):
-        if self._debug:
-            return super()._call_soon(callback, args, context)
-        return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
+        if not self._debug:
+            return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        return handle
 
     # -- timers in the C heap -----------------------------------------------------------
     def call_at(self, when, callback, *args, context=None):
@@ -177,7 +192,7 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
                 handle._run()
                 dt = self.time() - t0
                 if dt >= self.slow_callback_duration:
-                    asyncio.log.logger.warning("Executing %s took %.3f seconds", asyncio.base_events._format_handle(handle), dt)
+                    base_events.logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
             finally:
                 self._current_handle = None
 
@@ -208,16 +223,33 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         return task
 
 
+class _Local(events.BaseDefaultEventLoopPolicy._Local):
+    """A policy's per-thread state: on a context's thread with no loop set, the loop is the
+    context's own. (Not an override of get_event_loop: a frame of ours there would shift the
+    stacklevel of asyncio's "There is no current event loop" DeprecationWarning.)"""
+
+    _set = None
+
+    @property
+    def _loop(self):
+        if self._set is None and _bunpy.in_context():
+            return context_loop()
+        return self._set
+
+    @_loop.setter
+    def _loop(self, loop):
+        self._set = loop
+
+
 class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
     """asyncio's policy, making bunpy loops; on a context's thread get_event_loop() gives
     the context's own loop (its tasks keep running between calls from JS)."""
 
     _loop_factory = BunpyEventLoop
 
-    def get_event_loop(self):
-        if self._local._loop is None and _bunpy.in_context():
-            return context_loop()
-        return super().get_event_loop()
+    def __init__(self):
+        super().__init__()
+        self._local = _Local()
 
 
 class ContextsPolicy(asyncio.DefaultEventLoopPolicy):
@@ -225,10 +257,9 @@ class ContextsPolicy(asyncio.DefaultEventLoopPolicy):
     context threads, asyncio's own everywhere else (worker contexts share the main
     interpreter, whose asyncio code must not change)."""
 
-    def get_event_loop(self):
-        if self._local._loop is None and _bunpy.in_context():
-            return context_loop()
-        return super().get_event_loop()
+    def __init__(self):
+        super().__init__()
+        self._local = _Local()
 
     def new_event_loop(self):
         return BunpyEventLoop() if _bunpy.in_context() else super().new_event_loop()

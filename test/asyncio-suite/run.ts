@@ -6,7 +6,8 @@
  *
  *   module ...            test_events test_tasks ... (default: the list below; names
  *                         absent from this Python are reported as such)
- *   --stock               run with asyncio's own loop instead (nothing patched)
+ *   --stock               asyncio's own loop instead: asyncio is not patched; BunpyLoopTests
+ *                         (below) run on SelectorEventLoop(EpollSelector()), so ids match
  *   --compare             run both, and tell the failures that are bunpy's alone
  *   --json                print the results as JSON (also: ASYNCIO_SUITE_JSON=1)
  *   --out FILE            also write the JSON results to FILE
@@ -22,6 +23,13 @@
  *                         as in a plain python; without it test_runners' interrupt tests hang)
  *
  * Python: BUNPY_PYTHON=/path/to/python3 (as for bunpy itself).
+ *
+ * Failures with bunpy's loop are tagged expected (EXPECTED below: refused signal handlers and
+ * subprocesses, the Unix policy's child watchers, fork) or UNEXPECTED. The JSON report:
+ *   { python, commit, modes, wall, unexpected: [{id, outcome, stock, summary}],
+ *     modules: [{module, mode, status, counts: {run, passed, failed, errors, skipped, xfail,
+ *               xpass, hung, crashed}, loops, tests: [{id, outcome, time, details, loops,
+ *               expected?}], ...}], comparison?, stockOnly? }
  *
  * Each module runs in `bun run.ts --child ...`, which loads harness.py into bunpy's main
  * interpreter: in bunpy mode every loop asyncio hands out (SelectorEventLoop, EventLoop,
@@ -368,6 +376,7 @@ async function main(): Promise<void> {
   if (argv.includes("--child")) return child(argv);
   const o = parseArgs(argv);
   mkdirSync(o.logDir, { recursive: true });
+  const commitAtStart = gitCommit();
   const jobs: { module: string; mode: Mode }[] = [];
   for (const module of o.modules) for (const mode of o.modes) jobs.push({ module, mode });
   const results: ModuleResult[] = new Array(jobs.length);
@@ -388,7 +397,8 @@ async function main(): Promise<void> {
   await Promise.all(Array.from({ length: Math.min(o.jobs, jobs.length) }, worker));
   const wall = Math.round((performance.now() - t0) / 100) / 10;
   const python = results.find((r) => r.python)?.python;
-  const commit = gitCommit();
+  const commitAtEnd = gitCommit();
+  const commit = commitAtStart === commitAtEnd ? commitAtStart : `${commitAtStart} -> ${commitAtEnd} (changed during the run)`;
 
   // bunpy vs stock: the failures that are bunpy's alone
   const stockById = new Map<string, TestResult>();
@@ -433,6 +443,12 @@ async function main(): Promise<void> {
   }
   const notes = [...new Set(results.flatMap((r) => (r.notes ?? []).map((n) => `${r.module}: ${n}`)))];
   for (const n of notes) console.log(`  ${n}`);
+  // the loop under test must be bunpy's: name the tests that made asyncio's own loop
+  const STOCK_LOOPS = ["_UnixSelectorEventLoop", "SelectorEventLoop", "EventLoop"];
+  for (const r of results.filter((r) => r.mode === "bunpy")) {
+    const stray = r.tests.filter((t) => STOCK_LOOPS.some((k) => t.loops[k]));
+    if (stray.length) console.log(`  WARNING ${r.module}: asyncio's own loop made in bunpy mode by ${stray.map((t) => shortId(t.id)).join(", ")}`);
+  }
   const main = results.filter((r) => !STOCK_INTERNALS.has(r.module));
   const internals = results.filter((r) => STOCK_INTERNALS.has(r.module));
   console.log("\n" + table(main));
