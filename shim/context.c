@@ -371,17 +371,20 @@ static void serve(bp_context *c, bp_request *req) {
     int deep = 0;
     int32_t read_failed = 0;
     PyObject *v = run_request(c, req, &deep, &read_failed);
+    int parked = 0;
+    if (v && awaited(req, v)) {
+        /* still the current request: a coroutine's first step is part of the call (its
+           JS calls go to the caller, a cancel interrupts it) */
+        PyObject *awaitable = v;
+        v = bp_loop_start(c, req, awaitable, &parked);
+        Py_DECREF(awaitable);
+    }
     set_current(c, outer);
     if (atomic_load(&c->interrupts)) {
         atomic_store(&c->interrupts, 0);
         PyThreadState_SetAsyncExc(c->ident, NULL);
     }
-    if (v && awaited(req, v)) {
-        int parked = bp_loop_park(c, req, v);
-        Py_DECREF(v);
-        if (parked == 0) return; /* completed when its task ends */
-        v = NULL;                /* could not start it: the error goes back to JS */
-    }
+    if (parked) return; /* completed when its task ends */
     bp_ctx_complete_with(c, req, v, deep, read_failed);
 }
 

@@ -124,7 +124,10 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
 void bp_ctx_complete_with(bp_context *c, bp_request *req, PyObject *v, int deep, int32_t read_failed);
 
 /* loop.c: the context's event loop, driven by its thread between requests. GIL held. */
-int bp_loop_park(bp_context *c, bp_request *req, PyObject *awaitable); /* -1: error set */
+/* Runs an awaitable a request returned as a task (a coroutine's first step at once, 3.12+).
+   Returns its result if it finished already; NULL with *parked = 1 when the task goes on
+   (the request completes when it ends); NULL with an error set if it could not start. */
+PyObject *bp_loop_start(bp_context *c, bp_request *req, PyObject *awaitable, int *parked);
 PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task);      /* _bunpy.finish_parked */
 void bp_loop_cancel_tasks(bp_context *c);  /* cancels the tasks of requests JS cancelled     */
 void bp_loop_step(bp_context *c);          /* one loop iteration; waits for work inside     */

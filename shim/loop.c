@@ -48,31 +48,38 @@ static void cancel_task(PyObject *task) {
     Py_XDECREF(v);
 }
 
-int bp_loop_park(bp_context *c, bp_request *req, PyObject *awaitable) {
+PyObject *bp_loop_start(bp_context *c, bp_request *req, PyObject *awaitable, int *parked) {
+    *parked = 0;
     PyObject *loop = context_loop(c);
-    if (!loop) return -1;
+    if (!loop) return NULL;
     PyObject *token = PyCapsule_New(c, TOKEN_NAME, NULL);
     if (!token || PyCapsule_SetContext(token, req) < 0) {
         Py_XDECREF(token);
         Py_DECREF(loop);
-        return -1;
+        return NULL;
     }
     PyObject *task = PyObject_CallMethod(loop, "_bunpy_start", "OO", awaitable, token);
     Py_DECREF(loop);
-    if (!task) {
+    PyObject *done = task ? PyObject_CallMethod(task, "done", NULL) : NULL;
+    int finished = done ? PyObject_IsTrue(done) : -1;
+    Py_XDECREF(done);
+    if (finished != 0) { /* finished in its first step, or could not start */
+        PyObject *v = finished > 0 ? PyObject_CallMethod(task, "result", NULL) : NULL;
+        Py_XDECREF(task);
         Py_DECREF(token);
-        return -1;
+        return v;
     }
     req->task = task;
-    req->token = token;
+    req->token = token; /* the same capsule the done-callback will present */
     req->park_prev = NULL;
     req->park_next = c->parked;
     if (c->parked) c->parked->park_prev = req;
     c->parked = req;
     atomic_store(&req->parked, 1);
+    *parked = 1;
     /* a cancel that came before `parked` was set did not bump task_cancels */
     if (atomic_load(&req->cancelled)) cancel_task(task);
-    return 0;
+    return NULL;
 }
 
 PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task) {

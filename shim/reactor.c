@@ -279,6 +279,9 @@ static int reactor_wait(bp_reactor *r, double timeout) {
         return -1;
     }
     if (context_has_work(r->ctx) || atomic_load(&r->wake_pending)) timeout = 0;
+    /* Nothing to poll and no time to wait: skip the syscall. A pending wake-up stays
+       readable and is drained by the next real wait (its handles are queued already). */
+    if (timeout == 0 && r->nfds == 0) return 0;
     int n;
     r->waiting = 1;
     Py_BEGIN_ALLOW_THREADS

@@ -24,6 +24,7 @@ import _bunpy
 __all__ = ["BunpyEventLoop", "EventLoopPolicy", "new_event_loop", "run"]
 
 _VALID_EVENTS = selectors.EVENT_READ | selectors.EVENT_WRITE
+_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
 
 
 class _ReactorSelector(selectors._BaseSelectorImpl):
@@ -217,9 +218,22 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             self._stopping = False  # a context's loop runs for the context's whole life
 
     def _bunpy_start(self, awaitable, token):
-        """Runs what a JS call returned as a task; its end completes the call."""
-        task = asyncio.ensure_future(awaitable, loop=self)
-        task.add_done_callback(lambda t: _bunpy.finish_parked(token, t))
+        """Runs what a JS call returned as a task; its end completes the call.
+
+        A coroutine starts eagerly (3.12+, as asyncio.eager_task_factory does): its first
+        step runs now, and one that finishes without waiting completes the call at once,
+        with no trip through the loop. Returns the task; the caller checks done()."""
+        if _EAGER and asyncio.iscoroutine(awaitable):
+            outer = events._get_running_loop()  # set when JS called back from inside a task
+            events._set_running_loop(self)
+            try:
+                task = asyncio.Task(awaitable, loop=self, eager_start=True)
+            finally:
+                events._set_running_loop(outer)
+        else:
+            task = asyncio.ensure_future(awaitable, loop=self)
+        if not task.done():
+            task.add_done_callback(lambda t: _bunpy.finish_parked(token, t))
         return task
 
 
