@@ -262,14 +262,26 @@ static int wait_events(bp_reactor *r, double timeout) {
     return epoll_wait(r->epfd, r->events, max, ms);
 }
 
-/* A context's loop: spin briefly (without user fds to watch) before sleeping, as the
-   context's plain wait does — a wake-up from sleep costs tens of µs. */
-static void spin_for_requests(bp_reactor *r, double timeout) {
-    if (r->nfds > 0 || timeout == 0) return;
+/*
+ * Before sleeping in epoll, look for work for a short while, yielding the core between
+ * looks: waking a sleeping thread costs tens of µs on this kind of machine — more than a
+ * loopback round trip or a short call from JS. Returns the number of events found (0 with
+ * a request or a wake-up pending), or -1 when the caller should sleep.
+ */
+static int spin_before_sleep(bp_reactor *r, double timeout, int max) {
+    if (timeout == 0) return -1; /* not asked to wait: the caller polls once */
     int64_t spin = SPIN_NS;
     if (timeout > 0 && timeout * 1e9 < (double)spin) spin = (int64_t)(timeout * 1e9);
     int64_t until = bp_now_ns() + spin;
-    while (!bp_ctx_has_work(r->ctx) && bp_now_ns() < until) sched_yield();
+    for (;;) {
+        if ((r->ctx && bp_ctx_has_work(r->ctx)) || atomic_load(&r->wake_pending)) return 0;
+        if (r->nfds > 0) { /* without user fds only the flags above can change */
+            int n = epoll_wait(r->epfd, r->events, max, 0);
+            if (n != 0) return n;
+        }
+        if (bp_now_ns() >= until) return -1;
+        sched_yield();
+    }
 }
 
 /* Waits for events (GIL released); timeout < 0 waits for ever. Returns the event count. */
@@ -278,23 +290,26 @@ static int reactor_wait(bp_reactor *r, double timeout) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: this event loop is already waiting in another thread");
         return -1;
     }
-    if (context_has_work(r->ctx) || atomic_load(&r->wake_pending)) timeout = 0;
-    /* Nothing to poll and no time to wait: skip the syscall. A pending wake-up stays
-       readable and is drained by the next real wait (its handles are queued already). */
-    if (timeout == 0 && r->nfds == 0) return 0;
+    int pending = atomic_load(&r->wake_pending);
+    if (pending || context_has_work(r->ctx)) timeout = 0;
+    /* Nothing to poll, no wake-up to drain and no time to wait: skip the syscall. */
+    if (timeout == 0 && r->nfds == 0 && !pending) return 0;
+    int max = (int)(sizeof r->events / sizeof r->events[0]);
     int n;
     r->waiting = 1;
     Py_BEGIN_ALLOW_THREADS
-    if (r->ctx) {
-        spin_for_requests(r, timeout);
-        /* announce the sleep, then look again: a producer that saw `sleeping` clear has
-           pushed already (the same handshake as bp_ctx_sleep) */
-        atomic_store(&r->ctx->sleeping, 1);
-        if (bp_ctx_has_work(r->ctx)) timeout = 0;
+    n = spin_before_sleep(r, timeout, max);
+    if (n < 0) {
+        if (r->ctx) {
+            /* announce the sleep, then look again: a producer that saw `sleeping` clear
+               has pushed already (the same handshake as bp_ctx_sleep) */
+            atomic_store(&r->ctx->sleeping, 1);
+            if (bp_ctx_has_work(r->ctx)) timeout = 0;
+        }
+        while ((n = wait_events(r, timeout)) < 0 && errno == EINTR) {
+        }
+        if (r->ctx) atomic_store(&r->ctx->sleeping, 0);
     }
-    while ((n = wait_events(r, timeout)) < 0 && errno == EINTR) {
-    }
-    if (r->ctx) atomic_store(&r->ctx->sleeping, 0);
     Py_END_ALLOW_THREADS
     r->waiting = 0;
     if (n < 0) PyErr_SetFromErrno(PyExc_OSError);
