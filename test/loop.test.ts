@@ -308,6 +308,17 @@ def reactor_misuse():
     r.close()
     return out
 
+async def idle_cpu():
+    # after a wake-up from another thread, a loop waiting for a timer must sleep, not spin
+    loop = asyncio.get_running_loop()
+    t = threading.Thread(target=lambda: loop.call_soon_threadsafe(lambda: None))
+    t.start()
+    t.join()
+    await asyncio.sleep(0.01)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(0.2)
+    return (time.process_time() - cpu0) / (time.monotonic() - wall0)
+
 def churn(rounds):
     # timers (half of them cancelled), call_soon and threadsafe wake-ups on one loop:
     # returns the growth of Python's object count after the first round
@@ -469,6 +480,11 @@ describe("bunpy event loop", () => {
       "RuntimeError",
       "RuntimeError",
     ]);
+  });
+
+  test("an idle loop sleeps in epoll instead of spinning", () => {
+    // the share of one core the process used while the loop waited 200 ms for a timer
+    expect(run("idle_cpu") as number).toBeLessThan(0.5);
   });
 
   test("handles and timers are freed: the object count stays flat over 100,000s of them", () => {
