@@ -54,7 +54,16 @@ static inline PyThreadState *bp_thread_state_unchecked(void) {
 #define BP_MAX_NESTING 32
 
 /* ---- per-interpreter state (module.c): what the codec needs from the interpreter ---- */
+/* Attribute names the reactor looks up, interned once per interpreter (module state): a
+   string object belongs to the interpreter that made it, so none is kept in a C static. */
+enum {
+    BP_NAME_WHEN, BP_NAME_CANCELLED, BP_NAME_SCHEDULED, BP_NAME_RUN, BP_NAME_POPLEFT, BP_NAME_APPEND,
+    BP_NAME_CONTEXT, BP_NAME_CALLBACK, BP_NAME_ARGS, BP_NAME_LOOP, BP_NAME_REPR, BP_NAME_SOURCE_TRACEBACK,
+    BP_NAME_REMOVE_READER, BP_NAME_REMOVE_WRITER, BP_NAME_COUNT
+};
+
 typedef struct bp_interp {
+    PyObject *names[BP_NAME_COUNT]; /* see BP_NAME_*                                         */
     PyTypeObject *jsfunc_type;   /* bunpy.JSFunction (heap type of this interpreter)       */
     PyObject *jserror_type;      /* bunpy.JSError                                           */
     PyObject *helpers;           /* the bunpy._codec module (datetime and traceback helpers) */

@@ -271,6 +271,15 @@ PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id) {
 
 static int mod_exec(PyObject *m) {
     bp_interp *st = PyModule_GetState(m);
+    static const char *const names[BP_NAME_COUNT] = {
+        [BP_NAME_WHEN] = "_when", [BP_NAME_CANCELLED] = "_cancelled", [BP_NAME_SCHEDULED] = "_scheduled",
+        [BP_NAME_RUN] = "_run", [BP_NAME_POPLEFT] = "popleft", [BP_NAME_APPEND] = "append",
+        [BP_NAME_CONTEXT] = "_context", [BP_NAME_CALLBACK] = "_callback", [BP_NAME_ARGS] = "_args",
+        [BP_NAME_LOOP] = "_loop", [BP_NAME_REPR] = "_repr", [BP_NAME_SOURCE_TRACEBACK] = "_source_traceback",
+        [BP_NAME_REMOVE_READER] = "_remove_reader", [BP_NAME_REMOVE_WRITER] = "_remove_writer",
+    };
+    for (int i = 0; i < BP_NAME_COUNT; i++)
+        if (!(st->names[i] = PyUnicode_InternFromString(names[i]))) return -1;
     st->jserror_type = PyErr_NewExceptionWithDoc("bunpy.JSError", "An exception thrown by a JavaScript function.",
                                                  PyExc_Exception, NULL);
     if (!st->jserror_type || PyModule_AddObjectRef(m, "JSError", st->jserror_type) < 0) return -1;
@@ -309,6 +318,7 @@ static int mod_clear(PyObject *m) {
     Py_CLEAR(st->jsfunc_type);
     Py_CLEAR(st->helpers);
     Py_CLEAR(st->datetime_type);
+    for (int i = 0; i < BP_NAME_COUNT; i++) Py_CLEAR(st->names[i]);
     cached_interp_id = -1;
     return 0;
 }

@@ -52,6 +52,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    bp_interp *st;            /* module state of its interpreter: the attribute names    */
     int epfd;
     int wake_fd;
     atomic_int wake_pending;
@@ -97,34 +98,15 @@ static void sift_down(bp_timer *h, Py_ssize_t n, Py_ssize_t i) {
     h[i] = t;
 }
 
-static PyObject *str_when, *str_cancelled, *str_scheduled, *str_run, *str_popleft;
-
-static PyObject *str_append_name(void) {
-    static PyObject *name;
-    if (!name) name = PyUnicode_InternFromString("append");
-    return name;
-}
-
-static int interned(void) {
-    if (str_popleft) return 0;
-    /* immortal in 3.12+; a leak of five small strings on 3.11 */
-    str_when = PyUnicode_InternFromString("_when");
-    str_cancelled = PyUnicode_InternFromString("_cancelled");
-    str_scheduled = PyUnicode_InternFromString("_scheduled");
-    str_run = PyUnicode_InternFromString("_run");
-    PyObject *p = PyUnicode_InternFromString("popleft");
-    if (!str_when || !str_cancelled || !str_scheduled || !str_run || !p) return -1;
-    str_popleft = p;
-    return 0;
-}
+#define NAME(r, k) ((r)->st->names[BP_NAME_##k])
 
 /* 1 if the handle was cancelled, 0 if not, -1 on error. */
-static int is_cancelled(PyObject *handle) {
-    PyObject *v = PyObject_GetAttr(handle, str_cancelled);
+static int is_cancelled(bp_reactor *r, PyObject *handle) {
+    PyObject *v = PyObject_GetAttr(handle, NAME(r, CANCELLED));
     if (!v) return -1;
-    int r = PyObject_IsTrue(v);
+    int yes = PyObject_IsTrue(v);
     Py_DECREF(v);
-    return r;
+    return yes;
 }
 
 static bp_timer heap_pop(bp_reactor *r) {
@@ -139,12 +121,12 @@ static bp_timer heap_pop(bp_reactor *r) {
 /* Drops cancelled handles from the top of the heap. */
 static int drop_cancelled_top(bp_reactor *r) {
     while (r->n > 0) {
-        int c = is_cancelled(r->heap[0].handle);
+        int c = is_cancelled(r, r->heap[0].handle);
         if (c < 0) return -1;
         if (!c) break;
         bp_timer t = heap_pop(r);
         if (r->cancelled > 0) r->cancelled--;
-        int rc = PyObject_SetAttr(t.handle, str_scheduled, Py_False);
+        int rc = PyObject_SetAttr(t.handle, NAME(r, SCHEDULED), Py_False);
         Py_DECREF(t.handle);
         if (rc < 0) return -1;
     }
@@ -394,7 +376,7 @@ static PyObject *reactor_wake(PyObject *self, PyObject *unused) {
 /* push(handle): schedules a TimerHandle at handle._when. */
 static PyObject *reactor_push(PyObject *self, PyObject *handle) {
     bp_reactor *r = (bp_reactor *)self;
-    PyObject *w = PyObject_GetAttr(handle, str_when);
+    PyObject *w = PyObject_GetAttr(handle, NAME(r, WHEN));
     if (!w) return NULL;
     double when = PyFloat_AsDouble(w);
     Py_DECREF(w);
@@ -410,7 +392,7 @@ static PyObject *reactor_push(PyObject *self, PyObject *handle) {
         r->heap = h;
         r->cap = cap;
     }
-    if (PyObject_SetAttr(handle, str_scheduled, Py_True) < 0) return NULL;
+    if (PyObject_SetAttr(handle, NAME(r, SCHEDULED), Py_True) < 0) return NULL;
     r->heap[r->n] = (bp_timer){.when = when, .seq = r->seq++, .handle = Py_NewRef(handle)};
     sift_up(r->heap, r->n++);
     Py_RETURN_NONE;
@@ -423,13 +405,13 @@ static PyObject *reactor_cancelled(PyObject *self, PyObject *unused) {
     if (++r->cancelled <= 100 || r->cancelled * 2 <= r->n) Py_RETURN_NONE;
     Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < r->n; i++) {
-        int c = is_cancelled(r->heap[i].handle);
+        int c = is_cancelled(r, r->heap[i].handle);
         if (c == 0) {
             r->heap[kept++] = r->heap[i];
             continue;
         }
         if (c < 0) PyErr_Clear();
-        if (PyObject_SetAttr(r->heap[i].handle, str_scheduled, Py_False) < 0) PyErr_Clear();
+        if (PyObject_SetAttr(r->heap[i].handle, NAME(r, SCHEDULED), Py_False) < 0) PyErr_Clear();
         Py_DECREF(r->heap[i].handle);
     }
     r->n = kept;
@@ -453,8 +435,8 @@ static PyObject *reactor_timeout(PyObject *self, PyObject *arg) {
 static int pop_due_into(bp_reactor *r, double end, PyObject *append) {
     while (r->n > 0 && r->heap[0].when < end) {
         bp_timer t = heap_pop(r);
-        int c = is_cancelled(t.handle);
-        int rc = c < 0 ? -1 : PyObject_SetAttr(t.handle, str_scheduled, Py_False);
+        int c = is_cancelled(r, t.handle);
+        int rc = c < 0 ? -1 : PyObject_SetAttr(t.handle, NAME(r, SCHEDULED), Py_False);
         if (rc == 0 && c == 0) {
             PyObject *v = PyObject_CallOneArg(append, t.handle);
             rc = v ? 0 : -1;
@@ -487,21 +469,14 @@ static PyObject *reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize
  * own _run.
  */
 static int run_handle(bp_reactor *r, PyObject *h) {
-    static PyObject *str_context, *str_callback, *str_args;
     if (!r->report || (Py_TYPE(h) != (PyTypeObject *)r->handle_type && Py_TYPE(h) != (PyTypeObject *)r->timer_type)) {
-        PyObject *v = PyObject_CallMethodNoArgs(h, str_run);
+        PyObject *v = PyObject_CallMethodNoArgs(h, NAME(r, RUN));
         Py_XDECREF(v);
         return v ? 0 : -1;
     }
-    if (!str_args) {
-        str_context = PyUnicode_InternFromString("_context");
-        str_callback = PyUnicode_InternFromString("_callback");
-        str_args = PyUnicode_InternFromString("_args");
-        if (!str_context || !str_callback || !str_args) return -1;
-    }
-    PyObject *ctx = PyObject_GetAttr(h, str_context);
-    PyObject *cb = ctx ? PyObject_GetAttr(h, str_callback) : NULL;
-    PyObject *args = cb ? PyObject_GetAttr(h, str_args) : NULL;
+    PyObject *ctx = PyObject_GetAttr(h, NAME(r, CONTEXT));
+    PyObject *cb = ctx ? PyObject_GetAttr(h, NAME(r, CALLBACK)) : NULL;
+    PyObject *args = cb ? PyObject_GetAttr(h, NAME(r, ARGS)) : NULL;
     PyObject *v = NULL;
     if (args && PyTuple_Check(args) && PyContext_CheckExact(ctx) && PyContext_Enter(ctx) == 0) {
         v = PyObject_Call(cb, args, NULL);
@@ -528,12 +503,12 @@ static int run_handle(bp_reactor *r, PyObject *h) {
 static int run_ready(bp_reactor *r, PyObject *ready) {
     Py_ssize_t ntodo = PyObject_Length(ready);
     if (ntodo < 0) return -1;
-    PyObject *popleft = PyObject_GetAttr(ready, str_popleft);
+    PyObject *popleft = PyObject_GetAttr(ready, NAME(r, POPLEFT));
     if (!popleft) return -1;
     for (Py_ssize_t i = 0; i < ntodo; i++) {
         PyObject *h = PyObject_CallNoArgs(popleft);
         if (!h) goto fail;
-        int c = is_cancelled(h);
+        int c = is_cancelled(r, h);
         int rc = c == 0 ? run_handle(r, h) : c;
         Py_DECREF(h);
         if (rc < 0) goto fail; /* only SystemExit and KeyboardInterrupt get out */
@@ -569,17 +544,13 @@ static PyObject *reactor_run_ready(PyObject *self, PyObject *ready) {
  * same attributes are set), appended to the ready queue.
  */
 static PyObject *reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static PyObject *names[7];
     bp_reactor *r = (bp_reactor *)self;
     if (nargs != 6 || args[0] != r->handle_type) { /* only the type configure() vetted */
         PyErr_SetString(PyExc_TypeError, "expected (Handle, callback, args, context, loop, ready) after configure()");
         return NULL;
     }
-    if (!names[6]) {
-        const char *n[7] = {"_callback", "_args", "_cancelled", "_loop", "_repr", "_source_traceback", "_context"};
-        for (int i = 0; i < 7; i++)
-            if (!(names[i] = PyUnicode_InternFromString(n[i]))) return NULL;
-    }
+    PyObject *names[7] = {NAME(r, CALLBACK), NAME(r, ARGS), NAME(r, CANCELLED), NAME(r, LOOP),
+                          NAME(r, REPR), NAME(r, SOURCE_TRACEBACK), NAME(r, CONTEXT)};
     PyTypeObject *tp = (PyTypeObject *)args[0];
     PyObject *context = args[3] == Py_None ? PyContext_CopyCurrent() : Py_NewRef(args[3]);
     if (!context) return NULL;
@@ -593,7 +564,7 @@ static PyObject *reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (PyObject_SetAttr(h, names[i], values[i]) < 0) goto fail;
     }
     Py_DECREF(context);
-    PyObject *v = PyObject_CallMethodOneArg(args[5], str_append_name(), h);
+    PyObject *v = PyObject_CallMethodOneArg(args[5], NAME(r, APPEND), h);
     if (!v) {
         Py_DECREF(h);
         return NULL;
@@ -611,9 +582,9 @@ static double monotonic_s(void) { return (double)bp_now_ns() / 1e9; }
 
 /* The reader or writer handle of a ready fd goes to the ready queue; a cancelled one is
    removed instead (as BaseSelectorEventLoop._process_events). */
-static int dispatch(PyObject *loop, PyObject *fileobj, PyObject *handle, PyObject *remove, PyObject *append) {
+static int dispatch(bp_reactor *r, PyObject *loop, PyObject *fileobj, PyObject *handle, PyObject *remove, PyObject *append) {
     if (handle == Py_None) return 0;
-    int c = is_cancelled(handle);
+    int c = is_cancelled(r, handle);
     if (c < 0) return -1;
     PyObject *v = c ? PyObject_CallMethodOneArg(loop, remove, fileobj) : PyObject_CallOneArg(append, handle);
     Py_XDECREF(v);
@@ -627,19 +598,12 @@ static int dispatch(PyObject *loop, PyObject *fileobj, PyObject *handle, PyObjec
  * timers, run what is queued. One call from Python per iteration.
  */
 static PyObject *reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static PyObject *str_append, *str_remove_reader, *str_remove_writer;
     bp_reactor *r = (bp_reactor *)self;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "expected (loop, ready, stopping, clock_resolution)");
         return NULL;
     }
     if (r->epfd < 0) return closed_error();
-    if (!str_remove_writer) {
-        str_append = PyUnicode_InternFromString("append");
-        str_remove_reader = PyUnicode_InternFromString("_remove_reader");
-        str_remove_writer = PyUnicode_InternFromString("_remove_writer");
-        if (!str_append || !str_remove_reader || !str_remove_writer) return NULL;
-    }
     PyObject *loop = args[0], *ready = args[1];
     int stopping = PyObject_IsTrue(args[2]);
     double resolution = PyFloat_AsDouble(args[3]);
@@ -657,7 +621,7 @@ static PyObject *reactor_run_once(PyObject *self, PyObject *const *args, Py_ssiz
     }
     int n = reactor_wait(r, timeout);
     if (n < 0) return NULL;
-    PyObject *append = PyObject_GetAttr(ready, str_append);
+    PyObject *append = PyObject_GetAttr(ready, NAME(r, APPEND));
     if (!append) return NULL;
     for (int i = 0; i < n; i++) {
         int mask = 0;
@@ -670,8 +634,8 @@ static PyObject *reactor_run_once(PyObject *self, PyObject *const *args, Py_ssiz
         if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) continue; /* not a loop's (reader, writer) */
         Py_INCREF(key); /* a callback may unregister the fd before we are done with it */
         int rc = 0;
-        if (mask & EVENT_READ) rc = dispatch(loop, fileobj, PyTuple_GET_ITEM(data, 0), str_remove_reader, append);
-        if (rc == 0 && mask & EVENT_WRITE) rc = dispatch(loop, fileobj, PyTuple_GET_ITEM(data, 1), str_remove_writer, append);
+        if (mask & EVENT_READ) rc = dispatch(r, loop, fileobj, PyTuple_GET_ITEM(data, 0), NAME(r, REMOVE_READER), append);
+        if (rc == 0 && mask & EVENT_WRITE) rc = dispatch(r, loop, fileobj, PyTuple_GET_ITEM(data, 1), NAME(r, REMOVE_WRITER), append);
         Py_DECREF(key);
         if (rc < 0) goto fail;
     }
@@ -687,7 +651,7 @@ fail:
 static void clear_heap(bp_reactor *r) {
     while (r->n > 0) {
         PyObject *h = r->heap[--r->n].handle;
-        if (PyObject_SetAttr(h, str_scheduled, Py_False) < 0) PyErr_Clear();
+        if (PyObject_SetAttr(h, NAME(r, SCHEDULED), Py_False) < 0) PyErr_Clear();
         Py_DECREF(h);
     }
     r->cancelled = 0;
@@ -757,14 +721,16 @@ static PyObject *reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     PyObject *keys;
     int for_context = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!|p:Reactor", names, &PyDict_Type, &keys, &for_context)) return NULL;
-    if (interned() < 0) return NULL;
     bp_context *c = for_context ? bp_this_context : NULL;
     if (for_context && (!c || c->loop_reactor)) {
         PyErr_SetString(PyExc_RuntimeError, c ? "bunpy: this context has a loop already" : "bunpy: not on a context's thread");
         return NULL;
     }
+    bp_interp *st = PyType_GetModuleState(type);
+    if (!st) return NULL;
     bp_reactor *r = (bp_reactor *)type->tp_alloc(type, 0);
     if (!r) return NULL;
+    r->st = st;
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->keys = Py_NewRef(keys);

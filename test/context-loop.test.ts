@@ -295,6 +295,18 @@ describe("context loops and fds", () => {
     expect(fds()).toBeLessThanOrEqual(before);
   });
 
+  test("loops keep working across contexts that come and go (nothing of a closed interpreter is reused)", async () => {
+    py.exec("import bunpy as _bunpy, asyncio as _asyncio");
+    for (let round = 0; round < 6; round++) {
+      const ctx = await py.context({ mode: contextModes[round % contextModes.length] });
+      await ctx.exec(SOURCE);
+      expect(await ctx.call("__main__", "tcp_round_trips", [5])).toBe(5);
+      expect(await ctx.call("__main__", "double", [round, 0.001])).toBe(2 * round);
+      await ctx.close();
+      expect(py.eval("_bunpy.run(_asyncio.sleep(0.001, 'main'))")).toBe("main");
+    }
+  });
+
   test("many coroutine calls leave memory flat", async () => {
     const ctx = await context();
     await ctx.exec(SOURCE);
