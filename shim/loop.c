@@ -24,7 +24,8 @@ static PyObject *loop_module(void) { return PyImport_ImportModule("bunpy._loop")
 
 /* The context's loop, created on first use (new reference). */
 static PyObject *context_loop(bp_context *c) {
-    if (c->loop) return Py_NewRef(c->loop);
+    if (c->loop && c->loop_reactor) return Py_NewRef(c->loop);
+    Py_CLEAR(c->loop); /* none yet, or Python code closed it: a new one */
     PyObject *m = loop_module();
     PyObject *loop = m ? PyObject_CallMethod(m, "context_loop", NULL) : NULL;
     Py_XDECREF(m);

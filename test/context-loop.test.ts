@@ -37,6 +37,12 @@ async def waits_forever(tag):
         cancelled.append(tag)
         raise
 
+async def stubborn():
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.sleep(60)   # ignores the cancel: the close must not wait for it
+
 def returns_future():
     loop = asyncio.get_event_loop()
     fut = loop.create_future()
@@ -282,11 +288,13 @@ describe("context loops and fds", () => {
       await ctx.exec(SOURCE);
       await ctx.call("__main__", "pending_work_then_return");
       const pending = ctx.call("__main__", "waits_forever", ["close"]).catch((e) => e);
+      const stubborn = ctx.call("__main__", "stubborn").catch((e) => e);
       const during = ctx.call("__main__", "sync_sleep", [30]).catch((e) => e);
       await Bun.sleep(20);
       await ctx.close();
       const err = await pending;
       expect(err).toBeInstanceOf(ContextClosedError);
+      expect(await stubborn).toBeInstanceOf(ContextClosedError);
       const slept = await during;
       expect(slept).toBeInstanceOf(PythonError);
       expect(slept.message).toContain("closing");

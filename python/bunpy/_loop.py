@@ -303,7 +303,7 @@ _this_thread = threading.local()
 def context_loop():
     """The loop of the context this thread runs (created on first use)."""
     loop = getattr(_this_thread, "loop", None)
-    if loop is None:
+    if loop is None or loop.is_closed():  # closed by code in the context: a new one
         if not _bunpy.in_context():
             raise RuntimeError("bunpy: not on a context's thread")
         loop = BunpyEventLoop(_context=True)
@@ -324,6 +324,7 @@ def close_context_loop(budget=1.0):
     for t in tasks:
         t.cancel()
     deadline = loop.time() + budget
+    loop.call_at(deadline, lambda: None)  # no iteration waits past the budget
     agens = loop.create_task(loop.shutdown_asyncgens()) if loop._asyncgens else None
     while loop.time() < deadline and (any(not t.done() for t in tasks) or (agens and not agens.done())):
         loop._bunpy_step()
