@@ -92,6 +92,11 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
     int expected = BP_UNINITIALISED;
     if (!atomic_compare_exchange_strong(&state, &expected, BP_STARTING)) return wait_started(err, errlen);
 
+    if (Py_IsInitialized()) { /* another copy of the shim (built from other sources) started it */
+        snprintf(err, (size_t)errlen, "Python was already started in this process by another build of bunpy's shim "
+                                      "(were bunpy's sources changed while it ran?)");
+        goto failed;
+    }
     if (promote_libpython(err, errlen) < 0) goto failed;
     keep_ctrl_c();
     if (bp_sandbox_install() < 0) { /* before initialising: it then sees every interpreter */
