@@ -73,10 +73,10 @@ export class ContextHub {
   }
 
   /**
-   * Right after a call is sent or settled, look for completions from setImmediate for a
-   * few tens of µs instead of letting Bun's event loop go to sleep: waking it through the
-   * doorbell costs ~15 µs, more than a short call takes. The doorbell still rings for
-   * anything that comes later.
+   * Right after a call is sent, or a context's call into JS is taken, look for completions
+   * and calls from setImmediate for a few tens of µs instead of letting Bun's event loop go
+   * to sleep: waking it through the doorbell costs ~15 µs, more than a short call takes.
+   * The doorbell still rings for anything that comes later.
    */
   private pollBriefly(): void {
     this.pollUntil = performance.now() + POLL_MS;
@@ -249,6 +249,8 @@ export class ContextHub {
     const { lib, io, wire } = this.rt;
     const count = lib.bp_port_take_calls(io);
     if (count <= 0) return;
+    // a context calling JS often calls again right after the answer: look for it briefly
+    if (!blocked) this.pollBriefly();
     wire.refresh();
     const saved = wire.hooks;
     const calls: { call: number; context: Context; name: string; args: unknown[]; kwargs: unknown }[] = [];
