@@ -47,6 +47,8 @@ void bp_ctx_unref(bp_context *c) {
     if (c->owner) bp_port_unref(c->owner);
     if (c->wake_fd >= 0) close(c->wake_fd);
     if (c->alert_fd >= 0) close(c->alert_fd);
+    if (c->answers_fd >= 0) close(c->answers_fd);
+    bp_ctx_drop_answers(c);
     pthread_mutex_destroy(&c->life_lock);
     pthread_cond_destroy(&c->life_cond);
     free(c->scratch.buf);
@@ -607,12 +609,14 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     c->mode = mode;
     c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->alert_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->answers_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
     c->start = len <= io->cap ? bp_request_new(c, io, id, BP_REQ_START, len) : NULL;
-    if (c->wake_fd < 0 || c->alert_fd < 0 || !c->scratch.buf || !c->start) {
+    if (c->wake_fd < 0 || c->alert_fd < 0 || c->answers_fd < 0 || !c->scratch.buf || !c->start) {
         if (c->wake_fd >= 0) close(c->wake_fd);
         if (c->alert_fd >= 0) close(c->alert_fd);
+        if (c->answers_fd >= 0) close(c->answers_fd);
         if (c->start) bp_request_free(c->start);
         free(c->scratch.buf);
         free(c);

@@ -87,6 +87,8 @@ struct bp_context {
     atomic_int task_cancels;  /* bumped when JS cancels a parked request                  */
     int task_cancels_seen;
     int alert_fd;             /* eventfd: ends bunpy.sleep on a cancel or the close       */
+    int answers_fd;           /* eventfd in the loop: async_call answers are waiting       */
+    bp_mpsc answered;         /* async_calls JS answered, for _bunpy.take_answers (jscall.c) */
 };
 
 
@@ -137,6 +139,8 @@ PyObject *bp_sleep(double seconds);        /* bunpy.sleep outside a running loop
 
 /* Hands a finished request (or a message) to its port and rings the doorbell on the edge. */
 void bp_request_deliver(bp_request *r);
+/* Frees the async_call answers nobody took (the context is being freed; jscall.c). */
+void bp_ctx_drop_answers(bp_context *c);
 /* bp_port_drain hands a message to JS: lets a blocked sender go on (jscall.c). */
 void bp_message_drained(bp_request *r);
 

@@ -159,6 +159,9 @@ PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *arg
                              PyObject *kwnames);
 PyObject *bp_context_call_start(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames);
+PyObject *bp_context_call_start_batched(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                                        PyObject *kwnames);
+PyObject *bp_context_take_answers(void);
 PyObject *bp_context_call_finish(bp_interp *st, PyObject *handle);
 PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value);
 

@@ -29,6 +29,7 @@ typedef struct bp_jscall {
     uint8_t *data;            /* the call (name, args, kwargs), then the answer */
     uint32_t len;
     int notify_fd;            /* async_call: an eventfd written when answered; -1 when sync */
+    int batched;              /* async_call on the context's loop: answered through `answered` */
     atomic_int refs;          /* async_call: the Python handle and the pending answer       */
 } bp_jscall;
 
@@ -76,7 +77,7 @@ static int refuse_while_writing(bp_context *c) {
 }
 
 static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                             int notify_fd) {
+                             int notify_fd, int batched) {
     if (refuse_while_writing(c) < 0) return NULL;
     bp_port *p = c->current ? c->current->reply : c->owner;
     if (!bp_port_alive(p) || !p->doorbell) {
@@ -100,7 +101,8 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
     call->ctx = c;
     bp_ctx_ref(c); /* the answer may come after the context died and JS freed it */
     call->notify_fd = notify_fd;
-    atomic_init(&call->refs, notify_fd >= 0 ? 2 : 1);
+    call->batched = batched;
+    atomic_init(&call->refs, notify_fd >= 0 || batched ? 2 : 1);
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
     if (was_empty) ring(c, p);
@@ -124,7 +126,7 @@ PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *arg
                      BP_MAX_NESTING);
         return NULL;
     }
-    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, -1);
+    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, -1, 0);
     if (!call) return NULL;
     /* The answer comes back through bp_call_reply, which sets `answered` and wakes us;
        meanwhile requests to this context are served (JS may call back into it). */
@@ -150,7 +152,7 @@ PyObject *bp_context_call_start(bp_interp *st, PyObject *name, PyObject *const *
     bp_context *c = bp_this_context;
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, fd);
+    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, fd, 0);
     if (!call) {
         close(fd);
         return NULL;
@@ -162,6 +164,50 @@ PyObject *bp_context_call_start(bp_interp *st, PyObject *name, PyObject *const *
         return NULL;
     }
     return Py_BuildValue("(Ni)", capsule, fd);
+}
+
+/* _bunpy.call_start_batched(name, *args, **kwargs) -> (handle, key): on the context's own
+   loop, the answer is announced through the context's answers fd (one for all calls,
+   registered in the loop for its whole life) and listed by take_answers() under `key`. */
+PyObject *bp_context_call_start_batched(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                                        PyObject *kwnames) {
+    (void)st;
+    bp_context *c = bp_this_context;
+    bp_jscall *call = queue_call(c, name, args, nargs, kwnames, -1, 1);
+    if (!call) return NULL;
+    PyObject *capsule = PyCapsule_New(call, CALL_CAPSULE, capsule_drop);
+    if (!capsule) {
+        atomic_fetch_sub(&call->refs, 1); /* the answer's reference stays */
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", capsule, PyLong_FromVoidPtr(call));
+}
+
+/* _bunpy.take_answers() -> [key]: the batched calls JS answered since the last take. */
+PyObject *bp_context_take_answers(void) {
+    bp_context *c = bp_this_context;
+    uint64_t v;
+    ssize_t got = read(c->answers_fd, &v, sizeof v); /* reset first: a later answer writes again */
+    (void)got;
+    bp_node *list = bp_mpsc_take(&c->answered);
+    PyObject *keys = PyList_New(0);
+    while (list) {
+        bp_jscall *call = (bp_jscall *)list;
+        list = list->next;
+        PyObject *key = keys ? PyLong_FromVoidPtr(call) : NULL;
+        if (key && PyList_Append(keys, key) < 0) Py_CLEAR(keys);
+        Py_XDECREF(key);
+        call_unref(call); /* the list's reference: the Python handle keeps the call */
+    }
+    return keys;
+}
+
+void bp_ctx_drop_answers(bp_context *c) {
+    for (bp_node *n = bp_mpsc_take(&c->answered); n;) {
+        bp_jscall *call = (bp_jscall *)n;
+        n = n->next;
+        call_unref(call);
+    }
 }
 
 /* _bunpy.call_finish(handle) -> the answer (or raises the JSError). */
@@ -224,7 +270,15 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
     call->len = len;
     call->status = status;
     bp_context *c = call->ctx;
-    if (call->notify_fd >= 0) {
+    if (call->batched) {
+        atomic_store(&call->answered, 1);
+        /* the answered list takes over the answer's reference; written on the edge only */
+        if (bp_mpsc_push(&c->answered, &call->node)) {
+            uint64_t one = 1;
+            ssize_t n = write(c->answers_fd, &one, sizeof one);
+            (void)n;
+        }
+    } else if (call->notify_fd >= 0) {
         atomic_store(&call->answered, 1);
         uint64_t one = 1;
         ssize_t n = write(call->notify_fd, &one, sizeof one);

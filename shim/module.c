@@ -170,18 +170,47 @@ static PyObject *mod_call(PyObject *m, PyObject *const *args, Py_ssize_t nargsf,
     return call_js(st, NULL, -1, args[0], args + 1, nargs - 1, kwnames);
 }
 
-/* _bunpy.call_start(name, *args, **kwargs): the first half of bunpy.async_call in a context */
-static PyObject *mod_call_start(PyObject *m, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+/* The checks shared by call_start and call_start_batched; 0 when the call may go. */
+static int async_call_checks(PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1 || !PyUnicode_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "bunpy.async_call(name, *args, **kwargs): name must be a str");
-        return NULL;
+        return -1;
     }
     if (!bp_this_context || bp_current_port) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: call_start works only on a context's thread");
+        return -1;
+    }
+    return 0;
+}
+
+/* _bunpy.call_start(name, *args, **kwargs): the first half of bunpy.async_call in a context */
+static PyObject *mod_call_start(PyObject *m, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (async_call_checks(args, nargs) < 0) return NULL;
+    return bp_context_call_start(PyModule_GetState(m), args[0], args + 1, nargs - 1, kwnames);
+}
+
+/* _bunpy.call_start_batched(name, *args, **kwargs): the same on the context's own loop */
+static PyObject *mod_call_start_batched(PyObject *m, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (async_call_checks(args, nargs) < 0) return NULL;
+    return bp_context_call_start_batched(PyModule_GetState(m), args[0], args + 1, nargs - 1, kwnames);
+}
+
+static PyObject *mod_take_answers(PyObject *m, PyObject *unused) {
+    if (!bp_this_context || bp_current_port) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: take_answers works only on a context's thread");
         return NULL;
     }
-    return bp_context_call_start(PyModule_GetState(m), args[0], args + 1, nargs - 1, kwnames);
+    return bp_context_take_answers();
+}
+
+static PyObject *mod_answers_fd(PyObject *m, PyObject *unused) {
+    if (!bp_this_context || bp_current_port) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: answers_fd works only on a context's thread");
+        return NULL;
+    }
+    return PyLong_FromLong(bp_this_context->answers_fd);
 }
 
 static PyObject *mod_call_finish(PyObject *m, PyObject *handle) {
@@ -349,6 +378,10 @@ static PyMethodDef mod_methods[] = {
     {"call_start", (PyCFunction)(void (*)(void))mod_call_start, METH_FASTCALL | METH_KEYWORDS,
      "call_start(name, *args, **kwargs) -> (handle, fd)\n--\n\nInternal: queue a JS call; fd is readable once answered."},
     {"call_finish", mod_call_finish, METH_O, "call_finish(handle)\n--\n\nInternal: the answer of a call_start call."},
+    {"call_start_batched", (PyCFunction)(void (*)(void))mod_call_start_batched, METH_FASTCALL | METH_KEYWORDS,
+     "call_start_batched(name, *args, **kwargs) -> (handle, key)\n--\n\nInternal: queue a JS call answered through answers_fd()."},
+    {"take_answers", mod_take_answers, METH_NOARGS, "take_answers() -> [key]\n--\n\nInternal: batched calls answered since the last take."},
+    {"answers_fd", mod_answers_fd, METH_NOARGS, "answers_fd() -> fd\n--\n\nInternal: readable when batched calls were answered."},
     {"in_context", mod_in_context, METH_NOARGS, "in_context()\n--\n\nTrue on a context's thread."},
     {"refused", mod_refused, METH_O, "refused(rule)\n--\n\nWhether the sandbox policy of this thread refuses `rule`."},
     {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,

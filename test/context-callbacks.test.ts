@@ -4,7 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PythonError, py, type Context } from "../src/index.ts";
+import { ContextClosedError, PythonError, py, type Context } from "../src/index.ts";
 import { closedAfterAll, contextModes } from "./helpers.ts";
 
 const modes = contextModes;
@@ -198,6 +198,45 @@ def run(n):
     expect(results).toEqual([0, 2, 4, 6, 8, 10, 12, 14]);
     expect([name, message]).toEqual(["SyntaxError", "async failure"]);
     expect(maxInFlight).toBe(8); // all eight were waiting in JS at the same time
+  });
+
+  test("on the context's own loop: many calls in flight, a cancelled one, and answers after the close", async () => {
+    const ctx = await context();
+    py.register("cb_later", async (x: number, ms: number) => {
+      await Bun.sleep(ms);
+      return x + 1;
+    });
+    await ctx.exec(`
+import asyncio
+async def many(n):
+    # returned to JS, so it runs on the context's loop (answers through one shared fd)
+    return await asyncio.gather(*(bunpy.async_call('cb_later', i, i % 7) for i in range(n)))
+async def cancelled():
+    t = asyncio.ensure_future(bunpy.async_call('cb_later', 1, 50))
+    await asyncio.sleep(0.005)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+    return await bunpy.async_call('cb_later', 41, 0)
+async def outlives(ms):
+    return await bunpy.async_call('cb_later', 0, ms)
+`);
+    for (let round = 0; round < 3; round++) {
+      const out = (await ctx.call("__main__", "many", [300])) as number[];
+      expect(out).toEqual(Array.from({ length: 300 }, (_, i) => i + 1));
+    }
+    expect(await ctx.call("__main__", "cancelled")).toBe(42);
+    const late = await context();
+    await late.exec("import bunpy\nasync def outlives(ms):\n    return await bunpy.async_call('cb_later', 0, ms)");
+    const pending = late.call("__main__", "outlives", [30]).catch((e) => e);
+    await Bun.sleep(5);
+    await late.close(); // JS answers 25 ms after the context is gone
+    expect(await pending).toBeInstanceOf(ContextClosedError);
+    await Bun.sleep(40);
+    expect(await ctx.call("__main__", "outlives", [0])).toBe(1);
+    py.unregister("cb_later");
   });
 
   test("in the main interpreter it calls at once, like bunpy.call", () => {

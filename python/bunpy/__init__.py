@@ -60,6 +60,17 @@ async def async_call(name, *args, **kwargs):
     import asyncio
 
     loop = asyncio.get_running_loop()
+    waiters = getattr(loop, "_bunpy_answers", None)
+    if waiters is not None:
+        # the context's own loop: one eventfd announces every answer (see bunpy._loop)
+        handle, key = _bunpy.call_start_batched(name, *args, **kwargs)
+        waiters[key] = answered = loop.create_future()
+        try:
+            await answered
+        finally:
+            waiters.pop(key, None)
+        return _bunpy.call_finish(handle)
+    # another loop (asyncio.run inside a call, say): an eventfd for this call
     handle, fd = _bunpy.call_start(name, *args, **kwargs)
     answered = loop.create_future()
 

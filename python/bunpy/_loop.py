@@ -308,9 +308,20 @@ def context_loop():
             raise RuntimeError("bunpy: not on a context's thread")
         loop = BunpyEventLoop(_context=True)
         loop._thread_id = threading.get_ident()  # running for the thread's whole life
+        # answers to bunpy.async_call: one eventfd, watched for the loop's whole life
+        loop._bunpy_answers = {}
+        loop._add_reader(_bunpy.answers_fd(), _deliver_answers, loop)
         sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook)
         _this_thread.loop = loop
     return loop
+
+
+def _deliver_answers(loop):
+    waiters = loop._bunpy_answers
+    for key in _bunpy.take_answers():
+        answered = waiters.pop(key, None)
+        if answered is not None and not answered.done():
+            answered.set_result(None)
 
 
 def close_context_loop(budget=1.0):
