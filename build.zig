@@ -17,6 +17,8 @@ const sources = [_][]const u8{
     "shim/ops.c",
     "shim/module.c",
     "shim/reactor.c",
+    "shim/timers.c",
+    "shim/handles.c",
     "shim/loop.c",
     "shim/bench.c",
     "shim/context.c",

@@ -15,14 +15,19 @@ import bunpy
 
 loops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy": bunpy.new_event_loop()}
 
-def call_soon_batch(kind, n):
-    loop = loops[kind]
+def _countdown(loop, n):
+    """A callback that stops the loop on its n-th call."""
     left = n
     def cb():
         nonlocal left
         left -= 1
         if left == 0:
             loop.stop()
+    return cb
+
+def call_soon_batch(kind, n):
+    loop = loops[kind]
+    cb = _countdown(loop, n)
     for _ in range(n):
         loop.call_soon(cb)
     loop.run_forever()
@@ -30,12 +35,7 @@ def call_soon_batch(kind, n):
 def timers_batch(kind, n):
     # n timers spread over the next millisecond, scheduled then all fired
     loop = loops[kind]
-    left = n
-    def cb():
-        nonlocal left
-        left -= 1
-        if left == 0:
-            loop.stop()
+    cb = _countdown(loop, n)
     for i in range(n):
         loop.call_later((i % 1000) * 1e-6, cb)
     loop.run_forever()

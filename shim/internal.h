@@ -54,12 +54,14 @@ static inline PyThreadState *bp_thread_state_unchecked(void) {
 #define BP_MAX_NESTING 32
 
 /* ---- per-interpreter state (module.c): what the codec needs from the interpreter ---- */
-/* Attribute names the reactor looks up, interned once per interpreter (module state): a
+/* Attribute names the reactor and a context's loop look up per iteration or per call,
+   interned once per interpreter (module state): a
    string object belongs to the interpreter that made it, so none is kept in a C static. */
 enum {
     BP_NAME_WHEN, BP_NAME_CANCELLED, BP_NAME_SCHEDULED, BP_NAME_RUN, BP_NAME_POPLEFT, BP_NAME_APPEND,
     BP_NAME_CONTEXT, BP_NAME_CALLBACK, BP_NAME_ARGS, BP_NAME_LOOP, BP_NAME_REPR, BP_NAME_SOURCE_TRACEBACK,
-    BP_NAME_REMOVE_READER, BP_NAME_REMOVE_WRITER, BP_NAME_COUNT
+    BP_NAME_REMOVE_READER, BP_NAME_REMOVE_WRITER, BP_NAME_BUNPY_STEP, BP_NAME_BUNPY_START, BP_NAME_DONE,
+    BP_NAME_RESULT, BP_NAME_COUNT
 };
 
 typedef struct bp_interp {

@@ -24,8 +24,7 @@ static PyObject *loop_module(void) { return PyImport_ImportModule("bunpy._loop")
 
 /* The context's loop, created on first use (new reference). */
 static PyObject *context_loop(bp_context *c) {
-    if (c->loop && c->loop_reactor) return Py_NewRef(c->loop);
-    Py_CLEAR(c->loop); /* none yet, or Python code closed it: a new one */
+    if (c->loop) return Py_NewRef(c->loop);
     PyObject *m = loop_module();
     PyObject *loop = m ? PyObject_CallMethod(m, "context_loop", NULL) : NULL;
     Py_XDECREF(m);
@@ -59,13 +58,15 @@ PyObject *bp_loop_start(bp_context *c, bp_request *req, PyObject *awaitable, int
         Py_DECREF(loop);
         return NULL;
     }
-    PyObject *task = PyObject_CallMethod(loop, "_bunpy_start", "OO", awaitable, token);
+    bp_interp *st = bp_interp_get();
+    PyObject *start_args[] = {loop, awaitable, token};
+    PyObject *task = PyObject_VectorcallMethod(st->names[BP_NAME_BUNPY_START], start_args, 3, NULL);
     Py_DECREF(loop);
-    PyObject *done = task ? PyObject_CallMethod(task, "done", NULL) : NULL;
+    PyObject *done = task ? PyObject_CallMethodNoArgs(task, st->names[BP_NAME_DONE]) : NULL;
     int finished = done ? PyObject_IsTrue(done) : -1;
     Py_XDECREF(done);
     if (finished != 0) { /* finished in its first step, or could not start */
-        PyObject *v = finished > 0 ? PyObject_CallMethod(task, "result", NULL) : NULL;
+        PyObject *v = finished > 0 ? PyObject_CallMethodNoArgs(task, st->names[BP_NAME_RESULT]) : NULL;
         Py_XDECREF(task);
         Py_DECREF(token);
         return v;
@@ -94,7 +95,7 @@ PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task) {
     unlink_parked(c, req);
     PyObject *t = req->task;
     req->task = NULL;
-    PyObject *v = PyObject_CallMethod(task, "result", NULL);
+    PyObject *v = PyObject_CallMethodNoArgs(task, bp_interp_get()->names[BP_NAME_RESULT]);
     Py_XDECREF(t);
     bp_ctx_complete_with(c, req, v, 0, 0);
     Py_RETURN_NONE;
@@ -108,7 +109,7 @@ void bp_loop_cancel_tasks(bp_context *c) {
 
 void bp_loop_step(bp_context *c) {
     PyObject *loop = context_loop(c); /* it may have been made by Python code (get_event_loop) */
-    PyObject *v = loop ? PyObject_CallMethod(loop, "_bunpy_step", NULL) : NULL;
+    PyObject *v = loop ? PyObject_CallMethodNoArgs(loop, bp_interp_get()->names[BP_NAME_BUNPY_STEP]) : NULL;
     Py_XDECREF(loop);
     if (!v) PyErr_WriteUnraisable(c->loop); /* SystemExit or KeyboardInterrupt out of a callback */
     Py_XDECREF(v);

@@ -306,6 +306,8 @@ static int mod_exec(PyObject *m) {
         [BP_NAME_CONTEXT] = "_context", [BP_NAME_CALLBACK] = "_callback", [BP_NAME_ARGS] = "_args",
         [BP_NAME_LOOP] = "_loop", [BP_NAME_REPR] = "_repr", [BP_NAME_SOURCE_TRACEBACK] = "_source_traceback",
         [BP_NAME_REMOVE_READER] = "_remove_reader", [BP_NAME_REMOVE_WRITER] = "_remove_writer",
+        [BP_NAME_BUNPY_STEP] = "_bunpy_step", [BP_NAME_BUNPY_START] = "_bunpy_start", [BP_NAME_DONE] = "done",
+        [BP_NAME_RESULT] = "result",
     };
     for (int i = 0; i < BP_NAME_COUNT; i++)
         if (!(st->names[i] = PyUnicode_InternFromString(names[i]))) return -1;

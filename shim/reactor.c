@@ -2,10 +2,9 @@
  * reactor.c — _bunpy.Reactor: the C core under bunpy's asyncio loop (python/bunpy/_loop.py).
  *
  * One per event loop: an epoll set, an eventfd that wakes the loop from other threads
- * (written only when no wake-up is pending), and the timer store — a binary heap of
- * (when, seq, TimerHandle) compared in C, so scheduling a timer never runs Python
- * comparisons. Cancelled handles stay in the heap as tombstones and are skipped when they
- * reach the top, or swept out when they are more than half of it.
+ * (written only when no wake-up is pending), and the timer store (timers.c). This file
+ * holds the type, its life, fd registration and the waits; handles.c runs the loop's
+ * handles.
  *
  * File descriptors are registered level-triggered (DESIGN.md fact 8: asyncio transports
  * read once per readiness event, so an edge-triggered registration would lose data).
@@ -16,7 +15,7 @@
  * ends the loop's wait, and the context thread (context.c) serves it between two loop
  * iterations.
  */
-#include "context.h"
+#include "reactor.h"
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -32,9 +31,6 @@
 #define SYS_epoll_pwait2 441
 #endif
 
-#define EVENT_READ 1  /* selectors.EVENT_READ  */
-#define EVENT_WRITE 2 /* selectors.EVENT_WRITE */
-
 /* epoll data of the two internal fds; user fds carry their number (< 2^31). */
 #define TAG_WAKE (1ULL << 40)
 #define TAG_CONTEXT (2ULL << 40)
@@ -44,99 +40,10 @@
 #define FD_TRACKED 65536
 static atomic_int fd_owner[FD_TRACKED];
 
-typedef struct {
-    double when;
-    uint64_t seq;      /* ties keep the order timers were scheduled in */
-    PyObject *handle;  /* a TimerHandle (strong ref) */
-} bp_timer;
-
-typedef struct {
-    PyObject_HEAD
-    bp_interp *st;            /* module state of its interpreter: the attribute names    */
-    int epfd;
-    int wake_fd;
-    atomic_int wake_pending;
-    bp_context *ctx;          /* its requests end this reactor's waits; NULL if none   */
-    PyObject *keys;           /* dict fd -> selectors.SelectorKey, shared with _loop.py */
-    int nfds;                 /* user fds registered now                                */
-    bp_timer *heap;
-    Py_ssize_t n, cap;
-    Py_ssize_t cancelled;     /* tombstones in the heap                                */
-    uint64_t seq;
-    PyObject *handle_type;    /* asyncio.Handle and TimerHandle: run from C (configure()) */
-    PyObject *timer_type;
-    PyObject *report;         /* report(handle, exc): a callback raised                   */
-    int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
-    struct epoll_event events[256];
-} bp_reactor;
-
-static inline int heap_less(const bp_timer *a, const bp_timer *b) {
-    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
-}
-
-static void sift_up(bp_timer *h, Py_ssize_t i) {
-    bp_timer t = h[i];
-    while (i > 0) {
-        Py_ssize_t parent = (i - 1) / 2;
-        if (!heap_less(&t, &h[parent])) break;
-        h[i] = h[parent];
-        i = parent;
-    }
-    h[i] = t;
-}
-
-static void sift_down(bp_timer *h, Py_ssize_t n, Py_ssize_t i) {
-    bp_timer t = h[i];
-    for (;;) {
-        Py_ssize_t child = 2 * i + 1;
-        if (child >= n) break;
-        if (child + 1 < n && heap_less(&h[child + 1], &h[child])) child++;
-        if (!heap_less(&h[child], &t)) break;
-        h[i] = h[child];
-        i = child;
-    }
-    h[i] = t;
-}
-
-#define NAME(r, k) ((r)->st->names[BP_NAME_##k])
-
-/* 1 if the handle was cancelled, 0 if not, -1 on error. */
-static int is_cancelled(bp_reactor *r, PyObject *handle) {
-    PyObject *v = PyObject_GetAttr(handle, NAME(r, CANCELLED));
-    if (!v) return -1;
-    int yes = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return yes;
-}
-
-static bp_timer heap_pop(bp_reactor *r) {
-    bp_timer top = r->heap[0];
-    if (--r->n > 0) {
-        r->heap[0] = r->heap[r->n];
-        sift_down(r->heap, r->n, 0);
-    }
-    return top;
-}
-
-/* Drops cancelled handles from the top of the heap. */
-static int drop_cancelled_top(bp_reactor *r) {
-    while (r->n > 0) {
-        int c = is_cancelled(r, r->heap[0].handle);
-        if (c < 0) return -1;
-        if (!c) break;
-        bp_timer t = heap_pop(r);
-        if (r->cancelled > 0) r->cancelled--;
-        int rc = PyObject_SetAttr(t.handle, NAME(r, SCHEDULED), Py_False);
-        Py_DECREF(t.handle);
-        if (rc < 0) return -1;
-    }
-    return 0;
-}
-
 /* ---- fd registration ------------------------------------------------------------------ */
 
 static uint32_t epoll_mask(int events) {
-    return (events & EVENT_READ ? EPOLLIN : 0) | (events & EVENT_WRITE ? EPOLLOUT : 0);
+    return (events & BP_EVENT_READ ? EPOLLIN : 0) | (events & BP_EVENT_WRITE ? EPOLLOUT : 0);
 }
 
 static void take_ownership(bp_reactor *r, int fd) {
@@ -173,7 +80,7 @@ static int fd_arg(PyObject *o) {
     return fd;
 }
 
-static PyObject *closed_error(void) {
+PyObject *bp_reactor_closed_error(void) {
     PyErr_SetString(PyExc_RuntimeError, "bunpy: the event loop's reactor is closed");
     return NULL;
 }
@@ -184,7 +91,7 @@ static PyObject *ctl(bp_reactor *r, PyObject *const *args, Py_ssize_t nargs, int
         PyErr_SetString(PyExc_TypeError, "expected (fd, events)");
         return NULL;
     }
-    if (r->epfd < 0) return closed_error();
+    if (r->epfd < 0) return bp_reactor_closed_error();
     int fd = fd_arg(args[0]);
     int events = fd < 0 ? -1 : as_int(args[1]);
     if (fd < 0 || (events == -1 && PyErr_Occurred())) return NULL;
@@ -267,7 +174,7 @@ static int spin_before_sleep(bp_reactor *r, double timeout, int max) {
 }
 
 /* Waits for events (GIL released); timeout < 0 waits for ever. Returns the event count. */
-static int reactor_wait(bp_reactor *r, double timeout) {
+int bp_reactor_wait(bp_reactor *r, double timeout) {
     if (r->waiting) { /* the events buffer is in use: asyncio loops are not thread-safe either */
         PyErr_SetString(PyExc_RuntimeError, "bunpy: this event loop is already waiting in another thread");
         return -1;
@@ -311,8 +218,8 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
         return NULL;
     }
     int m = 0;
-    if (ev->events & ~(uint32_t)EPOLLIN) m |= EVENT_WRITE; /* as selectors.EpollSelector */
-    if (ev->events & ~(uint32_t)EPOLLOUT) m |= EVENT_READ;
+    if (ev->events & ~(uint32_t)EPOLLIN) m |= BP_EVENT_WRITE; /* as selectors.EpollSelector */
+    if (ev->events & ~(uint32_t)EPOLLOUT) m |= BP_EVENT_READ;
     PyObject *fd = PyLong_FromLong((long)ev->data.u64);
     if (!fd) return NULL;
     PyObject *key = PyDict_GetItemWithError(r->keys, fd); /* borrowed */
@@ -324,6 +231,14 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
     return *mask ? key : NULL;
 }
 
+PyObject *bp_reactor_next_key(bp_reactor *r, int *i, int n, int *mask) {
+    while (*i < n) {
+        PyObject *key = event_key(r, (*i)++, mask);
+        if (key || PyErr_Occurred()) return key;
+    }
+    return NULL;
+}
+
 static double timeout_arg(PyObject *arg) {
     if (arg == Py_None) return -1;
     double t = PyFloat_AsDouble(arg);
@@ -333,20 +248,15 @@ static double timeout_arg(PyObject *arg) {
 /* select(timeout) -> [(key, events)] for the ready user fds; timeout None waits for ever. */
 static PyObject *reactor_select(PyObject *self, PyObject *arg) {
     bp_reactor *r = (bp_reactor *)self;
-    if (r->epfd < 0) return closed_error();
+    if (r->epfd < 0) return bp_reactor_closed_error();
     double timeout = timeout_arg(arg);
     if (timeout == -1 && PyErr_Occurred()) return NULL;
-    int n = reactor_wait(r, timeout);
+    int n = bp_reactor_wait(r, timeout);
     if (n < 0) return NULL;
     PyObject *ready = PyList_New(0);
     if (!ready) return NULL;
-    for (int i = 0; i < n; i++) {
-        int mask = 0;
-        PyObject *key = event_key(r, i, &mask);
-        if (!key) {
-            if (PyErr_Occurred()) goto fail;
-            continue;
-        }
+    int i = 0, mask = 0;
+    for (PyObject *key; (key = bp_reactor_next_key(r, &i, n, &mask));) {
         PyObject *item = Py_BuildValue("(Oi)", key, mask);
         if (!item || PyList_Append(ready, item) < 0) {
             Py_XDECREF(item);
@@ -354,6 +264,7 @@ static PyObject *reactor_select(PyObject *self, PyObject *arg) {
         }
         Py_DECREF(item);
     }
+    if (PyErr_Occurred()) goto fail;
     return ready;
 fail:
     Py_DECREF(ready);
@@ -371,309 +282,6 @@ static PyObject *reactor_wake(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* ---- timers ------------------------------------------------------------------------ */
-
-/* push(handle): schedules a TimerHandle at handle._when. */
-static PyObject *reactor_push(PyObject *self, PyObject *handle) {
-    bp_reactor *r = (bp_reactor *)self;
-    PyObject *w = PyObject_GetAttr(handle, NAME(r, WHEN));
-    if (!w) return NULL;
-    double when = PyFloat_AsDouble(w);
-    Py_DECREF(w);
-    if (when == -1 && PyErr_Occurred()) return NULL;
-    if (isnan(when)) {
-        PyErr_SetString(PyExc_ValueError, "a timer's time cannot be NaN");
-        return NULL;
-    }
-    if (r->n == r->cap) {
-        Py_ssize_t cap = r->cap ? r->cap * 2 : 64;
-        bp_timer *h = PyMem_Realloc(r->heap, (size_t)cap * sizeof *h);
-        if (!h) return PyErr_NoMemory();
-        r->heap = h;
-        r->cap = cap;
-    }
-    if (PyObject_SetAttr(handle, NAME(r, SCHEDULED), Py_True) < 0) return NULL;
-    r->heap[r->n] = (bp_timer){.when = when, .seq = r->seq++, .handle = Py_NewRef(handle)};
-    sift_up(r->heap, r->n++);
-    Py_RETURN_NONE;
-}
-
-/* cancelled(): a scheduled handle was cancelled. Sweeps the heap when tombstones are more
-   than half of it (and more than 100), as the stock loop does. */
-static PyObject *reactor_cancelled(PyObject *self, PyObject *unused) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (++r->cancelled <= 100 || r->cancelled * 2 <= r->n) Py_RETURN_NONE;
-    Py_ssize_t kept = 0;
-    for (Py_ssize_t i = 0; i < r->n; i++) {
-        int c = is_cancelled(r, r->heap[i].handle);
-        if (c == 0) {
-            r->heap[kept++] = r->heap[i];
-            continue;
-        }
-        if (c < 0) PyErr_Clear();
-        if (PyObject_SetAttr(r->heap[i].handle, NAME(r, SCHEDULED), Py_False) < 0) PyErr_Clear();
-        Py_DECREF(r->heap[i].handle);
-    }
-    r->n = kept;
-    for (Py_ssize_t i = kept / 2; i-- > 0;) sift_down(r->heap, r->n, i);
-    r->cancelled = 0;
-    Py_RETURN_NONE;
-}
-
-/* timeout(now) -> seconds until the first live timer, or None without timers. */
-static PyObject *reactor_timeout(PyObject *self, PyObject *arg) {
-    bp_reactor *r = (bp_reactor *)self;
-    double now = PyFloat_AsDouble(arg);
-    if (now == -1 && PyErr_Occurred()) return NULL;
-    if (drop_cancelled_top(r) < 0) return NULL;
-    if (r->n == 0) Py_RETURN_NONE;
-    double t = r->heap[0].when - now;
-    return PyFloat_FromDouble(t > 0 ? t : 0);
-}
-
-/* Moves every timer due by `end` to the ready queue through `append`. */
-static int pop_due_into(bp_reactor *r, double end, PyObject *append) {
-    while (r->n > 0 && r->heap[0].when < end) {
-        bp_timer t = heap_pop(r);
-        int c = is_cancelled(r, t.handle);
-        int rc = c < 0 ? -1 : PyObject_SetAttr(t.handle, NAME(r, SCHEDULED), Py_False);
-        if (rc == 0 && c == 0) {
-            PyObject *v = PyObject_CallOneArg(append, t.handle);
-            rc = v ? 0 : -1;
-            Py_XDECREF(v);
-        } else if (c > 0 && r->cancelled > 0) {
-            r->cancelled--;
-        }
-        Py_DECREF(t.handle);
-        if (rc < 0) return -1;
-    }
-    return 0;
-}
-
-/* pop_due(end_time, append): moves every timer due by end_time to the ready queue. */
-static PyObject *reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "expected (end_time, append)");
-        return NULL;
-    }
-    double end = PyFloat_AsDouble(args[0]);
-    if (end == -1 && PyErr_Occurred()) return NULL;
-    if (pop_due_into((bp_reactor *)self, end, args[1]) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-/*
- * Runs one handle as Handle._run does: callback(*args) inside the handle's context; an
- * exception other than SystemExit / KeyboardInterrupt goes to report(handle, exc), which
- * hands it to the loop's exception handler. Subclasses of the handle types run their
- * own _run.
- */
-static int run_handle(bp_reactor *r, PyObject *h) {
-    if (!r->report || (Py_TYPE(h) != (PyTypeObject *)r->handle_type && Py_TYPE(h) != (PyTypeObject *)r->timer_type)) {
-        PyObject *v = PyObject_CallMethodNoArgs(h, NAME(r, RUN));
-        Py_XDECREF(v);
-        return v ? 0 : -1;
-    }
-    PyObject *ctx = PyObject_GetAttr(h, NAME(r, CONTEXT));
-    PyObject *cb = ctx ? PyObject_GetAttr(h, NAME(r, CALLBACK)) : NULL;
-    PyObject *args = cb ? PyObject_GetAttr(h, NAME(r, ARGS)) : NULL;
-    PyObject *v = NULL;
-    if (args && PyTuple_Check(args) && PyContext_CheckExact(ctx) && PyContext_Enter(ctx) == 0) {
-        v = PyObject_Call(cb, args, NULL);
-        if (PyContext_Exit(ctx) < 0) Py_CLEAR(v);
-    } else if (args && !PyErr_Occurred()) {
-        PyErr_SetString(PyExc_TypeError, "bunpy: a malformed asyncio handle");
-    }
-    Py_XDECREF(ctx);
-    Py_XDECREF(cb);
-    Py_XDECREF(args);
-    if (v) {
-        Py_DECREF(v);
-        return 0;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
-    PyObject *exc = bp_err_take();
-    PyObject *rv = PyObject_CallFunctionObjArgs(r->report, h, exc, NULL);
-    Py_DECREF(exc);
-    Py_XDECREF(rv);
-    return rv ? 0 : -1;
-}
-
-/* Runs the handles in the ready deque now (not those they add). */
-static int run_ready(bp_reactor *r, PyObject *ready) {
-    Py_ssize_t ntodo = PyObject_Length(ready);
-    if (ntodo < 0) return -1;
-    PyObject *popleft = PyObject_GetAttr(ready, NAME(r, POPLEFT));
-    if (!popleft) return -1;
-    for (Py_ssize_t i = 0; i < ntodo; i++) {
-        PyObject *h = PyObject_CallNoArgs(popleft);
-        if (!h) goto fail;
-        int c = is_cancelled(r, h);
-        int rc = c == 0 ? run_handle(r, h) : c;
-        Py_DECREF(h);
-        if (rc < 0) goto fail; /* only SystemExit and KeyboardInterrupt get out */
-    }
-    Py_DECREF(popleft);
-    return 0;
-fail:
-    Py_DECREF(popleft);
-    return -1;
-}
-
-/* configure(Handle, TimerHandle, report): lets handles of these exact types run from C. */
-static PyObject *reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyCallable_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "expected (Handle, TimerHandle, report)");
-        return NULL;
-    }
-    Py_XSETREF(r->handle_type, Py_NewRef(args[0]));
-    Py_XSETREF(r->timer_type, Py_NewRef(args[1]));
-    Py_XSETREF(r->report, Py_NewRef(args[2]));
-    Py_RETURN_NONE;
-}
-
-static PyObject *reactor_run_ready(PyObject *self, PyObject *ready) {
-    if (run_ready((bp_reactor *)self, ready) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-/*
- * soon(Handle, callback, args, context, loop, ready) -> handle: what loop.call_soon does
- * outside debug mode — an asyncio.Handle made without running its Python __init__ (the
- * same attributes are set), appended to the ready queue.
- */
-static PyObject *reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (nargs != 6 || args[0] != r->handle_type) { /* only the type configure() vetted */
-        PyErr_SetString(PyExc_TypeError, "expected (Handle, callback, args, context, loop, ready) after configure()");
-        return NULL;
-    }
-    PyObject *names[7] = {NAME(r, CALLBACK), NAME(r, ARGS), NAME(r, CANCELLED), NAME(r, LOOP),
-                          NAME(r, REPR), NAME(r, SOURCE_TRACEBACK), NAME(r, CONTEXT)};
-    PyTypeObject *tp = (PyTypeObject *)args[0];
-    PyObject *context = args[3] == Py_None ? PyContext_CopyCurrent() : Py_NewRef(args[3]);
-    if (!context) return NULL;
-    PyObject *h = tp->tp_alloc(tp, 0);
-    if (!h) {
-        Py_DECREF(context);
-        return NULL;
-    }
-    PyObject *values[7] = {args[1], args[2], Py_False, args[4], Py_None, Py_None, context};
-    for (int i = 0; i < 7; i++) {
-        if (PyObject_SetAttr(h, names[i], values[i]) < 0) goto fail;
-    }
-    Py_DECREF(context);
-    PyObject *v = PyObject_CallMethodOneArg(args[5], NAME(r, APPEND), h);
-    if (!v) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    Py_DECREF(v);
-    return h;
-fail:
-    Py_DECREF(context);
-    Py_DECREF(h);
-    return NULL;
-}
-
-/* time.monotonic(), which is what loop.time() returns */
-static double monotonic_s(void) { return (double)bp_now_ns() / 1e9; }
-
-/* The reader or writer handle of a ready fd goes to the ready queue; a cancelled one is
-   removed instead (as BaseSelectorEventLoop._process_events). */
-static int dispatch(bp_reactor *r, PyObject *loop, PyObject *fileobj, PyObject *handle, PyObject *remove, PyObject *append) {
-    if (handle == Py_None) return 0;
-    int c = is_cancelled(r, handle);
-    if (c < 0) return -1;
-    PyObject *v = c ? PyObject_CallMethodOneArg(loop, remove, fileobj) : PyObject_CallOneArg(append, handle);
-    Py_XDECREF(v);
-    return v ? 0 : -1;
-}
-
-/*
- * run_once(loop, ready, stopping, clock_resolution): one iteration of the loop, as
- * BaseEventLoop._run_once without debug mode — wait for I/O (no longer than until the
- * next timer, not at all with callbacks ready), queue the handles of ready fds and due
- * timers, run what is queued. One call from Python per iteration.
- */
-static PyObject *reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "expected (loop, ready, stopping, clock_resolution)");
-        return NULL;
-    }
-    if (r->epfd < 0) return closed_error();
-    PyObject *loop = args[0], *ready = args[1];
-    int stopping = PyObject_IsTrue(args[2]);
-    double resolution = PyFloat_AsDouble(args[3]);
-    Py_ssize_t queued = PyObject_Length(ready);
-    if (stopping < 0 || (resolution == -1 && PyErr_Occurred()) || queued < 0) return NULL;
-    double timeout = -1;
-    if (queued > 0 || stopping) {
-        timeout = 0;
-    } else {
-        if (drop_cancelled_top(r) < 0) return NULL;
-        if (r->n > 0) {
-            timeout = r->heap[0].when - monotonic_s();
-            if (timeout < 0) timeout = 0;
-        }
-    }
-    int n = reactor_wait(r, timeout);
-    if (n < 0) return NULL;
-    PyObject *append = PyObject_GetAttr(ready, NAME(r, APPEND));
-    if (!append) return NULL;
-    for (int i = 0; i < n; i++) {
-        int mask = 0;
-        PyObject *key = event_key(r, i, &mask);
-        if (!key) {
-            if (PyErr_Occurred()) goto fail;
-            continue;
-        }
-        PyObject *fileobj = PyTuple_GET_ITEM(key, 0), *data = PyTuple_GET_ITEM(key, 3);
-        if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) continue; /* not a loop's (reader, writer) */
-        Py_INCREF(key); /* a callback may unregister the fd before we are done with it */
-        int rc = 0;
-        if (mask & EVENT_READ) rc = dispatch(r, loop, fileobj, PyTuple_GET_ITEM(data, 0), NAME(r, REMOVE_READER), append);
-        if (rc == 0 && mask & EVENT_WRITE) rc = dispatch(r, loop, fileobj, PyTuple_GET_ITEM(data, 1), NAME(r, REMOVE_WRITER), append);
-        Py_DECREF(key);
-        if (rc < 0) goto fail;
-    }
-    if (pop_due_into(r, monotonic_s() + resolution, append) < 0) goto fail;
-    Py_DECREF(append);
-    if (run_ready(r, ready) < 0) return NULL;
-    Py_RETURN_NONE;
-fail:
-    Py_DECREF(append);
-    return NULL;
-}
-
-static void clear_heap(bp_reactor *r) {
-    while (r->n > 0) {
-        PyObject *h = r->heap[--r->n].handle;
-        if (PyObject_SetAttr(h, NAME(r, SCHEDULED), Py_False) < 0) PyErr_Clear();
-        Py_DECREF(h);
-    }
-    r->cancelled = 0;
-}
-
-static PyObject *reactor_clear(PyObject *self, PyObject *unused) {
-    clear_heap((bp_reactor *)self);
-    Py_RETURN_NONE;
-}
-
-/* The timer store as a sequence: [0] is the next timer due (for code that peeks at
-   loop._scheduled), the rest in heap order. */
-static Py_ssize_t reactor_len(PyObject *self) { return ((bp_reactor *)self)->n; }
-
-static PyObject *reactor_item(PyObject *self, Py_ssize_t i) {
-    bp_reactor *r = (bp_reactor *)self;
-    if (i < 0 || i >= r->n) {
-        PyErr_SetString(PyExc_IndexError, "timer index out of range");
-        return NULL;
-    }
-    return Py_NewRef(r->heap[i].handle);
-}
 
 /* ---- life ------------------------------------------------------------------------------ */
 
@@ -704,13 +312,13 @@ static PyObject *reactor_close(PyObject *self, PyObject *unused) {
         return NULL;
     }
     close_fds(r);
-    clear_heap(r);
+    bp_timers_clear(r);
     Py_RETURN_NONE;
 }
 
 static PyObject *reactor_fileno(PyObject *self, PyObject *unused) {
     bp_reactor *r = (bp_reactor *)self;
-    if (r->epfd < 0) return closed_error();
+    if (r->epfd < 0) return bp_reactor_closed_error();
     return PyLong_FromLong(r->epfd);
 }
 
@@ -789,18 +397,18 @@ static PyMethodDef reactor_methods[] = {
     {"unregister", reactor_unregister, METH_O, "unregister(fd): stop watching fd."},
     {"select", reactor_select, METH_O, "select(timeout) -> [(key, events)]; None waits for ever."},
     {"wake", reactor_wake, METH_NOARGS, "wake(): end the current or next wait (any thread)."},
-    {"push", reactor_push, METH_O, "push(timer_handle): schedule it at its _when."},
-    {"cancelled", reactor_cancelled, METH_NOARGS, "cancelled(): a scheduled handle was cancelled."},
-    {"timeout", reactor_timeout, METH_O, "timeout(now) -> seconds to the next timer, or None."},
-    {"pop_due", (PyCFunction)(void (*)(void))reactor_pop_due, METH_FASTCALL, "pop_due(end, append): due timers to append."},
-    {"run_ready", reactor_run_ready, METH_O, "run_ready(deque): run the handles queued now."},
-    {"configure", (PyCFunction)(void (*)(void))reactor_configure, METH_FASTCALL,
+    {"push", bp_reactor_push, METH_O, "push(timer_handle): schedule it at its _when."},
+    {"cancelled", bp_reactor_cancelled, METH_NOARGS, "cancelled(): a scheduled handle was cancelled."},
+    {"timeout", bp_reactor_timeout, METH_O, "timeout(now) -> seconds to the next timer, or None."},
+    {"pop_due", (PyCFunction)(void (*)(void))bp_reactor_pop_due, METH_FASTCALL, "pop_due(end, append): due timers to append."},
+    {"run_ready", bp_reactor_run_ready, METH_O, "run_ready(deque): run the handles queued now."},
+    {"configure", (PyCFunction)(void (*)(void))bp_reactor_configure, METH_FASTCALL,
      "configure(Handle, TimerHandle, report): run handles of these types from C."},
-    {"soon", (PyCFunction)(void (*)(void))reactor_soon, METH_FASTCALL,
+    {"soon", (PyCFunction)(void (*)(void))bp_reactor_soon, METH_FASTCALL,
      "soon(Handle, callback, args, context, loop, ready) -> handle: call_soon outside debug mode."},
-    {"run_once", (PyCFunction)(void (*)(void))reactor_run_once, METH_FASTCALL,
+    {"run_once", (PyCFunction)(void (*)(void))bp_reactor_run_once, METH_FASTCALL,
      "run_once(loop, ready, stopping, clock_resolution): one loop iteration without debug mode."},
-    {"clear", reactor_clear, METH_NOARGS, "clear(): drop every timer."},
+    {"clear", bp_reactor_clear, METH_NOARGS, "clear(): drop every timer."},
     {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
     {NULL, NULL, 0, NULL},
@@ -812,8 +420,8 @@ static PyType_Slot reactor_slots[] = {
     {Py_tp_traverse, reactor_traverse},
     {Py_tp_clear, reactor_tp_clear},
     {Py_tp_methods, reactor_methods},
-    {Py_sq_length, reactor_len},
-    {Py_sq_item, reactor_item},
+    {Py_sq_length, bp_reactor_len},
+    {Py_sq_item, bp_reactor_item},
     {Py_tp_doc, "The epoll set, wake-up fd and timer heap of one bunpy event loop."},
     {0, NULL},
 };

@@ -121,19 +121,17 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             reactor.wake()
 
     # -- call_soon: the Handle is made in C ---------------------------------------------
-    # In debug mode the Handle is made here, not through super(): asyncio trims one frame
-    # per level from its _source_traceback, and a frame of ours in between would stay.
+    # Debug mode keeps asyncio's two levels, each trimming its own frame from the handle's
+    # _source_traceback (through super() a frame of ours would stay in it).
     def call_soon(self, callback, *args, context=None):
         if not (self._debug or self._closed):
             return self._reactor.soon(events.Handle, callback, args, context, self, self._ready)
         self._check_closed()
-        if self._debug:
-            self._check_thread()
-            self._check_callback(callback, "call_soon")
-        handle = events.Handle(callback, args, self, context)
+        self._check_thread()
+        self._check_callback(callback, "call_soon")
+        handle = self._call_soon(callback, args, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
-        self._ready.append(handle)
         return handle
 
     def _call_soon(self, callback, args, context):
@@ -255,25 +253,25 @@ class _Local(events.BaseDefaultEventLoopPolicy._Local):
         self._set = loop
 
 
-class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
+class _ContextLoopLocal:
+    """Policy mixin: its per-thread state is a _Local."""
+
+    def __init__(self):
+        super().__init__()
+        self._local = _Local()
+
+
+class EventLoopPolicy(_ContextLoopLocal, events.BaseDefaultEventLoopPolicy):
     """asyncio's policy, making bunpy loops; on a context's thread get_event_loop() gives
     the context's own loop (its tasks keep running between calls from JS)."""
 
     _loop_factory = BunpyEventLoop
 
-    def __init__(self):
-        super().__init__()
-        self._local = _Local()
 
-
-class ContextsPolicy(asyncio.DefaultEventLoopPolicy):
+class ContextsPolicy(_ContextLoopLocal, asyncio.DefaultEventLoopPolicy):
     """The policy bunpy installs in an interpreter that runs contexts: bunpy loops on
     context threads, asyncio's own everywhere else (worker contexts share the main
     interpreter, whose asyncio code must not change)."""
-
-    def __init__(self):
-        super().__init__()
-        self._local = _Local()
 
     def new_event_loop(self):
         return BunpyEventLoop() if _bunpy.in_context() else super().new_event_loop()
@@ -303,7 +301,7 @@ _this_thread = threading.local()
 def context_loop():
     """The loop of the context this thread runs (created on first use)."""
     loop = getattr(_this_thread, "loop", None)
-    if loop is None or loop.is_closed():  # closed by code in the context: a new one
+    if loop is None:
         if not _bunpy.in_context():
             raise RuntimeError("bunpy: not on a context's thread")
         loop = BunpyEventLoop(_context=True)

@@ -1,0 +1,74 @@
+/*
+ * reactor.h — what the three files of _bunpy.Reactor share (internal):
+ *   reactor.c  the type, its life, fd registration and waiting in epoll;
+ *   timers.c   the timer heap;
+ *   handles.c  running asyncio handles from C (call_soon, one loop iteration).
+ */
+#ifndef BUNPY_REACTOR_H
+#define BUNPY_REACTOR_H
+
+#include "context.h"
+#include <sys/epoll.h>
+
+#define BP_EVENT_READ 1  /* selectors.EVENT_READ  */
+#define BP_EVENT_WRITE 2 /* selectors.EVENT_WRITE */
+
+typedef struct {
+    double when;
+    uint64_t seq;      /* ties keep the order timers were scheduled in */
+    PyObject *handle;  /* a TimerHandle (strong ref) */
+} bp_timer;
+
+typedef struct {
+    PyObject_HEAD
+    bp_interp *st;            /* module state of its interpreter: the attribute names    */
+    int epfd;
+    int wake_fd;
+    atomic_int wake_pending;
+    bp_context *ctx;          /* its requests end this reactor's waits; NULL if none   */
+    PyObject *keys;           /* dict fd -> selectors.SelectorKey, shared with _loop.py */
+    int nfds;                 /* user fds registered now                                */
+    bp_timer *heap;
+    Py_ssize_t n, cap;
+    Py_ssize_t cancelled;     /* tombstones in the heap                                */
+    uint64_t seq;
+    PyObject *handle_type;    /* asyncio.Handle and TimerHandle: run from C (configure()) */
+    PyObject *timer_type;
+    PyObject *report;         /* report(handle, exc): a callback raised                   */
+    int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
+    struct epoll_event events[256];
+} bp_reactor;
+
+/* An interned attribute name of the reactor's interpreter (BP_NAME_*). */
+#define NAME(r, k) ((r)->st->names[BP_NAME_##k])
+
+/* reactor.c */
+PyObject *bp_reactor_closed_error(void);
+/* Waits for events (GIL released; timeout < 0: for ever). The event count, -1 on error. */
+int bp_reactor_wait(bp_reactor *r, double timeout);
+/* The next ready user fd after a wait, from event *i on, as selectors reports it: its key
+   (borrowed) and the events it asked for in *mask. NULL when none is left, or with an
+   error set. Internal fds (wake-ups) are drained on the way. */
+PyObject *bp_reactor_next_key(bp_reactor *r, int *i, int n, int *mask);
+
+/* timers.c */
+int bp_timer_cancelled(bp_reactor *r, PyObject *handle);  /* 1, 0, or -1 on error        */
+/* Seconds to the first live timer, -1 without timers; -1 with an error set on failure. */
+double bp_timers_timeout(bp_reactor *r, double now);
+int bp_timers_pop_due(bp_reactor *r, double end, PyObject *append); /* due ones to append() */
+void bp_timers_clear(bp_reactor *r);
+PyObject *bp_reactor_push(PyObject *self, PyObject *handle);
+PyObject *bp_reactor_cancelled(PyObject *self, PyObject *unused);
+PyObject *bp_reactor_timeout(PyObject *self, PyObject *arg);
+PyObject *bp_reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_clear(PyObject *self, PyObject *unused);
+Py_ssize_t bp_reactor_len(PyObject *self);
+PyObject *bp_reactor_item(PyObject *self, Py_ssize_t i);
+
+/* handles.c */
+PyObject *bp_reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_run_ready(PyObject *self, PyObject *ready);
+PyObject *bp_reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+#endif
