@@ -65,11 +65,12 @@ Object.defineProperty(BunpyError.prototype, "stack", {
 });
 
 /** The Python frames of a formatted traceback as stack lines, innermost first, e.g.
-    `    at inner (/app/calc.py:2)`. Only the last traceback counts: that of the exception
-    that was raised (chained ones come before it). */
+    `    at inner (/app/calc.py:2)`; a SyntaxError's location is `    at <python> (<py.exec>:3)`.
+    Only the last traceback counts: that of the exception that was raised (chained ones come
+    before it). */
 function pythonFrames(traceback: string): string[] {
-  const start = traceback.lastIndexOf("Traceback (most recent call last):");
-  if (start < 0) return [];
+  // a SyntaxError from compiling has no "Traceback" header, only its `File …, line N`
+  const start = Math.max(0, traceback.lastIndexOf("Traceback (most recent call last):"));
   const out: string[] = [];
   for (const line of traceback.slice(start).split("\n")) {
     const m = /^  File "(.*)", line (\d+)(?:, in (.*))?$/.exec(line);
@@ -162,7 +163,7 @@ const THIS_FILE = `${SRC_DIR}errors.ts:`;
 Object.defineProperty(PythonError.prototype, "message", {
   get(this: PythonError): string {
     const short = shortMessage(this);
-    if (!this.traceback?.includes('\n  File "') || !readByRuntime()) return short;
+    if (!this.traceback?.includes('  File "') || !readByRuntime()) return short;
     return short + tracebackBody(this.traceback);
   },
   set(this: PythonError, value: string) {
