@@ -39,7 +39,9 @@ export class BunpyError extends Error {
     Error.stackTraceLimit = limit;
     delete (this as { stack?: string }).stack; // the prototype's accessor below answers
     // an Error's frames are captured now and formatted lazily (a plain object's would not be)
-    Object.defineProperty(this, TRACE, { value: new Error(), writable: true, configurable: true });
+    const trace = new Error();
+    Error.captureStackTrace(trace, new.target); // from the caller of `new`, without the constructors
+    Object.defineProperty(this, TRACE, { value: trace, writable: true, configurable: true });
   }
 }
 
