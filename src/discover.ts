@@ -8,7 +8,7 @@
  * an error saying why, never a silent fall-back to another Python. What each interpreter reports about itself
  * (sysconfig) is cached by path, size and mtime, so later starts spawn nothing.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFileSync, renameSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, writeFileSync, renameSync } from "node:fs";
 import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
 import { noteRunningPython, PythonNotFoundError } from "./errors.ts";
@@ -79,6 +79,16 @@ function isFile(path: string): boolean {
   }
 }
 
+/** True when something (even a broken link) is at `path`. */
+function isEntry(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function onPath(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? "").split(delimiter)) {
     if (!dir) continue;
@@ -123,9 +133,9 @@ function candidates(): { path: string; from: string }[] {
 /** A probe failure: `what` says what was found, for messages like "<path>: <what>". */
 class ProbeFailure extends Error {}
 
-function quote(text: string): string {
+function quote(text: string, max = 80): string {
   const t = text.trim().replace(/\s+/g, " ");
-  return JSON.stringify(t.length > 80 ? `${t.slice(0, 80)}…` : t);
+  return JSON.stringify(t.length > max ? `${t.slice(0, max)}…` : t);
 }
 
 /** Runs the probe script in `path` (or reads its cached answer). Throws ProbeFailure. */
@@ -137,7 +147,14 @@ function probe(path: string): Probe {
     st = statSync(real);
     stamp = `${real}:${st.size}:${st.mtimeMs}`;
   } catch {
-    throw new ProbeFailure(existsSync(path) ? "cannot be read (a broken link, or no permission)" : "does not exist");
+    let target: string | undefined;
+    try {
+      target = readlinkSync(path);
+    } catch {
+      // not a link
+    }
+    if (target !== undefined) throw new ProbeFailure(`is a link to ${target}, which does not exist`);
+    throw new ProbeFailure(existsSync(path) ? "cannot be read (no permission)" : "does not exist");
   }
   if (st.isDirectory()) {
     const inside = ["bin/python3", "bin/python"].map((b) => join(path, b)).find(isFile);
@@ -160,8 +177,11 @@ function probe(path: string): Probe {
   }
   const out = r.stdout.toString();
   if (r.exitCode !== 0) {
-    const why = r.stderr.toString().trim().split("\n").pop() || (r.signalCode ? `killed by ${r.signalCode}` : `exit code ${r.exitCode}`);
-    throw new ProbeFailure(`does not run as a Python interpreter (running it with -I -c failed: ${quote(why)})`);
+    // a Python traceback ends with what went wrong; other programs (a pyenv shim) start with it
+    const err = r.stderr.toString().trim();
+    const why = err.includes("Traceback (most recent call last)") ? quote(err.split("\n").pop()!) : err ? quote(err, 160) : "";
+    const status = r.signalCode ? `killed by ${r.signalCode}` : `exit code ${r.exitCode}`;
+    throw new ProbeFailure(`does not run as a Python interpreter (running it with -I -c failed with ${status}${why ? `: ${why}` : ""})`);
   }
   let info: Probe;
   try {
@@ -254,7 +274,7 @@ function findForced(value: string): PythonInfo {
 function findVenv(venv: string): PythonInfo {
   const fix = "activate a working virtual environment, or run `deactivate` (unset VIRTUAL_ENV) to let bunpy search";
   if (!existsSync(venv)) throw new PythonNotFoundError(`VIRTUAL_ENV=${venv}: the directory does not exist; ${fix}`);
-  const path = ["python3", "python"].map((n) => join(venv, "bin", n)).find(isFile);
+  const path = ["python3", "python"].map((n) => join(venv, "bin", n)).find(isEntry);
   if (!path) throw new PythonNotFoundError(`VIRTUAL_ENV=${venv}: there is no bin/python3 in it, so it is not a virtual environment; ${fix}`);
   let p: Probe;
   try {
@@ -266,7 +286,7 @@ function findVenv(venv: string): PythonInfo {
   const why = unusable(p);
   if (why)
     throw new PythonNotFoundError(
-      `VIRTUAL_ENV=${venv}: its ${path} ${why}; recreate the environment from a Python that bunpy can embed (python3.13 -m venv ${venv}), or ${fix}`,
+      `VIRTUAL_ENV=${venv}: its ${path} ${why}; recreate the environment from a Python that bunpy can embed (${example()} -m venv ${venv}), or ${fix}`,
     );
   return toInfo(path, p);
 }

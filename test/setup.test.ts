@@ -1,6 +1,6 @@
 // Finding Python and building the shim, exercised in fresh Bun processes.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync, chmodSync, existsSync, readdirSync } from "node:fs";
+import { mkdtempSync, writeFileSync, chmodSync, existsSync, mkdirSync, readdirSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -86,7 +86,7 @@ describe("discovery", () => {
     expect(r.stderr).not.toContain("JSON Parse error");
     fixHint(r.stderr);
     const f = run({ BUNPY_PYTHON: "/bin/false", BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
-    expect(f.stderr).toContain("/bin/false does not run as a Python interpreter");
+    expect(f.stderr).toContain("/bin/false does not run as a Python interpreter (running it with -I -c failed with exit code 1)");
   });
 
   test("a BUNPY_PYTHON that is not executable says so", () => {
@@ -110,6 +110,15 @@ describe("discovery", () => {
     const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: dir });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain(`VIRTUAL_ENV=${dir}: there is no bin/python3 in it`);
+  });
+
+  test("VIRTUAL_ENV whose python is a broken link (its base Python was removed) says so", () => {
+    const venv = tmp("bunpy-brokenvenv-");
+    mkdirSync(join(venv, "bin"));
+    symlinkSync("/nonexistent/python3.12", join(venv, "bin", "python3"));
+    const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: venv });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`VIRTUAL_ENV=${venv}: its ${venv}/bin/python3 is a link to /nonexistent/python3.12, which does not exist; recreate the environment`);
   });
 
   test("VIRTUAL_ENV with an unsupported Python is an error, not a silent switch to another Python", () => {
