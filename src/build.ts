@@ -48,7 +48,7 @@ function zigCandidates(): { path: string; from: string }[] {
 }
 
 /** Signals that mean "stop" (Ctrl-C, a terminal closing, a polite kill): a zig ended by one
-    of them was stopped by the user, not by a failed build. */
+    of them was stopped by the user, not by a failed build, and this process stops too. */
 const STOP_SIGNALS = new Set(["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"]);
 
 function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; output: string; signal?: string } {
@@ -67,11 +67,6 @@ function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; out
     "--global-cache-dir",
     join(root, "zig-global-cache"),
   ];
-  // While zig runs, a stop signal (Ctrl-C reaches the whole process group) must not end this
-  // process before it removed its temporary directory: a no-op listener keeps it alive, and
-  // the signal is raised again once the build is cleaned up (see stopBySignal).
-  const keepAlive = () => {};
-  for (const sig of STOP_SIGNALS) process.on(sig as NodeJS.Signals, keepAlive);
   try {
     const r = Bun.spawnSync(args, { cwd: packageRoot, stdout: "pipe", stderr: "pipe" });
     const output = (r.stdout.toString() + r.stderr.toString()).trim();
@@ -79,12 +74,13 @@ function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; out
     return { ok: r.exitCode === 0, output };
   } catch (e) {
     return { ok: false, output: (e as Error).message };
-  } finally {
-    for (const sig of STOP_SIGNALS) process.off(sig as NodeJS.Signals, keepAlive);
   }
 }
 
-/** Ends this process the way `signal` would have, had it not been held off during the build. */
+/** Ends this process the way `signal` ends a process without listeners. Ctrl-C reaches
+    the whole process group: without a listener this process already ended with zig (a
+    temporary directory zig had begun to fill is removed by the next build); with one, zig
+    ended and this process is still here. */
 function stopBySignal(signal: NodeJS.Signals): never {
   process.removeAllListeners(signal); // the default action: end the process
   process.kill(process.pid, signal);

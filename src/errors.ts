@@ -121,7 +121,7 @@ export class PythonError extends BunpyError {
     // Not enumerable: Bun's error printer lists enumerable fields, and the traceback as one
     // escaped string is noise next to the Python frames in `stack`.
     const hidden = (value: unknown) => ({ value, enumerable: false, writable: false, configurable: true });
-    // `message` comes from the prototype's getter (below), which reads these two
+    // `message` comes from the prototype's getter (below), which reads [SHORT]
     delete (this as { message?: string }).message;
     Object.defineProperties(this, {
       [SHORT]: hidden(short),

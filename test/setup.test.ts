@@ -196,6 +196,14 @@ describe("shim build", () => {
     const cache = tmp("bunpy-cache-");
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries({ ...process.env, BUNPY_PYTHON: py313, BUNPY_CACHE_DIR: cache })) if (v !== undefined) env[k] = v;
+    // a temporary build left by a process that was killed mid-build is removed by this build
+    const where = Bun.spawnSync(
+      [process.execPath, "-e", `import { shimPath } from "${join(import.meta.dir, "..", "src", "build.ts")}"; import { findPython } from "${join(import.meta.dir, "..", "src", "discover.ts")}"; console.log(shimPath(findPython()))`],
+      { env, stdout: "pipe", stderr: "pipe" },
+    );
+    const deadPid = Bun.spawnSync(["true"]).pid;
+    const stale = `${join(where.stdout.toString().trim(), "..")}.tmp-${deadPid}-stale`;
+    mkdirSync(join(stale, "lib"), { recursive: true });
     const procs = [0, 1].map(() => Bun.spawn([process.execPath, START], { env, stdout: "pipe", stderr: "pipe" }));
     const results = await Promise.all(
       procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })),
@@ -209,6 +217,8 @@ describe("shim build", () => {
     }
     const shims = readdirSync(join(cache, "shim")).filter((d) => !d.includes(".tmp-"));
     expect(shims.length).toBe(1);
+    expect(existsSync(stale)).toBe(false);
+    expect(readdirSync(join(cache, "shim")).filter((d) => d.includes(".tmp-"))).toEqual([]);
     const again = run({ BUNPY_PYTHON: py313, BUNPY_CACHE_DIR: cache });
     expect(again.code).toBe(0);
     expect(again.stderr).toBe("");
