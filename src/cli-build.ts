@@ -6,8 +6,16 @@
  */
 import { ensureShim } from "./build.ts";
 import { findPython } from "./discover.ts";
+import { BunpyError } from "./errors.ts";
 
-const py = findPython();
-const path = ensureShim(py);
-console.log(`Python ${py.version} (${py.executable})${py.freeThreaded ? " free-threaded" : ""}`);
-console.log(`shim: ${path}`);
+try {
+  const py = findPython();
+  const path = ensureShim(py);
+  console.log(`Python ${py.version} (${py.executable})${py.freeThreaded ? " free-threaded" : ""}`);
+  console.log(`shim: ${path}`);
+} catch (e) {
+  // the message says what is wrong and how to fix it: no stack needed
+  if (!(e instanceof BunpyError)) throw e;
+  console.error(`${e.name}: ${e.message}`);
+  process.exit(1);
+}

@@ -3,36 +3,177 @@
  * `PythonError` carrying the Python type, message and formatted traceback.
  */
 
+/** bunpy's own source directory: its frames are left out of error stacks. */
+const SRC_DIR = `${import.meta.dir}/`;
+
+/** Splits an `Error.stack` string into its header (name and message) and frame lines. */
+function splitStack(stack: string): { header: string; frames: string[] } {
+  const at = stack.search(/\n\s+at /);
+  if (at < 0) return { header: stack, frames: [] };
+  return { header: stack.slice(0, at), frames: stack.slice(at + 1).split("\n") };
+}
+
+/** Frame lines that are not bunpy's own (its src/ files), so an error printed by Bun shows
+    the caller's code rather than bunpy's internals. */
+function callerFrames(frames: string[]): string[] {
+  const out: string[] = [];
+  for (const f of frames) {
+    if (f.includes(`(${SRC_DIR}`) || f.includes(`at ${SRC_DIR}`)) continue;
+    // Bun prints an error from its `stack` and skips frames without a function name
+    const anonymous = /^(\s+at )([^\s()][^()]*:\d+:\d+)$/.exec(f);
+    out.push(anonymous ? `${anonymous[1]}<anonymous> (${anonymous[2]})` : f);
+  }
+  return out;
+}
+
+const TRACE = Symbol("bunpy.trace");
+
 export class BunpyError extends Error {
   override name = "BunpyError";
+  constructor(message?: string, options?: ErrorOptions) {
+    // The JS frames are captured here and formatted only when `stack` is read (formatting
+    // costs microseconds; many errors are caught and never printed).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    super(message, options);
+    Error.stackTraceLimit = limit;
+    delete (this as { stack?: string }).stack; // the prototype's accessor below answers
+    // an Error's frames are captured now and formatted lazily (a plain object's would not be)
+    const trace = new Error();
+    Error.captureStackTrace(trace, new.target); // from the caller of `new`, without the constructors
+    Object.defineProperty(this, TRACE, { value: trace, writable: true, configurable: true });
+  }
+}
+
+/** `stack`: the message, then (for a PythonError) the Python frames innermost first, then
+    the caller's JS frames without bunpy's own. Bun's error printer uses it too, because the
+    error holds no engine-captured frames of its own. */
+Object.defineProperty(BunpyError.prototype, "stack", {
+  get(this: BunpyError & { [TRACE]?: { stack?: string } }): string {
+    const message = this instanceof PythonError ? shortMessage(this) : this.message;
+    const header = message ? `${this.name}: ${message}` : this.name;
+    const trace = this[TRACE];
+    const frames = trace ? callerFrames(splitStack(String(trace.stack ?? "")).frames) : [];
+    const python = this instanceof PythonError ? pythonFrames(this.traceback) : [];
+    const stack = [header, ...python, ...frames].join("\n");
+    Object.defineProperty(this, "stack", { value: stack, writable: true, configurable: true, enumerable: false });
+    return stack;
+  },
+  set(this: BunpyError, value: unknown) {
+    Object.defineProperty(this, "stack", { value, writable: true, configurable: true, enumerable: false });
+  },
+  configurable: true,
+  enumerable: false,
+});
+
+/** The Python frames of a formatted traceback as stack lines, innermost first, e.g.
+    `    at inner (/app/calc.py:2)`; a SyntaxError's location is `    at <python> (<py.exec>:3)`.
+    Only the last traceback counts: that of the exception that was raised (chained ones come
+    before it). */
+function pythonFrames(traceback: string): string[] {
+  // a SyntaxError from compiling has no "Traceback" header, only its `File …, line N`
+  const start = Math.max(0, traceback.lastIndexOf("Traceback (most recent call last):"));
+  const out: string[] = [];
+  for (const line of traceback.slice(start).split("\n")) {
+    const m = /^  File "(.*)", line (\d+)(?:, in (.*))?$/.exec(line);
+    if (m) out.push(`    at ${m[3] ?? "<python>"} (${m[1]}:${m[2]})`);
+  }
+  return out.reverse();
+}
+
+/** The Python bunpy embeds (set once it is found), named in hints of error messages. */
+let running: { version: string; executable: string } | undefined;
+
+/** @internal discovery tells which Python it found. */
+export function noteRunningPython(py: { version: string; executable: string }): void {
+  running = py;
+}
+
+/** For `No module named 'x'` (a top-level module): which Python bunpy runs and how to
+    install into it, since it is often not the `python` of the user's shell. */
+function installHint(type: string, message: string): string {
+  if (type !== "ModuleNotFoundError" || running === undefined) return "";
+  const m = /^No module named '([^'.]+)'$/.exec(message);
+  if (!m) return "";
+  const py = running;
+  return ` (bunpy runs Python ${py.version} at ${py.executable}; install the package into it: ${py.executable} -m pip install ${m[1]})`;
 }
 
 /** A Python exception raised by the code bunpy ran. */
 export class PythonError extends BunpyError {
   override name = "PythonError";
   /** The exception class name, e.g. `"ZeroDivisionError"`. */
-  readonly type: string;
+  declare readonly type: string;
   /** The module defining the exception class (`"builtins"` for built-in exceptions). */
-  readonly module: string;
+  declare readonly module: string;
   /** The formatted Python traceback, as `traceback.format_exception` prints it. */
-  readonly traceback: string;
+  declare readonly traceback: string;
   /** For a SyntaxError: 1-based line and column of the error, else undefined. */
-  readonly lineno?: number;
-  readonly offset?: number;
+  declare readonly lineno?: number;
+  declare readonly offset?: number;
+  /** The exception's own message, without the type prefix. */
+  declare readonly pythonMessage: string;
 
   constructor(type: string, module: string, message: string, traceback: string, lineno = -1, offset = -1) {
     const where = lineno > 0 ? ` (line ${lineno}${offset > 0 ? `, column ${offset}` : ""})` : "";
-    super(`${type}: ${message}${where}`);
-    this.type = type;
-    this.module = module;
-    this.traceback = traceback;
-    if (lineno > 0) this.lineno = lineno;
-    if (offset > 0) this.offset = offset;
-    this.pythonMessage = message;
+    const short = `${type}: ${message}${where}${installHint(type, message)}`;
+    super(short);
+    // Not enumerable: Bun's error printer lists enumerable fields, and the traceback as one
+    // escaped string is noise next to the Python frames in `stack`.
+    const hidden = (value: unknown) => ({ value, enumerable: false, writable: false, configurable: true });
+    // `message` comes from the prototype's getter (below), which reads [SHORT]
+    delete (this as { message?: string }).message;
+    Object.defineProperties(this, {
+      [SHORT]: hidden(short),
+      type: hidden(type),
+      module: hidden(module),
+      traceback: hidden(traceback),
+      pythonMessage: hidden(message),
+    });
+    if (lineno > 0) Object.defineProperty(this, "lineno", hidden(lineno));
+    if (offset > 0) Object.defineProperty(this, "offset", hidden(offset));
   }
-  /** The exception's own message, without the type prefix. */
-  readonly pythonMessage: string;
 }
+
+const SHORT = Symbol("bunpy.message");
+
+function shortMessage(e: PythonError): string {
+  return (e as PythonError & { [SHORT]?: string })[SHORT] ?? "";
+}
+
+/** The traceback without its last lines (the `Type: message` the error's message already
+    has), as "\nTraceback (most recent call last):\n  File …", or "" without frames. */
+function tracebackBody(traceback: string): string {
+  const lines = traceback.trimEnd().split("\n");
+  while (lines.length && !/^\s/.test(lines[lines.length - 1]!)) lines.pop();
+  return lines.length ? `\n${lines.join("\n")}` : "";
+}
+
+/** True when the reader of a property is native code with no JS caller: Bun's own error
+    printer (an uncaught error, a failing test). Only this file's frames (the getter's) are
+    then on the JS stack. */
+function readByRuntime(): boolean {
+  if (!(Number(Error.stackTraceLimit) >= 3)) return false;
+  const frames = splitStack(new Error().stack ?? "").frames;
+  return frames.length > 0 && frames.every((f) => f.includes(THIS_FILE));
+}
+const THIS_FILE = `${SRC_DIR}errors.ts:`;
+
+// A failing `bun test` prints a synchronously thrown error with its name, its message and
+// the frames of the throw (not `stack`), so the Python traceback must be in the message Bun
+// reads. Code reading `err.message` gets the one-line message.
+Object.defineProperty(PythonError.prototype, "message", {
+  get(this: PythonError): string {
+    const short = shortMessage(this);
+    if (!this.traceback?.includes('  File "') || !readByRuntime()) return short;
+    return short + tracebackBody(this.traceback);
+  },
+  set(this: PythonError, value: string) {
+    Object.defineProperty(this, "message", { value, writable: true, enumerable: false, configurable: true });
+  },
+  configurable: true,
+  enumerable: false,
+});
 
 /** A value could not cross the JS/Python boundary. `path` names where, e.g. `args[1].a`. */
 export class ConversionError extends BunpyError {

@@ -27,12 +27,22 @@ export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
 let main: MainInterpreter | undefined;
 let closed = false;
 
+const CLOSED_MESSAGE = "Python was closed with py.close() and cannot be used again in this process";
+
 /** The main interpreter for this JS thread, started on first use. */
 function rt(): MainInterpreter {
   if (main !== undefined) return main;
-  if (closed) throw new PythonClosedError("Python was closed with py.close() and cannot be used again in this process");
+  if (closed) throw new PythonClosedError(CLOSED_MESSAGE);
   main = new MainInterpreter();
   return main;
+}
+
+/** rt(), refusing a closed interpreter: for entry points that do not go through a shim call
+    (which would report the closed state itself). py.version stays readable after close. */
+function running(): MainInterpreter {
+  const m = rt();
+  if (m.isClosed) throw new PythonClosedError(CLOSED_MESSAGE);
+  return m;
 }
 
 /** A one-object operation (len, repr, type name) on a proxy, with a TypeError naming `what`. */
@@ -81,7 +91,7 @@ export const py = {
   register(name: string, fn: (...args: any[]) => unknown): void {
     if (typeof name !== "string" || name === "") throw new TypeError("py.register(name, fn): name must be a non-empty string");
     if (typeof fn !== "function") throw new TypeError("py.register(name, fn): fn must be a function");
-    rt().registered.set(name, fn);
+    running().registered.set(name, fn);
   },
   /** Removes a function registered with py.register. Returns whether it was registered. */
   unregister(name: string): boolean {
@@ -89,19 +99,19 @@ export const py = {
   },
   /** Starts a context: Python on its own thread, with its own interpreter and GIL
       (mode "owngil", the default on 3.12+) or as a thread of the main interpreter ("worker"). */
-  context(options?: ContextOptions): Promise<Context> {
-    return Context.start(rt(), options);
+  async context(options?: ContextOptions): Promise<Context> {
+    return Context.start(running(), options);
   },
   /** Starts a pool of contexts (size defaults to the number of cores) with keyed routing. */
-  pool(options?: PoolOptions): Promise<Pool> {
-    return Pool.start(rt(), options);
+  async pool(options?: PoolOptions): Promise<Pool> {
+    return Pool.start(running(), options);
   },
   /** Listens for bunpy.send(channel, value) from Python (main interpreter and this thread's
       contexts). Returns a function that stops listening. */
   on(channel: string, listener: MessageListener): () => void {
     if (typeof channel !== "string") throw new TypeError("py.on(channel, listener): channel must be a string");
     if (typeof listener !== "function") throw new TypeError("py.on(channel, listener): listener must be a function");
-    return hubOf(rt()).on(channel, listener);
+    return hubOf(running()).on(channel, listener);
   },
   /** The messages of a channel as an async iterator: `for await (const v of py.messages("log"))`. */
   messages(channel: string): AsyncIterableIterator<unknown> {

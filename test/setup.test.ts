@@ -1,6 +1,6 @@
 // Finding Python and building the shim, exercised in fresh Bun processes.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync, chmodSync, existsSync, readdirSync } from "node:fs";
+import { mkdtempSync, writeFileSync, chmodSync, existsSync, mkdirSync, readdirSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -28,11 +28,106 @@ describe("discovery", () => {
     expect(info.answer).toBe(42);
   });
 
-  test("a BUNPY_PYTHON that does not exist is a clear error", () => {
+  test("a BUNPY_PYTHON that does not exist is a PythonNotFoundError", () => {
     const r = run({ BUNPY_PYTHON: "/nonexistent/python3" });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain("PythonNotFoundError");
     expect(r.stderr).toContain("BUNPY_PYTHON=/nonexistent/python3");
+  });
+
+  // Each BUNPY_PYTHON / VIRTUAL_ENV mistake: the message says what was found, why it does not
+  // fit and how to fix it (naming a usable interpreter found on this machine).
+  const fixHint = (stderr: string) => {
+    expect(stderr).toContain("set BUNPY_PYTHON to a CPython 3.11+ executable");
+    expect(stderr).toMatch(/such as \/\S+python3/);
+  };
+
+  test("BUNPY_PYTHON as a bare name is looked up on PATH", () => {
+    const bin = join(PYENV, "3.13.0", "bin");
+    const r = run({ BUNPY_PYTHON: "python3.13", PATH: `${bin}:${process.env.PATH}` });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).executable).toBe(join(bin, "python3.13"));
+  });
+
+  test("BUNPY_PYTHON as a bare name that is not on PATH says so", () => {
+    const r = run({ BUNPY_PYTHON: "python3.99" });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("PythonNotFoundError: BUNPY_PYTHON=python3.99: there is no python3.99 on PATH");
+    expect(r.stderr).toContain("set BUNPY_PYTHON to the full path of");
+  });
+
+  test("BUNPY_PYTHON=~/… is expanded", () => {
+    const home = process.env.HOME ?? "/root";
+    if (!py313.startsWith(`${home}/`)) return;
+    const r = run({ BUNPY_PYTHON: `~/${py313.slice(home.length + 1)}` });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).executable).toBe(py313);
+  });
+
+  test("a BUNPY_PYTHON that does not exist says so", () => {
+    const r = run({ BUNPY_PYTHON: "/nonexistent/python3" });
+    expect(r.stderr).toContain("BUNPY_PYTHON=/nonexistent/python3: /nonexistent/python3 does not exist;");
+    fixHint(r.stderr);
+  });
+
+  test("a BUNPY_PYTHON that is a directory says so, suggesting its bin/python3", () => {
+    const prefix = join(PYENV, "3.13.0");
+    const r = run({ BUNPY_PYTHON: prefix });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`${prefix} is a directory, not an interpreter (did you mean ${prefix}/bin/python3?)`);
+    expect(r.stderr).not.toContain("EACCES");
+    fixHint(r.stderr);
+  });
+
+  test("a BUNPY_PYTHON that is not a Python says what running it printed", () => {
+    const r = run({ BUNPY_PYTHON: "/bin/echo", BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('BUNPY_PYTHON=/bin/echo: /bin/echo is not a Python interpreter (running it with -c printed "-I -c import json');
+    expect(r.stderr).not.toContain("JSON Parse error");
+    fixHint(r.stderr);
+    const f = run({ BUNPY_PYTHON: "/bin/false", BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
+    expect(f.stderr).toContain("/bin/false does not run as a Python interpreter (running it with -I -c failed with exit code 1)");
+  });
+
+  test("a BUNPY_PYTHON that is not executable says so", () => {
+    const file = join(tmp("bunpy-fake-"), "python3");
+    writeFileSync(file, "#!/bin/sh\n");
+    chmodSync(file, 0o644);
+    const r = run({ BUNPY_PYTHON: file });
+    expect(r.stderr).toContain(`${file} is not executable`);
+    fixHint(r.stderr);
+  });
+
+  test("VIRTUAL_ENV pointing at a missing directory is an error naming it", () => {
+    const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: "/nonexistent/venv" });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("PythonNotFoundError: VIRTUAL_ENV=/nonexistent/venv: the directory does not exist;");
+    expect(r.stderr).toContain("deactivate");
+  });
+
+  test("VIRTUAL_ENV that is not a virtual environment is an error naming it", () => {
+    const dir = tmp("bunpy-notvenv-");
+    const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: dir });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`VIRTUAL_ENV=${dir}: there is no bin/python3 in it`);
+  });
+
+  test("VIRTUAL_ENV whose python is a broken link (its base Python was removed) says so", () => {
+    const venv = tmp("bunpy-brokenvenv-");
+    mkdirSync(join(venv, "bin"));
+    symlinkSync("/nonexistent/python3.12", join(venv, "bin", "python3"));
+    const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: venv });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`VIRTUAL_ENV=${venv}: its ${venv}/bin/python3 is a link to /nonexistent/python3.12, which does not exist; recreate the environment`);
+  });
+
+  test("VIRTUAL_ENV with an unsupported Python is an error, not a silent switch to another Python", () => {
+    const old = join(PYENV, "3.10.13");
+    if (!existsSync(join(old, "bin", "python3"))) return;
+    const r = run({ BUNPY_PYTHON: undefined, VIRTUAL_ENV: old });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`VIRTUAL_ENV=${old}: its ${old}/bin/python3 is Python 3.10.13, and bunpy needs 3.11 or newer`);
+    expect(r.stderr).toMatch(/recreate the environment .* -m venv /);
   });
 
   test("a Python older than 3.11 is refused with the reason", () => {
@@ -54,7 +149,7 @@ describe("discovery", () => {
     chmodSync(fake, 0o755);
     const r = run({ BUNPY_PYTHON: fake, BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain("has no C headers");
+    expect(r.stderr).toContain("without its C headers");
     expect(r.stderr).toContain("python3-dev");
   });
 
@@ -101,6 +196,14 @@ describe("shim build", () => {
     const cache = tmp("bunpy-cache-");
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries({ ...process.env, BUNPY_PYTHON: py313, BUNPY_CACHE_DIR: cache })) if (v !== undefined) env[k] = v;
+    // a temporary build left by a process that was killed mid-build is removed by this build
+    const where = Bun.spawnSync(
+      [process.execPath, "-e", `import { shimPath } from "${join(import.meta.dir, "..", "src", "build.ts")}"; import { findPython } from "${join(import.meta.dir, "..", "src", "discover.ts")}"; console.log(shimPath(findPython()))`],
+      { env, stdout: "pipe", stderr: "pipe" },
+    );
+    const deadPid = Bun.spawnSync(["true"]).pid;
+    const stale = `${join(where.stdout.toString().trim(), "..")}.tmp-${deadPid}-stale`;
+    mkdirSync(join(stale, "lib"), { recursive: true });
     const procs = [0, 1].map(() => Bun.spawn([process.execPath, START], { env, stdout: "pipe", stderr: "pipe" }));
     const results = await Promise.all(
       procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })),
@@ -114,6 +217,8 @@ describe("shim build", () => {
     }
     const shims = readdirSync(join(cache, "shim")).filter((d) => !d.includes(".tmp-"));
     expect(shims.length).toBe(1);
+    expect(existsSync(stale)).toBe(false);
+    expect(readdirSync(join(cache, "shim")).filter((d) => d.includes(".tmp-"))).toEqual([]);
     const again = run({ BUNPY_PYTHON: py313, BUNPY_CACHE_DIR: cache });
     expect(again.code).toBe(0);
     expect(again.stderr).toBe("");
