@@ -460,10 +460,9 @@ static inline int has_work(bp_context *c, atomic_int *flag) {
     return !bp_mpsc_empty(&c->requests);
 }
 
-const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner, int gen) {
+const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner) {
     if (owner && atomic_load(&owner->cancelled)) return "bunpy: the call was cancelled from JS (timeout or AbortSignal)";
-    if (atomic_load(&c->hard_close)) return "bunpy: the context is closing and its grace period is over";
-    if (atomic_load(&c->close_gen) != gen) return "bunpy: the context is closing";
+    if (atomic_load(&c->close_gen)) return "bunpy: the context is closing";
     return NULL;
 }
 
@@ -510,12 +509,11 @@ static void wait_for_work(bp_context *c, atomic_int *flag) { wait_for(c, work_re
 typedef struct {
     atomic_int *flag;
     bp_request *owner;
-    int gen;
 } js_wait;
 
 static int js_wait_over(bp_context *c, void *arg) {
     js_wait *w = arg;
-    return atomic_load(w->flag) || !bp_mpsc_empty(&c->requests) || bp_ctx_wait_cut(c, w->owner, w->gen);
+    return atomic_load(w->flag) || !bp_mpsc_empty(&c->requests) || bp_ctx_wait_cut(c, w->owner);
 }
 
 /* The next request to run, in order: from the batch taken off the queue last time, or a
@@ -535,11 +533,10 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
         return -1;
     }
     /* the call this wait belongs to: cancelling it (timeout, AbortSignal) ends the wait */
-    js_wait w = {.flag = flag, .owner = c->current ? c->current : bp_loop_running_request(c),
-                 .gen = atomic_load(&c->close_gen)};
+    js_wait w = {.flag = flag, .owner = c->current ? c->current : bp_loop_running_request(c)};
     const char *cut = NULL;
     c->depth++;
-    while (!atomic_load(flag) && !(cut = bp_ctx_wait_cut(c, w.owner, w.gen))) {
+    while (!atomic_load(flag) && !(cut = bp_ctx_wait_cut(c, w.owner))) {
         bp_request *req = next_request(c);
         if (!req) wait_for(c, js_wait_over, &w);
         else if (req->op == BP_REQ_CLOSE) c->deferred_close = req; /* the main loop ends the context */
@@ -690,6 +687,7 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
         return NULL;
     }
     atomic_init(&c->state, CTX_STARTING);
+    atomic_init(&c->loop_wake_fd, -1);
     atomic_init(&c->refs, 2); /* JS and the thread */
     c->owner = bp_port_of(io); /* messages from bunpy.send go here */
     atomic_fetch_add(&c->owner->refs, 1);
@@ -712,8 +710,8 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
 }
 
 /*
- * close: queued requests still run; waits in progress right now (bunpy.call waiting for JS,
- * bunpy.sleep, send back-pressure) end with bunpy.Interrupted (close_gen changes); then the
+ * close: queued requests still run, but no code waits any more: bunpy.call waiting for JS,
+ * bunpy.sleep and send back-pressure raise bunpy.Interrupted from now on (close_gen); then the
  * thread tears the context down (bp_loop_close, run_teardown, end_interpreter). A watchdog
  * bounds it all: once `grace_ms` has passed, nothing new starts (hard_close) and whatever
  * runs is interrupted every 100 ms; BP_ABANDON_MS later a thread that still has not
@@ -768,7 +766,7 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id, uint32_t grace_ms) {
     if (!r) return BP_ERR_MEMORY;
     c->close_req = r;
     c->close_grace_ms = grace_ms;
-    atomic_store(&c->close_gen, 1); /* before the wake-ups below: waits in progress end */
+    atomic_store(&c->close_gen, 1); /* before the wake-ups below: waits end */
     if (bp_ctx_push(c, r) != BP_OK) {
         c->close_req = NULL;
         bp_request_free(r);

@@ -88,7 +88,7 @@ struct bp_context {
     atomic_int interrupts;    /* an async exception was set: clear it when the run ends  */
     PyObject *interrupt_type; /* bunpy.Interrupted of this context's interpreter (strong)  */
     /* closing (see "close" in context.c) */
-    atomic_int close_gen;     /* 1 once close() was called: waits begun before it end     */
+    atomic_int close_gen;     /* 1 once close() was called: no wait goes on from then     */
     atomic_int hard_close;    /* the grace period is over: interrupt everything, skip queued */
     atomic_int abandoned;     /* the watchdog gave up on the thread                        */
     atomic_int close_claimed; /* who finishes `close_req`: the context thread or the watchdog */
@@ -97,6 +97,7 @@ struct bp_context {
     atomic_ullong steps;      /* loop iterations begun (a parked task spinning: no change) */
     atomic_int in_step;       /* the thread is inside a loop iteration                     */
     atomic_int live_released; /* bp_live_contexts no longer counts this context           */
+    atomic_int loop_wake_fd;  /* an event loop's wake-up fd while the thread waits in it, else -1 */
     uint32_t close_grace_ms;  /* close(): how long before the watchdog interrupts          */
     /* the event loop (#5): created on first use, driven between requests by the thread  */
     PyObject *loop;           /* the context's BunpyEventLoop (strong), or NULL          */
@@ -137,12 +138,14 @@ void bp_ctx_alert(bp_context *c);
 void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms);
 /* Waits, GIL released, until *flag is set, serving requests that arrive meanwhile (a JS
    callback may call back into this context). GIL held on entry and exit; -1 with a Python
-   error when the nesting limit is reached. */
+   error when the nesting limit is reached, -2 with bunpy.Interrupted when the wait was cut
+   (the call it runs for was cancelled, or close() was called). */
 int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
 /* Why code running on the context must stop waiting (bunpy.call's wait for JS, bunpy.sleep,
    send back-pressure): the message for bunpy.Interrupted, or NULL to go on. `owner` is the
-   request the waiting code runs for (NULL: none known), `gen` close_gen when the wait began. */
-const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner, int gen);
+   request the waiting code runs for (NULL: none known). Once close() was called, no wait
+   goes on. */
+const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner);
 /* Raises bunpy.Interrupted(msg) (KeyboardInterrupt when the type is not known). */
 void bp_ctx_raise_interrupted(bp_context *c, const char *msg);
 /* Starts a detached thread that interrupts the run `seq` (0: the close watchdog). */

@@ -304,27 +304,21 @@ static int reader_caught_up(bp_context *c, void *unused) {
     return atomic_load(&c->unread) < BP_MAX_UNREAD;
 }
 
-typedef struct {
-    bp_request *owner;
-    int gen;
-} send_wait;
-
-static int reader_caught_up_or_cut(bp_context *c, void *arg) {
-    send_wait *w = arg;
-    return reader_caught_up(c, NULL) || bp_ctx_wait_cut(c, w->owner, w->gen);
+static int reader_caught_up_or_cut(bp_context *c, void *owner) {
+    return reader_caught_up(c, NULL) || bp_ctx_wait_cut(c, owner);
 }
 
 /* 0 once the reader caught up; -1 with bunpy.Interrupted when the call this code runs for
    was cancelled or the context is closing. */
 static int wait_for_reader(bp_context *c) {
-    send_wait w = {.owner = c->current ? c->current : bp_loop_running_request(c), .gen = atomic_load(&c->close_gen)};
+    bp_request *owner = c->current ? c->current : bp_loop_running_request(c);
     PyThreadState *ts = PyEval_SaveThread();
     /* woken by bp_message_drained, a cancel or the close; the timeout only guards against
        a lost wake-up */
-    while (!reader_caught_up_or_cut(c, &w)) bp_ctx_sleep(c, reader_caught_up_or_cut, &w, 100);
+    while (!reader_caught_up_or_cut(c, owner)) bp_ctx_sleep(c, reader_caught_up_or_cut, owner, 100);
     PyEval_RestoreThread(ts);
     if (reader_caught_up(c, NULL)) return 0;
-    bp_ctx_raise_interrupted(c, bp_ctx_wait_cut(c, w.owner, w.gen));
+    bp_ctx_raise_interrupted(c, bp_ctx_wait_cut(c, owner));
     return -1;
 }
 

@@ -150,6 +150,11 @@ static void fail_parked(bp_context *c, int with_python) {
             PyObject *task = r->task;
             r->task = NULL;
             unlink_parked(c, r);
+            /* a task that ended (interrupted) before its done-callback ran: its call fails
+               here, so its exception is taken here (asyncio would log it as never retrieved) */
+            PyObject *x = task ? PyObject_CallMethod(task, "exception", NULL) : NULL;
+            Py_XDECREF(x);
+            PyErr_Clear();
             Py_XDECREF(task);
         } else { /* the thread is dying: Python objects are abandoned */
             c->parked = r->park_next;
@@ -181,8 +186,8 @@ void bp_loop_abandon(bp_context *c) {
 
 /* Raises bunpy.Interrupted for the cancel of the call it runs for, or the context's close;
    0 otherwise. */
-static int interrupted(bp_context *c, bp_request *owner, int gen) {
-    const char *cut = bp_ctx_wait_cut(c, owner, gen);
+static int interrupted(bp_context *c, bp_request *owner) {
+    const char *cut = bp_ctx_wait_cut(c, owner);
     if (!cut) return 0;
     bp_ctx_raise_interrupted(c, cut);
     return -1;
@@ -196,9 +201,8 @@ PyObject *bp_sleep(double seconds) {
     bp_context *c = bp_this_context;
     int64_t deadline = bp_now_ns() + (int64_t)(seconds > 1e9 ? 1e18 : seconds * 1e9);
     bp_request *owner = c ? (c->current ? c->current : bp_loop_running_request(c)) : NULL;
-    int gen = c ? atomic_load(&c->close_gen) : 0;
     for (;;) {
-        if (c && interrupted(c, owner, gen) < 0) return NULL;
+        if (c && interrupted(c, owner) < 0) return NULL;
         int64_t left = deadline - bp_now_ns();
         if (left <= 0) break;
         struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};

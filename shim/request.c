@@ -199,6 +199,15 @@ typedef struct {
 static void deliver(bp_context *c) {
     atomic_store(&c->interrupts, 1);
     PyThreadState_SetAsyncExc(c->ident, c->interrupt_type ? c->interrupt_type : PyExc_KeyboardInterrupt);
+    /* waiting in an event loop (asyncio.run in a sync call): the exception fires once the
+       loop runs bytecode again, so wake it. The fd is set only while the thread waits with
+       its GIL released, and the loop cannot be closed while we hold that GIL. */
+    int fd = atomic_load(&c->loop_wake_fd);
+    if (fd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(fd, &one, sizeof one);
+        (void)n;
+    }
 }
 
 /* One look, with the context's GIL (which keeps `current` and `parked` stable): 1 while the

@@ -406,9 +406,9 @@ export class Context {
 
   /**
    * Ends the context, like interpreter shutdown, within a bounded time:
-   * calls made after it reject with ContextClosedError; queued and running calls finish;
-   * waits in progress when it is called (bunpy.call waiting for JS, bunpy.sleep, send
-   * back-pressure) end at once with bunpy.Interrupted in Python; then the loop's tasks are
+   * calls made after it reject with ContextClosedError; queued and running calls finish,
+   * but their Python code can no longer wait: bunpy.call waiting for JS, bunpy.sleep and
+   * send back-pressure raise bunpy.Interrupted from then on; then the loop's tasks are
    * cancelled, its transports and servers closed, the context's threads joined, executors
    * shut down, atexit handlers run (owngil) and the interpreter ended. If that is not done
    * `timeout` ms (default 5000) after close(), whatever runs is interrupted (repeatedly) and

@@ -331,6 +331,7 @@ def close_context_loop(budget=1.0):
     _this_thread.loop = None
     if loop is None or loop.is_closed():
         return
+    tasks = []
     try:
         tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
         for t in tasks:
@@ -343,10 +344,21 @@ def close_context_loop(budget=1.0):
         _close_transports(loop)
     finally:
         # also when the close watchdog interrupted the steps above
+        _retrieve_interrupts(tasks)
         _drop_sockets(loop)
         loop._thread_id = None
         sys.set_asyncgen_hooks(None, None)
         loop.close()
+
+
+def _retrieve_interrupts(tasks):
+    """Tasks the close watchdog ended with bunpy.Interrupted: nobody will ask for their
+    exception, and asyncio would log each as "never retrieved"."""
+    import bunpy
+
+    for t in tasks:
+        if t.done() and not t.cancelled() and isinstance(t.exception(), bunpy.Interrupted):
+            pass  # exception() marks it retrieved
 
 
 def _close_transports(loop):
