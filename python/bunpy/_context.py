@@ -159,6 +159,9 @@ def track_threads():
     if _owner is None:
         _owner = threading.local()
     _owner.ident = threading.get_ident()
+    # the context thread is a _DummyThread to threading (daemon), and threads inherit their
+    # starter's daemon flag: make them non-daemon by default, as under a main thread
+    threading.current_thread()._daemonic = False
     if getattr(threading.Thread.start, "__bunpy_track__", False):
         return
     start, bootstrap = threading.Thread.start, threading.Thread._bootstrap_inner
@@ -226,7 +229,12 @@ def _join_threads(threading, owngil):
         threading._SHUTTING_DOWN = True
         while hooks:
             hooks.pop()()
-        others = [t for t in threading.enumerate() if t.ident != me and t is not threading.main_thread() and not t.daemon]
+        others = [
+            t
+            for t in threading.enumerate()
+            # not dummies: threads threading did not start (worker contexts' threads among them)
+            if t.ident != me and t is not threading.main_thread() and not t.daemon and not isinstance(t, threading._DummyThread)
+        ]
     else:
         others = [t for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
         _stop_executors(others)
