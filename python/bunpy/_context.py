@@ -267,6 +267,12 @@ def teardown(owngil=False, main=None):
             gc.collect()
         except BaseException:
             _report("releasing its globals")
+    if not owngil and threading is not None and isinstance(threading.current_thread(), threading._DummyThread):
+        # before 3.13 nothing removes the _DummyThread of a thread threading did not start:
+        # a worker context's would stay in threading.enumerate() of the main interpreter
+        if not hasattr(getattr(threading, "_thread_local_info", None), "_track_dummy_thread_ref"):
+            with threading._active_limbo_lock:
+                threading._active.pop(threading.get_ident(), None)
     local = getattr(threading, "_thread_local_info", None)
     # 3.13: a _DummyThread made for this thread is dropped through a thread-local whose
     # __del__ needs the threading module alive; drop it now rather than during teardown.
