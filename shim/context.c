@@ -746,7 +746,7 @@ static void *watchdog_main(void *arg) {
                 bp_ctx_alert(c);
                 bp_ctx_wake(c);
             }
-            bp_interrupter_start(c, 0, 0); /* one delivery (skipped while one is under way) */
+            bp_interrupter_start(c, 0); /* one delivery (skipped while one is under way) */
         } else if (until > deadline) {
             until = deadline;
         }

@@ -148,8 +148,9 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
 const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner);
 /* Raises bunpy.Interrupted(msg) (KeyboardInterrupt when the type is not known). */
 void bp_ctx_raise_interrupted(bp_context *c, const char *msg);
-/* Starts a detached thread that interrupts the run `seq` (0: the close watchdog). */
-int32_t bp_interrupter_start(bp_context *c, uint64_t seq, uint32_t grace_ms);
+/* Starts a detached thread that interrupts the run `seq` for as long as it runs (request.c),
+   or, for seq 0 (the close watchdog), whatever runs, once. */
+int32_t bp_interrupter_start(bp_context *c, uint64_t seq);
 /* Writes a request's result (or the Python error set when v is NULL; v is stolen) and
    hands it to JS. Context thread, GIL held. */
 void bp_ctx_complete_with(bp_context *c, bp_request *req, PyObject *v, int deep, int32_t read_failed);

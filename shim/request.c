@@ -266,8 +266,7 @@ static void *interrupter_main(void *arg) {
     return NULL;
 }
 
-int32_t bp_interrupter_start(bp_context *c, uint64_t seq, uint32_t grace_ms) {
-    (void)grace_ms;
+int32_t bp_interrupter_start(bp_context *c, uint64_t seq) {
     if (seq == 0 && atomic_exchange(&c->delivering, 1)) return BP_OK; /* the last one is still entering */
     interrupt_job *job = malloc(sizeof *job);
     if (!job) {
@@ -303,7 +302,7 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     if (atomic_load(&req->parked)) atomic_fetch_add(&c->task_cancels, 1); /* the context cancels its task */
     bp_ctx_alert(c); /* ends a bunpy.sleep in progress */
     bp_ctx_wake(c);  /* ends a wait for JS, or the loop's wait (task_cancels) */
-    return bp_interrupter_start(c, seq, 0);
+    return bp_interrupter_start(c, seq);
 }
 
 /* Every completion for this port that fits in one buffer: u32 count, then per request

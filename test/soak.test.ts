@@ -105,7 +105,7 @@ test(`soak: ${CYCLES} context cycles leave fds and threads where they were, RSS 
   let owngilCycles = 0;
   try {
     for (let i = 0; i < CYCLES; i++) {
-      const mode = contextModes[i % contextModes.length];
+      const mode = contextModes[i % contextModes.length]!;
       if (mode === "owngil") owngilCycles++;
       await cycle(mode, random);
     }
