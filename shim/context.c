@@ -720,9 +720,7 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
  */
 static void *watchdog_main(void *arg) {
     bp_context *c = arg;
-    uint32_t grace_ms;
-    memcpy(&grace_ms, &c->close_grace_ms, sizeof grace_ms);
-    int64_t deadline = bp_now_ns() + (int64_t)grace_ms * 1000000;
+    int64_t deadline = bp_now_ns() + (int64_t)c->close_grace_ms * 1000000; /* set before this thread started */
     int64_t give_up = deadline + (int64_t)BP_ABANDON_MS * 1000000;
     pthread_mutex_lock(&c->life_lock);
     for (;;) {

@@ -49,7 +49,6 @@ struct bp_request {
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
     bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
     atomic_ullong seq;        /* which run of its context this is; 0 until it starts    */
-    atomic_int interrupted;   /* a TimeoutError was raised for its cancellation already   */
     atomic_int parked;        /* its result is an awaitable running as a task on the loop */
     bp_request *park_prev, *park_next; /* the context's parked list (context thread only)  */
     PyObject *task;           /* parked: the asyncio task, and the token its end presents */
