@@ -259,7 +259,8 @@ static void *interrupter_main(void *arg) {
     while (visit(c, job.seq, &seen_step) && job.seq != 0) {
         struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000};
         nanosleep(&ts, NULL);
-        if (seen_step == UINT64_MAX && pause_ms < 1000) pause_ms *= 2; /* a task seen running: look again soon */
+        /* less and less often, up to once a second; a task seen running: look again soon */
+        pause_ms = seen_step != UINT64_MAX ? 20 : pause_ms >= 500 ? 1000 : pause_ms * 2;
     }
     if (job.seq == 0) atomic_store(&c->delivering, 0);
     bp_ctx_unref(c);
