@@ -111,6 +111,16 @@ def send_forever():
         note(e)
         raise
 
+caught_once = []
+def catch_once():
+    try:
+        while True:
+            pass
+    except BaseException as e:
+        caught_once.append(type(e).__name__)
+    while True:   # goes on after catching it: the interrupt comes again
+        pass
+
 def is_keyboard_interrupt():
     return issubclass(bunpy.Interrupted, KeyboardInterrupt) and not issubclass(bunpy.Interrupted, Exception)
 `;
@@ -141,6 +151,16 @@ for (const mode of contextModes) {
     test("bunpy.Interrupted is a KeyboardInterrupt, not an Exception", async () => {
       const ctx = await ready(mode);
       expect(await ctx.call("__main__", "is_keyboard_interrupt")).toBe(true);
+    });
+
+    test("the interrupt is raised again while the interrupted call still runs, and never hits the next call", async () => {
+      const ctx = await ready(mode);
+      const err = await ctx.call("__main__", "catch_once", [], {}, { timeout: 50 }).catch((e) => e);
+      expect(err).toBeInstanceOf(CallTimeoutError);
+      expect(await answers(ctx)).toBe(true);
+      expect(await ctx.eval("caught_once")).toEqual(["Interrupted"]);
+      await Bun.sleep(100);
+      expect(await ctx.eval("sum(range(1000000))")).toBe(499999500000);
     });
 
     test("item 7: a coroutine spinning after its first await is interrupted by a timeout", async () => {
