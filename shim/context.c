@@ -241,7 +241,8 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
     /* Py_EndInterpreter aborts the process if another thread state is left (threads from
        _thread.start_new_thread, or still ending): give them a few seconds, else leave the
        interpreter behind rather than crash. */
-    for (int i = 0; i < 500 && !alone_in_interpreter(ts); i++) {
+    /* by the clock: with a thread spinning, each turn also waits for the GIL */
+    for (int64_t until = bp_now_ns() + 5000000000LL; !alone_in_interpreter(ts) && bp_now_ns() < until;) {
         Py_BEGIN_ALLOW_THREADS usleep(10000);
         Py_END_ALLOW_THREADS
     }

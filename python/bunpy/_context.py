@@ -241,6 +241,19 @@ def _join_threads(threading, owngil):
     _join(others)
 
 
+def _warn_running(threading):
+    """Worker mode, the joins were cut short (close()'s grace period is over): say which
+    threads run on."""
+    me = threading.get_ident()
+    left = [t.name for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+    if left:
+        print(
+            f"bunpy: a worker context was closed while threads it started still ran ({', '.join(left)}); they keep "
+            "running in the main interpreter, and py.close() waits for them as Python does at exit",
+            file=sys.stderr,
+        )
+
+
 def teardown(owngil=False, main=None):
     """Runs on the context thread just before its interpreter or thread state ends (after
     its loop was closed): what interpreter shutdown does, in the same order."""
@@ -249,6 +262,8 @@ def teardown(owngil=False, main=None):
         _join_threads(threading, owngil)
     except BaseException:
         _report("joining its threads")
+        if not owngil:  # owngil: ending the interpreter says so
+            _warn_running(threading)
     if owngil:
         import atexit
 
