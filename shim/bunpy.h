@@ -153,7 +153,8 @@ BP_EXPORT int32_t bp_ctx_sync_wait(bp_context *ctx, bp_io *io, bp_request *req);
 BP_EXPORT int32_t bp_port_take_calls(bp_io *io);   /* -> count; buf: (u64 call, u64 context, u32 len, bytes)* */
 BP_EXPORT int32_t bp_call_reply(void *call, bp_io *io, int32_t status, uint32_t len); /* answer in buf */
 BP_EXPORT int32_t bp_ctx_cancel(bp_context *ctx, bp_request *req);
-BP_EXPORT int32_t bp_ctx_close(bp_context *ctx, bp_io *io, uint32_t id); /* completion `id` once ended */
+/* completion `id` once ended (TRUE: abandoned after grace_ms + 2 s, see context.c) */
+BP_EXPORT int32_t bp_ctx_close(bp_context *ctx, bp_io *io, uint32_t id, uint32_t grace_ms);
 BP_EXPORT void bp_ctx_free(bp_context *ctx);                              /* after the close completion */
 BP_EXPORT int32_t bp_ctx_state(bp_context *ctx);
 BP_EXPORT double bp_ctx_completed(bp_context *ctx);

@@ -100,6 +100,10 @@ static int setup_interpreter(bp_context *c, int owngil) {
     c->ident = ident ? PyLong_AsUnsignedLong(ident) : 0;
     Py_XDECREF(ident);
     Py_XDECREF(threading);
+    /* what JS interrupts raise here (bunpy is imported: bunpy._context was) */
+    PyObject *pkg = PyErr_Occurred() ? NULL : PyImport_ImportModule("bunpy");
+    c->interrupt_type = pkg ? PyObject_GetAttrString(pkg, "Interrupted") : NULL;
+    Py_XDECREF(pkg);
     return PyErr_Occurred() ? -1 : 0;
 }
 
@@ -155,6 +159,7 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         startup_failed(c, "setting up the subinterpreter failed");
         bp_policy_clear(&c->policy);
         Py_CLEAR(c->main_module);
+        Py_CLEAR(c->interrupt_type);
         PyEval_SaveThread();
         pthread_mutex_lock(&bp_create_lock); /* ending interpreters concurrently races (fact 3) */
         PyEval_RestoreThread(sub);
@@ -184,6 +189,7 @@ static PyThreadState *start_worker(bp_context *c) {
         startup_failed(c, "setting up the worker context failed");
         bp_policy_clear(&c->policy);
         Py_CLEAR(c->main_module);
+        Py_CLEAR(c->interrupt_type);
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
         return NULL;
@@ -191,20 +197,28 @@ static PyThreadState *start_worker(bp_context *c) {
     return ts;
 }
 
-/* Waits (GIL released) until no interrupter can still enter the interpreter. */
+/* Waits (GIL released) until no interrupter can still enter the interpreter, then drops
+   an interrupt that was set but has not fired. */
 static void stop_interrupters(bp_context *c) {
     PyThreadState *ts = PyEval_SaveThread();
     pthread_mutex_lock(&c->life_lock);
     atomic_store(&c->state, CTX_ENDING);
+    pthread_cond_broadcast(&c->life_cond); /* the close watchdog stops watching */
     while (c->interrupters > 0) pthread_cond_wait(&c->life_cond, &c->life_lock);
     pthread_mutex_unlock(&c->life_lock);
     PyEval_RestoreThread(ts);
+    if (atomic_exchange(&c->interrupts, 0)) PyThreadState_SetAsyncExc(c->ident, NULL);
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) PyErr_Clear();
 }
 
-static void run_teardown(int owngil) {
+/* What interpreter shutdown does, done by bunpy._context.teardown on the context thread
+   while the close watchdog can still interrupt it: join the context's threads, shut its
+   executors down, run its atexit handlers (owngil), release its objects. */
+static void run_teardown(bp_context *c) {
     PyObject *m = PyImport_ImportModule("bunpy._context");
-    PyObject *r = m ? PyObject_CallMethod(m, "teardown", "i", owngil) : NULL;
-    if (!r) PyErr_WriteUnraisable(m);
+    PyObject *r = m ? PyObject_CallMethod(m, "teardown", "iO", c->mode == BP_CTX_OWNGIL, c->main_module) : NULL;
+    if (!r && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) PyErr_Clear(); /* the watchdog cut it short */
+    if (!r && PyErr_Occurred()) PyErr_WriteUnraisable(m);
     Py_XDECREF(r);
     Py_XDECREF(m);
 }
@@ -215,11 +229,9 @@ static int alone_in_interpreter(PyThreadState *ts) {
 
 static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *main_ts) {
     stop_interrupters(c);
-    /* owngil: joins the interpreter's threads and runs its atexit handlers here, before the
-       process-wide creation lock is taken for the final teardown */
-    run_teardown(c->mode == BP_CTX_OWNGIL);
     bp_policy_clear(&c->policy);
     Py_CLEAR(c->main_module);
+    Py_CLEAR(c->interrupt_type);
     if (c->mode == BP_CTX_WORKER) {
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
@@ -229,7 +241,8 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
     /* Py_EndInterpreter aborts the process if another thread state is left (threads from
        _thread.start_new_thread, or still ending): give them a few seconds, else leave the
        interpreter behind rather than crash. */
-    for (int i = 0; i < 500 && !alone_in_interpreter(ts); i++) {
+    /* by the clock: with a thread spinning, each turn also waits for the GIL */
+    for (int64_t until = bp_now_ns() + 5000000000LL; !alone_in_interpreter(ts) && bp_now_ns() < until;) {
         Py_BEGIN_ALLOW_THREADS usleep(10000);
         Py_END_ALLOW_THREADS
     }
@@ -363,6 +376,11 @@ static void serve(bp_context *c, bp_request *req) {
         bp_request_fail(req, BP_ERR_STATE, "cancelled before it started");
         return;
     }
+    if (atomic_load(&c->hard_close)) { /* close()'s grace period is over: nothing new starts */
+        set_current(c, outer);
+        bp_request_fail(req, BP_ERR_STATE, "the context was closed before this call started");
+        return;
+    }
     /* An interrupt aimed at the outer call (which waits for JS) must not hit this one, nor
        one that arrived as this request finished hit the next. Clearing takes a runtime-wide
        lock, so it is done only when an interrupt was delivered. */
@@ -437,9 +455,22 @@ void bp_ctx_alert(bp_context *c) {
     (void)n;
 }
 
-/* A request arrived, or *flag was set. */
+/* A request arrived. */
 static inline int has_work(bp_context *c, atomic_int *flag) {
-    return !bp_mpsc_empty(&c->requests) || (flag && atomic_load(flag));
+    (void)flag;
+    return !bp_mpsc_empty(&c->requests);
+}
+
+const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner) {
+    if (owner && atomic_load(&owner->cancelled)) return "bunpy: the call was cancelled from JS (timeout or AbortSignal)";
+    if (atomic_load(&c->close_gen)) return "bunpy: the context is closing";
+    return NULL;
+}
+
+void bp_ctx_raise_interrupted(bp_context *c, const char *msg) {
+    /* an interrupt already set for this run would fire on top of this one: drop it */
+    if (atomic_exchange(&c->interrupts, 0)) PyThreadState_SetAsyncExc(c->ident, NULL);
+    PyErr_SetString(c->interrupt_type ? c->interrupt_type : PyExc_KeyboardInterrupt, msg);
 }
 
 /* Sleeps on the context's eventfd until bp_ctx_wake (or timeout_ms, -1: none), unless
@@ -462,15 +493,28 @@ void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, 
 
 static int work_ready(bp_context *c, void *flag) { return has_work(c, flag); }
 
-/* Waits until has_work: spins briefly, then sleeps on the eventfd. Releases the GIL. */
-static void wait_for_work(bp_context *c, atomic_int *flag) {
+/* Waits until ready(c, arg): spins briefly, then sleeps on the eventfd. Releases the GIL. */
+static void wait_for(bp_context *c, int (*ready)(bp_context *, void *), void *arg) {
     PyThreadState *ts = PyEval_SaveThread();
     int64_t until = bp_now_ns() + SPIN_NS;
     /* sched_yield, not a pause loop: on a machine with fewer cores than busy threads the
        spinning context must give its core to the JS thread that produces its work. */
-    while (!has_work(c, flag) && bp_now_ns() < until) sched_yield();
-    if (!has_work(c, flag)) bp_ctx_sleep(c, work_ready, flag, -1);
+    while (!ready(c, arg) && bp_now_ns() < until) sched_yield();
+    if (!ready(c, arg)) bp_ctx_sleep(c, ready, arg, -1);
     PyEval_RestoreThread(ts);
+}
+
+static void wait_for_work(bp_context *c, atomic_int *flag) { wait_for(c, work_ready, flag); }
+
+/* A wait for JS: answered, a request to serve, or cut (cancel, close). */
+typedef struct {
+    atomic_int *flag;
+    bp_request *owner;
+} js_wait;
+
+static int js_wait_over(bp_context *c, void *arg) {
+    js_wait *w = arg;
+    return atomic_load(w->flag) || !bp_mpsc_empty(&c->requests) || bp_ctx_wait_cut(c, w->owner);
 }
 
 /* The next request to run, in order: from the batch taken off the queue last time, or a
@@ -489,23 +533,42 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
                      BP_MAX_NESTING);
         return -1;
     }
+    /* the call this wait belongs to: cancelling it (timeout, AbortSignal) ends the wait */
+    js_wait w = {.flag = flag, .owner = c->current ? c->current : bp_loop_running_request(c)};
+    const char *cut = NULL;
     c->depth++;
-    while (!atomic_load(flag)) {
+    while (!atomic_load(flag) && !(cut = bp_ctx_wait_cut(c, w.owner))) {
         bp_request *req = next_request(c);
-        if (!req) wait_for_work(c, flag);
+        if (!req) wait_for(c, js_wait_over, &w);
         else if (req->op == BP_REQ_CLOSE) c->deferred_close = req; /* the main loop ends the context */
         else serve(c, req);
     }
     c->depth--;
+    if (cut && !atomic_load(flag)) {
+        bp_ctx_raise_interrupted(c, cut);
+        return -2;
+    }
     return 0;
 }
 
-static void reject_all(bp_node *list, const char *why) {
+/* The context's thread no longer counts as live (once, whoever gets here first). */
+static void release_live(bp_context *c) {
+    if (!atomic_exchange(&c->live_released, 1)) atomic_fetch_sub(&bp_live_contexts, 1);
+}
+
+/* Completes the close request once: by the context thread when it ends (NONE), or by the
+   watchdog when it abandons the thread (TRUE). */
+static void finish_close(bp_context *c, int abandoned) {
+    if (!c->close_req || atomic_exchange(&c->close_claimed, 1)) return;
+    bp_request_complete(c->close_req, BP_OK, (const uint8_t[]){abandoned ? BP_T_TRUE : BP_T_NONE}, 1);
+}
+
+static void reject_all(bp_context *c, bp_node *list, const char *why) {
     while (list) {
         bp_request *req = (bp_request *)list;
         list = list->next;
         if (req->op == BP_REQ_REF_DROP) bp_request_free(req);
-        else if (req->op == BP_REQ_CLOSE) bp_request_complete(req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
+        else if (req->op == BP_REQ_CLOSE) finish_close(c, 0); /* it is over */
         else bp_request_fail(req, BP_ERR_STATE, why);
     }
 }
@@ -515,7 +578,7 @@ static void reject_all(bp_node *list, const char *why) {
 static void seal(bp_context *c, int state, const char *why) {
     atomic_store(&c->state, state);
     while (atomic_load(&c->submitting) > 0) sched_yield();
-    reject_all(bp_mpsc_take(&c->requests), why);
+    reject_all(c, bp_mpsc_take(&c->requests), why);
 }
 
 _Thread_local bp_context *bp_this_context;
@@ -562,11 +625,11 @@ static void on_thread_killed(void *arg) {
     }
     c->current = NULL;
     bp_loop_abandon(c);
-    if (c->deferred_close) bp_request_complete(c->deferred_close, BP_OK, (const uint8_t[]){BP_T_NONE}, 1); /* it is over */
-    reject_all(c->batch, "the context's thread ended unexpectedly");
+    reject_all(c, c->batch, "the context's thread ended unexpectedly");
     c->batch = NULL;
     seal(c, CTX_DEAD, "the context's thread ended unexpectedly");
-    atomic_fetch_sub(&bp_live_contexts, 1);
+    release_live(c);
+    if (c->deferred_close || c->close_req) finish_close(c, 0); /* it is over */
     bp_ctx_unref(c);
 }
 
@@ -577,7 +640,7 @@ static void *context_main(void *arg) {
     PyThreadState *ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
     if (!ts) {
         seal(c, CTX_DEAD, "the context failed to start");
-        atomic_fetch_sub(&bp_live_contexts, 1);
+        release_live(c);
         bp_ctx_unref(c);
         return NULL;
     }
@@ -585,17 +648,19 @@ static void *context_main(void *arg) {
     bp_request_complete(c->start, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
     c->start = NULL;
 
-    bp_request *close_req = NULL;
     pthread_cleanup_push(on_thread_killed, c);
-    close_req = serve_until_closed(c);
-    pthread_cleanup_pop(0);
+    serve_until_closed(c); /* returns the close request: c->close_req */
+    /* teardown, in the order interpreter shutdown uses; the close watchdog may interrupt
+       any of it once the grace period is over */
     bp_loop_close(c);
+    run_teardown(c);
+    pthread_cleanup_pop(0);
     end_interpreter(c, ts, main_ts);
-    reject_all(c->batch, "the context was closed");
+    reject_all(c, c->batch, "the context was closed");
     c->batch = NULL;
     seal(c, CTX_CLOSED, "the context was closed");
-    atomic_fetch_sub(&bp_live_contexts, 1);
-    bp_request_complete(close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
+    release_live(c);
+    finish_close(c, 0);
     bp_ctx_unref(c);
     return NULL;
 }
@@ -623,11 +688,16 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
         return NULL;
     }
     atomic_init(&c->state, CTX_STARTING);
+    atomic_init(&c->loop_wake_fd, -1);
     atomic_init(&c->refs, 2); /* JS and the thread */
     c->owner = bp_port_of(io); /* messages from bunpy.send go here */
     atomic_fetch_add(&c->owner->refs, 1);
     pthread_mutex_init(&c->life_lock, NULL);
-    pthread_cond_init(&c->life_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the close watchdog's deadlines */
+    pthread_cond_init(&c->life_cond, &ca);
+    pthread_condattr_destroy(&ca);
     atomic_fetch_add(&bp_live_contexts, 1);
     if (pthread_create(&c->thread, NULL, context_main, c) != 0) {
         atomic_fetch_sub(&bp_live_contexts, 1);
@@ -640,25 +710,87 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     return c;
 }
 
-int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id) {
+/*
+ * close: queued requests still run, but no code waits any more: bunpy.call waiting for JS,
+ * bunpy.sleep and send back-pressure raise bunpy.Interrupted from now on (close_gen); then the
+ * thread tears the context down (bp_loop_close, run_teardown, end_interpreter). A watchdog
+ * bounds it all: once `grace_ms` has passed, nothing new starts (hard_close) and whatever
+ * runs is interrupted every 100 ms; BP_ABANDON_MS later a thread that still has not
+ * finished is abandoned — detached, its interpreter never ended, the close completed with
+ * TRUE so JS can say so.
+ */
+static void *watchdog_main(void *arg) {
+    bp_context *c = arg;
+    int64_t deadline = bp_now_ns() + (int64_t)c->close_grace_ms * 1000000; /* set before this thread started */
+    int64_t give_up = deadline + (int64_t)BP_ABANDON_MS * 1000000;
+    pthread_mutex_lock(&c->life_lock);
+    for (;;) {
+        int s = atomic_load(&c->state);
+        if (s > CTX_CLOSING) break; /* ending: the rest is bounded C work */
+        int64_t now = bp_now_ns();
+        if (now >= give_up) {
+            atomic_store(&c->abandoned, 1);
+            pthread_mutex_unlock(&c->life_lock);
+            extern atomic_int bp_finalize_unsafe;
+            atomic_store(&bp_finalize_unsafe, 1); /* its interpreter can never be ended */
+            release_live(c);
+            finish_close(c, 1);
+            bp_ctx_wake(c);
+            bp_ctx_unref(c);
+            return NULL;
+        }
+        int64_t until = now + 100000000;
+        if (now >= deadline) {
+            if (!atomic_exchange(&c->hard_close, 1)) {
+                bp_ctx_alert(c);
+                bp_ctx_wake(c);
+            }
+            bp_interrupter_start(c, 0); /* one delivery (skipped while one is under way) */
+        } else if (until > deadline) {
+            until = deadline;
+        }
+        struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
+        pthread_cond_timedwait(&c->life_cond, &c->life_lock, &ts);
+    }
+    pthread_mutex_unlock(&c->life_lock);
+    bp_ctx_unref(c);
+    return NULL;
+}
+
+int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id, uint32_t grace_ms) {
     int expected = CTX_RUNNING;
     if (!atomic_compare_exchange_strong(&c->state, &expected, CTX_CLOSING) && expected != CTX_STARTING)
         return BP_ERR_STATE;
     bp_request *r = bp_request_new(c, io, id, BP_REQ_CLOSE, 0);
     if (!r) return BP_ERR_MEMORY;
+    c->close_req = r;
+    c->close_grace_ms = grace_ms;
+    atomic_store(&c->close_gen, 1); /* before the wake-ups below: waits end */
     if (bp_ctx_push(c, r) != BP_OK) {
+        c->close_req = NULL;
         bp_request_free(r);
         return BP_ERR_STATE;
     }
     bp_ctx_alert(c); /* a bunpy.sleep in progress ends */
+    bp_ctx_ref(c);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, watchdog_main, c) != 0) bp_ctx_unref(c); /* no bound then */
+    pthread_attr_destroy(&attr);
     return BP_OK;
 }
 
 void bp_ctx_free(bp_context *c) {
-    pthread_join(c->thread, NULL);
+    if (atomic_load(&c->abandoned)) pthread_detach(c->thread); /* it may never end */
+    else pthread_join(c->thread, NULL);
     bp_ctx_unref(c);
 }
 
-int32_t bp_ctx_state(bp_context *c) { return atomic_load(&c->state); }
+int32_t bp_ctx_state(bp_context *c) {
+    int s = atomic_load(&c->state);
+    return atomic_load(&c->abandoned) && s <= CTX_CLOSING ? CTX_ABANDONED : s;
+}
 double bp_ctx_completed(bp_context *c) { return (double)atomic_load(&c->completed); }
 

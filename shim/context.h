@@ -24,6 +24,12 @@ void bp_policy_clear(bp_policy *pol);
 int bp_policy_refuses(const char *rule);
 
 enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
+/* bp_ctx_state's answer for a context abandoned at close (its thread did not stop in time) */
+#define CTX_ABANDONED 6
+
+/* After close()'s grace period, how long interrupts are repeated before the context is
+   abandoned (its thread detached, close() resolved). */
+#define BP_ABANDON_MS 2000
 
 /* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
 #define SPIN_NS 50000
@@ -43,7 +49,6 @@ struct bp_request {
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
     bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
     atomic_ullong seq;        /* which run of its context this is; 0 until it starts    */
-    atomic_int interrupted;   /* a TimeoutError was raised for its cancellation already   */
     atomic_int parked;        /* its result is an awaitable running as a task on the loop */
     bp_request *park_prev, *park_next; /* the context's parked list (context thread only)  */
     PyObject *task;           /* parked: the asyncio task, and the token its end presents */
@@ -80,6 +85,19 @@ struct bp_context {
     atomic_ullong running_seq;/* seq of the request running now, 0 when idle             */
     int no_js;                /* >0 while a result is written: calls into JS are refused */
     atomic_int interrupts;    /* an async exception was set: clear it when the run ends  */
+    PyObject *interrupt_type; /* bunpy.Interrupted of this context's interpreter (strong)  */
+    /* closing (see "close" in context.c) */
+    atomic_int close_gen;     /* 1 once close() was called: no wait goes on from then     */
+    atomic_int hard_close;    /* the grace period is over: interrupt everything, skip queued */
+    atomic_int abandoned;     /* the watchdog gave up on the thread                        */
+    atomic_int close_claimed; /* who finishes `close_req`: the context thread or the watchdog */
+    bp_request *close_req;    /* the close request (completed once, by whoever claims it) */
+    atomic_int delivering;    /* a watchdog delivery thread is entering the interpreter   */
+    atomic_ullong steps;      /* loop iterations begun (a parked task spinning: no change) */
+    atomic_int in_step;       /* the thread is inside a loop iteration                     */
+    atomic_int live_released; /* bp_live_contexts no longer counts this context           */
+    atomic_int loop_wake_fd;  /* an event loop's wake-up fd while the thread waits in it, else -1 */
+    uint32_t close_grace_ms;  /* close(): how long before the watchdog interrupts          */
     /* the event loop (#5): created on first use, driven between requests by the thread  */
     PyObject *loop;           /* the context's BunpyEventLoop (strong), or NULL          */
     PyObject *loop_reactor;   /* its _bunpy.Reactor (borrowed; cleared when it closes)    */
@@ -119,8 +137,19 @@ void bp_ctx_alert(bp_context *c);
 void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms);
 /* Waits, GIL released, until *flag is set, serving requests that arrive meanwhile (a JS
    callback may call back into this context). GIL held on entry and exit; -1 with a Python
-   error when the nesting limit is reached. */
+   error when the nesting limit is reached, -2 with bunpy.Interrupted when the wait was cut
+   (the call it runs for was cancelled, or close() was called). */
 int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
+/* Why code running on the context must stop waiting (bunpy.call's wait for JS, bunpy.sleep,
+   send back-pressure): the message for bunpy.Interrupted, or NULL to go on. `owner` is the
+   request the waiting code runs for (NULL: none known). Once close() was called, no wait
+   goes on. */
+const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner);
+/* Raises bunpy.Interrupted(msg) (KeyboardInterrupt when the type is not known). */
+void bp_ctx_raise_interrupted(bp_context *c, const char *msg);
+/* Starts a detached thread that interrupts the run `seq` for as long as it runs (request.c),
+   or, for seq 0 (the close watchdog), whatever runs, once. */
+int32_t bp_interrupter_start(bp_context *c, uint64_t seq);
 /* Writes a request's result (or the Python error set when v is NULL; v is stolen) and
    hands it to JS. Context thread, GIL held. */
 void bp_ctx_complete_with(bp_context *c, bp_request *req, PyObject *v, int deep, int32_t read_failed);
@@ -134,7 +163,9 @@ PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task);      /* _bunpy
 void bp_loop_cancel_tasks(bp_context *c);  /* cancels the tasks of requests JS cancelled     */
 void bp_loop_step(bp_context *c);          /* one loop iteration; waits for work inside     */
 void bp_loop_close(bp_context *c);         /* fails parked requests, closes the loop         */
-void bp_loop_abandon(bp_context *c);       /* the thread died: fail parked requests, no Python */
+void bp_loop_abandon(bp_context *c);
+/* The parked request whose task is running right now (GIL held; any thread), or NULL. */
+bp_request *bp_loop_running_request(bp_context *c);       /* the thread died: fail parked requests, no Python */
 PyObject *bp_sleep(double seconds);        /* bunpy.sleep outside a running loop            */
 
 /* Hands a finished request (or a message) to its port and rings the doorbell on the edge. */

@@ -102,7 +102,9 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
     bp_ctx_ref(c); /* the answer may come after the context died and JS freed it */
     call->notify_fd = notify_fd;
     call->batched = batched;
-    atomic_init(&call->refs, notify_fd >= 0 || batched ? 2 : 1);
+    /* the waiter (or the Python handle) and the pending answer: either may go first (a
+       cancelled or closing context stops waiting for an answer that may never come) */
+    atomic_init(&call->refs, 2);
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
     if (was_empty) ring(c, p);
@@ -129,9 +131,10 @@ PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *arg
     bp_jscall *call = queue_call(c, name, args, nargs, kwnames, -1, 0);
     if (!call) return NULL;
     /* The answer comes back through bp_call_reply, which sets `answered` and wakes us;
-       meanwhile requests to this context are served (JS may call back into it). */
-    bp_ctx_wait_serving(c, &call->answered); /* cannot refuse: the depth was checked above */
-    PyObject *result = answer_of(st, call);
+       meanwhile requests to this context are served (JS may call back into it). A cancel
+       of the call this code runs for, or the context's close, ends the wait with
+       bunpy.Interrupted; the answer, if it ever comes, is then dropped. */
+    PyObject *result = bp_ctx_wait_serving(c, &call->answered) == 0 ? answer_of(st, call) : NULL;
     call_unref(call);
     return result;
 }
@@ -285,8 +288,9 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
         (void)n;
         call_unref(call); /* the answer's reference; the Python handle keeps its own */
     } else {
-        atomic_store(&call->answered, 1); /* the context may free `call` from here on */
+        atomic_store(&call->answered, 1);
         bp_ctx_wake(c);
+        call_unref(call); /* the answer's reference: the waiter (if it still waits) keeps its own */
     }
     bp_ctx_unref(c); /* taken in queue_call */
     return BP_OK;
@@ -300,11 +304,22 @@ static int reader_caught_up(bp_context *c, void *unused) {
     return atomic_load(&c->unread) < BP_MAX_UNREAD;
 }
 
-static void wait_for_reader(bp_context *c) {
+static int reader_caught_up_or_cut(bp_context *c, void *owner) {
+    return reader_caught_up(c, NULL) || bp_ctx_wait_cut(c, owner);
+}
+
+/* 0 once the reader caught up; -1 with bunpy.Interrupted when the call this code runs for
+   was cancelled or the context is closing. */
+static int wait_for_reader(bp_context *c) {
+    bp_request *owner = c->current ? c->current : bp_loop_running_request(c);
     PyThreadState *ts = PyEval_SaveThread();
-    /* woken by bp_message_drained; the timeout only guards against a lost wake-up */
-    while (!reader_caught_up(c, NULL)) bp_ctx_sleep(c, reader_caught_up, NULL, 100);
+    /* woken by bp_message_drained, a cancel or the close; the timeout only guards against
+       a lost wake-up */
+    while (!reader_caught_up_or_cut(c, owner)) bp_ctx_sleep(c, reader_caught_up_or_cut, owner, 100);
     PyEval_RestoreThread(ts);
+    if (reader_caught_up(c, NULL)) return 0;
+    bp_ctx_raise_interrupted(c, bp_ctx_wait_cut(c, owner));
+    return -1;
 }
 
 /* A message record: a bp_request with op MESSAGE and id 0, drained with the completions. */
@@ -345,7 +360,7 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
                          BP_MAX_UNREAD);
             return NULL;
         }
-        wait_for_reader(c);
+        if (wait_for_reader(c) < 0) return NULL;
     }
     bp_io *scratch = c ? &c->scratch : NULL;
     bp_io tmp = {0};

@@ -107,11 +107,38 @@ void bp_loop_cancel_tasks(bp_context *c) {
         if (atomic_load(&r->cancelled) && r->task) cancel_task(r->task);
 }
 
+bp_request *bp_loop_running_request(bp_context *c) {
+    if (!c->parked || !c->loop) return NULL;
+    PyObject *name = PyUnicode_FromString("asyncio"); /* not a hot path: waits and interrupts */
+    PyObject *asyncio = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    PyObject *task = asyncio ? PyObject_CallMethod(asyncio, "current_task", "O", c->loop) : NULL;
+    Py_XDECREF(asyncio);
+    if (!task) {
+        PyErr_Clear();
+        return NULL;
+    }
+    bp_request *found = NULL;
+    for (bp_request *r = c->parked; r && !found; r = r->park_next)
+        if (r->task == task) found = r;
+    Py_DECREF(task);
+    return found;
+}
+
 void bp_loop_step(bp_context *c) {
     PyObject *loop = context_loop(c); /* it may have been made by Python code (get_event_loop) */
+    atomic_fetch_add(&c->steps, 1);
+    atomic_store(&c->in_step, 1);
     PyObject *v = loop ? PyObject_CallMethodNoArgs(loop, bp_interp_get()->names[BP_NAME_BUNPY_STEP]) : NULL;
+    atomic_store(&c->in_step, 0);
     Py_XDECREF(loop);
-    if (!v) PyErr_WriteUnraisable(c->loop); /* SystemExit or KeyboardInterrupt out of a callback */
+    /* an interrupt meant for a task that has ended since must not hit the next callback */
+    if (atomic_exchange(&c->interrupts, 0)) PyThreadState_SetAsyncExc(c->ident, NULL);
+    if (!v && c->interrupt_type && PyErr_ExceptionMatches(c->interrupt_type)) {
+        PyErr_Clear(); /* it ended the task it was raised in: that task's call completes */
+    } else if (!v) {
+        PyErr_WriteUnraisable(c->loop); /* SystemExit or KeyboardInterrupt out of a callback */
+    }
     Py_XDECREF(v);
 }
 
@@ -123,6 +150,11 @@ static void fail_parked(bp_context *c, int with_python) {
             PyObject *task = r->task;
             r->task = NULL;
             unlink_parked(c, r);
+            /* a task that ended (interrupted) before its done-callback ran: its call fails
+               here, so its exception is taken here (asyncio would log it as never retrieved) */
+            PyObject *x = task ? PyObject_CallMethod(task, "exception", NULL) : NULL;
+            Py_XDECREF(x);
+            PyErr_Clear();
             Py_XDECREF(task);
         } else { /* the thread is dying: Python objects are abandoned */
             c->parked = r->park_next;
@@ -137,7 +169,8 @@ void bp_loop_close(bp_context *c) {
     if (!c->loop && !c->loop_reactor) return;
     PyObject *m = loop_module();
     PyObject *v = m ? PyObject_CallMethod(m, "close_context_loop", NULL) : NULL;
-    if (!v) PyErr_WriteUnraisable(m);
+    if (!v && c->interrupt_type && PyErr_ExceptionMatches(c->interrupt_type)) PyErr_Clear(); /* the watchdog */
+    if (!v && PyErr_Occurred()) PyErr_WriteUnraisable(m);
     Py_XDECREF(v);
     Py_XDECREF(m);
     fail_parked(c, 1); /* requests parked while the loop unwound */
@@ -151,22 +184,13 @@ void bp_loop_abandon(bp_context *c) {
 
 /* ---- bunpy.sleep ------------------------------------------------------------------- */
 
-/* Raises for the cancel of the running request, or the context's close; 0 otherwise. */
-static int interrupted(bp_context *c) {
-    bp_request *r = c->current;
-    if (r && atomic_load(&r->cancelled)) {
-        /* The interrupter thread (which needs this GIL) may have set its TimeoutError as an
-           async exception already; it would only fire once bytecode runs again: drop it and
-           raise here. If it has not, `interrupted` tells it not to. */
-        if (atomic_exchange(&r->interrupted, 1)) PyThreadState_SetAsyncExc(c->ident, NULL);
-        PyErr_SetString(PyExc_TimeoutError, "bunpy.sleep: the call was cancelled");
-        return -1;
-    }
-    if (atomic_load(&c->state) >= CTX_CLOSING) {
-        PyErr_SetString(PyExc_RuntimeError, "bunpy.sleep: the context is closing");
-        return -1;
-    }
-    return 0;
+/* Raises bunpy.Interrupted for the cancel of the call it runs for, or the context's close;
+   0 otherwise. */
+static int interrupted(bp_context *c, bp_request *owner) {
+    const char *cut = bp_ctx_wait_cut(c, owner);
+    if (!cut) return 0;
+    bp_ctx_raise_interrupted(c, cut);
+    return -1;
 }
 
 PyObject *bp_sleep(double seconds) {
@@ -176,8 +200,9 @@ PyObject *bp_sleep(double seconds) {
     }
     bp_context *c = bp_this_context;
     int64_t deadline = bp_now_ns() + (int64_t)(seconds > 1e9 ? 1e18 : seconds * 1e9);
+    bp_request *owner = c ? (c->current ? c->current : bp_loop_running_request(c)) : NULL;
     for (;;) {
-        if (c && interrupted(c) < 0) return NULL;
+        if (c && interrupted(c, owner) < 0) return NULL;
         int64_t left = deadline - bp_now_ns();
         if (left <= 0) break;
         struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};

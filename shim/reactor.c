@@ -186,6 +186,10 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
     int max = (int)(sizeof r->events / sizeof r->events[0]);
     int n;
     r->waiting = 1;
+    /* an interrupt raised while this thread waits here fires only when bytecode runs
+       again: the interrupter wakes the wait through this fd (request.c) */
+    bp_context *tc = bp_this_context;
+    if (tc) atomic_store(&tc->loop_wake_fd, r->wake_fd);
     Py_BEGIN_ALLOW_THREADS
     n = spin_before_sleep(r, timeout, max);
     if (n < 0) {
@@ -200,6 +204,7 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
         if (r->ctx) atomic_store(&r->ctx->sleeping, 0);
     }
     Py_END_ALLOW_THREADS
+    if (tc) atomic_store(&tc->loop_wake_fd, -1);
     r->waiting = 0;
     if (n < 0) PyErr_SetFromErrno(PyExc_OSError);
     return n;

@@ -178,56 +178,102 @@ int32_t bp_ctx_sync_wait(bp_context *c, bp_io *io, bp_request *r) {
     return sync_wait(bp_port_of(io), r, io);
 }
 
-/* Interrupts the request running in the context (from a short-lived thread, so JS never
-   waits for the context's GIL). */
+/*
+ * Interrupts: bunpy.Interrupted (a KeyboardInterrupt, which asyncio's handles and tasks do
+ * not swallow) raised as an async exception in the context thread, from a helper thread
+ * that enters the context's interpreter (so JS never waits for the context's GIL). For a
+ * cancelled call it is repeated, less and less often, for as long as that call still runs
+ * (Python code may catch it); it is only raised while the call's own code is what runs:
+ *   - a call running now (innermost `current`): at once;
+ *   - a parked call (a task on the loop): when its task is seen running in the same loop
+ *     iteration twice in a row (a task spinning after an await) — a suspended task is
+ *     cancelled by the context itself (task_cancels);
+ *   - a call waiting for JS with a nested call running: not at all (its wait ends by itself).
+ * seq 0 is one delivery for the close watchdog: whatever runs is interrupted.
+ */
 typedef struct {
     bp_context *ctx;
-    uint64_t seq; /* the run of the request to interrupt (addresses get reused) */
+    uint64_t seq; /* the run of the request to interrupt (addresses get reused); 0: anything */
 } interrupt_job;
+
+static void deliver(bp_context *c) {
+    atomic_store(&c->interrupts, 1);
+    PyThreadState_SetAsyncExc(c->ident, c->interrupt_type ? c->interrupt_type : PyExc_KeyboardInterrupt);
+    /* waiting in an event loop (asyncio.run in a sync call): the exception fires once the
+       loop runs bytecode again, so wake it. The fd is set only while the thread waits with
+       its GIL released, and the loop cannot be closed while we hold that GIL. */
+    int fd = atomic_load(&c->loop_wake_fd);
+    if (fd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(fd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+/* One look, with the context's GIL (which keeps `current` and `parked` stable): 1 while the
+   run `seq` is still there. */
+static int visit(bp_context *c, uint64_t seq, uint64_t *seen_step) {
+    pthread_mutex_lock(&c->life_lock);
+    int s = atomic_load(&c->state);
+    int alive = (s == CTX_RUNNING || s == CTX_CLOSING) && !atomic_load(&c->abandoned);
+    if (alive) c->interrupters++;
+    pthread_mutex_unlock(&c->life_lock);
+    if (!alive) return 0;
+    PyThreadState *ts = PyThreadState_New(c->interp);
+    PyEval_RestoreThread(ts);
+    int keep = 0;
+    /* a thread asleep in bunpy's own waits sees cancels and the close by itself */
+    int asleep = atomic_load(&c->sleeping);
+    if (seq == 0) {
+        if (!asleep) deliver(c);
+    } else {
+        for (bp_request *r = c->current; r && !keep; r = r->outer) {
+            if (atomic_load(&r->seq) != seq) continue;
+            keep = 1;
+            if (r == c->current && !asleep) deliver(c);
+        }
+        for (bp_request *r = c->parked; r && !keep; r = r->park_next) {
+            if (atomic_load(&r->seq) != seq) continue;
+            keep = 1;
+            uint64_t step = atomic_load(&c->steps);
+            int running = !c->current && atomic_load(&c->in_step) && bp_loop_running_request(c) == r;
+            if (running && step == *seen_step) deliver(c);
+            *seen_step = running ? step : UINT64_MAX;
+            if (PyErr_Occurred()) PyErr_Clear();
+        }
+    }
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    pthread_mutex_lock(&c->life_lock);
+    if (--c->interrupters == 0) pthread_cond_broadcast(&c->life_cond);
+    pthread_mutex_unlock(&c->life_lock);
+    return keep;
+}
 
 static void *interrupter_main(void *arg) {
     interrupt_job job = *(interrupt_job *)arg;
     free(arg);
     bp_context *c = job.ctx;
-    pthread_mutex_lock(&c->life_lock);
-    int alive = atomic_load(&c->state) <= CTX_CLOSING;
-    if (alive) c->interrupters++;
-    pthread_mutex_unlock(&c->life_lock);
-    if (alive) {
-        PyThreadState *ts = PyThreadState_New(c->interp);
-        PyEval_RestoreThread(ts);
-        /* With the context's GIL held, `current` is stable. */
-        if (c->current && atomic_load(&c->current->seq) == job.seq && !atomic_exchange(&c->current->interrupted, 1)) {
-            atomic_store(&c->interrupts, 1);
-            PyThreadState_SetAsyncExc(c->ident, PyExc_TimeoutError);
-        }
-        PyThreadState_Clear(ts);
-        PyThreadState_DeleteCurrent();
-        pthread_mutex_lock(&c->life_lock);
-        if (--c->interrupters == 0) pthread_cond_broadcast(&c->life_cond);
-        pthread_mutex_unlock(&c->life_lock);
+    uint64_t seen_step = UINT64_MAX;
+    int pause_ms = 20;
+    while (visit(c, job.seq, &seen_step) && job.seq != 0) {
+        struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        /* less and less often, up to once a second; a task seen running: look again soon */
+        pause_ms = seen_step != UINT64_MAX ? 20 : pause_ms >= 500 ? 1000 : pause_ms * 2;
     }
+    if (job.seq == 0) atomic_store(&c->delivering, 0);
     bp_ctx_unref(c);
     return NULL;
 }
 
-/* Cancels a request JS has not seen completed: skipped if not started, interrupted
-   (TimeoutError raised inside Python) if running. */
-int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
-    atomic_store(&req->cancelled, 1);
-    int s = atomic_load(&c->state);
-    if (!bp_running() || s > CTX_CLOSING) return BP_OK;
-    if (atomic_load(&req->parked)) { /* its awaitable runs as a task: the context cancels it */
-        atomic_fetch_add(&c->task_cancels, 1);
-        bp_ctx_wake(c);
-        return BP_OK;
-    }
-    uint64_t seq = atomic_load(&req->seq);
-    /* not running (queued: the flag makes serve() skip it; finished: nothing to do) */
-    if (seq == 0 || atomic_load(&c->running_seq) != seq) return BP_OK;
-    bp_ctx_alert(c); /* ends a bunpy.sleep in progress */
+int32_t bp_interrupter_start(bp_context *c, uint64_t seq) {
+    if (seq == 0 && atomic_exchange(&c->delivering, 1)) return BP_OK; /* the last one is still entering */
     interrupt_job *job = malloc(sizeof *job);
-    if (!job) return BP_ERR_MEMORY;
+    if (!job) {
+        if (seq == 0) atomic_store(&c->delivering, 0);
+        return BP_ERR_MEMORY;
+    }
     job->ctx = c;
     job->seq = seq;
     bp_ctx_ref(c);
@@ -239,10 +285,25 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     pthread_attr_destroy(&attr);
     if (rc != 0) {
         free(job);
+        if (seq == 0) atomic_store(&c->delivering, 0);
         bp_ctx_unref(c);
         return BP_ERR_MEMORY;
     }
     return BP_OK;
+}
+
+/* Cancels a request JS has not seen completed: skipped if not started, interrupted if
+   running (a parked one's task is also cancelled by the context). */
+int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
+    atomic_store(&req->cancelled, 1);
+    int s = atomic_load(&c->state);
+    if (!bp_running() || s > CTX_CLOSING) return BP_OK;
+    uint64_t seq = atomic_load(&req->seq);
+    if (seq == 0) return BP_OK; /* not started: the flag makes serve() skip it */
+    if (atomic_load(&req->parked)) atomic_fetch_add(&c->task_cancels, 1); /* the context cancels its task */
+    bp_ctx_alert(c); /* ends a bunpy.sleep in progress */
+    bp_ctx_wake(c);  /* ends a wait for JS, or the loop's wait (task_cancels) */
+    return bp_interrupter_start(c, seq);
 }
 
 /* Every completion for this port that fits in one buffer: u32 count, then per request

@@ -28,6 +28,18 @@ export interface ContextOptions {
   sandbox?: SandboxPolicy;
 }
 
+export interface CloseOptions {
+  /** Milliseconds that code still running (and queued calls) get to finish before
+      close() interrupts it; default 5000. See docs/contexts.md, "Closing". */
+  timeout?: number;
+}
+
+/** close()'s default grace period (ms). */
+export const CLOSE_GRACE_MS = 5000;
+/** After the grace period, how long (ms) interrupts are repeated before the context is
+    abandoned (BP_ABANDON_MS in shim/context.h). */
+export const CLOSE_ABANDON_MS = 2000;
+
 export interface CallOptions {
   /** Milliseconds before the call is interrupted inside Python and rejected. */
   timeout?: number;
@@ -109,7 +121,7 @@ const CALLS_PENDING = 1;
 
 const DEAD_STATE = 5; // CTX_DEAD in shim/context.h
 
-const STATE_NAMES = ["starting", "running", "closing", "ending", "closed", "dead"] as const;
+const STATE_NAMES = ["starting", "running", "closing", "ending", "closed", "dead", "abandoned"] as const;
 
 export class Context {
   readonly mode: ContextMode;
@@ -119,6 +131,8 @@ export class Context {
   #closing: Promise<void> | undefined;
   #freed = false;
   #inFlight = 0;
+  /** @internal JS functions this context called that have not answered (hub.ts) */
+  jsCalls = 0;
   #errorListeners = new Set<(e: unknown) => void>();
 
   /** @internal use py.context() */
@@ -189,8 +203,9 @@ export class Context {
     });
   }
 
-  /** "starting" | "running" | "closing" | "ending" | "closed" | "dead" */
+  /** "starting" | "running" | "closing" | "ending" | "closed" | "dead" | "abandoned" (see close()) */
   get state(): (typeof STATE_NAMES)[number] {
+    if (this.#abandoned) return "abandoned";
     if (this.#freed) return "closed";
     return STATE_NAMES[this.hub.rt.lib.bp_ctx_state(this.#ptr)] ?? "dead";
   }
@@ -389,17 +404,31 @@ export class Context {
     }
   }
 
-  /** Finishes what is queued (later requests are rejected), then ends the interpreter. */
-  close(): Promise<void> {
+  /**
+   * Ends the context, like interpreter shutdown, within a bounded time:
+   * calls made after it reject with ContextClosedError; queued and running calls finish,
+   * but their Python code can no longer wait: bunpy.call waiting for JS, bunpy.sleep and
+   * send back-pressure raise bunpy.Interrupted from then on; then the loop's tasks are
+   * cancelled, its transports and servers closed, the context's threads joined, executors
+   * shut down, atexit handlers run (owngil) and the interpreter ended. If that is not done
+   * `timeout` ms (default 5000) after close(), whatever runs is interrupted (repeatedly) and
+   * queued calls are rejected; if the thread still has not stopped 2 s later, the context
+   * is abandoned: its thread is left running detached, its calls reject, `state` becomes
+   * "abandoned", a warning is printed and the Promise resolves.
+   */
+  close(options?: CloseOptions): Promise<void> {
     if (this.#closing !== undefined) return this.#closing;
     if (this.#freed) return Promise.resolve();
+    const grace = options?.timeout ?? CLOSE_GRACE_MS;
+    if (typeof grace !== "number" || !(grace >= 0))
+      return Promise.reject(new TypeError(`ctx.close({ timeout }): timeout must be a number of ms >= 0, got ${String(grace)}`));
     if (this.state === "dead") {
       this.#free(); // its thread is gone: nothing to end, just join it
       return (this.#closing = Promise.resolve());
     }
     const { lib, io } = this.hub.rt;
     const id = this.hub.newId();
-    const rc = lib.bp_ctx_close(this.#ptr, io, id);
+    const rc = lib.bp_ctx_close(this.#ptr, io, id, Math.min(Math.round(grace), 0xffffffff));
     if (rc !== 0) {
       this.hub.releaseId(id);
       this.#free();
@@ -407,7 +436,8 @@ export class Context {
     }
     this.#closing = new Promise<void>((resolve, reject) => {
       this.hub.track(id, {
-        resolve: () => {
+        resolve: (abandoned) => {
+          if (abandoned === true) this.#abandon(grace);
           this.#free();
           resolve();
         },
@@ -421,6 +451,19 @@ export class Context {
       });
     });
     return this.#closing;
+  }
+
+  #abandoned = false;
+
+  #abandon(grace: number): void {
+    this.#abandoned = true;
+    const message = `the context did not stop within ${grace + CLOSE_ABANDON_MS} ms of close(); it was abandoned`;
+    this.hub.abandon(this, () => new ContextClosedError(message));
+    console.warn(
+      `bunpy: a ${this.mode} context did not stop within ${grace} ms of close() and ${CLOSE_ABANDON_MS} ms of ` +
+        "interrupts (Python code that catches BaseException, or is blocked in C); it was abandoned: its thread " +
+        "runs on detached and its interpreter is never ended (Python is not finalized at py.close())",
+    );
   }
 
   #free(): void {

@@ -37,7 +37,7 @@ const symbols = {
   bp_port_take_calls: { args: [ptr], returns: i32 },
   bp_call_reply: { args: [ptr, ptr, i32, u32], returns: i32 },
   bp_ctx_cancel: { args: [ptr, ptr], returns: i32 },
-  bp_ctx_close: { args: [ptr, ptr, u32], returns: i32 },
+  bp_ctx_close: { args: [ptr, ptr, u32, u32], returns: i32 },
   bp_ctx_free: { args: [ptr], returns: FFIType.void },
   bp_ctx_state: { args: [ptr], returns: i32 },
   bp_ctx_completed: { args: [ptr], returns: FFIType.f64 },
@@ -81,7 +81,7 @@ export interface Shim {
   bp_port_take_calls(io: P): number;
   bp_call_reply(call: P, io: P, status: number, len: number): number;
   bp_ctx_cancel(ctx: P, req: P): number;
-  bp_ctx_close(ctx: P, io: P, id: number): number;
+  bp_ctx_close(ctx: P, io: P, id: number, graceMs: number): number;
   bp_ctx_free(ctx: P): void;
   bp_ctx_state(ctx: P): number;
   bp_ctx_completed(ctx: P): number;

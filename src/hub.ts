@@ -27,6 +27,9 @@ export interface Pending {
   timer?: ReturnType<typeof setTimeout>;
   signal?: AbortSignal;
   onAbort?: () => void;
+  /** its context was abandoned: rejected, no longer keeping Bun alive, the slot kept until
+      the (unlikely) completion comes */
+  detached?: boolean;
 }
 
 /** How long (ms) the JS thread looks for completions before it waits for the doorbell. */
@@ -95,11 +98,33 @@ export class ContextHub {
   private pollUntil = 0;
 
   private untrack(id: number): void {
+    const detached = this.slots[id]?.detached === true;
     this.slots[id] = undefined;
     this.free.push(id);
+    if (!detached) this.uncount();
+  }
+
+  private uncount(): void {
     if (--this.count === 0 && this.keepAlive !== undefined) {
       clearInterval(this.keepAlive);
       this.keepAlive = undefined;
+    }
+  }
+
+  /**
+   * A context was abandoned at close (its thread would not stop): its calls still pending
+   * reject with `error` and stop keeping Bun alive. Their slots stay reserved: the stuck
+   * thread might still complete them one day, and a reused id must not receive that.
+   */
+  abandon(context: Context, error: () => unknown): void {
+    for (const p of this.slots) {
+      if (p === undefined || p.context !== context || p.detached) continue;
+      p.detached = true;
+      this.uncount();
+      if (p.settled) continue;
+      this.settle(p);
+      context.finished();
+      p.reject(error());
     }
   }
 
@@ -283,21 +308,29 @@ export class ContextHub {
     } finally {
       wire.hooks = saved;
     }
-    for (const call of orphans) this.replyError(call, new Error("the calling context was closed"), false);
-    for (const f of failed) this.replyError(f.call, f.error, false);
+    for (const call of orphans) this.replyError(call, new Error("the calling context was closed"), undefined);
+    for (const f of failed) this.replyError(f.call, f.error, undefined);
     for (const c of calls) this.runCall(c.call, c.context, c.name, c.args, c.kwargs, blocked);
   }
 
-  /** JS functions called by contexts that have not answered yet: py.close() must wait. */
-  activeCalls = 0;
+  /**
+   * JS functions called by open contexts that have not answered yet: py.close() must wait.
+   * Those of closed contexts do not count: nothing waits for their answers any more (a
+   * context's close ends its waits for JS).
+   */
+  get activeCalls(): number {
+    let n = 0;
+    for (const c of this.contexts.values()) n += c.jsCalls;
+    return n;
+  }
 
   private runCall(call: number, context: Context, name: string, args: unknown[], kwargs: unknown, blocked: boolean): void {
-    this.activeCalls++;
+    context.jsCalls++;
     let value: unknown;
     try {
       value = this.rt.callRegistered(name, args, kwargs);
     } catch (e) {
-      return this.replyError(call, e);
+      return this.replyError(call, e, context);
     }
     if (value instanceof Promise) {
       if (blocked) {
@@ -305,11 +338,12 @@ export class ContextHub {
         return this.replyError(
           call,
           new TypeError("the JS function returned a Promise while its JS thread is blocked in ctx.callSync; it cannot be awaited there"),
+          context,
         );
       }
       value.then(
         (v) => this.reply(call, context, v),
-        (e) => this.replyError(call, e),
+        (e) => this.replyError(call, e, context),
       );
       return;
     }
@@ -317,7 +351,7 @@ export class ContextHub {
   }
 
   private reply(call: number, context: Context, value: unknown): void {
-    this.activeCalls--;
+    context.jsCalls--;
     const { lib, io, wire } = this.rt;
     const saved = wire.hooks;
     wire.hooks = context.hooks;
@@ -326,15 +360,15 @@ export class ContextHub {
       wire.writeTop(value);
     } catch (e) {
       wire.hooks = saved;
-      this.activeCalls++; // replyError counts it down again
-      return this.replyError(call, e);
+      context.jsCalls++; // replyError counts it down again
+      return this.replyError(call, e, context);
     }
     wire.hooks = saved;
     lib.bp_call_reply(call, io, Status.Ok, wire.pos);
   }
 
-  private replyError(call: number, e: unknown, counted = true): void {
-    if (counted) this.activeCalls--;
+  private replyError(call: number, e: unknown, context: Context | undefined): void {
+    if (context !== undefined) context.jsCalls--;
     const status = this.rt.writeThrown(e);
     this.rt.lib.bp_call_reply(call, this.rt.io, status, this.rt.wire.pos);
   }

@@ -20,7 +20,7 @@ export { Kwargs } from "./codec.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";
 export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.ts";
-export type { CallOptions, ContextMode, ContextOptions, MessageListener, SandboxPolicy } from "./context.ts";
+export type { CallOptions, CloseOptions, ContextMode, ContextOptions, MessageListener, SandboxPolicy } from "./context.ts";
 export { Pool } from "./pool.ts";
 export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
 

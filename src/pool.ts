@@ -6,7 +6,7 @@
  *      least-loaded context when the home one has more than `spillAt` calls in flight.
  */
 import { BunpyError } from "./errors.ts";
-import { Context, type CallOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
+import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";
 
@@ -147,9 +147,10 @@ export class Pool {
     };
   }
 
-  async close(): Promise<void> {
+  /** Closes every context (see Context.close: `timeout` is each one's grace period). */
+  async close(options?: CloseOptions): Promise<void> {
     this.closed = true;
-    await Promise.all(this.contexts.map((c) => c.close()));
+    await Promise.all(this.contexts.map((c) => c.close(options)));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

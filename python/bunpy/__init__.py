@@ -11,6 +11,8 @@ Inside Python run by bunpy, ``import bunpy`` gives access to the JavaScript side
     bunpy.new_event_loop()              a new bunpy event loop (C reactor and timers)
     bunpy.EventLoopPolicy               an asyncio policy that makes bunpy loops
     bunpy.JSError                       raised when a JS function throws
+    bunpy.Interrupted                   raised where JS interrupts a context's code (timeout,
+                                        AbortSignal, close); a KeyboardInterrupt
     bunpy.JSFunction                    the type of JS functions passed into Python
 """
 
@@ -19,7 +21,22 @@ import sys
 import _bunpy
 from _bunpy import JSError, JSFunction, call, send
 
-__all__ = ["call", "async_call", "send", "sleep", "run", "new_event_loop", "EventLoopPolicy", "JSError", "JSFunction"]
+__all__ = [
+    "call", "async_call", "send", "sleep", "run", "new_event_loop", "EventLoopPolicy", "JSError", "JSFunction",
+    "Interrupted",
+]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised inside a context's Python code when JS interrupts it: the call's timeout or
+    AbortSignal, or the context's close(). A KeyboardInterrupt, so that `except Exception`
+    (and asyncio, which logs and drops other exceptions raised in its callbacks) lets it
+    through; it is raised again, less and less often, for as long as the interrupted call
+    still runs."""
+
+    def __init__(self, *args):
+        super().__init__(*(args or ("bunpy: JS interrupted this code (a timeout, an AbortSignal or close())",)))
+
 
 # asyncio takes a while to import: the loop module loads on first use
 _LOOP_NAMES = ("run", "new_event_loop", "EventLoopPolicy", "BunpyEventLoop")
@@ -36,8 +53,8 @@ def __getattr__(name):
 def sleep(seconds):
     """Sleeps for `seconds` with the GIL released.
 
-    In synchronous code on a context, cancelling the JS call (timeout, AbortSignal) ends
-    the sleep with TimeoutError and closing the context ends it with RuntimeError. Inside a
+    In synchronous code on a context, cancelling the JS call (timeout, AbortSignal) or
+    closing the context ends the sleep with bunpy.Interrupted. Inside a
     running event loop it returns asyncio.sleep(seconds), to be awaited.
     """
     events = sys.modules.get("asyncio.events")

@@ -139,33 +139,155 @@ def setup(owngil, policy=None):
         strict = sys.version_info[:2] == (3, 12)
         if names or strict:
             sys.meta_path.insert(0, RefuseUnsafeExtensions(names, strict))
+    else:
+        track_threads()
     install_loop_policy()
     return policy
 
 
-def _join_threads(threading):
-    """Joins non-daemon threads, as interpreter shutdown does."""
-    # Not threading._shutdown(): the interpreter calls that again when it ends, and 3.12
-    # asserts on a second call. Joining the threads leaves it nothing to wait for.
+# Worker contexts share the main interpreter's threading module: the threads a context
+# starts (and the threads those start) carry the ident of its thread, so that its close
+# joins them and no others.
+_owner = None  # a threading.local: .ident of the context thread this thread works for
+
+
+def track_threads():
+    """Worker mode: marks threads with the context that started them (once per process)."""
+    global _owner
+    import threading
+
+    if _owner is None:
+        _owner = threading.local()
+    _owner.ident = threading.get_ident()
+    # the context thread is a _DummyThread to threading (daemon), and threads inherit their
+    # starter's daemon flag: make them non-daemon by default, as under a main thread
+    threading.current_thread()._daemonic = False
+    if getattr(threading.Thread.start, "__bunpy_track__", False):
+        return
+    start, bootstrap = threading.Thread.start, threading.Thread._bootstrap_inner
+
+    def tracked_start(self):
+        owner = getattr(_owner, "ident", None)
+        if owner is not None:
+            self._bunpy_owner = owner
+        return start(self)
+
+    def tracked_bootstrap_inner(self):
+        owner = getattr(self, "_bunpy_owner", None)
+        if owner is not None:
+            _owner.ident = owner
+        return bootstrap(self)
+
+    tracked_start.__bunpy_track__ = True
+    tracked_start.__wrapped__ = start
+    threading.Thread.start = tracked_start
+    threading.Thread._bootstrap_inner = tracked_bootstrap_inner
+
+
+def _report(stage):
+    """An error in one teardown stage is printed; the next stage still runs. An interrupt
+    (the close watchdog: the grace period is over) skips to the next stage too."""
+    import traceback
+
+    e = sys.exc_info()[1]
+    if not isinstance(e, KeyboardInterrupt):
+        print(f"bunpy: closing a context: {stage} failed:", file=sys.stderr)
+        traceback.print_exception(e, file=sys.stderr)
+
+
+def _join(threads):
+    # short waits, so that the close watchdog's interrupt can land between them
+    for t in threads:
+        while t.is_alive():
+            t.join(0.05)
+
+
+def _stop_executors(threads):
+    """Shuts down the ThreadPoolExecutors whose workers are among `threads` (what the
+    executors' exit hook does at interpreter shutdown): their queued work still runs."""
+    cf = sys.modules.get("concurrent.futures.thread")
+    if cf is None:
+        return
+    for t in threads:
+        if getattr(t, "_target", None) is cf._worker and t._args:
+            executor = t._args[0]()
+            if executor is not None:
+                executor.shutdown(wait=False)
+
+
+def _join_threads(threading, owngil):
+    """Joins non-daemon threads, as interpreter shutdown does (worker mode: only those the
+    context started)."""
     if threading is None:
         return
     me = threading.get_ident()
-    for t in threading.enumerate():
-        # by ident: this thread may be known both as the main thread and as a dummy thread
-        if t.ident != me and t is not threading.main_thread() and not t.daemon and t.is_alive():
-            t.join()
-
-
-def teardown(owngil=False):
-    """Runs on the context thread just before its interpreter or thread state ends."""
-    threading = sys.modules.get("threading")
     if owngil:
-        # what Py_EndInterpreter would do, done before bunpy takes its process-wide lock:
-        # join the interpreter's non-daemon threads and run its atexit handlers
-        _join_threads(threading)
+        # threading._shutdown's exit hooks (concurrent.futures registers one: it wakes its
+        # idle workers so they can end). Not threading._shutdown() itself: the interpreter
+        # calls that again when it ends, and 3.12 asserts on a second call.
+        hooks = getattr(threading, "_threading_atexits", [])
+        threading._SHUTTING_DOWN = True
+        while hooks:
+            hooks.pop()()
+        others = [
+            t
+            for t in threading.enumerate()
+            # not dummies: threads threading did not start (worker contexts' threads among them)
+            if t.ident != me and t is not threading.main_thread() and not t.daemon and not isinstance(t, threading._DummyThread)
+        ]
+    else:
+        others = [t for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+        _stop_executors(others)
+    _join(others)
+
+
+def _warn_running(threading):
+    """Worker mode, the joins were cut short (close()'s grace period is over): say which
+    threads run on."""
+    me = threading.get_ident()
+    left = [t.name for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+    if left:
+        print(
+            f"bunpy: a worker context was closed while threads it started still ran ({', '.join(left)}); they keep "
+            "running in the main interpreter, and py.close() waits for them as Python does at exit",
+            file=sys.stderr,
+        )
+
+
+def teardown(owngil=False, main=None):
+    """Runs on the context thread just before its interpreter or thread state ends (after
+    its loop was closed): what interpreter shutdown does, in the same order."""
+    threading = sys.modules.get("threading")
+    try:
+        _join_threads(threading, owngil)
+    except BaseException:
+        _report("joining its threads")
+        if not owngil:  # owngil: ending the interpreter says so
+            _warn_running(threading)
+    if owngil:
         import atexit
 
-        atexit._run_exitfuncs()
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:
+            _report("its atexit handlers")
+    elif main is not None:
+        # worker mode: the context's globals go now, and what they kept alive through
+        # reference cycles (sockets, files) is collected here rather than whenever the main
+        # interpreter's collector runs
+        try:
+            main.__dict__.clear()
+            import gc
+
+            gc.collect()
+        except BaseException:
+            _report("releasing its globals")
+    if not owngil and threading is not None and isinstance(threading.current_thread(), threading._DummyThread):
+        # before 3.13 nothing removes the _DummyThread of a thread threading did not start:
+        # a worker context's would stay in threading.enumerate() of the main interpreter
+        if not hasattr(getattr(threading, "_thread_local_info", None), "_track_dummy_thread_ref"):
+            with threading._active_limbo_lock:
+                threading._active.pop(threading.get_ident(), None)
     local = getattr(threading, "_thread_local_info", None)
     # 3.13: a _DummyThread made for this thread is dropped through a thread-local whose
     # __del__ needs the threading module alive; drop it now rather than during teardown.
@@ -177,7 +299,7 @@ def shutdown_without_finalize():
     """py.close() where Py_FinalizeEx would crash: what a normal shutdown does for users."""
     import atexit
 
-    _join_threads(sys.modules.get("threading"))
+    _join_threads(sys.modules.get("threading"), True)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

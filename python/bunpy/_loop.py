@@ -324,22 +324,96 @@ def _deliver_answers(loop):
 
 def close_context_loop(budget=1.0):
     """At a context's close: cancel its tasks, let them unwind (up to `budget` seconds),
-    finish async generators and close the loop."""
+    finish async generators, close its transports and servers, close the loop. The fds are
+    released here, not when the garbage collector gets to them (in a worker context that is
+    the main interpreter's collector, which may run much later)."""
     loop = getattr(_this_thread, "loop", None)
     _this_thread.loop = None
     if loop is None or loop.is_closed():
         return
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    tasks = []
+    try:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        deadline = loop.time() + budget
+        loop.call_at(deadline, lambda: None)  # no iteration waits past the budget
+        agens = loop.create_task(loop.shutdown_asyncgens()) if loop._asyncgens else None
+        while loop.time() < deadline and (any(not t.done() for t in tasks) or (agens and not agens.done())):
+            loop._bunpy_step()
+        _close_transports(loop)
+    finally:
+        # also when the close watchdog interrupted the steps above
+        _retrieve_interrupts(tasks)
+        _drop_sockets(loop)
+        loop._thread_id = None
+        sys.set_asyncgen_hooks(None, None)
+        loop.close()
+
+
+def _retrieve_interrupts(tasks):
+    """Tasks the close watchdog ended with bunpy.Interrupted: nobody will ask for their
+    exception, and asyncio would log each as "never retrieved"."""
+    import bunpy
+
     for t in tasks:
-        t.cancel()
-    deadline = loop.time() + budget
-    loop.call_at(deadline, lambda: None)  # no iteration waits past the budget
-    agens = loop.create_task(loop.shutdown_asyncgens()) if loop._asyncgens else None
-    while loop.time() < deadline and (any(not t.done() for t in tasks) or (agens and not agens.done())):
+        if t.done() and not t.cancelled() and isinstance(t.exception(), bunpy.Interrupted):
+            pass  # exception() marks it retrieved
+
+
+def _close_transports(loop):
+    """Aborts the loop's transports and stops its servers, then lets their connection_lost
+    callbacks run (they close the sockets)."""
+    for transport in list(loop._transports.values()):
+        try:
+            transport.abort() if hasattr(transport, "abort") else transport.close()
+        except Exception:
+            pass
+    for server in _servers(loop):
+        try:
+            server.close()
+        except Exception:
+            pass
+    for _ in range(3):
+        if not loop._ready:
+            break
         loop._bunpy_step()
-    loop._thread_id = None
-    sys.set_asyncgen_hooks(None, None)
-    loop.close()
+
+
+def _servers(loop):
+    """The asyncio Servers accepting on this loop (found through their accept readers)."""
+    found = []
+    for key in list(loop._selector.get_map().values()):
+        for handle in key.data if isinstance(key.data, tuple) else ():
+            callback = getattr(handle, "_callback", None)
+            if getattr(callback, "__func__", None) is base_events_selector_accept() and len(handle._args) > 3:
+                server = handle._args[3]
+                if server is not None and server not in found:
+                    found.append(server)
+    return found
+
+
+def base_events_selector_accept():
+    from asyncio import selector_events
+
+    return selector_events.BaseSelectorEventLoop._accept_connection
+
+
+def _drop_sockets(loop):
+    """Closes the sockets of transports whose connection_lost did not run (the watchdog cut
+    the close short, or a callback failed)."""
+    for transport in list(loop._transports.values()):
+        sock = getattr(transport, "_sock", None)
+        if sock is None or sock.fileno() < 0:
+            continue
+        try:
+            loop._selector.unregister(sock)
+        except Exception:
+            pass
+        try:
+            sock.close()
+        except Exception:
+            pass
 
 
 # asyncio was first imported by this module, in an interpreter running contexts
