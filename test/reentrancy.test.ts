@@ -464,7 +464,7 @@ for (const mode of contextModes) {
         ]);
         expect(n).toBe(1);
         expect(ref).not.toBeInstanceOf(PyRef);
-        expect(ref.toJS()).toEqual([1, 2]);
+        expect(py.call("builtins", "list", [ref])).toEqual([1, 2]);
       } finally {
         await pool.close();
       }
