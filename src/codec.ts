@@ -89,7 +89,7 @@ function changed(what: string, before: number, after: number): ConversionError {
   );
 }
 
-/** How a Map key appears in a path: `[2]`, `["a"]`, or `[key 3]` for other keys. */
+/** How a Map key appears in a path: `[2]`, `[a]`, or `[key 3]` for other keys. */
 function keySegment(k: unknown, index: number): string {
   switch (typeof k) {
     case "number":
@@ -97,7 +97,7 @@ function keySegment(k: unknown, index: number): string {
     case "bigint":
       return `[${String(k)}]`;
     case "string":
-      return `[${JSON.stringify(k.length > 40 ? `${k.slice(0, 40)}…` : k)}]`;
+      return `[${k.length > 40 ? `${k.slice(0, 40)}…` : k}]`;
     default:
       return k === null || k === undefined ? `[${String(k)}]` : `[key ${index}]`;
   }
@@ -365,7 +365,7 @@ export class Wire {
     if (v instanceof Set) return this.writeSet(v, depth);
     if (v instanceof Kwargs)
       throw new ConversionError(
-        "py.kw() marks keyword arguments of a proxy call and must be its last argument: fn(a, py.kw({ k: 1 }))",
+        "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",
       );
     throw new ConversionError(`cannot convert ${describe(v)} to Python (pass a plain object, array, Map or Set)`);
   }
