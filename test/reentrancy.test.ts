@@ -470,6 +470,31 @@ for (const mode of contextModes) {
       }
     });
 
+    test("a JS function called by the context returns a value whose getter calls bunpy", async () => {
+      const ctx = await context(mode);
+      py.register("reent_answer", (x: number) => ({
+        get a() {
+          return [py.eval("'main'"), py.call("operator", "add", [x, 1])];
+        },
+      }));
+      await ctx.exec("import bunpy\ndef ask(x):\n    return bunpy.call('reent_answer', x)");
+      expect(await ctx.call("__main__", "ask", [41])).toEqual({ a: ["main", 42] });
+    });
+
+    test("ctx.callSync inside a getter of py.call", () => {
+      return context(mode).then((ctx) => {
+        const got = py.call("t_reent", "t", [
+          "outer",
+          {
+            get a() {
+              return ctx.callSync("builtins", "list", [["sync", { n: 1 }]]);
+            },
+          },
+        ]);
+        expect(got).toEqual([["outer", { a: ["sync", { n: 1 }] }], {}]);
+      });
+    });
+
     test("a container changed by a getter during ctx.call rejects with a ConversionError", async () => {
       const ctx = await context(mode);
       const args: unknown[] = [];
