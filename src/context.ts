@@ -255,10 +255,18 @@ export class Context {
     const w = this.hub.rt.wire;
     // The context's value rules hold for this message only: a bunpy call made by a getter
     // meanwhile goes through wire.nested(), which restores the main interpreter's hooks.
+    // Names are checked first: writeString of a non-string would run its getters outside
+    // the `writing` count.
+    if (op === Req.Call && (typeof a !== "string" || typeof b !== "string"))
+      throw new TypeError("ctx.call(module, fn, args): module and fn must be strings");
+    if ((op === Req.Eval || op === Req.Exec) && typeof a !== "string")
+      throw new TypeError(`Python source must be a string, got ${typeof a}`);
+    if (op === Req.RefGetattr && typeof b !== "string") throw new TypeError("PyRef.get(attr): attr must be a string");
     const saved = w.hooks;
     w.hooks = this.hooks;
+    w.begin();
+    w.writing++;
     try {
-      w.begin();
       switch (op) {
         case Req.Call:
           w.writeString(a as string);
@@ -286,6 +294,7 @@ export class Context {
       }
       return w.pos;
     } finally {
+      w.writing--;
       w.hooks = saved;
     }
   }
