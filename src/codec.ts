@@ -68,7 +68,7 @@ const TWO_32 = 2 ** 32;
     it in its path; anything else (an exception thrown by a getter or Proxy trap) goes on
     unchanged and carries the path in a `bunpyPath` property when it is an object. */
 function within(e: unknown, segment: string): unknown {
-  if (e instanceof ConversionError) return e.within(segment);
+  if (e instanceof ConversionError && !finished.has(e)) return e.within(segment);
   if (typeof e === "object" && e !== null) {
     try {
       const inner = (e as { bunpyPath?: unknown }).bunpyPath;
@@ -78,6 +78,15 @@ function within(e: unknown, segment: string): unknown {
       // a frozen or exotic object: it goes on without the path
     }
   }
+  return e;
+}
+
+/** ConversionErrors whose path is complete: thrown by a call a getter made, they cross
+    the outer conversion like any other exception (their path is not the outer one). */
+const finished = new WeakSet<ConversionError>();
+
+function finish(e: unknown): unknown {
+  if (e instanceof ConversionError) finished.add(e);
   return e;
 }
 
@@ -464,7 +473,7 @@ export class Wire {
     try {
       this.writeValue(v, 0);
     } catch (e) {
-      throw this.abandon(e);
+      throw finish(this.abandon(e));
     } finally {
       this.writing--;
     }
@@ -477,7 +486,7 @@ export class Wire {
     try {
       this.writeArguments(args, kwargs);
     } catch (e) {
-      throw this.abandon(e);
+      throw finish(this.abandon(e));
     } finally {
       this.writing--;
     }
@@ -488,6 +497,8 @@ export class Wire {
     this.writing++;
     try {
       this.writeArguments(args, kwargs);
+    } catch (e) {
+      throw finish(e);
     } finally {
       this.writing--;
     }

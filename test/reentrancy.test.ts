@@ -152,6 +152,37 @@ describe("calls made while arguments are encoded", () => {
     expect(String(got[0][0])).toContain("object object");
   });
 
+  test("a nested call that shrinks a large buffer: the outer message is put back whole", () => {
+    const big = "x".repeat(6 << 20); // past the size at which the shim trims its buffer
+    const got = py.call("t_reent", "t", [
+      big,
+      {
+        get a() {
+          return py.eval("'small'");
+        },
+      },
+      "é".repeat(1000),
+    ]) as any;
+    expect(got[0][0].length).toBe(big.length);
+    expect(got[0][0] === big).toBe(true);
+    expect(got[0].slice(1)).toEqual([{ a: "small" }, "é".repeat(1000)]);
+  });
+
+  test("a ConversionError from a call a getter made keeps its own path", () => {
+    const e = thrown(() =>
+      py.call("t_reent", "ident", [
+        {
+          get a() {
+            return py.call("t_reent", "ident", [[Symbol("inner")]]);
+          },
+        },
+      ]),
+    );
+    expect(e).toBeInstanceOf(ConversionError);
+    expect(e.path).toBe("args[0][0]");
+    expect(e.bunpyPath).toBe("args[0].a");
+  });
+
   test("dropped proxies and nested calls leave the interpreter healthy", () => {
     for (let i = 0; i < 2000; i++) {
       py.call("t_reent", "ident", [
