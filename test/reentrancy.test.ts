@@ -3,7 +3,7 @@
 // converted; Python gets exactly what was read, or the call fails with a ConversionError.
 // Also NUL characters in source and names, str subclasses in String(), and misuse of py.kw.
 import { describe, expect, test } from "bun:test";
-import { ConversionError, PythonError, PyRef, internals, py } from "../src/index.ts";
+import { ConversionError, PythonError, PyRef, internals, py, type Context } from "../src/index.ts";
 import { closedAfterAll, contextModes, defineModule } from "./helpers.ts";
 
 defineModule(
@@ -27,7 +27,7 @@ class R:
 `,
 );
 
-const { context } = closedAfterAll();
+const { context, keep } = closedAfterAll();
 
 function thrown(fn: () => unknown): any {
   try {
@@ -524,6 +524,24 @@ for (const mode of contextModes) {
         ]);
         expect(got).toEqual([["outer", { a: ["sync", { n: 1 }] }], {}]);
       });
+    });
+
+    test("py.context() with a sandbox policy, started from a getter", async () => {
+      let started: Promise<Context> | undefined;
+      const got = py.call("t_reent", "t", [
+        "before",
+        {
+          get a() {
+            started = py.context({ mode, sandbox: { denyImports: ["ctypes"] } });
+            return 1;
+          },
+        },
+        "after",
+      ]);
+      expect(got).toEqual([["before", { a: 1 }, "after"], {}]);
+      const ctx = keep(await started!);
+      await expect(ctx.exec("import ctypes")).rejects.toThrow(PythonError);
+      expect(await ctx.eval("1 + 1")).toBe(2);
     });
 
     test("a container changed by a getter during ctx.call rejects with a ConversionError", async () => {
