@@ -233,7 +233,7 @@ export class Wire {
   private grow(need: number): void {
     if (need > this.maxMessage)
       throw new ConversionError(
-        `value too large: the message would take ${need} bytes, more than the ${this.maxMessage} bunpy passes in one call`,
+        `value too large: the message would take ${need} bytes, more than the ${this.maxMessage} bytes bunpy passes in one call`,
       );
     const rc = this.lib.bp_io_reserve(this.io, need);
     if (rc !== 0) throw new ConversionError(`value too large for the bunpy buffer (${need} bytes: out of memory)`);
@@ -268,8 +268,11 @@ export class Wire {
 
   writeString(s: string): void {
     const n = s.length;
-    // room for the worst case (3 bytes per UTF-16 unit), or the exact size when that is too much
-    if (this.pos + 5 + n * 3 > this.cap) this.ensure(5 + (n * 3 + this.pos + 5 > this.maxMessage ? Buffer.byteLength(s) : n * 3));
+    // room for the worst case (3 bytes per UTF-16 unit), or the exact size when the worst
+    // case would pass the message limit
+    const worst = n * 3;
+    if (this.pos + 5 + worst > this.cap)
+      this.ensure(5 + (this.pos + 5 + worst > this.maxMessage ? Buffer.byteLength(s) : worst));
     if (n < 64) {
       const u8 = this.u8, start = this.pos + 5;
       let i = 0;
