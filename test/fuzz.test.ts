@@ -225,7 +225,7 @@ describe("round trips of random values", () => {
       fc.property(values, (v) => {
         check(callMain(v), expected(v));
       }),
-      { numRuns: runs(1000) },
+      { numRuns: runs(2000) },
     );
     expect(py.call("operator", "add", [1, 2])).toBe(3);
   });
@@ -241,7 +241,7 @@ describe("round trips of random values", () => {
         }
         check(outcome, expected(vs));
       }),
-      { numRuns: runs(150) },
+      { numRuns: runs(300) },
     );
   });
 
@@ -266,7 +266,7 @@ describe("round trips of random values", () => {
           }
           check(outcome, expected(v));
         }),
-        { numRuns: runs(150) },
+        { numRuns: runs(400) },
       );
       expect(await ctx.eval("1 + 2")).toBe(3);
     });
@@ -501,7 +501,7 @@ describe("values whose reading runs code", () => {
         // the interpreter is healthy afterwards
         if (py.call("operator", "add", [1, 2]) !== 3) throw new Error("bunpy is broken after the call");
       }),
-      { numRuns: runs(600) },
+      { numRuns: runs(1000) },
     );
   });
 
@@ -522,7 +522,7 @@ describe("values whose reading runs code", () => {
         check(outcome, wanted);
         await Promise.all(run.started);
       }),
-      { numRuns: runs(300) },
+      { numRuns: runs(400) },
     );
     expect(await ctx.eval("1 + 2")).toBe(3);
     expect(py.call("operator", "add", [1, 2])).toBe(3);
