@@ -4,6 +4,7 @@
  * the shim, decode the result out of it. Nothing here allocates on the fast paths
  * beyond the values it returns.
  */
+import { types } from "node:util";
 import { ConversionError } from "./errors.ts";
 import { viewOf, readPointer, type Shim } from "./ffi.ts";
 
@@ -110,6 +111,12 @@ function keySegment(k: unknown, index: number): string {
     default:
       return k === null || k === undefined ? `[${String(k)}]` : `[key ${index}]`;
   }
+}
+
+function behindProxy(v: object): ConversionError {
+  return new ConversionError(
+    `cannot convert a Proxy of ${describe(v)} to Python: only arrays and plain objects can be read through a Proxy`,
+  );
 }
 
 function describe(v: unknown): string {
@@ -361,10 +368,13 @@ export class Wire {
     if (proto === Object.prototype || proto === null) return this.writeDict(v as Record<string, unknown>, depth);
     const h = this.hooks.handleOf(v); // a PyRef (contexts); proxies are functions
     if (h !== undefined) return this.writeHandle(h);
-    if (v instanceof Uint8Array) return this.writeBytes(v);
-    if (ArrayBuffer.isView(v)) return this.writeBytes(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-    if (v instanceof ArrayBuffer || v instanceof SharedArrayBuffer) return this.writeBytes(new Uint8Array(v));
+    // Typed arrays, buffers, Dates, Maps and Sets are recognised by their internal slots, not
+    // by instanceof: behind a Proxy they cannot be read (their methods refuse the receiver,
+    // and `new Uint8Array(proxy)` would read an empty array-like)
+    if (ArrayBuffer.isView(v)) return this.writeBytes(v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
     if (v instanceof Date) {
+      if (!types.isDate(v)) throw behindProxy(v);
       const t = v.getTime();
       if (Number.isNaN(t)) throw new ConversionError("cannot convert an Invalid Date to Python");
       this.ensure(9);
@@ -373,12 +383,19 @@ export class Wire {
       this.pos += 9;
       return;
     }
-    if (v instanceof Map) return this.writeMap(v, depth);
-    if (v instanceof Set) return this.writeSet(v, depth);
+    if (v instanceof Map) {
+      if (!types.isMap(v)) throw behindProxy(v);
+      return this.writeMap(v, depth);
+    }
+    if (v instanceof Set) {
+      if (!types.isSet(v)) throw behindProxy(v);
+      return this.writeSet(v, depth);
+    }
     if (v instanceof Kwargs)
       throw new ConversionError(
         "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",
       );
+    if (types.isProxy(v)) throw behindProxy(v);
     throw new ConversionError(`cannot convert ${describe(v)} to Python (pass a plain object, array, Map or Set)`);
   }
 

@@ -405,8 +405,7 @@ function build(n: Node, run: Run, parent: unknown): unknown {
     }
     case "proxy": {
       const inner = build(n.child, run, undefined);
-      // around arrays and plain objects only: Map and Set methods refuse a Proxy receiver
-      if (typeof inner !== "object" || inner === null || inner instanceof Map) return inner;
+      if (typeof inner !== "object" || inner === null) return inner;
       return new Proxy(inner, {
         get(t, k, r) {
           act(n.action, run, undefined);
@@ -469,6 +468,8 @@ function want(n: Node): unknown {
       return inner === FAILS || inner === ANY ? inner : { g: inner };
     }
     case "proxy":
+      // a Map cannot be read through a Proxy (its methods refuse the receiver): refused
+      if (n.child.k === "map") return FAILS;
       return want(n.child); // built without a parent: its own actions change no container
   }
 }

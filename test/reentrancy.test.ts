@@ -351,6 +351,22 @@ describe("errors with paths (issue 9, item 18)", () => {
     expect(py.call("operator", "add", [1, 2])).toBe(3);
   });
 
+  test("Proxies of Maps, Sets, Dates and buffers are ConversionErrors, never an empty or wrong value", () => {
+    for (const target of [new Map([[1, 2]]), new Set([1]), new Date(0), new ArrayBuffer(4), new Uint8Array(4), new Float64Array(1)]) {
+      const e = thrown(() => py.call("t_reent", "ident", [{ v: new Proxy(target, {}) }]));
+      expect(e).toBeInstanceOf(ConversionError);
+      expect(e.path).toBe("args[0].v");
+      expect(e.message).toContain("Proxy");
+    }
+    // arrays and plain objects read through a Proxy are fine
+    expect(py.call("t_reent", "ident", [new Proxy([1, { a: 2 }], {})])).toEqual([1, { a: 2 }]);
+    // a SharedArrayBuffer and a DataView are bytes
+    const sab = new SharedArrayBuffer(3);
+    new Uint8Array(sab).set([1, 2, 3]);
+    expect(py.call("t_reent", "ident", [sab])).toEqual(new Uint8Array([1, 2, 3]));
+    expect(py.call("t_reent", "ident", [new DataView(sab, 1, 2)])).toEqual(new Uint8Array([2, 3]));
+  });
+
   test("a message beyond the buffer's limit is a ConversionError, not a RangeError", () => {
     const w = internals.runtime().wire;
     const saved = w.maxMessage;
