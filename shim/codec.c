@@ -223,6 +223,32 @@ PyObject *bp_read_str(bp_reader *r) {
     return s;
 }
 
+/* A module name: a NUL in it is an error (the import system would read the name only up
+   to it, so "os\0junk" would import os). */
+int bp_check_module_name(PyObject *name) {
+    if (PyUnicode_FindChar(name, 0, 0, PyUnicode_GET_LENGTH(name), 1) == -1) return 0;
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "module name %R contains a null character", name);
+    return -1;
+}
+
+/* Compiles Python source as compile() does. Py_CompileString reads a C string and would
+   stop at a NUL; source with one goes to compile() itself, which raises what this
+   Python version raises (SyntaxError "source code string cannot contain null bytes"). */
+PyObject *bp_compile_source(PyObject *src, const char *filename, int start) {
+    Py_ssize_t n;
+    const char *text = PyUnicode_AsUTF8AndSize(src, &n);
+    if (!text) return NULL;
+    if (strlen(text) == (size_t)n) return Py_CompileStringExFlags(text, filename, start, NULL, -1);
+    PyObject *builtins = PyEval_GetBuiltins(); /* borrowed */
+    PyObject *compile = builtins ? PyDict_GetItemString(builtins, "compile") : NULL;
+    if (!compile) {
+        PyErr_SetString(PyExc_SyntaxError, "source code string cannot contain null bytes");
+        return NULL;
+    }
+    return PyObject_CallFunction(compile, "Oss", src, filename, start == Py_eval_input ? "eval" : "exec");
+}
+
 /* ---- calls: LIST args then NONE or DICT kwargs, decoded straight into a vectorcall array -- */
 
 #define SMALL_ARGS 16

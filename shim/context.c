@@ -277,6 +277,7 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
 
 static PyObject *resolve_module(bp_context *c, PyObject *name) {
     if (PyUnicode_CompareWithASCIIString(name, "__main__") == 0) return Py_NewRef(c->main_module);
+    if (bp_check_module_name(name) < 0) return NULL;
     PyObject *m = PyImport_GetModule(name);
     if (m || PyErr_Occurred()) return m;
     return PyImport_Import(name);
@@ -301,10 +302,8 @@ static PyObject *run_request(bp_context *c, bp_request *req, int *deep, int32_t 
     case BP_REQ_EXEC: {
         PyObject *src = bp_read_str(&r);
         if (!src) return NULL;
-        const char *text = PyUnicode_AsUTF8(src);
-        PyObject *code = text ? Py_CompileString(text, req->op == BP_REQ_EVAL ? "<ctx.eval>" : "<ctx.exec>",
-                                                 req->op == BP_REQ_EVAL ? Py_eval_input : Py_file_input)
-                              : NULL;
+        PyObject *code = bp_compile_source(src, req->op == BP_REQ_EVAL ? "<ctx.eval>" : "<ctx.exec>",
+                                           req->op == BP_REQ_EVAL ? Py_eval_input : Py_file_input);
         Py_DECREF(src);
         if (!code) return NULL;
         PyObject *g = PyModule_GetDict(c->main_module);

@@ -137,6 +137,8 @@ PyObject *bp_read_value(bp_reader *r, int depth);          /* new ref, or NULL +
 int bp_read_u32(bp_reader *r, uint32_t *out);
 PyObject *bp_read_str(bp_reader *r);                       /* a str value, else TypeError */
 PyObject *bp_read_call(bp_reader *r, PyObject *callable, int32_t *read_failed);
+int bp_check_module_name(PyObject *name);                  /* 0, or -1 + ValueError (NUL) */
+PyObject *bp_compile_source(PyObject *src, const char *filename, int start); /* compile() rules */
 
 void bp_writer_init(bp_writer *w, bp_io *io, int deep);
 int bp_write_value(bp_writer *w, PyObject *o, int depth);   /* BP_OK or BP_ERR_*        */

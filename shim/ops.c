@@ -114,10 +114,8 @@ int32_t bp_compile(bp_io *io, int32_t mode) {
     PyObject *src = bp_read_str(&r);
     PyObject *filename = src ? bp_read_str(&r) : NULL;
     if (!filename) { Py_XDECREF(src); LEAVE(bp_fail_read(io)); }
-    const char *text = PyUnicode_AsUTF8(src);
-    PyObject *code = text ? Py_CompileStringObject(text, filename, mode == BP_MODE_EVAL ? Py_eval_input : Py_file_input,
-                                                   NULL, -1)
-                          : NULL;
+    const char *fname = PyUnicode_AsUTF8(filename);
+    PyObject *code = fname ? bp_compile_source(src, fname, mode == BP_MODE_EVAL ? Py_eval_input : Py_file_input) : NULL;
     Py_DECREF(src);
     Py_DECREF(filename);
     LEAVE(finish(io, code, 0));
@@ -137,7 +135,7 @@ int32_t bp_import(bp_io *io) {
     bp_reader_init(&r, io, 0);
     PyObject *name = bp_read_str(&r);
     if (!name) LEAVE(bp_fail_read(io));
-    PyObject *mod = PyImport_Import(name);
+    PyObject *mod = bp_check_module_name(name) < 0 ? NULL : PyImport_Import(name);
     Py_DECREF(name);
     LEAVE(mod ? finish_handle(io, mod) : bp_fail_python(io));
 }
@@ -293,8 +291,13 @@ int32_t bp_object_op(bp_io *io, void *obj, int32_t op) {
     PyObject *o = (PyObject *)obj, *v = NULL;
     int deep = 0;
     switch (op) {
-    case BP_OP_REPR: v = PyObject_Repr(o); break;
-    case BP_OP_STR: v = PyObject_Str(o); break;
+    case BP_OP_REPR:
+    case BP_OP_STR:
+        v = op == BP_OP_STR ? PyObject_Str(o) : PyObject_Repr(o);
+        /* __str__ may return a str subclass (Django's SafeString returns itself): JS
+           gets a string, so copy it to an exact str instead of handing back a proxy */
+        if (v && !PyUnicode_CheckExact(v)) Py_SETREF(v, PyUnicode_Substring(v, 0, PyUnicode_GET_LENGTH(v)));
+        break;
     case BP_OP_LEN: {
         Py_ssize_t n = PyObject_Size(o);
         v = n < 0 ? NULL : PyLong_FromSsize_t(n);

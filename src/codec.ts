@@ -4,6 +4,7 @@
  * the shim, decode the result out of it. Nothing here allocates on the fast paths
  * beyond the values it returns.
  */
+import { types } from "node:util";
 import { ConversionError } from "./errors.ts";
 import { viewOf, readPointer, type Shim } from "./ffi.ts";
 
@@ -32,10 +33,20 @@ export const enum Tag {
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */
 export const MAX_DEPTH = 1000;
 
+declare const kwargsBrand: unique symbol;
+
 /** Marks keyword arguments: `fn(a, py.kw({ key: 1 }))`. */
 export class Kwargs {
+  declare private readonly [kwargsBrand]: true;
   constructor(readonly values: Record<string, unknown>) {}
 }
+
+/** Keyword arguments given as a plain object (`py.call`, `ctx.call`): a py.kw() marker is
+    refused here, by the type checker and at run time. */
+export type KwargsObject = Record<string, unknown> & { readonly [kwargsBrand]?: never };
+
+/** The largest message the io buffer can hold (its size is a u32 in C). */
+export const MAX_MESSAGE = 0xffff_fff0;
 
 /** What the wire needs from the interpreter that owns it. */
 export interface WireHooks {
@@ -53,6 +64,60 @@ export interface WireHooks {
 export const METHOD: unique symbol = Symbol("bunpy.method");
 
 const TWO_32 = 2 ** 32;
+
+/** Adds a path segment to an error travelling out of a container. A ConversionError gets
+    it in its path; anything else (an exception thrown by a getter or Proxy trap) goes on
+    unchanged and carries the path in a `bunpyPath` property when it is an object. */
+function within(e: unknown, segment: string): unknown {
+  if (e instanceof ConversionError && !finished.has(e)) return e.within(segment);
+  if (typeof e === "object" && e !== null) {
+    try {
+      const inner = (e as { bunpyPath?: unknown }).bunpyPath;
+      const path = typeof inner === "string" ? segment + (inner.startsWith("[") || inner === "" ? "" : ".") + inner : segment;
+      Object.defineProperty(e, "bunpyPath", { value: path, configurable: true, writable: true, enumerable: false });
+    } catch {
+      // a frozen or exotic object: it goes on without the path
+    }
+  }
+  return e;
+}
+
+/** ConversionErrors whose path is complete: thrown by a call a getter made, they cross
+    the outer conversion like any other exception (their path is not the outer one). */
+const finished = new WeakSet<ConversionError>();
+
+function finish(e: unknown): unknown {
+  if (e instanceof ConversionError) finished.add(e);
+  return e;
+}
+
+/** A container whose size changed while it was read (a getter or Proxy trap changed it). */
+function changed(what: string, before: number, after: number): ConversionError {
+  return new ConversionError(
+    `the ${what} changed while it was converted (${before} entries when it was first read, ${after} after); ` +
+      "nothing was sent to Python",
+  );
+}
+
+/** How a Map key appears in a path: `[2]`, `[a]`, or `[key 3]` for other keys. */
+function keySegment(k: unknown, index: number): string {
+  switch (typeof k) {
+    case "number":
+    case "boolean":
+    case "bigint":
+      return `[${String(k)}]`;
+    case "string":
+      return `[${k.length > 40 ? `${k.slice(0, 40)}…` : k}]`;
+    default:
+      return k === null || k === undefined ? `[${String(k)}]` : `[key ${index}]`;
+  }
+}
+
+function behindProxy(v: object): ConversionError {
+  return new ConversionError(
+    `cannot convert a Proxy of ${describe(v)} to Python: only arrays and plain objects can be read through a Proxy`,
+  );
+}
 
 function describe(v: unknown): string {
   if (v === null) return "null";
@@ -75,13 +140,28 @@ export class Wire {
   private readonly stack: object[] = [];
   /** Ids of the JS functions written since begin(), forgotten again if encoding fails. */
   private readonly functionIds: number[] = [];
+  /**
+   * Writes of JS values in progress (writeTop, writeCall, writeArgs): user code — getters,
+   * Proxy traps — runs only inside them. Any bunpy call made while this is non-zero is
+   * re-entrant and must go through nested(), which keeps the message being written.
+   */
+  writing = 0;
+  /** Messages set aside by nested() (their bytes saved in JS) until it returns. */
+  suspended = 0;
+  /** The hooks of the interpreter that owns the wire; `hooks` differs only while a
+      message for a context is written or read. */
+  readonly home: WireHooks;
+  /** Largest message accepted (MAX_MESSAGE; tests lower it). */
+  maxMessage = MAX_MESSAGE;
 
   constructor(
     private readonly lib: Shim,
     readonly io: number,
-    /** Swapped while a message for a context is encoded or decoded (see context.ts). */
+    /** Set only while a message for a context is encoded or decoded (see context.ts);
+        nested() puts `home` back for the calls made meanwhile. */
     public hooks: WireHooks,
   ) {
+    this.home = hooks;
     this.header = new Uint32Array(viewOf(io, 40));
     this.drops = new Float64Array(viewOf(readPointer(io, 24), this.header[9]! * 8));
     this.refresh();
@@ -108,6 +188,41 @@ export class Wire {
     if (this.functionIds.length !== 0) this.functionIds.length = 0;
   }
 
+  /**
+   * Runs a bunpy call made while a message is being written (from a getter or a Proxy
+   * trap): the message so far is copied aside, the call uses the buffer like any other,
+   * and the message is put back before the outer write goes on. Costs a copy only when
+   * it happens; the outer message cannot be seen or changed by the nested call.
+   */
+  nested<T>(run: () => T): T {
+    const saved = this.u8.slice(0, this.pos);
+    const pos = this.pos, writing = this.writing, hooks = this.hooks;
+    const stack = this.stack.slice(), functionIds = this.functionIds.slice();
+    this.writing = 0;
+    this.hooks = this.home;
+    this.stack.length = 0;
+    this.functionIds.length = 0;
+    this.suspended++;
+    try {
+      return run();
+    } finally {
+      this.suspended--;
+      this.refresh();
+      if (pos > this.cap) {
+        if (this.lib.bp_io_reserve(this.io, pos) !== 0) throw new ConversionError("out of memory while restoring a message");
+        this.refresh();
+      }
+      this.u8.set(saved, 0);
+      this.pos = pos;
+      this.writing = writing;
+      this.hooks = hooks;
+      this.stack.length = 0;
+      for (const o of stack) this.stack.push(o);
+      this.functionIds.length = 0;
+      for (const id of functionIds) this.functionIds.push(id);
+    }
+  }
+
   /** The message being written will not be sent: its JS functions will never reach Python. */
   private abandon(e: unknown): unknown {
     if (this.functionIds.length !== 0) {
@@ -119,8 +234,16 @@ export class Wire {
 
   private ensure(n: number): void {
     if (this.pos + n <= this.cap) return;
-    const rc = this.lib.bp_io_reserve(this.io, this.pos + n);
-    if (rc !== 0) throw new ConversionError(`value too large for the bunpy buffer (${this.pos + n} bytes)`);
+    this.grow(this.pos + n);
+  }
+
+  private grow(need: number): void {
+    if (need > this.maxMessage)
+      throw new ConversionError(
+        `value too large: the message would take ${need} bytes, more than the ${this.maxMessage} bytes bunpy passes in one call`,
+      );
+    const rc = this.lib.bp_io_reserve(this.io, need);
+    if (rc !== 0) throw new ConversionError(`value too large for the bunpy buffer (${need} bytes: out of memory)`);
     this.refresh();
   }
 
@@ -152,7 +275,11 @@ export class Wire {
 
   writeString(s: string): void {
     const n = s.length;
-    this.ensure(5 + n * 3);
+    // room for the worst case (3 bytes per UTF-16 unit), or the exact size when the worst
+    // case would pass the message limit
+    const worst = n * 3;
+    if (this.pos + 5 + worst > this.cap)
+      this.ensure(5 + (this.pos + 5 + worst > this.maxMessage ? Buffer.byteLength(s) : worst));
     if (n < 64) {
       const u8 = this.u8, start = this.pos + 5;
       let i = 0;
@@ -169,7 +296,7 @@ export class Wire {
       }
     }
     if (!s.isWellFormed()) throw loneSurrogate(s);
-    const written = this.text.utf8Write(s, this.pos + 5, n * 3);
+    const written = this.text.utf8Write(s, this.pos + 5, this.cap - this.pos - 5);
     this.u8[this.pos] = Tag.Str;
     this.dv.setUint32(this.pos + 1, written, true);
     this.pos += 5 + written;
@@ -225,7 +352,7 @@ export class Wire {
     }
   }
 
-  private enter(v: object, depth: number): void {
+  private push(v: object, depth: number): void {
     if (depth >= MAX_DEPTH) {
       const cyclic = this.stack.includes(v) || new Set(this.stack).size !== this.stack.length;
       throw new ConversionError(
@@ -236,27 +363,18 @@ export class Wire {
   }
 
   private writeObject(v: object, depth: number): void {
-    if (Array.isArray(v)) {
-      this.enter(v, depth);
-      this.putHeader(Tag.List, v.length);
-      for (let i = 0; i < v.length; i++) {
-        try {
-          this.writeValue(v[i], depth + 1);
-        } catch (e) {
-          throw e instanceof ConversionError ? e.within(`[${i}]`) : e;
-        }
-      }
-      this.stack.pop();
-      return;
-    }
+    if (Array.isArray(v)) return this.writeArray(v, depth);
     const proto = Object.getPrototypeOf(v);
     if (proto === Object.prototype || proto === null) return this.writeDict(v as Record<string, unknown>, depth);
     const h = this.hooks.handleOf(v); // a PyRef (contexts); proxies are functions
     if (h !== undefined) return this.writeHandle(h);
-    if (v instanceof Uint8Array) return this.writeBytes(v);
-    if (ArrayBuffer.isView(v)) return this.writeBytes(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-    if (v instanceof ArrayBuffer || v instanceof SharedArrayBuffer) return this.writeBytes(new Uint8Array(v));
+    // Typed arrays, buffers, Dates, Maps and Sets are recognised by their internal slots, not
+    // by instanceof: behind a Proxy they cannot be read (their methods refuse the receiver,
+    // and `new Uint8Array(proxy)` would read an empty array-like)
+    if (ArrayBuffer.isView(v)) return this.writeBytes(v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
     if (v instanceof Date) {
+      if (!types.isDate(v)) throw behindProxy(v);
       const t = v.getTime();
       if (Number.isNaN(t)) throw new ConversionError("cannot convert an Invalid Date to Python");
       this.ensure(9);
@@ -266,67 +384,144 @@ export class Wire {
       return;
     }
     if (v instanceof Map) {
-      this.enter(v, depth);
-      this.putHeader(Tag.Map, v.size);
-      for (const [k, item] of v) {
-        try {
-          this.writeValue(k, depth + 1);
-          this.writeValue(item, depth + 1);
-        } catch (e) {
-          throw e instanceof ConversionError ? e.within(`[${String(k)}]`) : e;
-        }
-      }
-      this.stack.pop();
-      return;
+      if (!types.isMap(v)) throw behindProxy(v);
+      return this.writeMap(v, depth);
     }
     if (v instanceof Set) {
-      this.enter(v, depth);
-      this.putHeader(Tag.Set, v.size);
-      for (const item of v) this.writeValue(item, depth + 1);
-      this.stack.pop();
-      return;
+      if (!types.isSet(v)) throw behindProxy(v);
+      return this.writeSet(v, depth);
     }
-    if (v instanceof Kwargs) throw new ConversionError("py.kw() must be the last argument of a call");
+    if (v instanceof Kwargs)
+      throw new ConversionError(
+        "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",
+      );
+    if (types.isProxy(v)) throw behindProxy(v);
     throw new ConversionError(`cannot convert ${describe(v)} to Python (pass a plain object, array, Map or Set)`);
   }
 
-  private writeDict(v: Record<string, unknown>, depth: number): void {
-    this.enter(v, depth);
-    const keys = Object.keys(v);
-    this.putHeader(Tag.Dict, keys.length);
-    for (const k of keys) {
-      this.writeString(k);
+  // Containers: the length is read once, before the header is written; a container that
+  // is longer or shorter after its entries were read is a ConversionError (a getter or a
+  // Proxy trap changed it), so Python never gets a header that does not match the entries.
+
+  private writeArray(v: readonly unknown[], depth: number): void {
+    this.push(v, depth);
+    const n = v.length;
+    this.putHeader(Tag.List, n);
+    for (let i = 0; i < n; i++) {
       try {
-        this.writeValue(v[k], depth + 1);
+        this.writeValue(v[i], depth + 1);
       } catch (e) {
-        throw e instanceof ConversionError ? e.within(k) : e;
+        throw within(e, `[${i}]`);
       }
     }
+    if (v.length !== n) throw changed("array", n, v.length);
     this.stack.pop();
+  }
+
+  private writeMap(v: Map<unknown, unknown>, depth: number): void {
+    this.push(v, depth);
+    const n = v.size;
+    this.putHeader(Tag.Map, n);
+    let i = 0;
+    for (const [k, item] of v) {
+      if (i === n) break;
+      try {
+        this.writeValue(k, depth + 1);
+      } catch (e) {
+        throw within(e, `[key ${i}]`);
+      }
+      try {
+        this.writeValue(item, depth + 1);
+      } catch (e) {
+        throw within(e, keySegment(k, i));
+      }
+      i++;
+    }
+    if (i !== n || v.size !== n) throw changed("Map", n, i !== n ? i : v.size);
+    this.stack.pop();
+  }
+
+  private writeSet(v: Set<unknown>, depth: number): void {
+    this.push(v, depth);
+    const n = v.size;
+    this.putHeader(Tag.Set, n);
+    let i = 0;
+    for (const item of v) {
+      if (i === n) break;
+      try {
+        this.writeValue(item, depth + 1);
+      } catch (e) {
+        throw within(e, `[item ${i}]`);
+      }
+      i++;
+    }
+    if (i !== n || v.size !== n) throw changed("Set", n, i !== n ? i : v.size);
+    this.stack.pop();
+  }
+
+  private writeDict(v: Record<string, unknown>, depth: number): void {
+    this.push(v, depth);
+    this.writeEntries(v, depth);
+    this.stack.pop();
+  }
+
+  /** A DICT of an object's own enumerable string keys (taken once, with Object.keys). */
+  private writeEntries(v: Record<string, unknown>, depth: number): void {
+    const keys = Object.keys(v);
+    const n = keys.length;
+    this.putHeader(Tag.Dict, n);
+    for (let i = 0; i < n; i++) {
+      const k = keys[i]!;
+      this.writeString(k);
+      let gone = false;
+      try {
+        const item = v[k];
+        // a key deleted (by a getter) before it was reached
+        if (item === undefined && !Object.hasOwn(v, k)) gone = true;
+        else this.writeValue(item, depth + 1);
+      } catch (e) {
+        throw within(e, k);
+      }
+      if (gone) throw changed("object", n, Object.keys(v).length);
+    }
+    if (Object.keys(v).length !== n) throw changed("object", n, Object.keys(v).length);
   }
 
   /** One whole value of a message (after begin()); JS functions in it are forgotten if it fails. */
   writeTop(v: unknown): void {
+    this.writing++;
     try {
       this.writeValue(v, 0);
     } catch (e) {
-      throw this.abandon(e);
+      throw finish(this.abandon(e));
+    } finally {
+      this.writing--;
     }
   }
 
   /** Positional arguments then keyword arguments, as bp_call expects them. */
   writeCall(args: readonly unknown[], kwargs: Record<string, unknown> | undefined): void {
     this.begin();
+    this.writing++;
     try {
       this.writeArguments(args, kwargs);
     } catch (e) {
-      throw this.abandon(e);
+      throw finish(this.abandon(e));
+    } finally {
+      this.writing--;
     }
   }
 
   /** Arguments of a context request (after begin() and the request's header fields). */
   writeArgs(args: readonly unknown[], kwargs: Record<string, unknown> | undefined): void {
-    this.writeArguments(args, kwargs);
+    this.writing++;
+    try {
+      this.writeArguments(args, kwargs);
+    } catch (e) {
+      throw finish(e);
+    } finally {
+      this.writing--;
+    }
   }
 
   /** A LIST of handles (a context's REF_DROP request). */
@@ -342,24 +537,25 @@ export class Wire {
       try {
         this.writeValue(args[i], 1);
       } catch (e) {
-        throw e instanceof ConversionError ? e.within(`args[${i}]`) : e;
+        throw within(e, `args[${i}]`);
       }
     }
+    if (args.length !== n) throw changed("array", n, args.length).within("args");
     if (kwargs === undefined) {
       this.putTag(Tag.None);
       return;
     }
+    if (kwargs instanceof Kwargs)
+      throw new TypeError(
+        "py.kw() marks keyword arguments of a proxy call; here pass keyword arguments as a plain object, " +
+          'e.g. py.call("json", "dumps", [[1]], { indent: 1 })',
+      );
     if (typeof kwargs !== "object" || kwargs === null)
       throw new ConversionError("keyword arguments must be a plain object", "kwargs");
-    const keys = Object.keys(kwargs);
-    this.putHeader(Tag.Dict, keys.length);
-    for (const k of keys) {
-      this.writeString(k);
-      try {
-        this.writeValue(kwargs[k], 1);
-      } catch (e) {
-        throw e instanceof ConversionError ? e.within(`kwargs.${k}`) : e;
-      }
+    try {
+      this.writeEntries(kwargs, 0);
+    } catch (e) {
+      throw within(e, "kwargs");
     }
   }
 

@@ -9,7 +9,7 @@
  */
 import { BunpyError, CallTimeoutError, ContextClosedError, ConversionError, Status } from "./errors.ts";
 export { CallTimeoutError, ContextClosedError } from "./errors.ts";
-import { Kwargs, type Wire, type WireHooks } from "./codec.ts";
+import { Kwargs, type KwargsObject, type Wire, type WireHooks } from "./codec.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { stateOf } from "./proxy.ts";
 import { hubOf, readError, type ContextHub, type Pending } from "./hub.ts";
@@ -174,6 +174,8 @@ export class Context {
       return Promise.reject(
         new BunpyError(`owngil contexts need Python 3.12 or newer (this is ${rt.info.version}); use { mode: "worker" }`),
       );
+    // from a getter or Proxy trap while a message is written: keep that message intact
+    if (rt.wire.writing !== 0) return rt.wire.nested(() => Context.start(rt, options));
     let policyLen: number;
     try {
       const policy = policyValue(options.sandbox);
@@ -266,10 +268,20 @@ export class Context {
   private encode(op: Req, a?: unknown, b?: unknown, c?: unknown, d?: unknown): number {
     if (!this.isOpen) throw new ContextClosedError("the context is closed");
     const w = this.hub.rt.wire;
+    // The context's value rules hold for this message only: a bunpy call made by a getter
+    // meanwhile goes through wire.nested(), which restores the main interpreter's hooks.
+    // Names are checked first: writeString of a non-string would run its getters outside
+    // the `writing` count.
+    if (op === Req.Call && (typeof a !== "string" || typeof b !== "string"))
+      throw new TypeError("ctx.call(module, fn, args): module and fn must be strings");
+    if ((op === Req.Eval || op === Req.Exec) && typeof a !== "string")
+      throw new TypeError(`Python source must be a string, got ${typeof a}`);
+    if (op === Req.RefGetattr && typeof b !== "string") throw new TypeError("PyRef.get(attr): attr must be a string");
     const saved = w.hooks;
     w.hooks = this.hooks;
+    w.begin();
+    w.writing++;
     try {
-      w.begin();
       switch (op) {
         case Req.Call:
           w.writeString(a as string);
@@ -297,12 +309,16 @@ export class Context {
       }
       return w.pos;
     } finally {
+      w.writing--;
       w.hooks = saved;
     }
   }
 
   /** @internal sends a request (payload as for encode) and returns its promise. */
   request(op: Req, options: CallOptions | undefined, a?: unknown, b?: unknown, c?: unknown, d?: unknown): Promise<any> {
+    // from a getter or Proxy trap while a message is written: keep that message intact
+    const wire = this.hub.rt.wire;
+    if (wire.writing !== 0) return wire.nested(() => this.request(op, options, a, b, c, d));
     let len: number;
     try {
       if (options?.signal?.aborted) throw options.signal.reason ?? new BunpyError("aborted");
@@ -346,6 +362,8 @@ export class Context {
   /** @internal */
   sendDrops(handles: number[]): void {
     if (!this.isOpen) return;
+    const wire = this.hub.rt.wire;
+    if (wire.writing !== 0) return wire.nested(() => this.sendDrops(handles));
     try {
       const len = this.encode(Req.RefDrop, handles);
       this.hub.rt.lib.bp_ctx_submit(this.#ptr, this.hub.rt.io, 0, Req.RefDrop, len);
@@ -355,7 +373,7 @@ export class Context {
   }
 
   /** Calls module.fn(*args, **kwargs) in this context. `"__main__"` is the context's own. */
-  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>, options?: CallOptions): Promise<any> {
+  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject, options?: CallOptions): Promise<any> {
     if (!Array.isArray(args)) return Promise.reject(new TypeError("ctx.call(module, fn, args): args must be an array"));
     return this.request(Req.Call, options, module, fn, args, kwargs);
   }
@@ -371,7 +389,7 @@ export class Context {
   }
 
   /** Fire and forget: errors go to onError listeners (or are printed), never lost. */
-  cast(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>): void {
+  cast(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject): void {
     this.call(module, fn, args, kwargs).catch((e) => {
       if (this.#errorListeners.size === 0) console.error(`bunpy: ctx.cast(${module}.${fn}) failed:`, e);
       for (const l of this.#errorListeners) l(e);
@@ -379,7 +397,9 @@ export class Context {
   }
 
   /** Blocks the JS thread until the call has finished in the context. */
-  callSync(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>): any {
+  callSync(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject): any {
+    const w = this.hub.rt.wire;
+    if (w.writing !== 0) return w.nested(() => this.callSync(module, fn, args, kwargs));
     const len = this.encode(Req.Call, module, fn, args, kwargs);
     const { lib, io, wire } = this.hub.rt;
     let status = lib.bp_ctx_call_sync(this.#ptr, io, Req.Call, len);
@@ -392,6 +412,7 @@ export class Context {
       status = lib.bp_ctx_sync_wait(this.#ptr, io, request);
     }
     if (status === Status.Died) this.died();
+    // decoding runs no user code: the context's hooks are set for this one read only
     const saved = wire.hooks;
     wire.hooks = this.hooks;
     try {

@@ -146,6 +146,8 @@ export class ContextHub {
 
   /** Rung by the doorbell: settles every completed call, delivers messages, answers calls. */
   drain(): void {
+    // called from a getter while a message is written (py.on() drains): the buffer is taken
+    if (this.rt.wire.writing !== 0) return void queueMicrotask(() => this.drain());
     this.settleCompleted();
     this.serveCalls(false);
   }

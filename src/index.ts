@@ -6,7 +6,7 @@
  *   const json = py.import("json");
  *   json.dumps({ a: 1 }, py.kw({ indent: 2 }));
  */
-import { Kwargs } from "./codec.ts";
+import { Kwargs, type KwargsObject } from "./codec.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
 import { BunpyError, PythonClosedError } from "./errors.ts";
@@ -16,7 +16,7 @@ import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
-export { Kwargs } from "./codec.ts";
+export { Kwargs, type KwargsObject } from "./codec.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";
 export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.ts";
@@ -71,7 +71,7 @@ export const py = {
     rt().exec(code);
   },
   /** Calls module.fn(*args, **kwargs) and returns the result. */
-  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>): any {
+  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject): any {
     return rt().callFunction(module, fn, args, kwargs);
   },
   /** Imports a module and returns it as a proxy. */

@@ -81,10 +81,21 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     return this.wire.handleResult();
   }
 
-  /** Starts a message: drops queued handles and forgets released JS functions first. */
+  /**
+   * The first thing every entry point that uses the io buffer does. True: a message is
+   * being written right now (this call comes from a getter or Proxy trap inside it), so
+   * the caller must run itself again through wire.nested(). Otherwise hands the drops that
+   * did not fit the shim's queue to the shim. One branch when there is nothing to do.
+   */
+  private reentered(): boolean {
+    if (this.wire.writing !== 0) return true;
+    if (this.overflow.length !== 0 && this.wire.suspended === 0) this.flushOverflow();
+    return false;
+  }
+
+  /** Starts a message (after reentered()): forgets released JS functions first. */
   private begin(): Wire {
     if (this.wire.header[5] !== 0) this.takeReleased();
-    if (this.overflow.length !== 0) this.flushOverflow();
     this.wire.begin();
     return this.wire;
   }
@@ -112,11 +123,13 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     return st.handle;
   }
 
-  /** Queues a reference for the shim to drop at its next call (no FFI call now). */
+  /** Queues a reference for the shim to drop at its next call (no FFI call now). While a
+      message is being written (or set aside by a nested call) the drop waits in JS: the
+      message may hold this very handle, and the next call would drop it before reading it. */
   private drop(handle: number): void {
     const h = this.wire.header;
     const n = h[8]!;
-    if (n < h[9]!) {
+    if (n < h[9]! && this.wire.writing === 0 && this.wire.suspended === 0) {
       this.wire.drops[n] = handle;
       h[8] = n + 1;
     } else {
@@ -169,6 +182,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   /** Number of JS functions Python still holds (for leak tests). */
   get liveFunctions(): number {
+    if (this.wire.writing !== 0) return this.wire.nested(() => this.liveFunctions);
     if (this.wire.header[5] !== 0) this.takeReleased();
     return this.functions.size;
   }
@@ -257,6 +271,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private moduleHandle(name: string): number {
     let h = this.modules.get(name);
     if (h === undefined) {
+      if (this.reentered()) return this.wire.nested(() => this.moduleHandle(name));
       if (typeof name !== "string") throw new TypeError(`module name must be a string, got ${typeof name}`);
       this.begin().writeString(name);
       h = this.handle(this.lib.bp_import(this.io));
@@ -268,6 +283,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private nameHandle(name: string): number {
     let h = this.names.get(name);
     if (h === undefined) {
+      if (this.reentered()) return this.wire.nested(() => this.nameHandle(name));
       if (typeof name !== "string") throw new TypeError(`attribute name must be a string, got ${typeof name}`);
       this.begin().writeString(name);
       h = this.handle(this.lib.bp_intern(this.io));
@@ -281,6 +297,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     const key = mode === Mode.Eval ? source : `\0${source}`;
     let h = this.code.get(key);
     if (h === undefined) {
+      if (this.reentered()) return this.wire.nested(() => this.compiled(source, mode));
       if (typeof source !== "string") throw new TypeError(`Python source must be a string, got ${typeof source}`);
       const w = this.begin();
       w.writeString(source);
@@ -301,15 +318,18 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   eval(expr: string): unknown {
+    if (this.reentered()) return this.wire.nested(() => this.eval(expr));
     return this.result(this.lib.bp_run(this.io, this.compiled(expr, Mode.Eval)));
   }
 
   exec(code: string): void {
+    if (this.reentered()) return this.wire.nested(() => this.exec(code));
     const rc = this.lib.bp_run(this.io, this.compiled(code, Mode.Exec));
     if (rc !== 0) this.fail(rc);
   }
 
   callFunction(module: string, fn: string, args: readonly unknown[], kwargs?: Record<string, unknown>): unknown {
+    if (this.reentered()) return this.wire.nested(() => this.callFunction(module, fn, args, kwargs));
     const m = this.moduleHandle(module);
     const n = this.nameHandle(fn);
     if (!Array.isArray(args)) throw new TypeError("py.call(module, fn, args, kwargs): args must be an array");
@@ -323,6 +343,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   private proxyForModule(name: string): PyObject {
     if (typeof name !== "string") throw new TypeError(`py.import(name): name must be a string, got ${typeof name}`);
+    if (this.reentered()) return this.wire.nested(() => this.proxyForModule(name));
     this.begin().writeString(name);
     const rc = this.lib.bp_import(this.io);
     if (rc !== 0) this.fail(rc);
@@ -331,6 +352,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   get builtins(): PyObject {
     if (this.builtinsProxy === undefined) {
+      if (this.reentered()) return this.wire.nested(() => this.builtins);
       const rc = this.lib.bp_builtins(this.io);
       if (rc !== 0) this.fail(rc);
       this.builtinsProxy = this.wire.result() as PyObject;
@@ -341,8 +363,8 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   // ------------------------------------------------------- ProxyOwner (traps) --
 
   getattr(st: ProxyState, name: string): unknown {
+    if (this.reentered()) return this.wire.nested(() => this.getattr(st, name));
     const n = this.nameHandle(name);
-    if (this.overflow.length !== 0) this.flushOverflow();
     const rc = this.lib.bp_getattr(this.io, st.handle, n);
     if (rc === 1) return undefined; // no such attribute
     const v = this.result(rc);
@@ -350,6 +372,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   setattr(st: ProxyState, name: string, value: unknown): void {
+    if (this.reentered()) return this.wire.nested(() => this.setattr(st, name, value));
     const n = this.nameHandle(name);
     this.begin().writeTop(value);
     const rc = this.lib.bp_setattr(this.io, st.handle, n);
@@ -357,12 +380,14 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   delattr(st: ProxyState, name: string): void {
+    if (this.reentered()) return this.wire.nested(() => this.delattr(st, name));
     const n = this.nameHandle(name);
     const rc = this.lib.bp_delattr(this.io, st.handle, n);
     if (rc !== 0) this.fail(rc);
   }
 
   contains(st: ProxyState, key: unknown): boolean {
+    if (this.reentered()) return this.wire.nested(() => this.contains(st, key));
     this.begin().writeTop(key);
     return this.result(this.lib.bp_contains(this.io, st.handle)) as boolean;
   }
@@ -374,22 +399,26 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   call(st: ProxyState, args: unknown[]): unknown {
+    if (this.reentered()) return this.wire.nested(() => this.call(st, args));
     this.writeArgs(args);
     return this.result(this.lib.bp_call(this.io, st.handle));
   }
 
   callMethod(st: ProxyState, name: string, args: unknown[]): unknown {
+    if (this.reentered()) return this.wire.nested(() => this.callMethod(st, name, args));
     const n = this.nameHandle(name);
     this.writeArgs(args);
     return this.result(this.lib.bp_call_attr(this.io, st.handle, n));
   }
 
   getitem(st: ProxyState, key: unknown): unknown {
+    if (this.reentered()) return this.wire.nested(() => this.getitem(st, key));
     this.begin().writeTop(key);
     return this.result(this.lib.bp_getitem(this.io, st.handle));
   }
 
   setitem(st: ProxyState, key: unknown, value: unknown): void {
+    if (this.reentered()) return this.wire.nested(() => this.setitem(st, key, value));
     const w = this.begin();
     w.writeTop(key);
     w.writeTop(value);
@@ -398,17 +427,19 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   delitem(st: ProxyState, key: unknown): void {
+    if (this.reentered()) return this.wire.nested(() => this.delitem(st, key));
     this.begin().writeTop(key);
     const rc = this.lib.bp_delitem(this.io, st.handle);
     if (rc !== 0) this.fail(rc);
   }
 
   op(st: ProxyState, op: Op): unknown {
-    if (this.overflow.length !== 0) this.flushOverflow();
+    if (this.reentered()) return this.wire.nested(() => this.op(st, op));
     return this.result(this.lib.bp_object_op(this.io, st.handle, op));
   }
 
   iterate(st: ProxyState): Iterator<unknown> & Disposable {
+    if (this.reentered()) return this.wire.nested(() => this.iterate(st));
     // The iterator's reference is held here, not through a proxy: iter(x) is x for an
     // iterator or generator, and ending the loop must not dispose the proxy being iterated.
     const handle = this.handle(this.lib.bp_object_op(this.io, st.handle, Op.Iter));
@@ -423,6 +454,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     };
     const next = (): IteratorResult<unknown> => {
       if (itState.disposed) return { done: true, value: undefined };
+      if (this.reentered()) return this.wire.nested(next);
       const rc = this.lib.bp_object_op(this.io, itState.handle, Op.Next);
       if (rc === 1) return stop();
       if (rc !== 0) {
@@ -440,6 +472,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   close(): void {
     if (this.closed) return;
+    if (this.wire.writing !== 0) return this.wire.nested(() => this.close());
     const rc = this.lib.bp_finalize(this.io);
     if (rc === Status.Thread)
       throw new BunpyError(

@@ -6,6 +6,7 @@
  *      least-loaded context when the home one has more than `spillAt` calls in flight.
  */
 import { BunpyError } from "./errors.ts";
+import type { KwargsObject } from "./codec.ts";
 import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";
@@ -121,7 +122,7 @@ export class Pool {
     return best ?? home;
   }
 
-  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: Record<string, unknown>, options?: PoolCallOptions): Promise<any> {
+  call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject, options?: PoolCallOptions): Promise<any> {
     let ctx: Context;
     try {
       ctx = this.pick(options);

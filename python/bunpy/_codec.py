@@ -9,7 +9,9 @@ _MS = timedelta(milliseconds=1)
 
 def date_from_ms(ms):
     """A JS Date (milliseconds since the epoch) as an aware UTC datetime."""
-    return _EPOCH + timedelta(milliseconds=ms)
+    # JS times are whole milliseconds. Given as an int, timedelta is exact; given as a
+    # float, the pure-Python datetime (subinterpreters) loses a millisecond far from 1970.
+    return _EPOCH + timedelta(milliseconds=int(ms) if ms == int(ms) else ms)
 
 
 def date_to_ms(dt):

@@ -1,0 +1,88 @@
+// Leaks: references JS let go of reach Python whatever call comes next — also calls that
+// write no arguments (py.eval of cached code, attribute reads, str()), and also when more
+// proxies are collected at once than the shim's drop queue holds (issue 9, item 12).
+import { expect, test } from "bun:test";
+import { internals, py } from "../src/index.ts";
+import { defineModule } from "./helpers.ts";
+
+defineModule(
+  "t_leaks",
+  `
+import gc
+
+live = 0
+
+class Big:
+    def __init__(self):
+        global live
+        live += 1
+        self.payload = bytes(100_000)
+    def __del__(self):
+        global live
+        live -= 1
+
+def count():
+    gc.collect()
+    return live
+`,
+);
+py.exec("from t_leaks import Big as LeakBig");
+
+const MB = 1024 * 1024;
+
+async function collect(): Promise<void> {
+  for (let i = 0; i < 3; i++) {
+    Bun.gc(true);
+    await Bun.sleep(2);
+  }
+}
+
+function rss(): number {
+  return process.memoryUsage().rss;
+}
+
+for (const [name, touch] of [
+  ["py.eval of cached code", () => py.eval("0")],
+  ["py.exec of cached code", () => py.exec("pass")],
+  ["an attribute read", () => (py.eval("LeakBig") as any).__name__],
+] as const) {
+  test(`20,000 dropped 100 KB proxies are freed by ${name} alone`, async () => {
+    const before = rss();
+    let peak = 0;
+    for (let round = 0; round < 10; round++) {
+      // made by eval of cached code: no call in this loop goes through a message write
+      for (let i = 0; i < 2000; i++) py.eval("LeakBig()");
+      await collect(); // thousands of proxies collected at once: more than the drop queue holds
+      for (let i = 0; i < 3; i++) touch();
+      peak = Math.max(peak, rss() - before);
+    }
+    for (let i = 0; i < 3; i++) touch();
+    expect(py.call("t_leaks", "count", [])).toBeLessThan(2100);
+    // without the fix, about half of 2 GB stays alive
+    expect(peak).toBeLessThan(300 * MB);
+    await collect();
+    touch();
+    expect(py.call("t_leaks", "count", [])).toBe(0);
+  }, 60_000);
+}
+
+test("proxies disposed inside getters while a message is written are freed after it", async () => {
+  for (let i = 0; i < 3000; i++) {
+    const big = py.eval("LeakBig()") as any;
+    py.call("builtins", "len", [
+      {
+        get a() {
+          big[Symbol.dispose](); // waits in JS until the outer message has been read
+          return py.eval("1");
+        },
+      },
+    ]);
+  }
+  py.eval("0");
+  expect(py.call("t_leaks", "count", [])).toBe(0);
+  expect(internalsFunctions()).toBeLessThan(10);
+}, 60_000);
+
+function internalsFunctions(): number {
+  return internals.runtime().liveFunctions;
+}
