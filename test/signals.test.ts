@@ -84,6 +84,12 @@ test("with a SIGINT listener, Ctrl-C interrupts Python blocked in time.sleep", a
   expect(r.code).toBe(0);
 });
 
+test("a listener added after Python started, in the same tick as the call, works the same", async () => {
+  const r = await withListener("spin-late");
+  expect(r.lines).toEqual(["PythonError KeyboardInterrupt", "listener"]);
+  expect(r.code).toBe(0);
+});
+
 test("Ctrl-C delivered to another thread of the process still interrupts Python on the JS thread", async () => {
   const r = await withListener("spin", 200, true);
   expect(r.lines).toEqual(["PythonError KeyboardInterrupt", "listener"]);
