@@ -51,6 +51,9 @@ atomic_int bp_sigint_flags = 0;            /* BP_SIGINT_STALE | BP_SIGINT_TRIPPE
 _Atomic(bp_port *) bp_main_port = NULL;    /* the initialising JS thread's port (io.c)        */
 static struct sigaction prev_sigint;       /* the handler ours stands in front of            */
 static atomic_int sigint_forwarded = 0;    /* a SIGINT this handler re-sent to the main thread */
+/* Main thread, GIL held: 1 while a KeyboardInterrupt waits in a running asyncio loop's
+   queue (see python_sigint); cleared when the call ends, so a stale one does nothing. */
+static int interrupt_queued;
 
 static int main_in_python(void) {
     bp_port *p = atomic_load_explicit(&bp_main_port, memory_order_acquire);
@@ -120,17 +123,62 @@ void bp_sigint_refresh(void) {
    arrived as the call finished must not interrupt the next one. */
 void bp_sigint_leave(bp_port *p) {
     if (p->depth != 0 || !(atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_TRIPPED) & BP_SIGINT_TRIPPED)) return;
-    if (pthread_equal(pthread_self(), bp_main_thread)) PyOS_InterruptOccurred(); /* clears it */
+    if (!pthread_equal(pthread_self(), bp_main_thread)) return;
+    PyOS_InterruptOccurred(); /* clears it */
+    interrupt_queued = 0;     /* a loop that ended before its queued interrupt ran */
 }
 
-static PyObject *raise_keyboard_interrupt(PyObject *self, PyObject *args) {
+static PyObject *raise_queued_interrupt(PyObject *self, PyObject *unused) {
     (void)self;
-    (void)args;
+    (void)unused;
+    if (!interrupt_queued) Py_RETURN_NONE; /* queued by a call that has ended */
+    interrupt_queued = 0;
     PyErr_SetNone(PyExc_KeyboardInterrupt);
     return NULL;
 }
 
-static PyMethodDef sigint_def = {"bunpy_sigint", raise_keyboard_interrupt, METH_VARARGS,
+static PyMethodDef queued_interrupt_def = {"bunpy_keyboard_interrupt", raise_queued_interrupt, METH_NOARGS,
+                                           "Raises KeyboardInterrupt (Ctrl-C, from inside a running asyncio loop)."};
+
+/* Python's SIGINT handler in the main interpreter. Raising KeyboardInterrupt at any
+   bytecode can leave asyncio's loop wedged (an interrupt inside call_soon drops a task's
+   next step, and asyncio.run's clean-up then waits for it forever); asyncio.run avoids
+   that with its own handler, which we keep out (it would take SIGINT from Bun). So inside
+   a running loop the exception is raised from a loop callback, a point asyncio expects
+   it; a second Ctrl-C before that callback ran (a callback that never yields) raises at
+   once. */
+static PyObject *python_sigint(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *loop = NULL;
+    if (!interrupt_queued) {
+        PyObject *name = PyUnicode_FromString("asyncio");
+        PyObject *asyncio = name ? PyImport_GetModule(name) : NULL;
+        Py_XDECREF(name);
+        loop = asyncio ? PyObject_CallMethod(asyncio, "_get_running_loop", NULL) : NULL;
+        Py_XDECREF(asyncio);
+        PyErr_Clear();
+    }
+    if (loop && loop != Py_None) {
+        PyObject *cb = PyCFunction_New(&queued_interrupt_def, NULL);
+        PyObject *h = cb ? PyObject_CallMethod(loop, "call_soon_threadsafe", "O", cb) : NULL;
+        Py_XDECREF(cb);
+        Py_DECREF(loop);
+        if (h) {
+            Py_DECREF(h);
+            interrupt_queued = 1;
+            Py_RETURN_NONE;
+        }
+        PyErr_Clear(); /* a closed loop: raise here */
+    } else {
+        Py_XDECREF(loop);
+    }
+    interrupt_queued = 0; /* raised here: a queued one would interrupt asyncio's clean-up */
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    return NULL;
+}
+
+static PyMethodDef sigint_def = {"bunpy_sigint", python_sigint, METH_VARARGS,
                                  "bunpy_sigint(signum, frame)\n--\n\nRaises KeyboardInterrupt (Ctrl-C during a call from JS)."};
 
 /* Python's SIGINT handler (a Python callable) without Python's C-level handler: setting it

@@ -39,7 +39,7 @@ test("SIGINT ends the script while a Python call is running", async () => {
 
 // ---- with a JS listener: Python is interrupted, then the listener runs --------------------
 
-async function withListener(what: string, wait = 200, toOtherThread = false) {
+async function withListener(what: string, wait = 200, toOtherThread = false, times = 1) {
   const proc = Bun.spawn([process.execPath, join(import.meta.dir, "fixtures", "sigint-listener.ts"), what], {
     stdout: "pipe",
     stderr: "pipe",
@@ -58,7 +58,10 @@ async function withListener(what: string, wait = 200, toOtherThread = false) {
     const tid = readdirSync(`/proc/${proc.pid}/task`).map(Number).filter((t) => t !== proc.pid).pop()!;
     process.kill(tid, "SIGINT");
   } else {
-    proc.kill("SIGINT");
+    for (let i = 0; i < times; i++) {
+      if (i > 0) await Bun.sleep(300);
+      proc.kill("SIGINT");
+    }
   }
   const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
   for (;;) {
@@ -105,6 +108,13 @@ test("the interrupt does not linger: the next calls run normally", async () => {
 test("asyncio.run in the main interpreter does not take Ctrl-C over from the JS listener", async () => {
   const r = await withListener("asyncio-run");
   expect(r.lines).toEqual(["PythonError KeyboardInterrupt", "listener"]);
+  expect(r.code).toBe(0);
+});
+
+test("inside asyncio.run, a coroutine that never yields to the loop is interrupted by a second Ctrl-C", async () => {
+  const r = await withListener("asyncio-never-yields", 200, false, 2);
+  expect(r.lines[0]).toBe("PythonError KeyboardInterrupt");
+  expect(r.lines).toContain("listener");
   expect(r.code).toBe(0);
 });
 
