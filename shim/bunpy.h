@@ -116,6 +116,8 @@ enum {
 /* runtime (runtime.c) */
 BP_EXPORT int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t errlen);
 BP_EXPORT int32_t bp_finalize(bp_io *io);
+BP_EXPORT void bp_sigint_changed(void);   /* JS SIGINT listeners were added or removed */
+BP_EXPORT void bp_sigint_refresh(void);   /* put bunpy's SIGINT handler back in front (after a change) */
 
 /* io (io.c) */
 BP_EXPORT bp_io *bp_io_new(bp_dispatch_fn dispatch);

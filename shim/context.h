@@ -22,6 +22,7 @@ int bp_sandbox_install(void);
 int bp_policy_load(bp_policy *pol, PyObject *spec);
 void bp_policy_clear(bp_policy *pol);
 int bp_policy_refuses(const char *rule);
+PyObject *bp_guard_extensions(PyObject *m, PyObject *const *args, Py_ssize_t nargs); /* _bunpy.guard_extensions */
 
 enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
 /* bp_ctx_state's answer for a context abandoned at close (its thread did not stop in time) */

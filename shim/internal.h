@@ -103,6 +103,12 @@ typedef struct bp_port {
 } bp_port;
 
 static inline bp_port *bp_port_of(bp_io *io) { return (bp_port *)io; }
+
+/* Ctrl-C (runtime.c): checked by every call into the main interpreter (ops.c) */
+enum { BP_SIGINT_STALE = 1, BP_SIGINT_TRIPPED = 2 };
+extern atomic_int bp_sigint_flags;
+extern _Atomic(bp_port *) bp_main_port;
+void bp_sigint_leave(bp_port *p);
 int bp_io_grow(bp_io *io, uint32_t need);       /* 0, or -1 (MemoryError set)              */
 void bp_io_trim(bp_io *io, uint32_t keep);     /* shrink a buffer a huge value left big     */
 void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */

@@ -49,6 +49,7 @@ bp_io *bp_io_new(bp_dispatch_fn dispatch) {
     if (pthread_equal(p->owner, bp_main_thread) && !bp_main_ts_taken) {
         p->ts = bp_main_ts;
         bp_main_ts_taken = 1;
+        atomic_store(&bp_main_port, p); /* Ctrl-C reads its depth (runtime.c) */
     } else {
         /* Registers a thread state for this thread in the GILState table, then lets the
            GIL go: the port takes it per call with PyEval_RestoreThread(p->ts). */
@@ -80,6 +81,7 @@ void bp_io_free(bp_io *io) {
         PyGILState_Release(PyGILState_UNLOCKED); /* what Ensure returned in bp_io_new */
     } else if (p->ts == bp_main_ts) {
         bp_main_ts_taken = 0;
+        atomic_store(&bp_main_port, NULL);
     }
     p->ts = NULL;
     bp_port_unref(p);

@@ -386,6 +386,8 @@ static PyMethodDef mod_methods[] = {
     {"answers_fd", mod_answers_fd, METH_NOARGS, "answers_fd() -> fd\n--\n\nInternal: readable when batched calls were answered."},
     {"in_context", mod_in_context, METH_NOARGS, "in_context()\n--\n\nTrue on a context's thread."},
     {"refused", mod_refused, METH_O, "refused(rule)\n--\n\nWhether the sandbox policy of this thread refuses `rule`."},
+    {"guard_extensions", (PyCFunction)(void (*)(void))bp_guard_extensions, METH_FASTCALL,
+     "guard_extensions(refused, allowed, dir)\n--\n\nInternal: check every extension load of this interpreter."},
     {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,
      "send(channel, value)\n--\n\nDeliver `value` to the JS listeners of `channel` (py.on) without waiting."},
     {NULL, NULL, 0, NULL},

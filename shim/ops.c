@@ -38,6 +38,8 @@ static int32_t bp_enter(bp_io *io, bp_call_scope *s) {
     bp_port *p = bp_port_of(io);
     s->p = p;
     if (!pthread_equal(p->owner, pthread_self())) return BP_ERR_THREAD;
+    if (__builtin_expect(atomic_load_explicit(&bp_sigint_flags, memory_order_relaxed) & BP_SIGINT_STALE, 0))
+        bp_sigint_refresh();
     s->foreign = p->from_gilstate;
     if (s->foreign) atomic_fetch_add(&bp_foreign_calls, 1);
     if (!bp_running() || !p->ts) {
@@ -58,11 +60,13 @@ static int32_t bp_enter(bp_io *io, bp_call_scope *s) {
 
 static int32_t bp_leave(bp_call_scope *s, int32_t rc) {
     bp_current_port = s->prev;
+    s->p->depth--; /* before the GIL goes: a Ctrl-C from now on is not this call's (runtime.c) */
     if (s->took_gil) {
+        if (__builtin_expect(atomic_load_explicit(&bp_sigint_flags, memory_order_relaxed) & BP_SIGINT_TRIPPED, 0))
+            bp_sigint_leave(s->p);
         s->p->held = 0;
         PyEval_SaveThread();
     }
-    s->p->depth--;
     if (s->p->depth == 0) bp_io_trim(&s->p->io, s->p->io.len);
     if (s->foreign) atomic_fetch_sub(&bp_foreign_calls, 1);
     return rc;

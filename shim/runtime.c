@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
+#include <errno.h>
 
 static atomic_int state = BP_UNINITIALISED;
 /* Calls in flight from JS threads other than the initialising one (Bun Workers): close
@@ -31,24 +32,168 @@ _Thread_local bp_port *bp_current_port;
 
 int bp_running(void) { return atomic_load_explicit(&state, memory_order_acquire) == BP_RUNNING; }
 
-/* Fact 2: Python must not swallow Ctrl-C. Importing `signal` installs Python's SIGINT
-   handler only when the current one is SIG_DFL, so we put a handler there first that
-   behaves exactly like the default: end the process by SIGINT. A handler Bun or the user
-   installs later replaces ours, as it should. */
-static void on_sigint(int sig) {
-    signal(sig, SIG_DFL);
-    raise(sig);
+/* ---- Ctrl-C (fact 2) -------------------------------------------------------------------
+ *
+ * Our SIGINT handler sits in front of whatever handled SIGINT before it:
+ *   - SIG_DFL (no JS listener): end the process by SIGINT, as a plain Bun script does, even
+ *     in the middle of a Python call;
+ *   - Bun's handler (a JS process.on("SIGINT") listener): if the main JS thread is inside a
+ *     Python call, make Python raise KeyboardInterrupt there (PyErr_SetInterruptEx is
+ *     async-signal-safe), then run Bun's handler, which queues the JS listener.
+ * Bun installs its handler when the first listener is added and resets SIG_DFL when the
+ * last one goes, replacing ours: JS tells us (bp_sigint_changed) and the next call into
+ * Python puts ours back in front (bp_sigint_refresh). Python's own C-level SIGINT handler
+ * is never installed (install_signal_handlers = 0); its Python-level handler is a function
+ * that raises KeyboardInterrupt but is not signal.default_int_handler, so asyncio.run()
+ * does not take SIGINT over either.
+ */
+atomic_int bp_sigint_flags = 0;            /* BP_SIGINT_STALE | BP_SIGINT_TRIPPED            */
+_Atomic(bp_port *) bp_main_port = NULL;    /* the initialising JS thread's port (io.c)        */
+static struct sigaction prev_sigint;       /* the handler ours stands in front of            */
+static atomic_int sigint_forwarded = 0;    /* a SIGINT this handler re-sent to the main thread */
+/* Main thread, GIL held: 1 while a KeyboardInterrupt waits in a running asyncio loop's
+   queue (see python_sigint); cleared when the call ends, so a stale one does nothing. */
+static int interrupt_queued;
+
+static int main_in_python(void) {
+    bp_port *p = atomic_load_explicit(&bp_main_port, memory_order_acquire);
+    return p && *(volatile int *)&p->depth > 0 && bp_running();
 }
 
-static void keep_ctrl_c(void) {
-    struct sigaction old;
-    if (sigaction(SIGINT, NULL, &old) != 0) return;
-    if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) return;
+/* On the main thread only: Python checks signals there (and only there). */
+static void interrupt_python(void) {
+    atomic_fetch_or(&bp_sigint_flags, BP_SIGINT_TRIPPED);
+    PyErr_SetInterruptEx(SIGINT);
+}
+
+static void on_sigint(int sig, siginfo_t *info, void *uc) {
+    int saved_errno = errno;
+    int on_main = atomic_load_explicit(&bp_main_port, memory_order_relaxed) && pthread_equal(pthread_self(), bp_main_thread);
+    if (on_main && atomic_exchange(&sigint_forwarded, 0)) { /* our own re-send: Bun saw it already */
+        if (main_in_python()) interrupt_python();
+        errno = saved_errno;
+        return;
+    }
+    struct sigaction prev = prev_sigint;
+    if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_IGN) {
+        errno = saved_errno;
+        return;
+    }
+    if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_DFL) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        errno = saved_errno;
+        return;
+    }
+    if (main_in_python()) {
+        if (on_main) {
+            interrupt_python();
+        } else { /* delivered to another thread: the main thread must see it (and wake from a sleep) */
+            atomic_store(&sigint_forwarded, 1);
+            pthread_kill(bp_main_thread, SIGINT);
+        }
+    }
+    errno = saved_errno;
+    if (prev.sa_flags & SA_SIGINFO) prev.sa_sigaction(sig, info, uc);
+    else prev.sa_handler(sig);
+}
+
+/* Puts our handler in front of the current one (unless SIGINT is ignored, or ours is there). */
+static void install_sigint_handler(void) {
+    struct sigaction cur;
+    if (sigaction(SIGINT, NULL, &cur) != 0) return;
+    if (cur.sa_flags & SA_SIGINFO ? cur.sa_sigaction == on_sigint : cur.sa_handler == SIG_IGN) return;
+    prev_sigint = cur;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
+    sa.sa_sigaction = on_sigint;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
+}
+
+/* JS: SIGINT listeners were added or removed (Bun replaces the handler synchronously). */
+void bp_sigint_changed(void) { atomic_fetch_or(&bp_sigint_flags, BP_SIGINT_STALE); }
+
+void bp_sigint_refresh(void) {
+    if (atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_STALE) & BP_SIGINT_STALE) install_sigint_handler();
+}
+
+/* End of an outermost call on the main thread (GIL held, depth already 0): a SIGINT that
+   arrived as the call finished must not interrupt the next one. */
+void bp_sigint_leave(bp_port *p) {
+    if (p->depth != 0 || !(atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_TRIPPED) & BP_SIGINT_TRIPPED)) return;
+    if (!pthread_equal(pthread_self(), bp_main_thread)) return;
+    PyOS_InterruptOccurred(); /* clears it */
+    interrupt_queued = 0;     /* a loop that ended before its queued interrupt ran */
+}
+
+static PyObject *raise_queued_interrupt(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    if (!interrupt_queued) Py_RETURN_NONE; /* queued by a call that has ended */
+    interrupt_queued = 0;
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    return NULL;
+}
+
+static PyMethodDef queued_interrupt_def = {"bunpy_keyboard_interrupt", raise_queued_interrupt, METH_NOARGS,
+                                           "Raises KeyboardInterrupt (Ctrl-C, from inside a running asyncio loop)."};
+
+/* Python's SIGINT handler in the main interpreter. Raising KeyboardInterrupt at any
+   bytecode can leave asyncio's loop wedged (an interrupt inside call_soon drops a task's
+   next step, and asyncio.run's clean-up then waits for it forever); asyncio.run avoids
+   that with its own handler, which we keep out (it would take SIGINT from Bun). So inside
+   a running loop the exception is raised from a loop callback, a point asyncio expects
+   it; a second Ctrl-C before that callback ran (a callback that never yields) raises at
+   once. */
+static PyObject *python_sigint(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *loop = NULL;
+    if (!interrupt_queued) {
+        PyObject *name = PyUnicode_FromString("asyncio");
+        PyObject *asyncio = name ? PyImport_GetModule(name) : NULL;
+        Py_XDECREF(name);
+        loop = asyncio ? PyObject_CallMethod(asyncio, "_get_running_loop", NULL) : NULL;
+        Py_XDECREF(asyncio);
+        PyErr_Clear();
+    }
+    if (loop && loop != Py_None) {
+        PyObject *cb = PyCFunction_New(&queued_interrupt_def, NULL);
+        PyObject *h = cb ? PyObject_CallMethod(loop, "call_soon_threadsafe", "O", cb) : NULL;
+        Py_XDECREF(cb);
+        Py_DECREF(loop);
+        if (h) {
+            Py_DECREF(h);
+            interrupt_queued = 1;
+            Py_RETURN_NONE;
+        }
+        PyErr_Clear(); /* a closed loop: raise here */
+    } else {
+        Py_XDECREF(loop);
+    }
+    interrupt_queued = 0; /* raised here: a queued one would interrupt asyncio's clean-up */
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    return NULL;
+}
+
+static PyMethodDef sigint_def = {"bunpy_sigint", python_sigint, METH_VARARGS,
+                                 "bunpy_sigint(signum, frame)\n--\n\nRaises KeyboardInterrupt (Ctrl-C during a call from JS)."};
+
+/* Python's SIGINT handler (a Python callable) without Python's C-level handler: setting it
+   with _signal.signal installs that C handler, so the process's handler is put back. */
+static int set_python_sigint(void) {
+    struct sigaction keep;
+    if (sigaction(SIGINT, NULL, &keep) != 0) return -1;
+    PyObject *mod = PyImport_ImportModule("_signal");
+    PyObject *fn = mod ? PyCFunction_New(&sigint_def, NULL) : NULL;
+    PyObject *r = fn ? PyObject_CallMethod(mod, "signal", "iO", SIGINT, fn) : NULL;
+    sigaction(SIGINT, &keep, NULL);
+    Py_XDECREF(r);
+    Py_XDECREF(fn);
+    Py_XDECREF(mod);
+    return r ? 0 : -1;
 }
 
 /* Fact 1: bun:ffi opened us (and so libpython) RTLD_LOCAL; C extension modules need
@@ -98,7 +243,7 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
         goto failed;
     }
     if (promote_libpython(err, errlen) < 0) goto failed;
-    keep_ctrl_c();
+    install_sigint_handler();
     if (bp_sandbox_install() < 0) { /* before initialising: it then sees every interpreter */
         snprintf(err, (size_t)errlen, "cannot install bunpy's audit hook");
         goto failed;
@@ -140,6 +285,7 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
         goto failed;
     }
     Py_DECREF(mod);
+    if (set_python_sigint() < 0) PyErr_WriteUnraisable(NULL); /* Ctrl-C then ends the process only */
 
     bp_main_interp = PyInterpreterState_Main();
     bp_python_dir = strdup(python_dir);

@@ -227,3 +227,206 @@ int bp_policy_refuses(const char *rule) {
     if (strcmp(rule, "sockets") == 0) return pol->refuse_sockets;
     return 0;
 }
+
+/* ---- extension loads in owngil contexts (DESIGN.md facts 3 and 13) ---------------------
+ *
+ * Every load of an extension module from a file ends in _imp.create_dynamic(spec): the
+ * finder, spec_from_file_location + module_from_spec, ExtensionFileLoader, load_module.
+ * In an owngil context the attribute is replaced by a C function that checks the spec
+ * first and then calls CPython's own function through its C pointer, so no Python object
+ * holding the original is left in the interpreter to be reached. A fresh `_imp` module
+ * (made with _imp.create_builtin) gets the same treatment.
+ *
+ * The wrapper's __self__ is a tuple (imp module, refused names, allowed names or None,
+ * extension directory or None): all immutable.
+ */
+typedef PyObject *(*bp_fast_fn)(PyObject *, PyObject *const *, Py_ssize_t);
+
+/* CPython's C functions behind _imp.create_dynamic/create_builtin: one libpython per
+   process, so plain C pointers (no PyObject) are valid in every interpreter. */
+static PyCFunction orig_create_dynamic, orig_create_builtin;
+static int orig_create_dynamic_flags, orig_create_builtin_flags;
+
+static PyObject *call_original(PyCFunction fn, int flags, PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    switch (flags & (METH_VARARGS | METH_FASTCALL | METH_NOARGS | METH_O | METH_KEYWORDS)) {
+    case METH_FASTCALL:
+        return ((bp_fast_fn)(void (*)(void))fn)(self, args, nargs);
+    case METH_O:
+        if (nargs != 1) break;
+        return fn(self, args[0]);
+    case METH_VARARGS: {
+        PyObject *tuple = PyTuple_New(nargs);
+        if (!tuple) return NULL;
+        for (Py_ssize_t i = 0; i < nargs; i++) PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+        PyObject *r = fn(self, tuple);
+        Py_DECREF(tuple);
+        return r;
+    }
+    }
+    PyErr_SetString(PyExc_TypeError, "bunpy: unexpected arguments for an import function");
+    return NULL;
+}
+
+/* Is `origin` a file directly inside `dir` (both compared after realpath)? */
+static int in_directory(PyObject *origin, PyObject *dir) {
+    PyObject *bytes = NULL;
+    if (!PyUnicode_Check(origin) || !PyUnicode_FSConverter(origin, &bytes)) {
+        PyErr_Clear();
+        return 0;
+    }
+    char real[PATH_MAX];
+    int ok = realpath(PyBytes_AS_STRING(bytes), real) != NULL;
+    Py_DECREF(bytes);
+    if (!ok) return 0;
+    char *slash = strrchr(real, '/');
+    if (!slash) return 0;
+    *slash = 0;
+    const char *d = PyUnicode_AsUTF8(dir);
+    if (!d) {
+        PyErr_Clear();
+        return 0;
+    }
+    return strcmp(real, d) == 0;
+}
+
+/* 0 when the spec may load, -1 with ImportError set when it may not. */
+static int check_extension(PyObject *policy, PyObject *spec) {
+    PyObject *refused = PyTuple_GET_ITEM(policy, 1), *allowed = PyTuple_GET_ITEM(policy, 2);
+    PyObject *dir = PyTuple_GET_ITEM(policy, 3);
+    PyObject *name = PyObject_GetAttrString(spec, "name");
+    if (!name) return -1;
+    if (!PyUnicode_Check(name)) {
+        Py_DECREF(name);
+        PyErr_SetString(PyExc_TypeError, "bunpy: an extension module's spec.name must be a str");
+        return -1;
+    }
+    PyObject *origin = PyObject_GetAttrString(spec, "origin");
+    if (!origin) {
+        Py_DECREF(name);
+        return -1;
+    }
+    /* the init function is looked up by the last part of the name (PyInit_<last>) */
+    Py_ssize_t len = PyUnicode_GET_LENGTH(name);
+    Py_ssize_t dot = PyUnicode_FindChar(name, '.', 0, len, -1);
+    PyObject *last = dot >= 0 ? PyUnicode_Substring(name, dot + 1, len) : Py_NewRef(name);
+    int rc = 0;
+    const char *why = NULL;
+    if (!last) rc = -1;
+    else if ((rc = PySet_Contains(refused, last)) > 0)
+        why = "is not safe in a subinterpreter on this Python; the pure-Python version of the module is used instead "
+              "where there is one";
+    else if (rc == 0 && allowed != Py_None) {
+        rc = PySet_Contains(allowed, name);
+        if (rc == 0 || (rc > 0 && dir != Py_None && !in_directory(origin, dir))) {
+            rc = 1;
+            why = "is not known to be multi-phase: single-phase extension modules cannot load in an owngil context "
+                  "on Python 3.12 (trying one corrupts the process); use a context with mode 'worker' (or Python 3.13)";
+        } else if (rc > 0) {
+            rc = 0;
+        }
+    }
+    Py_XDECREF(last);
+    if (rc > 0) {
+        PyObject *msg = PyUnicode_FromFormat("bunpy: the extension module %U %s", name, why);
+        if (msg) {
+            PyErr_SetImportError(msg, name, origin == Py_None ? NULL : origin);
+            Py_DECREF(msg);
+        }
+        rc = -1;
+    }
+    Py_DECREF(name);
+    Py_DECREF(origin);
+    return rc;
+}
+
+static PyObject *guarded_create_builtin(PyObject *policy, PyObject *const *args, Py_ssize_t nargs);
+
+static PyObject *guarded_create_dynamic(PyObject *policy, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "create_dynamic(spec, file=None, /)");
+        return NULL;
+    }
+    if (check_extension(policy, args[0]) < 0) return NULL;
+    return call_original(orig_create_dynamic, orig_create_dynamic_flags, PyTuple_GET_ITEM(policy, 0), args, nargs);
+}
+
+static PyMethodDef create_dynamic_def = {"create_dynamic", (PyCFunction)(void (*)(void))guarded_create_dynamic,
+                                         METH_FASTCALL, "create_dynamic(spec, file=None, /)\n--\n\n"
+                                                        "Create an extension module (checked by bunpy first)."};
+static PyMethodDef create_builtin_def = {"create_builtin", (PyCFunction)(void (*)(void))guarded_create_builtin,
+                                         METH_FASTCALL, "create_builtin(spec, /)\n--\n\nCreate a built-in module."};
+
+/* Replaces imp.create_dynamic/create_builtin by guarded versions. policy[0] is `imp`. */
+static int guard_imp(PyObject *imp, PyObject *refused, PyObject *allowed, PyObject *dir) {
+    PyObject *policy = PyTuple_Pack(4, imp, refused, allowed, dir);
+    if (!policy) return -1;
+    PyMethodDef *defs[2] = {&create_dynamic_def, &create_builtin_def};
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        PyObject *fn = PyCFunction_NewEx(defs[i], policy, NULL);
+        rc = fn ? PyObject_SetAttrString(imp, defs[i]->ml_name, fn) : -1;
+        Py_XDECREF(fn);
+    }
+    Py_DECREF(policy);
+    return rc;
+}
+
+static PyObject *guarded_create_builtin(PyObject *policy, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *mod = call_original(orig_create_builtin, orig_create_builtin_flags, PyTuple_GET_ITEM(policy, 0), args, nargs);
+    if (!mod || !PyModule_Check(mod)) return mod;
+    /* a second `_imp` module would bring back the unguarded functions: guard it too */
+    const char *name = PyModule_GetName(mod);
+    if (!name) PyErr_Clear();
+    else if (strcmp(name, "_imp") == 0 &&
+             guard_imp(mod, PyTuple_GET_ITEM(policy, 1), PyTuple_GET_ITEM(policy, 2), PyTuple_GET_ITEM(policy, 3)) < 0)
+        Py_CLEAR(mod);
+    return mod;
+}
+
+/* Takes CPython's function `name` from `imp`, checking it is the C function we expect. */
+static int take_original(PyObject *imp, const char *name, PyMethodDef *ours, PyCFunction *fn, int *flags) {
+    PyObject *f = PyObject_GetAttrString(imp, name);
+    if (!f) return -1;
+    int ok = PyCFunction_Check(f) && ((PyCFunctionObject *)f)->m_ml != ours;
+    if (ok && !*fn) {
+        *fn = PyCFunction_GET_FUNCTION(f);
+        *flags = PyCFunction_GET_FLAGS(f);
+    }
+    int already = PyCFunction_Check(f) && ((PyCFunctionObject *)f)->m_ml == ours;
+    Py_DECREF(f);
+    if (!ok && !already) {
+        PyErr_Format(PyExc_RuntimeError, "bunpy: _imp.%s is not CPython's own function", name);
+        return -1;
+    }
+    return already ? 1 : 0;
+}
+
+/* _bunpy.guard_extensions(refused, allowed, dir): in the current (owngil) interpreter,
+   refuse to load extension modules whose name's last part is in `refused`, and — when
+   `allowed` is not None — any whose name is not in `allowed` or whose file is not directly
+   in `dir` (None: any directory). Called once by bunpy._context.setup; a second call is an
+   error. */
+PyObject *bp_guard_extensions(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    (void)m;
+    if (nargs != 3 || !PyFrozenSet_Check(args[0]) || (args[1] != Py_None && !PyFrozenSet_Check(args[1])) ||
+        (args[2] != Py_None && !PyUnicode_Check(args[2]))) {
+        PyErr_SetString(PyExc_TypeError, "guard_extensions(refused: frozenset, allowed: frozenset | None, dir: str | None)");
+        return NULL;
+    }
+    PyObject *imp = PyImport_ImportModule("_imp");
+    if (!imp) return NULL;
+    /* the first interpreter to get here records the C pointers (same in every interpreter) */
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&once);
+    int a = take_original(imp, "create_dynamic", &create_dynamic_def, &orig_create_dynamic, &orig_create_dynamic_flags);
+    int b = a < 0 ? -1
+                  : take_original(imp, "create_builtin", &create_builtin_def, &orig_create_builtin,
+                                  &orig_create_builtin_flags);
+    pthread_mutex_unlock(&once);
+    int rc = -1;
+    if (a == 1 || b == 1) PyErr_SetString(PyExc_RuntimeError, "bunpy: extension loads are already guarded here");
+    else if (a == 0 && b == 0) rc = guard_imp(imp, args[0], args[1], args[2]);
+    Py_DECREF(imp);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}

@@ -8,6 +8,8 @@ const { i32, i64, ptr, u32 } = FFIType;
 const symbols = {
   bp_init: { args: [ptr, ptr, ptr, i32], returns: i32 },
   bp_finalize: { args: [ptr], returns: i32 },
+  bp_sigint_changed: { args: [], returns: FFIType.void },
+  bp_sigint_refresh: { args: [], returns: FFIType.void },
   bp_io_new: { args: [ptr], returns: ptr },
   bp_io_free: { args: [ptr], returns: FFIType.void },
   bp_io_reserve: { args: [ptr, u32], returns: i32 },
@@ -52,6 +54,8 @@ type P = number;
 export interface Shim {
   bp_init(program: Buffer, pythonDir: Buffer, err: Buffer, errLen: number): number;
   bp_finalize(io: P): number;
+  bp_sigint_changed(): void;
+  bp_sigint_refresh(): void;
   bp_io_new(dispatch: P | null): P | null;
   bp_io_free(io: P): void;
   bp_io_reserve(io: P, need: number): number;

@@ -6,6 +6,7 @@
  *   const json = py.import("json");
  *   json.dumps({ a: 1 }, py.kw({ indent: 2 }));
  */
+import { isMainThread } from "node:worker_threads";
 import { Kwargs, type KwargsObject } from "./codec.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
@@ -34,6 +35,7 @@ function rt(): MainInterpreter {
   if (main !== undefined) return main;
   if (closed) throw new PythonClosedError(CLOSED_MESSAGE);
   main = new MainInterpreter();
+  if (isMainThread) watchSigint(main);
   return main;
 }
 
@@ -43,6 +45,22 @@ function running(): MainInterpreter {
   const m = rt();
   if (m.isClosed) throw new PythonClosedError(CLOSED_MESSAGE);
   return m;
+}
+
+/**
+ * Ctrl-C: while a Python call runs on this thread and JS has a SIGINT listener, the shim
+ * makes Python raise KeyboardInterrupt and then lets Bun queue the listener. Bun replaces
+ * the process's SIGINT handler when the first listener is added and when the last goes;
+ * the shim puts its own back in front at the next call into Python (or the next microtask).
+ */
+function watchSigint(m: MainInterpreter): void {
+  const changed = (event: string | symbol) => {
+    if (event !== "SIGINT") return;
+    m.lib.bp_sigint_changed();
+    queueMicrotask(() => m.lib.bp_sigint_refresh());
+  };
+  process.on("newListener", changed);
+  process.on("removeListener", changed);
 }
 
 /** A one-object operation (len, repr, type name) on a proxy, with a TypeError naming `what`. */

@@ -139,6 +139,9 @@ def setup(owngil, policy=None):
         strict = sys.version_info[:2] == (3, 12)
         if names or strict:
             sys.meta_path.insert(0, RefuseUnsafeExtensions(names, strict))
+            from bunpy import _guard  # the same check where loads by file path pass too
+
+            _guard.install(names, MULTI_PHASE_312 if strict else None)
     else:
         track_threads()
     install_loop_policy()
