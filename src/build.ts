@@ -169,8 +169,10 @@ export function runZig(
   include: string,
   prefix: string,
   extra: string[] = [],
+  /** zig's cache directory to use and keep (scripts/prebuild.ts shares one across builds) */
+  keepCaches?: string,
 ): { ok: boolean; output: string; signal?: string } {
-  const caches = mkdtempSync(join(tmpdir(), "bunpy-zig-"));
+  const caches = keepCaches ?? mkdtempSync(join(tmpdir(), "bunpy-zig-"));
   const args = [
     zig,
     "build",
@@ -192,7 +194,7 @@ export function runZig(
   } catch (e) {
     return { ok: false, output: (e as Error).message };
   } finally {
-    rmSync(caches, { recursive: true, force: true });
+    if (!keepCaches) rmSync(caches, { recursive: true, force: true });
   }
 }
 

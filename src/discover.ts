@@ -109,9 +109,17 @@ function isEntry(path: string): boolean {
   }
 }
 
+/** pyenv's shim directories: a shim runs whichever Python .python-version names in the
+    directory it runs in, so what a probe learnt from it would not hold elsewhere. pyenv's
+    versions are searched directly instead. */
+function isPyenvShims(dir: string): boolean {
+  const root = process.env.PYENV_ROOT || join(homedir(), ".pyenv");
+  return dir === join(root, "shims") || dir.endsWith("/pyenv-virtualenv/shims");
+}
+
 function onPath(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-    if (!dir) continue;
+    if (!dir || isPyenvShims(dir)) continue;
     const p = join(dir, name);
     if (isFile(p)) return p;
   }
@@ -368,7 +376,7 @@ const VERSION_REQUEST = /^(?:cpython-?|python)?3\.(\d+)(?:\.(\d+))?$/;
  * "cpython-3.12", a pyenv version or virtualenv name): pyenv's versions, uv's Pythons, then
  * python3.<minor> on PATH; the newest matching one bunpy can embed wins.
  */
-function findVersion(request: string, label: string, fix: string): PythonInfo {
+export function findVersion(request: string, label: string, fix: string): PythonInfo {
   const versionsDir = pyenvVersionsDir();
   // a pyenv version or pyenv-virtualenv name, as written
   const exact = join(versionsDir, request, "bin", "python3");
