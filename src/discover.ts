@@ -369,7 +369,7 @@ function uvPythonsDir(): string {
   return join(env.XDG_DATA_HOME || join(homedir(), ".local", "share"), "uv", "python");
 }
 
-const VERSION_REQUEST = /^(?:cpython-?|python)?3\.(\d+)(?:\.(\d+))?$/;
+const VERSION_REQUEST = /^(?:cpython-?)?3\.(\d+)(?:\.(\d+))?$/;
 
 /**
  * A version request as .python-version or package.json write it ("3.12", "3.12.1",
@@ -518,7 +518,7 @@ const sources: [string, Source][] = [
       else if (field.includes("/") || field.startsWith(".")) path = resolve(dir, field);
       else if (VERSION_REQUEST.test(field)) return { python: findVersion(field, label, fix), why, path: file };
       else {
-        const found = Bun.which(field);
+        const found = onPath(field) ?? Bun.which(field);
         if (!found) throw new PythonNotFoundError(`${label}: there is no ${field} on PATH; ${fix}`);
         path = found;
       }
