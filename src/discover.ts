@@ -6,7 +6,7 @@
  * package.json's `"bunpy": { "python" }`; the first of these present decides, and one that
  * does not fit is an error saying why, never a silent fall-back to another Python. Else
  * the search: python3.14 … python3.12 on PATH, $(pyenv root)/versions/* newest first,
- * python3 on PATH: the first CPython ≥ 3.11 with a shared libpython and headers wins. What each interpreter reports about itself
+ * python3 on PATH: the first CPython ≥ 3.11 with a shared libpython wins. What each interpreter reports about itself
  * (sysconfig) is cached by path, size and mtime, so later starts spawn nothing.
  */
 import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, writeFileSync, renameSync } from "node:fs";
@@ -236,8 +236,7 @@ function unusable(p: Probe): string | undefined {
   if (!p.shared || !p.libdir)
     return `is Python ${p.version} without a shared libpython (${p.ldlibrary || "none"}) (rebuild it with --enable-shared; pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install ${p.version})`;
   if (p.freeThreaded) return `is a free-threaded (no-GIL) build of Python ${p.version}, which bunpy does not support yet (use a regular build)`;
-  if (!existsSync(join(p.include, "Python.h")))
-    return `is Python ${p.version} without its C headers in ${p.include} (install them; Debian: apt-get install python3-dev)`;
+  // C headers are checked when a shim has to be built: a prebuilt shim needs none
   return undefined;
 }
 
@@ -252,7 +251,7 @@ function toInfo(executable: string, p: Probe): PythonInfo {
     libdir: p.libdir,
     library,
     freeThreaded: p.freeThreaded,
-    libpython: p.libfile,
+    libpython: p.libfile || join(p.libdir, p.ldlibrary),
     abiflags: p.abiflags,
     prefix: p.prefix,
     basePrefix: p.basePrefix,
@@ -475,7 +474,7 @@ const sources: [string, Source][] = [
       const dir = upward().find((d) => isDir(join(d, ".venv")));
       if (!dir) return { skip: `no .venv in ${process.cwd()} or its parents` };
       const venv = join(dir, ".venv");
-      const fix = `recreate it (uv venv, or python3 -m venv ${venv}), remove it, or set BUNPY_PYTHON to the Python to use`;
+      const fix = `remove it, or set BUNPY_PYTHON to the Python to use (\`uv venv\` or \`python3 -m venv ${venv}\` makes a new one)`;
       return { python: findVenv(venv, `the project's virtual environment ${venv}`, fix), why: `the project has a virtual environment at ${venv}`, path: venv };
     },
   ],
@@ -601,7 +600,7 @@ function search(steps: DiscoveryStep[], all: boolean): Discovery {
   ];
   const error = new PythonNotFoundError(
     [
-      "bunpy could not find a usable Python (CPython 3.11+ with a shared libpython and headers).",
+      "bunpy could not find a usable Python (CPython 3.11+ with a shared libpython).",
       `Looked in: ${places.join("; ")}.`,
       tried.length ? `Found but not usable:\n${tried.join("\n")}` : "Found no interpreter at all.",
       "Fix: install one (Debian: apt-get install python3-dev; pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install 3.13),",

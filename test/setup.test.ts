@@ -138,7 +138,7 @@ describe("discovery", () => {
     expect(r.stderr).toContain("needs 3.11 or newer");
   });
 
-  test("an interpreter without headers is refused, naming what is missing", () => {
+  test("an interpreter without headers: the build (no prebuilt shim here) says what is missing", () => {
     const dir = tmp("bunpy-fake-");
     const fake = join(dir, "python3");
     const probe = {
@@ -149,7 +149,8 @@ describe("discovery", () => {
     chmodSync(fake, 0o755);
     const r = run({ BUNPY_PYTHON: fake, BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain("without its C headers");
+    expect(r.stderr).toContain("BuildError");
+    expect(r.stderr).toContain(`building one needs Python's C headers, which are not in ${join(dir, "include")}`);
     expect(r.stderr).toContain("python3-dev");
   });
 
@@ -312,7 +313,7 @@ describe("discovery from the project", () => {
     const d = discoverIn(dir);
     expect(d.executable).toBeNull();
     expect(d.error).toContain(`the project's virtual environment ${join(dir, ".venv")}: its ${join(dir, ".venv", "bin", "python3")} is a link to /nonexistent/python3.12, which does not exist`);
-    expect(d.error).toContain("recreate it (uv venv, or python3 -m venv");
+    expect(d.error).toContain("recreate the environment, or remove it, or set BUNPY_PYTHON to the Python to use (`uv venv` or `python3 -m venv");
   });
 
   test(".python-version with a minor version picks pyenv's newest of that minor", () => {
