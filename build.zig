@@ -1,9 +1,13 @@
-// Builds the bunpy shim (shim/*.c) into a shared library linked against one libpython.
+// Builds the bunpy shim (shim/*.c) into a shared library for one CPython minor version.
 //
-//   zig build -Drelease=true -Dpy-include=DIR -Dpy-libdir=DIR -Dpy-lib=python3.13
+//   zig build -Dpy-include=DIR [-Dtarget=x86_64-linux-gnu.2.17]
 //
-// src/build.ts runs this once per Python and caches the result. Written for zig 0.11 (the
-// one on npm) and newer: APIs that changed are picked by zig version at comptime.
+// The library does not link libpython: its Python symbols stay undefined and are resolved
+// against the libpython bunpy loads (RTLD_GLOBAL) before it loads the shim, so one build
+// serves every CPython with the same minor version and ABI (like a wheel's extension
+// module). src/build.ts runs this once per Python when no prebuilt shim fits;
+// scripts/prebuild.ts builds the prebuilt ones. Written for zig 0.11 (the one on npm) and
+// newer: APIs that changed are picked by zig version at comptime.
 const std = @import("std");
 const builtin = @import("builtin");
 
@@ -49,10 +53,6 @@ pub fn build(b: *std.Build) void {
     const optimize = b.standardOptimizeOption(.{ .preferred_optimize_mode = .ReleaseFast });
     const py_include = b.option([]const u8, "py-include", "Python include directory (sysconfig 'include')") orelse
         @panic("missing -Dpy-include");
-    const py_libdir = b.option([]const u8, "py-libdir", "directory holding libpython (sysconfig LIBDIR)") orelse
-        @panic("missing -Dpy-libdir");
-    const py_lib = b.option([]const u8, "py-lib", "library name without lib prefix, e.g. python3.13") orelse
-        @panic("missing -Dpy-lib");
 
     const lib = if (comptime new_api)
         b.addSharedLibrary(.{ .name = "bunpy", .target = target, .optimize = optimize, .link_libc = true })
@@ -65,9 +65,12 @@ pub fn build(b: *std.Build) void {
         lib.addCSourceFiles(&sources, &cflags);
         lib.linkLibC();
     }
+    // -Dstrip=true drops debug info (prebuilt shims: ~3x smaller).
+    if (b.option(bool, "strip", "strip debug info") orelse false) {
+        if (comptime new_api) lib.root_module.strip = true else lib.strip = true;
+    }
     lib.addIncludePath(lazyPath(b, py_include));
-    lib.addLibraryPath(lazyPath(b, py_libdir));
-    lib.addRPath(lazyPath(b, py_libdir));
-    lib.linkSystemLibrary(py_lib);
+    // Python's symbols come from the libpython already loaded globally (no DT_NEEDED on it).
+    lib.linker_allow_shlib_undefined = true;
     b.installArtifact(lib);
 }

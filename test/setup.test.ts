@@ -138,7 +138,7 @@ describe("discovery", () => {
     expect(r.stderr).toContain("needs 3.11 or newer");
   });
 
-  test("an interpreter without headers is refused, naming what is missing", () => {
+  test("an interpreter without headers: the build (no prebuilt shim here) says what is missing", () => {
     const dir = tmp("bunpy-fake-");
     const fake = join(dir, "python3");
     const probe = {
@@ -149,7 +149,8 @@ describe("discovery", () => {
     chmodSync(fake, 0o755);
     const r = run({ BUNPY_PYTHON: fake, BUNPY_CACHE_DIR: tmp("bunpy-cache-") });
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain("without its C headers");
+    expect(r.stderr).toContain("BuildError");
+    expect(r.stderr).toContain(`building one needs Python's C headers, which are not in ${join(dir, "include")}`);
     expect(r.stderr).toContain("python3-dev");
   });
 
@@ -229,5 +230,160 @@ describe("shim build", () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain("BuildError");
     expect(r.stderr).toContain("/nonexistent/zig");
+  });
+});
+
+// Project conventions: .venv, .python-version, package.json "bunpy": { "python" }, each in a
+// temporary project (cwd), with BUNPY_PYTHON and VIRTUAL_ENV unset.
+const DISCOVER = join(import.meta.dir, "fixtures", "discover.ts");
+const py312 = join(PYENV, "3.12.1", "bin", "python3");
+const py311 = join(PYENV, "3.11.7", "bin", "python3");
+
+interface Found {
+  executable: string | null;
+  version: string | null;
+  why: string | null;
+  error: string | null;
+  steps: { source: string; path?: string; outcome: string }[];
+}
+
+function discoverIn(cwd: string, env: Record<string, string | undefined> = {}): Found {
+  const merged: Record<string, string> = {};
+  for (const [k, v] of Object.entries({ ...process.env, BUNPY_PYTHON: undefined, VIRTUAL_ENV: undefined, ...env })) if (v !== undefined) merged[k] = v;
+  const r = Bun.spawnSync([process.execPath, DISCOVER], { cwd, env: merged, stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(r.stderr.toString());
+  return JSON.parse(r.stdout.toString()) as Found;
+}
+
+/** A temporary project: package.json (with `pkg` merged in) and the given files. */
+function project(files: Record<string, string> = {}, pkg: object = {}): string {
+  const dir = tmp("bunpy-proj-");
+  writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "app", ...pkg }));
+  for (const [name, text] of Object.entries(files)) {
+    mkdirSync(join(dir, name, ".."), { recursive: true });
+    writeFileSync(join(dir, name), text);
+  }
+  return dir;
+}
+
+function makeVenv(python: string, dir: string): string {
+  const made = Bun.spawnSync([python, "-m", "venv", "--without-pip", dir]);
+  if (made.exitCode !== 0) throw new Error(made.stderr.toString());
+  return dir;
+}
+
+describe("discovery from the project", () => {
+  test("a .venv in the project is used, found from a subdirectory", () => {
+    const dir = project({ "src/deep/keep": "" });
+    const venv = makeVenv(py312, join(dir, ".venv"));
+    const d = discoverIn(join(dir, "src", "deep"));
+    expect(d.error).toBeNull();
+    expect(d.executable).toBe(join(venv, "bin", "python3"));
+    expect(d.version).toBe("3.12.1");
+    expect(d.why).toBe(`the project has a virtual environment at ${venv}`);
+    expect(d.steps.map((s) => s.source)).toEqual(["BUNPY_PYTHON", "VIRTUAL_ENV", ".venv"]);
+  });
+
+  test("the .venv's packages are importable and sys.executable is its python", () => {
+    const dir = project();
+    const venv = makeVenv(py313, join(dir, ".venv"));
+    writeFileSync(join(venv, "lib", "python3.13", "site-packages", "bunpy_dotvenv_probe.py"), "def value():\n    return 'from .venv'\n");
+    const merged: Record<string, string> = {};
+    for (const [k, v] of Object.entries({ ...process.env, BUNPY_PYTHON: undefined, VIRTUAL_ENV: undefined })) if (v !== undefined) merged[k] = v;
+    const r = Bun.spawnSync([process.execPath, START, "bunpy_dotvenv_probe"], { cwd: dir, env: merged, stdout: "pipe", stderr: "pipe" });
+    expect(r.exitCode).toBe(0);
+    const info = JSON.parse(r.stdout.toString());
+    expect(info.extra).toBe("from .venv");
+    expect(info.sysExecutable).toBe(join(venv, "bin", "python3"));
+    expect(info.prefix).toBe(venv);
+  }, 120_000);
+
+  test("VIRTUAL_ENV wins over the project's .venv", () => {
+    const dir = project();
+    makeVenv(py312, join(dir, ".venv"));
+    const other = makeVenv(py313, join(tmp("bunpy-venv-"), "env"));
+    const d = discoverIn(dir, { VIRTUAL_ENV: other });
+    expect(d.executable).toBe(join(other, "bin", "python3"));
+  });
+
+  test("a broken .venv is an error naming it, not a switch to another Python", () => {
+    const dir = project();
+    mkdirSync(join(dir, ".venv", "bin"), { recursive: true });
+    symlinkSync("/nonexistent/python3.12", join(dir, ".venv", "bin", "python3"));
+    const d = discoverIn(dir);
+    expect(d.executable).toBeNull();
+    expect(d.error).toContain(`the project's virtual environment ${join(dir, ".venv")}: its ${join(dir, ".venv", "bin", "python3")} is a link to /nonexistent/python3.12, which does not exist`);
+    expect(d.error).toContain("recreate the environment, or remove it, or set BUNPY_PYTHON to the Python to use (`uv venv` or `python3 -m venv");
+  });
+
+  test(".python-version with a minor version picks pyenv's newest of that minor", () => {
+    const dir = project({ ".python-version": "3.12\n" });
+    const d = discoverIn(dir);
+    expect(d.error).toBeNull();
+    expect(d.executable).toBe(py312);
+    expect(d.why).toBe(`${join(dir, ".python-version")} asks for 3.12`);
+  });
+
+  test(".python-version with a full version, a comment and several versions: the first is used", () => {
+    const dir = project({ ".python-version": "# pinned\n3.11.7\n3.13.0\n", "sub/x": "" });
+    const d = discoverIn(join(dir, "sub"));
+    expect(d.executable).toBe(py311);
+    expect(d.version).toBe("3.11.7");
+  });
+
+  test(".venv wins over .python-version", () => {
+    const dir = project({ ".python-version": "3.11\n" });
+    const venv = makeVenv(py312, join(dir, ".venv"));
+    expect(discoverIn(dir).executable).toBe(join(venv, "bin", "python3"));
+  });
+
+  test(".python-version naming a version that is not installed says how to install it", () => {
+    const dir = project({ ".python-version": "3.12.99\n" });
+    const d = discoverIn(dir);
+    expect(d.executable).toBeNull();
+    expect(d.error).toContain(`${join(dir, ".python-version")} (3.12.99) asks for Python 3.12.99`);
+    expect(d.error).toContain("pyenv install 3.12.99");
+    expect(d.error).toContain("uv python install 3.12.99");
+  });
+
+  test(".python-version naming a Python bunpy cannot embed says why", () => {
+    if (!existsSync(join(PYENV, "3.10.13"))) return;
+    const dir = project({ ".python-version": "3.10\n" });
+    const d = discoverIn(dir);
+    expect(d.error).toContain("is Python 3.10.13, and bunpy needs 3.11 or newer");
+    const bad = discoverIn(project({ ".python-version": "pypy3.10\n" }));
+    expect(bad.error).toContain('"pypy3.10" is not a CPython version bunpy understands');
+  });
+
+  test('package.json "bunpy": { "python" } as a version, a venv directory, a command', () => {
+    const byVersion = discoverIn(project({}, { bunpy: { python: "3.13" } }));
+    expect(byVersion.executable).toBe(py313);
+    expect(byVersion.why).toContain('"bunpy": { "python": "3.13" }');
+    const dir = project({}, { bunpy: { python: "./envs/py312" } });
+    const venv = makeVenv(py312, join(dir, "envs", "py312"));
+    expect(discoverIn(dir).executable).toBe(join(venv, "bin", "python3"));
+    const bin = join(PYENV, "3.11.7", "bin");
+    const byName = discoverIn(project({}, { bunpy: { python: "python3.11" } }), { PATH: `${bin}:${process.env.PATH}` });
+    expect(byName.executable).toBe(join(bin, "python3.11"));
+  });
+
+  test(".python-version wins over package.json", () => {
+    const dir = project({ ".python-version": "3.11\n" }, { bunpy: { python: "3.13" } });
+    expect(discoverIn(dir).executable).toBe(py311);
+  });
+
+  test("package.json mistakes are errors naming the field", () => {
+    const missing = project({}, { bunpy: { python: "./nope/python3" } });
+    const d = discoverIn(missing);
+    expect(d.error).toContain(`${join(missing, "package.json")} "bunpy": { "python": "./nope/python3" }: ${join(missing, "nope", "python3")} does not exist`);
+    const wrongType = project({}, { bunpy: { python: 3.12 } });
+    expect(discoverIn(wrongType).error).toContain("the value must be a non-empty string");
+  });
+
+  test("with no project setting, the search decides and says so", () => {
+    const d = discoverIn(project());
+    expect(d.error).toBeNull();
+    expect(d.why).toContain("no project setting names a Python");
+    expect(d.steps.slice(0, 5).map((s) => s.outcome.split(" ")[0])).toEqual(["not", "not", "no", "no", expect.stringContaining("/")]);
   });
 });
