@@ -147,10 +147,8 @@ test("SIGINT with no listener ends the script during a spinning Python call", as
   expect(proc.signalCode).toBe("SIGINT");
 });
 
-// Depends on close() interrupting a running call (branch h-life, issue 9 "interrupts that
-// always land"): today close() waits for the spinning call, so this stays a todo until then.
-// The signal path itself does not block it: the listener runs ("listener" is printed).
-test.todo("a SIGINT listener that closes a context spinning in Python finishes", async () => {
+// close() gives the running call its grace time, then interrupts it (docs/contexts.md).
+test("a SIGINT listener that closes a context spinning in Python finishes", async () => {
   const r = await withListener("close-spinning-context");
   expect(r.lines).toContain("listener");
   expect(r.lines).toContain("closed");
