@@ -6,6 +6,7 @@
  */
 import { types } from "node:util";
 import { ConversionError } from "./errors.ts";
+import { behindProxy, changed, describe, finish, keySegment, loneSurrogate, within } from "./conversion-failures.ts";
 import { viewOf, readPointer, type Shim } from "./ffi.ts";
 
 export const enum Tag {
@@ -64,67 +65,6 @@ export interface WireHooks {
 export const METHOD: unique symbol = Symbol("bunpy.method");
 
 const TWO_32 = 2 ** 32;
-
-/** Adds a path segment to an error travelling out of a container. A ConversionError gets
-    it in its path; anything else (an exception thrown by a getter or Proxy trap) goes on
-    unchanged and carries the path in a `bunpyPath` property when it is an object. */
-function within(e: unknown, segment: string): unknown {
-  if (e instanceof ConversionError && !finished.has(e)) return e.within(segment);
-  if (typeof e === "object" && e !== null) {
-    try {
-      const inner = (e as { bunpyPath?: unknown }).bunpyPath;
-      const path = typeof inner === "string" ? segment + (inner.startsWith("[") || inner === "" ? "" : ".") + inner : segment;
-      Object.defineProperty(e, "bunpyPath", { value: path, configurable: true, writable: true, enumerable: false });
-    } catch {
-      // a frozen or exotic object: it goes on without the path
-    }
-  }
-  return e;
-}
-
-/** ConversionErrors whose path is complete: thrown by a call a getter made, they cross
-    the outer conversion like any other exception (their path is not the outer one). */
-const finished = new WeakSet<ConversionError>();
-
-function finish(e: unknown): unknown {
-  if (e instanceof ConversionError) finished.add(e);
-  return e;
-}
-
-/** A container whose size changed while it was read (a getter or Proxy trap changed it). */
-function changed(what: string, before: number, after: number): ConversionError {
-  return new ConversionError(
-    `the ${what} changed while it was converted (${before} entries when it was first read, ${after} after); ` +
-      "nothing was sent to Python",
-  );
-}
-
-/** How a Map key appears in a path: `[2]`, `[a]`, or `[key 3]` for other keys. */
-function keySegment(k: unknown, index: number): string {
-  switch (typeof k) {
-    case "number":
-    case "boolean":
-    case "bigint":
-      return `[${String(k)}]`;
-    case "string":
-      return `[${k.length > 40 ? `${k.slice(0, 40)}…` : k}]`;
-    default:
-      return k === null || k === undefined ? `[${String(k)}]` : `[key ${index}]`;
-  }
-}
-
-function behindProxy(v: object): ConversionError {
-  return new ConversionError(
-    `cannot convert a Proxy of ${describe(v)} to Python: only arrays and plain objects can be read through a Proxy`,
-  );
-}
-
-function describe(v: unknown): string {
-  if (v === null) return "null";
-  if (typeof v !== "object") return `a ${typeof v}`;
-  const name = (v as object).constructor?.name;
-  return name ? `an instance of ${name}` : "an object with a custom prototype";
-}
 
 export class Wire {
   private u8!: Uint8Array;
@@ -681,24 +621,6 @@ export class Wire {
     if (this.header[4] !== this.gen) this.refresh();
     return this.dv.getUint32(1, true) + this.dv.getUint32(5, true) * TWO_32;
   }
-}
-
-function loneSurrogate(s: string): ConversionError {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdbff) {
-      const d = s.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        i++;
-        continue;
-      }
-    }
-    if (c >= 0xd800 && c <= 0xdfff)
-      return new ConversionError(
-        `string has a lone surrogate (\\u${c.toString(16)} at index ${i}); only well-formed Unicode can become a Python str`,
-      );
-  }
-  return new ConversionError("string is not well-formed Unicode");
 }
 
 declare global {
