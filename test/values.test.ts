@@ -1,5 +1,5 @@
 /**
- * The conversion table (docs: DESIGN.md "Values across the boundary"), both directions,
+ * The conversion table (docs/guide.md "Values crossing the boundary"), both directions,
  * with the real embedded CPython: JS -> Python is checked on the Python side (type name,
  * repr, equality tests written in Python), Python -> JS on the JS side.
  */

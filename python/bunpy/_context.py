@@ -4,7 +4,7 @@ import sys
 from importlib.machinery import ExtensionFileLoader, PathFinder
 
 # C accelerators that are unsafe in a subinterpreter with its own GIL on some releases
-# (DESIGN.md fact 3). Refusing them makes the stdlib fall back to its pure-Python versions
+# (fact 3 in docs/architecture.md). Refusing them makes the stdlib fall back to its pure-Python versions
 # (datetime -> _pydatetime, decimal -> _pydecimal, zoneinfo -> zoneinfo._zoneinfo).
 #   3.12.x: single-phase _decimal, _datetime, _zoneinfo double-free in a second interpreter
 #   3.13.0: _datetime races when isolated interpreters start or stop concurrently
