@@ -219,6 +219,20 @@ const { value: values } = fc.letrec<{ value: unknown }>((tie) => ({
 
 // ------------------------------------------------------------ plain round trips --
 
+/** A context with `ident(x)` defined, started before the describe block's tests and
+    closed after them; read it through `.current`. */
+function identityContext(): { current: Context } {
+  const holder = {} as { current: Context };
+  beforeAll(async () => {
+    holder.current = await py.context({ mode: hasOwnGil ? "owngil" : "worker" });
+    await holder.current.exec("def ident(x):\n    return x");
+  });
+  afterAll(async () => {
+    await holder.current.close();
+  });
+  return holder;
+}
+
 describe("round trips of random values", () => {
   test("main interpreter: py.call of an identity function", () => {
     fc.assert(
@@ -246,21 +260,14 @@ describe("round trips of random values", () => {
   });
 
   describe(`a context (${hasOwnGil ? "owngil" : "worker"})`, () => {
-    let ctx: Context;
-    beforeAll(async () => {
-      ctx = await py.context({ mode: hasOwnGil ? "owngil" : "worker" });
-      await ctx.exec("def ident(x):\n    return x");
-    });
-    afterAll(async () => {
-      await ctx.close();
-    });
+    const ctx = identityContext();
 
     test("await ctx.call of an identity function", async () => {
       await fc.assert(
         fc.asyncProperty(values, async (v) => {
           let outcome;
           try {
-            outcome = { ok: true as const, value: await ctx.call("__main__", "ident", [v]) };
+            outcome = { ok: true as const, value: await ctx.current.call("__main__", "ident", [v]) };
           } catch (error) {
             outcome = { ok: false as const, error };
           }
@@ -268,7 +275,7 @@ describe("round trips of random values", () => {
         }),
         { numRuns: runs(400) },
       );
-      expect(await ctx.eval("1 + 2")).toBe(3);
+      expect(await ctx.current.eval("1 + 2")).toBe(3);
     });
   });
 });
@@ -480,20 +487,13 @@ function wantTop(model: Node): unknown {
 }
 
 describe("values whose reading runs code", () => {
-  let ctx: Context;
-  beforeAll(async () => {
-    ctx = await py.context({ mode: hasOwnGil ? "owngil" : "worker" });
-    await ctx.exec("def ident(x):\n    return x");
-  });
-  afterAll(async () => {
-    await ctx.close();
-  });
+  const ctx = identityContext();
 
   test("getters and Proxies that call bunpy or change containers: the exact snapshot or a ConversionError", async () => {
     const dummy = py.eval("__import__('collections').deque(maxlen=4)");
     await fc.assert(
       fc.asyncProperty(nodes, async (model) => {
-        const run: Run = { ctx, started: [], dummy };
+        const run: Run = { ctx: ctx.current, started: [], dummy };
         const args: unknown[] = [];
         args.push(build(model, run, args));
         const wanted = wantTop(model);
@@ -510,13 +510,13 @@ describe("values whose reading runs code", () => {
     const dummy = py.eval("__import__('collections').deque(maxlen=4)");
     await fc.assert(
       fc.asyncProperty(nodes, async (model) => {
-        const run: Run = { ctx, started: [], dummy };
+        const run: Run = { ctx: ctx.current, started: [], dummy };
         const args: unknown[] = [];
         args.push(build(model, run, args));
         const wanted = wantTop(model);
         let outcome;
         try {
-          outcome = { ok: true as const, value: await ctx.call("__main__", "ident", args) };
+          outcome = { ok: true as const, value: await ctx.current.call("__main__", "ident", args) };
         } catch (error) {
           outcome = { ok: false as const, error };
         }
@@ -525,7 +525,7 @@ describe("values whose reading runs code", () => {
       }),
       { numRuns: runs(400) },
     );
-    expect(await ctx.eval("1 + 2")).toBe(3);
+    expect(await ctx.current.eval("1 + 2")).toBe(3);
     expect(py.call("operator", "add", [1, 2])).toBe(3);
   });
 });

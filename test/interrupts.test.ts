@@ -163,9 +163,12 @@ for (const mode of contextModes) {
       expect(await ctx.eval("sum(range(1000000))")).toBe(499999500000);
     });
 
-    test("item 7: a coroutine spinning after its first await is interrupted by a timeout", async () => {
+    test.each([
+      ["a coroutine spinning after its first await", "spin_after_await"],
+      ["a task that ignores its cancellation and spins", "spin_catching_cancel"],
+    ])("item 7: %s is interrupted by a timeout", async (_what, fn) => {
       const ctx = await ready(mode);
-      const err = await ctx.call("__main__", "spin_after_await", [], {}, { timeout: 100 }).catch((e) => e);
+      const err = await ctx.call("__main__", fn, [], {}, { timeout: 100 }).catch((e) => e);
       expect(err).toBeInstanceOf(CallTimeoutError);
       expect(await answers(ctx)).toBe(true);
       expect((await seen(ctx))[0]).toStartWith("Interrupted");
@@ -179,14 +182,6 @@ for (const mode of contextModes) {
       ac.abort(new Error("stop"));
       expect((await call).message).toBe("stop");
       expect(await answers(ctx)).toBe(true);
-    });
-
-    test("item 7: a task that ignores its cancellation and spins is interrupted too", async () => {
-      const ctx = await ready(mode);
-      const err = await ctx.call("__main__", "spin_catching_cancel", [], {}, { timeout: 100 }).catch((e) => e);
-      expect(err).toBeInstanceOf(CallTimeoutError);
-      expect(await answers(ctx)).toBe(true);
-      expect((await seen(ctx))[0]).toStartWith("Interrupted");
     });
 
     test("item 7: close() ends a spinning coroutine nobody cancelled (after its grace period)", async () => {

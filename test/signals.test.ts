@@ -8,19 +8,25 @@ import { py } from "../src/index.ts";
 // the child processes must not each spend the first-run shim build inside a test's time
 beforeAll(() => void py.version, 120_000);
 
-async function interrupt(where: "js" | "python") {
-  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "fixtures", "sigint.ts"), where], {
+/** Starts a fixture in a child Bun and waits until it prints "ready". */
+async function spawnReady(fixture: string, arg: string) {
+  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "fixtures", fixture), arg], {
     stdout: "pipe",
     stderr: "pipe",
   });
   const reader = proc.stdout.getReader();
-  let out = "";
-  while (!out.includes("ready")) {
+  const out = { text: "" };
+  while (!out.text.includes("ready")) {
     const { value, done } = await reader.read();
     if (done) break;
-    out += new TextDecoder().decode(value);
+    out.text += new TextDecoder().decode(value);
   }
-  expect(out).toContain("ready");
+  expect(out.text).toContain("ready");
+  return { proc, reader, out };
+}
+
+async function interrupt(where: "js" | "python") {
+  const { proc } = await spawnReady("sigint.ts", where);
   await Bun.sleep(200);
   proc.kill("SIGINT");
   const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
@@ -40,18 +46,7 @@ test("SIGINT ends the script while a Python call is running", async () => {
 // ---- with a JS listener: Python is interrupted, then the listener runs --------------------
 
 async function withListener(what: string, wait = 200, toOtherThread = false, times = 1) {
-  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "fixtures", "sigint-listener.ts"), what], {
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const reader = proc.stdout.getReader();
-  let out = "";
-  while (!out.includes("ready")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    out += new TextDecoder().decode(value);
-  }
-  expect(out).toContain("ready");
+  const { proc, reader, out } = await spawnReady("sigint-listener.ts", what);
   await Bun.sleep(wait);
   if (toOtherThread) {
     // a signal sent to one thread's id is delivered to that thread (Linux): not the JS thread
@@ -67,11 +62,11 @@ async function withListener(what: string, wait = 200, toOtherThread = false, tim
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    out += new TextDecoder().decode(value);
+    out.text += new TextDecoder().decode(value);
   }
   await proc.exited;
   clearTimeout(timer);
-  const lines = out.split("\n").filter((l) => l !== "" && l !== "ready");
+  const lines = out.text.split("\n").filter((l) => l !== "" && l !== "ready");
   return { lines, code: proc.exitCode, signal: proc.signalCode, stderr: await new Response(proc.stderr).text() };
 }
 
