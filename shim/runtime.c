@@ -122,8 +122,9 @@ void bp_sigint_refresh(void) {
 /* End of an outermost call on the main thread (GIL held, depth already 0): a SIGINT that
    arrived as the call finished must not interrupt the next one. */
 void bp_sigint_leave(bp_port *p) {
-    if (p->depth != 0 || !(atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_TRIPPED) & BP_SIGINT_TRIPPED)) return;
-    if (!pthread_equal(pthread_self(), bp_main_thread)) return;
+    /* Thread first: a Bun Worker's call must not take the main thread's pending flag. */
+    if (p->depth != 0 || !pthread_equal(pthread_self(), bp_main_thread)) return;
+    if (!(atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_TRIPPED) & BP_SIGINT_TRIPPED)) return;
     PyOS_InterruptOccurred(); /* clears it */
     interrupt_queued = 0;     /* a loop that ended before its queued interrupt ran */
 }

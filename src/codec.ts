@@ -312,7 +312,6 @@ export class Wire {
     // by instanceof: behind a Proxy they cannot be read (their methods refuse the receiver,
     // and `new Uint8Array(proxy)` would read an empty array-like)
     if (ArrayBuffer.isView(v)) return this.writeBytes(v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-    if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
     if (v instanceof Date) {
       if (!types.isDate(v)) throw behindProxy(v);
       const t = v.getTime();
@@ -331,6 +330,8 @@ export class Wire {
       if (!types.isSet(v)) throw behindProxy(v);
       return this.writeSet(v, depth);
     }
+    // after Date/Map/Set: those pay no native check beyond their own
+    if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
     if (v instanceof Kwargs)
       throw new ConversionError(
         "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",

@@ -36,10 +36,11 @@ export class BunpyError extends Error {
     const limit = Error.stackTraceLimit;
     Error.stackTraceLimit = 0;
     super(message, options);
+    // an Error's frames are captured now and formatted lazily (a plain object's would not
+    // be); made with the limit still 0, so the frames are captured once, just below
+    const trace = new Error();
     Error.stackTraceLimit = limit;
     delete (this as { stack?: string }).stack; // the prototype's accessor below answers
-    // an Error's frames are captured now and formatted lazily (a plain object's would not be)
-    const trace = new Error();
     Error.captureStackTrace(trace, new.target); // from the caller of `new`, without the constructors
     Object.defineProperty(this, TRACE, { value: trace, writable: true, configurable: true });
   }
@@ -120,7 +121,6 @@ export class PythonError extends BunpyError {
     super(short);
     // Not enumerable: Bun's error printer lists enumerable fields, and the traceback as one
     // escaped string is noise next to the Python frames in `stack`.
-    const hidden = (value: unknown) => ({ value, enumerable: false, writable: false, configurable: true });
     // `message` comes from the prototype's getter (below), which reads [SHORT]
     delete (this as { message?: string }).message;
     Object.defineProperties(this, {
@@ -136,6 +136,11 @@ export class PythonError extends BunpyError {
 }
 
 const SHORT = Symbol("bunpy.message");
+
+/** A read-only, non-enumerable property descriptor. */
+function hidden(value: unknown): PropertyDescriptor {
+  return { value, enumerable: false, writable: false, configurable: true };
+}
 
 function shortMessage(e: PythonError): string {
   return (e as PythonError & { [SHORT]?: string })[SHORT] ?? "";
