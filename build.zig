@@ -26,12 +26,14 @@ const sources = [_][]const u8{
     "shim/loop.c",
     "shim/bench.c",
     "shim/context.c",
+    "shim/serve.c",
+    "shim/wait.c",
     "shim/request.c",
     "shim/jscall.c",
     "shim/sandbox.c",
 };
 
-// Fact 7 of DESIGN.md: without -fno-sanitize=undefined zig traps on UB checks in C.
+// Fact 7 in docs/architecture.md: without -fno-sanitize=undefined zig traps on UB checks in C.
 const cflags = [_][]const u8{
     "-std=c11",
     "-D_GNU_SOURCE",

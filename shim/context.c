@@ -10,7 +10,7 @@
  * sent it, ringing that port's doorbell (a threadsafe JSCallback) on the empty -> non-empty
  * edge. JS drains every completion with one bp_port_drain call.
  *
- * Thread-state rules (DESIGN.md facts 4 and 5):
+ * Thread-state rules (facts 4 and 5 in docs/architecture.md):
  *   - creation: take bp_create_lock BEFORE attaching a main thread state; the new
  *     interpreter briefly needs the main GIL; never block while holding the main GIL.
  *   - never PyGILState_* for subinterpreters; a foreign thread enters one with
@@ -21,11 +21,8 @@
  */
 #include "internal.h"
 #include "context.h"
-#include <errno.h>
-#include <poll.h>
 #include <semaphore.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/eventfd.h>
 #include <sched.h>
 #include <time.h>
@@ -259,7 +256,7 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
         PyThreadState_DeleteCurrent();
         return;
     }
-    /* Stopping interpreters concurrently races in some releases (DESIGN fact 3). */
+    /* Stopping interpreters concurrently races in some releases (fact 3 in docs/architecture.md). */
     PyThreadState *sub = PyEval_SaveThread();
     pthread_mutex_lock(&bp_create_lock);
     PyEval_RestoreThread(sub);
@@ -271,283 +268,6 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
 #else
     (void)main_ts;
 #endif
-}
-
-/* ---------------------------------------------------------- running requests ----- */
-
-static PyObject *resolve_module(bp_context *c, PyObject *name) {
-    if (PyUnicode_CompareWithASCIIString(name, "__main__") == 0) return Py_NewRef(c->main_module);
-    if (bp_check_module_name(name) < 0) return NULL;
-    PyObject *m = PyImport_GetModule(name);
-    if (m || PyErr_Occurred()) return m;
-    return PyImport_Import(name);
-}
-
-static PyObject *run_request(bp_context *c, bp_request *req, int *deep, int32_t *read_failed) {
-    bp_reader r = {.buf = req->data, .pos = 0, .end = req->len, .port = NULL, .st = NULL};
-    switch (req->op) {
-    case BP_REQ_CALL: {
-        PyObject *modname = bp_read_str(&r);
-        PyObject *fname = modname ? bp_read_str(&r) : NULL;
-        PyObject *mod = fname ? resolve_module(c, modname) : NULL;
-        PyObject *fn = mod ? PyObject_GetAttr(mod, fname) : NULL;
-        PyObject *v = fn ? bp_read_call(&r, fn, read_failed) : NULL;
-        Py_XDECREF(fn);
-        Py_XDECREF(mod);
-        Py_XDECREF(fname);
-        Py_XDECREF(modname);
-        return v;
-    }
-    case BP_REQ_EVAL:
-    case BP_REQ_EXEC: {
-        PyObject *src = bp_read_str(&r);
-        if (!src) return NULL;
-        PyObject *code = bp_compile_source(src, req->op == BP_REQ_EVAL ? "<ctx.eval>" : "<ctx.exec>",
-                                           req->op == BP_REQ_EVAL ? Py_eval_input : Py_file_input);
-        Py_DECREF(src);
-        if (!code) return NULL;
-        PyObject *g = PyModule_GetDict(c->main_module);
-        PyObject *v = PyEval_EvalCode(code, g, g);
-        Py_DECREF(code);
-        if (v && req->op == BP_REQ_EXEC) Py_SETREF(v, Py_NewRef(Py_None));
-        return v;
-    }
-    case BP_REQ_REF_CALL: {
-        PyObject *fn = bp_read_value(&r, 0);
-        PyObject *v = fn ? bp_read_call(&r, fn, read_failed) : NULL;
-        Py_XDECREF(fn);
-        return v;
-    }
-    case BP_REQ_REF_GETATTR: {
-        PyObject *o = bp_read_value(&r, 0);
-        PyObject *name = o ? bp_read_str(&r) : NULL;
-        PyObject *v = name ? PyObject_GetAttr(o, name) : NULL;
-        Py_XDECREF(name);
-        Py_XDECREF(o);
-        return v;
-    }
-    case BP_REQ_REF_TOJS:
-        *deep = 1;
-        return bp_read_value(&r, 0);
-    case BP_REQ_REF_DROP: {
-        /* LIST of handles this context gave out: JS dropped them (one ref each). */
-        uint32_t n;
-        if (r.end - r.pos < 5 || r.buf[r.pos] != BP_T_LIST) return Py_NewRef(Py_None);
-        r.pos++;
-        if (bp_read_u32(&r, &n) < 0) return NULL;
-        for (uint32_t i = 0; i < n && r.end - r.pos >= 9; i++) {
-            PyObject *o;
-            memcpy(&o, r.buf + r.pos + 1, 8);
-            r.pos += 9;
-            Py_XDECREF(o);
-        }
-        return Py_NewRef(Py_None);
-    }
-    default:
-        PyErr_Format(PyExc_ValueError, "bunpy: unknown request %d", req->op);
-        return NULL;
-    }
-}
-
-/* A call whose result is awaitable (an `async def`'s coroutine, a Future) settles when it
-   finishes: its Promise follows the task, as a JS async function's would. */
-static int awaited(bp_request *req, PyObject *v) {
-    if (req->op != BP_REQ_CALL && req->op != BP_REQ_REF_CALL && req->op != BP_REQ_EVAL) return 0;
-    if (PyCoro_CheckExact(v)) return 1;
-    PyAsyncMethods *am = Py_TYPE(v)->tp_as_async;
-    return am && am->am_await;
-}
-
-static void set_current(bp_context *c, bp_request *r) {
-    c->current = r;
-    atomic_store(&c->running_seq, r ? atomic_load(&r->seq) : 0);
-}
-
-static void serve(bp_context *c, bp_request *req) {
-    bp_request *outer = c->current; /* set when this request runs inside a JS callback's wait */
-    req->outer = outer;
-    atomic_store(&req->seq, ++c->seq);
-    set_current(c, req);
-    /* after set_current: bp_ctx_cancel sets `cancelled` then reads running_seq, so either
-       we see the flag here or it sees this request running and interrupts it */
-    if (atomic_load(&req->cancelled)) {
-        set_current(c, outer);
-        bp_request_fail(req, BP_ERR_STATE, "cancelled before it started");
-        return;
-    }
-    if (atomic_load(&c->hard_close)) { /* close()'s grace period is over: nothing new starts */
-        set_current(c, outer);
-        bp_request_fail(req, BP_ERR_STATE, "the context was closed before this call started");
-        return;
-    }
-    /* An interrupt aimed at the outer call (which waits for JS) must not hit this one, nor
-       one that arrived as this request finished hit the next. Clearing takes a runtime-wide
-       lock, so it is done only when an interrupt was delivered. */
-    if (outer && atomic_load(&c->interrupts)) {
-        atomic_store(&c->interrupts, 0);
-        PyThreadState_SetAsyncExc(c->ident, NULL);
-    }
-    int deep = 0;
-    int32_t read_failed = 0;
-    PyObject *v = run_request(c, req, &deep, &read_failed);
-    int parked = 0;
-    if (v && awaited(req, v)) {
-        /* still the current request: a coroutine's first step is part of the call (its
-           JS calls go to the caller, a cancel interrupts it) */
-        PyObject *awaitable = v;
-        v = bp_loop_start(c, req, awaitable, &parked);
-        Py_DECREF(awaitable);
-    }
-    set_current(c, outer);
-    if (atomic_load(&c->interrupts)) {
-        atomic_store(&c->interrupts, 0);
-        PyThreadState_SetAsyncExc(c->ident, NULL);
-    }
-    if (parked) return; /* completed when its task ends */
-    bp_ctx_complete_with(c, req, v, deep, read_failed);
-}
-
-/* Writes the result of a request (or the Python error set when v is NULL; v is stolen)
-   and hands it to JS. */
-void bp_ctx_complete_with(bp_context *c, bp_request *req, PyObject *v, int deep, int32_t read_failed) {
-    bp_io *io = &c->scratch;
-    int32_t status;
-    c->no_js++; /* writing may run Python code (a tzinfo, items(), __del__): it must not call JS */
-    if (!v) {
-        status = read_failed ? bp_fail_read(io) : bp_fail_python(io);
-    } else {
-        bp_writer w;
-        bp_writer_init(&w, io, deep);
-        int rc = bp_write_value(&w, v, 0);
-        Py_DECREF(v);
-        if (rc) {
-            status = bp_fail_writer(&w, rc);
-        } else {
-            bp_writer_commit(&w);
-            status = BP_OK;
-        }
-    }
-    c->no_js--;
-    if (req->op == BP_REQ_REF_DROP) {
-        bp_request_free(req);
-        return;
-    }
-    atomic_fetch_add(&c->completed, 1);
-    if (c->mode == BP_CTX_WORKER) {
-        /* the main GIL: never hold it while handing a result to JS */
-        PyThreadState *ts = PyEval_SaveThread();
-        bp_request_complete(req, status, io->buf, io->len);
-        PyEval_RestoreThread(ts);
-    } else {
-        bp_request_complete(req, status, io->buf, io->len);
-    }
-    bp_io_trim(io, 0);
-}
-
-int bp_ctx_has_work(bp_context *c) {
-    return !bp_mpsc_empty(&c->requests) || atomic_load(&c->task_cancels) != c->task_cancels_seen;
-}
-
-void bp_ctx_alert(bp_context *c) {
-    uint64_t one = 1;
-    ssize_t n = write(c->alert_fd, &one, sizeof one);
-    (void)n;
-}
-
-/* A request arrived. */
-static inline int has_work(bp_context *c, atomic_int *flag) {
-    (void)flag;
-    return !bp_mpsc_empty(&c->requests);
-}
-
-const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner) {
-    if (owner && atomic_load(&owner->cancelled)) return "bunpy: the call was cancelled from JS (timeout or AbortSignal)";
-    if (atomic_load(&c->close_gen)) return "bunpy: the context is closing";
-    return NULL;
-}
-
-void bp_ctx_raise_interrupted(bp_context *c, const char *msg) {
-    /* an interrupt already set for this run would fire on top of this one: drop it */
-    if (atomic_exchange(&c->interrupts, 0)) PyThreadState_SetAsyncExc(c->ident, NULL);
-    PyErr_SetString(c->interrupt_type ? c->interrupt_type : PyExc_KeyboardInterrupt, msg);
-}
-
-/* Sleeps on the context's eventfd until bp_ctx_wake (or timeout_ms, -1: none), unless
-   `ready` is already true once `sleeping` is announced. GIL released by the caller. */
-void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms) {
-    atomic_store(&c->sleeping, 1);
-    if (!ready(c, arg)) { /* re-checked after announcing: a producer that saw 0 pushed before */
-        struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
-        int n;
-        while ((n = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR) {
-        }
-        if (n > 0) {
-            uint64_t v;
-            ssize_t got = read(c->wake_fd, &v, sizeof v);
-            (void)got;
-        }
-    }
-    atomic_store(&c->sleeping, 0);
-}
-
-static int work_ready(bp_context *c, void *flag) { return has_work(c, flag); }
-
-/* Waits until ready(c, arg): spins briefly, then sleeps on the eventfd. Releases the GIL. */
-static void wait_for(bp_context *c, int (*ready)(bp_context *, void *), void *arg) {
-    PyThreadState *ts = PyEval_SaveThread();
-    int64_t until = bp_now_ns() + SPIN_NS;
-    /* sched_yield, not a pause loop: on a machine with fewer cores than busy threads the
-       spinning context must give its core to the JS thread that produces its work. */
-    while (!ready(c, arg) && bp_now_ns() < until) sched_yield();
-    if (!ready(c, arg)) bp_ctx_sleep(c, ready, arg, -1);
-    PyEval_RestoreThread(ts);
-}
-
-static void wait_for_work(bp_context *c, atomic_int *flag) { wait_for(c, work_ready, flag); }
-
-/* A wait for JS: answered, a request to serve, or cut (cancel, close). */
-typedef struct {
-    atomic_int *flag;
-    bp_request *owner;
-} js_wait;
-
-static int js_wait_over(bp_context *c, void *arg) {
-    js_wait *w = arg;
-    return atomic_load(w->flag) || !bp_mpsc_empty(&c->requests) || bp_ctx_wait_cut(c, w->owner);
-}
-
-/* The next request to run, in order: from the batch taken off the queue last time, or a
-   new batch. Kept in the context (not a local) so a dying thread can still fail it. */
-static bp_request *next_request(bp_context *c) {
-    if (!c->batch) c->batch = bp_mpsc_take(&c->requests);
-    bp_node *n = c->batch;
-    if (n) c->batch = n->next;
-    return (bp_request *)n;
-}
-
-/* See context.h. Requests served here run nested inside the waiting one (a stack). */
-int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
-    if (c->depth >= BP_MAX_NESTING) {
-        PyErr_Format(PyExc_RecursionError, "bunpy: calls between JS and Python nested deeper than %d levels",
-                     BP_MAX_NESTING);
-        return -1;
-    }
-    /* the call this wait belongs to: cancelling it (timeout, AbortSignal) ends the wait */
-    js_wait w = {.flag = flag, .owner = c->current ? c->current : bp_loop_running_request(c)};
-    const char *cut = NULL;
-    c->depth++;
-    while (!atomic_load(flag) && !(cut = bp_ctx_wait_cut(c, w.owner))) {
-        bp_request *req = next_request(c);
-        if (!req) wait_for(c, js_wait_over, &w);
-        else if (req->op == BP_REQ_CLOSE) c->deferred_close = req; /* the main loop ends the context */
-        else serve(c, req);
-    }
-    c->depth--;
-    if (cut && !atomic_load(flag)) {
-        bp_ctx_raise_interrupted(c, cut);
-        return -2;
-    }
-    return 0;
 }
 
 /* The context's thread no longer counts as live (once, whoever gets here first). */
@@ -590,16 +310,16 @@ static bp_request *serve_until_closed(bp_context *c) {
             c->deferred_close = NULL;
             return close_req;
         }
-        bp_request *req = next_request(c);
+        bp_request *req = bp_ctx_next_request(c);
         if (req) {
             if (req->op == BP_REQ_CLOSE) return req;
-            serve(c, req);
+            bp_ctx_serve(c, req);
         } else if (atomic_load(&c->task_cancels) != c->task_cancels_seen) {
             bp_loop_cancel_tasks(c);
         } else if (c->loop_reactor) {
             bp_loop_step(c); /* its wait ends when a request arrives */
         } else {
-            wait_for_work(c, NULL);
+            bp_ctx_wait_for_work(c, NULL);
         }
     }
 }

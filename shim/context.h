@@ -1,6 +1,7 @@
 /*
- * context.h — what context.c shares with jscall.c (calls and messages from a context to
- * JS). Internal: nothing here is exported.
+ * context.h — what context.c (context life), serve.c (running requests) and wait.c
+ * (waiting) share with each other and with request.c, loop.c and jscall.c (calls and
+ * messages from a context to JS). Internal: nothing here is exported.
  */
 #ifndef BUNPY_CONTEXT_H
 #define BUNPY_CONTEXT_H
@@ -148,6 +149,12 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag);
 const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner);
 /* Raises bunpy.Interrupted(msg) (KeyboardInterrupt when the type is not known). */
 void bp_ctx_raise_interrupted(bp_context *c, const char *msg);
+/* The next request to run, in order (context thread only; wait.c). */
+bp_request *bp_ctx_next_request(bp_context *c);
+/* Waits, GIL released, until a request arrives (spins briefly, then sleeps; wait.c). */
+void bp_ctx_wait_for_work(bp_context *c, atomic_int *flag);
+/* Runs a request and completes it, or parks it when its result is awaitable (serve.c). */
+void bp_ctx_serve(bp_context *c, bp_request *req);
 /* Starts a detached thread that interrupts the run `seq` for as long as it runs (request.c),
    or, for seq 0 (the close watchdog), whatever runs, once. */
 int32_t bp_interrupter_start(bp_context *c, uint64_t seq);

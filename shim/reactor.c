@@ -6,7 +6,7 @@
  * holds the type, its life, fd registration and the waits; handles.c runs the loop's
  * handles.
  *
- * File descriptors are registered level-triggered (DESIGN.md fact 8: asyncio transports
+ * File descriptors are registered level-triggered (fact 8 in docs/architecture.md: asyncio transports
  * read once per readiness event, so an edge-triggered registration would lose data).
  * An fd belongs to one reactor: registering it in another removes it from the first
  * (`fd_owner`), so an fd used from another context moves there.

@@ -299,7 +299,7 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     int s = atomic_load(&c->state);
     if (!bp_running() || s > CTX_CLOSING) return BP_OK;
     uint64_t seq = atomic_load(&req->seq);
-    if (seq == 0) return BP_OK; /* not started: the flag makes serve() skip it */
+    if (seq == 0) return BP_OK; /* not started: the flag makes bp_ctx_serve() skip it */
     if (atomic_load(&req->parked)) atomic_fetch_add(&c->task_cancels, 1); /* the context cancels its task */
     bp_ctx_alert(c); /* ends a bunpy.sleep in progress */
     bp_ctx_wake(c);  /* ends a wait for JS, or the loop's wait (task_cancels) */

@@ -1,6 +1,6 @@
 /*
  * sandbox.c — policies enforced by a C audit hook (PySys_AddAuditHook, installed before
- * Py_Initialize so it sees every interpreter). DESIGN.md fact 10.
+ * Py_Initialize so it sees every interpreter). Fact 10 in docs/architecture.md.
  *
  * Always refused, in every interpreter: forking without exec (os.fork, os.forkpty, and
  * libc's fork family through ctypes): a forked copy of a Bun process has no JS runtime.
@@ -228,7 +228,7 @@ int bp_policy_refuses(const char *rule) {
     return 0;
 }
 
-/* ---- extension loads in owngil contexts (DESIGN.md facts 3 and 13) ---------------------
+/* ---- extension loads in owngil contexts (facts 3 and 13 in docs/architecture.md) ---------------------
  *
  * Every load of an extension module from a file ends in _imp.create_dynamic(spec): the
  * finder, spec_from_file_location + module_from_spec, ExtensionFileLoader, load_module.
