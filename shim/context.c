@@ -319,7 +319,7 @@ static bp_request *serve_until_closed(bp_context *c) {
         } else if (c->loop_reactor) {
             bp_loop_step(c); /* its wait ends when a request arrives */
         } else {
-            bp_ctx_wait_for_work(c, NULL);
+            bp_ctx_wait_for_work(c);
         }
     }
 }
@@ -508,8 +508,8 @@ void bp_ctx_free(bp_context *c) {
 }
 
 int32_t bp_ctx_state(bp_context *c) {
-    int s = atomic_load(&c->state);
-    return atomic_load(&c->abandoned) && s <= CTX_CLOSING ? CTX_ABANDONED : s;
+    /* "abandoned" is JS's to say: the close completion tells it (context.ts) */
+    return atomic_load(&c->state);
 }
 double bp_ctx_completed(bp_context *c) { return (double)atomic_load(&c->completed); }
 

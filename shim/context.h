@@ -26,8 +26,6 @@ int bp_policy_refuses(const char *rule);
 PyObject *bp_guard_extensions(PyObject *m, PyObject *const *args, Py_ssize_t nargs); /* _bunpy.guard_extensions */
 
 enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_CLOSED = 4, CTX_DEAD = 5 };
-/* bp_ctx_state's answer for a context abandoned at close (its thread did not stop in time) */
-#define CTX_ABANDONED 6
 
 /* After close()'s grace period, how long interrupts are repeated before the context is
    abandoned (its thread detached, close() resolved). */
@@ -152,7 +150,7 @@ void bp_ctx_raise_interrupted(bp_context *c, const char *msg);
 /* The next request to run, in order (context thread only; wait.c). */
 bp_request *bp_ctx_next_request(bp_context *c);
 /* Waits, GIL released, until a request arrives (spins briefly, then sleeps; wait.c). */
-void bp_ctx_wait_for_work(bp_context *c, atomic_int *flag);
+void bp_ctx_wait_for_work(bp_context *c);
 /* Runs a request and completes it, or parks it when its result is awaitable (serve.c). */
 void bp_ctx_serve(bp_context *c, bp_request *req);
 /* Starts a detached thread that interrupts the run `seq` for as long as it runs (request.c),
@@ -171,9 +169,12 @@ PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task);      /* _bunpy
 void bp_loop_cancel_tasks(bp_context *c);  /* cancels the tasks of requests JS cancelled     */
 void bp_loop_step(bp_context *c);          /* one loop iteration; waits for work inside     */
 void bp_loop_close(bp_context *c);         /* fails parked requests, closes the loop         */
-void bp_loop_abandon(bp_context *c);
+void bp_loop_abandon(bp_context *c);       /* the thread died: fail parked requests, no Python */
 /* The parked request whose task is running right now (GIL held; any thread), or NULL. */
-bp_request *bp_loop_running_request(bp_context *c);       /* the thread died: fail parked requests, no Python */
+bp_request *bp_loop_running_request(bp_context *c);
+/* The request a wait on the context thread belongs to: the current one, else the parked
+   request whose task is running (GIL held), or NULL. */
+bp_request *bp_ctx_wait_owner(bp_context *c);
 PyObject *bp_sleep(double seconds);        /* bunpy.sleep outside a running loop            */
 
 /* Hands a finished request (or a message) to its port and rings the doorbell on the edge. */

@@ -311,7 +311,7 @@ static int reader_caught_up_or_cut(bp_context *c, void *owner) {
 /* 0 once the reader caught up; -1 with bunpy.Interrupted when the call this code runs for
    was cancelled or the context is closing. */
 static int wait_for_reader(bp_context *c) {
-    bp_request *owner = c->current ? c->current : bp_loop_running_request(c);
+    bp_request *owner = bp_ctx_wait_owner(c);
     PyThreadState *ts = PyEval_SaveThread();
     /* woken by bp_message_drained, a cancel or the close; the timeout only guards against
        a lost wake-up */

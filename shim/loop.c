@@ -109,10 +109,11 @@ void bp_loop_cancel_tasks(bp_context *c) {
 
 bp_request *bp_loop_running_request(bp_context *c) {
     if (!c->parked || !c->loop) return NULL;
-    PyObject *name = PyUnicode_FromString("asyncio"); /* not a hot path: waits and interrupts */
-    PyObject *asyncio = name ? PyImport_GetModule(name) : NULL;
-    Py_XDECREF(name);
-    PyObject *task = asyncio ? PyObject_CallMethod(asyncio, "current_task", "O", c->loop) : NULL;
+    bp_interp *st = bp_interp_get();
+    if (!st) return NULL;
+    PyObject *const *names = st->names;
+    PyObject *asyncio = PyImport_GetModule(names[BP_NAME_ASYNCIO]);
+    PyObject *task = asyncio ? PyObject_CallMethodOneArg(asyncio, names[BP_NAME_CURRENT_TASK], c->loop) : NULL;
     Py_XDECREF(asyncio);
     if (!task) {
         PyErr_Clear();
@@ -125,15 +126,19 @@ bp_request *bp_loop_running_request(bp_context *c) {
     return found;
 }
 
+bp_request *bp_ctx_wait_owner(bp_context *c) { return c->current ? c->current : bp_loop_running_request(c); }
+
 void bp_loop_step(bp_context *c) {
     PyObject *loop = context_loop(c); /* it may have been made by Python code (get_event_loop) */
-    atomic_fetch_add(&c->steps, 1);
-    atomic_store(&c->in_step, 1);
+    /* this thread alone writes steps and in_step: plain release stores, no locked ops */
+    atomic_store_explicit(&c->steps, atomic_load_explicit(&c->steps, memory_order_relaxed) + 1, memory_order_release);
+    atomic_store_explicit(&c->in_step, 1, memory_order_release);
     PyObject *v = loop ? PyObject_CallMethodNoArgs(loop, bp_interp_get()->names[BP_NAME_BUNPY_STEP]) : NULL;
-    atomic_store(&c->in_step, 0);
+    atomic_store_explicit(&c->in_step, 0, memory_order_release);
     Py_XDECREF(loop);
     /* an interrupt meant for a task that has ended since must not hit the next callback */
-    if (atomic_exchange(&c->interrupts, 0)) PyThreadState_SetAsyncExc(c->ident, NULL);
+    if (atomic_load_explicit(&c->interrupts, memory_order_relaxed) && atomic_exchange(&c->interrupts, 0))
+        PyThreadState_SetAsyncExc(c->ident, NULL);
     if (!v && c->interrupt_type && PyErr_ExceptionMatches(c->interrupt_type)) {
         PyErr_Clear(); /* it ended the task it was raised in: that task's call completes */
     } else if (!v) {
@@ -200,7 +205,7 @@ PyObject *bp_sleep(double seconds) {
     }
     bp_context *c = bp_this_context;
     int64_t deadline = bp_now_ns() + (int64_t)(seconds > 1e9 ? 1e18 : seconds * 1e9);
-    bp_request *owner = c ? (c->current ? c->current : bp_loop_running_request(c)) : NULL;
+    bp_request *owner = c ? bp_ctx_wait_owner(c) : NULL;
     for (;;) {
         if (c && interrupted(c, owner) < 0) return NULL;
         int64_t left = deadline - bp_now_ns();

@@ -307,7 +307,7 @@ static int mod_exec(PyObject *m) {
         [BP_NAME_LOOP] = "_loop", [BP_NAME_REPR] = "_repr", [BP_NAME_SOURCE_TRACEBACK] = "_source_traceback",
         [BP_NAME_REMOVE_READER] = "_remove_reader", [BP_NAME_REMOVE_WRITER] = "_remove_writer",
         [BP_NAME_BUNPY_STEP] = "_bunpy_step", [BP_NAME_BUNPY_START] = "_bunpy_start", [BP_NAME_DONE] = "done",
-        [BP_NAME_RESULT] = "result",
+        [BP_NAME_RESULT] = "result", [BP_NAME_ASYNCIO] = "asyncio", [BP_NAME_CURRENT_TASK] = "current_task",
     };
     for (int i = 0; i < BP_NAME_COUNT; i++)
         if (!(st->names[i] = PyUnicode_InternFromString(names[i]))) return -1;

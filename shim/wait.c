@@ -22,10 +22,7 @@ void bp_ctx_alert(bp_context *c) {
 }
 
 /* A request arrived. */
-static inline int has_work(bp_context *c, atomic_int *flag) {
-    (void)flag;
-    return !bp_mpsc_empty(&c->requests);
-}
+static inline int has_work(bp_context *c) { return !bp_mpsc_empty(&c->requests); }
 
 const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner) {
     if (owner && atomic_load(&owner->cancelled)) return "bunpy: the call was cancelled from JS (timeout or AbortSignal)";
@@ -57,7 +54,10 @@ void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, 
     atomic_store(&c->sleeping, 0);
 }
 
-static int work_ready(bp_context *c, void *flag) { return has_work(c, flag); }
+static int work_ready(bp_context *c, void *unused) {
+    (void)unused;
+    return has_work(c);
+}
 
 /* Waits until ready(c, arg): spins briefly, then sleeps on the eventfd. Releases the GIL. */
 static void wait_for(bp_context *c, int (*ready)(bp_context *, void *), void *arg) {
@@ -70,7 +70,7 @@ static void wait_for(bp_context *c, int (*ready)(bp_context *, void *), void *ar
     PyEval_RestoreThread(ts);
 }
 
-void bp_ctx_wait_for_work(bp_context *c, atomic_int *flag) { wait_for(c, work_ready, flag); }
+void bp_ctx_wait_for_work(bp_context *c) { wait_for(c, work_ready, NULL); }
 
 /* A wait for JS: answered, a request to serve, or cut (cancel, close). */
 typedef struct {
@@ -100,7 +100,7 @@ int bp_ctx_wait_serving(bp_context *c, atomic_int *flag) {
         return -1;
     }
     /* the call this wait belongs to: cancelling it (timeout, AbortSignal) ends the wait */
-    js_wait w = {.flag = flag, .owner = c->current ? c->current : bp_loop_running_request(c)};
+    js_wait w = {.flag = flag, .owner = bp_ctx_wait_owner(c)};
     const char *cut = NULL;
     c->depth++;
     while (!atomic_load(flag) && !(cut = bp_ctx_wait_cut(c, w.owner))) {

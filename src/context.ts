@@ -121,6 +121,7 @@ const CALLS_PENDING = 1;
 
 const DEAD_STATE = 5; // CTX_DEAD in shim/context.h
 
+/** bp_ctx_state's answers (shim/context.h), then "abandoned", which only JS reports. */
 const STATE_NAMES = ["starting", "running", "closing", "ending", "closed", "dead", "abandoned"] as const;
 
 export class Context {

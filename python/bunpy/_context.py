@@ -239,16 +239,21 @@ def _join_threads(threading, owngil):
             if t.ident != me and t is not threading.main_thread() and not t.daemon and not isinstance(t, threading._DummyThread)
         ]
     else:
-        others = [t for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+        others = _started_by(threading, me)
         _stop_executors(others)
     _join(others)
+
+
+def _started_by(threading, me):
+    """The live non-daemon threads a worker context (thread `me`) started, itself excluded."""
+    return [t for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
 
 
 def _warn_running(threading):
     """Worker mode, the joins were cut short (close()'s grace period is over): say which
     threads run on."""
     me = threading.get_ident()
-    left = [t.name for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+    left = [t.name for t in _started_by(threading, me)]
     if left:
         print(
             f"bunpy: a worker context was closed while threads it started still ran ({', '.join(left)}); they keep "
