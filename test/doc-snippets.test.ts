@@ -8,6 +8,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
+import { findPython } from "../src/discover.ts";
 
 const ROOT = join(import.meta.dir, "..");
 /** Seconds a snippet may run before it is killed (and fails). */
@@ -66,6 +67,15 @@ for (const { doc, snippets } of byDoc) {
   for (const s of snippets) if (s.file !== undefined) writeFileSync(join(dir, s.file), s.code);
 }
 
+// Snippets run in a temp dir, where discovery would not see this project's .venv or
+// .python-version: they get the Python this test process uses.
+const env: Record<string, string | undefined> = { ...process.env };
+try {
+  env["BUNPY_PYTHON"] ??= findPython().executable;
+} catch {
+  // no usable Python: each snippet reports it
+}
+
 interface Run {
   code: number | null;
   output: string;
@@ -91,7 +101,7 @@ async function run(s: Snippet): Promise<Run> {
   writeFileSync(path, s.code);
   return limited(async () => {
     const t0 = performance.now();
-    const p = Bun.spawn([process.execPath, path], { cwd: dir, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    const p = Bun.spawn([process.execPath, path], { cwd: dir, env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
     const timer = setTimeout(() => p.kill("SIGKILL"), SNIPPET_TIMEOUT_S * 1000);
     const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
     clearTimeout(timer);
