@@ -29,11 +29,14 @@ function snippetsOf(doc: string): Snippet[] {
   const lines = readFileSync(join(ROOT, doc), "utf8").split("\n");
   const out: Snippet[] = [];
   for (let i = 0; i < lines.length; i++) {
-    if (!/^```(ts|typescript)\s*$/.test(lines[i]!)) continue;
+    const fence = /^(\s*)```(ts|typescript)\s*$/.exec(lines[i]!); // also indented, in a list
+    if (!fence) continue;
+    const indent = fence[1]!.length;
     const start = i;
     let end = i + 1;
-    while (end < lines.length && !/^```\s*$/.test(lines[end]!)) end++;
-    const snippet: Snippet = { doc, line: start + 1, code: lines.slice(start + 1, end).join("\n") + "\n" };
+    while (end < lines.length && !/^\s*```\s*$/.test(lines[end]!)) end++;
+    const code = lines.slice(start + 1, end).map((l) => l.slice(Math.min(indent, l.length - l.trimStart().length)));
+    const snippet: Snippet = { doc, line: start + 1, code: code.join("\n") + "\n" };
     let m = start - 1;
     while (m >= 0 && lines[m]!.trim() === "") m--;
     const marker = m >= 0 ? /^<!--\s*snippet:\s*(.*?)\s*-->$/.exec(lines[m]!.trim()) : null;
