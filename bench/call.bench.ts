@@ -9,7 +9,7 @@ import { runWithRatios } from "./ratio.ts";
 
 const BASELINE = "baseline: bare FFI call of cached operator.add";
 const operator = py.import("operator");
-const add = operator.add;
+const add = operator["add"];
 const baseline = internals.runtime().benchBaseline(add);
 
 py.exec(`

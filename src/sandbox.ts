@@ -6,16 +6,16 @@
 export interface SandboxPolicy {
   /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
       functions through ctypes). Default true. */
-  processes?: boolean;
+  processes?: boolean | undefined;
   /** Use ctypes at all. Default true. */
-  ctypes?: boolean;
+  ctypes?: boolean | undefined;
   /** Use sockets. Default true. */
-  sockets?: boolean;
+  sockets?: boolean | undefined;
   /** Modules (and their submodules) that cannot be imported. */
-  denyImports?: string[];
+  denyImports?: string[] | undefined;
   /** Directories files may be opened in (read or write). Python's own files stay readable.
       Default: anywhere. */
-  files?: string[];
+  files?: string[] | undefined;
 }
 
 export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {

@@ -24,7 +24,7 @@ def idents(*args):
 `,
 );
 
-const RUNS = Number(process.env.BUNPY_FUZZ_RUNS) || 0;
+const RUNS = Number(process.env["BUNPY_FUZZ_RUNS"]) || 0;
 const runs = (n: number) => (RUNS > 0 ? RUNS : n);
 
 // --------------------------------------------------------------- expectations --
