@@ -2,7 +2,7 @@
 // the main interpreter (worker), and pools that route calls between them.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { BunpyError, CallTimeoutError, ContextClosedError, PyRef, PythonError, py } from "../src/index.ts";
+import { BunpyError, CallTimeoutError, ContextClosedError, PyRef, PythonError, py, type Context } from "../src/index.ts";
 import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
 
 const modes = contextModes;
