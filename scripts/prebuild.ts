@@ -16,7 +16,7 @@
  * x86_64 and aarch64 Linux only in HAVE_GCC_ASM_FOR_X64/X87, which only CPython's internal
  * headers read (the shim includes none of them).
  */
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { packageRoot, runZig, sourceHash, zigCandidates, type PrebuiltManifest } from "../src/build.ts";
@@ -78,7 +78,7 @@ function main() {
         mkdirSync(join(dir, minor));
         cpSync(join(tmp, "lib", "libbunpy.so"), join(dir, minor, "libbunpy.so"));
         rmSync(tmp, { recursive: true, force: true });
-        const manifest: PrebuiltManifest = { python: minor, abiflags: "", sources: hash, target: TARGETS[arch], headers: py.version, bunpy: pkg.version };
+        const manifest: PrebuiltManifest = { python: minor, abiflags: "", sources: hash, target: TARGETS[arch], headers: py.version, bunpy: pkg.version, bytes: statSync(join(dir, minor, "libbunpy.so")).size };
         writeFileSync(join(dir, minor, "bunpy-shim.json"), `${JSON.stringify(manifest, null, 2)}\n`);
         console.log(`${name}/${minor}/libbunpy.so (headers of ${py.version}, ${TARGETS[arch]}) in ${((performance.now() - started) / 1000).toFixed(1)} s`);
       }

