@@ -167,7 +167,10 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         return new Response(noBody ? null : first, { status, headers });
       }
       streaming = true;
+      let finished = false;
       const finish = () => {
+        if (finished) return;
+        finished = true;
         signal.removeEventListener("abort", onAbort);
         live.delete(rid);
         tracker.leave();
@@ -222,8 +225,11 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     close(opts?: CloseAppOptions): Promise<void> {
       closed ??= (async () => {
         tracker.closing = true;
-        await tracker.drained(opts?.timeout ?? 10000);
-        if (lifespanRan) await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._asgi", "lifespan_shutdown", [id])));
+        const timeout = opts?.timeout ?? 10000;
+        const start = Date.now();
+        await tracker.drained(timeout);
+        const left = Math.max(0, timeout - (Date.now() - start)) / 1000;
+        await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
         await pool.close();
       })();
       return closed;

@@ -23,7 +23,7 @@ _requests = {}  # request id -> _Request
 
 
 class _App:
-    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done")
+    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks")
 
     def __init__(self, app):
         self.app = app
@@ -31,6 +31,7 @@ class _App:
         self.lifespan = None  # the lifespan task, when the app supports it
         self.lifespan_queue = None
         self.lifespan_done = None
+        self.tasks = set()  # app calls still running (a response may be done before its app call)
 
 
 def _task(loop, coro):
@@ -132,11 +133,15 @@ async def lifespan_startup(app_id):
     return True
 
 
-async def lifespan_shutdown(app_id):
+async def shutdown(app_id, timeout, lifespan):
+    """close(): waits up to `timeout` s for the app calls still running (background work
+    after a response), then runs the lifespan shutdown, and forgets the app."""
     a = _apps.get(app_id)
     if a is None:
         return None
-    if a.lifespan is not None:
+    if a.tasks:
+        await asyncio.wait(list(a.tasks), timeout=timeout)
+    if lifespan and a.lifespan is not None:
         a.lifespan_queue.put_nowait({"type": "lifespan.shutdown"})
         msg = await a.lifespan_done
         a.lifespan = None
@@ -221,7 +226,10 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     loop = asyncio.get_running_loop()
     r.result = loop.create_future()
     _requests[rid] = r
-    r.task = _task(loop, _run(a.app, scope, r))
+    r.task = t = _task(loop, _run(a.app, scope, r))
+    if not t.done():
+        a.tasks.add(t)
+        t.add_done_callback(a.tasks.discard)
     if not r.result.done():
         await r.result
     r.returned = True
