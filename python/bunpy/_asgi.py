@@ -18,8 +18,20 @@ _ASGI = {"version": "3.0", "spec_version": "2.4"}
 DONE, STREAM = 0, 1
 _HIGH_WATER = 65536  # bytes a streamed response may queue before send() waits for JS
 
-_apps = {}  # app id -> _App
-_requests = {}  # request id -> _Request
+import threading
+
+# Per context thread: worker contexts share the main interpreter's modules, so module
+# globals would be shared between contexts (and Bun Workers, whose ids may collide).
+_tl = threading.local()
+
+
+def _state():
+    """(apps by id, requests by id) of the calling context."""
+    try:
+        return _tl.s
+    except AttributeError:
+        s = _tl.s = ({}, {})
+        return s
 
 
 class _App:
@@ -59,12 +71,12 @@ def load(app_id, target, paths):
             raise AttributeError(f"bunpy: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise TypeError(f"bunpy: {target} is not callable")
-    _apps[app_id] = _App(obj)
+    _state()[0][app_id] = _App(obj)
     return kind(obj)
 
 
 def kind_of(app_id):
-    return kind(_apps[app_id].app)
+    return kind(_state()[0][app_id].app)
 
 
 def kind(obj):
@@ -84,7 +96,7 @@ def kind(obj):
 async def lifespan_startup(app_id):
     """Runs the lifespan startup. Returns True (supported and complete), False (the app does
     not support lifespan: it raised before sending anything, as uvicorn's "auto")."""
-    a = _apps[app_id]
+    a = _state()[0][app_id]
     loop = asyncio.get_running_loop()
     a.lifespan_queue = asyncio.Queue()
     a.lifespan_queue.put_nowait({"type": "lifespan.startup"})
@@ -136,7 +148,8 @@ async def lifespan_startup(app_id):
 async def shutdown(app_id, timeout, lifespan):
     """close(): waits up to `timeout` s for the app calls still running (background work
     after a response), then runs the lifespan shutdown, and forgets the app."""
-    a = _apps.get(app_id)
+    apps = _state()[0]
+    a = apps.get(app_id)
     if a is None:
         return None
     if a.tasks:
@@ -147,7 +160,7 @@ async def shutdown(app_id, timeout, lifespan):
         a.lifespan = None
         if msg["type"] == "lifespan.shutdown.failed":
             print(f"bunpy: the app's lifespan shutdown failed: {msg.get('message', '')}", file=sys.stderr)
-    del _apps[app_id]
+    del apps[app_id]
     return None
 
 
@@ -201,7 +214,8 @@ _SERVER_CACHE = {}
 
 async def handle(app_id, rid, method, target, headers, client_host, client_port, body, more,
                  scheme, server_host, server_port, root_path):
-    a = _apps[app_id]
+    apps, requests = _state()
+    a = apps[app_id]
     raw, _, query = target.partition("?")
     hs = [(_enc(headers[i]), _enc(headers[i + 1])) for i in range(0, len(headers), 2)]
     server = _SERVER_CACHE.get((server_host, server_port))
@@ -225,7 +239,7 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     r = _Request(rid, body if body is not None else b"", more, method == "HEAD")
     loop = asyncio.get_running_loop()
     r.result = loop.create_future()
-    _requests[rid] = r
+    requests[rid] = r
     r.task = t = _task(loop, _run(a.app, scope, r))
     if not t.done():
         a.tasks.add(t)
@@ -234,13 +248,13 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
         await r.result
     r.returned = True
     if r.error is not None and not r.started:
-        _requests.pop(rid, None)
+        requests.pop(rid, None)
         return [500, ["content-type", "text/plain; charset=utf-8", "content-length", "21"], b"Internal Server Error", DONE]
     body = b"".join(r.chunks) if len(r.chunks) != 1 else r.chunks[0]
     r.chunks = []
     r.queued = 0
     if r.complete:
-        _requests.pop(rid, None)
+        requests.pop(rid, None)
         return [r.status, _headers_out(r.headers), body, DONE]
     return [r.status, _headers_out(r.headers), body, STREAM]
 
@@ -344,12 +358,13 @@ def _finish(r):
     if p is not None and not p.done():
         p.set_result(None)
     if r.returned and (r.complete and not r.chunks) and r.error is None:
-        _requests.pop(r.rid, None)
+        _state()[1].pop(r.rid, None)
 
 
 async def pull(rid):
     """The next part of a streamed response: [bytes, more]. Raises the app's error."""
-    r = _requests.get(rid)
+    requests = _state()[1]
+    r = requests.get(rid)
     if r is None:
         return [b"", False]
     while not r.chunks and not r.complete and r.error is None and not r.task.done():
@@ -364,10 +379,10 @@ async def pull(rid):
         if d is not None and not d.done():
             d.set_result(None)
         if r.complete:
-            _requests.pop(rid, None)
+            requests.pop(rid, None)
             return [body, False]
         return [body, True]
-    _requests.pop(rid, None)
+    requests.pop(rid, None)
     if r.complete:
         return [b"", False]
     raise RuntimeError("bunpy: the ASGI app failed after the response started") from r.error
@@ -376,7 +391,7 @@ async def pull(rid):
 def disconnect(rid):
     """The client went away (JS saw the request's signal abort, or the response stream was
     cancelled): receive() returns http.disconnect, send() raises OSError."""
-    r = _requests.pop(rid, None)
+    r = _state()[1].pop(rid, None)
     if r is None:
         return None
     r.disconnected = True

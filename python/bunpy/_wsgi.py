@@ -11,11 +11,22 @@ import sys
 from urllib.parse import unquote
 
 import bunpy
-from bunpy._asgi import _apps, _enc
+import threading
+
+from bunpy._asgi import _enc, _state
 
 DONE, STREAM = 0, 1
 _PART = 65536
-_streams = {}  # request id -> _Response still being pulled
+_tl = threading.local()  # per context thread, as in bunpy._asgi
+
+
+def _streams():
+    """Responses still being pulled, by request id, of the calling context."""
+    try:
+        return _tl.streams
+    except AttributeError:
+        d = _tl.streams = {}
+        return d
 
 
 class _Input:
@@ -117,7 +128,7 @@ def _collect(resp):
 
 def handle(app_id, rid, method, target, headers, client_host, client_port, body, more,
            scheme, server_host, server_port, root_path):
-    app = _apps[app_id].app
+    app = _state()[0][app_id].app
     raw, _, query = target.partition("?")
     path = unquote(raw, encoding="latin-1") if "%" in raw else raw
     if root_path and (path == root_path or path.startswith(root_path + "/")):
@@ -204,28 +215,29 @@ def handle(app_id, rid, method, target, headers, client_host, client_port, body,
     if not more_parts:
         _close(resp)
         return [status, flat, first, DONE]
-    _streams[rid] = resp
+    _streams()[rid] = resp
     return [status, flat, first, STREAM]
 
 
 def pull(rid):
-    resp = _streams.get(rid)
+    streams = _streams()
+    resp = streams.get(rid)
     if resp is None:
         return [b"", False]
     try:
         body, more = _collect(resp)
     except BaseException:
-        _streams.pop(rid, None)
+        streams.pop(rid, None)
         _close(resp)
         raise
     if not more:
-        _streams.pop(rid, None)
+        streams.pop(rid, None)
         _close(resp)
     return [body, more]
 
 
 def cancel(rid):
     """The client went away during a streamed response: close() the iterable."""
-    resp = _streams.pop(rid, None)
+    resp = _streams().pop(rid, None)
     if resp is not None:
         _close(resp)
