@@ -9,11 +9,11 @@ or, for a streamed response, once its first chunk is there; JS then pulls the re
 
 import asyncio
 import sys
+import types
 from urllib.parse import unquote
 
 import bunpy
 
-_EAGER = sys.version_info >= (3, 12)
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 DONE, STREAM = 0, 1
 _HIGH_WATER = 65536  # bytes a streamed response may queue before send() waits for JS
@@ -46,10 +46,27 @@ class _App:
         self.tasks = set()  # app calls still running (a response may be done before its app call)
 
 
-def _task(loop, coro):
-    if _EAGER:
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-    return loop.create_task(coro)
+@types.coroutine
+def _resume(coro, yielded):
+    """Goes on with a coroutine that already ran up to its first suspension (it yielded
+    `yielded`), as `yield from` would: what the driving task sends or throws is passed on."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as e:
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _continue(coro, yielded):
+    return await _resume(coro, yielded)
 
 
 def load(app_id, target, paths):
@@ -192,9 +209,14 @@ class _Request:
         self.drain = None  # future: send() waiting for JS to pull
         self.puller = None  # future: pull() waiting for send()
         self.result = None  # future: handle() waiting for the head
+        self.task = None  # the app call's task, once it waited for something
 
 
 def _headers_out(headers):
+    try:
+        return [x.decode("latin-1") for pair in headers for x in pair]
+    except (AttributeError, TypeError):
+        pass
     out = []
     for k, v in headers:
         out.append(k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else str(k))
@@ -217,7 +239,12 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     apps, requests = _state()
     a = apps[app_id]
     raw, _, query = target.partition("?")
-    hs = [(_enc(headers[i]), _enc(headers[i + 1])) for i in range(0, len(headers), 2)]
+    try:
+        it = iter(headers)
+        hs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in zip(it, it)]
+    except UnicodeEncodeError:
+        it = iter(headers)
+        hs = [(_enc(k), _enc(v)) for k, v in zip(it, it)]
     server = _SERVER_CACHE.get((server_host, server_port))
     if server is None:
         server = _SERVER_CACHE[(server_host, server_port)] = (server_host, server_port)
@@ -237,15 +264,23 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
         "state": a.state.copy(),
     }
     r = _Request(rid, body if body is not None else b"", more, method == "HEAD")
-    loop = asyncio.get_running_loop()
-    r.result = loop.create_future()
     requests[rid] = r
-    r.task = t = _task(loop, _run(a.app, scope, r))
-    if not t.done():
+    # The app's first step runs here, without a task: an app that answers without waiting
+    # (most requests) costs no task, no future and no loop iteration. Only an app that
+    # suspends goes on as a task (_continue picks it up where it stopped).
+    coro = _run(a.app, scope, r)
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        pass
+    else:
+        t = asyncio.get_running_loop().create_task(_continue(coro, yielded))
+        r.task = t
         a.tasks.add(t)
         t.add_done_callback(a.tasks.discard)
-    if not r.result.done():
-        await r.result
+        if not (r.complete or r.chunks or r.error is not None):
+            r.result = asyncio.get_running_loop().create_future()
+            await r.result
     r.returned = True
     if r.error is not None and not r.started:
         requests.pop(rid, None)
@@ -367,7 +402,7 @@ async def pull(rid):
     r = requests.get(rid)
     if r is None:
         return [b"", False]
-    while not r.chunks and not r.complete and r.error is None and not r.task.done():
+    while not r.chunks and not r.complete and r.error is None and r.task is not None and not r.task.done():
         r.puller = asyncio.get_running_loop().create_future()
         await r.puller
         r.puller = None
