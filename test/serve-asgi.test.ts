@@ -153,6 +153,34 @@ describe("raw ASGI app", () => {
     expect((await fetch(`${base}/hello`)).status).toBe(200);
   });
 
+  test("Expect: 100-continue: the body sent after the headers reaches the app", async () => {
+    const out = await rawExchange(
+      server.port!,
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nhello",
+    );
+    expect(out).toContain("HTTP/1.1 200");
+    expect(out).toContain('{"total": 5');
+  });
+
+  test("oversized headers are refused by Bun (431/400 or closed), and the server goes on", async () => {
+    const out = await rawExchange(server.port!, `GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(200_000)}\r\n\r\n`);
+    expect(out === "" || /^HTTP\/1.1 4\d\d/.test(out)).toBe(true);
+    expect((await fetch(`${base}/hello`)).status).toBe(200);
+  });
+
+  test("a slow client reading a long stream gets all of it (back-pressure, not loss)", async () => {
+    const { socket, received } = await openUntil(server.port!, "GET /stream?n=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "chunk 0");
+    let all = received;
+    await Bun.sleep(200); // the app runs ahead only until its queue is full
+    await new Promise<void>((done) => {
+      socket.on("data", (d) => (all += d.toString("latin1")));
+      socket.on("close", () => done());
+      socket.resume();
+    });
+    expect(all).toContain("chunk 2999\n");
+    expect(all.split("chunk ").length - 1).toBe(3000);
+  });
+
   test("many requests in flight across the pool", async () => {
     const rs = await Promise.all(Array.from({ length: 64 }, (_, i) => fetch(`${base}/stream?n=${i % 7}`).then((r) => r.text())));
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
