@@ -99,6 +99,18 @@ describe("raw ASGI app", () => {
     expect(out).not.toContain("Hello");
   });
 
+  test("repeated Set-Cookie headers stay separate; body and more_body default to empty and False", async () => {
+    const r = await fetch(`${base}/cookies`);
+    expect(r.headers.getSetCookie()).toEqual(["a=1; Path=/", "b=2; Path=/"]);
+    expect(await r.text()).toBe("");
+  });
+
+  test("a body message after the response is complete raises RuntimeError in the app", async () => {
+    expect(await (await fetch(`${base}/twice`)).text()).toBe("once");
+    const all = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    expect(all.some((e: string) => e.startsWith("twice: bunpy: http.response.body after the response was complete"))).toBe(true);
+  });
+
   test("204 has no body", async () => {
     const r = await fetch(`${base}/status`);
     expect(r.status).toBe(204);
