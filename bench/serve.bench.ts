@@ -107,8 +107,8 @@ function wrk(url: string, seconds = SECONDS): Result {
   const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", `-c${CONNS}`, `-d${seconds}s`, "--latency", url], { stdout: "pipe" });
   const out = r.stdout.toString();
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
-  const p50 = /50%\s+(\S+)/.exec(out)?.[1] ?? "?";
-  const p99 = /99%\s+(\S+)/.exec(out)?.[1] ?? "?";
+  const p50 = /^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "?";
+  const p99 = /^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? "?";
   if (/Non-2xx/.test(out) || /Socket errors/.test(out)) console.log(out.split("\n").filter((l) => /Non-2xx|Socket errors/.test(l)).join("\n"));
   return { rps, p50, p99 };
 }
