@@ -197,6 +197,9 @@ describe("raw ASGI app", () => {
     const rs = await Promise.all(Array.from({ length: 64 }, (_, i) => fetch(`${base}/stream?n=${i % 7}`).then((r) => r.text())));
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
     expect(app.inFlight).toBe(0);
+    // nothing is left behind in Python: every request record was dropped
+    const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")));
+    expect(left).toEqual(app.pool.contexts.map(() => 0));
   });
 });
 

@@ -86,6 +86,8 @@ describe("raw WSGI app", () => {
       after = (await Promise.all(own.map((c) => c.eval("len(__import__('wsgiapp').closed)")))).reduce((a, b) => a + b, 0);
     }
     expect(after).toBe(before + 1);
+    const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._wsgi')._wsgi._streams())")));
+    expect(left).toEqual(app.pool.contexts.map(() => 0)); // no stream left behind
   });
 
   test("start_response with exc_info before the body replaces the status; errors are a 500", async () => {
