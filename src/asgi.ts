@@ -11,6 +11,7 @@
 import type { Context } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
+import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
 import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
 
 export interface AsgiOptions extends ServeAppOptions {
@@ -32,6 +33,8 @@ export interface ServedApp {
   mount(prefix: string): Handler;
   /** The pool the app runs in. */
   readonly pool: Pool;
+  /** ASGI: the handlers for Bun.serve({ websocket }) (websocket scopes); undefined for WSGI. */
+  readonly websocket?: typeof websocketHandlers;
   /** "asgi" or "wsgi". */
   readonly interface: "asgi" | "wsgi";
   /** Requests being served. */
@@ -131,6 +134,14 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       const ctx = pool.pick();
       const url = req.url;
       const method = req.method;
+      if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+        const ip = server.requestIP?.(req) ?? null;
+        const res = await handshake(rt, ctx, id, rid, req, server as Upgrader, {
+          target: targetOf(url), headers: flatHeaders(req), host: ip?.address ?? null, port: ip?.port ?? null,
+          scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: server.hostname ?? null, serverPort: server.port ?? null, rootPath,
+        });
+        return res as Response; // undefined once upgraded: Bun.serve accepts that
+      }
       let body: Uint8Array | null = null;
       let more = false;
       const l: Live = { ctx, gone: false };
@@ -218,6 +229,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       return (req, server) => serve(req, server, root);
     },
     pool,
+    websocket: websocketHandlers,
     interface: "asgi",
     get inFlight() {
       return tracker.n;
@@ -225,6 +237,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     close(opts?: CloseAppOptions): Promise<void> {
       closed ??= (async () => {
         tracker.closing = true;
+        closeSockets(id);
         const timeout = opts?.timeout ?? 10000;
         const start = Date.now();
         await tracker.drained(timeout);

@@ -25,6 +25,7 @@ export interface ServerLike {
   requestIP?(req: Request): { address: string; port: number } | null;
   hostname?: string;
   port?: number;
+  upgrade?(req: Request, options: unknown): boolean;
 }
 
 export type Handler = (req: Request, server?: ServerLike) => Promise<Response>;

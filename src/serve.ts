@@ -40,6 +40,7 @@ export async function startServe(rt: MainInterpreter, options: ServeOptions): Pr
     hostname: options.hostname ?? "127.0.0.1",
     reusePort: options.reusePort,
     fetch: app.fetch,
+    websocket: app.websocket ?? { message() {} },
   });
   let closed: Promise<void> | undefined;
   return {

@@ -21,6 +21,7 @@ describe("raw ASGI app", () => {
       hostname: "127.0.0.1",
       routes: { "/api/*": app.mount("/api"), "/js": () => new Response("from JS") },
       fetch: app.fetch,
+      websocket: app.websocket,
     });
     base = `http://127.0.0.1:${server.port}`;
   });
@@ -193,6 +194,41 @@ describe("raw ASGI app", () => {
     expect(all.split("chunk ").length - 1).toBe(3000);
   });
 
+  test("websocket: accept with subprotocol, text and binary frames both ways, app closes with its code", async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, ["chat", "other"]);
+    ws.binaryType = "arraybuffer";
+    const got: unknown[] = [];
+    const closed = new Promise<{ code: number; reason: string }>((ok) => (ws.onclose = (e) => ok({ code: e.code, reason: e.reason })));
+    await new Promise((ok, fail) => ((ws.onopen = ok), (ws.onerror = fail)));
+    expect(ws.protocol).toBe("chat");
+    const next = () => new Promise<unknown>((ok) => (ws.onmessage = (e) => ok(e.data)));
+    got.push(await next());
+    ws.send("ping");
+    got.push(await next());
+    ws.send(new Uint8Array([1, 2, 3]));
+    got.push([...new Uint8Array((await next()) as ArrayBuffer)]);
+    ws.send("close");
+    expect(got).toEqual(["welcome /ws 'yes'", "echo ping", [3, 2, 1]]);
+    expect(await closed).toEqual({ code: 4000, reason: "bye" });
+  });
+
+  test("websocket: closing before accept is a 403; a client close reaches the app as websocket.disconnect", async () => {
+    const denied = await rawExchange(
+      server.port!,
+      "GET /ws-deny HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    expect(denied).toStartWith("HTTP/1.1 403");
+    const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`);
+    await new Promise((ok) => (ws.onmessage = ok));
+    ws.close(4321);
+    let events: string[] = [];
+    for (let i = 0; i < 100 && !events.includes("ws disconnect 4321"); i++) {
+      await Bun.sleep(20);
+      events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    }
+    expect(events).toContain("ws disconnect 4321");
+  });
+
   test("many requests in flight across the pool", async () => {
     const rs = await Promise.all(Array.from({ length: 64 }, (_, i) => fetch(`${base}/stream?n=${i % 7}`).then((r) => r.text())));
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
@@ -275,7 +311,7 @@ describe.skipIf(skip !== undefined)("Starlette", () => {
   let base: string;
   beforeAll(async () => {
     app = await py.asgi("starapp:app", { pool: { size: 2 }, mode, path: [FIXTURES, (venv as { site: string }).site] });
-    server = Bun.serve({ port: 0, hostname: "127.0.0.1", routes: { "/sub/*": app.mount("/sub") }, fetch: app.fetch });
+    server = Bun.serve({ port: 0, hostname: "127.0.0.1", routes: { "/sub/*": app.mount("/sub") }, fetch: app.fetch, websocket: app.websocket });
     base = `http://127.0.0.1:${server.port}`;
   }, 60000);
   afterAll(async () => {
@@ -304,6 +340,25 @@ describe.skipIf(skip !== undefined)("Starlette", () => {
     expect(await f.text()).toBe("static file contents\n");
     expect(f.headers.get("content-type")).toStartWith("text/plain");
   });
+});
+
+describe.skipIf(skip !== undefined)("Starlette websocket", () => {
+  test("WebSocketRoute: accept, receive_text, send_json with lifespan state, close", async () => {
+    const app = await py.asgi("starapp:app", { pool: { size: 1 }, mode, path: [FIXTURES, (venv as { site: string }).site] });
+    const server = Bun.serve({ port: 0, fetch: app.fetch, websocket: app.websocket });
+    try {
+      const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`);
+      const closed = new Promise<number>((ok) => (ws.onclose = (e) => ok(e.code)));
+      await new Promise((ok) => (ws.onopen = ok));
+      const msg = new Promise<string>((ok) => (ws.onmessage = (e) => ok(String(e.data))));
+      ws.send("Ada");
+      expect(JSON.parse(await msg)).toEqual({ hello: "Ada", greeting: "hello from lifespan" });
+      expect(await closed).toBe(1000);
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  }, 60000);
 });
 
 describe.skipIf(skip !== undefined)("Django via ASGI", () => {

@@ -434,3 +434,127 @@ def disconnect(rid):
         if f is not None and not f.done():
             f.set_result(None)
     return None
+
+
+# ---- websocket ----------------------------------------------------------------------------
+# JS upgrades the connection when the app accepts; frames from the client arrive through
+# ws_receive / ws_disconnect (casts), frames to the client leave through
+# bunpy.send("__bunpy_ws", [rid, kind, ...]) — in order, with send()'s back-pressure.
+
+_WS_CONNECTING, _WS_OPEN, _WS_CLOSED = 0, 1, 2
+
+
+class _WS:
+    __slots__ = ("rid", "queue", "state", "result", "client_closed")
+
+    def __init__(self, rid):
+        self.rid = rid
+        self.queue = asyncio.Queue()
+        self.state = _WS_CONNECTING
+        self.result = None
+        self.client_closed = False
+
+
+async def ws_connect(app_id, rid, target, headers, client_host, client_port, scheme, server_host,
+                     server_port, root_path, subprotocols):
+    """Runs the app until it accepts or refuses: ["accept", subprotocol, headers] or
+    ["close", status]."""
+    apps, requests = _state()
+    a = apps[app_id]
+    raw, _, query = target.partition("?")
+    it = iter(headers)
+    scope = {
+        "type": "websocket",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "scheme": scheme,
+        "path": unquote(raw) if "%" in raw else raw,
+        "raw_path": _enc(raw),
+        "query_string": _enc(query),
+        "root_path": root_path,
+        "headers": [(_enc(k), _enc(v)) for k, v in zip(it, it)],
+        "client": (client_host, client_port) if client_host is not None else None,
+        "server": (server_host, server_port),
+        "subprotocols": subprotocols,
+        "state": a.state.copy(),
+    }
+    w = _WS(rid)
+    requests[rid] = w
+    loop = asyncio.get_running_loop()
+    w.result = loop.create_future()
+    w.queue.put_nowait({"type": "websocket.connect"})
+    t = loop.create_task(_ws_run(a.app, scope, w))
+    a.tasks.add(t)
+    t.add_done_callback(a.tasks.discard)
+    return await w.result
+
+
+async def _ws_run(app, scope, w):
+    async def receive():
+        return await w.queue.get()
+
+    async def send(message):
+        t = message["type"]
+        if w.client_closed:
+            raise OSError("bunpy: the websocket was closed by the client")
+        if t == "websocket.accept":
+            if w.state != _WS_CONNECTING:
+                raise RuntimeError("bunpy: websocket.accept after the handshake")
+            w.state = _WS_OPEN
+            w.result.set_result(["accept", message.get("subprotocol"), _headers_out(message.get("headers", ()))])
+        elif t == "websocket.send":
+            if w.state != _WS_OPEN:
+                raise RuntimeError("bunpy: websocket.send before accept or after close")
+            text = message.get("text")
+            if text is not None:
+                bunpy.send("__bunpy_ws", [w.rid, 0, text])
+            else:
+                bunpy.send("__bunpy_ws", [w.rid, 1, bytes(message.get("bytes") or b"")])
+        elif t == "websocket.close":
+            if w.state == _WS_CONNECTING:
+                w.state = _WS_CLOSED
+                w.result.set_result(["close", 403])
+            elif w.state == _WS_OPEN:
+                w.state = _WS_CLOSED
+                bunpy.send("__bunpy_ws", [w.rid, 2, int(message.get("code", 1000)), message.get("reason") or ""])
+        else:
+            raise RuntimeError(f"bunpy: unexpected ASGI message {t!r}")
+
+    try:
+        await app(scope, receive, send)
+    except BaseException as e:
+        if not w.client_closed:
+            import traceback
+
+            print("bunpy: exception in ASGI websocket application", file=sys.stderr)
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        _ws_end(w, 500, 1011)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+    else:
+        _ws_end(w, 403, 1000)
+
+
+def _ws_end(w, status, code):
+    if w.state == _WS_CONNECTING:
+        w.result.set_result(["close", status])
+    elif w.state == _WS_OPEN and not w.client_closed:
+        bunpy.send("__bunpy_ws", [w.rid, 2, code, ""])
+    w.state = _WS_CLOSED
+    _state()[1].pop(w.rid, None)
+
+
+def ws_receive(rid, text, data):
+    w = _state()[1].get(rid)
+    if w is not None:
+        if text is not None:
+            w.queue.put_nowait({"type": "websocket.receive", "text": text})
+        else:
+            w.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+
+
+def ws_disconnect(rid, code, reason):
+    w = _state()[1].pop(rid, None)
+    if w is not None:
+        w.client_closed = True
+        w.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
