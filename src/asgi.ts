@@ -44,6 +44,11 @@ export interface ServedApp {
   close(options?: CloseAppOptions): Promise<void>;
 }
 
+/** What py.asgi returns: a ServedApp whose websocket handlers are always there. */
+export interface AsgiApp extends ServedApp {
+  readonly websocket: typeof websocketHandlers;
+}
+
 const BODY_INLINE = 65536;
 const DONE = 0;
 
@@ -106,7 +111,7 @@ export function unavailable(): Response {
   return new Response("Service Unavailable", { status: 503, headers: { "content-type": "text/plain; charset=utf-8", connection: "close" } });
 }
 
-export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<ServedApp> {
+export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<AsgiApp> {
   const lifespan = options.lifespan ?? "auto";
   if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
   const defaultRoot = checkRootPath(options.rootPath);
@@ -222,7 +227,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
   }
 
   let closed: Promise<void> | undefined;
-  const app: ServedApp = {
+  const app: AsgiApp = {
     fetch: (req, server) => serve(req, server, defaultRoot),
     mount(prefix: string): Handler {
       const root = checkRootPath(prefix);

@@ -91,11 +91,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
     const inner = s.app.fetch;
     s.server.reload({
       fetch: async (req: Request, server: any) => {
-        const res = await inner(req, server);
+        const res: Response | undefined = await inner(req, server);
         const ip = server.requestIP(req);
         const u = req.url;
         const target = u.slice(u.indexOf("/", u.indexOf("//") + 2));
-        console.log(`INFO:     ${ip ? `${ip.address}:${ip.port}` : "-"} - "${req.method} ${target} HTTP/1.1" ${res.status}`);
+        console.log(`INFO:     ${ip ? `${ip.address}:${ip.port}` : "-"} - "${req.method} ${target} HTTP/1.1" ${res === undefined ? 101 : res.status}`); // undefined: upgraded to a websocket
         return res;
       },
     });

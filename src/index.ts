@@ -15,7 +15,7 @@ import { Context, type ContextOptions } from "./context.ts";
 import { existingHub, hubOf, type MessageListener } from "./hub.ts";
 import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
-import { startAsgi, type AsgiOptions, type ServedApp } from "./asgi.ts";
+import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asgi.ts";
 import { startWsgi, type WsgiOptions } from "./wsgi.ts";
 import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
 
@@ -27,7 +27,7 @@ export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.
 export type { CallOptions, CloseOptions, ContextMode, ContextOptions, MessageListener, SandboxPolicy } from "./context.ts";
 export { Pool } from "./pool.ts";
 export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
-export type { AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts";
+export type { AsgiApp, AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts";
 export type { WsgiOptions } from "./wsgi.ts";
 export type { ServeOptions, ServedServer } from "./serve.ts";
 
@@ -132,7 +132,7 @@ export const py = {
   },
   /** Loads an ASGI app ("module:app") into a pool of contexts: `Bun.serve({ fetch: app.fetch })`
       (see docs/serving.md). */
-  async asgi(target: string, options?: AsgiOptions): Promise<ServedApp> {
+  async asgi(target: string, options?: AsgiOptions): Promise<AsgiApp> {
     return startAsgi(running(), target, options);
   },
   /** Loads a WSGI app ("module:application") into a pool of contexts (see docs/serving.md). */

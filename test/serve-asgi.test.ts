@@ -2,7 +2,7 @@
 // (test/fixtures/serve/rawapp.py), Starlette and Django from the local pip index.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
-import { py, type ServedApp } from "../src/index.ts";
+import { py, type AsgiApp } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
 import { openUntil, rawExchange, sequential } from "./fixtures/serve/http.ts";
 import { testVenv } from "./fixtures/serve/venv.ts";
@@ -11,7 +11,7 @@ const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
 const mode = hasOwnGil ? "owngil" : "worker";
 
 describe("raw ASGI app", () => {
-  let app: ServedApp;
+  let app: AsgiApp;
   let server: ReturnType<typeof Bun.serve>;
   let base: string;
   beforeAll(async () => {
@@ -306,7 +306,7 @@ const skip = "skip" in venv ? venv.skip : undefined;
 if (skip) console.warn(`serve-asgi: Starlette/Django tests skipped: ${skip}`);
 
 describe.skipIf(skip !== undefined)("Starlette", () => {
-  let app: ServedApp;
+  let app: AsgiApp;
   let server: ReturnType<typeof Bun.serve>;
   let base: string;
   beforeAll(async () => {
