@@ -265,11 +265,11 @@ describe("lifespan", () => {
       await Bun.sleep(10); // messages are delivered from the event loop
       expect(shutdowns).toEqual(["startup", "startup"]); // one per context
       shutdowns.length = 0;
-      const slow = fetch(`${base}/stream?n=200`).then((r) => r.text());
-      await Bun.sleep(1);
+      const slow = Array.from({ length: 30 }, () => fetch(`${base}/stream?n=200`).then((r) => r.text()));
+      while (app.inFlight === 0) await Bun.sleep(1);
       const closing = app.close();
       expect((await fetch(`${base}/hello`)).status).toBe(503);
-      expect((await slow).split("\n").length - 1).toBe(200); // the request in flight finished
+      for (const t of await Promise.all(slow)) expect(t.split("\n").length - 1).toBe(200); // every request finished, complete
       await closing;
       stop();
       expect(shutdowns).toEqual(["shutdown while 0 in flight", "shutdown while 0 in flight"]); // one per context
