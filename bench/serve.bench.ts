@@ -1,7 +1,7 @@
 /**
  * Serving Python web apps: bunpy (Bun.serve + py.asgi, one context) against uvicorn (one
  * worker) on the same Python, both pinned to core 0 with taskset, wrk pinned to core 1.
- * Apps: a raw ASGI hello world and a Starlette JSON endpoint.
+ * Apps: a raw ASGI hello world, a Starlette JSON endpoint and a Django async JSON view.
  *
  *   BUNPY_PYTHON=~/.pyenv/versions/3.13.0/bin/python3 npx bun bench/serve.bench.ts
  *
@@ -36,10 +36,26 @@ async def items(request):
 app = Starlette(routes=[Route("/items/{n}", items)])
 `;
 
+const DJ = `
+import django
+from django.conf import settings
+settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, MIDDLEWARE=[], INSTALLED_APPS=[], USE_TZ=False)
+django.setup()
+from django.http import JsonResponse
+from django.urls import path
+
+async def item(request, n):
+    return JsonResponse({"id": n, "name": "widget", "tags": ["a", "b"], "price": 9.5})
+
+urlpatterns = [path("items/<int:n>", item)]
+from django.core.asgi import get_asgi_application
+app = get_asgi_application()
+`;
+
 // ---- server mode: `bun bench/serve.bench.ts --server <target> <port> <site-packages>` --------
 if (process.argv[2] === "--server") {
-  const [, , , target, port, site] = process.argv;
-  const app = await py.asgi(target!, { pool: { size: 1 }, path: [APPS, site!] });
+  const [, , , target, port, site, mode] = process.argv;
+  const app = await py.asgi(target!, { pool: { size: 1, mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
   Bun.serve({ port: Number(port), hostname: "127.0.0.1", fetch: app.fetch });
   console.log("ready");
   process.on("SIGTERM", async () => {
@@ -76,9 +92,11 @@ if (!existsSync(join(site, "uvicorn"))) {
   pip("uvloop");
   pip("httptools");
 }
+if (!existsSync(join(site, "django"))) pip("django>=5,<6");
 mkdirSync(APPS, { recursive: true });
 writeFileSync(join(APPS, "bench_hello.py"), HELLO);
 writeFileSync(join(APPS, "bench_star.py"), STAR);
+writeFileSync(join(APPS, "bench_django.py"), DJ);
 const loop = existsSync(join(site, "uvloop")) ? "uvloop" : "asyncio";
 const http = existsSync(join(site, "httptools")) ? "httptools" : "h11";
 
@@ -128,15 +146,21 @@ async function run(label: string, cmd: string[], port: number, path: string, env
 }
 
 const mode = Number(min) >= 12 ? "owngil" : "worker";
+// Django in worker contexts: on 3.13 its zoneinfo import fails in owngil contexts, and under
+// load asgiref starts daemon threads, which owngil interpreters refuse (docs/serving.md)
+const djangoMode = "worker";
 console.log(`Python ${version}; uvicorn with ${loop} + ${http}; bunpy 1 ${mode} context; server on core 0, wrk -t1 -c${CONNS} -d${SECONDS}s on core 1`);
 let port = 18000 + Math.floor(Math.random() * 1000);
-for (const [name, target, path] of [
-  ["raw ASGI hello world", "bench_hello:app", "/"],
-  ["Starlette JSON endpoint", "bench_star:app", "/items/7"],
-] as const) {
-  console.log(`${name}:`);
+const apps: [string, string, string, string][] = [
+  ["raw ASGI hello world", "bench_hello:app", "/", mode],
+  ["Starlette JSON endpoint", "bench_star:app", "/items/7", mode],
+];
+if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)", "bench_django:app", "/items/7", djangoMode]);
+else console.log("(Django row skipped: pip could not install django)");
+for (const [name, target, path, ctxMode] of apps) {
+  console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
   const u = await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path);
-  const b = await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site], port, path);
+  const b = await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path);
   console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
 }
 await py.close();

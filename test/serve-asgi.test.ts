@@ -112,6 +112,11 @@ describe("raw ASGI app", () => {
     expect(all.some((e: string) => e.startsWith("twice: bunpy: http.response.body after the response was complete"))).toBe(true);
   });
 
+  test("the app call runs in one contextvars Context across its suspensions, a fresh one per request", async () => {
+    const rs = await Promise.all(Array.from({ length: 20 }, () => fetch(`${base}/ctxvar`).then((r) => r.text())));
+    expect(rs).toEqual(rs.map(() => "mine,unset"));
+  });
+
   test("204 has no body", async () => {
     const r = await fetch(`${base}/status`);
     expect(r.status).toBe(204);

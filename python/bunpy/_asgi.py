@@ -8,6 +8,7 @@ or, for a streamed response, once its first chunk is there; JS then pulls the re
 """
 
 import asyncio
+import contextvars
 import sys
 import types
 from urllib.parse import unquote
@@ -268,13 +269,16 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     # The app's first step runs here, without a task: an app that answers without waiting
     # (most requests) costs no task, no future and no loop iteration. Only an app that
     # suspends goes on as a task (_continue picks it up where it stopped).
+    # The first step and the task run in one Context of their own, as one task would:
+    # a ContextVar token set before the first suspension is reset after it (asgiref does).
     coro = _run(a.app, scope, r)
+    ctx = contextvars.copy_context()
     try:
-        yielded = coro.send(None)
+        yielded = ctx.run(coro.send, None)
     except StopIteration:
         pass
     else:
-        t = asyncio.get_running_loop().create_task(_continue(coro, yielded))
+        t = asyncio.get_running_loop().create_task(_continue(coro, yielded), context=ctx)
         r.task = t
         a.tasks.add(t)
         t.add_done_callback(a.tasks.discard)
