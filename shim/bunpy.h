@@ -164,5 +164,10 @@ BP_EXPORT double bp_ctx_completed(bp_context *ctx);
 /* benchmark baseline (bench.c): the cheapest useful call into Python */
 BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);
 BP_EXPORT int64_t bp_bench_call(bp_io *io, int64_t a, int64_t b);
+/* the floor of an awaited call into another thread: a C thread calls `cb` (a threadsafe
+   JSCallback) once per ping */
+BP_EXPORT void *bp_bench_echo_start(void *cb);
+BP_EXPORT void bp_bench_echo_ping(void *echo);
+BP_EXPORT void bp_bench_echo_stop(void *echo);
 
 #endif
