@@ -88,10 +88,17 @@ export class ContextHub {
     setImmediate(this.poll);
   }
 
+  /**
+   * While JS polls, completions ring no doorbell (bp_port_poll tells the shim), and a poll
+   * that finds nothing yields the core first. Stopping tells the shim again and looks one
+   * last time: what completes after that rings the doorbell.
+   */
   private readonly poll = (): void => {
-    this.drain();
-    if (this.count > 0 && performance.now() < this.pollUntil) setImmediate(this.poll);
-    else this.polling = false;
+    const { lib, io } = this.rt;
+    if (lib.bp_port_poll(io, 1) !== 0) this.drain();
+    if (this.count > 0 && performance.now() < this.pollUntil) return void setImmediate(this.poll);
+    this.polling = false;
+    if (lib.bp_port_poll(io, 0) !== 0) this.drain();
   };
 
   private polling = false;
