@@ -95,10 +95,16 @@ export class ContextHub {
    */
   private readonly poll = (): void => {
     const { lib, io } = this.rt;
-    if (lib.bp_port_poll(io, 1) !== 0) this.drain();
-    if (this.count > 0 && performance.now() < this.pollUntil) return void setImmediate(this.poll);
-    this.polling = false;
-    if (lib.bp_port_poll(io, 0) !== 0) this.drain();
+    try {
+      if (lib.bp_port_poll(io, 1) !== 0) this.drain();
+    } finally {
+      // whatever happened, either the poll goes on or the shim hears that it stopped
+      if (this.count > 0 && performance.now() < this.pollUntil) setImmediate(this.poll);
+      else {
+        this.polling = false;
+        if (lib.bp_port_poll(io, 0) !== 0) this.drain();
+      }
+    }
   };
 
   private polling = false;
