@@ -365,20 +365,24 @@ export class ContextHub {
     this.reply(call, context, value);
   }
 
+  /** Answers a call with its value (or, if the value cannot cross, with that error); the
+      call counts as active until the answer is sent. */
   private reply(call: number, context: Context, value: unknown): void {
-    context.jsCalls--;
     const { lib, io, wire } = this.rt;
     const saved = wire.hooks;
     wire.hooks = context.hooks;
+    let failed = false, error: unknown;
     try {
       wire.begin();
       wire.writeTop(value);
     } catch (e) {
+      failed = true;
+      error = e;
+    } finally {
       wire.hooks = saved;
-      context.jsCalls++; // replyError counts it down again
-      return this.replyError(call, e, context);
     }
-    wire.hooks = saved;
+    if (failed) return this.replyError(call, error, context);
+    context.jsCalls--;
     lib.bp_call_reply(call, io, Status.Ok, wire.pos);
   }
 
