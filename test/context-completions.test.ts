@@ -51,6 +51,23 @@ for (const mode of contextModes) {
       expect(a.inFlight + b.inFlight).toBe(0);
     });
 
+    test("memory stays flat over many calls (requests are freed, whichever way they completed)", async () => {
+      const ctx = await context(mode);
+      await ctx.exec(SRC);
+      const batch = async (n: number) => {
+        for (let done = 0; done < n; done += 2000)
+          await Promise.all(Array.from({ length: 2000 }, (_, i) => ctx.call("__main__", "ident", [{ k: i, s: "x" }])));
+        for (let i = 0; i < 200; i++) await ctx.call("__main__", "ident", [i]); // one at a time: polled
+      };
+      await batch(40_000);
+      Bun.gc(true);
+      const before = process.memoryUsage().rss;
+      await batch(200_000);
+      Bun.gc(true);
+      // a leaked request (~150 bytes with its payload) per call would be 30 MB
+      expect(process.memoryUsage().rss - before).toBeLessThan(15 * 1024 * 1024);
+    }, 60_000);
+
     test("a context keeps working after another one closed with calls completed", async () => {
       const a = await context(mode);
       await a.exec(SRC);
