@@ -113,7 +113,7 @@ const [c1, c2] = pool.contexts as [typeof ctx, typeof ctx];
 for (const fn of ["ident", "work"]) {
   const total = fn === "ident" ? 400_000 : 100_000;
   const ratios: number[] = [];
-  console.log(` ${fn === "ident" ? "ident(x): trivial, the JS thread is the bottleneck" : "work(x): ~2 µs of Python per call"}`);
+  console.log(` ${fn === "ident" ? "ident(x): trivial, the JS thread is the bottleneck" : "work(x): ~1 µs of Python per call"}`);
   for (let r = 0; r < 3; r++) {
     const one = await throughput("1 context", (i) => ctx.call("__main__", fn, [i]), total, 4096);
     const two = await throughput("2 contexts (alternating)", (i) => (i & 1 ? c1 : c2).call("__main__", fn, [i]), total, 4096);
