@@ -145,6 +145,7 @@ BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop 
 
 /* contexts (context.c) */
 BP_EXPORT void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn);
+BP_EXPORT int32_t bp_port_poll(bp_io *io, int32_t polling);           /* -> 1: completions or calls wait */
 BP_EXPORT int32_t bp_port_drain(bp_io *io);                             /* -> count; buf: (u32 id, i32 status, u32 len, bytes)* */
 BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len); /* buf: policy (DICT|NONE);
                                                                       completion `id` once started */
@@ -164,5 +165,10 @@ BP_EXPORT double bp_ctx_completed(bp_context *ctx);
 /* benchmark baseline (bench.c): the cheapest useful call into Python */
 BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);
 BP_EXPORT int64_t bp_bench_call(bp_io *io, int64_t a, int64_t b);
+/* the floor of an awaited call into another thread: a C thread calls `cb` (a threadsafe
+   JSCallback) once per ping */
+BP_EXPORT void *bp_bench_echo_start(void *cb);
+BP_EXPORT void bp_bench_echo_ping(void *echo);
+BP_EXPORT void bp_bench_echo_stop(void *echo);
 
 #endif

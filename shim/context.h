@@ -47,6 +47,8 @@ struct bp_request {
     uint32_t inline_cap;      /* bytes available in inline_data                          */
     sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
+    int borrowed;             /* `reply` is its context's owner port: no ref taken (the
+                                 context's own ref keeps the port while the request lives) */
     bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
     atomic_ullong seq;        /* which run of its context this is; 0 until it starts    */
     atomic_int parked;        /* its result is an awaitable running as a task on the loop */

@@ -100,6 +100,7 @@ typedef struct bp_port {
     atomic_int sync_waiting;     /* a callSync is waiting on sync_wake                       */
     atomic_int unread;           /* bunpy.send messages from the main interpreter not drained */
     bp_doorbell_fn doorbell;     /* threadsafe JSCallback; NULL until a context is created   */
+    atomic_int js_polling;       /* JS looks for completions itself now: no doorbell (request.c) */
 } bp_port;
 
 static inline bp_port *bp_port_of(bp_io *io) { return (bp_port *)io; }
