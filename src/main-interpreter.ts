@@ -9,7 +9,15 @@ import { join } from "node:path";
 import { ensureShim, packageRoot } from "./build.ts";
 import { Kwargs, METHOD, Wire, type WireHooks } from "./codec.ts";
 import { findPython, type PythonInfo } from "./discover.ts";
-import { BunpyError, ConversionError, errorFromRecord, PythonClosedError, Status } from "./errors.ts";
+import {
+  BunpyError,
+  ConversionError,
+  errorFromRecord,
+  PythonClosedError,
+  PythonError,
+  Status,
+  type KeptTraceback,
+} from "./errors.ts";
 import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
 import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
@@ -73,7 +81,47 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     const w = this.wire;
     w.refresh();
     w.pos = 0;
-    throw errorFromRecord(rc, () => w.readValue(), (message) => new PythonClosedError(message));
+    const e = errorFromRecord(rc, () => w.readValue(), (message) => new PythonClosedError(message), this.keep);
+    if (e instanceof PythonError) {
+      const kept = PythonError.kept(e);
+      if (kept !== undefined) this.errorFinalizer.register(e, kept as KeptException, kept);
+    }
+    throw e;
+  }
+
+  // ------------------------------------------------------- kept tracebacks --
+
+  /** Exceptions whose traceback JS has not read yet (formatted at close for errors still alive). */
+  private readonly keptErrors = new Set<KeptException>();
+  private readonly errorFinalizer = new FinalizationRegistry<KeptException>((k) => this.releaseKept(k));
+  private readonly keep = (handle: number): KeptTraceback => {
+    const k = new KeptException(this, handle);
+    this.keptErrors.add(k);
+    return k;
+  };
+
+  /** @internal the traceback of a kept exception, formatted now; releases the exception. */
+  formatKept(k: KeptException): string {
+    if (k.text !== undefined) return k.text;
+    if (this.closed) return (k.text = "");
+    if (this.reentered()) return this.wire.nested(() => this.formatKept(k));
+    const rc = this.lib.bp_format_exception(this.io, k.handle);
+    k.text = rc === 0 ? String(this.wire.result()) : "";
+    this.errorFinalizer.unregister(k);
+    this.releaseKept(k);
+    return k.text;
+  }
+
+  private releaseKept(k: KeptException): void {
+    if (k.handle === 0) return;
+    this.keptErrors.delete(k);
+    if (!this.closed) this.drop(k.handle);
+    k.handle = 0;
+  }
+
+  /** Number of exceptions kept for errors whose traceback was not read (for leak tests). */
+  get keptExceptions(): number {
+    return this.keptErrors.size;
   }
 
   /** The decoded result of the last call, or the error it reported. */
@@ -491,6 +539,8 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   close(): void {
     if (this.closed) return;
     if (this.wire.writing !== 0) return this.wire.nested(() => this.close());
+    // errors still alive keep their traceback: formatted now, while Python can
+    if (!this.insideCallback) for (const k of [...this.keptErrors]) this.formatKept(k);
     const rc = this.lib.bp_finalize(this.io);
     if (rc === Status.Thread)
       throw new BunpyError(
@@ -515,6 +565,18 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     if (this.lib.bp_bench_prepare(this.io, st.handle) !== 0) throw new BunpyError("bench baseline failed");
     const lib = this.lib, io = this.io;
     return (a, b) => Number(lib.bp_bench_call(io, a, b));
+  }
+}
+
+/** A Python exception JS holds for a PythonError until its traceback is read. */
+class KeptException implements KeptTraceback {
+  text: string | undefined;
+  constructor(
+    private readonly owner: MainInterpreter,
+    public handle: number,
+  ) {}
+  format(): string {
+    return this.text ?? this.owner.formatKept(this);
   }
 }
 
