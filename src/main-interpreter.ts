@@ -399,8 +399,11 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     const m = this.moduleHandle(module);
     const n = this.nameHandle(fn);
     if (!Array.isArray(args)) throw new TypeError("py.call(module, fn, args, kwargs): args must be an array");
-    this.begin().writeCall(args, kwargs);
-    return this.result(this.lib.bp_call_attr(this.io, m, n));
+    if (this.wire.header[5] !== 0) this.takeReleased();
+    this.wire.writeCall(args, kwargs); // starts the message
+    const rc = this.lib.bp_call_attr(this.io, m, n);
+    if (rc !== 0) this.fail(rc);
+    return this.wire.result();
   }
 
   import(name: string): PyObject {
@@ -458,16 +461,20 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     return this.result(this.lib.bp_contains(this.io, st.handle)) as boolean;
   }
 
+  /** Arguments of a proxy call (writeCall starts the message itself). */
   private writeArgs(args: unknown[]): void {
+    if (this.wire.header[5] !== 0) this.takeReleased();
     const last = args[args.length - 1];
-    if (last instanceof Kwargs) this.begin().writeCall(args.slice(0, -1), last.values);
-    else this.begin().writeCall(args, undefined);
+    if (last instanceof Kwargs) this.wire.writeCall(args.slice(0, -1), last.values);
+    else this.wire.writeCall(args, undefined);
   }
 
   call(st: ProxyState, args: unknown[]): unknown {
     if (this.reentered()) return this.wire.nested(() => this.call(st, args));
     this.writeArgs(args);
-    return this.result(this.lib.bp_call(this.io, st.handle));
+    const rc = this.lib.bp_call(this.io, st.handle);
+    if (rc !== 0) this.fail(rc);
+    return this.wire.result();
   }
 
   callMethod(st: ProxyState, name: string, args: unknown[]): unknown {
