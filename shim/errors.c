@@ -108,7 +108,7 @@ int32_t bp_fail_python(bp_io *io) {
     uint32_t pos = 0;
     int bad = put_cstr(io, &pos, name) || put_cstr(io, &pos, mod) || put_cstr(io, &pos, msg);
     if (!bad && lazy) {
-        bad = bp_io_reserve(io, pos + 9) != BP_OK;
+        bad = bp_io_reserve(io, pos + 9 + 10) != BP_OK; /* the two INT32s too: once the handle is written, nothing may fail */
         if (!bad) {
             double h = (double)(uintptr_t)exc; /* the reference goes to JS */
             io->buf[pos++] = BP_T_INT53;

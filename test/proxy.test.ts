@@ -450,3 +450,48 @@ describe("proxy identity table (issue 11)", () => {
     expect(b.a).toBe(1);
   });
 });
+
+describe("attribute shapes that change (issue 11: what a method cache must keep right)", () => {
+  py.exec(`
+class Shape:
+    def area(self):
+        return 1
+    @property
+    def prop(self):
+        return "p1"
+class Dyn:
+    def __getattr__(self, name):
+        return f"dyn:{name}"
+shape = Shape()
+dyn = Dyn()
+`);
+
+  test("a method replaced on the class, shadowed on the instance, then the type mutated", () => {
+    const shape = py.eval("shape");
+    expect(shape.area()).toBe(1);
+    expect(shape.area()).toBe(1);
+    py.exec("Shape.area = lambda self: 2");
+    expect(shape.area()).toBe(2);
+    py.exec("shape.area = lambda: 3"); // instance attribute shadows the method
+    expect(shape.area()).toBe(3);
+    py.exec("shape.area = 4"); // not callable any more
+    expect(shape.area).toBe(4);
+    py.exec("del shape.area");
+    expect(shape.area()).toBe(2);
+    py.exec("del Shape.area");
+    expect(shape.area).toBeUndefined();
+    py.exec("Shape.area = lambda self: 5");
+    expect(shape.area()).toBe(5);
+  });
+
+  test("properties and __getattr__ are evaluated at every read", () => {
+    const shape = py.eval("shape");
+    expect(shape.prop).toBe("p1");
+    py.exec("Shape.prop = property(lambda self: 'p2')");
+    expect(shape.prop).toBe("p2");
+    const dyn = py.eval("dyn");
+    expect(dyn.anything).toBe("dyn:anything");
+    py.exec("Dyn.anything = lambda self: 'method'");
+    expect(dyn.anything()).toBe("method");
+  });
+});
