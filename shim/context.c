@@ -21,6 +21,7 @@
  */
 #include "internal.h"
 #include "context.h"
+#include "kernel-rules.h"
 #include <semaphore.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -101,7 +102,9 @@ static int setup_interpreter(bp_context *c, int owngil) {
     PyObject *pkg = PyErr_Occurred() ? NULL : PyImport_ImportModule("bunpy");
     c->interrupt_type = pkg ? PyObject_GetAttrString(pkg, "Interrupted") : NULL;
     Py_XDECREF(pkg);
-    return PyErr_Occurred() ? -1 : 0;
+    if (PyErr_Occurred()) return -1;
+    /* last, once everything the context needs at start is loaded: the kernel's rules */
+    return bp_kernel_rules_apply(&c->policy);
 }
 
 /* The startup error as text, for the start request. */

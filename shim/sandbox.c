@@ -72,6 +72,12 @@ static int module_denied(bp_policy *pol, PyObject *args) {
     return hit;
 }
 
+/* Modules that create or enter other interpreters: their threads carry no policy, and
+   running code in the main interpreter leaves the context. */
+static const char *const INTERP_MODULES[] = {"_interpreters", "_xxsubinterpreters", "_xxinterpchannels",
+                                             "_interpqueues", "_interpchannels", "interpreters",
+                                             "concurrent.interpreters", "_xxinterpqueues", NULL};
+
 /* Is `path` inside one of the allowed directories (compared after realpath)? */
 static int path_allowed(bp_policy *pol, const char *path) {
     char real[PATH_MAX];
@@ -171,6 +177,12 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         int denied = module_denied(pol, args);
         if (denied < 0) return -1;
         if (denied) return refuse(event, "denied imports", "this module is on the context's deny list");
+        const char *name = symbol_name(args, 0);
+        if (name && is_one_of(name, INTERP_MODULES))
+            return refuse(event, "no other interpreters", "a sandboxed context may not create or enter interpreters");
+        /* the context imported it at start (and guarded fork_exec): a fresh copy is a way around */
+        if (name && pol->refuse_processes && strcmp(name, "_posixsubprocess") == 0)
+            return refuse(event, "no processes", "_posixsubprocess cannot be imported again here");
         if (pol->refuse_ctypes && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0) {
             const char *name = symbol_name(args, 0);
             if (name && (strcmp(name, "ctypes") == 0 || strcmp(name, "_ctypes") == 0 || strncmp(name, "ctypes.", 7) == 0))
@@ -183,6 +195,56 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
 }
 
 int bp_sandbox_install(void) { return PySys_AddAuditHook(audit_hook, NULL); }
+
+static PyObject *call_original(PyCFunction fn, int flags, PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+/* _posixsubprocess.fork_exec raises no audit event: a sandboxed context with processes
+   refused replaces it by a C function that asks the calling thread's policy and then calls
+   CPython's function through its C pointer. Nothing reachable from Python (no closure, no
+   default, no __wrapped__) holds the original: the guard's __self__ is the module itself.
+   Worker contexts share the module with the main interpreter, which the policy lets through. */
+static PyCFunction orig_fork_exec;
+static int orig_fork_exec_flags;
+
+static PyObject *guarded_fork_exec(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    bp_policy *pol = current_policy();
+    if (pol && pol->active && pol->refuse_processes) {
+        refuse("_posixsubprocess.fork_exec", "no processes", "this context may not start processes");
+        return NULL;
+    }
+    return call_original(orig_fork_exec, orig_fork_exec_flags, mod, args, nargs);
+}
+
+static PyMethodDef fork_exec_def = {"fork_exec", (PyCFunction)(void (*)(void))guarded_fork_exec, METH_FASTCALL,
+                                    "fork_exec(...)\n--\n\nStarts a process (checked by bunpy first)."};
+
+static int guard_fork_exec(void) {
+    PyObject *mod = PyImport_ImportModule("_posixsubprocess");
+    if (!mod) return -1;
+    PyObject *f = PyObject_GetAttrString(mod, "fork_exec");
+    int rc = -1;
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    if (f && PyCFunction_Check(f) && ((PyCFunctionObject *)f)->m_ml == &fork_exec_def) {
+        rc = 0; /* guarded already (worker contexts share the module) */
+    } else if (f && PyCFunction_Check(f)) {
+        pthread_mutex_lock(&once);
+        if (!orig_fork_exec) {
+            orig_fork_exec = PyCFunction_GET_FUNCTION(f);
+            orig_fork_exec_flags = PyCFunction_GET_FLAGS(f);
+        }
+        int same = orig_fork_exec == PyCFunction_GET_FUNCTION(f);
+        pthread_mutex_unlock(&once);
+        PyObject *g = same ? PyCFunction_NewEx(&fork_exec_def, mod, NULL) : NULL;
+        if (!same) PyErr_SetString(PyExc_RuntimeError, "bunpy: _posixsubprocess.fork_exec is not CPython's own");
+        rc = g ? PyObject_SetAttrString(mod, "fork_exec", g) : -1;
+        Py_XDECREF(g);
+    } else if (f) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: _posixsubprocess.fork_exec is not CPython's own");
+    }
+    Py_XDECREF(f);
+    Py_DECREF(mod);
+    return rc;
+}
 
 /* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
    {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
@@ -198,6 +260,12 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     PyObject *v;
     v = PyDict_GetItemString(spec, "processes");
     pol->refuse_processes = v && v == Py_False;
+    if (pol->refuse_processes) {
+        pol->active = 0; /* the import of _posixsubprocess here is the context's own */
+        int rc = guard_fork_exec();
+        pol->active = 1;
+        if (rc < 0) return -1;
+    }
     v = PyDict_GetItemString(spec, "ctypes");
     pol->refuse_ctypes = v && v == Py_False;
     v = PyDict_GetItemString(spec, "sockets");

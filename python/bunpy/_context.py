@@ -102,25 +102,6 @@ def _real_dirs(paths):
     return [os.path.realpath(p) for p in paths if p]
 
 
-def guard_fork_exec():
-    """_posixsubprocess.fork_exec raises no audit event: wrap it so the policy of the
-    calling thread decides (worker contexts share this module with the main interpreter)."""
-    import _bunpy
-    import _posixsubprocess
-
-    original = _posixsubprocess.fork_exec
-    if getattr(original, "__bunpy_guard__", False):
-        return
-
-    def fork_exec(*args, **kwargs):
-        if _bunpy.refused("processes"):
-            raise PermissionError("bunpy sandbox: _posixsubprocess.fork_exec is refused (rule: no processes)")
-        return original(*args, **kwargs)
-
-    fork_exec.__bunpy_guard__ = True
-    _posixsubprocess.fork_exec = fork_exec
-
-
 def setup(owngil, policy=None):
     """Prepares a new context; returns the sandbox policy for the C audit hook (or None)."""
     if policy is not None:
@@ -132,8 +113,6 @@ def setup(owngil, policy=None):
 
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             policy["read_paths"] = _real_dirs([sys.prefix, sys.base_prefix, sys.exec_prefix, here] + sys.path)
-        if policy.get("processes") is False:
-            guard_fork_exec()
     if owngil:
         names = unsafe_accelerators()
         strict = sys.version_info[:2] == (3, 12)

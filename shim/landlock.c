@@ -1,0 +1,130 @@
+/*
+ * landlock.c — the Landlock domain of a sandboxed context's thread (see kernel-rules.h and
+ * docs/sandbox.md): with `files`, the kernel allows only the given directories (read-write)
+ * and what Python needs to run (read-only) to this thread and the threads it starts. Every
+ * open is checked by the kernel: dir_fd, links, sqlite, C extensions. Where Landlock is
+ * unavailable (old kernel, other systems) the audit hook's path checks remain.
+ */
+#include "kernel-rules.h"
+
+#ifdef __linux__
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* The kernel's uapi (linux/landlock.h), spelled out: headers may be older than the kernel. */
+#define LL_CREATE_RULESET_VERSION 1u
+#define LL_RULE_PATH_BENEATH 1
+#define LL_RULE_NET_PORT 2
+#define LL_EXECUTE (1ull << 0)
+#define LL_WRITE_FILE (1ull << 1)
+#define LL_READ_FILE (1ull << 2)
+#define LL_READ_DIR (1ull << 3)
+#define LL_REFER (1ull << 13)     /* ABI 2 */
+#define LL_TRUNCATE (1ull << 14)  /* ABI 3 */
+#define LL_IOCTL_DEV (1ull << 15) /* ABI 5 */
+#define LL_ABI1_ALL ((1ull << 13) - 1)
+#define LL_FILE_RIGHTS (LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
+#define LL_READ_ONLY (LL_EXECUTE | LL_READ_FILE | LL_READ_DIR)
+
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+
+struct ll_ruleset_attr {
+    uint64_t handled_access_fs, handled_access_net, scoped;
+};
+struct ll_path_beneath {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+
+int bp_landlock_abi(void) {
+    long v = syscall(SYS_landlock_create_ruleset, NULL, 0, LL_CREATE_RULESET_VERSION);
+    return v < 0 ? 0 : (int)v;
+}
+
+static uint64_t handled_fs(int abi) {
+    uint64_t r = LL_ABI1_ALL;
+    if (abi >= 2) r |= LL_REFER;
+    if (abi >= 3) r |= LL_TRUNCATE;
+    if (abi >= 5) r |= LL_IOCTL_DEV;
+    return r;
+}
+
+/* Allows `rights` beneath `path` (a file gets only file rights). A missing path is skipped. */
+static int allow_path(int ruleset, const char *path, uint64_t rights) {
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode)) rights &= LL_FILE_RIGHTS;
+    struct ll_path_beneath rule = {.allowed_access = rights, .parent_fd = fd};
+    long rc = syscall(SYS_landlock_add_rule, ruleset, LL_RULE_PATH_BENEATH, &rule, 0);
+    int err = errno;
+    close(fd);
+    if (rc != 0) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        return -1;
+    }
+    return 0;
+}
+
+static int allow_tuple(int ruleset, PyObject *paths, uint64_t rights) {
+    if (!paths) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(paths); i++) {
+        const char *p = PyUnicode_AsUTF8(PyTuple_GET_ITEM(paths, i));
+        if (!p || allow_path(ruleset, p, rights) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Devices and system files that the runtime reads whatever the policy says: devices that
+   give nothing away, time zones, the dynamic loader's cache and libraries (C extensions
+   load their libraries when imported). Not /proc: /proc/self/mem writes this process. */
+static const char *const SYSTEM_READ[] = {"/dev/urandom", "/dev/random", "/etc/localtime", "/usr/share/zoneinfo",
+                                          "/etc/ld.so.cache", "/lib", "/lib64", "/usr/lib", "/usr/lib64", NULL};
+static const char *const SYSTEM_RW[] = {"/dev/null", "/dev/zero", NULL};
+
+int bp_landlock_apply(const bp_policy *pol) {
+    if (!pol->allow_paths) return 0;
+    int abi = bp_landlock_abi();
+    if (abi <= 0) return 0; /* unavailable: the audit hook's checks remain (docs/sandbox.md) */
+    uint64_t all = handled_fs(abi);
+    struct ll_ruleset_attr attr = {.handled_access_fs = all};
+    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (ruleset < 0) {
+        if (errno == ENOSYS || errno == EOPNOTSUPP) return 0;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int rc = allow_tuple(ruleset, pol->allow_paths, all);
+    if (rc == 0) rc = allow_tuple(ruleset, pol->read_paths, LL_READ_ONLY);
+    for (int i = 0; rc == 0 && SYSTEM_READ[i]; i++) rc = allow_path(ruleset, SYSTEM_READ[i], LL_READ_ONLY);
+    for (int i = 0; rc == 0 && SYSTEM_RW[i]; i++)
+        rc = allow_path(ruleset, SYSTEM_RW[i], LL_READ_FILE | LL_WRITE_FILE | (all & LL_TRUNCATE));
+    /* processes allowed: programs must still be able to run */
+    if (rc == 0 && !pol->refuse_processes) {
+        static const char *const BIN[] = {"/bin", "/usr/bin", "/usr/local/bin", NULL};
+        for (int i = 0; rc == 0 && BIN[i]; i++) rc = allow_path(ruleset, BIN[i], LL_READ_ONLY);
+    }
+    if (rc == 0 && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        rc = -1;
+    }
+    close(ruleset);
+    return rc;
+}
+
+#else
+int bp_landlock_abi(void) { return 0; }
+int bp_landlock_apply(const bp_policy *pol) {
+    (void)pol;
+    return 0;
+}
+#endif
