@@ -237,6 +237,14 @@ static int guard_fork_exec(void) {
         PyObject *g = same ? PyCFunction_NewEx(&fork_exec_def, mod, NULL) : NULL;
         if (!same) PyErr_SetString(PyExc_RuntimeError, "bunpy: _posixsubprocess.fork_exec is not CPython's own");
         rc = g ? PyObject_SetAttrString(mod, "fork_exec", g) : -1;
+        /* subprocess keeps its own reference (`_fork_exec`) when imported before: replace it */
+        PyObject *modules = rc == 0 ? PyImport_GetModuleDict() : NULL;
+        PyObject *sp = modules ? PyDict_GetItemString(modules, "subprocess") : NULL;
+        PyObject *bound = sp ? PyObject_GetAttrString(sp, "_fork_exec") : NULL;
+        if (!bound) PyErr_Clear();
+        else if (PyCFunction_Check(bound) && PyCFunction_GET_FUNCTION(bound) == orig_fork_exec)
+            rc = PyObject_SetAttrString(sp, "_fork_exec", g);
+        Py_XDECREF(bound);
         Py_XDECREF(g);
     } else if (f) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: _posixsubprocess.fork_exec is not CPython's own");

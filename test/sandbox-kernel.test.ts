@@ -55,6 +55,28 @@ def fork_raw():
     # aarch64 has no fork system call: clone(SIGCHLD) is the same thing
     return sc("fork") if platform.machine() == "x86_64" else sc("clone", 17, 0, 0, 0, 0)
 
+def call_fork_exec(fork_exec):
+    r, w = os.pipe()
+    try:
+        pid = fork_exec([b"/bin/true"], [b"/bin/true"], True, (w,), None, None, -1, -1, -1, -1, -1, -1,
+                        r, w, True, False, -1, None, None, None, -1, None, True)
+        os.waitpid(pid, 0)
+        return "escaped"
+    except PermissionError as e:
+        return "EPERM" if e.errno == errno.EPERM else "refused: " + str(e)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    except RuntimeError as e:
+        return "RuntimeError: " + str(e)
+    finally:
+        os.close(r)
+        os.close(w)
+
+def fresh_posixsubprocess():
+    # a new module from the spec: no import of a module that is already imported
+    import importlib.util, sys
+    return importlib.util.module_from_spec(sys.modules["_posixsubprocess"].__spec__)
+
 def has_ctypes():
     try:
         import ctypes
@@ -116,6 +138,20 @@ describe.skipIf(!linux)("kernel rules", () => {
         // (the module is put back: worker contexts share sys.modules with the main interpreter)
         const reimport = "import sys, _posixsubprocess as kept\ndel sys.modules['_posixsubprocess']\ntry:\n    import _posixsubprocess\nfinally:\n    sys.modules['_posixsubprocess'] = kept";
         expect(await attempt(ctx, reimport)).toMatch(/refused: .*rule: no processes/);
+        // every way to the original passes the hook: subprocess's own reference, a module made from the spec
+        expect(await run(ctx, "call_fork_exec(__import__('subprocess')._fork_exec)")).toMatch(/^refused: .*rule: no processes/);
+        expect(await attempt(ctx, "fresh_posixsubprocess()")).toMatch(/^refused: .*rule: no processes/);
+        if (mode === "worker") {
+          // an original leaked by the host (worker contexts share objects with it): the kernel refuses the process
+          py.exec(HELPERS);
+          py.exec("import sys\nsys.modules['bunpy_test_leak'] = fresh_posixsubprocess()");
+          try {
+            expect(await run(ctx, "call_fork_exec(__import__('sys').modules['bunpy_test_leak'].fork_exec)")).toBe("EPERM");
+            expect(py.eval("call_fork_exec(__import__('sys').modules['bunpy_test_leak'].fork_exec)")).toBe("escaped");
+          } finally {
+            py.exec("del sys.modules['bunpy_test_leak']");
+          }
+        }
         // threads are clone(CLONE_THREAD): allowed
         expect(
           await run(ctx, "(lambda t: (t.start(), t.join(), 'joined')[2])(__import__('threading').Thread(target=lambda: None))"),
