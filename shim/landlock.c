@@ -8,8 +8,10 @@
 #include "kernel-rules.h"
 
 #ifdef __linux__
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -91,8 +93,26 @@ static const char *const SYSTEM_READ[] = {"/dev/urandom", "/dev/random", "/etc/l
                                           "/etc/ld.so.cache", "/lib", "/lib64", "/usr/lib", "/usr/lib64", NULL};
 static const char *const SYSTEM_RW[] = {"/dev/null", "/dev/zero", NULL};
 
+/* Without `files`: everything but /proc (/proc/self/mem writes this process's memory,
+   /proc/<pid>/… reaches other processes). Each entry of / present now is allowed. */
+static int allow_all_but_proc(int ruleset, uint64_t all) {
+    DIR *root = opendir("/");
+    if (!root) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "/");
+        return -1;
+    }
+    int rc = 0;
+    char path[300];
+    for (struct dirent *e; rc == 0 && (e = readdir(root));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 || strcmp(e->d_name, "proc") == 0) continue;
+        snprintf(path, sizeof path, "/%s", e->d_name);
+        rc = allow_path(ruleset, path, all);
+    }
+    closedir(root);
+    return rc;
+}
+
 int bp_landlock_apply(const bp_policy *pol) {
-    if (!pol->allow_paths) return 0;
     int abi = bp_landlock_abi();
     if (abi <= 0) return 0; /* unavailable: the audit hook's checks remain (docs/sandbox.md) */
     uint64_t all = handled_fs(abi);
@@ -102,6 +122,15 @@ int bp_landlock_apply(const bp_policy *pol) {
         if (errno == ENOSYS || errno == EOPNOTSUPP) return 0;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
+    }
+    if (!pol->allow_paths) {
+        int rc = allow_all_but_proc(ruleset, all);
+        if (rc == 0 && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            rc = -1;
+        }
+        close(ruleset);
+        return rc;
     }
     int rc = allow_tuple(ruleset, pol->allow_paths, all);
     if (rc == 0) rc = allow_tuple(ruleset, pol->read_paths, LL_READ_ONLY);

@@ -171,6 +171,10 @@ describe.skipIf(!linux)("kernel rules", () => {
         expect(await attempt(ctx, "os.kill(os.getppid(), 0)")).toMatch(/refused: \[Errno 1\]/);
         expect(await attempt(ctx, "os.kill(0, 0)")).toMatch(/refused: \[Errno 1\]/);
         expect(await attempt(ctx, "os.kill(os.getpid(), 0)")).toBe("allowed");
+        // /proc is out of reach in every sandboxed context (its own memory included); other files are not
+        expect(await attempt(ctx, "open('/proc/self/mem', 'rb')")).toMatch(/refused: \[Errno 13\]/);
+        expect(await attempt(ctx, "os.listdir('/proc')")).toMatch(/refused: \[Errno 13\]/);
+        expect(await attempt(ctx, "open('/etc/hostname').read()")).toBe("allowed");
         // processes are allowed here: fork + exec still works
         expect(await run(ctx, "__import__('subprocess').run(['true']).returncode")).toBe(0);
         await untouched(outsideFile().outside);
