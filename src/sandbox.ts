@@ -1,20 +1,22 @@
 /**
- * Sandbox policies as JS gives them (py.context({ sandbox })), checked and turned into the
+ * Sandbox policies as JS gives them (on Linux also enforced by the kernel on the context's
+ * thread: a seccomp filter and a Landlock domain, see shim/seccomp.c and shim/landlock.c) (py.context({ sandbox })), checked and turned into the
  * dict that python/bunpy/_context.py and shim/sandbox.c read. See docs/sandbox.md.
  */
 
 export interface SandboxPolicy {
   /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
-      functions through ctypes). Default true. */
+      functions through ctypes; on Linux the kernel also refuses fork/clone/execve). Default true. */
   processes?: boolean | undefined;
   /** Use ctypes at all. Default true. */
   ctypes?: boolean | undefined;
-  /** Use sockets. Default true. */
+  /** Use sockets other than AF_UNIX (on Linux refused by the kernel too). Default true. */
   sockets?: boolean | undefined;
   /** Modules (and their submodules) that cannot be imported. */
   denyImports?: string[] | undefined;
   /** Directories files may be opened in (read or write). Python's own files stay readable.
-      Default: anywhere. */
+      On Linux enforced by Landlock for every open of the context's thread. Default: anywhere
+      (but /proc is never reachable from a sandboxed context on Linux). */
   files?: string[] | undefined;
 }
 
