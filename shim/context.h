@@ -17,6 +17,8 @@ typedef struct bp_policy {
     PyObject *deny_imports;   /* frozenset of module names, or NULL              */
     PyObject *allow_paths;    /* tuple of real directory paths, or NULL: any file */
     PyObject *read_paths;     /* tuple: also readable (Python's own files)        */
+    int net_rules;            /* `network` given: TCP to/on the listed ports only  */
+    PyObject *connect_ports, *bind_ports; /* tuples of ints (net_rules)             */
 } bp_policy;
 
 int bp_sandbox_install(void);

@@ -29,6 +29,9 @@
 #define LL_TRUNCATE (1ull << 14)  /* ABI 3 */
 #define LL_IOCTL_DEV (1ull << 15) /* ABI 5 */
 #define LL_ABI1_ALL ((1ull << 13) - 1)
+#define LL_BIND_TCP (1ull << 0)    /* ABI 4 */
+#define LL_CONNECT_TCP (1ull << 1) /* ABI 4 */
+#define LL_NET_ALL (LL_BIND_TCP | LL_CONNECT_TCP)
 #define LL_FILE_RIGHTS (LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
 #define LL_READ_ONLY (LL_EXECUTE | LL_READ_FILE | LL_READ_DIR)
 
@@ -40,6 +43,9 @@
 
 struct ll_ruleset_attr {
     uint64_t handled_access_fs, handled_access_net, scoped;
+};
+struct ll_net_port {
+    uint64_t allowed_access, port;
 };
 struct ll_path_beneath {
     uint64_t allowed_access;
@@ -112,26 +118,22 @@ static int allow_all_but_proc(int ruleset, uint64_t all) {
     return rc;
 }
 
-int bp_landlock_apply(const bp_policy *pol) {
-    int abi = bp_landlock_abi();
-    if (abi <= 0) return 0; /* unavailable: the audit hook's checks remain (docs/sandbox.md) */
-    uint64_t all = handled_fs(abi);
-    struct ll_ruleset_attr attr = {.handled_access_fs = all};
-    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
-    if (ruleset < 0) {
-        if (errno == ENOSYS || errno == EOPNOTSUPP) return 0;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    if (!pol->allow_paths) {
-        int rc = allow_all_but_proc(ruleset, all);
-        if (rc == 0 && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
+/* network: TCP connect/bind only to/on the listed ports (ABI 4+). */
+static int allow_ports(int ruleset, PyObject *ports, uint64_t right) {
+    for (Py_ssize_t i = 0; ports && i < PyTuple_GET_SIZE(ports); i++) {
+        long port = PyLong_AsLong(PyTuple_GET_ITEM(ports, i));
+        if (port == -1 && PyErr_Occurred()) return -1;
+        struct ll_net_port rule = {.allowed_access = right, .port = (uint64_t)port};
+        if (syscall(SYS_landlock_add_rule, ruleset, LL_RULE_NET_PORT, &rule, 0) != 0) {
             PyErr_SetFromErrno(PyExc_OSError);
-            rc = -1;
+            return -1;
         }
-        close(ruleset);
-        return rc;
     }
+    return 0;
+}
+
+static int add_file_rules(int ruleset, const bp_policy *pol, uint64_t all) {
+    if (!pol->allow_paths) return allow_all_but_proc(ruleset, all);
     int rc = allow_tuple(ruleset, pol->allow_paths, all);
     if (rc == 0) rc = allow_tuple(ruleset, pol->read_paths, LL_READ_ONLY);
     for (int i = 0; rc == 0 && SYSTEM_READ[i]; i++) rc = allow_path(ruleset, SYSTEM_READ[i], LL_READ_ONLY);
@@ -142,6 +144,28 @@ int bp_landlock_apply(const bp_policy *pol) {
         static const char *const BIN[] = {"/bin", "/usr/bin", "/usr/local/bin", NULL};
         for (int i = 0; rc == 0 && BIN[i]; i++) rc = allow_path(ruleset, BIN[i], LL_READ_ONLY);
     }
+    return rc;
+}
+
+int bp_landlock_apply(const bp_policy *pol) {
+    int abi = bp_landlock_abi();
+    if (pol->net_rules && abi < 4) {
+        /* fail closed: without Landlock's TCP rules the ports could not be held */
+        PyErr_Format(PyExc_OSError, "bunpy sandbox: network rules need Landlock ABI 4 (Linux 6.7+); this kernel has %d", abi);
+        return -1;
+    }
+    if (abi <= 0) return 0; /* unavailable: the audit hook's checks remain (docs/sandbox.md) */
+    uint64_t all = handled_fs(abi);
+    struct ll_ruleset_attr attr = {.handled_access_fs = all, .handled_access_net = pol->net_rules ? LL_NET_ALL : 0};
+    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (ruleset < 0) {
+        if (!pol->net_rules && (errno == ENOSYS || errno == EOPNOTSUPP)) return 0;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int rc = add_file_rules(ruleset, pol, all);
+    if (rc == 0 && pol->net_rules) rc = allow_ports(ruleset, pol->connect_ports, LL_CONNECT_TCP);
+    if (rc == 0 && pol->net_rules) rc = allow_ports(ruleset, pol->bind_ports, LL_BIND_TCP);
     if (rc == 0 && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         rc = -1;

@@ -133,6 +133,24 @@ static int open_allowed(bp_policy *pol, PyObject *args) {
     return ok;
 }
 
+/* socket.connect/bind(sock, address): the port of an (host, port, ...) address, or -1 */
+static long port_of(PyObject *args) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 2) return -1;
+    PyObject *addr = PyTuple_GET_ITEM(args, 1);
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2 || !PyLong_Check(PyTuple_GET_ITEM(addr, 1))) return -1;
+    long p = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (p == -1 && PyErr_Occurred()) PyErr_Clear();
+    return p;
+}
+
+static int port_listed(PyObject *ports, long port) {
+    for (Py_ssize_t i = 0; ports && i < PyTuple_GET_SIZE(ports); i++) {
+        PyObject *v = PyTuple_GET_ITEM(ports, i);
+        if (PyLong_Check(v) && PyLong_AsLong(v) == port) return 1;
+    }
+    return 0;
+}
+
 static int audit_hook(const char *event, PyObject *args, void *unused) {
     (void)unused;
     /* cheap first-character filters: the hook sees every audited event */
@@ -172,6 +190,12 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         /* AF_UNIX stays: asyncio's event loop wakes itself through a local socketpair */
         if (strcmp(event, "socket.__new__") == 0 && int_arg(args, 1) == AF_UNIX) return 0;
         return refuse(event, "no sockets", "this context may not use the network");
+    }
+    if (pol->net_rules && (strcmp(event, "socket.connect") == 0 || strcmp(event, "socket.bind") == 0)) {
+        int bind = event[7] == 'b';
+        long port = port_of(args);
+        if (port >= 0 && !port_listed(bind ? pol->bind_ports : pol->connect_ports, port))
+            return refuse(event, bind ? "network.bind" : "network.connect", "this port is not in the context's list");
     }
     if (strcmp(event, "import") == 0) {
         int denied = module_denied(pol, args);
@@ -282,6 +306,17 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     if (v && v != Py_None && !(pol->deny_imports = PyFrozenSet_New(v))) return -1;
     v = PyDict_GetItemString(spec, "files");
     if (v && v != Py_None && !(pol->allow_paths = PySequence_Tuple(v))) return -1;
+    v = PyDict_GetItemString(spec, "network");
+    if (v && v != Py_None) {
+        PyObject *c = PyDict_Check(v) ? PyDict_GetItemString(v, "connect") : NULL;
+        PyObject *b = PyDict_Check(v) ? PyDict_GetItemString(v, "bind") : NULL;
+        if (!c || !b) {
+            PyErr_SetString(PyExc_TypeError, "bunpy: network must be {connect: [int], bind: [int]}");
+            return -1;
+        }
+        pol->net_rules = 1;
+        if (!(pol->connect_ports = PySequence_Tuple(c)) || !(pol->bind_ports = PySequence_Tuple(b))) return -1;
+    }
     v = PyDict_GetItemString(spec, "read_paths");
     if (v && v != Py_None && !(pol->read_paths = PySequence_Tuple(v))) return -1;
     return 0;
@@ -292,6 +327,9 @@ void bp_policy_clear(bp_policy *pol) {
     Py_CLEAR(pol->deny_imports);
     Py_CLEAR(pol->allow_paths);
     Py_CLEAR(pol->read_paths);
+    Py_CLEAR(pol->connect_ports);
+    Py_CLEAR(pol->bind_ports);
+    pol->net_rules = 0;
 }
 
 /* _bunpy.refused(rule) -> bool: lets Python-level guards (fork_exec) ask the policy. */

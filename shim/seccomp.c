@@ -148,17 +148,32 @@ static void build(bp_prog *p, const bp_policy *pol) {
         RET_ERRNO(EPERM);
         close_block(p, at);
     }
-    if (pol->refuse_sockets) {
+    if (pol->refuse_sockets || pol->net_rules) {
         /* AF_UNIX stays: asyncio's event loop wakes itself through a local socketpair */
-        const int calls[] = {SYS_socket, SYS_socketpair};
-        for (size_t i = 0; i < 2; i++) {
-            at = open_block(p, calls[i]);
-            LOAD_ARG(0);
-            JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 1);
-            RET_ALLOW();
-            RET_ERRNO(EPERM);
-            close_block(p, at);
+        at = open_block(p, SYS_socketpair);
+        LOAD_ARG(0);
+        JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 1);
+        RET_ALLOW();
+        RET_ERRNO(EPERM);
+        close_block(p, at);
+        at = open_block(p, SYS_socket);
+        LOAD_ARG(0);
+        JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 1);
+        RET_ALLOW();
+        if (pol->net_rules) {
+            /* network: TCP only (Landlock holds its ports; it does not see UDP or raw sockets) */
+            JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0);
+            JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 0, 6);
+            LOAD_ARG(1);
+            STMT(BPF_ALU | BPF_AND | BPF_K, 0xf); /* the type without SOCK_NONBLOCK/SOCK_CLOEXEC */
+            JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOCK_STREAM, 0, 3);
+            LOAD_ARG(2);
+            JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, 0);
+            JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6 /* IPPROTO_TCP */, 1, 0);
         }
+        RET_ERRNO(EPERM);
+        if (pol->net_rules) RET_ALLOW();
+        close_block(p, at);
     }
     RET_ALLOW();
 }

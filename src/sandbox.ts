@@ -12,6 +12,10 @@ export interface SandboxPolicy {
   ctypes?: boolean | undefined;
   /** Use sockets other than AF_UNIX (on Linux refused by the kernel too). Default true. */
   sockets?: boolean | undefined;
+  /** TCP only, to and on these ports (Linux with Landlock ABI 4+, enforced by the kernel;
+      elsewhere the context does not start). Sockets other than TCP and AF_UNIX are refused.
+      Leaving a list out allows no port for it. */
+  network?: { connect?: number[] | undefined; bind?: number[] | undefined } | undefined;
   /** Modules (and their submodules) that cannot be imported. */
   denyImports?: string[] | undefined;
   /** Directories files may be opened in (read or write). Python's own files stay readable.
@@ -23,14 +27,31 @@ export interface SandboxPolicy {
 export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "denyImports", "files"]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files"]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
   for (const k of ["denyImports", "files"] as const)
     if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
       throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
+  let network: { connect: number[]; bind: number[] } | null = null;
+  if (p.network !== undefined) {
+    const n = p.network as Record<string, unknown>;
+    if (typeof n !== "object" || n === null) throw new TypeError("py.context({ sandbox }): network must be an object");
+    for (const k of Object.keys(n))
+      if (k !== "connect" && k !== "bind") throw new TypeError(`py.context({ sandbox }): unknown network rule "${k}"`);
+    const ports = (k: "connect" | "bind"): number[] => {
+      const v = n[k];
+      if (v === undefined) return [];
+      if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x) && x >= 0 && x <= 65535))
+        throw new TypeError(`py.context({ sandbox }): network.${k} must be an array of port numbers (0-65535)`);
+      return v as number[];
+    };
+    network = { connect: ports("connect"), bind: ports("bind") };
+    if (p.sockets === false) throw new TypeError("py.context({ sandbox }): network and sockets: false contradict each other");
+  }
   return {
+    network,
     processes: p.processes ?? true,
     ctypes: p.ctypes ?? true,
     sockets: p.sockets ?? true,

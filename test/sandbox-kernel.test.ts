@@ -11,6 +11,12 @@ import { closedAfterAll, contextModes } from "./helpers.ts";
 
 const linux = process.platform === "linux" && (arch() === "x64" || arch() === "arm64");
 const { keep } = closedAfterAll();
+// Landlock's TCP rules (ABI 4+): what `network` needs
+const landlockNet =
+  linux &&
+  (py.eval(
+    "__import__('ctypes').CDLL(None, use_errno=True).syscall(444, None, 0, 1)",
+  ) as number) >= 4;
 
 // sc(name, *args) makes a raw system call and returns "ok" or the errno's name. A fork that
 // gets through exits at once in the child, and the parent reaps it and reports "escaped".
@@ -76,6 +82,19 @@ def fresh_posixsubprocess():
     # a new module from the spec: no import of a module that is already imported
     import importlib.util, sys
     return importlib.util.module_from_spec(sys.modules["_posixsubprocess"].__spec__)
+
+def raw_connect(port):
+    # connect(2) through ctypes: below the audit hook
+    import ctypes, socket, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    s = socket.socket()
+    try:
+        addr = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton("127.0.0.1") + bytes(8)
+        ctypes.set_errno(0)
+        r = libc.connect(s.fileno(), addr, len(addr))
+        return "ok" if r == 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    finally:
+        s.close()
 
 def has_ctypes():
     try:
@@ -204,6 +223,29 @@ describe.skipIf(!linux)("kernel rules", () => {
         await untouched(outsideFile().outside);
       });
 
+      test.skipIf(!landlockNet)("network — TCP to and on the listed ports only; other sockets refused", async () => {
+        const handler = { data() {}, open() {} };
+        const allowed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: handler });
+        const other = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: handler });
+        try {
+          const ctx = await sandboxed(mode, { network: { connect: [allowed.port] } });
+          const conn = (port: number) => `import socket; socket.create_connection(('127.0.0.1', ${port}), timeout=5).close()`;
+          expect(await attempt(ctx, conn(allowed.port))).toBe("allowed");
+          expect(await attempt(ctx, conn(other.port))).toMatch(/refused: .*rule: network.connect/);
+          expect(await attempt(ctx, "import socket; socket.socket().bind(('127.0.0.1', 0))")).toMatch(/refused: .*rule: network.bind/);
+          expect(await attempt(ctx, "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)")).toMatch(/refused: \[Errno 1\]/);
+          expect(await run(ctx, "(lambda p: (p[0].close(), p[1].close(), 'pair')[2])(__import__('socket').socketpair())")).toBe("pair");
+          if (await run(ctx, "has_ctypes()")) {
+            expect(await run(ctx, `raw_connect(${other.port})`)).toBe("EACCES");
+            expect(await run(ctx, `raw_connect(${allowed.port})`)).toBe("ok");
+          }
+          expect(py.eval(`__import__('socket').create_connection(('127.0.0.1', ${other.port})).close() is None`)).toBe(true);
+        } finally {
+          allowed.stop(true);
+          other.stop(true);
+        }
+      });
+
       test("files — the kernel refuses what the audit hook cannot see: dir_fd, hard links, sqlite, /proc/self/mem", async () => {
         const dir = mkdtempSync(join(tmpdir(), "bunpy-kin-"));
         writeFileSync(join(dir, "in.txt"), "inside");
@@ -242,4 +284,10 @@ describe.skipIf(!linux)("kernel rules", () => {
       });
     });
   }
+});
+
+test("bad network rules are rejected with a TypeError", async () => {
+  await expect(py.context({ sandbox: { network: { connect: [70000] } } })).rejects.toThrow(/network.connect must be an array of port numbers/);
+  await expect(py.context({ sandbox: { network: { listen: [1] } as never } })).rejects.toThrow(/unknown network rule "listen"/);
+  await expect(py.context({ sandbox: { network: {}, sockets: false } })).rejects.toThrow(/contradict/);
 });
