@@ -87,8 +87,18 @@ static const int ALWAYS[] = {
     SYS_name_to_handle_at, SYS_fanotify_init, SYS_init_module, SYS_finit_module, SYS_delete_module, SYS_open_tree,
     SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount, SYS_fspick, SYS_mount_setattr, SYS_quotactl,
     SYS_acct, SYS_swapon, SYS_swapoff, SYS_reboot,
+    /* a filter of the sandboxed code's own, installed with SECCOMP_FILTER_FLAG_TSYNC, would
+       apply to every thread of the process (and a user-notification filter would hand it
+       the host's system calls to answer) */
+    SYS_seccomp,
 #ifdef SYS_iopl
     SYS_iopl, SYS_ioperm,
+#endif
+#ifdef SYS_process_madvise
+    SYS_process_madvise,
+#endif
+#ifdef SYS_kcmp
+    SYS_kcmp,
 #endif
 };
 
@@ -97,7 +107,7 @@ static const int ALWAYS[] = {
 static const unsigned PRCTL_REFUSED[] = {
     PR_SET_DUMPABLE, 0x59616d61 /* PR_SET_PTRACER */, PR_SET_MM, PR_SET_CHILD_SUBREAPER, PR_SET_SECUREBITS,
     PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_SET_KEEPCAPS, PR_SET_SPECULATION_CTRL, 59 /* PR_SET_SYSCALL_USER_DISPATCH */,
-    57 /* PR_SET_IO_FLUSHER */, 65 /* PR_SET_MDWE */,
+    57 /* PR_SET_IO_FLUSHER */, 65 /* PR_SET_MDWE */, PR_SET_SECCOMP,
 };
 
 static void build(bp_prog *p, const bp_policy *pol) {
@@ -120,6 +130,27 @@ static void build(bp_prog *p, const bp_policy *pol) {
         RET_ERRNO(EPERM);
     }
     RET_ALLOW();
+    close_block(p, at);
+
+    /* landlock_restrict_self: more rules for this thread are harmless; flags other than the
+       logging ones (bits 0-2), such as a future "all threads" flag, are not */
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+    at = open_block(p, SYS_landlock_restrict_self);
+    LOAD_ARG(1);
+    JUMP(BPF_JMP | BPF_JSET | BPF_K, ~7u, 0, 1);
+    RET_ERRNO(EPERM);
+    RET_ALLOW();
+    close_block(p, at);
+
+    /* prlimit64: this process's limits only, not another's */
+    at = open_block(p, SYS_prlimit64);
+    LOAD_ARG(0);
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0);
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, self, 0, 1);
+    RET_ALLOW();
+    RET_ERRNO(EPERM);
     close_block(p, at);
 
     /* signals: kill(pid), rt_sigqueueinfo(pid); tgkill(tgid, ...), rt_tgsigqueueinfo(tgid, ...) */

@@ -38,10 +38,10 @@ def sc(name, *args):
     nr = {
         "x86_64": dict(fork=57, clone=56, execve=59, execveat=322, ptrace=101, io_uring_setup=425,
                        userfaultfd=323, personality=135, memfd_create=319, socket=41, socketpair=53,
-                       openat=257, kill=62),
+                       openat=257, kill=62, seccomp=317, prctl=157, prlimit64=302),
         "aarch64": dict(clone=220, execve=221, execveat=281, ptrace=117, io_uring_setup=425,
                         userfaultfd=282, personality=92, memfd_create=279, socket=198, socketpair=199,
-                        openat=56, kill=129),
+                        openat=56, kill=129, seccomp=277, prctl=167, prlimit64=261),
     }[platform.machine()][name]
     conv = [ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a) for a in args]
     ctypes.set_errno(0)
@@ -186,6 +186,12 @@ describe.skipIf(!linux)("kernel rules", () => {
           expect(await run(ctx, "sc('userfaultfd', 1 | 0x40000000)")).toBe("EPERM");
           expect(await run(ctx, "sc('personality', 0xffffffff)")).toBe("EPERM");
           expect(await run(ctx, "sc('kill', os.getppid(), 0)")).toBe("EPERM");
+          // no filters of its own (with TSYNC one would cover every thread of the process)
+          expect(await run(ctx, "sc('seccomp', 1, 1, 0)")).toBe("EPERM");
+          expect(await run(ctx, "sc('prctl', 4, 0, 0, 0, 0)")).toBe("EPERM"); // PR_SET_DUMPABLE
+          expect(await run(ctx, "sc('prctl', 3, 0, 0, 0, 0)")).toBe("ok"); // PR_GET_DUMPABLE
+          expect(await run(ctx, "sc('prlimit64', os.getppid(), 7, 0, 0)")).toBe("EPERM");
+          expect(await run(ctx, "sc('prlimit64', 0, 7, 0, 0)")).toBe("ok");
         }
         expect(await attempt(ctx, "os.kill(os.getppid(), 0)")).toMatch(/refused: \[Errno 1\]/);
         expect(await attempt(ctx, "os.kill(0, 0)")).toMatch(/refused: \[Errno 1\]/);
