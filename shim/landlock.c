@@ -96,7 +96,10 @@ static int allow_tuple(int ruleset, PyObject *paths, uint64_t rights) {
    give nothing away, time zones, the dynamic loader's cache and libraries (C extensions
    load their libraries when imported). Not /proc: /proc/self/mem writes this process. */
 static const char *const SYSTEM_READ[] = {"/dev/urandom", "/dev/random", "/etc/localtime", "/usr/share/zoneinfo",
-                                          "/etc/ld.so.cache", "/lib", "/lib64", "/usr/lib", "/usr/lib64", NULL};
+                                          "/etc/ld.so.cache", "/lib", "/lib64", "/usr/lib", "/usr/lib64",
+                                          /* TLS certificates and name resolution */
+                                          "/etc/ssl", "/etc/pki", "/etc/ca-certificates", "/usr/share/ca-certificates",
+                                          "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", NULL};
 static const char *const SYSTEM_RW[] = {"/dev/null", "/dev/zero", NULL};
 
 /* Without `files`: everything but /proc (/proc/self/mem writes this process's memory,

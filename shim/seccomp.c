@@ -91,6 +91,9 @@ static const int ALWAYS[] = {
        apply to every thread of the process (and a user-notification filter would hand it
        the host's system calls to answer) */
     SYS_seccomp,
+    /* the working directory is the whole process's: moving it would redirect the host's
+       relative paths */
+    SYS_chdir, SYS_fchdir,
 #ifdef SYS_iopl
     SYS_iopl, SYS_ioperm,
 #endif

@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir, arch } from "node:os";
-import { join } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { py, type Context, type SandboxPolicy } from "../src/index.ts";
 import { closedAfterAll, contextModes } from "./helpers.ts";
 
@@ -196,6 +196,8 @@ describe.skipIf(!linux)("kernel rules", () => {
         expect(await attempt(ctx, "os.kill(os.getppid(), 0)")).toMatch(/refused: \[Errno 1\]/);
         expect(await attempt(ctx, "os.kill(0, 0)")).toMatch(/refused: \[Errno 1\]/);
         expect(await attempt(ctx, "os.kill(os.getpid(), 0)")).toBe("allowed");
+        // the working directory is the process's: it stays where it is
+        expect(await attempt(ctx, "os.chdir('/')")).toMatch(/refused: \[Errno 1\]/);
         // /proc is out of reach in every sandboxed context (its own memory included); other files are not
         expect(await attempt(ctx, "open('/proc/self/mem', 'rb')")).toMatch(/refused: \[Errno 13\]/);
         expect(await attempt(ctx, "os.listdir('/proc')")).toMatch(/refused: \[Errno 13\]/);
@@ -259,14 +261,15 @@ describe.skipIf(!linux)("kernel rules", () => {
         const ctx = await sandboxed(mode, { files: [dir] });
         const q = JSON.stringify;
         // relative to the allowed directory, "../<out>/out.txt" leaves it
-        const rel = join("..", outDir.split("/").pop()!, "out.txt");
-        await run(ctx, `globals().update(d=os.open(${q(dir)}, os.O_RDONLY)) or None`);
-        // From the cwd <dir>/sub the hook resolves rel to <dir>/<out>/out.txt (inside, it exists):
-        // it lets the call through. The kernel resolves it against dir_fd: outside, refused.
+        // rel leads from the cwd into <dir> (the hook, which resolves against the cwd, lets it
+        // through) but from dir_fd <dir>/sub somewhere else: the kernel resolves it so, and refuses
         mkdirSync(join(dir, "sub"));
-        mkdirSync(join(dir, outDir.split("/").pop()!));
-        writeFileSync(join(dir, outDir.split("/").pop()!, "out.txt"), "decoy");
-        const viaDirFd = `old = os.getcwd()\nos.chdir(${q(join(dir, "sub"))})\ntry:\n    os.close(os.open(${q(rel)}, os.O_RDONLY, dir_fd=d))\nfinally:\n    os.chdir(old)`;
+        const rel = relative(process.cwd(), join(dir, "in.txt"));
+        const elsewhere = resolve(dir, "sub", rel);
+        mkdirSync(dirname(elsewhere), { recursive: true });
+        writeFileSync(elsewhere, "outside");
+        await run(ctx, `globals().update(d=os.open(${q(join(dir, "sub"))}, os.O_RDONLY)) or None`);
+        const viaDirFd = `os.close(os.open(${q(rel)}, os.O_RDONLY, dir_fd=d))`;
         expect(await attempt(ctx, viaDirFd)).toMatch(/refused: \[Errno 13\] Permission denied/);
         expect(await attempt(ctx, `os.link(${q(outside)}, ${q(join(dir, "ln.txt"))})`)).toMatch(/Errno 13|Errno 18/);
         expect(await attempt(ctx, `open(${q(join(dir, "new.txt"))}, 'w').write('x')`)).toBe("allowed");
