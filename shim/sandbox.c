@@ -7,8 +7,10 @@
  * A context can refuse more: process creation, ctypes, sockets, imports of listed
  * modules, opening files outside given directories.
  *
- * This guards against accidents. It is not a security boundary: Python code that wants
- * to escape can (for example through a C extension that calls the OS directly).
+ * On its own this guards against accidents: a C extension or a raw system call raises no
+ * audit event. On Linux the kernel is the wall behind it (seccomp.c, landlock.c); the hook
+ * refuses first, with a message naming the rule, and covers what the kernel cannot see
+ * (imports). docs/sandbox.md has the threat model.
  */
 #include "context.h"
 #include <fcntl.h>
