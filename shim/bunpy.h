@@ -45,7 +45,9 @@ enum {
 enum {
     BP_OK = 0,
     BP_ERR_PYTHON = -1,   /* buf: STR type, STR module, STR message, STR traceback,
-                                  INT32 lineno, INT32 offset (-1 when not a SyntaxError) */
+                                  INT32 lineno, INT32 offset (-1 when not a SyntaxError);
+                             from a main-interpreter call, the traceback slot is INT53: a
+                             handle to the exception, formatted by bp_format_exception */
     BP_ERR_CONVERT = -2,  /* buf: STR message (a value could not cross the boundary)      */
     BP_ERR_STATE = -3,    /* buf: STR message (Python is not running / was closed)        */
     BP_ERR_THREAD = -4,   /* wrong thread for this operation, or inside a callback; buf untouched */
@@ -142,6 +144,7 @@ BP_EXPORT int32_t bp_contains(bp_io *io, void *obj);                    /* value
 BP_EXPORT int32_t bp_object_op(bp_io *io, void *obj, int32_t op);       /* BP_OP_* -> value */
 BP_EXPORT int32_t bp_builtins(bp_io *io);                               /* -> PYOBJ builtins module */
 BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop io->drop now */
+BP_EXPORT int32_t bp_format_exception(bp_io *io, void *exc);            /* -> STR traceback of a kept exception */
 
 /* contexts (context.c) */
 BP_EXPORT void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn);

@@ -132,7 +132,10 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         .allow_fork = 0,
         .allow_exec = 0,
         .allow_threads = 1,
-        .allow_daemon_threads = 0,
+        /* daemon threads allowed (libraries start them: asgiref joins its executor from
+           one); the context's teardown joins them like the others (_context.py), since an
+           interpreter cannot end while any of its threads runs */
+        .allow_daemon_threads = 1,
         .check_multi_interp_extensions = 1,
         .gil = PyInterpreterConfig_OWN_GIL,
     };

@@ -142,7 +142,9 @@ const handler: ProxyHandler<Target> = {
     return t[STATE].owner.contains(live(t[STATE]), key);
   },
   apply(t, _this, args) {
-    return t[STATE].owner.call(live(t[STATE]), args);
+    const st = t[STATE]; // one lookup: this trap is the whole cost of a proxy call over py.call
+    if (st.disposed) live(st);
+    return st.owner.call(st, args);
   },
   construct(t, args) {
     const v = t[STATE].owner.call(live(t[STATE]), args);

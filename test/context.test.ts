@@ -148,42 +148,39 @@ describe("modes", () => {
 });
 
 describe("parallelism", () => {
-  // Proof without timing: A waits in poll() on a pipe *holding its GIL* (ctypes.PyDLL does
-  // not release it); B writes the byte. Only with a GIL of its own can B run meanwhile.
-  const HOLD_GIL_WAIT = `
-import ctypes, os
-_libc = ctypes.PyDLL(None, use_errno=True)
-class _PollFd(ctypes.Structure):
-    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
-def make_pipe():
-    return list(os.pipe())
-def wait_holding_gil(fd, ms):
-    p = _PollFd(fd, 1, 0)   # POLLIN
-    return _libc.poll(ctypes.byref(p), 1, ms)   # 1: the byte arrived, 0: timed out
-def write_byte(fd):
-    return os.write(fd, b"x")
+  // A holds its GIL for about a second: a regular expression that backtracks runs in C and
+  // never lets the GIL go. B asks for a timestamp 50 ms into it. With a GIL of its own B's
+  // stamp falls early in A's hold; with a shared GIL it can only come once the match is over
+  // (between the match and A's closing timestamp, where A's thread first lets the GIL go).
+  const HOLD_GIL = `
+import re, time
+def hold():
+    t0 = time.monotonic()
+    re.match(r"(a+)+$", "a" * 25 + "b")
+    return [t0, time.monotonic()]
+def stamp():
+    return time.monotonic()
 `;
 
-  async function waitWhileOtherWrites(a: Context, b: Context, ms: number): Promise<number> {
-    await Promise.all([a.exec(HOLD_GIL_WAIT), b.exec(HOLD_GIL_WAIT)]);
-    const [r, w] = (await a.call("__main__", "make_pipe")) as [number, number];
-    const waiting = a.call("__main__", "wait_holding_gil", [r, ms]);
-    await Bun.sleep(20); // let A enter poll() first; if not, the byte is simply already there
-    await b.call("__main__", "write_byte", [w]);
-    const ready = (await waiting) as number;
-    await a.exec(`import os\nos.close(${r})\nos.close(${w})`);
-    return ready;
+  async function stampWhileOtherHolds(a: Context, b: Context): Promise<{ stamp: number; from: number; to: number }> {
+    await Promise.all([a.exec(HOLD_GIL), b.exec(HOLD_GIL)]);
+    const holding = a.call("__main__", "hold");
+    await Bun.sleep(50); // A is inside its hold by now (it lasts about a second)
+    const stamp = (await b.call("__main__", "stamp")) as number;
+    const [from, to] = (await holding) as [number, number];
+    return { stamp, from, to };
   }
 
-  test.skipIf(!hasOwnGil)("two owngil contexts run at the same time: one holds its GIL while the other runs", async () => {
-    const ready = await waitWhileOtherWrites(await context("owngil"), await context("owngil"), 3000);
-    expect(ready).toBe(1);
+  test.skipIf(!hasOwnGil)("two owngil contexts run at the same time: one runs while the other holds its GIL", async () => {
+    const { stamp, from, to } = await stampWhileOtherHolds(await context("owngil"), await context("owngil"));
+    expect(stamp).toBeGreaterThan(from);
+    expect(stamp).toBeLessThan((from + to) / 2);
   });
 
-  test("two worker contexts share one GIL: the writer cannot run while the waiter holds it", async () => {
-    // the negative control of the test above: the same code, and poll() runs out
-    const ready = await waitWhileOtherWrites(await context("worker"), await context("worker"), 300);
-    expect(ready).toBe(0);
+  test("two worker contexts share one GIL: one waits while the other holds it", async () => {
+    // the negative control of the test above: the same code, and B comes after A
+    const { stamp, from, to } = await stampWhileOtherHolds(await context("worker"), await context("worker"));
+    expect(stamp).toBeGreaterThan((from + to) / 2);
   });
 
   test("many calls in flight on two contexts all complete, in order per context", async () => {

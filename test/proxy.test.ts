@@ -415,3 +415,83 @@ test("console.log and Bun.inspect show the Python repr", () => {
   expect(Bun.inspect(c)).toBe("Counter({'a': 2, 'b': 1})");
   expect(Bun.inspect([py.eval("bytearray(b'ab')")])).toContain("bytearray(b'ab')");
 });
+
+describe("proxy identity table (issue 11)", () => {
+  test("HandleTable agrees with a Map over random set/delete churn, through growth and shrinking", async () => {
+    const { HandleTable } = await import("../src/main-interpreter.ts");
+    const t = new HandleTable<number>();
+    const m = new Map<number, number>();
+    let seed = 12345;
+    const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0);
+    const keys = Array.from({ length: 5000 }, (_, i) => 0x7f0000000000 + (i % 3 === 0 ? i * 16 : (rand() % 100000) * 16));
+    for (let step = 0; step < 200_000; step++) {
+      const k = keys[rand() % keys.length]!;
+      if (rand() % 3 === 0 || step > 150_000) {
+        t.delete(k);
+        m.delete(k);
+      } else {
+        t.set(k, step);
+        m.set(k, step);
+      }
+      if (step % 997 === 0) for (const kk of keys.slice(0, 200)) expect(t.get(kk)).toBe(m.get(kk));
+    }
+    expect(t.size).toBe(m.size);
+    for (const k of keys) expect(t.get(k)).toBe(m.get(k));
+  });
+
+  test("one Python object keeps one proxy while alive, also after many others were created and disposed", () => {
+    py.exec("import types as _t\nidentity_obj = _t.SimpleNamespace(a=1)");
+    const a = py.eval("identity_obj");
+    for (let i = 0; i < 20_000; i++) (py.eval("object()") as any)[Symbol.dispose]();
+    expect(py.eval("identity_obj")).toBe(a);
+    a[Symbol.dispose]();
+    const b = py.eval("identity_obj");
+    expect(b).not.toBe(a);
+    expect(b.a).toBe(1);
+  });
+});
+
+describe("attribute shapes that change (issue 11: what a method cache must keep right)", () => {
+  py.exec(`
+class Shape:
+    def area(self):
+        return 1
+    @property
+    def prop(self):
+        return "p1"
+class Dyn:
+    def __getattr__(self, name):
+        return f"dyn:{name}"
+shape = Shape()
+dyn = Dyn()
+`);
+
+  test("a method replaced on the class, shadowed on the instance, then the type mutated", () => {
+    const shape = py.eval("shape");
+    expect(shape.area()).toBe(1);
+    expect(shape.area()).toBe(1);
+    py.exec("Shape.area = lambda self: 2");
+    expect(shape.area()).toBe(2);
+    py.exec("shape.area = lambda: 3"); // instance attribute shadows the method
+    expect(shape.area()).toBe(3);
+    py.exec("shape.area = 4"); // not callable any more
+    expect(shape.area).toBe(4);
+    py.exec("del shape.area");
+    expect(shape.area()).toBe(2);
+    py.exec("del Shape.area");
+    expect(shape.area).toBeUndefined();
+    py.exec("Shape.area = lambda self: 5");
+    expect(shape.area()).toBe(5);
+  });
+
+  test("properties and __getattr__ are evaluated at every read", () => {
+    const shape = py.eval("shape");
+    expect(shape.prop).toBe("p1");
+    py.exec("Shape.prop = property(lambda self: 'p2')");
+    expect(shape.prop).toBe("p2");
+    const dyn = py.eval("dyn");
+    expect(dyn.anything).toBe("dyn:anything");
+    py.exec("Dyn.anything = lambda self: 'method'");
+    expect(dyn.anything()).toBe("method");
+  });
+});

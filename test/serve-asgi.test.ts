@@ -304,9 +304,8 @@ describe("py.serve", () => {
 });
 
 const venv = testVenv();
-// Django imports zoneinfo, whose C module needs the C datetime API, which owngil contexts
-// on 3.13 refuse (see docs/contexts.md): Django runs in worker contexts there.
-export const djangoMode = py.version.startsWith("3.12") ? "owngil" : "worker";
+// Django in owngil contexts where they exist (3.12+), worker contexts on 3.11.
+export const djangoMode = /^3\.1[2-9]\./.test(py.version) ? "owngil" : "worker";
 const skip = "skip" in venv ? venv.skip : undefined;
 if (skip) console.warn(`serve-asgi: Starlette/Django tests skipped: ${skip}`);
 

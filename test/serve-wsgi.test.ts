@@ -119,7 +119,7 @@ describe("raw WSGI app", () => {
 const venv = testVenv();
 const skip = "skip" in venv ? venv.skip : undefined;
 if (skip) console.warn(`serve-wsgi: Django tests skipped: ${skip}`);
-const djangoMode = py.version.startsWith("3.12") ? "owngil" : "worker"; // see serve-asgi.test.ts
+const djangoMode = /^3\.1[2-9]\./.test(py.version) ? "owngil" : "worker"; // see serve-asgi.test.ts
 
 describe.skipIf(skip !== undefined)("Django via WSGI", () => {
   test("a template view, a form POST, a streaming response", async () => {

@@ -173,3 +173,21 @@ test.skipIf(!hasOwnGil)("3.12+: closing many owngil contexts with executors and 
   await Promise.all(ctxs.map((c) => c.close()));
   expect(ctxs.map((c) => c.state)).toEqual(["closed", "closed", "closed", "closed"]);
 });
+
+test.skipIf(!hasOwnGil)("owngil contexts allow daemon threads (libraries start them) and join them at close", async () => {
+  const ctx = await py.context({ mode: "owngil" });
+  await ctx.exec(`
+import threading, time
+done = []
+def later():
+    time.sleep(0.2)
+    done.append(1)
+t = threading.Thread(target=later, daemon=True)
+t.start()
+`);
+  expect(await ctx.eval("t.daemon and t.is_alive()")).toBe(true);
+  await ctx.close();
+  // the interpreter ended after its daemon thread did: no crash, closed not abandoned
+  expect(ctx.state).toBe("closed");
+  expect(py.eval("1 + 1")).toBe(2);
+});

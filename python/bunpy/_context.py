@@ -7,12 +7,14 @@ from importlib.machinery import ExtensionFileLoader, PathFinder
 # (fact 3 in docs/architecture.md). Refusing them makes the stdlib fall back to its pure-Python versions
 # (datetime -> _pydatetime, decimal -> _pydecimal, zoneinfo -> zoneinfo._zoneinfo).
 #   3.12.x: single-phase _decimal, _datetime, _zoneinfo double-free in a second interpreter
-#   3.13.0: _datetime races when isolated interpreters start or stop concurrently
+#   3.13.0: _datetime races when isolated interpreters start or stop concurrently; _zoneinfo
+#           is refused with it: it needs _datetime's C API and would fail with AttributeError
+#           (not the ImportError that makes zoneinfo fall back to its pure-Python version)
 def unsafe_accelerators(version=sys.version_info):
     if version[:2] == (3, 12):
         return {"_decimal", "_datetime", "_zoneinfo"}
     if version[:3] == (3, 13, 0):
-        return {"_datetime"}
+        return {"_datetime", "_zoneinfo"}
     return set()
 
 
@@ -198,8 +200,10 @@ def _stop_executors(threads):
 
 
 def _join_threads(threading, owngil):
-    """Joins non-daemon threads, as interpreter shutdown does (worker mode: only those the
-    context started)."""
+    """Joins the context's threads as interpreter shutdown does: owngil, every thread of the
+    interpreter, daemon ones included (an interpreter cannot end while one runs); worker
+    mode, the non-daemon threads the context started (daemon ones belong to the process,
+    as in any Python program)."""
     if threading is None:
         return
     me = threading.get_ident()
@@ -214,8 +218,9 @@ def _join_threads(threading, owngil):
         others = [
             t
             for t in threading.enumerate()
-            # not dummies: threads threading did not start (worker contexts' threads among them)
-            if t.ident != me and t is not threading.main_thread() and not t.daemon and not isinstance(t, threading._DummyThread)
+            # not dummies: threads threading did not start (worker contexts' threads among them);
+            # daemon threads too: the interpreter cannot end while one of them runs
+            if t.ident != me and t is not threading.main_thread() and not isinstance(t, threading._DummyThread)
         ]
     else:
         others = _started_by(threading, me)
