@@ -96,6 +96,8 @@ static int setup_interpreter(bp_context *c, int owngil) {
     PyObject *threading = PyImport_ImportModule("threading");
     PyObject *ident = threading ? PyObject_CallMethod(threading, "get_ident", NULL) : NULL;
     c->ident = ident ? PyLong_AsUnsignedLong(ident) : 0;
+    c->policy.owngil = owngil; /* maxThreads counts the context's threads by these */
+    c->policy.ident = c->ident;
     Py_XDECREF(ident);
     Py_XDECREF(threading);
     /* what JS interrupts raise here (bunpy is imported: bunpy._context was) */

@@ -16,6 +16,14 @@ int bp_landlock_apply(const bp_policy *pol);
 /* The Landlock ABI version of the running kernel, or 0 when Landlock is unavailable. */
 int bp_landlock_abi(void);
 
+/* A kernel rule `what` is not available here: with requireKernel the context does not start
+   (-1, OSError set); otherwise 0 and the audit hook alone holds the rule. */
+static inline int bp_kernel_missing(const bp_policy *pol, const char *what) {
+    if (!pol->require_kernel) return 0;
+    PyErr_Format(PyExc_OSError, "bunpy sandbox: requireKernel is set but %s is not available on this system", what);
+    return -1;
+}
+
 /* seccomp, then Landlock (which needs no_new_privs, set by the seccomp step). */
 static inline int bp_kernel_rules_apply(const bp_policy *pol) {
     if (!pol->active) return 0;

@@ -3,7 +3,8 @@
  * docs/sandbox.md): with `files`, the kernel allows only the given directories (read-write)
  * and what Python needs to run (read-only) to this thread and the threads it starts. Every
  * open is checked by the kernel: dir_fd, links, sqlite, C extensions. Where Landlock is
- * unavailable (old kernel, other systems) the audit hook's path checks remain.
+ * unavailable (old kernel, other systems) the audit hook's path checks remain, unless the
+ * policy has requireKernel: then the context does not start.
  */
 #include "kernel-rules.h"
 
@@ -157,12 +158,13 @@ int bp_landlock_apply(const bp_policy *pol) {
         PyErr_Format(PyExc_OSError, "bunpy sandbox: network rules need Landlock ABI 4 (Linux 6.7+); this kernel has %d", abi);
         return -1;
     }
-    if (abi <= 0) return 0; /* unavailable: the audit hook's checks remain (docs/sandbox.md) */
+    if (abi <= 0) return bp_kernel_missing(pol, "Landlock (Linux 5.13+, enabled)"); /* else the audit hook's checks remain */
     uint64_t all = handled_fs(abi);
     struct ll_ruleset_attr attr = {.handled_access_fs = all, .handled_access_net = pol->net_rules ? LL_NET_ALL : 0};
     int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
     if (ruleset < 0) {
-        if (!pol->net_rules && (errno == ENOSYS || errno == EOPNOTSUPP)) return 0;
+        if (!pol->net_rules && (errno == ENOSYS || errno == EOPNOTSUPP))
+            return bp_kernel_missing(pol, "Landlock (Linux 5.13+, enabled)");
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -179,8 +181,5 @@ int bp_landlock_apply(const bp_policy *pol) {
 
 #else
 int bp_landlock_abi(void) { return 0; }
-int bp_landlock_apply(const bp_policy *pol) {
-    (void)pol;
-    return 0;
-}
+int bp_landlock_apply(const bp_policy *pol) { return bp_kernel_missing(pol, "Landlock (Linux only)"); }
 #endif

@@ -5,7 +5,7 @@
  * Always refused, in every interpreter: forking without exec (os.fork, os.forkpty, and
  * libc's fork family through ctypes): a forked copy of a Bun process has no JS runtime.
  * A context can refuse more: process creation, ctypes, sockets, imports of listed
- * modules, opening files outside given directories.
+ * modules, opening files outside given directories, more than maxThreads threads.
  *
  * On its own this guards against accidents: a C extension or a raw system call raises no
  * audit event. On Linux the kernel is the wall behind it (seccomp.c, landlock.c); the hook
@@ -153,6 +153,24 @@ static int port_listed(PyObject *ports, long port) {
     return 0;
 }
 
+/* maxThreads: the live threads the context started (its own thread not counted), or -1
+   with an exception set. owngil: the interpreter's other thread states (threads those
+   threads start included); worker: the threading threads bunpy._context marked as the
+   context's (track_threads). */
+static long threads_started(const bp_policy *pol) {
+    if (pol->owngil) {
+        long n = -1;
+        for (PyThreadState *t = PyInterpreterState_ThreadHead(PyInterpreterState_Get()); t; t = PyThreadState_Next(t)) n++;
+        return n;
+    }
+    PyObject *m = PyImport_ImportModule("bunpy._context");
+    PyObject *r = m ? PyObject_CallMethod(m, "count_started", "k", pol->ident) : NULL;
+    Py_XDECREF(m);
+    long n = r ? PyLong_AsLong(r) : -1;
+    Py_XDECREF(r);
+    return n;
+}
+
 static int audit_hook(const char *event, PyObject *args, void *unused) {
     (void)unused;
     /* cheap first-character filters: the hook sees every audited event */
@@ -168,6 +186,9 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
             if (sym && is_one_of(sym, FORK_SYMBOLS))
                 return refuse(event, "no fork without exec", "libc's fork cannot be called through ctypes");
         }
+        break;
+    case '_': /* _thread.start_new_thread, _thread.start_joinable_thread (3.12+) */
+        if (strncmp(event, "_thread.start_", 14) != 0) return 0;
         break;
     case 'i':
     case 's':
@@ -198,6 +219,14 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         long port = port_of(args);
         if (port >= 0 && !port_listed(bind ? pol->bind_ports : pol->connect_ports, port))
             return refuse(event, bind ? "network.bind" : "network.connect", "this port is not in the context's list");
+    }
+    if (event[0] == '_') {
+        if (pol->max_threads < 0) return 0;
+        long n = threads_started(pol);
+        if (n < 0) return -1;
+        return n >= pol->max_threads
+                   ? refuse(event, "maxThreads", "this context already runs as many threads as it may start")
+                   : 0;
     }
     if (strcmp(event, "import") == 0) {
         int denied = module_denied(pol, args);
@@ -282,7 +311,8 @@ static int guard_fork_exec(void) {
 
 /* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
    {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
-    "read_paths": [str]} — booleans say what is allowed. */
+    "read_paths": [str], "network": {...} | None, "max_threads": int | None, "require_kernel": bool}
+   — booleans say what is allowed. */
 int bp_policy_load(bp_policy *pol, PyObject *spec) {
     memset(pol, 0, sizeof *pol);
     if (spec == Py_None) return 0;
@@ -304,6 +334,11 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     pol->refuse_ctypes = v && v == Py_False;
     v = PyDict_GetItemString(spec, "sockets");
     pol->refuse_sockets = v && v == Py_False;
+    v = PyDict_GetItemString(spec, "require_kernel");
+    pol->require_kernel = v == Py_True;
+    v = PyDict_GetItemString(spec, "max_threads");
+    pol->max_threads = v && PyLong_Check(v) ? PyLong_AsLong(v) : -1;
+    if (pol->max_threads == -1 && PyErr_Occurred()) return -1;
     v = PyDict_GetItemString(spec, "deny_imports");
     if (v && v != Py_None && !(pol->deny_imports = PyFrozenSet_New(v))) return -1;
     v = PyDict_GetItemString(spec, "files");
@@ -341,6 +376,11 @@ int bp_policy_refuses(const char *rule) {
     if (strcmp(rule, "processes") == 0) return pol->refuse_processes;
     if (strcmp(rule, "ctypes") == 0) return pol->refuse_ctypes;
     if (strcmp(rule, "sockets") == 0) return pol->refuse_sockets;
+    if (strcmp(rule, "threads") == 0 && pol->max_threads >= 0) {
+        long n = threads_started(pol);
+        if (n < 0) PyErr_Clear(); /* cannot count: refuse (fail closed) */
+        return n < 0 || n >= pol->max_threads;
+    }
     return 0;
 }
 

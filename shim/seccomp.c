@@ -234,8 +234,5 @@ int bp_seccomp_apply(const bp_policy *pol) {
 }
 
 #else /* another system or architecture: no filter (the audit hook still applies) */
-int bp_seccomp_apply(const bp_policy *pol) {
-    (void)pol;
-    return 0;
-}
+int bp_seccomp_apply(const bp_policy *pol) { return bp_kernel_missing(pol, "seccomp (Linux on x86_64 or aarch64 only)"); }
 #endif

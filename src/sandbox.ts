@@ -22,18 +22,28 @@ export interface SandboxPolicy {
       On Linux enforced by Landlock for every open of the context's thread. Default: anywhere
       (but /proc is never reachable from a sandboxed context on Linux). */
   files?: string[] | undefined;
+  /** How many threads the context may have running at once besides its own (threading,
+      _thread, executors' workers). Starting one more raises PermissionError (rule:
+      maxThreads). Default: no cap. */
+  maxThreads?: number | undefined;
+  /** Refuse to start the context when a kernel rule (Linux seccomp and Landlock on the
+      context's thread) cannot be applied, instead of falling back to the audit hook alone
+      (other systems, kernels without Landlock). Default false. */
+  requireKernel?: boolean | undefined;
 }
 
 export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files"]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel"]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
-  for (const k of ["processes", "ctypes", "sockets"] as const)
+  for (const k of ["processes", "ctypes", "sockets", "requireKernel"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
   for (const k of ["denyImports", "files"] as const)
     if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
       throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
+  if (p.maxThreads !== undefined && !(Number.isSafeInteger(p.maxThreads) && p.maxThreads >= 0))
+    throw new TypeError("py.context({ sandbox }): maxThreads must be a non-negative integer");
   let network: { connect: number[]; bind: number[] } | null = null;
   if (p.network !== undefined) {
     const n = p.network as Record<string, unknown>;
@@ -57,5 +67,7 @@ export function policyValue(p: SandboxPolicy | undefined): Record<string, unknow
     sockets: p.sockets ?? true,
     deny_imports: p.denyImports ?? null,
     files: p.files ?? null,
+    max_threads: p.maxThreads ?? null,
+    require_kernel: p.requireKernel ?? false,
   };
 }

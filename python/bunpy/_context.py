@@ -149,8 +149,12 @@ def track_threads():
     if getattr(threading.Thread.start, "__bunpy_track__", False):
         return
     start, bootstrap = threading.Thread.start, threading.Thread._bootstrap_inner
+    import _bunpy
 
     def tracked_start(self):
+        # before 3.12 starting a thread raises no audit event: maxThreads is checked here
+        if sys.version_info < (3, 12) and _bunpy.refused("threads"):
+            raise PermissionError("bunpy sandbox: threading.Thread.start is refused (rule: maxThreads)")
         owner = getattr(_owner, "ident", None)
         if owner is not None:
             self._bunpy_owner = owner
@@ -231,6 +235,14 @@ def _join_threads(threading, owngil):
 def _started_by(threading, me):
     """The live non-daemon threads a worker context (thread `me`) started, itself excluded."""
     return [t for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+
+
+def count_started(ident):
+    """maxThreads in a worker context (thread `ident`): the live threads it started, and
+    those started, daemons included (the one being started is not counted: no ident yet)."""
+    import threading
+
+    return sum(1 for t in threading.enumerate() if getattr(t, "_bunpy_owner", None) == ident and t.ident not in (None, ident))
 
 
 def _warn_running(threading):
