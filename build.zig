@@ -31,6 +31,8 @@ const sources = [_][]const u8{
     "shim/request.c",
     "shim/jscall.c",
     "shim/sandbox.c",
+    "shim/seccomp.c",
+    "shim/landlock.c",
 };
 
 // Fact 7 in docs/architecture.md: without -fno-sanitize=undefined zig traps on UB checks in C.

@@ -21,6 +21,7 @@
  */
 #include "internal.h"
 #include "context.h"
+#include "kernel-rules.h"
 #include <semaphore.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -95,13 +96,17 @@ static int setup_interpreter(bp_context *c, int owngil) {
     PyObject *threading = PyImport_ImportModule("threading");
     PyObject *ident = threading ? PyObject_CallMethod(threading, "get_ident", NULL) : NULL;
     c->ident = ident ? PyLong_AsUnsignedLong(ident) : 0;
+    c->policy.owngil = owngil; /* maxThreads counts the context's threads by these */
+    c->policy.ident = c->ident;
     Py_XDECREF(ident);
     Py_XDECREF(threading);
     /* what JS interrupts raise here (bunpy is imported: bunpy._context was) */
     PyObject *pkg = PyErr_Occurred() ? NULL : PyImport_ImportModule("bunpy");
     c->interrupt_type = pkg ? PyObject_GetAttrString(pkg, "Interrupted") : NULL;
     Py_XDECREF(pkg);
-    return PyErr_Occurred() ? -1 : 0;
+    if (PyErr_Occurred()) return -1;
+    /* last, once everything the context needs at start is loaded: the kernel's rules */
+    return bp_kernel_rules_apply(&c->policy);
 }
 
 /* The startup error as text, for the start request. */

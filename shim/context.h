@@ -14,9 +14,15 @@
 typedef struct bp_policy {
     int active;
     int refuse_processes, refuse_ctypes, refuse_sockets;
+    int require_kernel;       /* refuse to start when a kernel rule cannot be applied    */
+    long max_threads;         /* threads the context may have running besides its own; -1: any */
+    int owngil;               /* how they are counted: the interpreter's thread states, or */
+    unsigned long ident;      /* (worker) the threading threads marked with this context thread's ident */
     PyObject *deny_imports;   /* frozenset of module names, or NULL              */
     PyObject *allow_paths;    /* tuple of real directory paths, or NULL: any file */
     PyObject *read_paths;     /* tuple: also readable (Python's own files)        */
+    int net_rules;            /* `network` given: TCP to/on the listed ports only  */
+    PyObject *connect_ports, *bind_ports; /* tuples of ints (net_rules)             */
 } bp_policy;
 
 int bp_sandbox_install(void);
