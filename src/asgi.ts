@@ -12,7 +12,7 @@ import type { Context } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
 import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
-import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
+import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, pulledBody, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
 
 export interface AsgiOptions extends ServeAppOptions {
   /** "auto" (default): run lifespan startup/shutdown in every context, and go on without
@@ -183,38 +183,17 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         return new Response(noBody ? null : first, { status, headers });
       }
       streaming = true;
-      let finished = false;
-      const finish = () => {
-        if (finished) return;
-        finished = true;
-        signal.removeEventListener("abort", onAbort);
-        live.delete(rid);
-        tracker.leave();
-      };
-      const stream = new ReadableStream<Uint8Array>(
-        {
-          start(c) {
-            if (first.length > 0) c.enqueue(first);
-          },
-          async pull(c) {
-            try {
-              const [chunk, more] = (await ctx.call("bunpy._asgi", "pull", [rid])) as [Uint8Array, boolean];
-              if (chunk.length > 0) c.enqueue(chunk);
-              if (!more) {
-                c.close();
-                finish();
-              }
-            } catch (e) {
-              finish();
-              c.error(e);
-            }
-          },
-          cancel() {
-            onAbort();
-            finish();
-          },
+      const stream = pulledBody(
+        ctx,
+        "bunpy._asgi",
+        rid,
+        first,
+        () => {
+          signal.removeEventListener("abort", onAbort);
+          live.delete(rid);
+          tracker.leave();
         },
-        { highWaterMark: 0 },
+        onAbort,
       );
       return new Response(stream, { status, headers });
     } catch (e) {

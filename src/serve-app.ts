@@ -3,7 +3,7 @@
  * into every context, and the parts of a Bun Request that both scopes need.
  */
 import { resolve } from "node:path";
-import type { ContextMode } from "./context.ts";
+import type { Context, ContextMode } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
@@ -77,4 +77,44 @@ export function checkRootPath(p: unknown): string {
 /** Statuses whose response must not have a body. */
 export function nullBodyStatus(status: number): boolean {
   return status === 101 || status === 204 || status === 205 || status === 304;
+}
+
+/**
+ * A response body pulled from the app's context one chunk per read: `module.pull(rid)`
+ * answers `[chunk, more]`, so Python produces only as fast as the client reads (no queue
+ * on the JS side: highWaterMark 0). `done` runs once, when the body ended, failed or was
+ * cancelled; `cancel` when the client went away first.
+ */
+export function pulledBody(ctx: Context, module: string, rid: number, first: Uint8Array, done: () => void, cancel: () => void): ReadableStream<Uint8Array> {
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    done();
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      start(c) {
+        if (first.length > 0) c.enqueue(first);
+      },
+      async pull(c) {
+        try {
+          const [chunk, more] = (await ctx.call(module, "pull", [rid])) as [Uint8Array, boolean];
+          if (chunk.length > 0) c.enqueue(chunk);
+          if (!more) {
+            c.close();
+            finish();
+          }
+        } catch (e) {
+          finish();
+          c.error(e);
+        }
+      },
+      cancel() {
+        cancel();
+        finish();
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }

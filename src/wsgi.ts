@@ -8,7 +8,7 @@
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
 import { internalError, Tracker, unavailable, type CloseAppOptions, type ServedApp } from "./asgi.ts";
-import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
+import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, pulledBody, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
 
 export interface WsgiOptions extends ServeAppOptions {}
 
@@ -73,36 +73,13 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
         return new Response(noBody ? null : first, { status, headers });
       }
       streaming = true;
-      let done = false;
-      const finish = () => {
-        if (done) return;
-        done = true;
-        tracker.leave();
-      };
-      const stream = new ReadableStream<Uint8Array>(
-        {
-          start(c) {
-            if (first.length > 0) c.enqueue(first);
-          },
-          async pull(c) {
-            try {
-              const [chunk, more] = (await ctx.call("bunpy._wsgi", "pull", [rid])) as [Uint8Array, boolean];
-              if (chunk.length > 0) c.enqueue(chunk);
-              if (!more) {
-                c.close();
-                finish();
-              }
-            } catch (e) {
-              finish();
-              c.error(e);
-            }
-          },
-          cancel() {
-            ctx.cast("bunpy._wsgi", "cancel", [rid]);
-            finish();
-          },
-        },
-        { highWaterMark: 0 },
+      const stream = pulledBody(
+        ctx,
+        "bunpy._wsgi",
+        rid,
+        first,
+        () => tracker.leave(),
+        () => ctx.cast("bunpy._wsgi", "cancel", [rid]),
       );
       return new Response(stream, { status, headers });
     } catch (e) {
