@@ -22,6 +22,8 @@ typedef struct bp_policy {
     PyObject *allow_paths;    /* tuple of real directory paths, or NULL: any file */
     PyObject *read_paths;     /* tuple: also readable (Python's own files)        */
     int net_rules;            /* `network` given: TCP to/on the listed ports only  */
+    int files_by_kernel;      /* a Landlock domain holds `files` on this thread: relative
+                                 paths are left to it (the audit event lacks their dir_fd) */
     PyObject *connect_ports, *bind_ports; /* tuples of ints (net_rules)             */
 } bp_policy;
 

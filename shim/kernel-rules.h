@@ -11,7 +11,7 @@
 /* Both: called on the context thread, with its interpreter attached, once the policy is
    loaded and before user code runs. 0, or -1 with a Python exception set. */
 int bp_seccomp_apply(const bp_policy *pol);
-int bp_landlock_apply(const bp_policy *pol);
+int bp_landlock_apply(bp_policy *pol);
 
 /* The Landlock ABI version of the running kernel, or 0 when Landlock is unavailable. */
 int bp_landlock_abi(void);
@@ -25,7 +25,7 @@ static inline int bp_kernel_missing(const bp_policy *pol, const char *what) {
 }
 
 /* seccomp, then Landlock (which needs no_new_privs, set by the seccomp step). */
-static inline int bp_kernel_rules_apply(const bp_policy *pol) {
+static inline int bp_kernel_rules_apply(bp_policy *pol) {
     if (!pol->active) return 0;
     if (bp_seccomp_apply(pol) < 0) return -1;
     return bp_landlock_apply(pol);

@@ -151,7 +151,7 @@ static int add_file_rules(int ruleset, const bp_policy *pol, uint64_t all) {
     return rc;
 }
 
-int bp_landlock_apply(const bp_policy *pol) {
+int bp_landlock_apply(bp_policy *pol) {
     int abi = bp_landlock_abi();
     if (pol->net_rules && abi < 4) {
         /* fail closed: without Landlock's TCP rules the ports could not be held */
@@ -175,11 +175,12 @@ int bp_landlock_apply(const bp_policy *pol) {
         PyErr_SetFromErrno(PyExc_OSError);
         rc = -1;
     }
+    if (rc == 0 && pol->allow_paths) pol->files_by_kernel = 1;
     close(ruleset);
     return rc;
 }
 
 #else
 int bp_landlock_abi(void) { return 0; }
-int bp_landlock_apply(const bp_policy *pol) { return bp_kernel_missing(pol, "Landlock (Linux only)"); }
+int bp_landlock_apply(bp_policy *pol) { return bp_kernel_missing(pol, "Landlock (Linux only)"); }
 #endif

@@ -114,6 +114,13 @@ static int open_allowed(bp_policy *pol, PyObject *args) {
         return 1;
     }
     const char *p = PyBytes_AS_STRING(bytes);
+    if (p[0] != '/' && pol->files_by_kernel) {
+        /* relative: to the cwd, or to a dir_fd the "open" event does not carry. Resolving it
+           against the cwd here would refuse legitimate opens (and pass others); the
+           Landlock domain resolves it as the OS does. */
+        Py_DECREF(bytes);
+        return 1;
+    }
     int writing = 0;
     PyObject *mode = PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : NULL;
     PyObject *flags = PyTuple_GET_SIZE(args) > 2 ? PyTuple_GET_ITEM(args, 2) : NULL;
@@ -367,6 +374,7 @@ void bp_policy_clear(bp_policy *pol) {
     Py_CLEAR(pol->connect_ports);
     Py_CLEAR(pol->bind_ports);
     pol->net_rules = 0;
+    pol->files_by_kernel = 0;
 }
 
 /* _bunpy.refused(rule) -> bool: lets Python-level guards (fork_exec) ask the policy. */

@@ -271,6 +271,12 @@ describe.skipIf(!linux)("kernel rules", () => {
         await run(ctx, `globals().update(d=os.open(${q(join(dir, "sub"))}, os.O_RDONLY)) or None`);
         const viaDirFd = `os.close(os.open(${q(rel)}, os.O_RDONLY, dir_fd=d))`;
         expect(await attempt(ctx, viaDirFd)).toMatch(/refused: \[Errno 13\] Permission denied/);
+        // and a relative open that stays inside, through a dir_fd of the allowed directory: the
+        // hook leaves relative paths to the kernel (the "open" audit event has no dir_fd)
+        await run(ctx, `globals().update(top=os.open(${q(dir)}, os.O_RDONLY)) or None`);
+        expect(await attempt(ctx, `os.close(os.open("in.txt", os.O_RDONLY, dir_fd=top))`)).toBe("allowed");
+        expect(await attempt(ctx, `os.close(os.open("made.txt", os.O_WRONLY | os.O_CREAT, dir_fd=top))`)).toBe("allowed");
+        await run(ctx, "os.close(top)");
         expect(await attempt(ctx, `os.link(${q(outside)}, ${q(join(dir, "ln.txt"))})`)).toMatch(/Errno 13|Errno 18/);
         expect(await attempt(ctx, `open(${q(join(dir, "new.txt"))}, 'w').write('x')`)).toBe("allowed");
         expect(await attempt(ctx, `open('/proc/self/mem', 'rb')`)).toMatch(/refused/);
