@@ -95,6 +95,18 @@ int32_t bp_fail_python(bp_io *io) {
         PyErr_Clear();
     }
 
+    if (lazy) {
+        /* JS may keep the error for long (until it is collected): free its frames' locals
+           now, as dropping the exception would (files closed, memory back); formatting
+           needs only file names and line numbers. Before the record is written: a __del__
+           may call into JS, which reuses the buffer. */
+        bp_interp *st = bp_interp_get();
+        PyObject *clear = st ? bp_interp_helper(st, "clear_frames") : NULL;
+        PyObject *r = clear ? PyObject_CallOneArg(clear, exc) : NULL;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+
     int32_t lineno = syntax ? int_attr(exc, "lineno") : -1;
     int32_t offset = syntax ? int_attr(exc, "offset") : -1;
 

@@ -287,8 +287,45 @@ def alive():
 
 def forget():
     refs.clear()
+
+class Big:
+    pass
+
+held = []
+
+def fail_holding(n):
+    big = Big()              # only this frame's local refers to it
+    held.append(weakref.ref(big))
+    cause_of(n)
+
+def cause_of(n):
+    try:
+        raise ValueError(n)
+    except ValueError:
+        local_in_context = Big()
+        held.append(weakref.ref(local_in_context))
+        raise RuntimeError("while handling")
+
+def held_alive():
+    return sum(1 for r in held if r() is not None)
 `,
   );
+
+  test("an error JS keeps holds no local variables of its frames (chained ones too), and still formats them", () => {
+    let kept: PythonError | undefined;
+    try {
+      py.call("t_errors_late", "fail_holding", [7]);
+    } catch (e) {
+      kept = e as PythonError;
+    }
+    // freed at once, not when the JS error is collected (which may be never, for a tiny object)
+    expect(py.call("t_errors_late", "held_alive", [])).toBe(0);
+    const tb = kept!.traceback;
+    expect(tb).toContain("fail_holding");
+    expect(tb).toContain("cause_of");
+    expect(tb).toContain("ValueError: 7");
+    expect(tb).toContain("RuntimeError: while handling");
+  });
 
   test("a traceback read after other calls, other errors and a gc shows the frames of its own raise", async () => {
     let late: PythonError | undefined;
