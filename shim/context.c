@@ -234,10 +234,10 @@ static int alone_in_interpreter(PyThreadState *ts) {
 
 static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *main_ts) {
     stop_interrupters(c);
-    bp_policy_clear(&c->policy);
     Py_CLEAR(c->main_module);
     Py_CLEAR(c->interrupt_type);
     if (c->mode == BP_CTX_WORKER) {
+        bp_policy_clear(&c->policy);
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
         return;
@@ -256,7 +256,18 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
         fprintf(stderr, "bunpy: a context was closed while Python threads it started were still running; "
                         "its interpreter is left behind until the process exits\n");
         bp_interp *st = bp_interp_get();
-        if (st) st->ctx = NULL; /* its threads must not read this context's policy any more */
+        if (st) {
+            /* its threads must not read this context (it will be freed) but keep its sandbox
+               policy: moved to a copy that lives as long as the process */
+            bp_policy *left = malloc(sizeof *left);
+            if (left) {
+                *left = c->policy;
+                memset(&c->policy, 0, sizeof c->policy);
+            }
+            st->left_policy = left;
+            st->ctx = NULL;
+        }
+        bp_policy_clear(&c->policy); /* empty once moved (were malloc to fail, only the kernel rules would hold for those threads) */
         atomic_store(&bp_finalize_unsafe, 1);
         PyEval_SaveThread();
         PyEval_RestoreThread(main_ts);
@@ -264,6 +275,8 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
         PyThreadState_DeleteCurrent();
         return;
     }
+    /* the policy holds until no thread of the interpreter can run Python any more */
+    bp_policy_clear(&c->policy);
     /* Stopping interpreters concurrently races in some releases (fact 3 in docs/architecture.md). */
     PyThreadState *sub = PyEval_SaveThread();
     pthread_mutex_lock(&bp_create_lock);

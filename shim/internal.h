@@ -71,6 +71,8 @@ typedef struct bp_interp {
     PyObject *helpers;           /* the bunpy._codec module (datetime and traceback helpers) */
     PyObject *datetime_type;     /* datetime.datetime once the helpers loaded it            */
     struct bp_context *ctx;      /* the owngil context running this interpreter, else NULL  */
+    struct bp_policy *left_policy; /* its context's policy, kept for the threads still running
+                                      in an interpreter left behind at close (never freed)  */
 } bp_interp;
 
 PyObject *bp_reactor_type_new(PyObject *module); /* _bunpy.Reactor (reactor.c)            */

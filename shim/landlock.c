@@ -182,5 +182,12 @@ int bp_landlock_apply(bp_policy *pol) {
 
 #else
 int bp_landlock_abi(void) { return 0; }
-int bp_landlock_apply(bp_policy *pol) { return bp_kernel_missing(pol, "Landlock (Linux only)"); }
+int bp_landlock_apply(bp_policy *pol) {
+    /* `network` fails closed: without the kernel the ports could not be held */
+    if (pol->net_rules) {
+        PyErr_SetString(PyExc_OSError, "bunpy sandbox: network rules need Landlock (Linux only)");
+        return -1;
+    }
+    return bp_kernel_missing(pol, "Landlock (Linux only)");
+}
 #endif

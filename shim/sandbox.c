@@ -43,7 +43,8 @@ static bp_policy *current_policy(void) {
     bp_context *c = bp_this_context;
     if (c) return &c->policy;
     bp_interp *st = bp_interp_get();
-    return st && st->ctx ? &st->ctx->policy : NULL;
+    if (!st) return NULL;
+    return st->ctx ? &st->ctx->policy : st->left_policy;
 }
 
 static long int_arg(PyObject *args, Py_ssize_t i) {

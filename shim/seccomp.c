@@ -190,10 +190,10 @@ static void build(bp_prog *p, const bp_policy *pol) {
         RET_ALLOW();
         RET_ERRNO(EPERM);
         close_block(p, at);
+        /* socket() itself is refused for AF_UNIX too: a pathname or abstract Unix socket
+           reaches host services (the Docker or D-Bus socket) that no port rule covers */
         at = open_block(p, SYS_socket);
         LOAD_ARG(0);
-        JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 1);
-        RET_ALLOW();
         if (pol->net_rules) {
             /* network: TCP only (Landlock holds its ports; it does not see UDP or raw sockets) */
             JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0);
@@ -234,5 +234,12 @@ int bp_seccomp_apply(const bp_policy *pol) {
 }
 
 #else /* another system or architecture: no filter (the audit hook still applies) */
-int bp_seccomp_apply(const bp_policy *pol) { return bp_kernel_missing(pol, "seccomp (Linux on x86_64 or aarch64 only)"); }
+int bp_seccomp_apply(const bp_policy *pol) {
+    /* `network` fails closed: without the kernel the ports could not be held */
+    if (pol->net_rules) {
+        PyErr_SetString(PyExc_OSError, "bunpy sandbox: network rules need seccomp (Linux on x86_64 or aarch64 only)");
+        return -1;
+    }
+    return bp_kernel_missing(pol, "seccomp (Linux on x86_64 or aarch64 only)");
+}
 #endif

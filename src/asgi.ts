@@ -195,7 +195,14 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         },
         onAbort,
       );
-      return new Response(stream, { status, headers });
+      try {
+        return new Response(stream, { status, headers });
+      } catch (e) {
+        // a status or header Bun refuses: the body is never read, so end it here (this runs
+        // its `done` once: the request is forgotten and leaves the in-flight count)
+        void stream.cancel(e);
+        throw e;
+      }
     } catch (e) {
       live.delete(rid);
       if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);

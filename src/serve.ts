@@ -35,13 +35,19 @@ export async function startServe(rt: MainInterpreter, options: ServeOptions): Pr
   const loaded = await loadApp(rt, options.app, options);
   const kind = options.interface ?? loaded.kind;
   const app = kind === "asgi" ? await startAsgi(rt, options.app, options, loaded) : await startWsgi(rt, options.app, options, loaded);
-  const server = Bun.serve({
-    port: options.port ?? 8000,
-    hostname: options.hostname ?? "127.0.0.1",
-    reusePort: options.reusePort ?? false,
-    fetch: app.fetch,
-    websocket: app.websocket ?? { message() {} },
-  });
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = Bun.serve({
+      port: options.port ?? 8000,
+      hostname: options.hostname ?? "127.0.0.1",
+      reusePort: options.reusePort ?? false,
+      fetch: app.fetch,
+      websocket: app.websocket ?? { message() {} },
+    });
+  } catch (e) {
+    await app.close(); // the port is taken, say: lifespan shutdown and the pool, then the error
+    throw e;
+  }
   let closed: Promise<void> | undefined;
   return {
     app,

@@ -81,7 +81,14 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
         () => tracker.leave(),
         () => ctx.cast("bunpy._wsgi", "cancel", [rid]),
       );
-      return new Response(stream, { status, headers });
+      try {
+        return new Response(stream, { status, headers });
+      } catch (e) {
+        // a status or header Bun refuses: the body is never read, so end it here (this runs
+        // its `done` once: the request is forgotten and leaves the in-flight count)
+        void stream.cancel(e);
+        throw e;
+      }
     } catch (e) {
       readers.delete(rid);
       if (!(e instanceof Error && e.name === "PythonError")) console.error("bunpy: WSGI request failed:", e);

@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py, type Context, type SandboxPolicy } from "../src/index.ts";
-import { closedAfterAll, contextModes } from "./helpers.ts";
+import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
 
 const modes = contextModes;
 const ATTEMPT = `
@@ -167,3 +167,46 @@ test("bad policies are rejected with a TypeError", async () => {
     await expect(py.context({ sandbox: { maxThreads: bad as never } })).rejects.toThrow(/maxThreads must be a non-negative integer/);
   await expect(py.context({ sandbox: { requireKernel: "yes" as never } })).rejects.toThrow(/requireKernel must be a boolean/);
 });
+
+// A thread that outlives its owngil context's close (it ignores interrupts) keeps the
+// context's policy: the interpreter is left behind, not its rules.
+test.skipIf(!hasOwnGil)(
+  "a thread still running in an owngil interpreter left behind at close keeps its policy",
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-left-"));
+    const flag = join(dir, "go");
+    const out = join(dir, "result");
+    const ctx = await py.context({ mode: "owngil", sandbox: { ctypes: false } });
+    await ctx.exec(`
+import os, threading, time
+def stubborn():
+    deadline = time.monotonic() + 30
+    while not os.path.exists(${JSON.stringify(flag)}) and time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass                      # ignores the interrupts of close()
+    try:
+        import ctypes
+        result = "imported"
+    except PermissionError:
+        result = "refused"
+    except BaseException as e:
+        result = type(e).__name__
+    with open(${JSON.stringify(out)}, "w") as f:
+        f.write(result)
+threading.Thread(target=stubborn, daemon=True).start()
+`);
+    await ctx.close({ timeout: 100 });
+    await Bun.sleep(6000); // past the 5 s the context waits for its threads before leaving the interpreter
+    writeFileSync(flag, "");
+    let result = "";
+    for (let i = 0; i < 100 && result === ""; i++) {
+      await Bun.sleep(50);
+      result = await Bun.file(out).text().catch(() => "");
+    }
+    expect(result).toBe("refused");
+    expect(py.eval("1 + 1")).toBe(2);
+  },
+  30_000,
+);

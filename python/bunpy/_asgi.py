@@ -406,7 +406,7 @@ async def pull(rid):
     r = requests.get(rid)
     if r is None:
         return [b"", False]
-    while not r.chunks and not r.complete and r.error is None and r.task is not None and not r.task.done():
+    while not r.chunks and not r.complete and not r.disconnected and r.error is None and r.task is not None and not r.task.done():
         r.puller = asyncio.get_running_loop().create_future()
         await r.puller
         r.puller = None
@@ -422,7 +422,7 @@ async def pull(rid):
             return [body, False]
         return [body, True]
     requests.pop(rid, None)
-    if r.complete:
+    if r.complete or r.disconnected:
         return [b"", False]
     raise RuntimeError("bunpy: the ASGI app failed after the response started") from r.error
 
