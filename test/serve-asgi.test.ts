@@ -256,6 +256,18 @@ describe("lifespan", () => {
     }
   });
 
+  test("close() ends even when the app's lifespan shutdown never finishes", async () => {
+    const app = await py.asgi("rawapp:stuck_shutdown", { pool: { size: 1 }, mode, path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, fetch: app.fetch });
+    try {
+      expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("up");
+    } finally {
+      server.stop(true);
+    }
+    await app.close({ timeout: 200 }); // waits a second for the shutdown, then closes anyway
+    expect(app.pool.contexts.every((c) => c.state === "closed")).toBe(true);
+  }, 15_000);
+
   test('lifespan: "on" refuses an app without lifespan support', async () => {
     await expect(py.asgi("rawapp:nolifespan", { pool: { size: 1 }, mode, path: [FIXTURES], lifespan: "on" })).rejects.toThrow("lifespan");
   });

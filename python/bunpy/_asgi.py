@@ -174,7 +174,13 @@ async def shutdown(app_id, timeout, lifespan):
         await asyncio.wait(list(a.tasks), timeout=timeout)
     if lifespan and a.lifespan is not None:
         a.lifespan_queue.put_nowait({"type": "lifespan.shutdown"})
-        msg = await a.lifespan_done
+        # bounded like the rest of close(): at least a second, else what close() has left
+        wait = max(timeout, 1.0)
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(a.lifespan_done), wait)
+        except TimeoutError:
+            print(f"bunpy: the app's lifespan shutdown did not finish within {wait:g} s; closing anyway", file=sys.stderr)
+            msg = {"type": "lifespan.shutdown.timeout"}
         a.lifespan = None
         if msg["type"] == "lifespan.shutdown.failed":
             print(f"bunpy: the app's lifespan shutdown failed: {msg.get('message', '')}", file=sys.stderr)
