@@ -9,6 +9,7 @@ import { bench, do_not_optimize, summary } from "mitata";
 import { internals, py } from "../src/index.ts";
 import { ensureShim } from "../src/build.ts";
 import { runWithRatios } from "./ratio.ts";
+import { doc } from "./doc.ts";
 
 // ---- the floor: a sequential await over a threadsafe JSCallback completion ------------
 const echoLib = dlopen(ensureShim(internals.runtime().info), {
@@ -69,19 +70,6 @@ async function loopOf(f: () => Promise<unknown>, n: number): Promise<number> {
 }
 
 // ---- 1 KB JSON-like object through a context -----------------------------------------
-const doc = {
-  id: 12345,
-  name: "bunpy benchmark document",
-  active: true,
-  score: 98.6,
-  tags: ["python", "bun", "ffi", "fast"],
-  owner: { id: 7, login: "octo", email: "octo@example.com", admin: false },
-  items: Array.from({ length: 8 }, (_, i) => ({ sku: `SKU-${1000 + i}`, qty: i + 1, price: 9.99 + i, note: null })),
-  history: [
-    { at: "2026-11-01T10:00:00Z", event: "created" },
-    { at: "2026-11-02T11:30:00Z", event: "updated" },
-  ],
-};
 const DOC_BASE = "reference: JSON.parse(JSON.stringify(1 KB))";
 summary(() => {
   bench(DOC_BASE, () => do_not_optimize(JSON.parse(JSON.stringify(doc)))).baseline(true);

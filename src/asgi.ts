@@ -12,7 +12,20 @@ import type { Context } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
 import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
-import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, pulledBody, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
+import {
+  checkRootPath,
+  flatHeaders,
+  internalError,
+  loadApp,
+  nullBodyStatus,
+  pulledBody,
+  targetOf,
+  Tracker,
+  unavailable,
+  type Handler,
+  type ServeAppOptions,
+  type ServerLike,
+} from "./serve-app.ts";
 
 export interface AsgiOptions extends ServeAppOptions {
   /** "auto" (default): run lifespan startup/shutdown in every context, and go on without
@@ -78,37 +91,6 @@ function register(rt: MainInterpreter): void {
       return false;
     }
   });
-}
-
-/** Counts requests in flight and lets close() wait for them. */
-export class Tracker {
-  n = 0;
-  closing = false;
-  private idle: (() => void)[] = [];
-  enter(): void {
-    this.n++;
-  }
-  leave(): void {
-    if (--this.n === 0) for (const f of this.idle.splice(0)) f();
-  }
-  drained(timeout: number): Promise<void> {
-    if (this.n === 0) return Promise.resolve();
-    return new Promise((ok) => {
-      const t = setTimeout(ok, timeout);
-      this.idle.push(() => {
-        clearTimeout(t);
-        ok();
-      });
-    });
-  }
-}
-
-export function internalError(): Response {
-  return new Response("Internal Server Error", { status: 500, headers: { "content-type": "text/plain; charset=utf-8" } });
-}
-
-export function unavailable(): Response {
-  return new Response("Service Unavailable", { status: 503, headers: { "content-type": "text/plain; charset=utf-8", connection: "close" } });
 }
 
 export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<AsgiApp> {

@@ -118,3 +118,34 @@ export function pulledBody(ctx: Context, module: string, rid: number, first: Uin
     { highWaterMark: 0 },
   );
 }
+
+/** Counts requests in flight and lets close() wait for them. */
+export class Tracker {
+  n = 0;
+  closing = false;
+  private idle: (() => void)[] = [];
+  enter(): void {
+    this.n++;
+  }
+  leave(): void {
+    if (--this.n === 0) for (const f of this.idle.splice(0)) f();
+  }
+  drained(timeout: number): Promise<void> {
+    if (this.n === 0) return Promise.resolve();
+    return new Promise((ok) => {
+      const t = setTimeout(ok, timeout);
+      this.idle.push(() => {
+        clearTimeout(t);
+        ok();
+      });
+    });
+  }
+}
+
+export function internalError(): Response {
+  return new Response("Internal Server Error", { status: 500, headers: { "content-type": "text/plain; charset=utf-8" } });
+}
+
+export function unavailable(): Response {
+  return new Response("Service Unavailable", { status: 503, headers: { "content-type": "text/plain; charset=utf-8", connection: "close" } });
+}

@@ -7,8 +7,21 @@
  */
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
-import { internalError, Tracker, unavailable, type CloseAppOptions, type ServedApp } from "./asgi.ts";
-import { checkRootPath, flatHeaders, loadApp, nullBodyStatus, pulledBody, targetOf, type Handler, type ServeAppOptions, type ServerLike } from "./serve-app.ts";
+import type { CloseAppOptions, ServedApp } from "./asgi.ts";
+import {
+  checkRootPath,
+  flatHeaders,
+  internalError,
+  loadApp,
+  nullBodyStatus,
+  pulledBody,
+  targetOf,
+  Tracker,
+  unavailable,
+  type Handler,
+  type ServeAppOptions,
+  type ServerLike,
+} from "./serve-app.ts";
 
 export interface WsgiOptions extends ServeAppOptions {}
 

@@ -188,6 +188,14 @@ async def shutdown(app_id, timeout, lifespan):
     return None
 
 
+def _report(what, e):
+    """An app's exception, printed as uvicorn does (the client only sees a 500 or a close)."""
+    import traceback
+
+    print(f"bunpy: exception in {what}", file=sys.stderr)
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+
+
 # ---- http -------------------------------------------------------------------------------
 
 
@@ -368,10 +376,7 @@ async def _run(app, scope, r):
         await app(scope, receive, send)
     except BaseException as e:
         if not r.disconnected:
-            import traceback
-
-            print("bunpy: exception in ASGI application", file=sys.stderr)
-            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+            _report("ASGI application", e)
         r.error = e
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             _finish(r)
@@ -534,10 +539,7 @@ async def _ws_run(app, scope, w):
         await app(scope, receive, send)
     except BaseException as e:
         if not w.client_closed:
-            import traceback
-
-            print("bunpy: exception in ASGI websocket application", file=sys.stderr)
-            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+            _report("ASGI websocket application", e)
         _ws_end(w, 500, 1011)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
