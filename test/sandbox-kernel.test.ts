@@ -9,6 +9,18 @@ import { dirname, join, relative, resolve } from "node:path";
 import { py, type Context, type SandboxPolicy } from "../src/index.ts";
 import { closedAfterAll, contextModes } from "./helpers.ts";
 
+/**
+ * A directory below `dir` from which the relative path `rel` resolves to a file outside `dir`;
+ * none where rel climbs fewer than two levels (a cwd directly below /).
+ */
+function dirFdLeavingDir(dir: string, rel: string): { sub: string; elsewhere: string } | undefined {
+  for (let sub = join(dir, "sub"); sub.length < 1000; sub = join(sub, "sub")) {
+    const elsewhere = resolve(sub, rel);
+    if (!elsewhere.startsWith(dir + "/")) return { sub, elsewhere };
+  }
+  return undefined;
+}
+
 const linux = process.platform === "linux" && (arch() === "x64" || arch() === "arm64");
 const { keep } = closedAfterAll();
 // Landlock's TCP rules (ABI 4+): what `network` needs
@@ -261,17 +273,22 @@ describe.skipIf(!linux)("kernel rules", () => {
         const { outDir, outside } = outsideFile();
         const ctx = await sandboxed(mode, { files: [dir] });
         const q = JSON.stringify;
-        // relative to the allowed directory, "../<out>/out.txt" leaves it
         // rel leads from the cwd into <dir> (the hook, which resolves against the cwd, lets it
-        // through) but from dir_fd <dir>/sub somewhere else: the kernel resolves it so, and refuses
-        mkdirSync(join(dir, "sub"));
+        // through) but from a dir_fd below <dir> somewhere outside it: the kernel resolves it
+        // so, and refuses. How deep that dir_fd must be depends on how deep the cwd is.
         const rel = relative(process.cwd(), join(dir, "in.txt"));
-        const elsewhere = resolve(dir, "sub", rel);
-        mkdirSync(dirname(elsewhere), { recursive: true });
-        writeFileSync(elsewhere, "outside");
-        await run(ctx, `globals().update(d=os.open(${q(join(dir, "sub"))}, os.O_RDONLY)) or None`);
-        const viaDirFd = `os.close(os.open(${q(rel)}, os.O_RDONLY, dir_fd=d))`;
-        expect(await attempt(ctx, viaDirFd)).toMatch(/refused: \[Errno 13\] Permission denied/);
+        const leaving = dirFdLeavingDir(dir, rel);
+        if (leaving) {
+          mkdirSync(leaving.sub, { recursive: true });
+          mkdirSync(dirname(leaving.elsewhere), { recursive: true });
+          writeFileSync(leaving.elsewhere, "outside");
+          await run(ctx, `globals().update(d=os.open(${q(leaving.sub)}, os.O_RDONLY)) or None`);
+          const viaDirFd = `os.close(os.open(${q(rel)}, os.O_RDONLY, dir_fd=d))`;
+          expect(await attempt(ctx, viaDirFd)).toMatch(/refused: \[Errno 13\] Permission denied/);
+          await run(ctx, "os.close(d)");
+        } else {
+          console.warn(`dir_fd escape not tried: from ${process.cwd()} no path climbs out of a directory below ${dir}`);
+        }
         // and a relative open that stays inside, through a dir_fd of the allowed directory: the
         // hook leaves relative paths to the kernel (the "open" audit event has no dir_fd)
         await run(ctx, `globals().update(top=os.open(${q(dir)}, os.O_RDONLY)) or None`);
@@ -295,7 +312,6 @@ describe.skipIf(!linux)("kernel rules", () => {
           expect(await run(ctx, `sc('openat', -100, ${q(join(dir, "in.txt"))}.encode(), 0, 0)`)).toBe("ok");
         }
         expect(await attempt(ctx, "import email.mime.text, json, decimal")).toBe("allowed");
-        await run(ctx, "os.close(d)");
         await untouched(outside);
       });
     });
