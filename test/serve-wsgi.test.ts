@@ -5,7 +5,7 @@ import { resolve } from "node:path";
 import { py, type ServedApp } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
 import { openUntil } from "./fixtures/serve/http.ts";
-import { testVenv } from "./fixtures/serve/venv.ts";
+import { testVenv } from "./fixtures/venv.ts";
 
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
 const mode = hasOwnGil ? "owngil" : "worker";
