@@ -268,6 +268,12 @@ describe("lifespan", () => {
     expect(app.pool.contexts.every((c) => c.state === "closed")).toBe(true);
   }, 15_000);
 
+  test("an app that takes the startup event and raises failed its startup (auto too): an error, with the traceback", async () => {
+    await expect(py.asgi("rawapp:startup_raises", { pool: { size: 1 }, mode, path: [FIXTURES] })).rejects.toThrow(
+      /lifespan startup failed: ConnectionError\('database unreachable'\)/,
+    );
+  });
+
   test('lifespan: "on" refuses an app without lifespan support', async () => {
     await expect(py.asgi("rawapp:nolifespan", { pool: { size: 1 }, mode, path: [FIXTURES], lifespan: "on" })).rejects.toThrow("lifespan");
   });

@@ -113,7 +113,9 @@ def kind(obj):
 
 async def lifespan_startup(app_id):
     """Runs the lifespan startup. Returns True (supported and complete), False (the app does
-    not support lifespan: it raised before sending anything, as uvicorn's "auto")."""
+    not support lifespan: it raised before asking for the startup event, as uvicorn's
+    "auto"). An app that took the event and then raised failed its startup: that is an
+    error, with the traceback printed, not a quiet "unsupported"."""
     a = _state()[0][app_id]
     loop = asyncio.get_running_loop()
     a.lifespan_queue = asyncio.Queue()
@@ -121,9 +123,12 @@ async def lifespan_startup(app_id):
     started = loop.create_future()
     a.lifespan_done = loop.create_future()
     sent = []
+    received = []
 
     async def receive():
-        return await a.lifespan_queue.get()
+        m = await a.lifespan_queue.get()
+        received.append(m["type"])
+        return m
 
     async def send(message):
         t = message.get("type")
@@ -141,7 +146,9 @@ async def lifespan_startup(app_id):
             await a.app(scope, receive, send)
         except BaseException as e:
             if not started.done():
-                started.set_result(None if not sent else {"type": "lifespan.startup.failed", "message": repr(e)})
+                if sent or received:
+                    _report("the ASGI app's lifespan startup", e)
+                started.set_result(None if not (sent or received) else {"type": "lifespan.startup.failed", "message": repr(e)})
             if not a.lifespan_done.done():
                 a.lifespan_done.set_result({"type": "lifespan.shutdown.failed", "message": repr(e)})
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
