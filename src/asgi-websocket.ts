@@ -78,9 +78,15 @@ export async function handshake(
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
   const s: Socket = { ctx, pending: [], app };
   sockets.set(rid, s);
-  const r = (await ctx.call("bunpy._asgi", "ws_connect", [
-    app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols,
-  ])) as [string, ...unknown[]];
+  let r: [string, ...unknown[]];
+  try {
+    r = (await ctx.call("bunpy._asgi", "ws_connect", [
+      app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols,
+    ])) as [string, ...unknown[]];
+  } catch (e) {
+    sockets.delete(rid); // the context failed or closed: no socket will ever open
+    throw e;
+  }
   if (r[0] === "accept") {
     const headers: [string, string][] = [];
     const flat = r[2] as string[];

@@ -117,6 +117,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     tracker.enter();
     const rid = nextRequest++;
     let streaming = false;
+    let stopListening: (() => void) | undefined; // the abort listener, once added
     try {
       const ctx = pool.pick();
       const url = req.url;
@@ -148,6 +149,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         ctx.cast("bunpy._asgi", "disconnect", [rid]);
       };
       signal.addEventListener("abort", onAbort, { once: true });
+      stopListening = () => signal.removeEventListener("abort", onAbort);
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115; // "https:"
       const res = (await ctx.call("bunpy._asgi", "handle", [
@@ -187,6 +189,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       }
     } catch (e) {
       live.delete(rid);
+      stopListening?.();
       if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
       return internalError();
     } finally {
