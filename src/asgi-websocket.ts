@@ -98,6 +98,13 @@ export async function handshake(
     return new Response("WebSocket upgrade failed", { status: 400 });
   }
   sockets.delete(rid);
+  if (r[0] === "deny") {
+    // the denial-response extension: the app's own HTTP response instead of the upgrade
+    const flat = r[2] as string[];
+    const headers: [string, string][] = [];
+    for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
+    return new Response(r[3] as Uint8Array, { status: r[1] as number, headers });
+  }
   const status = r[1] as number;
   return new Response(status === 403 ? "Forbidden" : "Internal Server Error", { status });
 }

@@ -64,6 +64,7 @@ export interface AsgiApp extends ServedApp {
 
 const BODY_INLINE = 65536;
 const DONE = 0;
+const PATHSEND = 2; // STREAM is 1
 
 interface Live {
   ctx: Context;
@@ -155,11 +156,17 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       const res = (await ctx.call("bunpy._asgi", "handle", [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
         secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
-      ])) as [number, string[], Uint8Array, number];
+      ])) as [number, string[], Uint8Array | string, number];
       const [status, flat, first, flag] = res;
       const headers: [string, string][] = [];
       for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
       const noBody = method === "HEAD" || nullBodyStatus(status);
+      if (flag === PATHSEND) {
+        // http.response.pathsend: Bun sends the file (sendfile where it can)
+        signal.removeEventListener("abort", onAbort);
+        live.delete(rid);
+        return new Response(noBody ? null : Bun.file(first as string), { status, headers });
+      }
       if (flag === DONE || noBody) {
         if (flag !== DONE) onAbort(); // HEAD / 204 streamed: nothing more is wanted
         signal.removeEventListener("abort", onAbort);
@@ -171,7 +178,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         ctx,
         "bunpy._asgi",
         rid,
-        first,
+        first as Uint8Array,
         () => {
           signal.removeEventListener("abort", onAbort);
           live.delete(rid);

@@ -234,6 +234,31 @@ describe("raw ASGI app", () => {
     expect(events).toContain("ws disconnect 4321");
   });
 
+  test("websocket denial response (extension): the app answers the upgrade with its own HTTP response", async () => {
+    const out = await rawExchange(
+      server.port!,
+      "GET /ws-denial-response HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    expect(out).toStartWith("HTTP/1.1 401");
+    expect(out.toLowerCase()).toContain("www-authenticate: bearer");
+    expect(out).toEndWith("log in first");
+  });
+
+  test("http.response.pathsend (extension): Bun sends the file; a missing file is the app's OSError and a 500", async () => {
+    const file = resolve(FIXTURES, "static.txt");
+    const r = await fetch(`${base}/pathsend?${file}`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get("x-sent")).toBe("by-path");
+    expect(await r.text()).toBe(await Bun.file(file).text());
+    const head = await fetch(`${base}/pathsend?${file}`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(await head.text()).toBe("");
+    // the app's send() raised before anything reached the client: a clean 500
+    expect((await fetch(`${base}/pathsend?/no/such/file`)).status).toBe(500);
+    const events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    expect(events).toContain("pathsend: FileNotFoundError");
+  });
+
   test("many requests in flight across the pool", async () => {
     const rs = await Promise.all(Array.from({ length: 64 }, (_, i) => fetch(`${base}/stream?n=${i % 7}`).then((r) => r.text())));
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
@@ -241,6 +266,25 @@ describe("raw ASGI app", () => {
     // nothing is left behind in Python: every request record was dropped
     const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")));
     expect(left).toEqual(app.pool.contexts.map(() => 0));
+  });
+});
+
+describe("sandboxed app", () => {
+  test("pathsend cannot make Bun send a file the app's sandbox may not read", async () => {
+    const app = await py.asgi("rawapp:app", { pool: { size: 1, sandbox: { files: [FIXTURES] } }, mode, path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, fetch: app.fetch });
+    try {
+      const base = `http://127.0.0.1:${server.port}`;
+      const inside = resolve(FIXTURES, "static.txt");
+      expect(await (await fetch(`${base}/pathsend?${inside}`)).text()).toBe(await Bun.file(inside).text());
+      const outside = await fetch(`${base}/pathsend?${resolve(import.meta.dir, "..", "package.json")}`);
+      expect(outside.status).toBe(500);
+      const events = await app.pool.contexts[0]!.eval("__import__('rawapp').events");
+      expect(events).toContain("pathsend: PermissionError");
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
   });
 });
 
@@ -290,9 +334,14 @@ describe("lifespan", () => {
       shutdowns.length = 0;
       const slow = Array.from({ length: 30 }, () => fetch(`${base}/stream?n=200`).then((r) => r.text()));
       while (app.inFlight === 0) await Bun.sleep(1);
+      const inFlight = app.inFlight;
       const closing = app.close();
       expect((await fetch(`${base}/hello`)).status).toBe(503);
-      for (const t of await Promise.all(slow)) expect(t.split("\n").length - 1).toBe(200); // every request finished, complete
+      // every request in flight at close() finished, complete; those that came later got a 503
+      const texts = await Promise.all(slow);
+      const complete = texts.filter((t) => t.split("\n").length - 1 === 200).length;
+      expect(complete).toBeGreaterThanOrEqual(inFlight);
+      expect(texts.filter((t) => t !== "Service Unavailable").length).toBe(complete);
       await closing;
       stop();
       expect(shutdowns).toEqual(["shutdown while 0 in flight", "shutdown while 0 in flight"]); // one per context
