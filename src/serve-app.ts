@@ -4,6 +4,7 @@
  */
 import { resolve } from "node:path";
 import type { Context, ContextMode } from "./context.ts";
+import { PythonError } from "./errors.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
@@ -41,17 +42,35 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
     if (typeof p !== "string") throw new TypeError("path: expected an array of directory names");
     return resolve(p);
   });
-  const pool = await Pool.start(rt, { ...options.pool, mode: options.mode ?? options.pool?.mode });
+  const chosen = options.mode ?? options.pool?.mode;
   const id = nextApp++;
+  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)})\n`;
+  const start = async (mode: ContextMode | undefined) => {
+    const pool = await Pool.start(rt, { ...options.pool, mode });
+    try {
+      await pool.execAll(code);
+      const kind = (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as "asgi" | "wsgi";
+      return { pool, id, kind };
+    } catch (e) {
+      await pool.close();
+      throw e;
+    }
+  };
   try {
-    const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)})\n`;
-    await pool.execAll(code);
-    const kind = (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as "asgi" | "wsgi";
-    return { pool, id, kind };
+    return await start(chosen);
   } catch (e) {
-    await pool.close();
-    throw e;
+    // An app that imports an extension refusing subinterpreters (PyO3 modules such as
+    // pydantic-core, single-phase modules) cannot run in owngil contexts: unless the user
+    // chose the mode, serve it in worker contexts and say so in one line.
+    if (chosen !== undefined || rt.info.minor < 12 || !refusesSubinterpreters(e)) throw e;
+    console.warn(`bunpy: ${target} imports an extension that refuses subinterpreters (${(e as PythonError).pythonMessage.split("\n")[0]}); serving it in worker contexts (they share one GIL). Pass mode: "worker" to skip this attempt.`);
+    return await start("worker");
   }
+}
+
+/** Whether `e` is an ImportError of an extension module that cannot load in an owngil context. */
+function refusesSubinterpreters(e: unknown): boolean {
+  return e instanceof PythonError && e.type === "ImportError" && /subinterpreter|owngil context/i.test(e.pythonMessage);
 }
 
 /** The request target (path and query as sent) and scheme of a Bun Request's URL. */

@@ -269,6 +269,33 @@ describe("raw ASGI app", () => {
   });
 });
 
+describe("modes", () => {
+  test.skipIf(!hasOwnGil)("an app importing an extension that refuses subinterpreters is served in worker contexts, with one line saying so", async () => {
+    const warned: string[] = [];
+    const warn = console.warn;
+    console.warn = (...a: unknown[]) => void warned.push(a.join(" "));
+    let app: AsgiApp | undefined;
+    try {
+      app = await py.asgi("singlephase:app", { pool: { size: 1 }, path: [FIXTURES] });
+    } finally {
+      console.warn = warn;
+    }
+    const server = Bun.serve({ port: 0, fetch: app.fetch });
+    try {
+      expect(app.pool.mode).toBe("worker");
+      expect(warned.join("\n")).toContain("singlephase:app imports an extension that refuses subinterpreters");
+      expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("served");
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  });
+
+  test.skipIf(!hasOwnGil)("with mode: \"owngil\" chosen, such an app is an ImportError", async () => {
+    await expect(py.asgi("singlephase:app", { pool: { size: 1 }, mode: "owngil", path: [FIXTURES] })).rejects.toThrow(/ImportError.*_testsinglephase/);
+  });
+});
+
 describe("sandboxed app", () => {
   test("pathsend cannot make Bun send a file the app's sandbox may not read", async () => {
     const app = await py.asgi("rawapp:app", { pool: { size: 1, sandbox: { files: [FIXTURES] } }, mode, path: [FIXTURES] });
