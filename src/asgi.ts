@@ -19,6 +19,7 @@ import {
   loadApp,
   nullBodyStatus,
   pulledBody,
+  router,
   targetOf,
   Tracker,
   unavailable,
@@ -98,6 +99,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
   const lifespan = options.lifespan ?? "auto";
   if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
   const defaultRoot = checkRootPath(options.rootPath);
+  const routeOf = router(options.route);
   register(rt);
   const { pool, id } = loaded ?? (await loadApp(rt, target, options));
   let lifespanRan = false;
@@ -120,7 +122,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     let streaming = false;
     let stopListening: (() => void) | undefined; // the abort listener, once added
     try {
-      const ctx = pool.pick();
+      const ctx = pool.pick(routeOf(req, server));
       const url = req.url;
       const method = req.method;
       if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {

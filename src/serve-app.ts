@@ -19,6 +19,28 @@ export interface ServeAppOptions {
   /** root_path (ASGI) / SCRIPT_NAME (WSGI) for requests given to `fetch`; `mount(prefix)`
       makes a handler with another one. Default "". */
   rootPath?: string | undefined;
+  /** Which context serves a request, for apps that keep state per process: `"connection"`
+      (every request of a keep-alive connection, and a websocket, on one context) or a
+      function giving a key (a cookie, a header): requests with the same key go to the same
+      context; `undefined` from it picks as usual. Default: an idle context, else the least loaded. */
+  route?: "connection" | ((req: Request, server?: ServerLike) => string | number | undefined) | undefined;
+}
+
+/** The `pool.pick` options of a request under `route` (checked when the app starts). */
+export function router(route: ServeAppOptions["route"]): (req: Request, server: ServerLike | undefined) => { key?: string | number | undefined } {
+  if (route === undefined) return () => ({});
+  if (route === "connection")
+    return (req, server) => {
+      const ip = server?.requestIP?.(req);
+      return { key: ip ? `${ip.address}:${ip.port}` : undefined };
+    };
+  if (typeof route !== "function") throw new TypeError(`route: expected "connection" or a function returning a key, got ${String(route)}`);
+  return (req, server) => {
+    const key = route(req, server);
+    if (key !== undefined && typeof key !== "string" && typeof key !== "number")
+      throw new TypeError(`route: the function must return a string, a number or undefined, got ${typeof key}`);
+    return { key };
+  };
 }
 
 /** A Bun server as far as serving needs it (the second argument of `fetch`). */

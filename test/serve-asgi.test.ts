@@ -2,7 +2,7 @@
 // (test/fixtures/serve/rawapp.py), Starlette and Django from the local pip index.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
-import { py, type AsgiApp } from "../src/index.ts";
+import { py, type AsgiApp, type AsgiOptions } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
 import { openUntil, rawExchange, sequential } from "./fixtures/serve/http.ts";
 import { testVenv } from "./fixtures/venv.ts";
@@ -293,6 +293,54 @@ describe("modes", () => {
 
   test.skipIf(!hasOwnGil)("with mode: \"owngil\" chosen, such an app is an ImportError", async () => {
     await expect(py.asgi("singlephase:app", { pool: { size: 1 }, mode: "owngil", path: [FIXTURES] })).rejects.toThrow(/ImportError.*_testsinglephase/);
+  });
+});
+
+describe("routing", () => {
+  async function served(route: AsgiOptions["route"], f: (base: string, port: number) => Promise<void>) {
+    const app = await py.asgi("rawapp:app", { pool: { size: 2 }, mode, path: [FIXTURES], route });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch });
+    try {
+      await f(`http://127.0.0.1:${server.port}`, server.port!);
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  }
+
+  test("by key: concurrent requests with one key stay on one context; keys spread over the pool", async () => {
+    await served((req) => req.headers.get("x-user") ?? undefined, async (base) => {
+      const who = (user: string) => fetch(`${base}/whoami`, { headers: { "x-user": user } }).then((r) => r.text());
+      const users = ["ana", "bo", "cy", "dee", "eli", "fay", "gus", "hal"];
+      const rounds = await Promise.all(users.map((u) => Promise.all(Array.from({ length: 6 }, () => who(u)))));
+      for (const r of rounds) expect(new Set(r).size).toBe(1);
+      expect(new Set(rounds.map((r) => r[0])).size).toBe(2); // eight keys land on both contexts
+      // without a route, the same concurrent load spreads over both contexts
+    });
+    await served(undefined, async (base) => {
+      const r = await Promise.all(Array.from({ length: 12 }, () => fetch(`${base}/whoami`, { headers: { "x-user": "ana" } }).then((x) => x.text())));
+      expect(new Set(r).size).toBe(2);
+    });
+  });
+
+  test('"connection": the requests of one keep-alive connection are served by one context', async () => {
+    await served("connection", async (base, port) => {
+      // other clients keep both contexts busy meanwhile (unrouted, the requests would spread)
+      let loading = true;
+      const load = Array.from({ length: 6 }, async () => {
+        while (loading) await (await fetch(`${base}/whoami`)).text();
+      });
+      const res = await sequential(port, "GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n", 12, ";");
+      loading = false;
+      await Promise.all(load);
+      const idents = res.map((r) => r.slice(r.indexOf("\r\n\r\n") + 4));
+      expect(idents.every((x) => /^\d+;$/.test(x))).toBe(true);
+      expect(new Set(idents).size).toBe(1);
+    });
+  });
+
+  test("bad route options are TypeErrors", async () => {
+    await expect(py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES], route: "cookie" as never })).rejects.toThrow(TypeError);
   });
 });
 
