@@ -1,7 +1,9 @@
 // ASGI apps served by Bun.serve through py.asgi, over real sockets: raw ASGI apps
 // (test/fixtures/serve/rawapp.py), Starlette and Django from the local pip index.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { resolve } from "node:path";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { py, type AsgiApp, type AsgiOptions } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
 import { openUntil, rawExchange, sequential } from "./fixtures/serve/http.ts";
@@ -341,6 +343,40 @@ describe("routing", () => {
 
   test("bad route options are TypeErrors", async () => {
     await expect(py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES], route: "cookie" as never })).rejects.toThrow(TypeError);
+  });
+});
+
+describe("TLS", () => {
+  // a self-signed certificate made for the test (openssl is part of Debian's base system)
+  function selfSigned(): { cert: string; key: string } | undefined {
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-tls-"));
+    const r = Bun.spawnSync(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")], { stdout: "ignore", stderr: "ignore" });
+    if (r.exitCode !== 0) return undefined;
+    return { cert: readFileSync(join(dir, "cert.pem"), "utf8"), key: readFileSync(join(dir, "key.pem"), "utf8") };
+  }
+  const tls = Bun.which("openssl") ? selfSigned() : undefined;
+
+  test.skipIf(!tls)("https and wss (skipped without openssl: apt-get install openssl): the scope says so, bodies and frames cross encrypted", async () => {
+    const app = await py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", tls: tls!, fetch: app.fetch, websocket: app.websocket });
+    try {
+      const opts = { tls: { rejectUnauthorized: false } } as RequestInit;
+      const scope = (await (await fetch(`https://127.0.0.1:${server.port}/scope`, opts)).json()) as { scheme: string };
+      expect(scope.scheme).toBe("https");
+      const echo = await (await fetch(`https://127.0.0.1:${server.port}/echo`, { ...opts, method: "POST", body: new Uint8Array(200_000) })).json();
+      expect(echo).toMatchObject({ total: 200_000 });
+      const ws = new WebSocket(`wss://127.0.0.1:${server.port}/ws`, { tls: { rejectUnauthorized: false } } as never);
+      const first = await new Promise<string>((ok, fail) => {
+        ws.onmessage = (e) => ok(String(e.data));
+        ws.onerror = fail;
+      });
+      expect(first).toStartWith("welcome /ws");
+      ws.close();
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
   });
 });
 
