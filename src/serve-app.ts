@@ -66,7 +66,7 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
   });
   const chosen = options.mode ?? options.pool?.mode;
   const id = nextApp++;
-  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)})\n`;
+  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"})\n`;
   const start = async (mode: ContextMode | undefined) => {
     const pool = await Pool.start(rt, { ...options.pool, mode });
     try {

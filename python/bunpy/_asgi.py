@@ -41,10 +41,13 @@ def _state():
 
 
 class _App:
-    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks")
+    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions")
 
-    def __init__(self, app):
+    def __init__(self, app, sandboxed):
         self.app = app
+        # pathsend is not offered to a sandboxed app: the file is checked here but opened
+        # later by Bun, outside the sandbox, so the app could swap a symlink in between
+        self.extensions = {} if sandboxed else _HTTP_EXTENSIONS
         self.state = {}
         self.lifespan = None  # the lifespan task, when the app supports it
         self.lifespan_queue = None
@@ -75,7 +78,7 @@ async def _continue(coro, yielded):
     return await _resume(coro, yielded)
 
 
-def load(app_id, target, paths):
+def load(app_id, target, paths, sandboxed=False):
     """Imports "module:attr" (attr may be dotted) and registers the app under app_id.
     Returns "asgi" or "wsgi" (what the object looks like)."""
     for p in reversed(paths):
@@ -94,7 +97,7 @@ def load(app_id, target, paths):
             raise AttributeError(f"bunpy: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise TypeError(f"bunpy: {target} is not callable")
-    _state()[0][app_id] = _App(obj)
+    _state()[0][app_id] = _App(obj, sandboxed)
     return kind(obj)
 
 
@@ -290,7 +293,7 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
         "client": (client_host, client_port) if client_host is not None else None,
         "server": server,
         "state": a.state.copy(),
-        "extensions": _HTTP_EXTENSIONS,
+        "extensions": a.extensions,
     }
     r = _Request(rid, body if body is not None else b"", more, method == "HEAD")
     requests[rid] = r
@@ -387,7 +390,7 @@ async def _run(app, scope, r):
                     await r.drain
                     if r.disconnected:
                         raise OSError("bunpy: the client has disconnected")
-        elif t == "http.response.pathsend":
+        elif t == "http.response.pathsend" and "http.response.pathsend" in scope["extensions"]:
             if r.complete and r.head:
                 return  # HEAD: the response ended with its head
             if not r.started or r.complete:
@@ -395,9 +398,7 @@ async def _run(app, scope, r):
             path = message["path"]
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ValueError(f"bunpy: http.response.pathsend needs an absolute path, got {path!r}")
-            # opened here, on the app's side: the file must exist and be readable by the app
-            # (a sandboxed context must not get Bun to send a file it may not read itself)
-            open(path, "rb").close()
+            open(path, "rb").close()  # a missing or unreadable file is the app's error
             r.path = path
             r.complete = True
             _wake(r)
