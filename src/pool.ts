@@ -10,6 +10,7 @@ import type { KwargsObject } from "./codec.ts";
 import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";
+import { listen, type ListenOptions, type Listener } from "./listen.ts";
 
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
@@ -136,6 +137,16 @@ export class Pool {
   async execAll(code: string): Promise<void> {
     this.setup.push(code);
     await Promise.all(this.contexts.map((c) => c.exec(code)));
+  }
+
+  /**
+   * A listening socket in every context, all on one port (SO_REUSEPORT): the kernel spreads
+   * connections over the contexts, each served by `protocol` ("module:Factory", an asyncio
+   * protocol factory) on its context's loop. See docs/contexts.md "Listeners".
+   */
+  listen(options: ListenOptions): Promise<Listener> {
+    if (this.closed) return Promise.reject(new BunpyError("the pool is closed"));
+    return listen(this.rt, this, options);
   }
 
   stats(): PoolStats {
