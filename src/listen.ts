@@ -61,16 +61,29 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
     });
   });
 
+  // A context that dies leaves its listening socket open and listening: the kernel would
+  // go on giving it connections nobody accepts. Its fd is taken out of the port's group.
+  const forgetDeaths: (() => void)[] = [];
+  const start = async (ctx: Context, at: number): Promise<number> => {
+    const [got, fd] = (await ctx.call("bunpy._listen", "start", [id, host, at, protocol, backlog])) as [number, number];
+    forgetDeaths.push(ctx.onDied(() => void rt.callFunction("bunpy._listen", "stop_listening_fd", [fd])));
+    return got;
+  };
   // the first context picks the port when it is 0; the others join it
   let bound = port;
   try {
-    bound = (await pool.contexts[0]!.call("bunpy._listen", "start", [id, host, port, protocol, backlog])) as number;
-    await Promise.all(pool.contexts.slice(1).map((c) => c.call("bunpy._listen", "start", [id, host, bound, protocol, backlog])));
+    bound = await start(pool.contexts[0]!, port);
+    await Promise.all(pool.contexts.slice(1).map((c) => start(c, bound)));
   } catch (e) {
     stopRelay();
+    for (const forget of forgetDeaths.splice(0)) forget();
     await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._listen", "stop", [id])));
     throw e;
   }
+  // a context that replaces a dead one listens too
+  const stopReplacing = pool.onReplace(async (ctx) => {
+    if (!closed) await start(ctx, bound);
+  });
   let closing: Promise<void> | undefined;
   return {
     port: bound,
@@ -78,6 +91,8 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
     close() {
       closing ??= (async () => {
         closed = true;
+        stopReplacing();
+        for (const forget of forgetDeaths.splice(0)) forget();
         await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._listen", "stop", [id])));
         stopRelay();
       })();

@@ -60,6 +60,8 @@ export class Pool {
   private readonly options: PoolOptions;
   /** Code run with execAll, run again in a replacement context. */
   private readonly setup: string[] = [];
+  /** What else a replacement context needs after that (a listener's socket, say). */
+  private readonly preparers = new Set<(ctx: Context) => Promise<void>>();
   private replacements = 0;
 
   private constructor(rt: MainInterpreter, contexts: Context[], options: PoolOptions) {
@@ -83,6 +85,7 @@ export class Pool {
     try {
       fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
       for (const code of this.setup) await fresh.exec(code);
+      for (const prepare of this.preparers) await prepare(fresh);
     } catch (e) {
       await fresh?.close().catch(() => {});
       console.error("bunpy: a pool could not replace a dead context:", e);
@@ -147,6 +150,13 @@ export class Pool {
   listen(options: ListenOptions): Promise<Listener> {
     if (this.closed) return Promise.reject(new BunpyError("the pool is closed"));
     return listen(this.rt, this, options);
+  }
+
+  /** Runs `prepare` in every context that replaces a dead one, after the execAll code;
+      returns the function that stops it. */
+  onReplace(prepare: (ctx: Context) => Promise<void>): () => void {
+    this.preparers.add(prepare);
+    return () => void this.preparers.delete(prepare);
   }
 
   stats(): PoolStats {

@@ -49,11 +49,30 @@ async def listen(protocol_factory, host=None, port=0, **kwargs):
 
 
 async def start(lid, host, port, target, backlog):
-    """pool.listen: this context's listening socket. Returns the port it is bound to."""
+    """pool.listen: this context's listening socket. Returns [the port it is bound to, its fd]."""
     factory = _load(target)
     server = await listen(factory, host, port, backlog=backlog)
     _listeners()[lid] = (server, factory)
-    return server.sockets[0].getsockname()[1]
+    sock = server.sockets[0]
+    return [sock.getsockname()[1], sock.fileno()]
+
+
+def stop_listening_fd(fd):
+    """Run in the main interpreter for a context that died: its listening socket is still
+    open (nothing of a dead context is cleaned up) and the kernel would keep giving it
+    connections that no one accepts. shutdown() takes it out of the port's group; the fd
+    itself stays open, so its number cannot be reused under the dead context's objects."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
 
 
 def stop(lid):
