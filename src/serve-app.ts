@@ -26,9 +26,11 @@ export interface ServeAppOptions {
   route?: "connection" | ((req: Request, server?: ServerLike) => string | number | undefined) | undefined;
 }
 
+const NO_ROUTE: { key?: undefined } = Object.freeze({});
+
 /** The `pool.pick` options of a request under `route` (checked when the app starts). */
 export function router(route: ServeAppOptions["route"]): (req: Request, server: ServerLike | undefined) => { key?: string | number | undefined } {
-  if (route === undefined) return () => ({});
+  if (route === undefined) return () => NO_ROUTE;
   if (route === "connection")
     return (req, server) => {
       const ip = server?.requestIP?.(req);

@@ -1,7 +1,7 @@
 // ASGI apps served by Bun.serve through py.asgi, over real sockets: raw ASGI apps
 // (test/fixtures/serve/rawapp.py), Starlette and Django from the local pip index.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { py, type AsgiApp, type AsgiOptions } from "../src/index.ts";
@@ -343,8 +343,12 @@ describe("routing", () => {
     });
   });
 
-  test("bad route options are TypeErrors", async () => {
+  test("bad route options are TypeErrors (py.serve's pool is closed again)", async () => {
     await expect(py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES], route: "cookie" as never })).rejects.toThrow(TypeError);
+    const threads = () => readdirSync("/proc/self/task").length;
+    const before = threads();
+    await expect(py.serve({ app: "rawapp:app", port: 0, pool: { size: 2 }, mode, path: [FIXTURES], route: 5 as never })).rejects.toThrow(TypeError);
+    expect(threads()).toBeLessThanOrEqual(before); // the two context threads are gone
   });
 });
 
