@@ -69,6 +69,7 @@ test("--reload: a changed .py file restarts the server with the new code; a brok
   version("v1");
   const proc = Bun.spawn([process.execPath, CLI, "serve", "live:app", "--port", "0", "--workers", "1", "--app-dir", dir, "--reload"], { stdout: "pipe", stderr: "pipe" });
   const lines = lineReader(proc.stdout);
+  const errors = lineReader(proc.stderr);
   try {
     const url1 = /on (http:\/\/\S+)/.exec(await lines.until(/serving live:app/))![1]!;
     expect(await (await fetch(url1)).text()).toBe("v1");
@@ -76,31 +77,35 @@ test("--reload: a changed .py file restarts the server with the new code; a brok
     const url2 = /on (http:\/\/\S+)/.exec(await lines.until(/serving live:app/))![1]!;
     expect(await (await fetch(url2)).text()).toBe("v2");
     writeFileSync(join(dir, "live.py"), "def broken(:\n"); // a syntax error: the child fails to start
-    await Bun.sleep(400);
+    await errors.until(/SyntaxError/);
+    await errors.until(/the server exited \(code 1\); waiting for a change/);
     version("v3");
+    await errors.until(/live.py changed; reloading/);
     const url3 = /on (http:\/\/\S+)/.exec(await lines.until(/serving live:app/))![1]!;
     expect(await (await fetch(url3)).text()).toBe("v3");
   } finally {
     proc.kill("SIGTERM");
   }
   expect(await proc.exited).toBe(0);
-  const err = await new Response(proc.stderr).text();
-  expect(err).toContain("live.py changed; reloading");
-  expect(err).toContain("SyntaxError");
+  expect(errors.seen.filter((l) => l.includes("live.py changed; reloading")).length).toBe(3);
 }, 60000);
 
-/** Reads a stream line by line: until(re) resolves with the next line matching re. */
-function lineReader(stream: ReadableStream<Uint8Array>): { until(re: RegExp): Promise<string> } {
+/** Reads a stream line by line: until(re) resolves with the next line matching re; `seen`
+    keeps every line read so far. */
+function lineReader(stream: ReadableStream<Uint8Array>): { until(re: RegExp): Promise<string>; seen: string[] } {
   const reader = stream.getReader();
   const dec = new TextDecoder();
   let buf = "";
+  const seen: string[] = [];
   return {
+    seen,
     async until(re: RegExp): Promise<string> {
       for (;;) {
         const nl = buf.indexOf("\n");
         if (nl >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
+          seen.push(line);
           if (re.test(line)) return line;
           continue;
         }
