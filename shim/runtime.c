@@ -189,6 +189,19 @@ static int set_python_sigint(void) {
     if (sigaction(SIGINT, NULL, &keep) != 0) return -1;
     PyObject *mod = PyImport_ImportModule("_signal");
     PyObject *fn = mod ? PyCFunction_New(&sigint_def, NULL) : NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    /* Signal handlers are process-wide in CPython: signal.getsignal(SIGINT) in any
+       interpreter returns this very object with a new reference, and asyncio.run() asks for
+       it in every owngil context (a context thread is its interpreter's main thread). Those
+       interpreters run under other GILs, so their increments and decrements race with each
+       other; a lost increment dropped it to zero in a context, whose allocator does not own
+       it: "free(): invalid pointer" (test/teardown-races.test.ts). Immortal, its count is
+       never written. It refers to nothing, so the collector need not track it. */
+    if (fn) {
+        PyObject_GC_UnTrack(fn);
+        Py_SET_REFCNT(fn, _Py_IMMORTAL_REFCNT);
+    }
+#endif
     PyObject *r = fn ? PyObject_CallMethod(mod, "signal", "iO", SIGINT, fn) : NULL;
     sigaction(SIGINT, &keep, NULL);
     Py_XDECREF(r);
