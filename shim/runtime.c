@@ -182,6 +182,38 @@ static PyObject *python_sigint(PyObject *self, PyObject *args) {
 static PyMethodDef sigint_def = {"bunpy_sigint", python_sigint, METH_VARARGS,
                                  "bunpy_sigint(signum, frame)\n--\n\nRaises KeyboardInterrupt (Ctrl-C during a call from JS)."};
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Signal handlers are process-wide in CPython: signal.getsignal() in any interpreter returns
+   the main interpreter's handler object with a new reference, and asyncio.run() asks for
+   SIGINT's in every owngil context (a context thread is its interpreter's main thread).
+   Those interpreters run under other GILs, so their increments and decrements race; a lost
+   increment dropped the count to zero in a context, whose allocator does not own the object:
+   "free(): invalid pointer" (test/teardown-races.test.ts). So every handler installed in the
+   main interpreter is made immortal before it is installed (its count is never written
+   again); one replaced later stays allocated, with what it refers to. */
+static void make_immortal(PyObject *o) { Py_SET_REFCNT(o, _Py_IMMORTAL_REFCNT); }
+
+/* _signal.signal in the main interpreter; `orig` (its self) is CPython's function. */
+static PyObject *immortal_handler_signal(PyObject *orig, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs == 2 && !PyLong_Check(args[1]) && PyCallable_Check(args[1])) make_immortal(args[1]);
+    return PyObject_Vectorcall(orig, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef immortal_signal_def = {"signal", (PyCFunction)(void (*)(void))immortal_handler_signal, METH_FASTCALL,
+                                          "signal(signalnum, handler)\n--\n\nSets a signal handler (bunpy: made immortal, "
+                                          "since every interpreter can read it)."};
+
+/* Handlers that Python code installs later go through the wrapper above. */
+static int wrap_signal_signal(PyObject *mod) {
+    PyObject *orig = PyObject_GetAttrString(mod, "signal");
+    PyObject *fn = orig ? PyCFunction_New(&immortal_signal_def, orig) : NULL;
+    int rc = fn ? PyObject_SetAttrString(mod, "signal", fn) : -1;
+    Py_XDECREF(fn);
+    Py_XDECREF(orig);
+    return rc;
+}
+#endif
+
 /* Python's SIGINT handler (a Python callable) without Python's C-level handler: setting it
    with _signal.signal installs that C handler, so the process's handler is put back. */
 static int set_python_sigint(void) {
@@ -190,20 +222,16 @@ static int set_python_sigint(void) {
     PyObject *mod = PyImport_ImportModule("_signal");
     PyObject *fn = mod ? PyCFunction_New(&sigint_def, NULL) : NULL;
 #if PY_VERSION_HEX >= 0x030C0000
-    /* Signal handlers are process-wide in CPython: signal.getsignal(SIGINT) in any
-       interpreter returns this very object with a new reference, and asyncio.run() asks for
-       it in every owngil context (a context thread is its interpreter's main thread). Those
-       interpreters run under other GILs, so their increments and decrements race with each
-       other; a lost increment dropped it to zero in a context, whose allocator does not own
-       it: "free(): invalid pointer" (test/teardown-races.test.ts). Immortal, its count is
-       never written. It refers to nothing, so the collector need not track it. */
     if (fn) {
-        PyObject_GC_UnTrack(fn);
-        Py_SET_REFCNT(fn, _Py_IMMORTAL_REFCNT);
+        PyObject_GC_UnTrack(fn); /* refers to nothing: the collector need not see it */
+        make_immortal(fn);
     }
 #endif
     PyObject *r = fn ? PyObject_CallMethod(mod, "signal", "iO", SIGINT, fn) : NULL;
     sigaction(SIGINT, &keep, NULL);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (r && wrap_signal_signal(mod) < 0) Py_CLEAR(r);
+#endif
     Py_XDECREF(r);
     Py_XDECREF(fn);
     Py_XDECREF(mod);

@@ -40,4 +40,60 @@ seen = signal.getsignal(signal.SIGINT).__name__
     expect(refs()).toBe(before); // its count is never written (immortal)
     expect(name()).toBe("bunpy_sigint");
   }, 60_000);
+
+  test("a handler Python code installs in the main interpreter is safe to read from contexts too", async () => {
+    py.exec(`
+import signal, sys
+def _user_sigint(signum, frame):
+    raise KeyboardInterrupt
+_bunpy_saved_sigint = signal.signal(signal.SIGINT, _user_sigint)
+`);
+    try {
+      const refs = () => py.eval("__import__('sys').getrefcount(_user_sigint)") as number;
+      const before = refs();
+      const ctxs = await Promise.all(Array.from({ length: 3 }, () => py.context({ mode: "owngil" })));
+      try {
+        const seen = await Promise.all(
+          ctxs.map((c) =>
+            c.exec(`
+import signal
+for _ in range(100_000):
+    signal.getsignal(signal.SIGINT)
+seen = signal.getsignal(signal.SIGINT).__name__
+`).then(() => c.eval("seen")),
+          ),
+        );
+        expect(seen).toEqual(["_user_sigint", "_user_sigint", "_user_sigint"]);
+      } finally {
+        await Promise.all(ctxs.map((c) => c.close()));
+      }
+      expect(refs()).toBe(before);
+    } finally {
+      py.exec("signal.signal(signal.SIGINT, _bunpy_saved_sigint)");
+    }
+    expect(py.eval("signal.getsignal(signal.SIGINT).__name__")).toBe("bunpy_sigint");
+  }, 60_000);
+});
+
+describe("a Bun Worker that ends while its context calls are in flight", () => {
+  // Completions for a JS thread that is gone are dropped, never rung at it; the port is held
+  // by a reference from before the completion is pushed until after its doorbell rang.
+  for (const mode of hasOwnGil ? (["owngil", "worker"] as const) : (["worker"] as const)) {
+    test(`${mode}: exit and terminate, 12 times, the process goes on`, async () => {
+      for (let i = 0; i < 12; i++) {
+        const w = new Worker(join(import.meta.dir, "fixtures", "exit-while-awaiting.ts"));
+        const how = i % 2 ? "exit" : "terminate";
+        const closed = new Promise((ok) => w.addEventListener("close", ok));
+        const got = await new Promise((ok, bad) => {
+          w.onmessage = (e) => ok(e.data);
+          w.onerror = bad;
+          w.postMessage({ mode, how });
+        });
+        expect(got).toBe(0);
+        if (how === "terminate") w.terminate();
+        await closed;
+      }
+      expect(py.eval("1 + 1")).toBe(2);
+    }, 60_000);
+  }
 });
