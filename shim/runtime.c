@@ -188,9 +188,9 @@ static PyMethodDef sigint_def = {"bunpy_sigint", python_sigint, METH_VARARGS,
    SIGINT's in every owngil context (a context thread is its interpreter's main thread).
    Those interpreters run under other GILs, so their increments and decrements race; a lost
    increment dropped the count to zero in a context, whose allocator does not own the object:
-   "free(): invalid pointer" (test/teardown-races.test.ts). So every handler installed in the
-   main interpreter is made immortal before it is installed (its count is never written
-   again); one replaced later stays allocated, with what it refers to. */
+   "free(): invalid pointer" (fact 15, test/teardown-races.test.ts). So every handler
+   installed in the main interpreter is made immortal before it is installed (its count is
+   never written again); one replaced later stays allocated, with what it refers to. */
 static void make_immortal(PyObject *o) { Py_SET_REFCNT(o, _Py_IMMORTAL_REFCNT); }
 
 /* _signal.signal in the main interpreter; `orig` (its self) is CPython's function. */
