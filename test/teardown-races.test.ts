@@ -1,6 +1,8 @@
 // Races between threads that start, use and end contexts: each test loops a mix that
 // crashed the process (free(): invalid pointer, or a use after free) before its fix.
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
@@ -97,3 +99,59 @@ describe("a Bun Worker that ends while its context calls are in flight", () => {
     }, 60_000);
   }
 });
+
+// A context closed while a thread of its owngil interpreter runs on leaves the interpreter
+// behind and moves its policy to a copy for that thread; the context itself is freed. The
+// audit hook's import check hashes the module name, which runs Python code for a str
+// subclass (and may let the GIL go), and then read the context's policy again: freed memory.
+test.skipIf(!hasOwnGil)(
+  "a thread left behind inside the sandbox's import check when its context closes keeps the rules",
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-races-"));
+    try {
+      const flag = join(dir, "go");
+      const out = join(dir, "result");
+      const ctx = await py.context({ mode: "owngil", sandbox: { denyImports: ["xml"] } });
+      await ctx.exec(`
+import os, threading, time
+class Name(str):
+    calls = 0
+    def __hash__(self):
+        Name.calls += 1
+        if Name.calls == 2:     # the audit hook's look at the deny list (1: sys.modules)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(${JSON.stringify(flag)}) and time.monotonic() < deadline:
+                try:
+                    time.sleep(0.05)
+                except BaseException:
+                    pass        # ignores the interrupts of close()
+        return str.__hash__(self)
+    __eq__ = str.__eq__
+def stubborn():
+    try:
+        __import__(Name("xml.dom"))
+        result = "imported"
+    except PermissionError:
+        result = "refused"
+    except BaseException as e:
+        result = type(e).__name__
+    with open(${JSON.stringify(out)}, "w") as f:
+        f.write(result)
+threading.Thread(target=stubborn, daemon=True).start()
+`);
+      await ctx.close({ timeout: 100 });
+      await Bun.sleep(6000); // past the 5 s the context waits for its threads before leaving the interpreter
+      writeFileSync(flag, "");
+      let result = "";
+      for (let i = 0; i < 100 && result === ""; i++) {
+        await Bun.sleep(50);
+        result = await Bun.file(out).text().catch(() => "");
+      }
+      expect(result).toBe("refused");
+      expect(py.eval("1 + 1")).toBe(2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+  30_000,
+);
