@@ -203,13 +203,51 @@ static PyMethodDef immortal_signal_def = {"signal", (PyCFunction)(void (*)(void)
                                           "signal(signalnum, handler)\n--\n\nSets a signal handler (bunpy: made immortal, "
                                           "since every interpreter can read it)."};
 
-/* Handlers that Python code installs later go through the wrapper above. */
-static int wrap_signal_signal(PyObject *mod) {
-    PyObject *orig = PyObject_GetAttrString(mod, "signal");
-    PyObject *fn = orig ? PyCFunction_New(&immortal_signal_def, orig) : NULL;
-    int rc = fn ? PyObject_SetAttrString(mod, "signal", fn) : -1;
+/* Replaces mod.<def's name> by def's function, whose self is the original (main interpreter). */
+static int wrap_module_function(PyObject *mod, PyMethodDef *def) {
+    PyObject *orig = PyObject_GetAttrString(mod, def->ml_name);
+    PyObject *fn = orig ? PyCFunction_New(def, orig) : NULL;
+    int rc = fn ? PyObject_SetAttrString(mod, def->ml_name, fn) : -1;
     Py_XDECREF(fn);
     Py_XDECREF(orig);
+    return rc;
+}
+
+/* tracemalloc hooks the allocators of the whole process and keeps its tables under one GIL:
+   tracing while an owngil interpreter runs corrupts them (3.12.1, 3.13.0: free(): invalid
+   pointer). So it cannot start while one exists (context.c counts them, main GIL held), and
+   an owngil context cannot start while it traces (bp_tracemalloc_tracing). 3.12 contexts
+   refuse the module itself (bunpy/_context.py); 3.13 does. */
+static PyObject *guarded_tracemalloc_start(PyObject *orig, PyObject *const *args, Py_ssize_t nargs) {
+    extern atomic_int bp_owngil_interps;
+    if (atomic_load(&bp_owngil_interps) > 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bunpy: tracemalloc cannot start while owngil contexts exist (it is not safe with more than "
+                        "one GIL); close them first, or use contexts with mode 'worker'");
+        return NULL;
+    }
+    return PyObject_Vectorcall(orig, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef guarded_tracemalloc_start_def = {
+    "start", (PyCFunction)(void (*)(void))guarded_tracemalloc_start, METH_FASTCALL,
+    "start(nframe=1, /)\n--\n\nStarts tracing Python memory allocations (bunpy: not while owngil contexts exist)."};
+
+/* Main GIL held: whether tracemalloc traces now. */
+int bp_tracemalloc_tracing(void) {
+    PyObject *m = PyImport_ImportModule("_tracemalloc");
+    PyObject *r = m ? PyObject_CallMethod(m, "is_tracing", NULL) : NULL;
+    int on = r ? PyObject_IsTrue(r) : 0;
+    Py_XDECREF(r);
+    Py_XDECREF(m);
+    PyErr_Clear();
+    return on == 1;
+}
+
+static int guard_tracemalloc(void) {
+    PyObject *m = PyImport_ImportModule("_tracemalloc");
+    int rc = m ? wrap_module_function(m, &guarded_tracemalloc_start_def) : -1;
+    Py_XDECREF(m);
     return rc;
 }
 #endif
@@ -230,7 +268,7 @@ static int set_python_sigint(void) {
     PyObject *r = fn ? PyObject_CallMethod(mod, "signal", "iO", SIGINT, fn) : NULL;
     sigaction(SIGINT, &keep, NULL);
 #if PY_VERSION_HEX >= 0x030C0000
-    if (r && wrap_signal_signal(mod) < 0) Py_CLEAR(r);
+    if (r && wrap_module_function(mod, &immortal_signal_def) < 0) Py_CLEAR(r);
 #endif
     Py_XDECREF(r);
     Py_XDECREF(fn);
@@ -328,6 +366,9 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
     }
     Py_DECREF(mod);
     if (set_python_sigint() < 0) PyErr_WriteUnraisable(NULL); /* Ctrl-C then ends the process only */
+#if PY_VERSION_HEX >= 0x030C0000
+    if (guard_tracemalloc() < 0) PyErr_WriteUnraisable(NULL);
+#endif
 
     bp_main_interp = PyInterpreterState_Main();
     bp_python_dir = strdup(python_dir);

@@ -77,6 +77,23 @@ seen = signal.getsignal(signal.SIGINT).__name__
   }, 60_000);
 });
 
+// tracemalloc hooks every allocator of the process and keeps its tables under one GIL:
+// tracing while owngil interpreters run crashed (free(): invalid pointer, 3.12.1 and 3.13.0).
+test.skipIf(!hasOwnGil)("tracemalloc and owngil contexts never run together", async () => {
+  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "fixtures", "tracemalloc-owngil.ts")], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: process.env,
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  expect({ code, stderr: stderr.includes("free(") || stderr.includes("Segmentation") ? stderr : "" }).toEqual({ code: 0, stderr: "" });
+  const out = JSON.parse(stdout.trim().split("\n").pop()!);
+  expect(out.contextWhileTracing).toContain("owngil contexts cannot start while tracemalloc traces memory");
+  expect(out.startWhileOpen).toContain("tracemalloc cannot start while owngil contexts exist");
+  expect(out.importInContext).toMatch(/ImportError: .*_tracemalloc/); // bunpy's refusal on 3.12, CPython's on 3.13
+  expect(out.tracedAfterClose).toBe(true);
+}, 60_000);
+
 describe("a Bun Worker that ends while its context calls are in flight", () => {
   // Completions for a JS thread that is gone are dropped, never rung at it; the port is held
   // by a reference from before the completion is pushed until after its doorbell rang.
