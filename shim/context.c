@@ -35,6 +35,9 @@ extern const char *bp_python_dir;
 
 /* Contexts whose thread has not finished yet: Python cannot be finalised under them. */
 atomic_int bp_live_contexts = 0;
+/* owngil interpreters that exist (left behind ones too); raised with the main GIL held:
+   tracemalloc cannot start meanwhile (runtime.c) */
+atomic_int bp_owngil_interps = 0;
 
 /* ---------------------------------------------------------------- references ----- */
 
@@ -129,6 +132,19 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
     pthread_mutex_lock(&bp_create_lock); /* before any main thread state is attached */
     *main_ts = PyThreadState_New(bp_main_interp);
     PyEval_RestoreThread(*main_ts);
+    extern int bp_tracemalloc_tracing(void);
+    if (bp_tracemalloc_tracing()) { /* it is not safe with another GIL (runtime.c) */
+        PyThreadState_Clear(*main_ts);
+        PyThreadState_DeleteCurrent();
+        *main_ts = NULL;
+        pthread_mutex_unlock(&bp_create_lock);
+        bp_request_fail(c->start, BP_ERR_STATE,
+                        "owngil contexts cannot start while tracemalloc traces memory (it is not safe with more than one "
+                        "GIL): call tracemalloc.stop() first, or use mode \"worker\"");
+        c->start = NULL;
+        return NULL;
+    }
+    atomic_fetch_add(&bp_owngil_interps, 1); /* main GIL held: tracemalloc.start() sees it */
     PyInterpreterConfig cfg = {
         .use_main_obmalloc = 0,
         .allow_fork = 0,
@@ -147,6 +163,7 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         /* still on main_ts with the main GIL */
         char msg[300];
         snprintf(msg, sizeof msg, "creating the subinterpreter failed: %s", st.err_msg ? st.err_msg : "unknown");
+        atomic_fetch_sub(&bp_owngil_interps, 1);
         PyThreadState_Clear(*main_ts);
         PyThreadState_DeleteCurrent();
         *main_ts = NULL;
@@ -169,6 +186,7 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         pthread_mutex_lock(&bp_create_lock); /* ending interpreters concurrently races (fact 3) */
         PyEval_RestoreThread(sub);
         Py_EndInterpreter(sub);
+        atomic_fetch_sub(&bp_owngil_interps, 1);
         pthread_mutex_unlock(&bp_create_lock);
         PyEval_RestoreThread(*main_ts);
         PyThreadState_Clear(*main_ts);
@@ -282,6 +300,7 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
     pthread_mutex_lock(&bp_create_lock);
     PyEval_RestoreThread(sub);
     Py_EndInterpreter(sub);
+    atomic_fetch_sub(&bp_owngil_interps, 1); /* (one left behind above keeps counting) */
     pthread_mutex_unlock(&bp_create_lock);
     PyEval_RestoreThread(main_ts);
     PyThreadState_Clear(main_ts);

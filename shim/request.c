@@ -73,13 +73,23 @@ void bp_request_deliver(bp_request *r) {
         bp_request_free(r);
         return;
     }
+    /* From the push on, r is JS's: bp_port_drain may free it at once, and with it the
+       reference r held on a port that is not the context's own (a Bun Worker's port) — the
+       last one if that port was freed meanwhile. So such a port is held by a reference of
+       our own from before the push until after the doorbell and the sem_post (no lock is
+       held across them: references are plain atomics). A borrowed request's port is the
+       context's owner, kept by the context, and whoever delivers holds the context. */
+    int hold = !r->borrowed;
+    if (hold) atomic_fetch_add(&p->refs, 1);
     int was_empty = bp_mpsc_push(&p->completions, &r->node);
     /* JS polling (bp_port_poll) finds it without the doorbell. The fence pairs with the one
        in bp_port_poll: either JS sees this completion after it stopped polling, or we see
        that it stopped and ring. */
     atomic_thread_fence(memory_order_seq_cst);
-    if (was_empty && p->doorbell && !atomic_load(&p->js_polling)) p->doorbell(&p->io);
+    /* alive again: the JS thread may have ended since the look above */
+    if (was_empty && p->doorbell && !atomic_load(&p->js_polling) && bp_port_alive(p)) p->doorbell(&p->io);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
+    if (hold) bp_port_unref(p);
 }
 
 static int port_ready(bp_port *p) { return !bp_mpsc_empty(&p->completions) || !bp_mpsc_empty(&p->calls); }

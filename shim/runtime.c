@@ -182,6 +182,76 @@ static PyObject *python_sigint(PyObject *self, PyObject *args) {
 static PyMethodDef sigint_def = {"bunpy_sigint", python_sigint, METH_VARARGS,
                                  "bunpy_sigint(signum, frame)\n--\n\nRaises KeyboardInterrupt (Ctrl-C during a call from JS)."};
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Signal handlers are process-wide in CPython: signal.getsignal() in any interpreter returns
+   the main interpreter's handler object with a new reference, and asyncio.run() asks for
+   SIGINT's in every owngil context (a context thread is its interpreter's main thread).
+   Those interpreters run under other GILs, so their increments and decrements race; a lost
+   increment dropped the count to zero in a context, whose allocator does not own the object:
+   "free(): invalid pointer" (fact 15, test/teardown-races.test.ts). So every handler
+   installed in the main interpreter is made immortal before it is installed (its count is
+   never written again); one replaced later stays allocated, with what it refers to. */
+static void make_immortal(PyObject *o) { Py_SET_REFCNT(o, _Py_IMMORTAL_REFCNT); }
+
+/* _signal.signal in the main interpreter; `orig` (its self) is CPython's function. */
+static PyObject *immortal_handler_signal(PyObject *orig, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs == 2 && !PyLong_Check(args[1]) && PyCallable_Check(args[1])) make_immortal(args[1]);
+    return PyObject_Vectorcall(orig, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef immortal_signal_def = {"signal", (PyCFunction)(void (*)(void))immortal_handler_signal, METH_FASTCALL,
+                                          "signal(signalnum, handler)\n--\n\nSets a signal handler (bunpy: made immortal, "
+                                          "since every interpreter can read it)."};
+
+/* Replaces mod.<def's name> by def's function, whose self is the original (main interpreter). */
+static int wrap_module_function(PyObject *mod, PyMethodDef *def) {
+    PyObject *orig = PyObject_GetAttrString(mod, def->ml_name);
+    PyObject *fn = orig ? PyCFunction_New(def, orig) : NULL;
+    int rc = fn ? PyObject_SetAttrString(mod, def->ml_name, fn) : -1;
+    Py_XDECREF(fn);
+    Py_XDECREF(orig);
+    return rc;
+}
+
+/* tracemalloc hooks the allocators of the whole process and keeps its tables under one GIL:
+   tracing while an owngil interpreter runs corrupts them (3.12.1, 3.13.0: free(): invalid
+   pointer). So it cannot start while one exists (context.c counts them, main GIL held), and
+   an owngil context cannot start while it traces (bp_tracemalloc_tracing). 3.12 contexts
+   refuse the module itself (bunpy/_context.py); 3.13 does. */
+static PyObject *guarded_tracemalloc_start(PyObject *orig, PyObject *const *args, Py_ssize_t nargs) {
+    extern atomic_int bp_owngil_interps;
+    if (atomic_load(&bp_owngil_interps) > 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bunpy: tracemalloc cannot start while owngil contexts exist (it is not safe with more than "
+                        "one GIL); close them first, or use contexts with mode 'worker'");
+        return NULL;
+    }
+    return PyObject_Vectorcall(orig, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef guarded_tracemalloc_start_def = {
+    "start", (PyCFunction)(void (*)(void))guarded_tracemalloc_start, METH_FASTCALL,
+    "start(nframe=1, /)\n--\n\nStarts tracing Python memory allocations (bunpy: not while owngil contexts exist)."};
+
+/* Main GIL held: whether tracemalloc traces now. */
+int bp_tracemalloc_tracing(void) {
+    PyObject *m = PyImport_ImportModule("_tracemalloc");
+    PyObject *r = m ? PyObject_CallMethod(m, "is_tracing", NULL) : NULL;
+    int on = r ? PyObject_IsTrue(r) : 0;
+    Py_XDECREF(r);
+    Py_XDECREF(m);
+    PyErr_Clear();
+    return on == 1;
+}
+
+static int guard_tracemalloc(void) {
+    PyObject *m = PyImport_ImportModule("_tracemalloc");
+    int rc = m ? wrap_module_function(m, &guarded_tracemalloc_start_def) : -1;
+    Py_XDECREF(m);
+    return rc;
+}
+#endif
+
 /* Python's SIGINT handler (a Python callable) without Python's C-level handler: setting it
    with _signal.signal installs that C handler, so the process's handler is put back. */
 static int set_python_sigint(void) {
@@ -189,8 +259,17 @@ static int set_python_sigint(void) {
     if (sigaction(SIGINT, NULL, &keep) != 0) return -1;
     PyObject *mod = PyImport_ImportModule("_signal");
     PyObject *fn = mod ? PyCFunction_New(&sigint_def, NULL) : NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (fn) {
+        PyObject_GC_UnTrack(fn); /* refers to nothing: the collector need not see it */
+        make_immortal(fn);
+    }
+#endif
     PyObject *r = fn ? PyObject_CallMethod(mod, "signal", "iO", SIGINT, fn) : NULL;
     sigaction(SIGINT, &keep, NULL);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (r && wrap_module_function(mod, &immortal_signal_def) < 0) Py_CLEAR(r);
+#endif
     Py_XDECREF(r);
     Py_XDECREF(fn);
     Py_XDECREF(mod);
@@ -287,6 +366,9 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
     }
     Py_DECREF(mod);
     if (set_python_sigint() < 0) PyErr_WriteUnraisable(NULL); /* Ctrl-C then ends the process only */
+#if PY_VERSION_HEX >= 0x030C0000
+    if (guard_tracemalloc() < 0) PyErr_WriteUnraisable(NULL);
+#endif
 
     bp_main_interp = PyInterpreterState_Main();
     bp_python_dir = strdup(python_dir);

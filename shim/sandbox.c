@@ -61,16 +61,19 @@ static const char *symbol_name(PyObject *args, Py_ssize_t i) {
 }
 
 static int module_denied(bp_policy *pol, PyObject *args) {
-    if (!pol->deny_imports || !PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 1) return 0;
+    /* read once: a str subclass's __hash__ may let the GIL go, and a context leaving this
+       thread behind moves its policy meanwhile (the set itself lives on) */
+    PyObject *deny = pol->deny_imports;
+    if (!deny || !PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 1) return 0;
     PyObject *name = PyTuple_GET_ITEM(args, 0);
     if (!PyUnicode_Check(name)) return 0;
-    int hit = PySet_Contains(pol->deny_imports, name);
+    int hit = PySet_Contains(deny, name);
     if (hit) return hit;
     Py_ssize_t dot = PyUnicode_FindChar(name, '.', 0, PyUnicode_GET_LENGTH(name), 1);
     if (dot <= 0) return 0;
     PyObject *top = PyUnicode_Substring(name, 0, dot);
     if (!top) return -1;
-    hit = PySet_Contains(pol->deny_imports, top);
+    hit = PySet_Contains(deny, top);
     Py_DECREF(top);
     return hit;
 }
@@ -240,6 +243,8 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         int denied = module_denied(pol, args);
         if (denied < 0) return -1;
         if (denied) return refuse(event, "denied imports", "this module is on the context's deny list");
+        pol = current_policy(); /* again: hashing a str subclass ran Python code (see module_denied) */
+        if (!pol || !pol->active) return 0;
         const char *name = symbol_name(args, 0);
         if (name && is_one_of(name, INTERP_MODULES))
             return refuse(event, "no other interpreters", "a sandboxed context may not create or enter interpreters");

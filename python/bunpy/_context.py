@@ -6,13 +6,16 @@ from importlib.machinery import ExtensionFileLoader, PathFinder
 # C accelerators that are unsafe in a subinterpreter with its own GIL on some releases
 # (fact 3 in docs/architecture.md). Refusing them makes the stdlib fall back to its pure-Python versions
 # (datetime -> _pydatetime, decimal -> _pydecimal, zoneinfo -> zoneinfo._zoneinfo).
-#   3.12.x: single-phase _decimal, _datetime, _zoneinfo double-free in a second interpreter
+#   3.12.x: single-phase _decimal, _datetime, _zoneinfo double-free in a second interpreter;
+#           _tracemalloc loads in one but hooks the allocators of the whole process and keeps
+#           its tables under "the" GIL, so tracing while other interpreters run corrupts them
+#           (free(): invalid pointer, test/teardown-races.test.ts). 3.13 refuses it itself.
 #   3.13.0: _datetime races when isolated interpreters start or stop concurrently; _zoneinfo
 #           is refused with it: it needs _datetime's C API and would fail with AttributeError
 #           (not the ImportError that makes zoneinfo fall back to its pure-Python version)
 def unsafe_accelerators(version=sys.version_info):
     if version[:2] == (3, 12):
-        return {"_decimal", "_datetime", "_zoneinfo"}
+        return {"_decimal", "_datetime", "_zoneinfo", "_tracemalloc"}
     if version[:3] == (3, 13, 0):
         return {"_datetime", "_zoneinfo"}
     return set()
