@@ -132,7 +132,6 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
     pthread_mutex_lock(&bp_create_lock); /* before any main thread state is attached */
     *main_ts = PyThreadState_New(bp_main_interp);
     PyEval_RestoreThread(*main_ts);
-    extern int bp_tracemalloc_tracing(void);
     if (bp_tracemalloc_tracing()) { /* it is not safe with another GIL (runtime.c) */
         PyThreadState_Clear(*main_ts);
         PyThreadState_DeleteCurrent();

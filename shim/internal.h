@@ -126,6 +126,8 @@ int bp_port_alive(bp_port *p);                 /* 0 once the JS thread is gone (
 /* ---- runtime (runtime.c) ----------------------------------------------------------- */
 int bp_running(void);
 extern _Thread_local bp_port *bp_current_port;  /* port of the call running on this thread */
+int bp_tracemalloc_tracing(void);              /* main GIL held: tracemalloc traces now     */
+extern atomic_int bp_owngil_interps;           /* owngil interpreters that exist (context.c) */
 
 /* ---- codec (codec.c) ----------------------------------------------------------------- */
 typedef struct bp_reader {

@@ -219,7 +219,6 @@ static int wrap_module_function(PyObject *mod, PyMethodDef *def) {
    an owngil context cannot start while it traces (bp_tracemalloc_tracing). 3.12 contexts
    refuse the module itself (bunpy/_context.py); 3.13 does. */
 static PyObject *guarded_tracemalloc_start(PyObject *orig, PyObject *const *args, Py_ssize_t nargs) {
-    extern atomic_int bp_owngil_interps;
     if (atomic_load(&bp_owngil_interps) > 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "bunpy: tracemalloc cannot start while owngil contexts exist (it is not safe with more than "
