@@ -198,6 +198,10 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
         if (!st) return NULL;
         return bp_jsfunc_new(st, r->port, (int32_t)id);
     }
+    case BP_T_BUFFER: {
+        bp_interp *st = reader_state(r);
+        return st ? bp_read_buffer(r, st) : NULL;
+    }
     case BP_T_PYOBJ: {
         if (r->end - r->pos < 8) { truncated(); return NULL; }
         PyObject *o;

@@ -7,7 +7,8 @@
 import { types } from "node:util";
 import { ConversionError } from "./errors.ts";
 import { behindProxy, changed, describe, finish, keySegment, loneSurrogate, within } from "./conversion-failures.ts";
-import { viewOf, readPointer, type Shim } from "./ffi.ts";
+import { addressOf, viewOf, readPointer, type Shim } from "./ffi.ts";
+import { BufferArg } from "./data.ts";
 
 export const enum Tag {
   None = 0,
@@ -29,6 +30,7 @@ export const enum Tag {
   PyObj = 16,
   Ascii = 17,
   Method = 18,
+  Buffer = 19,
 }
 
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */
@@ -59,6 +61,9 @@ export interface WireHooks {
   forgetFunctions(ids: readonly number[]): void;
   /** A proxy for a handle that now belongs to JS. */
   proxyFor(handle: number): unknown;
+  /** Keeps memory lent to Python (py.buffer) alive until Python lets it go: its pin id
+      (released like a JS function id). Only the JS thread's own interpreter pins. */
+  pin?(target: object): number;
 }
 
 /** Returned by decode for BP_T_METHOD (only bp_getattr writes it). */
@@ -255,6 +260,29 @@ export class Wire {
     this.pos += this.text.latin1Write(hex, this.pos, hex.length);
   }
 
+  /** py.buffer(x): the address of x's memory; JS pins x until Python's JSBuffer dies. */
+  private writeBuffer(arg: BufferArg): void {
+    const view = arg.view;
+    if ((view.buffer as ArrayBuffer).detached) throw new ConversionError("py.buffer(x): the ArrayBuffer was detached");
+    const n = view.byteLength;
+    const address = n === 0 ? 0 : addressOf(view);
+    const id = this.home.pin!(view.buffer);
+    this.functionIds.push(id); // forgotten again if the message is not sent
+    this.ensure(31);
+    const dv = this.dv, p = this.pos;
+    this.u8[p] = Tag.Buffer;
+    dv.setUint32(p + 1, address % TWO_32, true);
+    dv.setUint32(p + 5, Math.floor(address / TWO_32), true);
+    dv.setUint32(p + 9, n % TWO_32, true);
+    dv.setUint32(p + 13, Math.floor(n / TWO_32), true);
+    dv.setUint32(p + 17, this.io % TWO_32, true);
+    dv.setUint32(p + 21, Math.floor(this.io / TWO_32), true);
+    dv.setUint32(p + 25, id, true);
+    this.u8[p + 29] = arg.format.charCodeAt(0);
+    this.u8[p + 30] = arg.readonly ? 1 : 0;
+    this.pos = p + 31;
+  }
+
   writeHandle(handle: number): void {
     this.ensure(9);
     this.u8[this.pos] = Tag.PyObj;
@@ -331,6 +359,7 @@ export class Wire {
     }
     // after Date/Map/Set: those pay no native check beyond their own
     if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
+    if (v instanceof BufferArg) return this.writeBuffer(v);
     if (v instanceof Kwargs)
       throw new ConversionError(
         "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",

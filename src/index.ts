@@ -18,6 +18,7 @@ import { Pool, type PoolOptions } from "./pool.ts";
 import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asgi.ts";
 import { startWsgi, type WsgiOptions } from "./wsgi.ts";
 import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
+import { BufferArg, isReleased, onRelease, openView, PyView, releaseView, type BufferOptions, type ViewData, type ViewOptions } from "./data.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
 export { Kwargs, type KwargsObject } from "./codec.ts";
@@ -30,6 +31,8 @@ export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
 export type { AsgiApp, AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts";
 export type { WsgiOptions } from "./wsgi.ts";
 export type { ServeOptions, ServedServer } from "./serve.ts";
+export { BufferArg, PyView } from "./data.ts";
+export type { BufferOptions, DType, ViewData, ViewOptions } from "./data.ts";
 
 let main: MainInterpreter | undefined;
 let closed = false;
@@ -42,6 +45,8 @@ function rt(): MainInterpreter {
   if (closed) throw new PythonClosedError(CLOSED_MESSAGE);
   main = new MainInterpreter();
   if (isMainThread) watchSigint(main);
+  const m = main;
+  onRelease(() => m.flushViews());
   return main;
 }
 
@@ -153,6 +158,37 @@ export const py = {
   /** The messages of a channel as an async iterator: `for await (const v of py.messages("log"))`. */
   messages(channel: string): AsyncIterableIterator<unknown> {
     return messageIterator((listener) => py.on(channel, listener));
+  },
+  /**
+   * A typed array over the memory of a Python object with the buffer protocol (bytes,
+   * bytearray, memoryview, array.array, mmap, numpy arrays): no copy. N-dimensional and
+   * non-contiguous buffers (and any with { shaped: true }) come as a PyView
+   * { data, shape, strides, offset, dtype }. The object stays alive while the view does,
+   * or until py.release(view). See docs/data.md.
+   */
+  view(obj: PyObject, options?: ViewOptions): ViewData | PyView {
+    if (stateOf(obj) === undefined)
+      throw new TypeError("py.view(obj): expected a Python object (a PyObject proxy); bytes returned by a call were copied already, view them with py.eval('memoryview(...)') or keep the object in Python");
+    return openView(running(), obj, options);
+  },
+  /** Lets go of a view's Python object now: its memory is detached (typed arrays over it
+      read as empty). Returns false when `view` is not a live view. */
+  release(view: ViewData | PyView): boolean {
+    return releaseView(view);
+  },
+  /** Whether a view was released (its memory detached). */
+  isReleased(view: ViewData | PyView): boolean {
+    return isReleased(view);
+  },
+  /**
+   * Marks a TypedArray / DataView / ArrayBuffer / SharedArrayBuffer argument to reach Python
+   * as a writable memoryview over the same memory (no copy). JS keeps the memory alive
+   * while Python holds the memoryview (or anything made from it, e.g. np.frombuffer).
+   */
+  buffer(x: ArrayBufferView | ArrayBuffer | SharedArrayBuffer, options: BufferOptions = {}): BufferArg {
+    const rt = running();
+    void rt.pinnedBuffers; // forgets buffers Python let go of since the last call
+    return new BufferArg(x, options?.readonly === true);
   },
   /** len(obj) */
   len(obj: PyObject): number {

@@ -55,6 +55,9 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private readonly overflow: number[] = [];
 
   private readonly functions = new Map<number, Function>();
+  /** Memory lent to Python with py.buffer, by pin id (ids shared with JS functions). */
+  private readonly pinned = new Map<number, object>();
+  private deallocator = 0;
   private nextFunctionId = 1;
   readonly registered = new Map<string, Function>();
   private builtinsProxy: PyObject | undefined;
@@ -237,13 +240,39 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   forgetFunctions(ids: readonly number[]): void {
-    for (const id of ids) this.functions.delete(id);
+    for (const id of ids) if (!this.functions.delete(id)) this.pinned.delete(id);
+  }
+
+  pin(target: object): number {
+    const id = this.nextFunctionId++;
+    if (this.nextFunctionId > 0x7fffffff) this.nextFunctionId = 1;
+    this.pinned.set(id, target);
+    return id;
   }
 
   private takeReleased(): void {
     if (this.lib.bp_take_released(this.io) !== 0) return;
     const ids = this.wire.result() as number[];
-    for (const id of ids) this.functions.delete(id);
+    for (const id of ids) if (!this.functions.delete(id)) this.pinned.delete(id);
+  }
+
+  /** Buffers lent to Python (py.buffer) that Python still holds; forgets released ones first. */
+  get pinnedBuffers(): number {
+    if (this.wire.writing !== 0) return this.wire.nested(() => this.pinnedBuffers);
+    if (this.wire.header[5] !== 0) this.takeReleased();
+    return this.pinned.size;
+  }
+
+  /** The shim's deallocator for py.view ArrayBuffers (a C function pointer). */
+  get viewDeallocator(): number {
+    if (this.deallocator === 0) this.deallocator = this.lib.bp_view_deallocator();
+    return this.deallocator;
+  }
+
+  /** Releases the Python buffers of views whose memory JS let go (now, not at the next call). */
+  flushViews(): void {
+    if (this.closed || this.wire.writing !== 0 || this.dispatching !== 0) return;
+    this.lib.bp_flush(this.io);
   }
 
   /** Number of JS functions Python still holds (for leak tests). */
