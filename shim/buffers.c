@@ -83,8 +83,9 @@ PyObject *bp_view_open(PyObject *module, PyObject *obj) {
     if (!rec) return PyErr_NoMemory();
     int readonly = 0;
     if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_BufferError)) { free(rec); return NULL; }
-        PyErr_Clear(); /* not writable (bytes, a read-only mmap): view it read-only */
+        /* not writable (bytes, a read-only mmap; numpy raises ValueError): view it read-only;
+           an object that fails for another reason fails again with its own error */
+        PyErr_Clear();
         if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL_RO) < 0) { free(rec); return NULL; }
         readonly = 1;
     }
@@ -117,11 +118,11 @@ PyObject *bp_view_open(PyObject *module, PyObject *obj) {
     PyObject *out = NULL;
     if (shape && strides && fmt) {
         if (span == 0) {
-            out = Py_BuildValue("(innnOniOO)", 0, (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0, fmt, v->itemsize,
-                                readonly, shape, strides);
+            out = Py_BuildValue("(innnOnNOO)", 0, (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0, fmt, v->itemsize,
+                                PyBool_FromLong(readonly), shape, strides);
         } else {
-            out = Py_BuildValue("(NNnnOniOO)", PyLong_FromVoidPtr(rec), PyLong_FromVoidPtr((char *)v->buf + lo),
-                                span, -lo, fmt, v->itemsize, readonly, shape, strides);
+            out = Py_BuildValue("(NNnnOnNOO)", PyLong_FromVoidPtr(rec), PyLong_FromVoidPtr((char *)v->buf + lo),
+                                span, -lo, fmt, v->itemsize, PyBool_FromLong(readonly), shape, strides);
         }
     }
     Py_XDECREF(shape);

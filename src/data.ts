@@ -172,9 +172,7 @@ export function onRelease(hook: () => void): void {
 export function releaseView(view: unknown): boolean {
   if (view === null || typeof view !== "object") return false;
   const buffer = owned.get(view);
-  if (buffer === undefined) return false;
-  owned.delete(view);
-  if (buffer.detached) return false;
+  if (buffer === undefined || buffer.detached) return false;
   detach(buffer);
   releaseHook?.();
   return true;
