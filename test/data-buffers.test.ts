@@ -196,7 +196,7 @@ describe("py.view: Python memory seen from JS", () => {
     expect(live()).toBe(before - 1); // the Python buffer is let go at once
     expect(v.length).toBe(0);
     expect(v[0]).toBeUndefined();
-    expect(v.buffer.detached).toBe(true);
+    expect((v.buffer as ArrayBuffer).detached).toBe(true);
     expect(py.isReleased(v)).toBe(true);
     expect(py.release(v)).toBe(false); // twice: nothing to do
     const s = py.view(arr, { shaped: true }) as PyView;
