@@ -42,6 +42,8 @@ enum {
     BP_T_BUFFER = 19,    /* JS memory without a copy (py.buffer), JS -> Python only: u64 address,
                             u64 byte length, u64 port (bp_io*), u32 pin id, u8 struct format
                             char, u8 flags (1: read-only); Python gets a memoryview */
+    BP_T_JSITER = 20,    /* a JS (async) iterable (py.iter), JS -> Python only: u8 async, STR name
+                            of the registered function Python pulls batches from */
 };
 
 /* ---- status codes ---------------------------------------------------------------------- */

@@ -9,6 +9,7 @@ import { ConversionError } from "./errors.ts";
 import { behindProxy, changed, describe, finish, keySegment, loneSurrogate, within } from "./conversion-failures.ts";
 import { addressOf, viewOf, readPointer, type Shim } from "./ffi.ts";
 import { BufferArg } from "./data.ts";
+import { IterArg } from "./stream.ts";
 
 export const enum Tag {
   None = 0,
@@ -31,6 +32,7 @@ export const enum Tag {
   Ascii = 17,
   Method = 18,
   Buffer = 19,
+  JSIter = 20,
 }
 
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */
@@ -64,6 +66,8 @@ export interface WireHooks {
   /** Keeps memory lent to Python (py.buffer) alive until Python lets it go: its pin id
       (released like a JS function id). Only the JS thread's own interpreter pins. */
   pin?(target: object): number;
+  /** Registers the function Python pulls a py.iter source from; returns its name. */
+  registerSource?(arg: IterArg, toMain: boolean): string;
 }
 
 /** Returned by decode for BP_T_METHOD (only bp_getattr writes it). */
@@ -360,6 +364,13 @@ export class Wire {
     // after Date/Map/Set: those pay no native check beyond their own
     if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
     if (v instanceof BufferArg) return this.writeBuffer(v);
+    if (v instanceof IterArg) {
+      const name = this.home.registerSource!(v, this.hooks === this.home);
+      this.ensure(2);
+      this.u8[this.pos++] = Tag.JSIter;
+      this.u8[this.pos++] = v.isAsync ? 1 : 0;
+      return this.writeString(name);
+    }
     if (v instanceof Kwargs)
       throw new ConversionError(
         "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",

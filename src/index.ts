@@ -18,6 +18,7 @@ import { Pool, type PoolOptions } from "./pool.ts";
 import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asgi.ts";
 import { startWsgi, type WsgiOptions } from "./wsgi.ts";
 import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
+import { IterArg, type IterateOptions } from "./stream.ts";
 import { BufferArg, isReleased, onRelease, openView, PyView, releaseView, type BufferOptions, type ViewData, type ViewOptions } from "./data.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
@@ -32,6 +33,8 @@ export type { AsgiApp, AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts
 export type { WsgiOptions } from "./wsgi.ts";
 export type { ServeOptions, ServedServer } from "./serve.ts";
 export { BufferArg, PyView } from "./data.ts";
+export { IterArg, PythonStream } from "./stream.ts";
+export type { IterateOptions } from "./stream.ts";
 export type { BufferOptions, DType, ViewData, ViewOptions } from "./data.ts";
 
 let main: MainInterpreter | undefined;
@@ -189,6 +192,15 @@ export const py = {
     const rt = running();
     void rt.pinnedBuffers; // forgets buffers Python let go of since the last call
     return new BufferArg(x, options?.readonly === true);
+  },
+  /**
+   * Marks a JS iterable, async iterable or ReadableStream argument to reach Python as an
+   * iterator (async iterator for async sources, contexts only) that pulls from it on demand,
+   * `batch` items per round trip (default 1024 for iterables, 1 for async sources).
+   */
+  iter(source: Iterable<unknown> | AsyncIterable<unknown> | ReadableStream<unknown>, options?: IterateOptions): IterArg {
+    running();
+    return new IterArg(source, options);
   },
   /** len(obj) */
   len(obj: PyObject): number {

@@ -19,6 +19,7 @@ import {
   type KeptTraceback,
 } from "./errors.ts";
 import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
+import { registerSource, type IterArg } from "./stream.ts";
 import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
 const enum Mode {
@@ -254,6 +255,10 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     if (this.lib.bp_take_released(this.io) !== 0) return;
     const ids = this.wire.result() as number[];
     for (const id of ids) if (!this.functions.delete(id)) this.pinned.delete(id);
+  }
+
+  registerSource(arg: IterArg, toMain: boolean): string {
+    return registerSource(arg, this.registered, toMain);
   }
 
   /** Buffers lent to Python (py.buffer) that Python still holds; forgets released ones first. */
@@ -565,7 +570,18 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       }
       return { done: false, value: this.wire.result() };
     };
-    const iterator = { next, return: stop, [Symbol.dispose]: () => void stop() };
+    // ended early (break, return()): a generator is closed now, so its finally blocks run
+    // here and not whenever the last reference goes
+    const ret = (): IteratorResult<unknown> => {
+      if (itState.disposed || this.closed) return stop();
+      try {
+        if (this.getattr(itState, "close") !== undefined) this.callMethod(itState, "close", []);
+      } finally {
+        stop();
+      }
+      return { done: true, value: undefined };
+    };
+    const iterator = { next, return: ret, [Symbol.dispose]: () => void ret() };
     this.finalizer.register(iterator, itState, itState); // abandoned half-way: GC releases it
     return iterator;
   }
