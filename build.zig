@@ -26,6 +26,7 @@ const sources = [_][]const u8{
     "shim/loop.c",
     "shim/bench.c",
     "shim/buffers.c",
+    "shim/shared.c",
     "shim/context.c",
     "shim/serve.c",
     "shim/wait.c",

@@ -174,6 +174,12 @@ BP_EXPORT double bp_ctx_completed(bp_context *ctx);
    toArrayBuffer for a py.view; it only queues the view, released at the next call */
 BP_EXPORT void *bp_view_deallocator(void);
 
+/* the shared key-value store (shared.c), no GIL needed. op: 0 get, 1 set, 2 incr (by
+   delta), 3 compare-and-set, 4 delete, 5 keys, 6 clear. buf: STR key, then the value(s)
+   (CAS: expected, value); len = bytes written. -> BP_OK and the result in buf; 1: no such
+   key (get); BP_ERR_CONVERT: STR message */
+BP_EXPORT int32_t bp_shared(bp_io *io, int32_t op, double delta);
+
 /* benchmark baseline (bench.c): the cheapest useful call into Python */
 BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);
 BP_EXPORT int64_t bp_bench_call(bp_io *io, int64_t a, int64_t b);

@@ -177,6 +177,14 @@ PyObject *bp_views_live(PyObject *module, PyObject *unused); /* _bunpy._views_li
 int bp_views_waiting(void);                                 /* views JS let go of wait    */
 void bp_views_drain(void);                                  /* release them (main GIL)    */
 
+/* ---- shared.c: bunpy.shared (the process-wide key-value store) ------------------------ */
+PyObject *bp_shared_py_get(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_set(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_cas(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_incr(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_delete(PyObject *m, PyObject *key);
+PyObject *bp_shared_py_keys(PyObject *m, PyObject *unused);
+
 /* ---- jscall.c: Python -> JS from contexts, bunpy.send --------------------------------- */
 PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames);

@@ -171,6 +171,11 @@ export class Wire {
     }
   }
 
+  /** A message written but refused before Python read it: forgets its JS functions. */
+  discard(): void {
+    this.abandon(undefined);
+  }
+
   /** The message being written will not be sent: its JS functions will never reach Python. */
   private abandon(e: unknown): unknown {
     if (this.functionIds.length !== 0) {

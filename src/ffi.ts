@@ -46,6 +46,7 @@ const symbols = {
   bp_ctx_state: { args: [ptr], returns: i32 },
   bp_ctx_completed: { args: [ptr], returns: FFIType.f64 },
   bp_view_deallocator: { args: [], returns: ptr },
+  bp_shared: { args: [ptr, i32, FFIType.f64], returns: i32 },
   bp_bench_prepare: { args: [ptr, ptr], returns: i32 },
   bp_bench_call: { args: [ptr, i64, i64], returns: i64 },
 } as const;
@@ -95,6 +96,7 @@ export interface Shim {
   bp_ctx_state(ctx: P): number;
   bp_ctx_completed(ctx: P): number;
   bp_view_deallocator(): P;
+  bp_shared(io: P, op: number, delta: number): number;
   bp_bench_prepare(io: P, callable: P): number;
   bp_bench_call(io: P, a: number, b: number): number | bigint;
 }

@@ -19,6 +19,7 @@ import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asg
 import { startWsgi, type WsgiOptions } from "./wsgi.ts";
 import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
 import { IterArg, type IterateOptions } from "./stream.ts";
+import { SharedStore } from "./shared.ts";
 import { BufferArg, isReleased, onRelease, openView, PyView, releaseView, type BufferOptions, type ViewData, type ViewOptions } from "./data.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
@@ -34,6 +35,7 @@ export type { WsgiOptions } from "./wsgi.ts";
 export type { ServeOptions, ServedServer } from "./serve.ts";
 export { BufferArg, PyView } from "./data.ts";
 export { IterArg, PythonStream } from "./stream.ts";
+export { SharedStore } from "./shared.ts";
 export type { IterateOptions } from "./stream.ts";
 export type { BufferOptions, DType, ViewData, ViewOptions } from "./data.ts";
 
@@ -202,6 +204,9 @@ export const py = {
     running();
     return new IterArg(source, options);
   },
+  /** The key-value store shared by JS threads, the main interpreter and every context
+      (bunpy.shared in Python): get/set/incr/compareAndSet/delete, atomic. See docs/data.md. */
+  shared: new SharedStore(running),
   /** len(obj) */
   len(obj: PyObject): number {
     return objectOp(obj, "py.len", Op.Len) as number;
