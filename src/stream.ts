@@ -38,6 +38,7 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
   private done = false;
   private started = false;
   private tail: Promise<unknown> | undefined;
+  private pending = 0;
   private readonly batch: number;
   private readonly held: { call: StreamCall; sid: number };
 
@@ -66,17 +67,25 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
   }
 
   next(): Promise<IteratorResult<unknown>> {
-    if (this.tail === undefined && this.pos < this.items.length) return Promise.resolve(this.take());
-    // pulls run one after another: a next() called before the last one settled waits for it
-    const run = (this.tail ?? Promise.resolve()).then(() => this.step());
-    const settled = run.then(
+    if (this.pending === 0 && this.pos < this.items.length) return Promise.resolve(this.take());
+    // pulls run one after another: a next() called before the last one settled waits for
+    // it. `pending` drops inside the chain, before the caller's await resumes, so the next
+    // call takes the fast path above again.
+    this.pending++;
+    const run = (this.tail ?? Promise.resolve()).then(() => this.step()).then(
+      (r) => {
+        this.pending--;
+        return r;
+      },
+      (e) => {
+        this.pending--;
+        throw e;
+      },
+    );
+    this.tail = run.then(
       () => {},
       () => {},
     );
-    this.tail = settled;
-    settled.then(() => {
-      if (this.tail === settled) this.tail = undefined;
-    });
     return run;
   }
 
@@ -126,7 +135,7 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
 
   /** Ends the stream early: the generator is closed in Python (its finally blocks run). */
   async return(value?: unknown): Promise<IteratorResult<unknown>> {
-    if (this.tail !== undefined) await this.tail;
+    if (this.pending !== 0) await this.tail;
     const sid = this.held.sid;
     this.items = [];
     this.pos = 0;

@@ -15,6 +15,7 @@ registered under a private name.
 """
 
 import itertools
+from itertools import islice
 import sys
 
 import _bunpy
@@ -25,11 +26,11 @@ _ids = itertools.count(1)
 _BUDGET = 1 << 20
 
 
+_SIZED = (bytes, str, bytearray, memoryview)
+
+
 def _size(item):
-    t = type(item)
-    if t is bytes or t is str or t is bytearray or t is memoryview:
-        return len(item)
-    return 0
+    return len(item) if type(item) in _SIZED else 0
 
 
 def begin(result, n):
@@ -53,13 +54,28 @@ async def _afirst(sid, it, n):
 
 
 def _take(sid, it, n):
+    # list.extend(islice(...)) pulls at C speed and keeps the items gathered before an
+    # exception; steps grow for small items and stay at one for bytes/str, so the ~1 MiB
+    # budget holds for streams of big chunks
     items = []
     size = 0
+    step = 1
     try:
-        for item in it:
-            items.append(item)
-            size += _size(item)
-            if len(items) >= n or size >= _BUDGET:
+        while True:
+            k = len(items)
+            want = min(step, n - k)
+            items.extend(islice(it, want))
+            got = len(items) - k
+            if got < want:
+                break  # exhausted
+            if type(items[k]) in _SIZED:
+                size += sum(map(_size, items[k:]))
+                if size >= _BUDGET:
+                    return items, False
+                step = 1
+            elif step < 4096:
+                step *= 4
+            if len(items) >= n:
                 return items, False
     except BaseException as e:
         if not items:
