@@ -269,6 +269,24 @@ export class Wire {
     this.pos += this.text.latin1Write(hex, this.pos, hex.length);
   }
 
+  /** py.buffer / py.iter arguments; false for anything else. Kept out of writeObject so
+      that function stays small (the 1 KB document round trip lost 50% when it grew). */
+  private writeMarker(v: object): boolean {
+    if (v instanceof BufferArg) {
+      this.writeBuffer(v);
+      return true;
+    }
+    if (v instanceof IterArg) {
+      const name = this.home.registerSource!(v, this.hooks === this.home);
+      this.ensure(2);
+      this.u8[this.pos++] = Tag.JSIter;
+      this.u8[this.pos++] = v.isAsync ? 1 : 0;
+      this.writeString(name);
+      return true;
+    }
+    return false;
+  }
+
   /** py.buffer(x): the address of x's memory; JS pins x until Python's JSBuffer dies. */
   private writeBuffer(arg: BufferArg): void {
     const view = arg.view;
@@ -368,14 +386,7 @@ export class Wire {
     }
     // after Date/Map/Set: those pay no native check beyond their own
     if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
-    if (v instanceof BufferArg) return this.writeBuffer(v);
-    if (v instanceof IterArg) {
-      const name = this.home.registerSource!(v, this.hooks === this.home);
-      this.ensure(2);
-      this.u8[this.pos++] = Tag.JSIter;
-      this.u8[this.pos++] = v.isAsync ? 1 : 0;
-      return this.writeString(name);
-    }
+    if (this.writeMarker(v)) return;
     if (v instanceof Kwargs)
       throw new ConversionError(
         "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",
