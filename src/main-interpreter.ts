@@ -20,6 +20,7 @@ import {
 } from "./errors.ts";
 import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
 import { registerSource, type IterArg } from "./stream.ts";
+import { hubOf } from "./hub.ts";
 import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
 const enum Mode {
@@ -258,8 +259,23 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   registerSource(arg: IterArg, toMain: boolean): string {
+    if (!this.watchingSources) {
+      // a JS(Async)Iterator Python dropped before its end says so with bunpy.send
+      this.watchingSources = true;
+      hubOf(this).on("bunpy.iter.close", (name) => {
+        const pull = typeof name === "string" && name.startsWith("__bunpy_iter_") ? this.registered.get(name) : undefined;
+        if (pull === undefined) return;
+        try {
+          const r = pull(1) as unknown;
+          if (r instanceof Promise) r.catch(() => {});
+        } catch {
+          // the source's return() threw: nobody is left to tell
+        }
+      });
+    }
     return registerSource(arg, this.registered, toMain);
   }
+  private watchingSources = false;
 
   /** Buffers lent to Python (py.buffer) that Python still holds; forgets released ones first. */
   get pinnedBuffers(): number {

@@ -230,6 +230,29 @@ describe("JS iterables to Python", () => {
     expect(() => py.iter({} as any)).toThrow(TypeError);
   });
 
+  test("a source Python drops half-way is let go (its return() runs)", async () => {
+    const rt = (await import("../src/index.ts")).internals.runtime();
+    const before = rt.registered.size;
+    let finished = 0;
+    function* endless() {
+      try {
+        for (let i = 0; ; i++) yield i;
+      } finally {
+        finished++;
+      }
+    }
+    py.exec("def first(it):\n    return next(it)");
+    expect(py.call("__main__", "first", [py.iter(endless(), { batch: 4 })])).toBe(0);
+    await ctx.exec("def first(it):\n    return next(it)");
+    expect(await ctx.call("__main__", "first", [py.iter(endless(), { batch: 4 })])).toBe(0);
+    for (let i = 0; i < 100 && (finished < 2 || rt.registered.size !== before); i++) {
+      py.eval("1");
+      await Bun.sleep(5);
+    }
+    expect(finished).toBe(2);
+    expect(rt.registered.size).toBe(before);
+  });
+
   test("finished sources are unregistered", async () => {
     const rt = (await import("../src/index.ts")).internals.runtime();
     const before = rt.registered.size;

@@ -179,6 +179,15 @@ class JSIterator:
         self._pos = 1
         return items[0]
 
+    def __del__(self):
+        # dropped before its end: JS lets the source go (best effort: a message, since JS
+        # cannot be called from wherever a __del__ runs)
+        if not self._done:
+            try:
+                _bunpy.send("bunpy.iter.close", self._name)
+            except BaseException:
+                pass
+
     def close(self):
         """Stops pulling: the JS iterator's return() runs."""
         if not self._done:
@@ -222,6 +231,8 @@ class JSAsyncIterator:
             raise StopAsyncIteration
         self._pos = 1
         return items[0]
+
+    __del__ = JSIterator.__del__
 
     async def aclose(self):
         if not self._done:
