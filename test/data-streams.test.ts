@@ -146,6 +146,26 @@ for (const mode of contextModes) {
       expect(rs[6]!.done).toBe(true);
     });
 
+    test("1000 streams ended early and 200 dropped half-way leave nothing open", async () => {
+      for (let i = 0; i < 1000; i++) {
+        const it = ctx.iterate("__main__", "gen", [100], undefined, { batch: 2 });
+        await it.next();
+        await it.return!();
+      }
+      expect(await ctx.call("bunpy._stream", "open_streams", [])).toBe(0);
+      await (async () => {
+        for (let i = 0; i < 200; i++) await ctx.iterate("__main__", "gen", [100], undefined, { batch: 2 }).next();
+      })();
+      expect(await ctx.call("bunpy._stream", "open_streams", [])).toBeGreaterThan(0);
+      let open = -1;
+      for (let i = 0; i < 50 && open !== 0; i++) {
+        Bun.gc(true);
+        await Bun.sleep(5);
+        open = await ctx.call("bunpy._stream", "open_streams", []);
+      }
+      expect(open).toBe(0); // garbage-collected PythonStreams closed their generators
+    }, 30_000);
+
     test("bad arguments are TypeErrors", () => {
       expect(() => ctx.iterate("__main__", "gen", [1], undefined, { batch: 0 })).toThrow(TypeError);
       expect(() => ctx.iterate("__main__", "gen", 3 as any)).toThrow(TypeError);
