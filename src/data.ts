@@ -9,7 +9,7 @@
  *    Python as a memoryview over the JS memory itself. JS keeps it pinned until Python's
  *    last reference to it is gone.
  */
-import { ConversionError } from "./errors.ts";
+import { BunpyError, ConversionError } from "./errors.ts";
 import { externalBuffer } from "./ffi.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { PyObject } from "./proxy.ts";
@@ -37,9 +37,9 @@ export interface ViewOptions {
  * keep (real, imaginary) pairs, so its imaginary part is the next element.
  */
 export class PyView {
+  readonly #data: ViewData;
   constructor(
-    /** A typed array over the whole extent of the buffer (the Python object's own memory). */
-    readonly data: ViewData,
+    data: ViewData,
     readonly shape: number[],
     /** Strides in elements of `data` (bytes with { raw: true }); negative for reversed axes. */
     readonly strides: number[],
@@ -54,7 +54,18 @@ export class PyView {
     /** The Python object refuses writes (bytes, a read-only mmap, a non-writeable numpy
         array): JS must not write through `data` (nothing stops a typed array from it). */
     readonly readonly: boolean,
-  ) {}
+  ) {
+    this.#data = data;
+  }
+
+  /** A typed array over the whole extent of the buffer (the Python object's own memory).
+      Throws BunpyError once the view was released. */
+  get data(): ViewData {
+    const d = this.#data;
+    if (d.buffer.byteLength === 0 && d.byteLength === 0 && (d.buffer as ArrayBuffer).detached)
+      throw new BunpyError("this view was released (py.release): its memory belongs to Python again");
+    return d;
+  }
 
   /** Lets the Python object go now (see py.release). */
   release(): void {

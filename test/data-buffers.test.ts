@@ -1,7 +1,7 @@
 // Buffers without copies both ways (issue 14, part 1): py.view over Python memory, py.buffer
 // over JS memory; lifetimes, release, every element type, non-contiguous layouts, contexts.
 import { describe, expect, test } from "bun:test";
-import { ConversionError, internals, py, PythonError, PyView } from "../src/index.ts";
+import { BunpyError, ConversionError, internals, py, PythonError, PyView } from "../src/index.ts";
 import { closedAfterAll, contextModes, defineModule } from "./helpers.ts";
 import { packageVenv } from "./fixtures/venv.ts";
 
@@ -200,8 +200,10 @@ describe("py.view: Python memory seen from JS", () => {
     expect(py.isReleased(v)).toBe(true);
     expect(py.release(v)).toBe(false); // twice: nothing to do
     const s = py.view(arr, { shaped: true }) as PyView;
+    const data = s.data;
     s.release();
-    expect(s.data.length).toBe(0);
+    expect(() => s.data).toThrow(BunpyError); // a PyView says so
+    expect(data.length).toBe(0); // a typed array taken from it before reads as empty
     expect(py.isReleased(s)).toBe(true);
   });
 
