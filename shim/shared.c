@@ -545,13 +545,11 @@ PyObject *bp_shared_py_incr(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     const char *k = py_key(args[0], &kn);
     if (!k) return NULL;
     double delta = 1;
-    int int_delta = 1;
     if (nargs == 2) {
         if (PyLong_Check(args[1])) {
             delta = PyLong_AsDouble(args[1]);
         } else if (PyFloat_Check(args[1])) {
             delta = PyFloat_AS_DOUBLE(args[1]);
-            int_delta = 0;
         } else {
             return PyErr_Format(PyExc_TypeError, "bunpy.shared.incr: delta must be an int or a float");
         }
@@ -563,7 +561,6 @@ PyObject *bp_shared_py_incr(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     if (r == S_NOT_NUMBER) return PyErr_Format(PyExc_TypeError, "bunpy.shared.incr: the value of %R is not a number", args[0]);
     if (r == S_NOT_SAFE) return PyErr_Format(PyExc_OverflowError, "bunpy.shared.incr: the result would pass 2**53");
     if (r != S_OK) return PyErr_NoMemory();
-    (void)int_delta;
     uint8_t num[9];
     return py_decode(num, encode_number(result, num));
 }
