@@ -25,6 +25,8 @@ const sources = [_][]const u8{
     "shim/handles.c",
     "shim/loop.c",
     "shim/bench.c",
+    "shim/buffers.c",
+    "shim/shared.c",
     "shim/context.c",
     "shim/serve.c",
     "shim/wait.c",

@@ -39,6 +39,11 @@ enum {
     BP_T_ASCII = 17,     /* u32 n + n ASCII bytes (Python -> JS only, decoder fast path) */
     BP_T_METHOD = 18,    /* bp_getattr only: a method bound to the object; JS calls it with
                             bp_call_attr instead of holding a handle to a new bound method */
+    BP_T_BUFFER = 19,    /* JS memory without a copy (py.buffer), JS -> Python only: u64 address,
+                            u64 byte length, u64 port (bp_io*), u32 pin id, u8 struct format
+                            char, u8 flags (1: read-only); Python gets a memoryview */
+    BP_T_JSITER = 20,    /* a JS (async) iterable (py.iter), JS -> Python only: u8 async, STR name
+                            of the registered function Python pulls batches from */
 };
 
 /* ---- status codes ---------------------------------------------------------------------- */
@@ -164,6 +169,16 @@ BP_EXPORT int32_t bp_ctx_close(bp_context *ctx, bp_io *io, uint32_t id, uint32_t
 BP_EXPORT void bp_ctx_free(bp_context *ctx);                              /* after the close completion */
 BP_EXPORT int32_t bp_ctx_state(bp_context *ctx);
 BP_EXPORT double bp_ctx_completed(bp_context *ctx);
+
+/* views of Python memory (buffers.c): the JSTypedArrayBytesDeallocator JS gives
+   toArrayBuffer for a py.view; it only queues the view, released at the next call */
+BP_EXPORT void *bp_view_deallocator(void);
+
+/* the shared key-value store (shared.c), no GIL needed. op: 0 get, 1 set, 2 incr (by
+   delta), 3 compare-and-set, 4 delete, 5 keys, 6 clear. buf: STR key, then the value(s)
+   (CAS: expected, value); len = bytes written. -> BP_OK and the result in buf; 1: no such
+   key (get); BP_ERR_CONVERT: STR message */
+BP_EXPORT int32_t bp_shared(bp_io *io, int32_t op, double delta);
 
 /* benchmark baseline (bench.c): the cheapest useful call into Python */
 BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);

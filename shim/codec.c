@@ -226,6 +226,21 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
         if (!st) return NULL;
         return bp_jsfunc_new(st, r->port, (int32_t)id);
     }
+    case BP_T_JSITER: { /* u8 async, STR name: bunpy._stream.JS(Async)Iterator */
+        if (r->pos >= r->end) { truncated(); return NULL; }
+        int is_async = r->buf[r->pos++] != 0;
+        PyObject *name = bp_read_str(r);
+        if (!name) return NULL;
+        bp_interp *st = reader_state(r);
+        PyObject *fn = st ? bp_interp_helper(st, "js_iterator") : NULL;
+        PyObject *v = fn ? PyObject_CallFunction(fn, "Oi", name, is_async) : NULL;
+        Py_DECREF(name);
+        return v;
+    }
+    case BP_T_BUFFER: {
+        bp_interp *st = reader_state(r);
+        return st ? bp_read_buffer(r, st) : NULL;
+    }
     case BP_T_PYOBJ: {
         if (r->end - r->pos < 8) { truncated(); return NULL; }
         PyObject *o;

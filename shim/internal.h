@@ -71,6 +71,7 @@ enum {
 typedef struct bp_interp {
     PyObject *names[BP_NAME_COUNT]; /* see BP_NAME_*                                         */
     PyTypeObject *jsfunc_type;   /* bunpy.JSFunction (heap type of this interpreter)       */
+    PyTypeObject *jsbuf_type;    /* bunpy.JSBuffer: JS memory passed with py.buffer (buffers.c) */
     PyObject *jserror_type;      /* bunpy.JSError                                           */
     PyObject *helpers;           /* the bunpy._codec module (datetime and traceback helpers) */
     PyObject *datetime_type;     /* datetime.datetime once the helpers loaded it            */
@@ -173,6 +174,23 @@ int32_t bp_fail_read(bp_io *io);                            /* an argument could
 PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);
 PyObject *bp_module_init(void);                             /* PyInit__bunpy             */
 PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS record   */
+
+/* ---- buffers.c: py.view and py.buffer ------------------------------------------------ */
+int bp_buffers_init(PyObject *m, bp_interp *st);            /* bunpy.JSBuffer type        */
+PyObject *bp_read_buffer(bp_reader *r, bp_interp *st);      /* BP_T_BUFFER -> memoryview  */
+PyObject *bp_view_open(PyObject *module, PyObject *obj);    /* _bunpy._view               */
+PyObject *bp_view_close(PyObject *module, PyObject *addr);  /* _bunpy._view_close         */
+PyObject *bp_views_live(PyObject *module, PyObject *unused); /* _bunpy._views_live        */
+int bp_views_waiting(void);                                 /* views JS let go of wait    */
+void bp_views_drain(void);                                  /* release them (main GIL)    */
+
+/* ---- shared.c: bunpy.shared (the process-wide key-value store) ------------------------ */
+PyObject *bp_shared_py_get(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_set(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_cas(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_incr(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_shared_py_delete(PyObject *m, PyObject *key);
+PyObject *bp_shared_py_keys(PyObject *m, PyObject *unused);
 
 /* ---- jscall.c: Python -> JS from contexts, bunpy.send --------------------------------- */
 PyObject *bp_context_call_js(bp_interp *st, PyObject *name, PyObject *const *args, Py_ssize_t nargs,

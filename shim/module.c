@@ -316,6 +316,7 @@ static int mod_exec(PyObject *m) {
     if (!st->jserror_type || PyModule_AddObjectRef(m, "JSError", st->jserror_type) < 0) return -1;
     st->jsfunc_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &jsfunc_spec, NULL);
     if (!st->jsfunc_type || PyModule_AddObjectRef(m, "JSFunction", (PyObject *)st->jsfunc_type) < 0) return -1;
+    if (bp_buffers_init(m, st) < 0) return -1;
     PyObject *reactor = bp_reactor_type_new(m);
     if (!reactor || PyModule_AddObjectRef(m, "Reactor", reactor) < 0) {
         Py_XDECREF(reactor);
@@ -337,6 +338,7 @@ static int mod_traverse(PyObject *m, visitproc visit, void *arg) {
     if (!st) return 0;
     Py_VISIT(st->jserror_type);
     Py_VISIT(st->jsfunc_type);
+    Py_VISIT(st->jsbuf_type);
     Py_VISIT(st->helpers);
     Py_VISIT(st->datetime_type);
     return 0;
@@ -347,6 +349,7 @@ static int mod_clear(PyObject *m) {
     if (!st) return 0;
     Py_CLEAR(st->jserror_type);
     Py_CLEAR(st->jsfunc_type);
+    Py_CLEAR(st->jsbuf_type);
     Py_CLEAR(st->helpers);
     Py_CLEAR(st->datetime_type);
     for (int i = 0; i < BP_NAME_COUNT; i++) Py_CLEAR(st->names[i]);
@@ -372,6 +375,15 @@ static PyObject *mod_sleep(PyObject *m, PyObject *arg) {
 }
 
 static PyMethodDef mod_methods[] = {
+    {"shared_get", (PyCFunction)(void (*)(void))bp_shared_py_get, METH_FASTCALL, "shared_get(key, default=None)\n--\n\nbunpy.shared.get"},
+    {"shared_set", (PyCFunction)(void (*)(void))bp_shared_py_set, METH_FASTCALL, "shared_set(key, value)\n--\n\nbunpy.shared.set"},
+    {"shared_cas", (PyCFunction)(void (*)(void))bp_shared_py_cas, METH_FASTCALL, "shared_cas(key, expected, value)\n--\n\nbunpy.shared.compare_and_set"},
+    {"shared_incr", (PyCFunction)(void (*)(void))bp_shared_py_incr, METH_FASTCALL, "shared_incr(key, delta=1)\n--\n\nbunpy.shared.incr"},
+    {"shared_delete", bp_shared_py_delete, METH_O, "shared_delete(key)\n--\n\nbunpy.shared.delete"},
+    {"shared_keys", bp_shared_py_keys, METH_NOARGS, "shared_keys()\n--\n\nbunpy.shared.keys"},
+    {"_view", bp_view_open, METH_O, "_view(obj)\n--\n\nInternal (py.view): keeps a buffer of obj for a JS view."},
+    {"_view_close", bp_view_close, METH_O, "_view_close(record)\n--\n\nInternal: releases a view JS could not make."},
+    {"_views_live", bp_views_live, METH_NOARGS, "_views_live()\n--\n\nInternal: buffers still held for JS views."},
     {"finish_parked", (PyCFunction)(void (*)(void))mod_finish_parked, METH_FASTCALL,
      "finish_parked(token, task)\n--\n\nInternal: a task started for a JS call ended."},
     {"sleep", mod_sleep, METH_O,

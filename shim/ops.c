@@ -55,6 +55,11 @@ static int32_t bp_enter(bp_io *io, bp_call_scope *s) {
     s->prev = bp_current_port;
     bp_current_port = p;
     if (io->ndrop) drop_handles(io);
+    if (__builtin_expect(bp_views_waiting(), 0)) { /* py.view ArrayBuffers that were freed */
+        p->no_dispatch++;
+        bp_views_drain();
+        p->no_dispatch--;
+    }
     return BP_OK;
 }
 

@@ -7,7 +7,9 @@
 import { types } from "node:util";
 import { ConversionError } from "./errors.ts";
 import { behindProxy, changed, describe, finish, keySegment, loneSurrogate, within } from "./conversion-failures.ts";
-import { viewOf, readPointer, type Shim } from "./ffi.ts";
+import { addressOf, viewOf, readPointer, type Shim } from "./ffi.ts";
+import { BufferArg } from "./data.ts";
+import { IterArg } from "./stream.ts";
 
 export const enum Tag {
   None = 0,
@@ -29,6 +31,8 @@ export const enum Tag {
   PyObj = 16,
   Ascii = 17,
   Method = 18,
+  Buffer = 19,
+  JSIter = 20,
 }
 
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */
@@ -59,6 +63,11 @@ export interface WireHooks {
   forgetFunctions(ids: readonly number[]): void;
   /** A proxy for a handle that now belongs to JS. */
   proxyFor(handle: number): unknown;
+  /** Keeps memory lent to Python (py.buffer) alive until Python lets it go: its pin id
+      (released like a JS function id). Only the JS thread's own interpreter pins. */
+  pin?(target: object): number;
+  /** Registers the function Python pulls a py.iter source from; returns its name. */
+  registerSource?(arg: IterArg, toMain: boolean): string;
 }
 
 /** The decoder's memo of short ASCII strings, per JS thread (strings are immutable, so a
@@ -168,6 +177,11 @@ export class Wire {
     }
   }
 
+  /** A message written but refused before Python read it: forgets its JS functions. */
+  discard(): void {
+    this.abandon(undefined);
+  }
+
   /** The message being written will not be sent: its JS functions will never reach Python. */
   private abandon(e: unknown): unknown {
     if (this.functionIds.length !== 0) {
@@ -261,6 +275,47 @@ export class Wire {
     this.pos += this.text.latin1Write(hex, this.pos, hex.length);
   }
 
+  /** py.buffer / py.iter arguments; false for anything else. Kept out of writeObject so
+      that function stays small (the 1 KB document round trip lost 50% when it grew). */
+  private writeMarker(v: object): boolean {
+    if (v instanceof BufferArg) {
+      this.writeBuffer(v);
+      return true;
+    }
+    if (v instanceof IterArg) {
+      const name = this.home.registerSource!(v, this.hooks === this.home);
+      this.ensure(2);
+      this.u8[this.pos++] = Tag.JSIter;
+      this.u8[this.pos++] = v.isAsync ? 1 : 0;
+      this.writeString(name);
+      return true;
+    }
+    return false;
+  }
+
+  /** py.buffer(x): the address of x's memory; JS pins x until Python's JSBuffer dies. */
+  private writeBuffer(arg: BufferArg): void {
+    const view = arg.view;
+    if ((view.buffer as ArrayBuffer).detached) throw new ConversionError("py.buffer(x): the ArrayBuffer was detached");
+    const n = view.byteLength;
+    const address = n === 0 ? 0 : addressOf(view);
+    const id = this.home.pin!(view.buffer);
+    this.functionIds.push(id); // forgotten again if the message is not sent
+    this.ensure(31);
+    const dv = this.dv, p = this.pos;
+    this.u8[p] = Tag.Buffer;
+    dv.setUint32(p + 1, address % TWO_32, true);
+    dv.setUint32(p + 5, Math.floor(address / TWO_32), true);
+    dv.setUint32(p + 9, n % TWO_32, true);
+    dv.setUint32(p + 13, Math.floor(n / TWO_32), true);
+    dv.setUint32(p + 17, this.io % TWO_32, true);
+    dv.setUint32(p + 21, Math.floor(this.io / TWO_32), true);
+    dv.setUint32(p + 25, id, true);
+    this.u8[p + 29] = arg.format.charCodeAt(0);
+    this.u8[p + 30] = arg.readonly ? 1 : 0;
+    this.pos = p + 31;
+  }
+
   writeHandle(handle: number): void {
     this.ensure(9);
     this.u8[this.pos] = Tag.PyObj;
@@ -337,6 +392,7 @@ export class Wire {
     }
     // after Date/Map/Set: those pay no native check beyond their own
     if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
+    if (this.writeMarker(v)) return;
     if (v instanceof Kwargs)
       throw new ConversionError(
         "py.kw() must be the last argument of a proxy call (it marks keyword arguments): fn(a, py.kw({ k: 1 }))",

@@ -7,6 +7,7 @@
  * What every context of a JS thread shares (doorbell, pending table, messages, answers to
  * Python -> JS calls) is the ContextHub in hub.ts.
  */
+import { PythonStream, type IterateOptions } from "./stream.ts";
 import { BunpyError, CallTimeoutError, ContextClosedError, ConversionError, Status } from "./errors.ts";
 export { CallTimeoutError, ContextClosedError } from "./errors.ts";
 import { Kwargs, type KwargsObject, type WireHooks } from "./codec.ts";
@@ -390,6 +391,12 @@ export class Context {
   }
 
   /** Fire and forget: errors go to onError listeners (or are printed), never lost. */
+  /** Calls module.fn in this context and streams what it returns (a generator, iterator
+      or async generator) as a lazy async iterator, pulled in batches (docs/data.md). */
+  iterate(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject, options?: IterateOptions): PythonStream {
+    return new PythonStream((m, f, a, k) => this.call(m, f, a, k as KwargsObject | undefined), module, fn, args, kwargs, options);
+  }
+
   cast(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject): void {
     this.call(module, fn, args, kwargs).catch((e) => {
       if (this.#errorListeners.size === 0) console.error(`bunpy: ctx.cast(${module}.${fn}) failed:`, e);

@@ -1,7 +1,7 @@
 /**
  * The only file that touches bun:ffi: loads the shim and declares its ABI (shim/bunpy.h).
  */
-import { dlopen, FFIType, JSCallback, read, toArrayBuffer, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, JSCallback, ptr as addressOfView, read, toArrayBuffer, type Pointer } from "bun:ffi";
 
 const { i32, i64, ptr, u32 } = FFIType;
 
@@ -45,6 +45,8 @@ const symbols = {
   bp_ctx_free: { args: [ptr], returns: FFIType.void },
   bp_ctx_state: { args: [ptr], returns: i32 },
   bp_ctx_completed: { args: [ptr], returns: FFIType.f64 },
+  bp_view_deallocator: { args: [], returns: ptr },
+  bp_shared: { args: [ptr, i32, FFIType.f64], returns: i32 },
   bp_bench_prepare: { args: [ptr, ptr], returns: i32 },
   bp_bench_call: { args: [ptr, i64, i64], returns: i64 },
 } as const;
@@ -93,6 +95,8 @@ export interface Shim {
   bp_ctx_free(ctx: P): void;
   bp_ctx_state(ctx: P): number;
   bp_ctx_completed(ctx: P): number;
+  bp_view_deallocator(): P;
+  bp_shared(io: P, op: number, delta: number): number;
   bp_bench_prepare(io: P, callable: P): number;
   bp_bench_call(io: P, a: number, b: number): number | bigint;
 }
@@ -145,6 +149,21 @@ export function makeDoorbell(fn: () => void): JSCallback {
 /** A view of `length` bytes of C memory at `address`. */
 export function viewOf(address: number, length: number): ArrayBuffer {
   return toArrayBuffer(address as Pointer, 0, length);
+}
+
+/** An ArrayBuffer over `length` bytes of C memory that belong to a C record: when Bun lets
+    the memory go (garbage collection, or a detach), it calls `deallocator(bytes, context)`. */
+export function externalBuffer(address: number, length: number, context: number, deallocator: number): ArrayBuffer {
+  // bun:ffi takes (ptr, byteOffset, byteLength, deallocatorContext, deallocator); its
+  // type declarations only list the first three
+  const make = toArrayBuffer as unknown as (p: number, o: number, n: number, c: number, d: number) => ArrayBuffer;
+  return make(address, 0, length, context, deallocator);
+}
+
+/** The address of a typed array's first byte (Bun keeps the memory in place while the
+    array is alive: JavaScriptCore does not move array buffers). */
+export function addressOf(view: ArrayBufferView | ArrayBuffer | SharedArrayBuffer): number {
+  return addressOfView(view as DataView) as number;
 }
 
 export function readPointer(address: number, offset: number): number {

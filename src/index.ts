@@ -18,6 +18,9 @@ import { Pool, type PoolOptions } from "./pool.ts";
 import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asgi.ts";
 import { startWsgi, type WsgiOptions } from "./wsgi.ts";
 import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
+import { IterArg, type IterateOptions } from "./stream.ts";
+import { SharedStore } from "./shared.ts";
+import { BufferArg, isReleased, onRelease, openView, PyView, releaseView, type BufferOptions, type ViewData, type ViewOptions } from "./data.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
 export { Kwargs, type KwargsObject } from "./codec.ts";
@@ -31,6 +34,11 @@ export type { ListenOptions, Listener } from "./listen.ts";
 export type { AsgiApp, AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts";
 export type { WsgiOptions } from "./wsgi.ts";
 export type { ServeOptions, ServedServer } from "./serve.ts";
+export { BufferArg, PyView } from "./data.ts";
+export { IterArg, PythonStream } from "./stream.ts";
+export { SharedStore } from "./shared.ts";
+export type { IterateOptions } from "./stream.ts";
+export type { BufferOptions, DType, ViewData, ViewOptions } from "./data.ts";
 
 let main: MainInterpreter | undefined;
 let closed = false;
@@ -43,6 +51,8 @@ function rt(): MainInterpreter {
   if (closed) throw new PythonClosedError(CLOSED_MESSAGE);
   main = new MainInterpreter();
   if (isMainThread) watchSigint(main);
+  const m = main;
+  onRelease(() => m.flushViews());
   return main;
 }
 
@@ -155,6 +165,49 @@ export const py = {
   messages(channel: string): AsyncIterableIterator<unknown> {
     return messageIterator((listener) => py.on(channel, listener));
   },
+  /**
+   * A typed array over the memory of a Python object with the buffer protocol (bytes,
+   * bytearray, memoryview, array.array, mmap, numpy arrays): no copy. N-dimensional and
+   * non-contiguous buffers (and any with { shaped: true }) come as a PyView
+   * { data, shape, strides, offset, dtype }. The object stays alive while the view does,
+   * or until py.release(view). See docs/data.md.
+   */
+  view(obj: PyObject, options?: ViewOptions): ViewData | PyView {
+    if (stateOf(obj) === undefined)
+      throw new TypeError("py.view(obj): expected a Python object (a PyObject proxy); bytes returned by a call were copied already, view them with py.eval('memoryview(...)') or keep the object in Python");
+    return openView(running(), obj, options);
+  },
+  /** Lets go of a view's Python object now: its memory is detached (typed arrays over it
+      read as empty). Returns false when `view` is not a live view. */
+  release(view: ViewData | PyView): boolean {
+    return releaseView(view);
+  },
+  /** Whether a view was released (its memory detached). */
+  isReleased(view: ViewData | PyView): boolean {
+    return isReleased(view);
+  },
+  /**
+   * Marks a TypedArray / DataView / ArrayBuffer / SharedArrayBuffer argument to reach Python
+   * as a writable memoryview over the same memory (no copy). JS keeps the memory alive
+   * while Python holds the memoryview (or anything made from it, e.g. np.frombuffer).
+   */
+  buffer(x: ArrayBufferView | ArrayBuffer | SharedArrayBuffer, options: BufferOptions = {}): BufferArg {
+    const rt = running();
+    void rt.pinnedBuffers; // forgets buffers Python let go of since the last call
+    return new BufferArg(x, options?.readonly === true);
+  },
+  /**
+   * Marks a JS iterable, async iterable or ReadableStream argument to reach Python as an
+   * iterator (async iterator for async sources, contexts only) that pulls from it on demand,
+   * `batch` items per round trip (default 1024 for iterables, 1 for async sources).
+   */
+  iter(source: Iterable<unknown> | AsyncIterable<unknown> | ReadableStream<unknown>, options?: IterateOptions): IterArg {
+    running();
+    return new IterArg(source, options);
+  },
+  /** The key-value store shared by JS threads, the main interpreter and every context
+      (bunpy.shared in Python): get/set/incr/compareAndSet/delete, atomic. See docs/data.md. */
+  shared: new SharedStore(running),
   /** len(obj) */
   len(obj: PyObject): number {
     return objectOp(obj, "py.len", Op.Len) as number;

@@ -19,6 +19,8 @@ import {
   type KeptTraceback,
 } from "./errors.ts";
 import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
+import { registerSource, type IterArg } from "./stream.ts";
+import { hubOf } from "./hub.ts";
 import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
 const enum Mode {
@@ -55,6 +57,9 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private readonly overflow: number[] = [];
 
   private readonly functions = new Map<number, Function>();
+  /** Memory lent to Python with py.buffer, by pin id (ids shared with JS functions). */
+  private readonly pinned = new Map<number, object>();
+  private deallocator = 0;
   private nextFunctionId = 1;
   readonly registered = new Map<string, Function>();
   private builtinsProxy: PyObject | undefined;
@@ -237,13 +242,58 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   }
 
   forgetFunctions(ids: readonly number[]): void {
-    for (const id of ids) this.functions.delete(id);
+    for (const id of ids) if (!this.functions.delete(id)) this.pinned.delete(id);
+  }
+
+  pin(target: object): number {
+    const id = this.nextFunctionId++;
+    if (this.nextFunctionId > 0x7fffffff) this.nextFunctionId = 1;
+    this.pinned.set(id, target);
+    return id;
   }
 
   private takeReleased(): void {
     if (this.lib.bp_take_released(this.io) !== 0) return;
     const ids = this.wire.result() as number[];
-    for (const id of ids) this.functions.delete(id);
+    for (const id of ids) if (!this.functions.delete(id)) this.pinned.delete(id);
+  }
+
+  registerSource(arg: IterArg, toMain: boolean): string {
+    if (!this.watchingSources) {
+      // a JS(Async)Iterator Python dropped before its end says so with bunpy.send
+      this.watchingSources = true;
+      hubOf(this).on("bunpy.iter.close", (name) => {
+        const pull = typeof name === "string" && name.startsWith("__bunpy_iter_") ? this.registered.get(name) : undefined;
+        if (pull === undefined) return;
+        try {
+          const r = pull(1) as unknown;
+          if (r instanceof Promise) r.catch(() => {});
+        } catch {
+          // the source's return() threw: nobody is left to tell
+        }
+      });
+    }
+    return registerSource(arg, this.registered, toMain);
+  }
+  private watchingSources = false;
+
+  /** Buffers lent to Python (py.buffer) that Python still holds; forgets released ones first. */
+  get pinnedBuffers(): number {
+    if (this.wire.writing !== 0) return this.wire.nested(() => this.pinnedBuffers);
+    if (this.wire.header[5] !== 0) this.takeReleased();
+    return this.pinned.size;
+  }
+
+  /** The shim's deallocator for py.view ArrayBuffers (a C function pointer). */
+  get viewDeallocator(): number {
+    if (this.deallocator === 0) this.deallocator = this.lib.bp_view_deallocator();
+    return this.deallocator;
+  }
+
+  /** Releases the Python buffers of views whose memory JS let go (now, not at the next call). */
+  flushViews(): void {
+    if (this.closed || this.wire.writing !== 0 || this.dispatching !== 0) return;
+    this.lib.bp_flush(this.io);
   }
 
   /** Number of JS functions Python still holds (for leak tests). */
@@ -536,7 +586,18 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       }
       return { done: false, value: this.wire.result() };
     };
-    const iterator = { next, return: stop, [Symbol.dispose]: () => void stop() };
+    // ended early (break, return()): a generator is closed now, so its finally blocks run
+    // here and not whenever the last reference goes
+    const ret = (): IteratorResult<unknown> => {
+      if (itState.disposed || this.closed) return stop();
+      try {
+        if (this.getattr(itState, "close") !== undefined) this.callMethod(itState, "close", []);
+      } finally {
+        stop();
+      }
+      return { done: true, value: undefined };
+    };
+    const iterator = { next, return: ret, [Symbol.dispose]: () => void ret() };
     this.finalizer.register(iterator, itState, itState); // abandoned half-way: GC releases it
     return iterator;
   }

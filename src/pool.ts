@@ -5,6 +5,7 @@
  *   3. else the calling JS thread's home context (scheduler affinity), spilling to the
  *      least-loaded context when the home one has more than `spillAt` calls in flight.
  */
+import { PythonStream, type IterateOptions } from "./stream.ts";
 import { BunpyError } from "./errors.ts";
 import type { KwargsObject } from "./codec.ts";
 import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
@@ -125,6 +126,14 @@ export class Pool {
     for (const c of this.contexts) if (!c.isDead && (best === undefined || c.inFlight < best.inFlight)) best = c;
     return best ?? home;
   }
+
+  /** ctx.iterate on one context of the pool (options.key picks it, as for call): every
+      pull of the stream goes to that context. */
+  iterate(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject, options?: IterateOptions & { key?: string | number }): PythonStream {
+    const key = options?.key ?? `bunpy-stream-${++this.streams}`;
+    return new PythonStream((m, f, a, k) => this.call(m, f, a, k as KwargsObject | undefined, { key }), module, fn, args, kwargs, options);
+  }
+  private streams = 0;
 
   call(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject, options?: PoolCallOptions): Promise<any> {
     let ctx: Context;

@@ -23,9 +23,11 @@ import sys
 import _bunpy
 from _bunpy import JSError, JSFunction, call, send
 
+from ._shared import shared
+
 __all__ = [
     "call", "async_call", "send", "sleep", "run", "new_event_loop", "EventLoopPolicy", "JSError", "JSFunction",
-    "Interrupted", "listen", "hand_off",
+    "Interrupted", "listen", "hand_off", "shared",
 ]
 
 

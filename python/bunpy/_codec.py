@@ -45,3 +45,10 @@ def clear_frames(exc):
         todo.append(e.__cause__)
         todo.append(e.__context__)
         todo.extend(getattr(e, "exceptions", ()))
+
+
+def js_iterator(name, is_async):
+    """A JS iterable passed with py.iter(x): an iterator pulling from JS (bunpy._stream)."""
+    from ._stream import js_iterator as make
+
+    return make(name, is_async)

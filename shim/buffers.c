@@ -1,0 +1,281 @@
+/*
+ * buffers.c — memory shared between JS and Python without a copy (py.view, py.buffer).
+ *
+ * Python -> JS (py.view, main interpreter only): _bunpy._view(obj) takes a Py_buffer with
+ * PyObject_GetBuffer and keeps it in a malloc'd record; JS wraps the memory in an external
+ * ArrayBuffer whose deallocator is view_freed below. Bun runs that deallocator when the
+ * ArrayBuffer's memory is let go (garbage collection, or a detach by release()), possibly
+ * in the middle of a GC and on any thread, so it must not take the GIL: it only pushes the
+ * record on a lock-free list. The next call into the main interpreter (bp_enter in ops.c)
+ * releases the pending records with the GIL held (PyBuffer_Release drops the object).
+ * The list is process-wide on purpose: every record belongs to the main interpreter,
+ * which every JS thread's port enters.
+ *
+ * JS -> Python (py.buffer): a bunpy.JSBuffer object exports JS memory (address, length,
+ * element format) through the buffer protocol; JS receives it as a memoryview. JS keeps
+ * the ArrayBuffer pinned (a strong reference in a table, by id) until the JSBuffer dies:
+ * its dealloc hands the id back through the port's released list, as a JSFunction does.
+ */
+#include "internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Python -> JS ----------------------------------------------------------------------- */
+
+typedef struct bp_view_rec {
+    Py_buffer view;
+    struct bp_view_rec *next;
+} bp_view_rec;
+
+static _Atomic(bp_view_rec *) freed_views;  /* records whose ArrayBuffer is gone */
+static atomic_long live_views;              /* records not yet released (leak tests) */
+
+/* JSTypedArrayBytesDeallocator: (bytes, context). Any thread, no GIL: only a push. */
+static void view_freed(void *bytes, void *ctx) {
+    (void)bytes;
+    bp_view_rec *rec = ctx;
+    bp_view_rec *head = atomic_load_explicit(&freed_views, memory_order_relaxed);
+    do rec->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&freed_views, &head, rec, memory_order_release,
+                                                  memory_order_relaxed));
+}
+
+void *bp_view_deallocator(void) { return (void *)view_freed; }
+
+int bp_views_waiting(void) { return atomic_load_explicit(&freed_views, memory_order_relaxed) != NULL; }
+
+/* GIL of the main interpreter held. Releasing a buffer can run Python code (a __del__,
+   an exporter's __release_buffer__); the caller refuses calls into JS meanwhile. */
+void bp_views_drain(void) {
+    bp_view_rec *rec = atomic_exchange_explicit(&freed_views, NULL, memory_order_acquire);
+    while (rec) {
+        bp_view_rec *next = rec->next;
+        PyBuffer_Release(&rec->view);
+        free(rec);
+        atomic_fetch_sub(&live_views, 1);
+        rec = next;
+    }
+}
+
+static PyObject *ssize_tuple(const Py_ssize_t *v, int n) {
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *x = PyLong_FromSsize_t(v[i]);
+        if (!x) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+/* _view(obj) -> (record, base, span, offset, format, itemsize, readonly, shape, strides).
+   `base`/`span`: the bytes from the lowest to the highest element (negative strides reach
+   below view.buf); `offset`: where element [0, 0, ...] starts within them. `record` is 0
+   when the span is empty (nothing is kept then). */
+PyObject *bp_view_open(PyObject *module, PyObject *obj) {
+    (void)module;
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "py.view: a '%.200s' object does not support the buffer protocol "
+                     "(bytes, bytearray, memoryview, array.array, mmap, numpy arrays do)", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    bp_view_rec *rec = calloc(1, sizeof *rec);
+    if (!rec) return PyErr_NoMemory();
+    int readonly = 0;
+    if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL) < 0) {
+        /* not writable (bytes, a read-only mmap; numpy raises ValueError): view it read-only;
+           an object that fails for another reason fails again with its own error */
+        PyErr_Clear();
+        if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL_RO) < 0) { free(rec); return NULL; }
+        readonly = 1;
+    }
+    Py_buffer *v = &rec->view;
+    readonly = readonly || v->readonly;
+    if (v->suboffsets) {
+        for (int i = 0; i < v->ndim; i++)
+            if (v->suboffsets[i] >= 0) {
+                PyBuffer_Release(v);
+                free(rec);
+                PyErr_SetString(PyExc_BufferError, "py.view: indirect buffers (suboffsets, PIL style) cannot be viewed");
+                return NULL;
+            }
+    }
+    Py_ssize_t lo = 0, hi = v->itemsize;
+    int empty = v->len == 0;
+    for (int i = 0; i < v->ndim && !empty; i++) {
+        if (v->shape[i] == 0) { empty = 1; break; }
+        Py_ssize_t stride = v->strides ? v->strides[i] : v->itemsize;
+        Py_ssize_t extent = (v->shape[i] - 1) * stride;
+        if (extent < 0) lo += extent;
+        else hi += extent;
+    }
+    if (v->ndim == 0) hi = v->itemsize;
+    Py_ssize_t span = empty ? 0 : hi - lo;
+    PyObject *shape = ssize_tuple(v->shape ? v->shape : &v->len, v->ndim);
+    Py_ssize_t item = v->itemsize;
+    PyObject *strides = ssize_tuple(v->strides ? v->strides : &item, v->ndim);
+    PyObject *fmt = PyUnicode_FromString(v->format ? v->format : "B");
+    PyObject *out = NULL;
+    if (shape && strides && fmt) {
+        if (span == 0) {
+            out = Py_BuildValue("(innnOnNOO)", 0, (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0, fmt, v->itemsize,
+                                PyBool_FromLong(readonly), shape, strides);
+        } else {
+            out = Py_BuildValue("(NNnnOnNOO)", PyLong_FromVoidPtr(rec), PyLong_FromVoidPtr((char *)v->buf + lo),
+                                span, -lo, fmt, v->itemsize, PyBool_FromLong(readonly), shape, strides);
+        }
+    }
+    Py_XDECREF(shape);
+    Py_XDECREF(strides);
+    Py_XDECREF(fmt);
+    if (!out || span == 0) {
+        PyBuffer_Release(v);
+        free(rec);
+        return out;
+    }
+    atomic_fetch_add(&live_views, 1);
+    /* From here the record belongs to JS: it must wrap it in an ArrayBuffer whose
+       deallocator is view_freed, or hand it back with _view_close. */
+    return out;
+}
+
+/* A record JS could not wrap (toArrayBuffer failed): released now. */
+PyObject *bp_view_close(PyObject *module, PyObject *addr) {
+    (void)module;
+    bp_view_rec *rec = PyLong_AsVoidPtr(addr);
+    if (!rec) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    PyBuffer_Release(&rec->view);
+    free(rec);
+    atomic_fetch_sub(&live_views, 1);
+    Py_RETURN_NONE;
+}
+
+/* Views whose Python buffer is still held (JS alive or waiting for the next call). */
+PyObject *bp_views_live(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    bp_views_drain();
+    return PyLong_FromLong(atomic_load(&live_views));
+}
+
+/* ---- JS -> Python: bunpy.JSBuffer ------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    void *buf;
+    Py_ssize_t len, itemsize, shape;
+    char format[2];
+    int readonly;
+    bp_port *port;   /* the JS thread that pinned the memory; NULL for none */
+    int32_t id;      /* its pin id */
+} bp_jsbuf;
+
+static int jsbuf_getbuffer(PyObject *self, Py_buffer *v, int flags) {
+    bp_jsbuf *b = (bp_jsbuf *)self;
+    if ((flags & PyBUF_WRITABLE) == PyBUF_WRITABLE && b->readonly) {
+        PyErr_SetString(PyExc_BufferError, "this JS buffer was passed read-only (py.buffer(x, { readonly: true }))");
+        v->obj = NULL;
+        return -1;
+    }
+    v->obj = Py_NewRef(self);
+    v->buf = b->buf;
+    v->len = b->len;
+    v->readonly = b->readonly;
+    v->itemsize = b->itemsize;
+    v->format = (flags & PyBUF_FORMAT) == PyBUF_FORMAT ? b->format : NULL;
+    v->ndim = 1;
+    v->shape = (flags & PyBUF_ND) == PyBUF_ND ? &b->shape : NULL;
+    v->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? &b->itemsize : NULL;
+    v->suboffsets = NULL;
+    v->internal = NULL;
+    return 0;
+}
+
+static void jsbuf_dealloc(PyObject *self) {
+    bp_jsbuf *b = (bp_jsbuf *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    if (b->port) {
+        if (bp_port_alive(b->port)) bp_port_release_id(b->port, b->id);
+        bp_port_unref(b->port);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *jsbuf_repr(PyObject *self) {
+    bp_jsbuf *b = (bp_jsbuf *)self;
+    return PyUnicode_FromFormat("<JS buffer of %zd bytes, format '%s'%s>", b->len, b->format,
+                                b->readonly ? ", read-only" : "");
+}
+
+static PyType_Slot jsbuf_slots[] = {
+    {Py_tp_dealloc, jsbuf_dealloc},
+    {Py_tp_repr, jsbuf_repr},
+    {Py_tp_doc, "JS memory (a TypedArray or ArrayBuffer passed with py.buffer), exported to Python without a copy."},
+    {Py_bf_getbuffer, jsbuf_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec jsbuf_spec = {
+    .name = "bunpy.JSBuffer",
+    .basicsize = sizeof(bp_jsbuf),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = jsbuf_slots,
+};
+
+int bp_buffers_init(PyObject *m, bp_interp *st) {
+    st->jsbuf_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &jsbuf_spec, NULL);
+    if (!st->jsbuf_type) return -1;
+    return PyModule_AddObjectRef(m, "JSBuffer", (PyObject *)st->jsbuf_type);
+}
+
+static Py_ssize_t format_size(char f) {
+    switch (f) {
+    case 'b': case 'B': return 1;
+    case 'h': case 'H': case 'e': return 2;
+    case 'i': case 'I': case 'f': return 4;
+    case 'q': case 'Q': case 'd': return 8;
+    default: return 0;
+    }
+}
+
+/* BP_T_BUFFER payload (after the tag): u64 address, u64 byte length, u64 port, u32 pin id,
+   u8 format, u8 flags (1: read-only). Returns a memoryview over a new JSBuffer. */
+#define BUFFER_PAYLOAD 30
+PyObject *bp_read_buffer(bp_reader *r, bp_interp *st) {
+    if (r->end - r->pos < BUFFER_PAYLOAD) {
+        PyErr_SetString(PyExc_ValueError, "bunpy: truncated value buffer");
+        return NULL;
+    }
+    uint64_t addr, len, port;
+    uint32_t id;
+    const uint8_t *p = r->buf + r->pos;
+    memcpy(&addr, p, 8);
+    memcpy(&len, p + 8, 8);
+    memcpy(&port, p + 16, 8);
+    memcpy(&id, p + 24, 4);
+    char fmt = (char)p[28];
+    uint8_t flags = p[29];
+    r->pos += BUFFER_PAYLOAD;
+    Py_ssize_t size = format_size(fmt);
+    if (!size || len % (uint64_t)size || len > (uint64_t)PY_SSIZE_T_MAX || (!addr && len)) {
+        PyErr_SetString(PyExc_ValueError, "bunpy: malformed buffer value");
+        return NULL;
+    }
+    bp_jsbuf *b = PyObject_New(bp_jsbuf, st->jsbuf_type);
+    if (!b) return NULL;
+    /* an empty buffer still needs a non-NULL address for memoryview */
+    b->buf = addr ? (void *)(uintptr_t)addr : (void *)&b->shape;
+    b->len = (Py_ssize_t)len;
+    b->itemsize = size;
+    b->shape = (Py_ssize_t)len / size;
+    b->format[0] = fmt;
+    b->format[1] = 0;
+    b->readonly = flags & 1;
+    b->port = (bp_port *)(uintptr_t)port;
+    b->id = (int32_t)id;
+    if (b->port) atomic_fetch_add(&b->port->refs, 1);
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)b);
+    Py_DECREF(b);
+    return mv;
+}

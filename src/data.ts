@@ -1,0 +1,240 @@
+/**
+ * Memory shared between JS and Python without a copy (see docs/data.md).
+ *
+ *  - py.view(obj): a typed array over the memory of a Python object with the buffer
+ *    protocol (bytes, bytearray, memoryview, array.array, mmap, numpy arrays). The shim keeps
+ *    the object's Py_buffer until the ArrayBuffer's memory is let go (garbage collection,
+ *    or release(), which detaches it so no JS read can reach the memory afterwards).
+ *  - py.buffer(x): marks a TypedArray / ArrayBuffer / SharedArrayBuffer argument to reach
+ *    Python as a memoryview over the JS memory itself. JS keeps it pinned until Python's
+ *    last reference to it is gone.
+ */
+import { BunpyError, ConversionError } from "./errors.ts";
+import { externalBuffer } from "./ffi.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+import type { PyObject } from "./proxy.ts";
+
+/** Element types a view can have, named as numpy names its dtypes. */
+export type DType =
+  | "int8" | "uint8" | "int16" | "uint16" | "int32" | "uint32" | "int64" | "uint64"
+  | "float16" | "float32" | "float64" | "complex64" | "complex128" | "bool";
+
+export type ViewData =
+  | Int8Array | Uint8Array | Int16Array | Uint16Array | Int32Array | Uint32Array
+  | BigInt64Array | BigUint64Array | Float16Array | Float32Array | Float64Array;
+
+export interface ViewOptions {
+  /** Always return a PyView ({ data, shape, strides, ... }), also for a flat contiguous buffer. */
+  shaped?: boolean;
+  /** View the bytes (a Uint8Array over the whole extent, strides and offset in bytes), whatever
+      the element format: for big-endian data and struct formats a typed array cannot hold. */
+  raw?: boolean;
+}
+
+/**
+ * An N-dimensional or non-contiguous view, or any view asked for with `{ shaped: true }`.
+ * Element [i, j, ...] is data[offset + i*strides[0] + j*strides[1] + ...]; complex dtypes
+ * keep (real, imaginary) pairs, so its imaginary part is the next element.
+ */
+export class PyView {
+  readonly #data: ViewData;
+  constructor(
+    data: ViewData,
+    readonly shape: number[],
+    /** Strides in elements of `data` (bytes with { raw: true }); negative for reversed axes. */
+    readonly strides: number[],
+    /** Index in `data` of element [0, 0, ...]. */
+    readonly offset: number,
+    /** numpy-style name of the element type ("float64", ...); "bytes" with { raw: true }. */
+    readonly dtype: DType | "bytes",
+    /** The buffer's struct format as Python reports it ("<d", "B", "Zf", ...). */
+    readonly format: string,
+    /** Bytes per element as Python reports it. */
+    readonly itemsize: number,
+    /** The Python object refuses writes (bytes, a read-only mmap, a non-writeable numpy
+        array): JS must not write through `data` (nothing stops a typed array from it). */
+    readonly readonly: boolean,
+  ) {
+    this.#data = data;
+  }
+
+  /** A typed array over the whole extent of the buffer (the Python object's own memory).
+      Throws BunpyError once the view was released. */
+  get data(): ViewData {
+    const d = this.#data;
+    if (d.buffer.byteLength === 0 && d.byteLength === 0 && (d.buffer as ArrayBuffer).detached)
+      throw new BunpyError("this view was released (py.release): its memory belongs to Python again");
+    return d;
+  }
+
+  /** Lets the Python object go now (see py.release). */
+  release(): void {
+    releaseView(this);
+  }
+
+  [Symbol.dispose](): void {
+    releaseView(this);
+  }
+}
+
+/** The ArrayBuffer each live view stands on (the typed array or the PyView). */
+const owned = new WeakMap<object, ArrayBuffer>();
+
+type Ctor = { new (buffer: ArrayBuffer, byteOffset?: number, length?: number): ViewData; BYTES_PER_ELEMENT: number };
+
+const INTS: Record<number, [Ctor, DType]> = { 1: [Int8Array, "int8"], 2: [Int16Array, "int16"], 4: [Int32Array, "int32"], 8: [BigInt64Array, "int64"] };
+const UINTS: Record<number, [Ctor, DType]> = { 1: [Uint8Array, "uint8"], 2: [Uint16Array, "uint16"], 4: [Uint32Array, "uint32"], 8: [BigUint64Array, "uint64"] };
+const FLOATS: Record<number, [Ctor, DType]> = { 2: [Float16Array as unknown as Ctor, "float16"], 4: [Float32Array, "float32"], 8: [Float64Array, "float64"] };
+
+/**
+ * The typed array constructor, dtype and elements-per-item of a struct format with the
+ * item size Python reports (numpy writes native formats like "l" without a prefix and
+ * standard ones like "<q"; the item size settles the width either way).
+ */
+function elementType(format: string, itemsize: number): [Ctor, DType, number] | string {
+  let f = format;
+  const order = f[0];
+  if (order === "@" || order === "=" || order === "<" || order === ">" || order === "!") f = f.slice(1);
+  if ((order === ">" || order === "!") && itemsize > 1)
+    return `big-endian data ("${format}") cannot be viewed as a typed array; convert it (numpy: .astype("<${f}")) or use { raw: true }`;
+  let t: [Ctor, DType] | undefined;
+  let per = 1;
+  switch (f) {
+    case "b": case "h": case "i": case "l": case "q": case "n":
+      t = INTS[itemsize];
+      break;
+    case "B": case "H": case "I": case "L": case "Q": case "N": case "c":
+      t = UINTS[itemsize];
+      break;
+    case "?":
+      if (itemsize === 1) t = [Uint8Array, "bool"];
+      break;
+    case "e": case "f": case "d":
+      t = FLOATS[itemsize];
+      break;
+    case "Zf": case "Zd":
+      t = FLOATS[itemsize / 2];
+      if (t) t = [t[0], itemsize === 8 ? "complex64" : "complex128"];
+      per = 2;
+      break;
+  }
+  if (t === undefined) return `the element format "${format}" (${itemsize} bytes) has no typed array; use { raw: true } to view its bytes`;
+  return [t[0], t[1], per];
+}
+
+/** py.view(obj, options) on the main interpreter of this JS thread. */
+export function openView(rt: MainInterpreter, obj: PyObject, options: ViewOptions = {}): ViewData | PyView {
+  if (options === null || typeof options !== "object") throw new TypeError("py.view(obj, options): options must be an object");
+  const info = rt.callFunction("_bunpy", "_view", [obj]) as [number, number, number, number, string, number, boolean, number[], number[]];
+  const [record, base, span, first, format, itemsize, readonly, shape, byteStrides] = info;
+  let buffer: ArrayBuffer;
+  if (record === 0) {
+    buffer = new ArrayBuffer(0);
+  } else {
+    try {
+      buffer = externalBuffer(base, span, record, rt.viewDeallocator);
+    } catch (e) {
+      rt.callFunction("_bunpy", "_view_close", [record]);
+      throw e;
+    }
+  }
+  // From here the ArrayBuffer owns the record: dropping it releases the Python buffer.
+  if (options.raw === true) {
+    const view = new PyView(new Uint8Array(buffer), shape, byteStrides, first, "bytes", format, itemsize, readonly);
+    owned.set(view, buffer);
+    return view;
+  }
+  const type = elementType(format, itemsize);
+  if (typeof type === "string") {
+    detach(buffer);
+    throw new ConversionError(`py.view: ${type}`);
+  }
+  const [Ctor, dtype, per] = type;
+  const size = itemsize / per;
+  if (first % size !== 0 || byteStrides.some((s) => s % size !== 0) || span % size !== 0) {
+    detach(buffer);
+    throw new ConversionError(`py.view: the strides or offset of this buffer are not a multiple of its ${size}-byte element; use { raw: true }`);
+  }
+  const data = new Ctor(buffer, 0, span / size);
+  const flat = per === 1 && shape.length === 1 && first === 0 && byteStrides[0] === itemsize;
+  if (flat && options.shaped !== true) {
+    owned.set(data, buffer);
+    return data;
+  }
+  const strides = byteStrides.map((s) => s / size);
+  const view = new PyView(data, shape, strides, first / size, dtype, format, itemsize, readonly);
+  owned.set(view, buffer);
+  return view;
+}
+
+function detach(buffer: ArrayBuffer): void {
+  if (!buffer.detached) buffer.transfer(0);
+}
+
+let releaseHook: (() => void) | undefined;
+
+/** Set by index.ts: runs the shim's queue of freed views now (a bp_flush). */
+export function onRelease(hook: () => void): void {
+  releaseHook = hook;
+}
+
+/** Detaches the view's memory: every typed array over it reads as empty from now on, and
+    the Python object is let go at once. Returns false for something that is not a live view. */
+export function releaseView(view: unknown): boolean {
+  if (view === null || typeof view !== "object") return false;
+  const buffer = owned.get(view);
+  if (buffer === undefined || buffer.detached) return false;
+  detach(buffer);
+  releaseHook?.();
+  return true;
+}
+
+/** Whether py.release() was called on this view (or its memory was detached otherwise). */
+export function isReleased(view: unknown): boolean {
+  if (view === null || typeof view !== "object") return false;
+  const buffer = owned.get(view);
+  if (buffer !== undefined) return buffer.detached;
+  return ArrayBuffer.isView(view) && (view.buffer as ArrayBuffer).detached === true;
+}
+
+// ------------------------------------------------------------------ JS -> Python --
+
+export interface BufferOptions {
+  /** Python gets a read-only memoryview (writes raise TypeError / BufferError). */
+  readonly?: boolean;
+}
+
+/** The struct format of each typed array kind (what Python's memoryview.format shows). */
+const FORMATS = new Map<Function, string>([
+  [Int8Array, "b"], [Uint8Array, "B"], [Uint8ClampedArray, "B"], [Int16Array, "h"], [Uint16Array, "H"],
+  [Int32Array, "i"], [Uint32Array, "I"], [Float32Array, "f"], [Float64Array, "d"],
+  [BigInt64Array, "q"], [BigUint64Array, "Q"],
+]);
+if (typeof Float16Array === "function") FORMATS.set(Float16Array, "e");
+
+/** An argument marked with py.buffer(x): reaches Python as a memoryview over x's memory. */
+export class BufferArg {
+  readonly view: ArrayBufferView;
+  readonly format: string;
+  constructor(
+    readonly target: ArrayBufferView | ArrayBuffer | SharedArrayBuffer,
+    readonly readonly: boolean,
+  ) {
+    if (ArrayBuffer.isView(target)) {
+      this.view = target;
+      let format: string | undefined;
+      for (let p = Object.getPrototypeOf(target); p !== null && format === undefined; p = Object.getPrototypeOf(p))
+        format = FORMATS.get(p.constructor);
+      this.format = format ?? "B"; // DataView, Buffer (a Uint8Array)
+    } else if (target instanceof ArrayBuffer || (typeof SharedArrayBuffer === "function" && target instanceof SharedArrayBuffer)) {
+      this.view = new Uint8Array(target);
+      this.format = "B";
+    } else {
+      throw new TypeError("py.buffer(x): x must be a TypedArray, DataView, ArrayBuffer or SharedArrayBuffer");
+    }
+    const buf = this.view.buffer as ArrayBuffer & { resizable?: boolean; growable?: boolean };
+    if (buf.resizable === true || buf.growable === true)
+      throw new TypeError("py.buffer(x): a resizable or growable ArrayBuffer cannot be lent to Python (its memory may move or shrink)");
+    if (buf.detached) throw new TypeError("py.buffer(x): the ArrayBuffer is detached");
+  }
+}
