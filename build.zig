@@ -31,6 +31,8 @@ const sources = [_][]const u8{
     "shim/request.c",
     "shim/jscall.c",
     "shim/sandbox.c",
+    "shim/seccomp.c",
+    "shim/landlock.c",
 };
 
 const host_sources = [_][]const u8{"shim/host.c"};

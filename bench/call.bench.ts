@@ -6,10 +6,11 @@
 import { bench, do_not_optimize, summary } from "mitata";
 import { internals, py } from "../src/index.ts";
 import { runWithRatios } from "./ratio.ts";
+import { doc } from "./doc.ts";
 
 const BASELINE = "baseline: bare FFI call of cached operator.add";
 const operator = py.import("operator");
-const add = operator.add;
+const add = operator["add"];
 const baseline = internals.runtime().benchBaseline(add);
 
 py.exec(`
@@ -25,20 +26,6 @@ def ident(x):
 `);
 const counter = py.eval("counter");
 
-// A JSON-like object of about 1 KB (JSON.stringify length is printed below).
-const doc = {
-  id: 12345,
-  name: "bunpy benchmark document",
-  active: true,
-  score: 98.6,
-  tags: ["python", "bun", "ffi", "fast"],
-  owner: { id: 7, login: "octo", email: "octo@example.com", admin: false },
-  items: Array.from({ length: 8 }, (_, i) => ({ sku: `SKU-${1000 + i}`, qty: i + 1, price: 9.99 + i, note: null })),
-  history: [
-    { at: "2026-11-01T10:00:00Z", event: "created" },
-    { at: "2026-11-02T11:30:00Z", event: "updated" },
-  ],
-};
 console.log(`1 KB document: ${JSON.stringify(doc).length} bytes as JSON`);
 
 summary(() => {

@@ -4,7 +4,7 @@
  */
 import { bench, do_not_optimize, summary } from "mitata";
 import { py } from "../src/index.ts";
-import { runWithRatios } from "./ratio.ts";
+import { runOptions, runWithRatios } from "./ratio.ts";
 
 const LOOP = 1000;
 py.register("noop", (x: number) => x);
@@ -28,7 +28,7 @@ summary(() => {
 });
 const { benchmarks } = await (async () => {
   const { run } = await import("mitata");
-  return run({ format: "quiet" });
+  return run({ ...runOptions, format: "quiet" });
 })();
 const p50 = (name: string) => benchmarks.find((b) => b.alias === name)!.runs[0]!.stats!.p50;
 const perCall = (p50(`Python loop of ${LOOP} bunpy.call('noop', i) into JS`) - p50(BASELINE)) / LOOP;

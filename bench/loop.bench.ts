@@ -8,6 +8,7 @@
  */
 import { bench, do_not_optimize, run, summary } from "mitata";
 import { py } from "../src/index.ts";
+import { runOptions } from "./ratio.ts";
 
 py.exec(`
 import asyncio, time
@@ -97,7 +98,7 @@ summary(() => {
   );
 });
 
-const { benchmarks } = await run();
+const { benchmarks } = await run(runOptions);
 const median = (alias: string) => benchmarks.find((b) => b.alias === alias)?.runs[0]?.stats?.p50;
 
 console.log("\nper second (median), and bunpy against stock asyncio in this run:");

@@ -5,8 +5,12 @@
  */
 import { run } from "mitata";
 
+/** mitata's options: colours only on a terminal (and not with NO_COLOR), also when a bench
+    file is run directly rather than through bench/run.ts. */
+export const runOptions = { colors: process.stdout.isTTY === true && !process.env["NO_COLOR"] };
+
 export async function runWithRatios(baselineName: string): Promise<void> {
-  const { benchmarks } = await run();
+  const { benchmarks } = await run(runOptions);
   const median = (name: string) => {
     const t = benchmarks.find((b) => b.alias === name);
     return t?.runs[0]?.stats?.p50;

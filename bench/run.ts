@@ -13,7 +13,7 @@ const files = readdirSync(import.meta.dir)
   .sort();
 // mitata colours its output unless NO_COLOR is set; FORCE_COLOR still forces them
 const env = { ...process.env };
-if (!process.stdout.isTTY && !env.FORCE_COLOR) env.NO_COLOR = "1";
+if (!process.stdout.isTTY && !env["FORCE_COLOR"]) env["NO_COLOR"] = "1";
 let failed = 0;
 for (const f of files) {
   console.log(`\n=== ${f} ===`);

@@ -10,15 +10,15 @@ console.log(py.call("__main__", "greet", ["bun"]));
 console.log("sqrt(16) =", py.call("math", "sqrt", [16]));
 
 // Modules as proxies, keyword arguments with py.kw
-const json = py.import("json");
-console.log(json.dumps({ lang: "python", fast: true }, py.kw({ sort_keys: true })));
+const { dumps } = py.import("json");
+console.log(dumps({ lang: "python", fast: true }, py.kw({ sort_keys: true })));
 
 // Values convert both ways: big ints stay exact, dicts become objects
 console.log("2 ** 100 =", py.eval("2 ** 100"));
 console.log(py.eval("{'a': [1, 2.5, None], 'b': (True, 'x')}"));
 
 // Objects without a JS form stay Python objects
-const Counter = py.import("collections").Counter;
+const { Counter } = py.import("collections");
 const counts = Counter("mississippi");
 console.log("most common:", counts.most_common(2));
 

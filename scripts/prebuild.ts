@@ -17,7 +17,7 @@
  * x86_64 and aarch64 Linux only in HAVE_GCC_ASM_FOR_X64/X87, which only CPython's internal
  * headers read (the shim includes none of them).
  */
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { packageRoot, runZig, sourceHash, zigCandidates, type PrebuiltManifest } from "../src/build.ts";
@@ -81,7 +81,7 @@ function main() {
         // the process-context host (shim/host.c), next to the shim it loads
         cpSync(join(tmp, "lib", "bunpy-host"), join(dir, minor, "bunpy-host"));
         rmSync(tmp, { recursive: true, force: true });
-        const manifest: PrebuiltManifest = { python: minor, abiflags: "", sources: hash, target: TARGETS[arch], headers: py.version, bunpy: pkg.version };
+        const manifest: PrebuiltManifest = { python: minor, abiflags: "", sources: hash, target: TARGETS[arch], headers: py.version, bunpy: pkg.version, bytes: statSync(join(dir, minor, "libbunpy.so")).size };
         writeFileSync(join(dir, minor, "bunpy-shim.json"), `${JSON.stringify(manifest, null, 2)}\n`);
         console.log(`${name}/${minor}/libbunpy.so (headers of ${py.version}, ${TARGETS[arch]}) in ${((performance.now() - started) / 1000).toFixed(1)} s`);
       }
@@ -92,7 +92,7 @@ function main() {
             name,
             version: pkg.version,
             description: `bunpy's C shim prebuilt for Linux ${arch} (glibc ≥ 2.17), CPython ${pythons.map((p) => `${p.major}.${p.minor}`).join(", ")}`,
-            license: pkg.license,
+            license: pkg["license"],
             os: ["linux"],
             cpu: [arch],
             libc: ["glibc"],

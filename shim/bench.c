@@ -28,3 +28,84 @@ int64_t bp_bench_call(bp_io *io, int64_t a, int64_t b) {
     PyEval_SaveThread();
     return v;
 }
+
+/*
+ * The floor for an awaited call into another thread (bench/contexts.bench.ts): a C thread
+ * that, for each ping, calls a threadsafe JSCallback — nothing else. It waits for pings the
+ * way an idle context waits for requests (spin yielding the core for SPIN_NS, then sleep on
+ * an eventfd), so the difference to `await ctx.call` is bunpy's own work, not the wake-up.
+ */
+#include "context.h"
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+typedef struct bp_bench_echo {
+    atomic_uint pings;
+    atomic_int stop;
+    atomic_int sleeping;
+    int fd;
+    void (*cb)(void *);
+    pthread_t thread;
+} bp_bench_echo;
+
+static void *echo_main(void *arg) {
+    bp_bench_echo *e = arg;
+    unsigned seen = 0;
+    for (;;) {
+        int64_t until = bp_now_ns() + SPIN_NS;
+        while (atomic_load(&e->pings) == seen && !atomic_load(&e->stop) && bp_now_ns() < until) sched_yield();
+        if (atomic_load(&e->pings) == seen && !atomic_load(&e->stop)) {
+            atomic_store(&e->sleeping, 1);
+            if (atomic_load(&e->pings) == seen && !atomic_load(&e->stop)) {
+                uint64_t v;
+                ssize_t n = read(e->fd, &v, sizeof v);
+                (void)n;
+            }
+            atomic_store(&e->sleeping, 0);
+            continue;
+        }
+        if (atomic_load(&e->stop)) return NULL;
+        seen++;
+        e->cb(NULL);
+    }
+}
+
+void *bp_bench_echo_start(void *cb) {
+    bp_bench_echo *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->cb = (void (*)(void *))cb;
+    e->fd = eventfd(0, EFD_CLOEXEC);
+    if (e->fd < 0 || pthread_create(&e->thread, NULL, echo_main, e) != 0) {
+        if (e->fd >= 0) close(e->fd);
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+static void echo_wake(bp_bench_echo *e) {
+    if (atomic_exchange(&e->sleeping, 0)) {
+        uint64_t one = 1;
+        ssize_t n = write(e->fd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+void bp_bench_echo_ping(void *echo) {
+    bp_bench_echo *e = echo;
+    atomic_fetch_add(&e->pings, 1);
+    echo_wake(e);
+}
+
+void bp_bench_echo_stop(void *echo) {
+    bp_bench_echo *e = echo;
+    atomic_store(&e->stop, 1);
+    uint64_t one = 1;
+    ssize_t n = write(e->fd, &one, sizeof one);
+    (void)n;
+    pthread_join(e->thread, NULL);
+    close(e->fd);
+    free(e);
+}

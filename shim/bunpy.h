@@ -45,7 +45,9 @@ enum {
 enum {
     BP_OK = 0,
     BP_ERR_PYTHON = -1,   /* buf: STR type, STR module, STR message, STR traceback,
-                                  INT32 lineno, INT32 offset (-1 when not a SyntaxError) */
+                                  INT32 lineno, INT32 offset (-1 when not a SyntaxError);
+                             from a main-interpreter call, the traceback slot is INT53: a
+                             handle to the exception, formatted by bp_format_exception */
     BP_ERR_CONVERT = -2,  /* buf: STR message (a value could not cross the boundary)      */
     BP_ERR_STATE = -3,    /* buf: STR message (Python is not running / was closed)        */
     BP_ERR_THREAD = -4,   /* wrong thread for this operation, or inside a callback; buf untouched */
@@ -142,9 +144,11 @@ BP_EXPORT int32_t bp_contains(bp_io *io, void *obj);                    /* value
 BP_EXPORT int32_t bp_object_op(bp_io *io, void *obj, int32_t op);       /* BP_OP_* -> value */
 BP_EXPORT int32_t bp_builtins(bp_io *io);                               /* -> PYOBJ builtins module */
 BP_EXPORT int32_t bp_flush(bp_io *io);                                  /* drop io->drop now */
+BP_EXPORT int32_t bp_format_exception(bp_io *io, void *exc);            /* -> STR traceback of a kept exception */
 
 /* contexts (context.c) */
 BP_EXPORT void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn);
+BP_EXPORT int32_t bp_port_poll(bp_io *io, int32_t polling);           /* -> 1: completions or calls wait */
 BP_EXPORT int32_t bp_port_drain(bp_io *io);                             /* -> count; buf: (u32 id, i32 status, u32 len, bytes)* */
 BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len); /* buf: policy (DICT|NONE);
                                                                       completion `id` once started */
@@ -164,5 +168,10 @@ BP_EXPORT double bp_ctx_completed(bp_context *ctx);
 /* benchmark baseline (bench.c): the cheapest useful call into Python */
 BP_EXPORT int32_t bp_bench_prepare(bp_io *io, void *callable);
 BP_EXPORT int64_t bp_bench_call(bp_io *io, int64_t a, int64_t b);
+/* the floor of an awaited call into another thread: a C thread calls `cb` (a threadsafe
+   JSCallback) once per ping */
+BP_EXPORT void *bp_bench_echo_start(void *cb);
+BP_EXPORT void bp_bench_echo_ping(void *echo);
+BP_EXPORT void bp_bench_echo_stop(void *echo);
 
 #endif

@@ -21,6 +21,7 @@
  */
 #include "internal.h"
 #include "context.h"
+#include "kernel-rules.h"
 #include <semaphore.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -95,13 +96,17 @@ static int setup_interpreter(bp_context *c, int owngil) {
     PyObject *threading = PyImport_ImportModule("threading");
     PyObject *ident = threading ? PyObject_CallMethod(threading, "get_ident", NULL) : NULL;
     c->ident = ident ? PyLong_AsUnsignedLong(ident) : 0;
+    c->policy.owngil = owngil; /* maxThreads counts the context's threads by these */
+    c->policy.ident = c->ident;
     Py_XDECREF(ident);
     Py_XDECREF(threading);
     /* what JS interrupts raise here (bunpy is imported: bunpy._context was) */
     PyObject *pkg = PyErr_Occurred() ? NULL : PyImport_ImportModule("bunpy");
     c->interrupt_type = pkg ? PyObject_GetAttrString(pkg, "Interrupted") : NULL;
     Py_XDECREF(pkg);
-    return PyErr_Occurred() ? -1 : 0;
+    if (PyErr_Occurred()) return -1;
+    /* last, once everything the context needs at start is loaded: the kernel's rules */
+    return bp_kernel_rules_apply(&c->policy);
 }
 
 /* The startup error as text, for the start request. */
@@ -129,7 +134,10 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         .allow_fork = 0,
         .allow_exec = 0,
         .allow_threads = 1,
-        .allow_daemon_threads = 0,
+        /* daemon threads allowed (libraries start them: asgiref joins its executor from
+           one); the context's teardown joins them like the others (_context.py), since an
+           interpreter cannot end while any of its threads runs */
+        .allow_daemon_threads = 1,
         .check_multi_interp_extensions = 1,
         .gil = PyInterpreterConfig_OWN_GIL,
     };
@@ -226,10 +234,10 @@ static int alone_in_interpreter(PyThreadState *ts) {
 
 static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *main_ts) {
     stop_interrupters(c);
-    bp_policy_clear(&c->policy);
     Py_CLEAR(c->main_module);
     Py_CLEAR(c->interrupt_type);
     if (c->mode == BP_CTX_WORKER) {
+        bp_policy_clear(&c->policy);
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
         return;
@@ -248,7 +256,18 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
         fprintf(stderr, "bunpy: a context was closed while Python threads it started were still running; "
                         "its interpreter is left behind until the process exits\n");
         bp_interp *st = bp_interp_get();
-        if (st) st->ctx = NULL; /* its threads must not read this context's policy any more */
+        if (st) {
+            /* its threads must not read this context (it will be freed) but keep its sandbox
+               policy: moved to a copy that lives as long as the process */
+            bp_policy *left = malloc(sizeof *left);
+            if (left) {
+                *left = c->policy;
+                memset(&c->policy, 0, sizeof c->policy);
+            }
+            st->left_policy = left;
+            st->ctx = NULL;
+        }
+        bp_policy_clear(&c->policy); /* empty once moved (were malloc to fail, only the kernel rules would hold for those threads) */
         atomic_store(&bp_finalize_unsafe, 1);
         PyEval_SaveThread();
         PyEval_RestoreThread(main_ts);
@@ -256,6 +275,8 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
         PyThreadState_DeleteCurrent();
         return;
     }
+    /* the policy holds until no thread of the interpreter can run Python any more */
+    bp_policy_clear(&c->policy);
     /* Stopping interpreters concurrently races in some releases (fact 3 in docs/architecture.md). */
     PyThreadState *sub = PyEval_SaveThread();
     pthread_mutex_lock(&bp_create_lock);

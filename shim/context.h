@@ -14,9 +14,17 @@
 typedef struct bp_policy {
     int active;
     int refuse_processes, refuse_ctypes, refuse_sockets;
+    int require_kernel;       /* refuse to start when a kernel rule cannot be applied    */
+    long max_threads;         /* threads the context may have running besides its own; -1: any */
+    int owngil;               /* how they are counted: the interpreter's thread states, or */
+    unsigned long ident;      /* (worker) the threading threads marked with this context thread's ident */
     PyObject *deny_imports;   /* frozenset of module names, or NULL              */
     PyObject *allow_paths;    /* tuple of real directory paths, or NULL: any file */
     PyObject *read_paths;     /* tuple: also readable (Python's own files)        */
+    int net_rules;            /* `network` given: TCP to/on the listed ports only  */
+    int files_by_kernel;      /* a Landlock domain holds `files` on this thread: relative
+                                 paths are left to it (the audit event lacks their dir_fd) */
+    PyObject *connect_ports, *bind_ports; /* tuples of ints (net_rules)             */
 } bp_policy;
 
 int bp_sandbox_install(void);
@@ -47,6 +55,8 @@ struct bp_request {
     uint32_t inline_cap;      /* bytes available in inline_data                          */
     sem_t *sync;              /* bp_ctx_call_sync waits here instead of a completion   */
     atomic_int done;          /* set before sync is posted: lets the waiter spin first  */
+    int borrowed;             /* `reply` is its context's owner port: no ref taken (the
+                                 context's own ref keeps the port while the request lives) */
     bp_request *outer;        /* the request this one runs inside of (nested via JS)    */
     atomic_ullong seq;        /* which run of its context this is; 0 until it starts    */
     atomic_int parked;        /* its result is an awaitable running as a task on the loop */

@@ -80,26 +80,61 @@ int32_t bp_fail_python(bp_io *io) {
     PyErr_Clear();
     const char *msg = text_of(msg_o ? msg_o : exc, &msg_s, "<exception str() failed>");
 
+    /* A call of the main interpreter made by its own JS thread keeps the exception and
+       sends it as a handle (INT53 in the traceback slot): formatting costs ~100 µs and is
+       done only when JS reads the traceback (bp_format_exception). A context's record is
+       read on another thread, after the call: it gets the formatted text now. */
+    int lazy = bp_current_port && io == &bp_current_port->io;
     const char *tb = "";
-    bp_interp *st = bp_interp_get();
-    PyObject *fmt = st ? bp_interp_helper(st, "format_exception") : NULL;
-    PyObject *tb_o = fmt ? PyObject_CallOneArg(fmt, exc) : NULL;
-    if (tb_o) tb = text_of(tb_o, &tb_s, "");
-    PyErr_Clear();
+    PyObject *tb_o = NULL;
+    if (!lazy) {
+        bp_interp *st = bp_interp_get();
+        PyObject *fmt = st ? bp_interp_helper(st, "format_exception") : NULL;
+        tb_o = fmt ? PyObject_CallOneArg(fmt, exc) : NULL;
+        if (tb_o) tb = text_of(tb_o, &tb_s, "");
+        PyErr_Clear();
+    }
+
+    if (lazy) {
+        /* JS may keep the error for long (until it is collected): free its frames' locals
+           now, as dropping the exception would (files closed, memory back); formatting
+           needs only file names and line numbers. Before the record is written: a __del__
+           may call into JS, which reuses the buffer. */
+        bp_interp *st = bp_interp_get();
+        PyObject *clear = st ? bp_interp_helper(st, "clear_frames") : NULL;
+        PyObject *r = clear ? PyObject_CallOneArg(clear, exc) : NULL;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
 
     int32_t lineno = syntax ? int_attr(exc, "lineno") : -1;
     int32_t offset = syntax ? int_attr(exc, "offset") : -1;
 
-    /* Drop the exception before writing the record: freeing it frees its frames' locals,
-       and a __del__ may call into JS, which reuses the buffer. The texts stay alive (the
-       type too: `name` may point into it). */
+    /* Drop the exception before writing the record (unless JS takes it): freeing it frees
+       its frames' locals, and a __del__ may call into JS, which reuses the buffer. The texts
+       stay alive (the type too: `name` may point into it). */
     Py_INCREF(t);
     Py_XDECREF(msg_o);
-    Py_DECREF(exc);
+    if (!lazy) Py_DECREF(exc);
 
     uint32_t pos = 0;
-    int bad = put_cstr(io, &pos, name) || put_cstr(io, &pos, mod) || put_cstr(io, &pos, msg) ||
-              put_cstr(io, &pos, tb) || put_i32(io, &pos, lineno) || put_i32(io, &pos, offset);
+    int bad = put_cstr(io, &pos, name) || put_cstr(io, &pos, mod) || put_cstr(io, &pos, msg);
+    if (!bad && lazy) {
+        bad = bp_io_reserve(io, pos + 9 + 10) != BP_OK; /* the two INT32s too: once the handle is written, nothing may fail */
+        if (!bad) {
+            double h = (double)(uintptr_t)exc; /* the reference goes to JS */
+            io->buf[pos++] = BP_T_INT53;
+            memcpy(io->buf + pos, &h, 8);
+            pos += 8;
+        } else {
+            Py_DECREF(exc);
+        }
+    } else if (!bad) {
+        bad = put_cstr(io, &pos, tb);
+    } else if (lazy) {
+        Py_DECREF(exc);
+    }
+    bad = bad || put_i32(io, &pos, lineno) || put_i32(io, &pos, offset);
     io->len = pos;
     Py_XDECREF(tb_o);
     Py_XDECREF(tb_s);

@@ -71,6 +71,8 @@ typedef struct bp_interp {
     PyObject *helpers;           /* the bunpy._codec module (datetime and traceback helpers) */
     PyObject *datetime_type;     /* datetime.datetime once the helpers loaded it            */
     struct bp_context *ctx;      /* the owngil context running this interpreter, else NULL  */
+    struct bp_policy *left_policy; /* its context's policy, kept for the threads still running
+                                      in an interpreter left behind at close (never freed)  */
 } bp_interp;
 
 PyObject *bp_reactor_type_new(PyObject *module); /* _bunpy.Reactor (reactor.c)            */
@@ -100,6 +102,7 @@ typedef struct bp_port {
     atomic_int sync_waiting;     /* a callSync is waiting on sync_wake                       */
     atomic_int unread;           /* bunpy.send messages from the main interpreter not drained */
     bp_doorbell_fn doorbell;     /* threadsafe JSCallback; NULL until a context is created   */
+    atomic_int js_polling;       /* JS looks for completions itself now: no doorbell (request.c) */
 } bp_port;
 
 static inline bp_port *bp_port_of(bp_io *io) { return (bp_port *)io; }

@@ -352,3 +352,17 @@ int32_t bp_flush(bp_io *io) {
     ENTER(io);
     LEAVE(BP_OK); /* bp_enter dropped them */
 }
+
+/* The formatted traceback of an exception JS kept from a failed call (bp_fail_python sent
+   it as a handle), as traceback.format_exception prints it. */
+int32_t bp_format_exception(bp_io *io, void *exc) {
+    ENTER(io);
+    bp_interp *st = bp_interp_get();
+    PyObject *fmt = st ? bp_interp_helper(st, "format_exception") : NULL;
+    PyObject *text = fmt ? PyObject_CallOneArg(fmt, (PyObject *)exc) : NULL;
+    if (!text) { /* never an error record: that would hand JS yet another exception */
+        PyErr_Clear();
+        text = PyUnicode_FromString("");
+    }
+    LEAVE(finish(io, text, 0));
+}

@@ -30,12 +30,16 @@ bp_request *bp_request_new(bp_context *c, bp_io *io, uint32_t id, int32_t op, ui
     r->id = id;
     r->op = op;
     r->reply = bp_port_of(io);
-    atomic_fetch_add(&r->reply->refs, 1);
+    /* A reference per request would be two atomic operations on a cache line the context
+       thread reads at every completion: the context's owner port is kept by the context
+       already (requests never outlive their context's use of it, and JS drains the rest). */
+    r->borrowed = r->reply == c->owner;
+    if (!r->borrowed) atomic_fetch_add(&r->reply->refs, 1);
     return r;
 }
 
 void bp_request_free(bp_request *r) {
-    if (r->reply) bp_port_unref(r->reply);
+    if (r->reply && !r->borrowed) bp_port_unref(r->reply);
     if (r->data != r->inline_data) free(r->data);
     free(r);
 }
@@ -69,8 +73,30 @@ void bp_request_deliver(bp_request *r) {
         bp_request_free(r);
         return;
     }
-    if (bp_mpsc_push(&p->completions, &r->node) && p->doorbell) p->doorbell(&p->io);
+    int was_empty = bp_mpsc_push(&p->completions, &r->node);
+    /* JS polling (bp_port_poll) finds it without the doorbell. The fence pairs with the one
+       in bp_port_poll: either JS sees this completion after it stopped polling, or we see
+       that it stopped and ring. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (was_empty && p->doorbell && !atomic_load(&p->js_polling)) p->doorbell(&p->io);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
+}
+
+static int port_ready(bp_port *p) { return !bp_mpsc_empty(&p->completions) || !bp_mpsc_empty(&p->calls); }
+
+/* JS looks for completions and calls itself for a few µs after sending a call (hub.ts):
+   `polling` 1 while it does (completions then ring no doorbell), 0 when it stops. Returns 1
+   when completions or calls wait. While polling with nothing there, the JS thread yields
+   its core first: a context thread sharing that core (2 cores, other load) then runs at
+   once instead of after the poll window. */
+int32_t bp_port_poll(bp_io *io, int32_t polling) {
+    bp_port *p = bp_port_of(io);
+    atomic_store(&p->js_polling, polling);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (port_ready(p)) return 1;
+    if (!polling) return 0;
+    sched_yield();
+    return port_ready(p);
 }
 
 void bp_request_fail(bp_request *r, int32_t status, const char *msg) {
@@ -89,7 +115,8 @@ void bp_request_fail(bp_request *r, int32_t status, const char *msg) {
 void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn) { bp_port_of(io)->doorbell = fn; }
 
 void bp_ctx_wake(bp_context *c) {
-    if (atomic_exchange(&c->sleeping, 0)) {
+    /* a plain load first: an exchange would take the cache line the spinning thread reads */
+    if (atomic_load(&c->sleeping) && atomic_exchange(&c->sleeping, 0)) {
         uint64_t one = 1;
         ssize_t n = write(c->wake_fd, &one, sizeof one);
         (void)n;

@@ -5,10 +5,12 @@
  * Always refused, in every interpreter: forking without exec (os.fork, os.forkpty, and
  * libc's fork family through ctypes): a forked copy of a Bun process has no JS runtime.
  * A context can refuse more: process creation, ctypes, sockets, imports of listed
- * modules, opening files outside given directories.
+ * modules, opening files outside given directories, more than maxThreads threads.
  *
- * This guards against accidents. It is not a security boundary: Python code that wants
- * to escape can (for example through a C extension that calls the OS directly).
+ * On its own this guards against accidents: a C extension or a raw system call raises no
+ * audit event. On Linux the kernel is the wall behind it (seccomp.c, landlock.c); the hook
+ * refuses first, with a message naming the rule, and covers what the kernel cannot see
+ * (imports). docs/sandbox.md has the threat model.
  */
 #include "context.h"
 #include <fcntl.h>
@@ -41,7 +43,8 @@ static bp_policy *current_policy(void) {
     bp_context *c = bp_this_context;
     if (c) return &c->policy;
     bp_interp *st = bp_interp_get();
-    return st && st->ctx ? &st->ctx->policy : NULL;
+    if (!st) return NULL;
+    return st->ctx ? &st->ctx->policy : st->left_policy;
 }
 
 static long int_arg(PyObject *args, Py_ssize_t i) {
@@ -71,6 +74,12 @@ static int module_denied(bp_policy *pol, PyObject *args) {
     Py_DECREF(top);
     return hit;
 }
+
+/* Modules that create or enter other interpreters: their threads carry no policy, and
+   running code in the main interpreter leaves the context. */
+static const char *const INTERP_MODULES[] = {"_interpreters", "_xxsubinterpreters", "_xxinterpchannels",
+                                             "_interpqueues", "_interpchannels", "interpreters",
+                                             "concurrent.interpreters", "_xxinterpqueues", NULL};
 
 /* Is `path` inside one of the allowed directories (compared after realpath)? */
 static int path_allowed(bp_policy *pol, const char *path) {
@@ -106,6 +115,13 @@ static int open_allowed(bp_policy *pol, PyObject *args) {
         return 1;
     }
     const char *p = PyBytes_AS_STRING(bytes);
+    if (p[0] != '/' && pol->files_by_kernel) {
+        /* relative: to the cwd, or to a dir_fd the "open" event does not carry. Resolving it
+           against the cwd here would refuse legitimate opens (and pass others); the
+           Landlock domain resolves it as the OS does. */
+        Py_DECREF(bytes);
+        return 1;
+    }
     int writing = 0;
     PyObject *mode = PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : NULL;
     PyObject *flags = PyTuple_GET_SIZE(args) > 2 ? PyTuple_GET_ITEM(args, 2) : NULL;
@@ -127,6 +143,42 @@ static int open_allowed(bp_policy *pol, PyObject *args) {
     return ok;
 }
 
+/* socket.connect/bind(sock, address): the port of an (host, port, ...) address, or -1 */
+static long port_of(PyObject *args) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 2) return -1;
+    PyObject *addr = PyTuple_GET_ITEM(args, 1);
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2 || !PyLong_Check(PyTuple_GET_ITEM(addr, 1))) return -1;
+    long p = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (p == -1 && PyErr_Occurred()) PyErr_Clear();
+    return p;
+}
+
+static int port_listed(PyObject *ports, long port) {
+    for (Py_ssize_t i = 0; ports && i < PyTuple_GET_SIZE(ports); i++) {
+        PyObject *v = PyTuple_GET_ITEM(ports, i);
+        if (PyLong_Check(v) && PyLong_AsLong(v) == port) return 1;
+    }
+    return 0;
+}
+
+/* maxThreads: the live threads the context started (its own thread not counted), or -1
+   with an exception set. owngil: the interpreter's other thread states (threads those
+   threads start included); worker: the threading threads bunpy._context marked as the
+   context's (track_threads). */
+static long threads_started(const bp_policy *pol) {
+    if (pol->owngil) {
+        long n = -1;
+        for (PyThreadState *t = PyInterpreterState_ThreadHead(PyInterpreterState_Get()); t; t = PyThreadState_Next(t)) n++;
+        return n;
+    }
+    PyObject *m = PyImport_ImportModule("bunpy._context");
+    PyObject *r = m ? PyObject_CallMethod(m, "count_started", "k", pol->ident) : NULL;
+    Py_XDECREF(m);
+    long n = r ? PyLong_AsLong(r) : -1;
+    Py_XDECREF(r);
+    return n;
+}
+
 static int audit_hook(const char *event, PyObject *args, void *unused) {
     (void)unused;
     /* cheap first-character filters: the hook sees every audited event */
@@ -142,6 +194,9 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
             if (sym && is_one_of(sym, FORK_SYMBOLS))
                 return refuse(event, "no fork without exec", "libc's fork cannot be called through ctypes");
         }
+        break;
+    case '_': /* _thread.start_new_thread, _thread.start_joinable_thread (3.12+) */
+        if (strncmp(event, "_thread.start_", 14) != 0) return 0;
         break;
     case 'i':
     case 's':
@@ -167,10 +222,30 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         if (strcmp(event, "socket.__new__") == 0 && int_arg(args, 1) == AF_UNIX) return 0;
         return refuse(event, "no sockets", "this context may not use the network");
     }
+    if (pol->net_rules && (strcmp(event, "socket.connect") == 0 || strcmp(event, "socket.bind") == 0)) {
+        int bind = event[7] == 'b';
+        long port = port_of(args);
+        if (port >= 0 && !port_listed(bind ? pol->bind_ports : pol->connect_ports, port))
+            return refuse(event, bind ? "network.bind" : "network.connect", "this port is not in the context's list");
+    }
+    if (event[0] == '_') {
+        if (pol->max_threads < 0) return 0;
+        long n = threads_started(pol);
+        if (n < 0) return -1;
+        return n >= pol->max_threads
+                   ? refuse(event, "maxThreads", "this context already runs as many threads as it may start")
+                   : 0;
+    }
     if (strcmp(event, "import") == 0) {
         int denied = module_denied(pol, args);
         if (denied < 0) return -1;
         if (denied) return refuse(event, "denied imports", "this module is on the context's deny list");
+        const char *name = symbol_name(args, 0);
+        if (name && is_one_of(name, INTERP_MODULES))
+            return refuse(event, "no other interpreters", "a sandboxed context may not create or enter interpreters");
+        /* the context imported it at start (and guarded fork_exec): a fresh copy is a way around */
+        if (name && pol->refuse_processes && strcmp(name, "_posixsubprocess") == 0)
+            return refuse(event, "no processes", "_posixsubprocess cannot be imported again here");
         if (pol->refuse_ctypes && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0) {
             const char *name = symbol_name(args, 0);
             if (name && (strcmp(name, "ctypes") == 0 || strcmp(name, "_ctypes") == 0 || strncmp(name, "ctypes.", 7) == 0))
@@ -184,9 +259,68 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
 
 int bp_sandbox_install(void) { return PySys_AddAuditHook(audit_hook, NULL); }
 
+static PyObject *call_original(PyCFunction fn, int flags, PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+/* _posixsubprocess.fork_exec raises no audit event: a sandboxed context with processes
+   refused replaces it by a C function that asks the calling thread's policy and then calls
+   CPython's function through its C pointer. Nothing reachable from Python (no closure, no
+   default, no __wrapped__) holds the original: the guard's __self__ is the module itself.
+   Worker contexts share the module with the main interpreter, which the policy lets through. */
+static PyCFunction orig_fork_exec;
+static int orig_fork_exec_flags;
+
+static PyObject *guarded_fork_exec(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    bp_policy *pol = current_policy();
+    if (pol && pol->active && pol->refuse_processes) {
+        refuse("_posixsubprocess.fork_exec", "no processes", "this context may not start processes");
+        return NULL;
+    }
+    return call_original(orig_fork_exec, orig_fork_exec_flags, mod, args, nargs);
+}
+
+static PyMethodDef fork_exec_def = {"fork_exec", (PyCFunction)(void (*)(void))guarded_fork_exec, METH_FASTCALL,
+                                    "fork_exec(...)\n--\n\nStarts a process (checked by bunpy first)."};
+
+static int guard_fork_exec(void) {
+    PyObject *mod = PyImport_ImportModule("_posixsubprocess");
+    if (!mod) return -1;
+    PyObject *f = PyObject_GetAttrString(mod, "fork_exec");
+    int rc = -1;
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    if (f && PyCFunction_Check(f) && ((PyCFunctionObject *)f)->m_ml == &fork_exec_def) {
+        rc = 0; /* guarded already (worker contexts share the module) */
+    } else if (f && PyCFunction_Check(f)) {
+        pthread_mutex_lock(&once);
+        if (!orig_fork_exec) {
+            orig_fork_exec = PyCFunction_GET_FUNCTION(f);
+            orig_fork_exec_flags = PyCFunction_GET_FLAGS(f);
+        }
+        int same = orig_fork_exec == PyCFunction_GET_FUNCTION(f);
+        pthread_mutex_unlock(&once);
+        PyObject *g = same ? PyCFunction_NewEx(&fork_exec_def, mod, NULL) : NULL;
+        if (!same) PyErr_SetString(PyExc_RuntimeError, "bunpy: _posixsubprocess.fork_exec is not CPython's own");
+        rc = g ? PyObject_SetAttrString(mod, "fork_exec", g) : -1;
+        /* subprocess keeps its own reference (`_fork_exec`) when imported before: replace it */
+        PyObject *modules = rc == 0 ? PyImport_GetModuleDict() : NULL;
+        PyObject *sp = modules ? PyDict_GetItemString(modules, "subprocess") : NULL;
+        PyObject *bound = sp ? PyObject_GetAttrString(sp, "_fork_exec") : NULL;
+        if (!bound) PyErr_Clear();
+        else if (PyCFunction_Check(bound) && PyCFunction_GET_FUNCTION(bound) == orig_fork_exec)
+            rc = PyObject_SetAttrString(sp, "_fork_exec", g);
+        Py_XDECREF(bound);
+        Py_XDECREF(g);
+    } else if (f) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: _posixsubprocess.fork_exec is not CPython's own");
+    }
+    Py_XDECREF(f);
+    Py_DECREF(mod);
+    return rc;
+}
+
 /* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
    {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
-    "read_paths": [str]} — booleans say what is allowed. */
+    "read_paths": [str], "network": {...} | None, "max_threads": int | None, "require_kernel": bool}
+   — booleans say what is allowed. */
 int bp_policy_load(bp_policy *pol, PyObject *spec) {
     memset(pol, 0, sizeof *pol);
     if (spec == Py_None) return 0;
@@ -198,14 +332,36 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     PyObject *v;
     v = PyDict_GetItemString(spec, "processes");
     pol->refuse_processes = v && v == Py_False;
+    if (pol->refuse_processes) {
+        pol->active = 0; /* the import of _posixsubprocess here is the context's own */
+        int rc = guard_fork_exec();
+        pol->active = 1;
+        if (rc < 0) return -1;
+    }
     v = PyDict_GetItemString(spec, "ctypes");
     pol->refuse_ctypes = v && v == Py_False;
     v = PyDict_GetItemString(spec, "sockets");
     pol->refuse_sockets = v && v == Py_False;
+    v = PyDict_GetItemString(spec, "require_kernel");
+    pol->require_kernel = v == Py_True;
+    v = PyDict_GetItemString(spec, "max_threads");
+    pol->max_threads = v && PyLong_Check(v) ? PyLong_AsLong(v) : -1;
+    if (pol->max_threads == -1 && PyErr_Occurred()) return -1;
     v = PyDict_GetItemString(spec, "deny_imports");
     if (v && v != Py_None && !(pol->deny_imports = PyFrozenSet_New(v))) return -1;
     v = PyDict_GetItemString(spec, "files");
     if (v && v != Py_None && !(pol->allow_paths = PySequence_Tuple(v))) return -1;
+    v = PyDict_GetItemString(spec, "network");
+    if (v && v != Py_None) {
+        PyObject *c = PyDict_Check(v) ? PyDict_GetItemString(v, "connect") : NULL;
+        PyObject *b = PyDict_Check(v) ? PyDict_GetItemString(v, "bind") : NULL;
+        if (!c || !b) {
+            PyErr_SetString(PyExc_TypeError, "bunpy: network must be {connect: [int], bind: [int]}");
+            return -1;
+        }
+        pol->net_rules = 1;
+        if (!(pol->connect_ports = PySequence_Tuple(c)) || !(pol->bind_ports = PySequence_Tuple(b))) return -1;
+    }
     v = PyDict_GetItemString(spec, "read_paths");
     if (v && v != Py_None && !(pol->read_paths = PySequence_Tuple(v))) return -1;
     return 0;
@@ -216,6 +372,10 @@ void bp_policy_clear(bp_policy *pol) {
     Py_CLEAR(pol->deny_imports);
     Py_CLEAR(pol->allow_paths);
     Py_CLEAR(pol->read_paths);
+    Py_CLEAR(pol->connect_ports);
+    Py_CLEAR(pol->bind_ports);
+    pol->net_rules = 0;
+    pol->files_by_kernel = 0;
 }
 
 /* _bunpy.refused(rule) -> bool: lets Python-level guards (fork_exec) ask the policy. */
@@ -225,6 +385,11 @@ int bp_policy_refuses(const char *rule) {
     if (strcmp(rule, "processes") == 0) return pol->refuse_processes;
     if (strcmp(rule, "ctypes") == 0) return pol->refuse_ctypes;
     if (strcmp(rule, "sockets") == 0) return pol->refuse_sockets;
+    if (strcmp(rule, "threads") == 0 && pol->max_threads >= 0) {
+        long n = threads_started(pol);
+        if (n < 0) PyErr_Clear(); /* cannot count: refuse (fail closed) */
+        return n < 0 || n >= pol->max_threads;
+    }
     return 0;
 }
 

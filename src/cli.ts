@@ -6,6 +6,7 @@
  *            context mode supports on that Python. Starts no Python. Exit code 1 when bunpy
  *            could not start here.
  *   build    finds Python and gets its shim ready (prebuilt, cached, or built now).
+ *   serve    serves an ASGI or WSGI app with Bun.serve (src/cli-serve.ts, docs/serving.md).
  */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -106,13 +107,14 @@ function build(): number {
   return 0;
 }
 
-const USAGE = "usage: bunpy doctor | bunpy build";
+const USAGE = "usage: bunpy doctor | bunpy build | bunpy serve MODULE:APP [--port 8000] [--workers N] …";
 
 if (import.meta.main) {
   const cmd = process.argv[2];
   try {
     if (cmd === "doctor") process.exit(doctor());
     else if (cmd === "build") process.exit(build());
+    else if (cmd === "serve") process.exit(await (await import("./cli-serve.ts")).serveCommand(process.argv.slice(3)));
     else {
       console.error(cmd === undefined || cmd === "help" || cmd === "--help" ? USAGE : `bunpy: unknown command ${cmd}\n${USAGE}`);
       process.exit(cmd === "help" || cmd === "--help" ? 0 : 2);

@@ -77,9 +77,9 @@ export class Wire {
   /** Handles JS no longer needs, dropped by the shim at its next call. */
   readonly drops: Float64Array;
   pos = 0;
-  private readonly stack: object[] = [];
+  private stack: object[] = [];
   /** Ids of the JS functions written since begin(), forgotten again if encoding fails. */
-  private readonly functionIds: number[] = [];
+  private functionIds: number[] = [];
   /**
    * Writes of JS values in progress (writeTop, writeCall, writeArgs): user code — getters,
    * Proxy traps — runs only inside them. Any bunpy call made while this is non-zero is
@@ -137,11 +137,12 @@ export class Wire {
   nested<T>(run: () => T): T {
     const saved = this.u8.slice(0, this.pos);
     const pos = this.pos, writing = this.writing, hooks = this.hooks;
-    const stack = this.stack.slice(), functionIds = this.functionIds.slice();
+    // the outer write's arrays are set aside whole (swapped, not copied)
+    const stack = this.stack, functionIds = this.functionIds;
     this.writing = 0;
     this.hooks = this.home;
-    this.stack.length = 0;
-    this.functionIds.length = 0;
+    this.stack = [];
+    this.functionIds = [];
     this.suspended++;
     try {
       return run();
@@ -156,10 +157,8 @@ export class Wire {
       this.pos = pos;
       this.writing = writing;
       this.hooks = hooks;
-      this.stack.length = 0;
-      for (const o of stack) this.stack.push(o);
-      this.functionIds.length = 0;
-      for (const id of functionIds) this.functionIds.push(id);
+      this.stack = stack;
+      this.functionIds = functionIds;
     }
   }
 

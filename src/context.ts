@@ -9,7 +9,7 @@
  */
 import { BunpyError, CallTimeoutError, ContextClosedError, ConversionError, Status } from "./errors.ts";
 export { CallTimeoutError, ContextClosedError } from "./errors.ts";
-import { Kwargs, type KwargsObject, type Wire, type WireHooks } from "./codec.ts";
+import { Kwargs, type KwargsObject, type WireHooks } from "./codec.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { stateOf } from "./proxy.ts";
 import { hubOf, readError, type ContextHub, type Pending } from "./hub.ts";
@@ -22,16 +22,16 @@ export type { SandboxPolicy } from "./sandbox.ts";
 export interface ContextOptions {
   /** "owngil" (default on Python ≥ 3.12): a subinterpreter with its own GIL, truly parallel.
       "worker": a thread of the main interpreter, for extensions such as numpy. */
-  mode?: ContextMode;
+  mode?: ContextMode | undefined;
   /** What Python code in this context may do (a guard against accidents, not a security
       boundary). Forking without exec is refused everywhere, always. */
-  sandbox?: SandboxPolicy;
+  sandbox?: SandboxPolicy | undefined;
 }
 
 export interface CloseOptions {
   /** Milliseconds that code still running (and queued calls) get to finish before
       close() interrupts it; default 5000. See docs/contexts.md, "Closing". */
-  timeout?: number;
+  timeout?: number | undefined;
 }
 
 /** close()'s default grace period (ms). */
@@ -42,9 +42,9 @@ export const CLOSE_ABANDON_MS = 2000;
 
 export interface CallOptions {
   /** Milliseconds before the call is interrupted inside Python and rejected. */
-  timeout?: number;
+  timeout?: number | undefined;
   /** Aborting it interrupts the call and rejects it with the signal's reason. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 const enum Req {

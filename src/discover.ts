@@ -86,8 +86,8 @@ interface Probe {
 
 export function cacheRoot(): string {
   const env = process.env;
-  if (env.BUNPY_CACHE_DIR) return env.BUNPY_CACHE_DIR;
-  const xdg = env.XDG_CACHE_HOME || join(homedir(), ".cache");
+  if (env["BUNPY_CACHE_DIR"]) return env["BUNPY_CACHE_DIR"];
+  const xdg = env["XDG_CACHE_HOME"] || join(homedir(), ".cache");
   return join(xdg, "bunpy");
 }
 
@@ -113,12 +113,12 @@ function isEntry(path: string): boolean {
     directory it runs in, so what a probe learnt from it would not hold elsewhere. pyenv's
     versions are searched directly instead. */
 function isPyenvShims(dir: string): boolean {
-  const root = process.env.PYENV_ROOT || join(homedir(), ".pyenv");
+  const root = process.env["PYENV_ROOT"] || join(homedir(), ".pyenv");
   return dir === join(root, "shims") || dir.endsWith("/pyenv-virtualenv/shims");
 }
 
 function onPath(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+  for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
     if (!dir || isPyenvShims(dir)) continue;
     const p = join(dir, name);
     if (isFile(p)) return p;
@@ -139,7 +139,7 @@ function candidates(): { path: string; from: string }[] {
     const p = onPath(`python3.${minor}`);
     if (p) out.push({ path: p, from: `python3.${minor} on PATH` });
   }
-  const pyenvRoot = env.PYENV_ROOT || join(homedir(), ".pyenv");
+  const pyenvRoot = env["PYENV_ROOT"] || join(homedir(), ".pyenv");
   const versionsDir = join(pyenvRoot, "versions");
   if (existsSync(versionsDir)) {
     const versions = readdirSync(versionsDir)
@@ -280,7 +280,7 @@ function resolveForced(value: string): string {
   const found = Bun.which(value);
   if (found) return found;
   throw new PythonNotFoundError(
-    `BUNPY_PYTHON=${value}: there is no ${value} on PATH (${process.env.PATH || "PATH is empty"}); ` +
+    `BUNPY_PYTHON=${value}: there is no ${value} on PATH (${process.env["PATH"] || "PATH is empty"}); ` +
       `set BUNPY_PYTHON to the full path of ${NEEDS}, such as ${example()}`,
   );
 }
@@ -358,14 +358,14 @@ function isDir(path: string): boolean {
 }
 
 function pyenvVersionsDir(): string {
-  return join(process.env.PYENV_ROOT || join(homedir(), ".pyenv"), "versions");
+  return join(process.env["PYENV_ROOT"] || join(homedir(), ".pyenv"), "versions");
 }
 
 /** Where uv installs Pythons (`uv python install`). */
 function uvPythonsDir(): string {
   const env = process.env;
-  if (env.UV_PYTHON_INSTALL_DIR) return env.UV_PYTHON_INSTALL_DIR;
-  return join(env.XDG_DATA_HOME || join(homedir(), ".local", "share"), "uv", "python");
+  if (env["UV_PYTHON_INSTALL_DIR"]) return env["UV_PYTHON_INSTALL_DIR"];
+  return join(env["XDG_DATA_HOME"] || join(homedir(), ".local", "share"), "uv", "python");
 }
 
 const VERSION_REQUEST = /^(?:cpython-?)?3\.(\d+)(?:\.(\d+))?$/;
@@ -454,7 +454,7 @@ const sources: [string, Source][] = [
   [
     "BUNPY_PYTHON",
     () => {
-      const v = process.env.BUNPY_PYTHON;
+      const v = process.env["BUNPY_PYTHON"];
       if (!v) return { skip: "not set" };
       return { python: findForced(v), why: `BUNPY_PYTHON is set to ${v}` };
     },
@@ -462,7 +462,7 @@ const sources: [string, Source][] = [
   [
     "VIRTUAL_ENV",
     () => {
-      const venv = process.env.VIRTUAL_ENV;
+      const venv = process.env["VIRTUAL_ENV"];
       if (!venv) return { skip: "not set" };
       const fix = "activate a working virtual environment, or run `deactivate` (unset VIRTUAL_ENV) to let bunpy search";
       return { python: findVenv(venv, `VIRTUAL_ENV=${venv}`, fix), why: `VIRTUAL_ENV is set to ${venv} (an activated virtual environment)` };

@@ -29,7 +29,6 @@ function callerFrames(frames: string[]): string[] {
 const TRACE = Symbol("bunpy.trace");
 
 export class BunpyError extends Error {
-  override name = "BunpyError";
   constructor(message?: string, options?: ErrorOptions) {
     // The JS frames are captured here and formatted only when `stack` is read (formatting
     // costs microseconds; many errors are caught and never printed).
@@ -45,6 +44,8 @@ export class BunpyError extends Error {
     Object.defineProperty(this, TRACE, { value: trace, writable: true, configurable: true });
   }
 }
+
+Object.defineProperty(BunpyError.prototype, "name", { value: "BunpyError", writable: true, configurable: true, enumerable: false });
 
 /** `stack`: the message, then (for a PythonError) the Python frames innermost first, then
     the caller's JS frames without bunpy's own. Bun's error printer uses it too, because the
@@ -100,50 +101,79 @@ function installHint(type: string, message: string): string {
   return ` (bunpy runs Python ${py.version} at ${py.executable}; install the package into it: ${py.executable} -m pip install ${m[1]})`;
 }
 
-/** A Python exception raised by the code bunpy ran. */
-export class PythonError extends BunpyError {
-  override name = "PythonError";
-  /** The exception class name, e.g. `"ZeroDivisionError"`. */
-  declare readonly type: string;
-  /** The module defining the exception class (`"builtins"` for built-in exceptions). */
-  declare readonly module: string;
-  /** The formatted Python traceback, as `traceback.format_exception` prints it. */
-  declare readonly traceback: string;
-  /** For a SyntaxError: 1-based line and column of the error, else undefined. */
-  declare readonly lineno?: number;
-  declare readonly offset?: number;
-  /** The exception's own message, without the type prefix. */
-  declare readonly pythonMessage: string;
+/** A traceback kept in Python until it is first read: the main interpreter holds a reference
+    to the exception and formats it on demand (formatting costs far more than the throw). */
+export interface KeptTraceback {
+  /** The formatted traceback; releases the Python exception. */
+  format(): string;
+}
 
-  constructor(type: string, module: string, message: string, traceback: string, lineno = -1, offset = -1) {
+interface PythonErrorInfo {
+  short: string;
+  type: string;
+  module: string;
+  message: string;
+  traceback: string | KeptTraceback;
+  lineno: number;
+  offset: number;
+}
+
+/** A Python exception raised by the code bunpy ran. Its fields live in one private record
+    (no per-instance properties to define: constructing one is cheap) and the traceback is
+    formatted when it is first read. */
+export class PythonError extends BunpyError {
+  #info: PythonErrorInfo;
+
+  constructor(type: string, module: string, message: string, traceback: string | KeptTraceback, lineno = -1, offset = -1) {
     const where = lineno > 0 ? ` (line ${lineno}${offset > 0 ? `, column ${offset}` : ""})` : "";
     const short = `${type}: ${message}${where}${installHint(type, message)}`;
     super(short);
-    // Not enumerable: Bun's error printer lists enumerable fields, and the traceback as one
-    // escaped string is noise next to the Python frames in `stack`.
-    // `message` comes from the prototype's getter (below), which reads [SHORT]
+    // `message` comes from the prototype's getter (below), which reads the record
     delete (this as { message?: string }).message;
-    Object.defineProperties(this, {
-      [SHORT]: hidden(short),
-      type: hidden(type),
-      module: hidden(module),
-      traceback: hidden(traceback),
-      pythonMessage: hidden(message),
-    });
-    if (lineno > 0) Object.defineProperty(this, "lineno", hidden(lineno));
-    if (offset > 0) Object.defineProperty(this, "offset", hidden(offset));
+    this.#info = { short, type, module, message, traceback, lineno, offset };
+  }
+
+  /** The exception class name, e.g. `"ZeroDivisionError"`. */
+  get type(): string {
+    return this.#info.type;
+  }
+  /** The module defining the exception class (`"builtins"` for built-in exceptions). */
+  get module(): string {
+    return this.#info.module;
+  }
+  /** The exception's own message, without the type prefix. */
+  get pythonMessage(): string {
+    return this.#info.message;
+  }
+  /** For a SyntaxError: 1-based line and column of the error, else undefined. */
+  get lineno(): number | undefined {
+    return this.#info.lineno > 0 ? this.#info.lineno : undefined;
+  }
+  get offset(): number | undefined {
+    return this.#info.offset > 0 ? this.#info.offset : undefined;
+  }
+  /** The formatted Python traceback, as `traceback.format_exception` prints it (formatted
+      when first read, then kept). */
+  get traceback(): string {
+    const info = this.#info;
+    if (typeof info.traceback !== "string") info.traceback = info.traceback.format();
+    return info.traceback;
+  }
+
+  /** @internal the one-line message, without the traceback */
+  static short(e: PythonError): string {
+    return e.#info.short;
+  }
+  /** @internal the kept traceback while it is not formatted yet */
+  static kept(e: PythonError): KeptTraceback | undefined {
+    const tb = e.#info.traceback;
+    return typeof tb === "string" ? undefined : tb;
   }
 }
-
-const SHORT = Symbol("bunpy.message");
-
-/** A read-only, non-enumerable property descriptor. */
-function hidden(value: unknown): PropertyDescriptor {
-  return { value, enumerable: false, writable: false, configurable: true };
-}
+Object.defineProperty(PythonError.prototype, "name", { value: "PythonError", writable: true, configurable: true, enumerable: false });
 
 function shortMessage(e: PythonError): string {
-  return (e as PythonError & { [SHORT]?: string })[SHORT] ?? "";
+  return PythonError.short(e);
 }
 
 /** The traceback without its last lines (the `Type: message` the error's message already
@@ -158,8 +188,15 @@ function tracebackBody(traceback: string): string {
     printer (an uncaught error, a failing test). Only this file's frames (the getter's) are
     then on the JS stack. */
 function readByRuntime(): boolean {
-  if (!(Number(Error.stackTraceLimit) >= 3)) return false;
-  const frames = splitStack(new Error().stack ?? "").frames;
+  const limit = Error.stackTraceLimit;
+  if (!(Number(limit) >= 3)) return false;
+  // two frames are enough (this getter and its reader): formatting a full stack per read
+  // made `.message` cost microseconds
+  Error.stackTraceLimit = 2;
+  const probe: { stack?: string } = {};
+  Error.captureStackTrace(probe, readByRuntime);
+  Error.stackTraceLimit = limit;
+  const frames = splitStack(`x\n${probe.stack ?? ""}`).frames;
   return frames.length > 0 && frames.every((f) => f.includes(THIS_FILE));
 }
 const THIS_FILE = `${SRC_DIR}errors.ts:`;
@@ -170,7 +207,7 @@ const THIS_FILE = `${SRC_DIR}errors.ts:`;
 Object.defineProperty(PythonError.prototype, "message", {
   get(this: PythonError): string {
     const short = shortMessage(this);
-    if (!this.traceback?.includes('  File "') || !readByRuntime()) return short;
+    if (!readByRuntime() || !this.traceback.includes('  File "')) return short;
     return short + tracebackBody(this.traceback);
   },
   set(this: PythonError, value: string) {
@@ -249,13 +286,20 @@ export const enum Status {
  * The error for a failed shim call. `next` reads the values of the error record the shim
  * wrote (shim/errors.c); `closed` builds the error for Status.State.
  */
-export function errorFromRecord(status: number, next: () => unknown, closed: (message: string) => Error): Error {
+export function errorFromRecord(
+  status: number,
+  next: () => unknown,
+  closed: (message: string) => Error,
+  keep?: (handle: number) => KeptTraceback,
+): Error {
   switch (status) {
     case Status.Python: {
       const type = next() as string;
       const module = next() as string;
       const message = next() as string;
-      const traceback = next() as string;
+      // a number: a handle to the exception, kept to be formatted when first read
+      const tb = next();
+      const traceback = typeof tb === "number" && keep !== undefined ? keep(tb) : String(tb);
       const lineno = next() as number;
       const offset = next() as number;
       return new PythonError(type, module, message, traceback, lineno, offset);

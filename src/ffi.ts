@@ -30,7 +30,9 @@ const symbols = {
   bp_object_op: { args: [ptr, ptr, i32], returns: i32 },
   bp_builtins: { args: [ptr], returns: i32 },
   bp_flush: { args: [ptr], returns: i32 },
+  bp_format_exception: { args: [ptr, ptr], returns: i32 },
   bp_port_set_doorbell: { args: [ptr, ptr], returns: FFIType.void },
+  bp_port_poll: { args: [ptr, i32], returns: i32 },
   bp_port_drain: { args: [ptr], returns: i32 },
   bp_ctx_new: { args: [ptr, i32, u32, u32], returns: ptr },
   bp_ctx_submit: { args: [ptr, ptr, u32, i32, u32], returns: ptr },
@@ -76,7 +78,9 @@ export interface Shim {
   bp_object_op(io: P, obj: P, op: number): number;
   bp_builtins(io: P): number;
   bp_flush(io: P): number;
+  bp_format_exception(io: P, exc: P): number;
   bp_port_set_doorbell(io: P, doorbell: P): void;
+  bp_port_poll(io: P, polling: number): number;
   bp_port_drain(io: P): number;
   bp_ctx_new(io: P, mode: number, id: number, policyLen: number): P | null;
   bp_ctx_submit(ctx: P, io: P, id: number, op: number, len: number): P | null;

@@ -88,10 +88,23 @@ export class ContextHub {
     setImmediate(this.poll);
   }
 
+  /**
+   * While JS polls, completions ring no doorbell (bp_port_poll tells the shim), and a poll
+   * that finds nothing yields the core first. Stopping tells the shim again and looks one
+   * last time: what completes after that rings the doorbell.
+   */
   private readonly poll = (): void => {
-    this.drain();
-    if (this.count > 0 && performance.now() < this.pollUntil) setImmediate(this.poll);
-    else this.polling = false;
+    const { lib, io } = this.rt;
+    try {
+      if (lib.bp_port_poll(io, 1) !== 0) this.drain();
+    } finally {
+      // whatever happened, either the poll goes on or the shim hears that it stopped
+      if (this.count > 0 && performance.now() < this.pollUntil) setImmediate(this.poll);
+      else {
+        this.polling = false;
+        if (lib.bp_port_poll(io, 0) !== 0) this.drain();
+      }
+    }
   };
 
   private polling = false;
@@ -352,20 +365,24 @@ export class ContextHub {
     this.reply(call, context, value);
   }
 
+  /** Answers a call with its value (or, if the value cannot cross, with that error); the
+      call counts as active until the answer is sent. */
   private reply(call: number, context: Context, value: unknown): void {
-    context.jsCalls--;
     const { lib, io, wire } = this.rt;
     const saved = wire.hooks;
     wire.hooks = context.hooks;
+    let failed = false, error: unknown;
     try {
       wire.begin();
       wire.writeTop(value);
     } catch (e) {
+      failed = true;
+      error = e;
+    } finally {
       wire.hooks = saved;
-      context.jsCalls++; // replyError counts it down again
-      return this.replyError(call, e, context);
     }
-    wire.hooks = saved;
+    if (failed) return this.replyError(call, error, context);
+    context.jsCalls--;
     lib.bp_call_reply(call, io, Status.Ok, wire.pos);
   }
 

@@ -15,6 +15,9 @@ import { Context, type ContextOptions } from "./context.ts";
 import { existingHub, hubOf, type MessageListener } from "./hub.ts";
 import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
+import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asgi.ts";
+import { startWsgi, type WsgiOptions } from "./wsgi.ts";
+import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
 export { Kwargs, type KwargsObject } from "./codec.ts";
@@ -24,6 +27,9 @@ export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.
 export type { CallOptions, CloseOptions, ContextMode, ContextOptions, MessageListener, SandboxPolicy } from "./context.ts";
 export { Pool } from "./pool.ts";
 export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
+export type { AsgiApp, AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts";
+export type { WsgiOptions } from "./wsgi.ts";
+export type { ServeOptions, ServedServer } from "./serve.ts";
 
 let main: MainInterpreter | undefined;
 let closed = false;
@@ -123,6 +129,19 @@ export const py = {
   /** Starts a pool of contexts (size defaults to the number of cores) with keyed routing. */
   async pool(options?: PoolOptions): Promise<Pool> {
     return Pool.start(running(), options);
+  },
+  /** Loads an ASGI app ("module:app") into a pool of contexts: `Bun.serve({ fetch: app.fetch })`
+      (see docs/serving.md). */
+  async asgi(target: string, options?: AsgiOptions): Promise<AsgiApp> {
+    return startAsgi(running(), target, options);
+  },
+  /** Loads a WSGI app ("module:application") into a pool of contexts (see docs/serving.md). */
+  async wsgi(target: string, options?: WsgiOptions): Promise<ServedApp> {
+    return startWsgi(running(), target, options);
+  },
+  /** Loads an app (ASGI or WSGI, detected) and serves it with Bun.serve (see docs/serving.md). */
+  async serve(options: ServeOptions): Promise<ServedServer> {
+    return startServe(running(), options);
   },
   /** Listens for bunpy.send(channel, value) from Python (main interpreter and this thread's
       contexts). Returns a function that stops listening. */

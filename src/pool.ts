@@ -13,20 +13,20 @@ import { threadId } from "node:worker_threads";
 
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
-  size?: number;
-  mode?: ContextMode;
+  size?: number | undefined;
+  mode?: ContextMode | undefined;
   /** The sandbox policy of every context of the pool. */
-  sandbox?: SandboxPolicy;
+  sandbox?: SandboxPolicy | undefined;
   /** In-flight calls on the home context before calls spill to the least-loaded one
       (default 1: the home context is used while it is idle). */
-  spillAt?: number;
+  spillAt?: number | undefined;
 }
 
 export interface PoolCallOptions extends CallOptions {
   /** Calls with the same key always run on the same context. */
-  key?: string | number;
+  key?: string | number | undefined;
   /** Run on this context of the pool. */
-  context?: Context;
+  context?: Context | undefined;
 }
 
 export interface PoolStats {

@@ -141,9 +141,8 @@ const handler: ProxyHandler<Target> = {
     if (typeof key === "symbol") return key === Symbol.iterator || key === Symbol.dispose;
     return t[STATE].owner.contains(live(t[STATE]), key);
   },
-  apply(t, _this, args) {
-    return t[STATE].owner.call(live(t[STATE]), args);
-  },
+  // no `apply` trap: calling the proxy calls its target function (makeProxy), which
+  // JavaScriptCore does faster than through a trap that builds the argument array
   construct(t, args) {
     const v = t[STATE].owner.call(live(t[STATE]), args);
     if ((typeof v === "object" && v !== null) || typeof v === "function") return v as object;
@@ -159,9 +158,13 @@ function inspectRepr(this: Target): string {
 }
 
 export function makeProxy(owner: ProxyOwner, handle: number): PyObject {
-  // A function target makes the proxy callable; STATE on it is found by every trap.
-  const target = function PyObject() {} as unknown as Target & { [inspectCustom]?: unknown };
+  // A function target makes the proxy callable (a call reaches it directly, there is no
+  // `apply` trap); STATE on it is found by every trap.
   const st: ProxyState = { handle, disposed: false, owner };
+  const target = function PyObject(...args: unknown[]) {
+    if (st.disposed) live(st); // throws the disposed-proxy error
+    return owner.call(st, args);
+  } as unknown as Target & { [inspectCustom]?: unknown };
   target[STATE] = st;
   target[inspectCustom] = inspectRepr;
   return new Proxy(target, handler) as unknown as PyObject;

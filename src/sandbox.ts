@@ -1,38 +1,73 @@
 /**
- * Sandbox policies as JS gives them (py.context({ sandbox })), checked and turned into the
+ * Sandbox policies as JS gives them (on Linux also enforced by the kernel on the context's
+ * thread: a seccomp filter and a Landlock domain, see shim/seccomp.c and shim/landlock.c) (py.context({ sandbox })), checked and turned into the
  * dict that python/bunpy/_context.py and shim/sandbox.c read. See docs/sandbox.md.
  */
 
 export interface SandboxPolicy {
   /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
-      functions through ctypes). Default true. */
-  processes?: boolean;
+      functions through ctypes; on Linux the kernel also refuses fork/clone/execve). Default true. */
+  processes?: boolean | undefined;
   /** Use ctypes at all. Default true. */
-  ctypes?: boolean;
-  /** Use sockets. Default true. */
-  sockets?: boolean;
+  ctypes?: boolean | undefined;
+  /** Use sockets other than AF_UNIX (on Linux refused by the kernel too). Default true. */
+  sockets?: boolean | undefined;
+  /** TCP only, to and on these ports (Linux with Landlock ABI 4+, enforced by the kernel;
+      elsewhere the context does not start). Sockets other than TCP and AF_UNIX are refused.
+      Leaving a list out allows no port for it. */
+  network?: { connect?: number[] | undefined; bind?: number[] | undefined } | undefined;
   /** Modules (and their submodules) that cannot be imported. */
-  denyImports?: string[];
+  denyImports?: string[] | undefined;
   /** Directories files may be opened in (read or write). Python's own files stay readable.
-      Default: anywhere. */
-  files?: string[];
+      On Linux enforced by Landlock for every open of the context's thread. Default: anywhere
+      (but /proc is never reachable from a sandboxed context on Linux). */
+  files?: string[] | undefined;
+  /** How many threads the context may have running at once besides its own (threading,
+      _thread, executors' workers). Starting one more raises PermissionError (rule:
+      maxThreads). Default: no cap. */
+  maxThreads?: number | undefined;
+  /** Refuse to start the context when a kernel rule (Linux seccomp and Landlock on the
+      context's thread) cannot be applied, instead of falling back to the audit hook alone
+      (other systems, kernels without Landlock). Default false. */
+  requireKernel?: boolean | undefined;
 }
 
 export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "denyImports", "files"]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel"]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
-  for (const k of ["processes", "ctypes", "sockets"] as const)
+  for (const k of ["processes", "ctypes", "sockets", "requireKernel"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
   for (const k of ["denyImports", "files"] as const)
     if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
       throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
+  if (p.maxThreads !== undefined && !(Number.isSafeInteger(p.maxThreads) && p.maxThreads >= 0))
+    throw new TypeError("py.context({ sandbox }): maxThreads must be a non-negative integer");
+  let network: { connect: number[]; bind: number[] } | null = null;
+  if (p.network !== undefined) {
+    const n = p.network as Record<string, unknown>;
+    if (typeof n !== "object" || n === null) throw new TypeError("py.context({ sandbox }): network must be an object");
+    for (const k of Object.keys(n))
+      if (k !== "connect" && k !== "bind") throw new TypeError(`py.context({ sandbox }): unknown network rule "${k}"`);
+    const ports = (k: "connect" | "bind"): number[] => {
+      const v = n[k];
+      if (v === undefined) return [];
+      if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x) && x >= 0 && x <= 65535))
+        throw new TypeError(`py.context({ sandbox }): network.${k} must be an array of port numbers (0-65535)`);
+      return v as number[];
+    };
+    network = { connect: ports("connect"), bind: ports("bind") };
+    if (p.sockets === false) throw new TypeError("py.context({ sandbox }): network and sockets: false contradict each other");
+  }
   return {
+    network,
     processes: p.processes ?? true,
     ctypes: p.ctypes ?? true,
     sockets: p.sockets ?? true,
     deny_imports: p.denyImports ?? null,
     files: p.files ?? null,
+    max_threads: p.maxThreads ?? null,
+    require_kernel: p.requireKernel ?? false,
   };
 }

@@ -163,6 +163,7 @@ def flood(n, flag):
       } catch (x) {
         return x as PythonError;
       }
+      return undefined;
     })();
     expect(e?.type).toBe("BufferError");
   });

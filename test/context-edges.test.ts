@@ -1,7 +1,7 @@
 // Edge cases found in review: each of these once crashed, hung or leaked.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { BunpyError, ConversionError, CallTimeoutError, py, type Context } from "../src/index.ts";
+import { BunpyError, ConversionError, CallTimeoutError, py } from "../src/index.ts";
 import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
 
 const { context, keep } = closedAfterAll();

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const CLI = join(import.meta.dir, "..", "src", "cli.ts");
-const PYENV = join(process.env.HOME ?? "/root", ".pyenv", "versions");
+const PYENV = join(process.env["HOME"] ?? "/root", ".pyenv", "versions");
 const py312 = join(PYENV, "3.12.1", "bin", "python3");
 
 function doctor(cwd: string, env: Record<string, string | undefined> = {}) {

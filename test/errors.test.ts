@@ -258,3 +258,160 @@ test("the Python error state is clean after an error", () => {
   expect(py.eval("__import__('sys').exc_info()")).toEqual([null, null, null]);
   expect(py.call("operator", "add", [1, 2])).toBe(3);
 });
+
+describe("tracebacks are formatted when first read (issue 11)", () => {
+  defineModule(
+    "t_errors_late",
+    `
+import gc, weakref
+
+refs = []
+
+class Tracked(Exception):
+    def __init__(self, text):
+        super().__init__(text)
+        refs.append(weakref.ref(self))
+
+def outer_frame(n):
+    return inner_frame(n)
+
+def inner_frame(n):
+    raise Tracked(f"late {n}")
+
+def other_failure():
+    raise KeyError("unrelated")
+
+def alive():
+    gc.collect()
+    return sum(1 for r in refs if r() is not None)
+
+def forget():
+    refs.clear()
+
+class Big:
+    pass
+
+held = []
+
+def fail_holding(n):
+    big = Big()              # only this frame's local refers to it
+    held.append(weakref.ref(big))
+    cause_of(n)
+
+def cause_of(n):
+    try:
+        raise ValueError(n)
+    except ValueError:
+        local_in_context = Big()
+        held.append(weakref.ref(local_in_context))
+        raise RuntimeError("while handling")
+
+def held_alive():
+    return sum(1 for r in held if r() is not None)
+`,
+  );
+
+  test("an error JS keeps holds no local variables of its frames (chained ones too), and still formats them", () => {
+    let kept: PythonError | undefined;
+    try {
+      py.call("t_errors_late", "fail_holding", [7]);
+    } catch (e) {
+      kept = e as PythonError;
+    }
+    // freed at once, not when the JS error is collected (which may be never, for a tiny object)
+    expect(py.call("t_errors_late", "held_alive", [])).toBe(0);
+    const tb = kept!.traceback;
+    expect(tb).toContain("fail_holding");
+    expect(tb).toContain("cause_of");
+    expect(tb).toContain("ValueError: 7");
+    expect(tb).toContain("RuntimeError: while handling");
+  });
+
+  test("a traceback read after other calls, other errors and a gc shows the frames of its own raise", async () => {
+    let late: PythonError | undefined;
+    try {
+      py.call("t_errors_late", "outer_frame", [1]);
+    } catch (e) {
+      late = e as PythonError;
+    }
+    // the interpreter runs other code, raises other exceptions, collects garbage
+    for (let i = 0; i < 50; i++) {
+      py.eval("sum(range(100))");
+      expect(() => py.call("t_errors_late", "other_failure", [])).toThrow(PythonError);
+    }
+    py.exec("import gc; gc.collect()");
+    Bun.gc(true);
+    await Bun.sleep(1);
+    const tb = late!.traceback;
+    expect(tb).toContain("Traceback (most recent call last):");
+    expect(tb).toContain("in outer_frame");
+    expect(tb).toContain("in inner_frame");
+    expect(tb).toContain("Tracked: late 1");
+    expect(tb).not.toContain("KeyError");
+    expect(late!.traceback).toBe(tb); // formatted once, then kept
+    const stack = late!.stack!;
+    expect(stack.split("\n")[0]).toBe("PythonError: Tracked: late 1");
+    expect(stack).toContain("at inner_frame (");
+    expect(late!.message).toBe("Tracked: late 1");
+  });
+
+  test("the exception is released once the traceback is read, or when the error is collected", async () => {
+    py.call("t_errors_late", "forget", []);
+    const kept: PythonError[] = [];
+    for (let i = 0; i < 20; i++) {
+      try {
+        py.call("t_errors_late", "outer_frame", [i]);
+      } catch (e) {
+        kept.push(e as PythonError);
+      }
+    }
+    expect(py.call("t_errors_late", "alive", [])).toBe(20); // held for the unread tracebacks
+    for (const e of kept.slice(0, 10)) expect(e.traceback).toContain("inner_frame");
+    expect(py.call("t_errors_late", "alive", [])).toBe(10);
+    kept.length = 0;
+    // errors dropped unread: collected, their exceptions released without another call
+    for (let i = 0; i < 5 && py.call("t_errors_late", "alive", []) !== 0; i++) {
+      Bun.gc(true);
+      await Bun.sleep(5);
+    }
+    expect(py.call("t_errors_late", "alive", [])).toBe(0);
+  });
+
+  test("reading .message does not format the traceback", () => {
+    py.call("t_errors_late", "forget", []);
+    let err: PythonError | undefined;
+    try {
+      py.call("t_errors_late", "outer_frame", [2]);
+    } catch (e) {
+      err = e as PythonError;
+    }
+    expect(err!.message).toBe("Tracked: late 2");
+    expect(err!.type).toBe("Tracked");
+    expect(err!.module).toBe("t_errors_late");
+    expect(err!.pythonMessage).toBe("late 2");
+    expect(py.call("t_errors_late", "alive", [])).toBe(1); // still kept: nothing formatted it
+    expect(Object.keys(err!)).toEqual([]);
+    expect(err!.name).toBe("PythonError");
+  });
+});
+
+test("an error still alive at py.close() keeps its traceback", () => {
+  const dir = mkdtempSync(join(tmpdir(), "bunpy-close-tb-"));
+  const script = join(dir, "close.ts");
+  writeFileSync(
+    script,
+    `import { py } from ${JSON.stringify(join(import.meta.dir, "../src/index.ts"))};
+py.exec("def deep():\\n    raise ValueError('after close')");
+let err: any;
+try { py.call("__main__", "deep", []); } catch (e) { err = e; }
+py.close();
+console.log(JSON.stringify({ tb: err.traceback, message: err.message }));
+`,
+  );
+  const r = Bun.spawnSync([process.execPath, script], { env: process.env, stderr: "pipe" });
+  expect(r.stderr.toString()).toBe("");
+  const out = JSON.parse(r.stdout.toString());
+  expect(out.message).toBe("ValueError: after close");
+  expect(out.tb).toContain("in deep");
+  expect(out.tb).toContain("ValueError: after close");
+});

@@ -96,6 +96,11 @@ test.if(minor >= 12)("the guard cannot be installed twice or with bad arguments,
       expect(await ctx.eval("type(__import__('_imp').create_dynamic.__self__).__name__")).toBe("tuple");
       expect(await ctx.eval("__import__('datetime').date(2024, 1, 2).isoformat()")).toBe("2024-01-02");
       expect(await ctx.eval("__import__('datetime').datetime.__module__")).toBe("_pydatetime"); // the pure-Python fallback
+      // zoneinfo falls back to its pure-Python version too (its C module needs _datetime's C API)
+      expect(await ctx.eval("__import__('zoneinfo').ZoneInfo is __import__('zoneinfo._zoneinfo').ZoneInfo")).toBe(true);
+      expect(await ctx.eval("str(__import__('datetime').datetime(2024, 1, 2, tzinfo=__import__('zoneinfo').ZoneInfo('UTC')))")).toBe(
+        "2024-01-02 00:00:00+00:00",
+      );
     }
     const bad = await ctx.exec("import _bunpy\n_bunpy.guard_extensions(1, 2, 3)").catch((e) => e);
     expect(bad.type).toBe("TypeError");

@@ -24,7 +24,7 @@ def idents(*args):
 `,
 );
 
-const RUNS = Number(process.env.BUNPY_FUZZ_RUNS) || 0;
+const RUNS = Number(process.env["BUNPY_FUZZ_RUNS"]) || 0;
 const runs = (n: number) => (RUNS > 0 ? RUNS : n);
 
 // --------------------------------------------------------------- expectations --
@@ -443,8 +443,10 @@ function containerOutcome(children: Node[], parentAlso: Action[] = []): "ok" | "
     if (a === "grow") net++;
     else if (a === "shrink" && --net < 0) negative = true;
   }
-  if (net !== 0) return "fails";
-  return negative ? "any" : "ok";
+  // checked first: once a removal took an original entry, the getters of entries not read
+  // yet may never run (the size can end where it began: [shrink, grow, grow] ends at +0)
+  if (negative) return "any";
+  return net !== 0 ? "fails" : "ok";
 }
 
 function combine(outcome: "ok" | "fails" | "any", parts: unknown[], make: () => unknown): unknown {

@@ -189,9 +189,7 @@ for (const mode of contextModes) {
       await ctx.exec(SOURCE);
       const call = ctx.call("__main__", "spin_after_await").catch((e) => e);
       await Bun.sleep(50);
-      const t0 = performance.now();
       await ctx.close({ timeout: 200 });
-      expect(performance.now() - t0).toBeLessThan(2000);
       expect(ctx.state).toBe("closed");
       expect(await call).toBeInstanceOf(ContextClosedError);
     });

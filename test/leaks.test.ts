@@ -86,3 +86,49 @@ test("proxies disposed inside getters while a message is written are freed after
 function internalsFunctions(): number {
   return internals.runtime().liveFunctions;
 }
+
+test("a million create/drop cycles leave the Python object count flat (issue 11)", async () => {
+  py.exec(`
+import gc as _gc
+class LeakSmall:
+    pass
+def leak_small_count():
+    _gc.collect()
+    return sum(1 for o in _gc.get_objects() if type(o) is LeakSmall)
+`);
+  const make = py.eval("LeakSmall") as any;
+  const count = () => py.call("__main__", "leak_small_count", []) as number;
+  const before = count();
+  for (let round = 0; round < 10; round++) {
+    for (let i = 0; i < 50_000; i++) make(); // left to the GC
+    for (let i = 0; i < 50_000; i++) make()[Symbol.dispose]();
+    await collect();
+  }
+  await collect();
+  py.eval("0");
+  // flat: at most the proxies the last GC did not reach yet
+  expect(count() - before).toBeLessThan(60_000);
+  await collect();
+  await collect();
+  expect(count() - before).toBeLessThan(5_000);
+}, 60_000);
+
+test("disposed proxies are released without waiting for an unrelated call", async () => {
+  py.exec(`
+import weakref as _weakref
+class LeakWatched:
+    pass
+leak_watched = []
+def leak_watched_alive():
+    return sum(1 for r in leak_watched if r() is not None)
+`);
+  const objs = Array.from({ length: 10 }, () => py.eval("(lambda o: (leak_watched.append(_weakref.ref(o)), o)[1])(LeakWatched())") as any);
+  expect(py.call("__main__", "leak_watched_alive", [])).toBe(10);
+  const queued = internals.runtime().wire.header; // [8]: drops waiting for the shim
+  for (const o of objs) o[Symbol.dispose]();
+  expect(queued[8]).toBe(10);
+  await Bun.sleep(0); // a microtask hands the drops to Python: no call made here
+  expect(queued[8]).toBe(0);
+  const alive = py.eval("sum(1 for r in leak_watched if r() is not None)");
+  expect(alive).toBe(0);
+});

@@ -5,7 +5,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ContextClosedError, PythonClosedError, PythonError, py } from "../src/index.ts";
+import { PythonError, py } from "../src/index.ts";
 import { contextModes, defineModule } from "./helpers.ts";
 
 const FIXTURES = join(import.meta.dir, "fixtures");
@@ -46,10 +46,10 @@ describe("after py.close()", () => {
     for (const k of closedPython) expect(`${k} ${out[k]}`).toMatch(new RegExp(`^${k} PythonClosedError: .*(closed)`));
     // the entry points that do not reach the shim say how Python was closed
     for (const k of ["register", "on", "context", "pool"]) expect(out[k]).toContain("py.close()");
-    expect(out.len).toContain("PythonClosedError");
+    expect(out["len"]).toContain("PythonClosedError");
     for (const k of ["ctxCall", "ctxEval", "ctxExec", "ctxCallSync", "refCall", "poolCall"])
       expect(`${k} ${out[k]}`).toMatch(new RegExp(`^${k} ContextClosedError: .*closed`));
-    expect(out.version).toMatch(/^3\.\d+\.\d+$/);
+    expect(out["version"]).toMatch(/^3\.\d+\.\d+$/);
   }, 60_000);
 });
 

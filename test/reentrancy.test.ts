@@ -268,14 +268,14 @@ describe("containers changed while they are converted (issue 9, item 4)", () => 
   test("object keys added or deleted by getters are ConversionErrors", () => {
     const added: Record<string, unknown> = {
       get a() {
-        added.extra = 1;
+        added["extra"] = 1;
         return 1;
       },
     };
     expect(thrown(() => py.call("t_reent", "ident", [{ o: added }])).path).toBe("args[0].o");
     const deleted: Record<string, unknown> = {
       get a() {
-        delete deleted.b;
+        delete deleted["b"];
         return 1;
       },
       b: 2,
@@ -283,7 +283,7 @@ describe("containers changed while they are converted (issue 9, item 4)", () => 
     expect(thrown(() => py.call("t_reent", "ident", [deleted])).path).toBe("args[0]");
     const kwargs: Record<string, unknown> = {
       get a() {
-        kwargs.injected = 1;
+        kwargs["injected"] = 1;
         return 1;
       },
     };

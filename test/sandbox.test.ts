@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py, type Context, type SandboxPolicy } from "../src/index.ts";
-import { closedAfterAll, contextModes } from "./helpers.ts";
+import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
 
 const modes = contextModes;
 const ATTEMPT = `
@@ -94,6 +94,60 @@ for (const mode of modes) {
       expect(await attempt(ctx, "import email.mime.text")).toBe("allowed"); // reads stdlib files
     });
 
+    test("maxThreads: starting more threads than the cap is refused; ended threads free their place", async () => {
+      const ctx = await sandboxed(mode, { maxThreads: 2 });
+      const other = await sandboxed(mode); // no cap
+      const THREADS = `
+import threading
+stop = threading.Event()
+started = []
+def try_start():
+    try:
+        t = threading.Thread(target=stop.wait)
+        t.start()
+        started.append(t)
+        return "ok"
+    except PermissionError as e:
+        return str(e)
+def release():
+    stop.set()
+    for t in started:
+        t.join()
+    started.clear()
+    stop.clear()
+`;
+      await ctx.exec(THREADS);
+      await other.exec(THREADS);
+      const tryStart = (c: Context) => c.call("__main__", "try_start", []) as Promise<string>;
+      try {
+        expect(await tryStart(ctx)).toBe("ok");
+        expect(await tryStart(ctx)).toBe("ok");
+        // 3.12+: the audit event of _thread; 3.11 has none, threading.Thread.start checks
+        const refused = /bunpy sandbox: (_thread\.start_\w+|threading\.Thread\.start) is refused \(rule: maxThreads\)/;
+        expect(await tryStart(ctx)).toMatch(refused);
+        if (py.version >= "3.12")
+          expect(await attempt(ctx, "import _thread; _thread.start_new_thread(print, ())")).toMatch(/rule: maxThreads/);
+        // other contexts and the main interpreter have no cap
+        for (let i = 0; i < 3; i++) expect(await tryStart(other)).toBe("ok");
+        expect(py.eval("(lambda t: (t.start(), t.join()))(__import__('threading').Thread(target=int))")).toEqual([null, null]);
+        await ctx.call("__main__", "release", []);
+        expect(await tryStart(ctx)).toBe("ok");
+      } finally {
+        // a failed expectation must not leave threads behind
+        await ctx.call("__main__", "release", []);
+        await other.call("__main__", "release", []);
+      }
+    });
+
+    test("maxThreads: 0 refuses every thread; an executor's submit raises PermissionError", async () => {
+      const ctx = await sandboxed(mode, { maxThreads: 0 });
+      expect(await attempt(ctx, "import threading; threading.Thread(target=int).start()")).toMatch(/rule: maxThreads/);
+      expect(
+        await attempt(ctx, "from concurrent.futures import ThreadPoolExecutor\nwith ThreadPoolExecutor(2) as ex: ex.submit(int)"),
+      ).toMatch(/rule: maxThreads/);
+      expect(await attempt(ctx, "x = sum(range(10))")).toBe("allowed");
+    });
+
     test("rules that are off allow what others refuse (policies are per context)", async () => {
       const strict = await sandboxed(mode, { processes: false, sockets: false });
       const loose = await sandboxed(mode, { processes: true, sockets: true });
@@ -109,4 +163,50 @@ for (const mode of modes) {
 test("bad policies are rejected with a TypeError", async () => {
   await expect(py.context({ sandbox: { procesess: false } as never })).rejects.toThrow(/unknown rule "procesess"/);
   await expect(py.context({ sandbox: { files: "/tmp" } as never })).rejects.toThrow(/files must be an array/);
+  for (const bad of [-1, 1.5, "2", Number.NaN, 2 ** 53])
+    await expect(py.context({ sandbox: { maxThreads: bad as never } })).rejects.toThrow(/maxThreads must be a non-negative integer/);
+  await expect(py.context({ sandbox: { requireKernel: "yes" as never } })).rejects.toThrow(/requireKernel must be a boolean/);
 });
+
+// A thread that outlives its owngil context's close (it ignores interrupts) keeps the
+// context's policy: the interpreter is left behind, not its rules.
+test.skipIf(!hasOwnGil)(
+  "a thread still running in an owngil interpreter left behind at close keeps its policy",
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-left-"));
+    const flag = join(dir, "go");
+    const out = join(dir, "result");
+    const ctx = await py.context({ mode: "owngil", sandbox: { ctypes: false } });
+    await ctx.exec(`
+import os, threading, time
+def stubborn():
+    deadline = time.monotonic() + 30
+    while not os.path.exists(${JSON.stringify(flag)}) and time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass                      # ignores the interrupts of close()
+    try:
+        import ctypes
+        result = "imported"
+    except PermissionError:
+        result = "refused"
+    except BaseException as e:
+        result = type(e).__name__
+    with open(${JSON.stringify(out)}, "w") as f:
+        f.write(result)
+threading.Thread(target=stubborn, daemon=True).start()
+`);
+    await ctx.close({ timeout: 100 });
+    await Bun.sleep(6000); // past the 5 s the context waits for its threads before leaving the interpreter
+    writeFileSync(flag, "");
+    let result = "";
+    for (let i = 0; i < 100 && result === ""; i++) {
+      await Bun.sleep(50);
+      result = await Bun.file(out).text().catch(() => "");
+    }
+    expect(result).toBe("refused");
+    expect(py.eval("1 + 1")).toBe(2);
+  },
+  30_000,
+);

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const START = join(import.meta.dir, "fixtures", "start.ts");
-const PYENV = join(process.env.HOME ?? "/root", ".pyenv", "versions");
+const PYENV = join(process.env["HOME"] ?? "/root", ".pyenv", "versions");
 const py313 = join(PYENV, "3.13.0", "bin", "python3");
 
 function run(env: Record<string, string | undefined>, args: string[] = []) {
@@ -44,7 +44,7 @@ describe("discovery", () => {
 
   test("BUNPY_PYTHON as a bare name is looked up on PATH", () => {
     const bin = join(PYENV, "3.13.0", "bin");
-    const r = run({ BUNPY_PYTHON: "python3.13", PATH: `${bin}:${process.env.PATH}` });
+    const r = run({ BUNPY_PYTHON: "python3.13", PATH: `${bin}:${process.env["PATH"]}` });
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).executable).toBe(join(bin, "python3.13"));
   });
@@ -57,7 +57,7 @@ describe("discovery", () => {
   });
 
   test("BUNPY_PYTHON=~/… is expanded", () => {
-    const home = process.env.HOME ?? "/root";
+    const home = process.env["HOME"] ?? "/root";
     if (!py313.startsWith(`${home}/`)) return;
     const r = run({ BUNPY_PYTHON: `~/${py313.slice(home.length + 1)}` });
     expect(r.code).toBe(0);
@@ -363,7 +363,7 @@ describe("discovery from the project", () => {
     const venv = makeVenv(py312, join(dir, "envs", "py312"));
     expect(discoverIn(dir).executable).toBe(join(venv, "bin", "python3"));
     const bin = join(PYENV, "3.11.7", "bin");
-    const byName = discoverIn(project({}, { bunpy: { python: "python3.11" } }), { PATH: `${bin}:${process.env.PATH}` });
+    const byName = discoverIn(project({}, { bunpy: { python: "python3.11" } }), { PATH: `${bin}:${process.env["PATH"]}` });
     expect(byName.executable).toBe(join(bin, "python3.11"));
   });
 

@@ -9,7 +9,7 @@ import { CallTimeoutError, ContextClosedError, PythonError, py } from "../src/in
 import { contextModes } from "./helpers.ts";
 
 const CYCLES = 30;
-const seed = Number(process.env.BUNPY_SOAK_SEED ?? Date.now() % 2 ** 31);
+const seed = Number(process.env["BUNPY_SOAK_SEED"] ?? Date.now() % 2 ** 31);
 
 /** mulberry32: a small seeded generator, so a failing run can be repeated. */
 function rng(s: number): () => number {

@@ -25,9 +25,7 @@ ex = ThreadPoolExecutor(3)
 results = [f.result() for f in [ex.submit(time.sleep, 0.01) for _ in range(6)]]
 pending = ex.submit(time.sleep, 0.2)   # still running at close: it finishes first
 `);
-      const t0 = performance.now();
       await ctx.close();
-      expect(performance.now() - t0).toBeLessThan(3000);
       expect(ctx.state).toBe("closed");
       // worker mode: the executor's threads were threads of the main interpreter
       expect(py.eval("[t.name for t in __import__('threading').enumerate()]")).toEqual(threadsBefore);
@@ -123,9 +121,7 @@ def stubborn():
 `);
     const call = ctx.call("__main__", "stubborn").catch((e) => e);
     await Bun.sleep(50);
-    const t0 = performance.now();
     await ctx.close({ timeout: 100 });
-    expect(performance.now() - t0).toBeLessThan(2000);
     expect(ctx.state).toBe("closed");
     const err = await call;
     expect(err).toBeInstanceOf(PythonError);
@@ -161,7 +157,6 @@ def stubborn():
         expect(r.exitCode).toBe(0);
         const out = JSON.parse(r.stdout.toString().trim());
         expect(out).toMatchObject({ state: "abandoned", callRejected: "ContextClosedError", main: 42, pyClosed: true });
-        expect(out.ms).toBeLessThan(200 + 2000 + 1500);
         expect(r.stderr.toString()).toContain("it was abandoned");
       });
     }
@@ -177,4 +172,22 @@ test.skipIf(!hasOwnGil)("3.12+: closing many owngil contexts with executors and 
   );
   await Promise.all(ctxs.map((c) => c.close()));
   expect(ctxs.map((c) => c.state)).toEqual(["closed", "closed", "closed", "closed"]);
+});
+
+test.skipIf(!hasOwnGil)("owngil contexts allow daemon threads (libraries start them) and join them at close", async () => {
+  const ctx = await py.context({ mode: "owngil" });
+  await ctx.exec(`
+import threading, time
+done = []
+def later():
+    time.sleep(0.2)
+    done.append(1)
+t = threading.Thread(target=later, daemon=True)
+t.start()
+`);
+  expect(await ctx.eval("t.daemon and t.is_alive()")).toBe(true);
+  await ctx.close();
+  // the interpreter ended after its daemon thread did: no crash, closed not abandoned
+  expect(ctx.state).toBe("closed");
+  expect(py.eval("1 + 1")).toBe(2);
 });

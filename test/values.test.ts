@@ -478,7 +478,7 @@ describe("nesting", () => {
     expect(() => ident(a)).toThrow(ConversionError);
     expect(() => ident(a)).toThrow(/cyclic/);
     const o: Record<string, unknown> = { x: 1 };
-    o.self = { back: o };
+    o["self"] = { back: o };
     expect(() => ident(o)).toThrow(/cyclic/);
     const m = new Map<unknown, unknown>();
     m.set("m", m);

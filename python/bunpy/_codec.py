@@ -28,3 +28,20 @@ def date_to_ms(dt):
 
 def format_exception(exc):
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def clear_frames(exc):
+    """Frees the local variables of the finished frames in a kept exception's tracebacks
+    (its cause, context and group members too): JS may hold the error for a long time, and
+    formatting it later needs only file names and line numbers."""
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
+        todo.extend(getattr(e, "exceptions", ()))

@@ -7,12 +7,14 @@ from importlib.machinery import ExtensionFileLoader, PathFinder
 # (fact 3 in docs/architecture.md). Refusing them makes the stdlib fall back to its pure-Python versions
 # (datetime -> _pydatetime, decimal -> _pydecimal, zoneinfo -> zoneinfo._zoneinfo).
 #   3.12.x: single-phase _decimal, _datetime, _zoneinfo double-free in a second interpreter
-#   3.13.0: _datetime races when isolated interpreters start or stop concurrently
+#   3.13.0: _datetime races when isolated interpreters start or stop concurrently; _zoneinfo
+#           is refused with it: it needs _datetime's C API and would fail with AttributeError
+#           (not the ImportError that makes zoneinfo fall back to its pure-Python version)
 def unsafe_accelerators(version=sys.version_info):
     if version[:2] == (3, 12):
         return {"_decimal", "_datetime", "_zoneinfo"}
     if version[:3] == (3, 13, 0):
-        return {"_datetime"}
+        return {"_datetime", "_zoneinfo"}
     return set()
 
 
@@ -102,25 +104,6 @@ def _real_dirs(paths):
     return [os.path.realpath(p) for p in paths if p]
 
 
-def guard_fork_exec():
-    """_posixsubprocess.fork_exec raises no audit event: wrap it so the policy of the
-    calling thread decides (worker contexts share this module with the main interpreter)."""
-    import _bunpy
-    import _posixsubprocess
-
-    original = _posixsubprocess.fork_exec
-    if getattr(original, "__bunpy_guard__", False):
-        return
-
-    def fork_exec(*args, **kwargs):
-        if _bunpy.refused("processes"):
-            raise PermissionError("bunpy sandbox: _posixsubprocess.fork_exec is refused (rule: no processes)")
-        return original(*args, **kwargs)
-
-    fork_exec.__bunpy_guard__ = True
-    _posixsubprocess.fork_exec = fork_exec
-
-
 def setup(owngil, policy=None):
     """Prepares a new context; returns the sandbox policy for the C audit hook (or None)."""
     if policy is not None:
@@ -132,8 +115,6 @@ def setup(owngil, policy=None):
 
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             policy["read_paths"] = _real_dirs([sys.prefix, sys.base_prefix, sys.exec_prefix, here] + sys.path)
-        if policy.get("processes") is False:
-            guard_fork_exec()
     if owngil:
         names = unsafe_accelerators()
         strict = sys.version_info[:2] == (3, 12)
@@ -168,8 +149,12 @@ def track_threads():
     if getattr(threading.Thread.start, "__bunpy_track__", False):
         return
     start, bootstrap = threading.Thread.start, threading.Thread._bootstrap_inner
+    import _bunpy
 
     def tracked_start(self):
+        # before 3.12 starting a thread raises no audit event: maxThreads is checked here
+        if sys.version_info < (3, 12) and _bunpy.refused("threads"):
+            raise PermissionError("bunpy sandbox: threading.Thread.start is refused (rule: maxThreads)")
         owner = getattr(_owner, "ident", None)
         if owner is not None:
             self._bunpy_owner = owner
@@ -219,8 +204,10 @@ def _stop_executors(threads):
 
 
 def _join_threads(threading, owngil):
-    """Joins non-daemon threads, as interpreter shutdown does (worker mode: only those the
-    context started)."""
+    """Joins the context's threads as interpreter shutdown does: owngil, every thread of the
+    interpreter, daemon ones included (an interpreter cannot end while one runs); worker
+    mode, the non-daemon threads the context started (daemon ones belong to the process,
+    as in any Python program)."""
     if threading is None:
         return
     me = threading.get_ident()
@@ -235,8 +222,9 @@ def _join_threads(threading, owngil):
         others = [
             t
             for t in threading.enumerate()
-            # not dummies: threads threading did not start (worker contexts' threads among them)
-            if t.ident != me and t is not threading.main_thread() and not t.daemon and not isinstance(t, threading._DummyThread)
+            # not dummies: threads threading did not start (worker contexts' threads among them);
+            # daemon threads too: the interpreter cannot end while one of them runs
+            if t.ident != me and t is not threading.main_thread() and not isinstance(t, threading._DummyThread)
         ]
     else:
         others = _started_by(threading, me)
@@ -247,6 +235,14 @@ def _join_threads(threading, owngil):
 def _started_by(threading, me):
     """The live non-daemon threads a worker context (thread `me`) started, itself excluded."""
     return [t for t in threading.enumerate() if t.ident != me and getattr(t, "_bunpy_owner", None) == me and not t.daemon]
+
+
+def count_started(ident):
+    """maxThreads in a worker context (thread `ident`): the live threads it started, and
+    those started, daemons included (the one being started is not counted: no ident yet)."""
+    import threading
+
+    return sum(1 for t in threading.enumerate() if getattr(t, "_bunpy_owner", None) == ident and t.ident not in (None, ident))
 
 
 def _warn_running(threading):

@@ -131,7 +131,7 @@ async function child(argv: string[]): Promise<void> {
   const { py } = await import("../../src/index.ts");
   py.exec(`import sys\nif ${JSON.stringify(here)} not in sys.path: sys.path.insert(0, ${JSON.stringify(here)})`);
   const harness = py.import("harness");
-  harness.run_module(
+  harness["run_module"](
     opt("--child"),
     opt("--mode"),
     opt("--events"),
@@ -168,7 +168,7 @@ function parseArgs(argv: string[]): Options {
   const o: Options = {
     modules: [],
     modes: ["bunpy"],
-    json: !!process.env.ASYNCIO_SUITE_JSON && process.env.ASYNCIO_SUITE_JSON !== "0",
+    json: !!process.env["ASYNCIO_SUITE_JSON"] && process.env["ASYNCIO_SUITE_JSON"] !== "0",
     only: [],
     jobs: 1,
     testTimeout: 120,

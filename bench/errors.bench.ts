@@ -1,0 +1,71 @@
+/**
+ * Exceptions across the boundary: a Python exception caught in JS (with and without reading
+ * its traceback) and a JS error thrown into Python, next to a Python raise/except and a
+ * plain callback measured in the same run.
+ */
+import { bench, do_not_optimize, summary } from "mitata";
+import { py } from "../src/index.ts";
+import { runWithRatios } from "./ratio.ts";
+
+py.exec(`
+def boom():
+    raise ValueError("bad")
+def raise_except():
+    try:
+        raise ValueError("x")
+    except Exception:
+        return 1
+def guarded(cb):
+    try:
+        cb()
+    except Exception:
+        return 1
+    return 0
+`);
+const boom = py.eval("boom");
+const raiseExcept = py.eval("raise_except");
+const guarded = py.eval("guarded");
+const prebuilt = new Error("prebuilt");
+
+const BASELINE = "baseline: Python raise/except, one call from JS";
+summary(() => {
+  bench(BASELINE, () => do_not_optimize(raiseExcept())).baseline(true);
+  bench("throw in Python, catch in JS", () => {
+    try {
+      boom();
+    } catch (e) {
+      do_not_optimize(e);
+    }
+  });
+  bench("throw in Python, catch in JS, read .message", () => {
+    try {
+      boom();
+    } catch (e) {
+      do_not_optimize((e as Error).message);
+    }
+  });
+  bench("throw in Python, catch in JS, read .traceback", () => {
+    try {
+      boom();
+    } catch (e) {
+      do_not_optimize((e as { traceback: string }).traceback);
+    }
+  });
+  bench("reference: JS callback returning, from Python", () => do_not_optimize(guarded(() => 1)));
+  bench("JS throws a prebuilt Error into Python", () =>
+    do_not_optimize(
+      guarded(() => {
+        throw prebuilt;
+      }),
+    ),
+  );
+  bench("JS throws new Error() into Python", () =>
+    do_not_optimize(
+      guarded(() => {
+        throw new Error("js");
+      }),
+    ),
+  );
+});
+
+await runWithRatios(BASELINE);

@@ -1,0 +1,166 @@
+/**
+ * Serving Python web apps: bunpy (Bun.serve + py.asgi, one context) against uvicorn (one
+ * worker) on the same Python, both pinned to core 0 with taskset, wrk pinned to core 1.
+ * Apps: a raw ASGI hello world, a Starlette JSON endpoint and a Django async JSON view.
+ *
+ *   BUNPY_PYTHON=~/.pyenv/versions/3.13.0/bin/python3 npx bun bench/serve.bench.ts
+ *
+ * Needs wrk (Debian: `apt-get install -y wrk`; the bench tries that itself when it runs as
+ * root, and skips with this message otherwise) and pip's index for uvicorn and Starlette
+ * (installed once per Python into .cache/bench-venv-<version>; uvloop and httptools too
+ * when the index has them for that Python, else uvicorn uses asyncio and h11).
+ * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64).
+ */
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { py } from "../src/index.ts";
+
+const ROOT = resolve(import.meta.dir, "..");
+const APPS = join(ROOT, ".cache", "bench-apps");
+
+const HELLO = `
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+`;
+const STAR = `
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def items(request):
+    return JSONResponse({"id": int(request.path_params["n"]), "name": "widget", "tags": ["a", "b"], "price": 9.5})
+
+app = Starlette(routes=[Route("/items/{n}", items)])
+`;
+
+const DJ = `
+import django
+from django.conf import settings
+settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, MIDDLEWARE=[], INSTALLED_APPS=[], USE_TZ=False)
+django.setup()
+from django.http import JsonResponse
+from django.urls import path
+
+async def item(request, n):
+    return JsonResponse({"id": n, "name": "widget", "tags": ["a", "b"], "price": 9.5})
+
+urlpatterns = [path("items/<int:n>", item)]
+from django.core.asgi import get_asgi_application
+app = get_asgi_application()
+`;
+
+// ---- server mode: `bun bench/serve.bench.ts --server <target> <port> <site-packages>` --------
+if (process.argv[2] === "--server") {
+  const [, , , target, port, site, mode] = process.argv;
+  const app = await py.asgi(target!, { pool: { size: 1, mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
+  Bun.serve({ port: Number(port), hostname: "127.0.0.1", fetch: app.fetch });
+  console.log("ready");
+  process.on("SIGTERM", async () => {
+    await app.close();
+    process.exit(0);
+  });
+  await new Promise(() => {});
+}
+
+function have(cmd: string): boolean {
+  return Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
+}
+
+if (!have("wrk") && process.getuid?.() === 0) Bun.spawnSync(["sh", "-c", "apt-get install -y wrk || (apt-get update && apt-get install -y wrk)"], { stdout: "ignore", stderr: "ignore" });
+if (!have("wrk") || !have("taskset")) {
+  console.log("serve bench skipped: needs wrk and taskset (Debian: apt-get install -y wrk util-linux)");
+  process.exit(0);
+}
+
+const version = py.version;
+const [maj, min] = version.split(".");
+const venv = join(ROOT, ".cache", `bench-venv-${version}`);
+const site = join(venv, "lib", `python${maj}.${min}`, "site-packages");
+const vpython = join(venv, "bin", "python");
+function pip(...pkgs: string[]): boolean {
+  return Bun.spawnSync([py.executable, "-m", "pip", "--python", vpython, "install", "-q", "--retries", "0", "--timeout", "5", ...pkgs], { stdout: "ignore", stderr: "ignore" }).exitCode === 0;
+}
+if (!existsSync(join(site, "uvicorn"))) {
+  Bun.spawnSync([py.executable, "-m", "venv", venv]);
+  if (!pip("uvicorn", "starlette")) {
+    console.log(`serve bench skipped: pip could not install uvicorn and starlette for Python ${version}`);
+    process.exit(0);
+  }
+  pip("uvloop");
+  pip("httptools");
+}
+if (!existsSync(join(site, "django"))) pip("django>=5,<6");
+mkdirSync(APPS, { recursive: true });
+writeFileSync(join(APPS, "bench_hello.py"), HELLO);
+writeFileSync(join(APPS, "bench_star.py"), STAR);
+writeFileSync(join(APPS, "bench_django.py"), DJ);
+const loop = existsSync(join(site, "uvloop")) ? "uvloop" : "asyncio";
+const http = existsSync(join(site, "httptools")) ? "httptools" : "h11";
+
+const SECONDS = Number(process.env["SERVE_BENCH_SECONDS"] ?? 8);
+const CONNS = Number(process.env["SERVE_BENCH_CONNECTIONS"] ?? 64);
+
+async function waitReady(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      await fetch(`http://127.0.0.1:${port}/`);
+      return;
+    } catch {
+      await Bun.sleep(50);
+    }
+  }
+  throw new Error(`server on ${port} did not start`);
+}
+
+interface Result {
+  rps: number;
+  p50: string;
+  p99: string;
+}
+
+function wrk(url: string, seconds = SECONDS): Result {
+  const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", `-c${CONNS}`, `-d${seconds}s`, "--latency", url], { stdout: "pipe" });
+  const out = r.stdout.toString();
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
+  const p50 = /^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "?";
+  const p99 = /^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? "?";
+  if (/Non-2xx/.test(out) || /Socket errors/.test(out)) console.log(out.split("\n").filter((l) => /Non-2xx|Socket errors/.test(l)).join("\n"));
+  return { rps, p50, p99 };
+}
+
+async function run(label: string, cmd: string[], port: number, path: string, env: Record<string, string> = {}): Promise<Result> {
+  const proc = Bun.spawn(["taskset", "-c", "0", ...cmd], { stdout: "ignore", stderr: "inherit", env: { ...process.env, ...env } });
+  try {
+    await waitReady(port);
+    wrk(`http://127.0.0.1:${port}${path}`, 2); // warm-up
+    const res = wrk(`http://127.0.0.1:${port}${path}`);
+    console.log(`  ${label.padEnd(44)} ${Math.round(res.rps).toLocaleString("en-US").padStart(8)} req/s   p50 ${res.p50.padStart(8)}   p99 ${res.p99.padStart(8)}`);
+    return res;
+  } finally {
+    proc.kill("SIGTERM");
+    await proc.exited;
+  }
+}
+
+const mode = Number(min) >= 12 ? "owngil" : "worker";
+// Django in worker contexts: on 3.13 its zoneinfo import fails in owngil contexts, and under
+// load asgiref starts daemon threads, which owngil interpreters refuse (docs/serving.md)
+const djangoMode = "worker";
+console.log(`Python ${version}; uvicorn with ${loop} + ${http}; bunpy 1 ${mode} context; server on core 0, wrk -t1 -c${CONNS} -d${SECONDS}s on core 1`);
+let port = 18000 + Math.floor(Math.random() * 1000);
+const apps: [string, string, string, string][] = [
+  ["raw ASGI hello world", "bench_hello:app", "/", mode],
+  ["Starlette JSON endpoint", "bench_star:app", "/items/7", mode],
+];
+if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)", "bench_django:app", "/items/7", djangoMode]);
+else console.log("(Django row skipped: pip could not install django)");
+for (const [name, target, path, ctxMode] of apps) {
+  console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
+  const u = await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path);
+  const b = await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path);
+  console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
+}
+await py.close();

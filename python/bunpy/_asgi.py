@@ -1,0 +1,572 @@
+"""ASGI 3.0 on Bun.serve: the Python half (the JS half is src/asgi.ts).
+
+Runs on each context's event loop. One call per request, `handle`, starts the app as a
+task and returns as soon as the response is complete (the common case: one call in all)
+or, for a streamed response, once its first chunk is there; JS then pulls the rest with
+`pull`. Request bodies larger than what JS sent along are read from JS with
+`bunpy.async_call("__bunpy_asgi_read", rid)`, one chunk per receive(): back-pressure.
+"""
+
+import asyncio
+import contextvars
+import sys
+import types
+from urllib.parse import unquote
+
+import bunpy
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+DONE, STREAM = 0, 1
+_HIGH_WATER = 65536  # bytes a streamed response may queue before send() waits for JS
+
+import threading
+
+# Per context thread: worker contexts share the main interpreter's modules, so module
+# globals would be shared between contexts (and Bun Workers, whose ids may collide).
+_tl = threading.local()
+
+
+def _state():
+    """(apps by id, requests by id) of the calling context."""
+    try:
+        return _tl.s
+    except AttributeError:
+        s = _tl.s = ({}, {})
+        return s
+
+
+class _App:
+    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks")
+
+    def __init__(self, app):
+        self.app = app
+        self.state = {}
+        self.lifespan = None  # the lifespan task, when the app supports it
+        self.lifespan_queue = None
+        self.lifespan_done = None
+        self.tasks = set()  # app calls still running (a response may be done before its app call)
+
+
+@types.coroutine
+def _resume(coro, yielded):
+    """Goes on with a coroutine that already ran up to its first suspension (it yielded
+    `yielded`), as `yield from` would: what the driving task sends or throws is passed on."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as e:
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _continue(coro, yielded):
+    return await _resume(coro, yielded)
+
+
+def load(app_id, target, paths):
+    """Imports "module:attr" (attr may be dotted) and registers the app under app_id.
+    Returns "asgi" or "wsgi" (what the object looks like)."""
+    for p in reversed(paths):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f'bunpy: expected "module:attribute", got {target!r}')
+    import importlib
+
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(f"bunpy: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise TypeError(f"bunpy: {target} is not callable")
+    _state()[0][app_id] = _App(obj)
+    return kind(obj)
+
+
+def kind_of(app_id):
+    return kind(_state()[0][app_id].app)
+
+
+def kind(obj):
+    import inspect
+
+    if inspect.iscoroutinefunction(obj):
+        return "asgi"
+    call = getattr(obj, "__call__", None)
+    if call is not None and inspect.iscoroutinefunction(call):
+        return "asgi"
+    return "wsgi"
+
+
+# ---- lifespan ---------------------------------------------------------------------------
+
+
+async def lifespan_startup(app_id):
+    """Runs the lifespan startup. Returns True (supported and complete), False (the app does
+    not support lifespan: it raised before sending anything, as uvicorn's "auto")."""
+    a = _state()[0][app_id]
+    loop = asyncio.get_running_loop()
+    a.lifespan_queue = asyncio.Queue()
+    a.lifespan_queue.put_nowait({"type": "lifespan.startup"})
+    started = loop.create_future()
+    a.lifespan_done = loop.create_future()
+    sent = []
+
+    async def receive():
+        return await a.lifespan_queue.get()
+
+    async def send(message):
+        t = message.get("type")
+        sent.append(t)
+        if t in ("lifespan.startup.complete", "lifespan.startup.failed"):
+            if not started.done():
+                started.set_result(message)
+        elif t in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if not a.lifespan_done.done():
+                a.lifespan_done.set_result(message)
+
+    async def run():
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": a.state}
+        try:
+            await a.app(scope, receive, send)
+        except BaseException as e:
+            if not started.done():
+                started.set_result(None if not sent else {"type": "lifespan.startup.failed", "message": repr(e)})
+            if not a.lifespan_done.done():
+                a.lifespan_done.set_result({"type": "lifespan.shutdown.failed", "message": repr(e)})
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+        else:
+            if not started.done():
+                started.set_result(None)
+            if not a.lifespan_done.done():
+                a.lifespan_done.set_result({"type": "lifespan.shutdown.complete"})
+
+    a.lifespan = loop.create_task(run())
+    msg = await started
+    if msg is None:
+        a.lifespan = None  # unsupported
+        return False
+    if msg["type"] == "lifespan.startup.failed":
+        a.lifespan = None
+        raise RuntimeError(f"bunpy: the app's lifespan startup failed: {msg.get('message', '')}")
+    return True
+
+
+async def shutdown(app_id, timeout, lifespan):
+    """close(): waits up to `timeout` s for the app calls still running (background work
+    after a response), then runs the lifespan shutdown, and forgets the app."""
+    apps = _state()[0]
+    a = apps.get(app_id)
+    if a is None:
+        return None
+    if a.tasks:
+        await asyncio.wait(list(a.tasks), timeout=timeout)
+    if lifespan and a.lifespan is not None:
+        a.lifespan_queue.put_nowait({"type": "lifespan.shutdown"})
+        # bounded like the rest of close(): at least a second, else what close() has left
+        wait = max(timeout, 1.0)
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(a.lifespan_done), wait)
+        except TimeoutError:
+            print(f"bunpy: the app's lifespan shutdown did not finish within {wait:g} s; closing anyway", file=sys.stderr)
+            msg = {"type": "lifespan.shutdown.timeout"}
+        a.lifespan = None
+        if msg["type"] == "lifespan.shutdown.failed":
+            print(f"bunpy: the app's lifespan shutdown failed: {msg.get('message', '')}", file=sys.stderr)
+    del apps[app_id]
+    return None
+
+
+def _report(what, e):
+    """An app's exception, printed as uvicorn does (the client only sees a 500 or a close)."""
+    import traceback
+
+    print(f"bunpy: exception in {what}", file=sys.stderr)
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+
+
+# ---- http -------------------------------------------------------------------------------
+
+
+class _Request:
+    __slots__ = (
+        "rid", "body", "more", "head", "disconnected", "waiter", "status", "headers",
+        "chunks", "queued", "complete", "error", "started", "returned", "drain", "puller",
+        "result", "task",
+    )
+
+    def __init__(self, rid, body, more, head):
+        self.rid = rid
+        self.body = body
+        self.more = more
+        self.head = head
+        self.disconnected = False
+        self.waiter = None  # future: receive() waiting for the disconnect
+        self.status = 0
+        self.headers = None
+        self.chunks = []
+        self.queued = 0
+        self.complete = False
+        self.error = None
+        self.started = False
+        self.returned = False  # handle() has given the response head to JS
+        self.drain = None  # future: send() waiting for JS to pull
+        self.puller = None  # future: pull() waiting for send()
+        self.result = None  # future: handle() waiting for the head
+        self.task = None  # the app call's task, once it waited for something
+
+
+def _headers_out(headers):
+    try:
+        return [x.decode("latin-1") for pair in headers for x in pair]
+    except (AttributeError, TypeError):
+        pass
+    out = []
+    for k, v in headers:
+        out.append(k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else str(k))
+        out.append(v.decode("latin-1") if isinstance(v, (bytes, bytearray)) else str(v))
+    return out
+
+
+def _enc(s):
+    try:
+        return s.encode("latin-1")
+    except UnicodeEncodeError:
+        return s.encode("utf-8")
+
+
+_SERVER_CACHE = {}
+
+
+async def handle(app_id, rid, method, target, headers, client_host, client_port, body, more,
+                 scheme, server_host, server_port, root_path):
+    apps, requests = _state()
+    a = apps[app_id]
+    raw, _, query = target.partition("?")
+    try:
+        it = iter(headers)
+        hs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in zip(it, it)]
+    except UnicodeEncodeError:
+        it = iter(headers)
+        hs = [(_enc(k), _enc(v)) for k, v in zip(it, it)]
+    server = _SERVER_CACHE.get((server_host, server_port))
+    if server is None:
+        server = _SERVER_CACHE[(server_host, server_port)] = (server_host, server_port)
+    scope = {
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "method": method,
+        "scheme": scheme,
+        "path": unquote(raw) if "%" in raw else raw,
+        "raw_path": _enc(raw),
+        "query_string": _enc(query),
+        "root_path": root_path,
+        "headers": hs,
+        "client": (client_host, client_port) if client_host is not None else None,
+        "server": server,
+        "state": a.state.copy(),
+    }
+    r = _Request(rid, body if body is not None else b"", more, method == "HEAD")
+    requests[rid] = r
+    # The app's first step runs here, without a task: an app that answers without waiting
+    # (most requests) costs no task, no future and no loop iteration. Only an app that
+    # suspends goes on as a task (_continue picks it up where it stopped).
+    # The first step and the task run in one Context of their own, as one task would:
+    # a ContextVar token set before the first suspension is reset after it (asgiref does).
+    coro = _run(a.app, scope, r)
+    ctx = contextvars.copy_context()
+    try:
+        yielded = ctx.run(coro.send, None)
+    except StopIteration:
+        pass
+    else:
+        t = asyncio.get_running_loop().create_task(_continue(coro, yielded), context=ctx)
+        r.task = t
+        a.tasks.add(t)
+        t.add_done_callback(a.tasks.discard)
+        if not (r.complete or r.chunks or r.error is not None):
+            r.result = asyncio.get_running_loop().create_future()
+            await r.result
+    r.returned = True
+    if r.error is not None and not r.started:
+        requests.pop(rid, None)
+        return [500, ["content-type", "text/plain; charset=utf-8", "content-length", "21"], b"Internal Server Error", DONE]
+    body = b"".join(r.chunks) if len(r.chunks) != 1 else r.chunks[0]
+    r.chunks = []
+    r.queued = 0
+    if r.complete:
+        requests.pop(rid, None)
+        return [r.status, _headers_out(r.headers), body, DONE]
+    return [r.status, _headers_out(r.headers), body, STREAM]
+
+
+async def _run(app, scope, r):
+    async def receive():
+        if r.body is not None:
+            body, r.body = r.body, None
+            return {"type": "http.request", "body": body, "more_body": r.more}
+        if r.more and not r.disconnected:
+            chunk = await bunpy.async_call("__bunpy_asgi_read", r.rid)
+            if chunk is None:
+                r.more = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if chunk is False:  # the client went away
+                r.disconnected = True
+                r.more = False
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": chunk, "more_body": True}
+        if not r.disconnected and not r.complete:
+            r.waiter = asyncio.get_running_loop().create_future()
+            await r.waiter
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if r.disconnected:
+            raise OSError("bunpy: the client has disconnected")
+        t = message["type"]
+        if t == "http.response.start":
+            if r.started:
+                raise RuntimeError("bunpy: http.response.start sent twice")
+            r.status = int(message["status"])
+            r.headers = message.get("headers", ())
+            r.started = True
+            if r.head:
+                r.complete = True
+                _wake(r)
+        elif t == "http.response.body":
+            if not r.started:
+                raise RuntimeError("bunpy: http.response.body before http.response.start")
+            if r.complete:
+                if r.head:
+                    return
+                raise RuntimeError("bunpy: http.response.body after the response was complete")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunk:
+                r.chunks.append(bytes(chunk) if not isinstance(chunk, bytes) else chunk)
+                r.queued += len(chunk)
+            if not more:
+                r.complete = True
+                _wake(r)
+                if r.waiter is not None and not r.waiter.done():
+                    r.waiter.set_result(None)
+            else:
+                _wake(r)
+                if r.returned and r.queued >= _HIGH_WATER:
+                    r.drain = asyncio.get_running_loop().create_future()
+                    await r.drain
+                    if r.disconnected:
+                        raise OSError("bunpy: the client has disconnected")
+        else:
+            raise RuntimeError(f"bunpy: unexpected ASGI message {t!r}")
+
+    try:
+        await app(scope, receive, send)
+    except BaseException as e:
+        if not r.disconnected:
+            _report("ASGI application", e)
+        r.error = e
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            _finish(r)
+            raise
+    else:
+        if not r.started:
+            r.error = RuntimeError("bunpy: the ASGI app returned without starting a response")
+            print(str(r.error), file=sys.stderr)
+        elif not r.complete:
+            r.error = RuntimeError("bunpy: the ASGI app returned without completing the response")
+    _finish(r)
+
+
+def _wake(r):
+    res = r.result
+    if res is not None and not res.done() and (r.complete or r.chunks or r.head):
+        res.set_result(None)
+    p = r.puller
+    if p is not None and not p.done():
+        p.set_result(None)
+
+
+def _finish(r):
+    r.body = None
+    res = r.result
+    if res is not None and not res.done():
+        res.set_result(None)
+    p = r.puller
+    if p is not None and not p.done():
+        p.set_result(None)
+    if r.returned and (r.complete and not r.chunks) and r.error is None:
+        _state()[1].pop(r.rid, None)
+
+
+async def pull(rid):
+    """The next part of a streamed response: [bytes, more]. Raises the app's error."""
+    requests = _state()[1]
+    r = requests.get(rid)
+    if r is None:
+        return [b"", False]
+    while not r.chunks and not r.complete and not r.disconnected and r.error is None and r.task is not None and not r.task.done():
+        r.puller = asyncio.get_running_loop().create_future()
+        await r.puller
+        r.puller = None
+    if r.chunks:
+        body = b"".join(r.chunks) if len(r.chunks) != 1 else r.chunks[0]
+        r.chunks = []
+        r.queued = 0
+        d = r.drain
+        if d is not None and not d.done():
+            d.set_result(None)
+        if r.complete:
+            requests.pop(rid, None)
+            return [body, False]
+        return [body, True]
+    requests.pop(rid, None)
+    if r.complete or r.disconnected:
+        return [b"", False]
+    raise RuntimeError("bunpy: the ASGI app failed after the response started") from r.error
+
+
+def disconnect(rid):
+    """The client went away (JS saw the request's signal abort, or the response stream was
+    cancelled): receive() returns http.disconnect, send() raises OSError."""
+    r = _state()[1].pop(rid, None)
+    if r is None:
+        return None
+    r.disconnected = True
+    for f in (r.waiter, r.drain, r.puller):
+        if f is not None and not f.done():
+            f.set_result(None)
+    return None
+
+
+# ---- websocket ----------------------------------------------------------------------------
+# JS upgrades the connection when the app accepts; frames from the client arrive through
+# ws_receive / ws_disconnect (casts), frames to the client leave through
+# bunpy.send("__bunpy_ws", [rid, kind, ...]) — in order, with send()'s back-pressure.
+
+_WS_CONNECTING, _WS_OPEN, _WS_CLOSED = 0, 1, 2
+
+
+class _WS:
+    __slots__ = ("rid", "queue", "state", "result", "client_closed")
+
+    def __init__(self, rid):
+        self.rid = rid
+        self.queue = asyncio.Queue()
+        self.state = _WS_CONNECTING
+        self.result = None
+        self.client_closed = False
+
+
+async def ws_connect(app_id, rid, target, headers, client_host, client_port, scheme, server_host,
+                     server_port, root_path, subprotocols):
+    """Runs the app until it accepts or refuses: ["accept", subprotocol, headers] or
+    ["close", status]."""
+    apps, requests = _state()
+    a = apps[app_id]
+    raw, _, query = target.partition("?")
+    it = iter(headers)
+    scope = {
+        "type": "websocket",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "scheme": scheme,
+        "path": unquote(raw) if "%" in raw else raw,
+        "raw_path": _enc(raw),
+        "query_string": _enc(query),
+        "root_path": root_path,
+        "headers": [(_enc(k), _enc(v)) for k, v in zip(it, it)],
+        "client": (client_host, client_port) if client_host is not None else None,
+        "server": (server_host, server_port),
+        "subprotocols": subprotocols,
+        "state": a.state.copy(),
+    }
+    w = _WS(rid)
+    requests[rid] = w
+    loop = asyncio.get_running_loop()
+    w.result = loop.create_future()
+    w.queue.put_nowait({"type": "websocket.connect"})
+    t = loop.create_task(_ws_run(a.app, scope, w))
+    a.tasks.add(t)
+    t.add_done_callback(a.tasks.discard)
+    return await w.result
+
+
+async def _ws_run(app, scope, w):
+    async def receive():
+        return await w.queue.get()
+
+    async def send(message):
+        t = message["type"]
+        if w.client_closed:
+            raise OSError("bunpy: the websocket was closed by the client")
+        if t == "websocket.accept":
+            if w.state != _WS_CONNECTING:
+                raise RuntimeError("bunpy: websocket.accept after the handshake")
+            w.state = _WS_OPEN
+            w.result.set_result(["accept", message.get("subprotocol"), _headers_out(message.get("headers", ()))])
+        elif t == "websocket.send":
+            if w.state != _WS_OPEN:
+                raise RuntimeError("bunpy: websocket.send before accept or after close")
+            text = message.get("text")
+            if text is not None:
+                bunpy.send("__bunpy_ws", [w.rid, 0, text])
+            else:
+                bunpy.send("__bunpy_ws", [w.rid, 1, bytes(message.get("bytes") or b"")])
+        elif t == "websocket.close":
+            if w.state == _WS_CONNECTING:
+                w.state = _WS_CLOSED
+                w.result.set_result(["close", 403])
+            elif w.state == _WS_OPEN:
+                w.state = _WS_CLOSED
+                bunpy.send("__bunpy_ws", [w.rid, 2, int(message.get("code", 1000)), message.get("reason") or ""])
+        else:
+            raise RuntimeError(f"bunpy: unexpected ASGI message {t!r}")
+
+    try:
+        await app(scope, receive, send)
+    except BaseException as e:
+        if not w.client_closed:
+            _report("ASGI websocket application", e)
+        _ws_end(w, 500, 1011)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+    else:
+        _ws_end(w, 403, 1000)
+
+
+def _ws_end(w, status, code):
+    if w.state == _WS_CONNECTING:
+        w.result.set_result(["close", status])
+    elif w.state == _WS_OPEN and not w.client_closed:
+        bunpy.send("__bunpy_ws", [w.rid, 2, code, ""])
+    w.state = _WS_CLOSED
+    _state()[1].pop(w.rid, None)
+
+
+def ws_receive(rid, text, data):
+    w = _state()[1].get(rid)
+    if w is not None:
+        if text is not None:
+            w.queue.put_nowait({"type": "websocket.receive", "text": text})
+        else:
+            w.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+
+
+def ws_disconnect(rid, code, reason):
+    w = _state()[1].pop(rid, None)
+    if w is not None:
+        w.client_closed = True
+        w.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})

@@ -1,0 +1,102 @@
+/**
+ * ASGI websockets through Bun's server: the handshake runs the app until it accepts
+ * (`server.upgrade` with its subprotocol and headers) or closes (403); then client frames
+ * go to Python as casts (`ws_receive`, `ws_disconnect`) and the app's frames come back as
+ * `bunpy.send("__bunpy_ws", [rid, kind, ...])` messages, in order.
+ */
+import type { ServerWebSocket } from "bun";
+import type { Context } from "./context.ts";
+import { hubOf } from "./hub.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+
+export interface WsData {
+  bunpyRid: number;
+}
+
+interface Socket {
+  ctx: Context;
+  ws?: ServerWebSocket<WsData>;
+  pending: unknown[][];
+  app: number;
+}
+
+const sockets = new Map<number, Socket>();
+const listening = new WeakSet<MainInterpreter>();
+
+function deliver(s: Socket, m: unknown[]): void {
+  const ws = s.ws!;
+  if (m[1] === 0 || m[1] === 1) ws.send(m[2] as string | Uint8Array);
+  else ws.close(m[2] as number, m[3] as string);
+}
+
+function listen(rt: MainInterpreter): void {
+  if (listening.has(rt)) return;
+  listening.add(rt);
+  hubOf(rt).on("__bunpy_ws", (value) => {
+    const m = value as unknown[];
+    const s = sockets.get(m[0] as number);
+    if (s === undefined) return;
+    if (s.ws === undefined) s.pending.push(m);
+    else deliver(s, m);
+  });
+}
+
+/** The `websocket` handlers to give Bun.serve next to `fetch` (shared by every app). */
+export const websocketHandlers = {
+  open(ws: ServerWebSocket<WsData>) {
+    const s = sockets.get(ws.data?.bunpyRid);
+    if (s === undefined) return;
+    s.ws = ws;
+    for (const m of s.pending.splice(0)) deliver(s, m);
+  },
+  message(ws: ServerWebSocket<WsData>, message: string | Buffer) {
+    const rid = ws.data?.bunpyRid;
+    const s = sockets.get(rid);
+    if (s === undefined) return;
+    if (typeof message === "string") s.ctx.cast("bunpy._asgi", "ws_receive", [rid, message, null]);
+    else s.ctx.cast("bunpy._asgi", "ws_receive", [rid, null, new Uint8Array(message)]);
+  },
+  close(ws: ServerWebSocket<WsData>, code: number, reason: string) {
+    const rid = ws.data?.bunpyRid;
+    const s = sockets.get(rid);
+    if (s === undefined) return;
+    sockets.delete(rid);
+    s.ctx.cast("bunpy._asgi", "ws_disconnect", [rid, code || 1005, reason ?? ""]);
+  },
+};
+
+export interface Upgrader {
+  upgrade(req: Request, options: { data: WsData; headers?: [string, string][] }): boolean;
+}
+
+/** Runs the handshake; resolves to undefined once upgraded, or to a refusal Response. */
+export async function handshake(
+  rt: MainInterpreter, ctx: Context, app: number, rid: number, req: Request, server: Upgrader,
+  args: { target: string; headers: string[]; host: string | null; port: number | null; scheme: string; serverHost: string | null; serverPort: number | null; rootPath: string },
+): Promise<Response | undefined> {
+  listen(rt);
+  const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
+  const s: Socket = { ctx, pending: [], app };
+  sockets.set(rid, s);
+  const r = (await ctx.call("bunpy._asgi", "ws_connect", [
+    app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols,
+  ])) as [string, ...unknown[]];
+  if (r[0] === "accept") {
+    const headers: [string, string][] = [];
+    const flat = r[2] as string[];
+    for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
+    if (r[1] != null) headers.push(["Sec-WebSocket-Protocol", r[1] as string]);
+    if (server.upgrade(req, { data: { bunpyRid: rid }, headers })) return undefined;
+    sockets.delete(rid);
+    ctx.cast("bunpy._asgi", "ws_disconnect", [rid, 1006, ""]);
+    return new Response("WebSocket upgrade failed", { status: 400 });
+  }
+  sockets.delete(rid);
+  const status = r[1] as number;
+  return new Response(status === 403 ? "Forbidden" : "Internal Server Error", { status });
+}
+
+/** Closes the open websockets of an app (close(): 1001 "going away"). */
+export function closeSockets(app: number): void {
+  for (const s of sockets.values()) if (s.app === app && s.ws !== undefined) s.ws.close(1001, "server shutting down");
+}

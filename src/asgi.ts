@@ -1,0 +1,225 @@
+/**
+ * ASGI apps on Bun.serve: the JS half (the Python half is python/bunpy/_asgi.py).
+ *
+ * One context call per request (`handle`): the request travels as positional arguments,
+ * the response comes back as [status, flat headers, body, DONE|STREAM]. A streamed response
+ * becomes a ReadableStream whose pull() calls `pull` in the same context (back-pressure:
+ * Python's send() waits once 64 KiB are queued and nobody pulled). Request bodies up to
+ * 64 KiB with a Content-Length are read before the call; larger or chunked ones are read
+ * one chunk per receive() through the registered `__bunpy_asgi_read`.
+ */
+import type { Context } from "./context.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+import type { Pool } from "./pool.ts";
+import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
+import {
+  checkRootPath,
+  flatHeaders,
+  internalError,
+  loadApp,
+  nullBodyStatus,
+  pulledBody,
+  targetOf,
+  Tracker,
+  unavailable,
+  type Handler,
+  type ServeAppOptions,
+  type ServerLike,
+} from "./serve-app.ts";
+
+export interface AsgiOptions extends ServeAppOptions {
+  /** "auto" (default): run lifespan startup/shutdown in every context, and go on without
+      it when the app does not support it. "on": an app that does not support it is an
+      error. "off": never send lifespan events. */
+  lifespan?: "auto" | "on" | "off" | undefined;
+}
+
+export interface CloseAppOptions {
+  /** Milliseconds to wait for requests in flight before the lifespan shutdown (default 10000). */
+  timeout?: number | undefined;
+}
+
+export interface ServedApp {
+  /** The handler for Bun.serve({ fetch }) or a route: (req, server) => Promise<Response>. */
+  readonly fetch: Handler;
+  /** A handler for a route under `prefix` (e.g. "/api"): root_path / SCRIPT_NAME is `prefix`. */
+  mount(prefix: string): Handler;
+  /** The pool the app runs in. */
+  readonly pool: Pool;
+  /** ASGI: the handlers for Bun.serve({ websocket }) (websocket scopes); undefined for WSGI. */
+  readonly websocket?: typeof websocketHandlers;
+  /** "asgi" or "wsgi". */
+  readonly interface: "asgi" | "wsgi";
+  /** Requests being served. */
+  readonly inFlight: number;
+  /** Refuses new requests (503), waits for those in flight, runs the lifespan shutdown in
+      every context (ASGI), then closes the pool. */
+  close(options?: CloseAppOptions): Promise<void>;
+}
+
+/** What py.asgi returns: a ServedApp whose websocket handlers are always there. */
+export interface AsgiApp extends ServedApp {
+  readonly websocket: typeof websocketHandlers;
+}
+
+const BODY_INLINE = 65536;
+const DONE = 0;
+
+interface Live {
+  ctx: Context;
+  reader?: { read(): Promise<{ value?: Uint8Array; done: boolean }> };
+  gone: boolean;
+}
+
+/** Requests whose Python side may still call back (read a body chunk), by id: per JS thread. */
+const live = new Map<number, Live>();
+let nextRequest = 1;
+const registered = new WeakSet<MainInterpreter>();
+
+function register(rt: MainInterpreter): void {
+  if (registered.has(rt)) return;
+  registered.add(rt);
+  // receive(): the next chunk of a request body (null at the end, false when the client left)
+  rt.registered.set("__bunpy_asgi_read", async (rid: number) => {
+    const l = live.get(rid);
+    if (l === undefined || l.reader === undefined) return null;
+    if (l.gone) return false;
+    try {
+      const { value, done } = await l.reader.read();
+      return done ? null : value;
+    } catch {
+      return false;
+    }
+  });
+}
+
+export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<AsgiApp> {
+  const lifespan = options.lifespan ?? "auto";
+  if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
+  const defaultRoot = checkRootPath(options.rootPath);
+  register(rt);
+  const { pool, id } = loaded ?? (await loadApp(rt, target, options));
+  let lifespanRan = false;
+  if (lifespan !== "off") {
+    try {
+      const supported = await Promise.all(pool.contexts.map((c) => c.call("bunpy._asgi", "lifespan_startup", [id])));
+      lifespanRan = supported.some(Boolean);
+      if (lifespan === "on" && !lifespanRan) throw new TypeError(`${target} does not support the ASGI lifespan protocol (lifespan: "on")`);
+    } catch (e) {
+      await pool.close();
+      throw e;
+    }
+  }
+  const tracker = new Tracker();
+
+  async function serve(req: Request, server: ServerLike | undefined, rootPath: string): Promise<Response> {
+    if (tracker.closing) return unavailable();
+    tracker.enter();
+    const rid = nextRequest++;
+    let streaming = false;
+    try {
+      const ctx = pool.pick();
+      const url = req.url;
+      const method = req.method;
+      if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+        const ip = server.requestIP?.(req) ?? null;
+        const res = await handshake(rt, ctx, id, rid, req, server as Upgrader, {
+          target: targetOf(url), headers: flatHeaders(req), host: ip?.address ?? null, port: ip?.port ?? null,
+          scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: server.hostname ?? null, serverPort: server.port ?? null, rootPath,
+        });
+        return res as Response; // undefined once upgraded: Bun.serve accepts that
+      }
+      let body: Uint8Array | null = null;
+      let more = false;
+      const l: Live = { ctx, gone: false };
+      if (req.body !== null) {
+        const len = Number(req.headers.get("content-length") ?? NaN);
+        if (len <= BODY_INLINE) body = new Uint8Array(await req.arrayBuffer());
+        else {
+          more = true;
+          l.reader = req.body.getReader();
+        }
+      }
+      live.set(rid, l);
+      const signal = req.signal;
+      const onAbort = () => {
+        if (l.gone) return;
+        l.gone = true;
+        ctx.cast("bunpy._asgi", "disconnect", [rid]);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      const ip = server?.requestIP?.(req) ?? null;
+      const secure = url.charCodeAt(4) === 115; // "https:"
+      const res = (await ctx.call("bunpy._asgi", "handle", [
+        id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
+        secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
+      ])) as [number, string[], Uint8Array, number];
+      const [status, flat, first, flag] = res;
+      const headers: [string, string][] = [];
+      for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
+      const noBody = method === "HEAD" || nullBodyStatus(status);
+      if (flag === DONE || noBody) {
+        if (flag !== DONE) onAbort(); // HEAD / 204 streamed: nothing more is wanted
+        signal.removeEventListener("abort", onAbort);
+        live.delete(rid);
+        return new Response(noBody ? null : first, { status, headers });
+      }
+      streaming = true;
+      const stream = pulledBody(
+        ctx,
+        "bunpy._asgi",
+        rid,
+        first,
+        () => {
+          signal.removeEventListener("abort", onAbort);
+          live.delete(rid);
+          tracker.leave();
+        },
+        onAbort,
+      );
+      try {
+        return new Response(stream, { status, headers });
+      } catch (e) {
+        // a status or header Bun refuses: the body is never read, so end it here (this runs
+        // its `done` once: the request is forgotten and leaves the in-flight count)
+        void stream.cancel(e);
+        throw e;
+      }
+    } catch (e) {
+      live.delete(rid);
+      if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
+      return internalError();
+    } finally {
+      if (!streaming) tracker.leave();
+    }
+  }
+
+  let closed: Promise<void> | undefined;
+  const app: AsgiApp = {
+    fetch: (req, server) => serve(req, server, defaultRoot),
+    mount(prefix: string): Handler {
+      const root = checkRootPath(prefix);
+      return (req, server) => serve(req, server, root);
+    },
+    pool,
+    websocket: websocketHandlers,
+    interface: "asgi",
+    get inFlight() {
+      return tracker.n;
+    },
+    close(opts?: CloseAppOptions): Promise<void> {
+      closed ??= (async () => {
+        tracker.closing = true;
+        closeSockets(id);
+        const timeout = opts?.timeout ?? 10000;
+        const start = Date.now();
+        await tracker.drained(timeout);
+        const left = Math.max(0, timeout - (Date.now() - start)) / 1000;
+        await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
+        await pool.close();
+      })();
+      return closed;
+    },
+  };
+  return app;
+}

@@ -1,0 +1,122 @@
+/**
+ * `bunx bunpy serve module:app [options]`: serves an ASGI or WSGI app with Bun.serve and a
+ * pool of contexts, the way `uvicorn module:app` does. SIGTERM/SIGINT close it gracefully:
+ * the server stops listening, requests in flight finish (bounded by
+ * --timeout-graceful-shutdown), the lifespan shutdown runs, the process exits 0.
+ */
+import { py } from "./index.ts";
+import type { ServeOptions } from "./serve.ts";
+
+export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
+  --host HOST                 address to listen on (default 127.0.0.1)
+  --port PORT                 port (default 8000; 0 picks a free one)
+  --workers N                 contexts in the pool (default: the number of cores)
+  --mode owngil|worker        context mode (default owngil on Python 3.12+)
+  --interface auto|asgi|wsgi  default auto: an async callable is ASGI
+  --root-path PATH            root_path / SCRIPT_NAME (e.g. /api)
+  --app-dir DIR               put DIR first on sys.path (default: the current directory)
+  --lifespan auto|on|off      ASGI lifespan (default auto)
+  --access-log                log each request: client - "METHOD path HTTP/1.1" status
+  --timeout-graceful-shutdown SECONDS  wait for requests in flight on shutdown (default 10)`;
+
+class UsageError extends Error {}
+
+function parse(argv: string[]): { options: ServeOptions; accessLog: boolean; graceMs: number } {
+  const options: ServeOptions = { app: "", port: 8000 };
+  let accessLog = false;
+  let graceMs = 10000;
+  const appDirs: string[] = [];
+  const value = (i: number, flag: string): string => {
+    const v = argv[i + 1];
+    if (v === undefined || v.startsWith("--")) throw new UsageError(`${flag} needs a value`);
+    return v;
+  };
+  const int = (s: string, flag: string, min: number): number => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag}: expected an integer ≥ ${min}, got ${s}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    switch (a) {
+      case "--host": options.hostname = value(i++, a); break;
+      case "--port": options.port = int(value(i++, a), a, 0); break;
+      case "--workers": options.pool = { ...options.pool, size: int(value(i++, a), a, 1) }; break;
+      case "--mode": {
+        const m = value(i++, a);
+        if (m !== "owngil" && m !== "worker") throw new UsageError(`--mode: expected owngil or worker, got ${m}`);
+        options.mode = m;
+        break;
+      }
+      case "--interface": {
+        const m = value(i++, a);
+        if (m !== "auto" && m !== "asgi" && m !== "wsgi") throw new UsageError(`--interface: expected auto, asgi or wsgi, got ${m}`);
+        if (m !== "auto") options.interface = m;
+        break;
+      }
+      case "--root-path": options.rootPath = value(i++, a); break;
+      case "--app-dir": appDirs.push(value(i++, a)); break;
+      case "--lifespan": {
+        const m = value(i++, a);
+        if (m !== "auto" && m !== "on" && m !== "off") throw new UsageError(`--lifespan: expected auto, on or off, got ${m}`);
+        options.lifespan = m;
+        break;
+      }
+      case "--access-log": accessLog = true; break;
+      case "--timeout-graceful-shutdown": graceMs = int(value(i++, a), a, 0) * 1000; break;
+      case "--reload": throw new UsageError("--reload is not supported yet");
+      default:
+        if (a.startsWith("-") || options.app !== "") throw new UsageError(`unknown argument ${a}`);
+        options.app = a;
+    }
+  }
+  if (options.app === "") throw new UsageError("which app? give MODULE:APP");
+  options.path = appDirs.length > 0 ? appDirs : ["."];
+  return { options, accessLog, graceMs };
+}
+
+export async function serveCommand(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parse(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`bunpy serve: ${e.message}\n${SERVE_USAGE}`);
+    return 2;
+  }
+  const { options, accessLog, graceMs } = parsed;
+  const s = await py.serve(options);
+  if (accessLog) {
+    // wrap the handler: one line per response, as uvicorn's access log
+    const inner = s.app.fetch;
+    s.server.reload({
+      fetch: async (req: Request, server: any) => {
+        const res: Response | undefined = await inner(req, server);
+        const ip = server.requestIP(req);
+        const u = req.url;
+        const target = u.slice(u.indexOf("/", u.indexOf("//") + 2));
+        console.log(`INFO:     ${ip ? `${ip.address}:${ip.port}` : "-"} - "${req.method} ${target} HTTP/1.1" ${res === undefined ? 101 : res.status}`); // undefined: upgraded to a websocket
+        return res;
+      },
+    });
+  }
+  const contexts = s.app.pool.contexts.length;
+  console.log(`bunpy: serving ${options.app} (${s.app.interface}, ${contexts} ${s.app.pool.mode} context${contexts === 1 ? "" : "s"}) on ${s.url}`);
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      console.log(`bunpy: ${signal}: shutting down (requests in flight finish, up to ${graceMs / 1000} s)`);
+      s.close({ timeout: graceMs }).then(resolve, (e) => {
+        console.error("bunpy: shutdown failed:", e);
+        resolve();
+      });
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+  });
+  await py.close();
+  console.log("bunpy: stopped");
+  return 0;
+}

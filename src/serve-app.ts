@@ -1,0 +1,151 @@
+/**
+ * What ASGI and WSGI serving share: options, the pool the app runs in, loading the app
+ * into every context, and the parts of a Bun Request that both scopes need.
+ */
+import { resolve } from "node:path";
+import type { Context, ContextMode } from "./context.ts";
+import type { MainInterpreter } from "./main-interpreter.ts";
+import { Pool, type PoolOptions } from "./pool.ts";
+
+export interface ServeAppOptions {
+  /** The pool the app runs in: its size (default: the number of cores) and mode. */
+  pool?: PoolOptions | undefined;
+  /** Context mode (shortcut for pool.mode): "owngil" (default on 3.12+) or "worker". */
+  mode?: ContextMode | undefined;
+  /** Directories put in front of sys.path in every context before the app is imported
+      (relative to the current directory). */
+  path?: string[] | undefined;
+  /** root_path (ASGI) / SCRIPT_NAME (WSGI) for requests given to `fetch`; `mount(prefix)`
+      makes a handler with another one. Default "". */
+  rootPath?: string | undefined;
+}
+
+/** A Bun server as far as serving needs it (the second argument of `fetch`). */
+export interface ServerLike {
+  requestIP?(req: Request): { address: string; port: number } | null;
+  hostname?: string | undefined;
+  port?: number | undefined;
+  upgrade?(req: Request, options: unknown): boolean;
+}
+
+export type Handler = (req: Request, server?: ServerLike) => Promise<Response>;
+
+let nextApp = 1;
+
+/** Starts the pool and imports `target` ("module:attr") in each context. Returns the pool,
+    the app's id (its key in bunpy._asgi's registry) and what the object looks like. */
+export async function loadApp(rt: MainInterpreter, target: string, options: ServeAppOptions): Promise<{ pool: Pool; id: number; kind: "asgi" | "wsgi" }> {
+  if (typeof target !== "string" || !/^[\w.]+:[\w.]+$/.test(target))
+    throw new TypeError(`expected "module:attribute" (e.g. "myapp:app"), got ${JSON.stringify(target)}`);
+  const paths = (options.path ?? []).map((p) => {
+    if (typeof p !== "string") throw new TypeError("path: expected an array of directory names");
+    return resolve(p);
+  });
+  const pool = await Pool.start(rt, { ...options.pool, mode: options.mode ?? options.pool?.mode });
+  const id = nextApp++;
+  try {
+    const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)})\n`;
+    await pool.execAll(code);
+    const kind = (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as "asgi" | "wsgi";
+    return { pool, id, kind };
+  } catch (e) {
+    await pool.close();
+    throw e;
+  }
+}
+
+/** The request target (path and query as sent) and scheme of a Bun Request's URL. */
+export function targetOf(url: string): string {
+  const i = url.indexOf("/", url.indexOf("//") + 2);
+  return i < 0 ? "/" : url.slice(i);
+}
+
+/** Headers as a flat [name, value, name, value…] array: names lowercase, in Bun's order. */
+export function flatHeaders(req: Request): string[] {
+  const out: string[] = [];
+  for (const [k, v] of req.headers) out.push(k, v);
+  return out;
+}
+
+export function checkRootPath(p: unknown): string {
+  if (p === undefined) return "";
+  if (typeof p !== "string" || (p !== "" && (!p.startsWith("/") || p.endsWith("/"))))
+    throw new TypeError(`rootPath/mount prefix: expected "" or a path like "/api" (no trailing slash), got ${JSON.stringify(p)}`);
+  return p;
+}
+
+/** Statuses whose response must not have a body. */
+export function nullBodyStatus(status: number): boolean {
+  return status === 101 || status === 204 || status === 205 || status === 304;
+}
+
+/**
+ * A response body pulled from the app's context one chunk per read: `module.pull(rid)`
+ * answers `[chunk, more]`, so Python produces only as fast as the client reads (no queue
+ * on the JS side: highWaterMark 0). `done` runs once, when the body ended, failed or was
+ * cancelled; `cancel` when the client went away first.
+ */
+export function pulledBody(ctx: Context, module: string, rid: number, first: Uint8Array, done: () => void, cancel: () => void): ReadableStream<Uint8Array> {
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    done();
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      start(c) {
+        if (first.length > 0) c.enqueue(first);
+      },
+      async pull(c) {
+        try {
+          const [chunk, more] = (await ctx.call(module, "pull", [rid])) as [Uint8Array, boolean];
+          if (chunk.length > 0) c.enqueue(chunk);
+          if (!more) {
+            c.close();
+            finish();
+          }
+        } catch (e) {
+          finish();
+          c.error(e);
+        }
+      },
+      cancel() {
+        cancel();
+        finish();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+/** Counts requests in flight and lets close() wait for them. */
+export class Tracker {
+  n = 0;
+  closing = false;
+  private idle: (() => void)[] = [];
+  enter(): void {
+    this.n++;
+  }
+  leave(): void {
+    if (--this.n === 0) for (const f of this.idle.splice(0)) f();
+  }
+  drained(timeout: number): Promise<void> {
+    if (this.n === 0) return Promise.resolve();
+    return new Promise((ok) => {
+      const t = setTimeout(ok, timeout);
+      this.idle.push(() => {
+        clearTimeout(t);
+        ok();
+      });
+    });
+  }
+}
+
+export function internalError(): Response {
+  return new Response("Internal Server Error", { status: 500, headers: { "content-type": "text/plain; charset=utf-8" } });
+}
+
+export function unavailable(): Response {
+  return new Response("Service Unavailable", { status: 503, headers: { "content-type": "text/plain; charset=utf-8", connection: "close" } });
+}

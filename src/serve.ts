@@ -1,0 +1,66 @@
+/**
+ * py.serve: loads an app, detects ASGI or WSGI (an async callable is ASGI), and serves it
+ * with Bun.serve. close() stops listening, lets requests in flight finish, runs the
+ * lifespan shutdown, closes the pool.
+ */
+import type { MainInterpreter } from "./main-interpreter.ts";
+import { startAsgi, type AsgiOptions, type CloseAppOptions, type ServedApp } from "./asgi.ts";
+import { startWsgi } from "./wsgi.ts";
+import { loadApp } from "./serve-app.ts";
+
+export interface ServeOptions extends AsgiOptions {
+  /** "module:attr" of the app. */
+  app: string;
+  /** "asgi" or "wsgi"; detected when absent. */
+  interface?: "asgi" | "wsgi" | undefined;
+  port?: number | undefined;
+  hostname?: string | undefined;
+  /** Passed to Bun.serve (several processes can listen on one port). */
+  reusePort?: boolean | undefined;
+}
+
+export interface ServedServer {
+  readonly app: ServedApp;
+  readonly server: ReturnType<typeof Bun.serve>;
+  readonly port: number;
+  readonly url: URL;
+  close(options?: CloseAppOptions): Promise<void>;
+}
+
+export async function startServe(rt: MainInterpreter, options: ServeOptions): Promise<ServedServer> {
+  if (options === null || typeof options !== "object" || typeof options.app !== "string")
+    throw new TypeError('py.serve(options): options.app must be "module:attribute"');
+  if (options.interface !== undefined && options.interface !== "asgi" && options.interface !== "wsgi")
+    throw new TypeError('interface: expected "asgi" or "wsgi"');
+  const loaded = await loadApp(rt, options.app, options);
+  const kind = options.interface ?? loaded.kind;
+  const app = kind === "asgi" ? await startAsgi(rt, options.app, options, loaded) : await startWsgi(rt, options.app, options, loaded);
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = Bun.serve({
+      port: options.port ?? 8000,
+      hostname: options.hostname ?? "127.0.0.1",
+      reusePort: options.reusePort ?? false,
+      fetch: app.fetch,
+      websocket: app.websocket ?? { message() {} },
+    });
+  } catch (e) {
+    await app.close(); // the port is taken, say: lifespan shutdown and the pool, then the error
+    throw e;
+  }
+  let closed: Promise<void> | undefined;
+  return {
+    app,
+    server,
+    port: server.port!,
+    url: server.url,
+    close(opts?: CloseAppOptions) {
+      closed ??= (async () => {
+        const stopped = server.stop(false); // stop listening; connections in flight go on
+        await app.close(opts);
+        await stopped;
+      })();
+      return closed;
+    },
+  };
+}
