@@ -26,6 +26,7 @@ const sources = [_][]const u8{
     "shim/loop.c",
     "shim/bench.c",
     "shim/context.c",
+    "shim/relay.c",
     "shim/serve.c",
     "shim/wait.c",
     "shim/request.c",

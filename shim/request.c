@@ -325,6 +325,11 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     atomic_store(&req->cancelled, 1);
     int s = atomic_load(&c->state);
     if (!bp_running() || s > CTX_CLOSING) return BP_OK;
+    if (c->mode == BP_CTX_PROCESS) { /* the relay sends a CANCEL frame */
+        atomic_fetch_add(&c->task_cancels, 1);
+        bp_ctx_wake(c);
+        return BP_OK;
+    }
     uint64_t seq = atomic_load(&req->seq);
     if (seq == 0) return BP_OK; /* not started: the flag makes bp_ctx_serve() skip it */
     if (atomic_load(&req->parked)) atomic_fetch_add(&c->task_cancels, 1); /* the context cancels its task */
