@@ -462,10 +462,11 @@ int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t,
     return rc;
 }
 
-/* A MESSAGE frame: the host's message record with its origin (INT53, the host's context)
+/* A MESSAGE frame: the host's message record with its origin (a number: the host's context)
    rewritten to this context, queued for the owner port like a context's bunpy.send. */
 int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len) {
-    if (len < 9 || data[0] != BP_T_INT53) return 0; /* not a message record: dropped */
+    /* the origin is written as a float (a pointer as a double) */
+    if (len < 9 || (data[0] != BP_T_FLOAT && data[0] != BP_T_INT53)) return 0; /* not a message record: dropped */
     bp_port *to = c->owner;
     if (!bp_port_alive(to)) return 0;
     uint8_t *payload = malloc(len);
