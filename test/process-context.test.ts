@@ -6,7 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { ensureShim, hostPath } from "../src/build.ts";
 import { findPython } from "../src/discover.ts";
-import { ContextDiedError, PythonError, py, type Context } from "../src/index.ts";
+import { ContextDiedError, PythonError, py } from "../src/index.ts";
 import { CallTimeoutError, ContextClosedError } from "../src/context.ts";
 import { closedAfterAll } from "./helpers.ts";
 
