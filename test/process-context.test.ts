@@ -9,6 +9,7 @@ import { findPython } from "../src/discover.ts";
 import { ContextDiedError, PythonError, py } from "../src/index.ts";
 import { CallTimeoutError, ContextClosedError } from "../src/context.ts";
 import { closedAfterAll } from "./helpers.ts";
+import { kernelEscapeTests, linux } from "./kernel-escapes.ts";
 
 const shim = ensureShim(findPython());
 const host = hostPath(shim);
@@ -280,4 +281,10 @@ describe("process contexts", () => {
     expect(children().filter((c) => !before.has(c))).toEqual([]);
     expect(fdCount()).toBeLessThanOrEqual(fds);
   });
+});
+
+// The escape classes of the kernel-rules tests, against process contexts: the host applies
+// the same kernel rules on its context thread (plus its own namespaces and rlimits).
+describe.skipIf(!linux)("kernel rules in a process context", () => {
+  kernelEscapeTests("process");
 });
