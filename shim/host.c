@@ -42,6 +42,8 @@
 #include <dlfcn.h>
 #include <malloc.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include "bunpy.h"
@@ -135,7 +137,8 @@ static uint64_t number_arg(const char *s) {
 /* ---- serving one context over the channel ----------------------------------------- */
 
 /* The shim's exported functions (bunpy.h), found with dlsym. */
-typedef struct bp_host_api {
+typedef struct bp_host_api bp_host_api;
+struct bp_host_api {
     int32_t (*init)(const char *, const char *, char *, int32_t);
     bp_io *(*io_new)(bp_dispatch_fn);
     void (*set_doorbell)(bp_io *, bp_doorbell_fn);
@@ -148,15 +151,31 @@ typedef struct bp_host_api {
     int32_t (*cancel)(bp_context *, bp_request *);
     int32_t (*close)(bp_context *, bp_io *, uint32_t, uint32_t);
     int32_t (*io_reserve)(bp_io *, uint32_t);
-} bp_host_api;
+};
 
 /* One process, one context: these are the host's, not a library's, statics. */
 static int bell_fd = -1;
+static const struct bp_host_api *host_api;
+/* The port, the slot table and the channel's writing end: taken by the main thread while it
+   handles frames, and by the context thread in the doorbell. The main thread never takes
+   the GIL, so holding this while the context thread holds its GIL cannot deadlock. */
+static pthread_mutex_t host_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int host_closed;
+static int host_flush(const struct bp_host_api *api, bp_io *io);
+
+/* Rung by the shim (on the context thread, or wherever a completion is delivered) on the
+   empty -> non-empty edge: the ringing thread sends the frames itself, which saves the
+   main thread's wake-up on every call's way back. */
 static void host_doorbell(bp_io *io) {
-    (void)io;
-    uint64_t one = 1;
-    ssize_t n = write(bell_fd, &one, sizeof one);
-    (void)n;
+    pthread_mutex_lock(&host_lock);
+    int closed = host_flush(host_api, io);
+    pthread_mutex_unlock(&host_lock);
+    if (closed) {
+        atomic_store(&host_closed, 1);
+        uint64_t one = 1;
+        ssize_t n = write(bell_fd, &one, sizeof one);
+        (void)n;
+    }
 }
 /* The main interpreter of the host never calls JS (the host has none). */
 static int32_t host_dispatch(bp_io *io, int32_t target) {
@@ -318,6 +337,7 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
     }
     bp_io *io = api.io_new(host_dispatch);
     if (!io) return 70;
+    host_api = &api;
     api.set_doorbell(io, host_doorbell);
     bp_context *ctx = NULL;
     int closing = 0;
@@ -329,6 +349,7 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
         bp_frame f;
         const uint8_t *payload;
         int bad = 0, did = got > 0;
+        pthread_mutex_lock(&host_lock);
         while ((payload = bp_chan_next(&in, &f, &bad))) {
             did = 1;
             if (api.io_reserve(io, f.len ? f.len : 1) != BP_OK) _exit(70);
@@ -338,6 +359,7 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
                 if (!ctx) ctx = api.ctx_new(io, BP_CTX_WORKER, START_ID, f.len);
                 if (!ctx) {
                     send_error(BP_FRAME_STARTED, BP_ERR_STATE, 0, 0, "the host could not create its context");
+                    pthread_mutex_unlock(&host_lock);
                     return 0;
                 }
                 break;
@@ -370,33 +392,35 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
                 api.call_reply((void *)(uintptr_t)f.id, io, f.arg, f.len);
                 break;
             case BP_FRAME_CLOSE:
-                if (!ctx) return 0;
+                if (!ctx) _exit(0);
                 if (!closing) {
                     closing = 1;
-                    if (api.close(ctx, io, CLOSE_ID, (uint32_t)f.arg) != BP_OK) goto done;
+                    if (api.close(ctx, io, CLOSE_ID, (uint32_t)f.arg) != BP_OK) _exit(0);
                 }
                 break;
             default:
                 break;
             }
         }
+        /* what the doorbell's edge may have missed (calls answered meanwhile, the start) */
+        int closed = ctx && host_flush(&api, io);
+        pthread_mutex_unlock(&host_lock);
         if (bad) _exit(0);
-        if (ctx && host_flush(&api, io)) goto done;
+        if (closed || atomic_load(&host_closed)) goto done;
         if (did) continue;
-        /* spin briefly (a thread wake-up costs tens of µs), then sleep on both fds */
+        /* spin briefly on the socket (a thread wake-up costs tens of µs), then sleep */
         struct timespec t0;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int busy = 0;
         for (int spins = 0; spins < 200; spins++) {
-            if (api.poll(io, 1)) { busy = 1; break; }
             struct pollfd p = {.fd = BP_HOST_FD, .events = POLLIN};
             if (poll(&p, 1, 0) > 0) { busy = 1; break; }
+            sched_yield();
             struct timespec t1;
             clock_gettime(CLOCK_MONOTONIC, &t1);
             if ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) > 50000) break;
         }
-        if (api.poll(io, 0)) busy = 1;
-        if (busy) continue;
+        if (busy || atomic_load(&host_closed)) continue;
         int r = poll(pfd, 2, -1);
         if (r > 0 && (pfd[1].revents & POLLIN)) {
             uint64_t v;
@@ -405,6 +429,7 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
         }
     }
 done:
+    pthread_mutex_lock(&host_lock); /* no doorbell sends half a frame while we exit */
     /* the context has ended: no Python teardown of the process (the relay reaps it) */
     fflush(stdout);
     fflush(stderr);
