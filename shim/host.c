@@ -42,6 +42,10 @@
 #include <dlfcn.h>
 #include <malloc.h>
 #include <poll.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/eventfd.h>
@@ -292,6 +296,59 @@ static void send_error(uint32_t kind, int32_t status, uint32_t slot, uint64_t id
     host_send(&f, rec, 5 + n);
 }
 
+/*
+ * The main thread's own wall. The context thread gets the policy's kernel rules (the shim
+ * applies them there); the main thread, which only relays, gets a fixed seccomp filter
+ * once the context thread exists (so that thread does not inherit it): no new files, no
+ * sockets, no processes, none of the calls a context never gets. Code in the context that
+ * reached the main thread's memory (ctypes can) finds it no less confined than its own.
+ * Threads the main thread starts later (the shim's interrupters and close watchdog) inherit
+ * it; they only take locks, sleep and write to eventfds.
+ */
+#if defined(__x86_64__)
+#define HOST_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define HOST_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+static int bp_host_lock_main(void) {
+#ifdef HOST_AUDIT_ARCH
+    static const long refused[] = {
+#ifdef SYS_open
+        SYS_open, SYS_creat, SYS_fork, SYS_vfork,
+#endif
+        SYS_openat, SYS_openat2, SYS_execve, SYS_execveat, SYS_socket, SYS_socketpair, SYS_connect, SYS_bind,
+        SYS_ptrace, SYS_process_vm_writev, SYS_process_vm_readv, SYS_io_uring_setup, SYS_userfaultfd, SYS_bpf,
+        SYS_personality, SYS_unshare, SYS_setns, SYS_mount, SYS_memfd_create, SYS_kill, SYS_seccomp,
+    };
+    enum { N = sizeof refused / sizeof *refused };
+    struct sock_filter f[12 + 2 * N];
+    int k = 0;
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HOST_AUDIT_ARCH, 1, 0);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    for (int i = 0; i < N; i++) {
+        f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)refused[i], 0, 1);
+        f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    }
+    /* clone3's flags are in memory the filter cannot read: ENOSYS makes glibc use clone */
+    f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+    /* clone: threads only */
+    f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 1, 0);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = (unsigned short)k, .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0 ? 0 : -1;
+#else
+    return -1;
+#endif
+}
+
 static void *need_sym(void *lib, const char *name) {
     void *p = dlsym(lib, name);
     if (!p) {
@@ -356,7 +413,13 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
             if (f.len) memcpy(io->buf, payload, f.len);
             switch (f.kind) {
             case BP_FRAME_START:
-                if (!ctx) ctx = api.ctx_new(io, BP_CTX_WORKER, START_ID, f.len);
+                if (!ctx) {
+                    ctx = api.ctx_new(io, BP_CTX_WORKER, START_ID, f.len);
+                    /* the context thread exists (and does not inherit this): wall the main
+                       thread in. Refused only where seccomp is missing. */
+                    if (ctx && bp_host_lock_main() < 0 && errno != EINVAL && errno != ENOSYS)
+                        fprintf(stderr, "bunpy-host: the main thread's seccomp filter failed: %s\n", strerror(errno));
+                }
                 if (!ctx) {
                     send_error(BP_FRAME_STARTED, BP_ERR_STATE, 0, 0, "the host could not create its context");
                     pthread_mutex_unlock(&host_lock);

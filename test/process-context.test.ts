@@ -249,6 +249,15 @@ describe("process contexts", () => {
     }
   });
 
+  test("the host's main thread (which only relays) has a seccomp filter of its own; the context thread has the policy's", async () => {
+    const ctx = await proc();
+    await ctx.exec(
+      "import os, threading\ndef seccomp(tid):\n    for line in open(f'/proc/self/task/{tid}/status'):\n        if line.startswith('Seccomp:'): return int(line.split()[1])",
+    );
+    expect(await ctx.eval("seccomp(os.getpid())")).toBe(2); // the main thread: filtered
+    expect(await ctx.eval("seccomp(threading.get_native_id())")).toBe(0); // no sandbox asked
+  });
+
   test("a pool of process contexts replaces a dead one", async () => {
     const pool = await py.pool({ mode: "process", size: 2 });
     try {
