@@ -103,12 +103,40 @@ static bp_request *slot_take(bp_relay *r, uint32_t slot, uint64_t run) {
 
 /* ------------------------------------------------------------------- frames ----- */
 
-/* Sends a frame; waits for room at most 1 s at a time (a host that stops reading is
-   treated as gone). */
+/* Writes all of `len` bytes. While the host has no room it reads what the host sends
+   (buffered for the loop): the host's context thread may be writing a big result at the
+   same time, and neither side must wait for the other. Gives up once a close's SIGKILL is
+   due, or when the host is gone. */
+static int relay_write(bp_relay *r, const uint8_t *p, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(r->sock, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        if (r->kill_at && bp_now_ns() >= r->kill_at) return -1;
+        struct pollfd pfd = {.fd = r->sock, .events = POLLOUT | POLLIN};
+        if (poll(&pfd, 1, 100) < 0 && errno != EINTR) return -1;
+        if (pfd.revents & POLLIN && bp_chan_fill(&r->in, r->sock) < 0) return -1;
+        if (pfd.revents & (POLLERR | POLLHUP)) return -1;
+    }
+    return 0;
+}
+
 static int relay_send(bp_relay *r, uint32_t kind, int32_t arg, uint32_t slot, uint64_t id, const void *p, uint32_t len) {
     if (r->sock < 0) return -1;
-    bp_frame f = {.kind = kind, .arg = arg, .slot = slot, .id = id};
-    return bp_chan_send(r->sock, &f, p, len, 1000);
+    bp_frame f = {.kind = kind, .arg = arg, .len = len, .slot = slot, .id = id};
+    if (len <= 4096) { /* one send */
+        uint8_t b[sizeof f + 4096];
+        memcpy(b, &f, sizeof f);
+        if (len) memcpy(b + sizeof f, p, len);
+        return relay_write(r, b, sizeof f + len);
+    }
+    if (relay_write(r, (const uint8_t *)&f, sizeof f) < 0) return -1;
+    return relay_write(r, p, len);
 }
 
 /* Fails every request in `list` (the queue's rest) with `status`. */

@@ -91,6 +91,10 @@ describe("process contexts", () => {
     const big = "x".repeat(3_000_000);
     expect(await ctx.call("builtins", "len", [big])).toBe(3_000_000);
     expect(((await ctx.eval("'y' * 2_500_000")) as string).length).toBe(2_500_000);
+    // many large calls in flight both ways at once: neither side's writes wait on the other's
+    const mb = "z".repeat(1 << 20);
+    const echoes = await Promise.all(Array.from({ length: 24 }, (_, i) => ctx.call("builtins", "str", [mb + i])));
+    expect(echoes.map((e) => (e as string).length)).toEqual(Array.from({ length: 24 }, (_, i) => (1 << 20) + String(i).length));
     // objects stay in the host as PyRefs, usable through later calls
     await ctx.exec("class Box:\n    def __init__(self): self.items = [3, 1, 2]\n    def count(self): return len(self.items)");
     const ref = await ctx.eval("Box()");
