@@ -194,6 +194,7 @@ void bp_request_deliver(bp_request *r);
 /* relay.c / jscall.c: process contexts */
 typedef struct bp_relay bp_relay;
 void bp_relay_free(bp_relay *r);
+int bp_relay_try_send(bp_context *c, bp_request *r); /* 1: sent by the calling thread itself */
 int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t remote);
 int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len);
 int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t, const uint8_t *, uint32_t));

@@ -36,6 +36,10 @@ extern atomic_int bp_live_contexts;
 extern char **environ;
 
 struct bp_relay {
+    /* taken by the relay thread whenever it is not waiting, and tried by JS threads that
+       send a request frame themselves (bp_relay_try_send): the socket's writing side,
+       `slots`, `runs`, `sock`, `close_sent` */
+    pthread_mutex_t lock;
     char **argv;           /* the host's command line (argv[0] its path), NULL-ended */
     int sock;              /* our end of the socketpair; -1 once closed              */
     pid_t pid;             /* the host; 0 once reaped                                */
@@ -48,6 +52,7 @@ struct bp_relay {
     int close_sent;
     int64_t kill_at;       /* closing: SIGKILL the host at this time (ns), else 0    */
     int killed;            /* we sent SIGKILL (after the grace period)               */
+    int broken;            /* a direct send went out in part: the channel is cut     */
 };
 
 static void relay_release_live(bp_context *c) {
@@ -56,6 +61,7 @@ static void relay_release_live(bp_context *c) {
 
 void bp_relay_free(bp_relay *r) {
     if (!r) return;
+    pthread_mutex_destroy(&r->lock);
     if (r->sock >= 0) close(r->sock);
     if (r->pid > 0) { /* never started serving (thread creation failed) */
         kill(r->pid, SIGKILL);
@@ -181,6 +187,38 @@ static int relay_forward(bp_context *c, bp_relay *r, bp_request *req) {
     uint64_t run = ++r->runs;
     atomic_store(&req->seq, run);
     return relay_send(r, BP_FRAME_SUBMIT, req->op, slot, run, req->data, req->len);
+}
+
+/* On a JS thread (bp_ctx_push): sends a small request's frame at once when nobody else is
+   writing and nothing is queued before it, skipping the relay thread's wake-up on the way
+   in. A frame of at most 4 KiB goes out whole or not at all (one skb of an AF_UNIX stream
+   socket), so a full socket only means the queue takes it. Returns 1 when sent. */
+int bp_relay_try_send(bp_context *c, bp_request *req) {
+    bp_relay *r = c->relay;
+    if (req->op < BP_REQ_CALL || req->op > BP_REQ_REF_TOJS || req->len > 4096 - sizeof(bp_frame)) return 0;
+    if (pthread_mutex_trylock(&r->lock) != 0) return 0;
+    int sent = 0;
+    uint32_t slot;
+    if (atomic_load(&c->state) == CTX_RUNNING && r->sock >= 0 && !r->close_sent && bp_mpsc_empty(&c->requests) &&
+        slot_put(r, req, &slot) == 0) {
+        uint64_t run = r->runs + 1;
+        atomic_store(&req->seq, run);
+        bp_frame f = {.kind = BP_FRAME_SUBMIT, .arg = req->op, .len = req->len, .slot = slot, .id = run};
+        uint8_t b[4096];
+        memcpy(b, &f, sizeof f);
+        memcpy(b + sizeof f, req->data, req->len);
+        ssize_t n = send(r->sock, b, sizeof f + req->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n == (ssize_t)(sizeof f + req->len)) {
+            r->runs = run;
+            sent = 1;
+        } else { /* nothing went out (or the channel is ending): the queue takes it */
+            slot_take(r, slot, run);
+            atomic_store(&req->seq, 0);
+            if (n > 0) r->broken = 1; /* cannot happen for one skb; if it did, the stream is cut */
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return sent; /* (JS has not seen the request yet: no cancel can have come) */
 }
 
 /* Cancels JS asked for since the last look. */
@@ -373,11 +411,14 @@ static void *relay_main(void *arg) {
     if (pid < 0) {
         if (c->start) bp_request_fail(c->start, BP_ERR_STATE, how);
         c->start = NULL;
+        pthread_mutex_lock(&r->lock);
         goto dead;
     }
     r->pid = pid;
+    pthread_mutex_lock(&r->lock);
     if (relay_send(r, BP_FRAME_START, 0, 0, 0, c->start->data, c->start->len) < 0) goto ended;
     for (;;) {
+        if (r->broken) goto ended;
         for (bp_node *n = bp_mpsc_take(&c->requests); n;) {
             bp_request *req = (bp_request *)n;
             n = n->next;
@@ -399,7 +440,11 @@ static void *relay_main(void *arg) {
             r->killed = 1;
             goto ended;
         }
-        if (got == 0 && !bp_chan_ready(&r->in)) relay_wait(c, r);
+        if (got == 0 && !bp_chan_ready(&r->in)) {
+            pthread_mutex_unlock(&r->lock); /* JS threads may send meanwhile */
+            relay_wait(c, r);
+            pthread_mutex_lock(&r->lock);
+        }
     }
 ended:
     ended_ok = reap_host(r, r->killed || r->close_sent == 0, how, sizeof how) && r->close_sent;
@@ -425,6 +470,7 @@ dead:;
     while (atomic_load(&c->submitting) > 0) sched_yield();
     relay_reject(c, bp_mpsc_take(&c->requests), status, msg);
     bp_relay_answers(c, NULL); /* answers nobody can take any more: freed */
+    pthread_mutex_unlock(&r->lock);
     relay_release_live(c);
     if (c->close_req && !atomic_exchange(&c->close_claimed, 1))
         bp_request_complete(c->close_req, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
@@ -442,6 +488,7 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
     bp_context *c = calloc(1, sizeof *c);
     if (!r || !c) goto fail;
     r->sock = -1;
+    pthread_mutex_init(&r->lock, NULL);
     size_t n = 0;
     for (const char *a = argv; *a; a += strlen(a) + 1) n++;
     r->argv = calloc(n + 1, sizeof *r->argv);

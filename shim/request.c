@@ -129,6 +129,10 @@ int32_t bp_ctx_push(bp_context *c, bp_request *r) {
         atomic_fetch_sub(&c->submitting, 1);
         return BP_ERR_STATE;
     }
+    if (c->mode == BP_CTX_PROCESS && bp_relay_try_send(c, r)) { /* relay.c: sent already */
+        atomic_fetch_sub(&c->submitting, 1);
+        return BP_OK;
+    }
     bp_mpsc_push(&c->requests, &r->node);
     atomic_fetch_sub(&c->submitting, 1);
     bp_ctx_wake(c);
