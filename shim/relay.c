@@ -299,7 +299,10 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
     sigdelset(&all, SIGSTOP);
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    /* its own process group: Ctrl-C in a terminal (SIGINT to the foreground group) is Bun's
+       to handle, not a reason for every host to die */
+    posix_spawnattr_setpgroup(&at, 0);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
     pid_t pid = -1;
     int rc = sv[1] >= 0 ? posix_spawn(&pid, r->argv[0], &fa, &at, r->argv, environ) : errno;
     posix_spawn_file_actions_destroy(&fa);

@@ -3,7 +3,9 @@
 // confinement, then contexts: calls, errors, timeouts, close, messages, callbacks, deaths
 // (segfault, os._exit, memory), pools, and no fd or child process left behind.
 import { describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { ensureShim, hostPath } from "../src/build.ts";
 import { findPython } from "../src/discover.ts";
 import { ContextDiedError, PythonError, py } from "../src/index.ts";
@@ -260,6 +262,34 @@ describe("process contexts", () => {
     );
     expect(await ctx.eval("seccomp(os.getpid())")).toBe(2); // the main thread: filtered
     expect(await ctx.eval("seccomp(threading.get_native_id())")).toBe(0); // no sandbox asked
+  });
+
+  test("the host is in its own process group (Ctrl-C is Bun's) and dies with a Bun process that exits without closing", async () => {
+    const ctx = await proc();
+    expect(await ctx.call("os", "getpgrp")).toBe(await ctx.call("os", "getpid"));
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-proc-exit-"));
+    const script = join(dir, "exit.ts");
+    writeFileSync(
+      script,
+      `import { py } from ${JSON.stringify(join(import.meta.dir, "..", "src", "index.ts"))};\n` +
+        `const ctx = await py.context({ mode: "process" });\nconsole.log(await ctx.call("os", "getpid"));\nprocess.exit(0);\n`,
+    );
+    const r = Bun.spawnSync([process.execPath, script], { stdout: "pipe", stderr: "pipe", env: process.env });
+    expect(r.exitCode).toBe(0);
+    const pid = Number(r.stdout.toString().trim());
+    expect(pid).toBeGreaterThan(0);
+    let alive = true;
+    for (let i = 0; i < 100 && alive; i++) {
+      try {
+        process.kill(pid, 0);
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+        alive = !/\) Z /.test(stat); // a zombie waiting for init is gone already
+        if (alive) await Bun.sleep(20);
+      } catch {
+        alive = false;
+      }
+    }
+    expect(alive).toBe(false);
   });
 
   test("a pool of process contexts replaces a dead one", async () => {
