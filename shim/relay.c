@@ -374,7 +374,14 @@ reaped:
 
 /* ------------------------------------------------------------------ the thread ----- */
 
+/* Back-pressure for bunpy.send: past this many messages JS has not taken, the relay stops
+   reading the host (whose sends then wait, as a thread context's would); JS taking them
+   wakes it (bp_message_drained). The same limit as BP_MAX_UNREAD in jscall.c. */
+#define RELAY_MAX_UNREAD 1024
+static int relay_paused(bp_context *c) { return atomic_load(&c->unread) >= RELAY_MAX_UNREAD; }
+
 static void relay_wait(bp_context *c, bp_relay *r) {
+    int hold = relay_paused(c); /* then only the wake-up fd counts, not the socket */
     /* spin a little first: a wake-up costs tens of µs, a short call less (and the next
        call of a caller that awaits one at a time comes right after the last answer) */
     int64_t until = bp_now_ns() + SPIN_NS;
@@ -382,23 +389,24 @@ static void relay_wait(bp_context *c, bp_relay *r) {
         if (!bp_mpsc_empty(&c->requests) || !bp_mpsc_empty(&c->answered) ||
             atomic_load(&c->task_cancels) != c->task_cancels_seen)
             return;
+        if (hold && !relay_paused(c)) return;
         struct pollfd p = {.fd = r->sock, .events = POLLIN};
-        if (poll(&p, 1, 0) != 0) return;
+        if (!hold && poll(&p, 1, 0) != 0) return;
         sched_yield();
     }
     atomic_store(&c->sleeping, 1);
     if (!bp_mpsc_empty(&c->requests) || !bp_mpsc_empty(&c->answered) ||
-        atomic_load(&c->task_cancels) != c->task_cancels_seen) {
+        atomic_load(&c->task_cancels) != c->task_cancels_seen || (hold && !relay_paused(c))) {
         atomic_store(&c->sleeping, 0);
         return;
     }
-    struct pollfd pfd[2] = {{.fd = r->sock, .events = POLLIN}, {.fd = c->wake_fd, .events = POLLIN}};
+    struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = r->sock, .events = POLLIN}};
     int timeout = -1;
     if (r->kill_at) {
         int64_t left = (r->kill_at - bp_now_ns()) / 1000000;
         timeout = left < 0 ? 0 : left > 100000 ? 100000 : (int)left + 1;
     }
-    poll(pfd, 2, timeout);
+    poll(pfd, hold ? 1 : 2, timeout);
     atomic_store(&c->sleeping, 0);
     uint64_t v;
     ssize_t n = read(c->wake_fd, &v, sizeof v);
@@ -432,18 +440,18 @@ static void *relay_main(void *arg) {
         }
         relay_cancels(c, r);
         if (bp_relay_answers(c, relay_answer) < 0) goto ended;
-        int got = bp_chan_fill(&r->in, r->sock);
+        int got = relay_paused(c) ? 0 : bp_chan_fill(&r->in, r->sock);
         bp_frame f;
         const uint8_t *p;
         int bad = 0;
-        while ((p = bp_chan_next(&r->in, &f, &bad)))
+        while (!relay_paused(c) && (p = bp_chan_next(&r->in, &f, &bad)))
             if (relay_frame(c, r, &f, p) < 0) goto ended;
         if (bad || got < 0) goto ended;
         if (r->kill_at && bp_now_ns() >= r->kill_at) {
             r->killed = 1;
             goto ended;
         }
-        if (got == 0 && !bp_chan_ready(&r->in)) {
+        if (got == 0 && (relay_paused(c) || !bp_chan_ready(&r->in))) {
             pthread_mutex_unlock(&r->lock); /* JS threads may send meanwhile */
             relay_wait(c, r);
             pthread_mutex_lock(&r->lock);

@@ -162,6 +162,25 @@ describe("process contexts", () => {
     }
   });
 
+  test("bunpy.send floods are held back until JS reads (the host waits), and none is lost", async () => {
+    const ctx = await proc();
+    let n = 0, last = -1, inOrder = true;
+    const off = py.on("proc-flood", (v: number) => {
+      if (v !== last + 1) inOrder = false;
+      last = v;
+      n++;
+    });
+    try {
+      await ctx.exec("import bunpy\nfor i in range(5000): bunpy.send('proc-flood', i)");
+      for (let i = 0; i < 200 && n < 5000; i++) await Bun.sleep(10);
+      expect(n).toBe(5000);
+      expect(inOrder).toBe(true);
+      expect(await ctx.eval("'after the flood'")).toBe("after the flood");
+    } finally {
+      off();
+    }
+  });
+
   test("close() with calls in flight: queued ones run, a running one is interrupted after the grace period", async () => {
     const ctx = await py.context({ mode: "process" });
     const quick = ctx.eval("6 * 7");
