@@ -55,7 +55,8 @@ enum {
     BP_ERR_JS = -6,       /* from the dispatch callback: buf: STR name, STR message, STR stack */
     BP_ERR_ARGUMENT = -7, /* buf: STR message (an argument could not become a Python object) */
     BP_ERR_BUSY = -8,     /* bp_finalize: contexts are still running (close them first)   */
-    BP_ERR_DIED = -9,     /* buf: STR message (the context's thread ended under the call)  */
+    BP_ERR_DIED = -9,     /* buf: STR message (the context's thread ended under the call, or a
+                             process context's host process died)                          */
     BP_CALLS_PENDING = 1, /* bp_ctx_call_sync: calls, completions or messages wait for JS; take
                              them (bp_port_take_calls, bp_port_drain), then bp_ctx_sync_wait */
 };

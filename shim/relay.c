@@ -245,7 +245,8 @@ static int relay_frame(bp_context *c, bp_relay *r, const bp_frame *f, const uint
             atomic_compare_exchange_strong(&c->state, &expected, CTX_RUNNING); /* or CLOSING already */
             bp_request_complete(c->start, BP_OK, (const uint8_t[]){BP_T_NONE}, 1);
         } else {
-            bp_request_complete(c->start, f->arg == BP_ERR_DIED ? BP_ERR_STATE : f->arg, p, f->len);
+            /* a start fails with a message record: any other status is the host lying */
+            bp_request_complete(c->start, f->arg == BP_ERR_PYTHON ? f->arg : BP_ERR_STATE, p, f->len);
         }
         c->start = NULL;
         return f->arg == BP_OK ? 0 : -1;

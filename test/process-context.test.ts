@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureShim, hostPath } from "../src/build.ts";
 import { findPython } from "../src/discover.ts";
-import { ContextDiedError, PythonError, py } from "../src/index.ts";
+import { ContextDiedError, PythonError, py, type SandboxPolicy } from "../src/index.ts";
 import { CallTimeoutError, ContextClosedError } from "../src/context.ts";
 import { closedAfterAll } from "./helpers.ts";
 import { kernelEscapeTests, linux } from "./kernel-escapes.ts";
@@ -59,8 +59,7 @@ describe("bunpy-host", () => {
 });
 
 const { keep } = closedAfterAll();
-const proc = async (sandbox?: Parameters<typeof py.context>[0] extends infer O ? (O extends { sandbox?: infer S } ? S : never) : never) =>
-  keep(await py.context({ mode: "process", sandbox }));
+const proc = async (sandbox?: SandboxPolicy) => keep(await py.context({ mode: "process", sandbox }));
 
 /** The Bun process's open fds and its child processes (from /proc). */
 function fdCount(): number {
