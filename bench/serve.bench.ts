@@ -9,7 +9,8 @@
  * root, and skips with this message otherwise) and pip's index for uvicorn and Starlette
  * (installed once per Python into .cache/bench-venv-<version>; uvloop and httptools too
  * when the index has them for that Python, else uvicorn uses asyncio and h11).
- * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64).
+ * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64),
+ * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2).
  */
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -54,8 +55,8 @@ app = get_asgi_application()
 
 // ---- server mode: `bun bench/serve.bench.ts --server <target> <port> <site-packages>` --------
 if (process.argv[2] === "--server") {
-  const [, , , target, port, site, mode] = process.argv;
-  const app = await py.asgi(target!, { pool: { size: 1, mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
+  const [, , , target, port, site, mode, size] = process.argv;
+  const app = await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
   Bun.serve({ port: Number(port), hostname: "127.0.0.1", fetch: app.fetch });
   console.log("ready");
   process.on("SIGTERM", async () => {
@@ -121,8 +122,9 @@ interface Result {
   p99: string;
 }
 
-function wrk(url: string, seconds = SECONDS): Result {
-  const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", `-c${CONNS}`, `-d${seconds}s`, "--latency", url], { stdout: "pipe" });
+function wrk(url: string, seconds = SECONDS, cores = "1"): Result {
+  const threads = cores.split(",").length;
+  const r = Bun.spawnSync(["taskset", "-c", cores, "wrk", `-t${threads}`, `-c${CONNS}`, `-d${seconds}s`, "--latency", url], { stdout: "pipe" });
   const out = r.stdout.toString();
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const p50 = /^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "?";
@@ -131,12 +133,13 @@ function wrk(url: string, seconds = SECONDS): Result {
   return { rps, p50, p99 };
 }
 
-async function run(label: string, cmd: string[], port: number, path: string, env: Record<string, string> = {}): Promise<Result> {
-  const proc = Bun.spawn(["taskset", "-c", "0", ...cmd], { stdout: "ignore", stderr: "inherit", env: { ...process.env, ...env } });
+async function run(label: string, cmd: string[], port: number, path: string, cores = "0"): Promise<Result> {
+  const proc = Bun.spawn(["taskset", "-c", cores, ...cmd], { stdout: "ignore", stderr: "inherit", env: process.env });
   try {
     await waitReady(port);
-    wrk(`http://127.0.0.1:${port}${path}`, 2); // warm-up
-    const res = wrk(`http://127.0.0.1:${port}${path}`);
+    const wrkCores = cores === "0" ? "1" : cores;
+    wrk(`http://127.0.0.1:${port}${path}`, 2, wrkCores); // warm-up
+    const res = wrk(`http://127.0.0.1:${port}${path}`, SECONDS, wrkCores);
     console.log(`  ${label.padEnd(44)} ${Math.round(res.rps).toLocaleString("en-US").padStart(8)} req/s   p50 ${res.p50.padStart(8)}   p99 ${res.p99.padStart(8)}`);
     return res;
   } finally {
@@ -162,5 +165,18 @@ for (const [name, target, path, ctxMode] of apps) {
   const u = await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path);
   const b = await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path);
   console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
+}
+
+// Two of each on both cores: `uvicorn --workers 2` (two processes) against a pool of two
+// contexts in one Bun process. wrk cannot have a core of its own here (2 cores), so it
+// shares them with the server: the comparison is in the same run, the absolute numbers low.
+if (process.env["SERVE_BENCH_TWO"] !== "0") {
+  console.log(`two workers (server and wrk on cores 0-1):`);
+  for (const [name, target, path, ctxMode] of apps.slice(0, 2)) {
+    console.log(`${name}:`);
+    const u = await run(`uvicorn --workers 2`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--workers", "2", "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path, "0,1");
+    const b = await run(`bunpy (Bun.serve + 2 ${ctxMode} contexts)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode, "2"], port, path, "0,1");
+    console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
+  }
 }
 await py.close();

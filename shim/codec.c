@@ -52,6 +52,29 @@ static bp_interp *reader_state(bp_reader *r) {
     return r->st;
 }
 
+/* Short ASCII strings (dict keys, enum-like values) come again call after call: a
+   direct-mapped memo per interpreter hands back the str made last time, hash included, so
+   such a key costs no allocation. A str is immutable, so sharing one is invisible. Worker
+   contexts share the main interpreter's memo under its GIL. */
+static PyObject *read_ascii(bp_reader *r, const char *p, uint32_t n) {
+    if (n == 0 || n > BP_STR_MEMO_MAX) return PyUnicode_DecodeUTF8(p, n, "strict");
+    bp_interp *st = r->st ? r->st : (r->st = bp_interp_get());
+    if (!st) return PyUnicode_DecodeUTF8(p, n, "strict");
+    uint32_t h = n;
+    for (uint32_t i = 0; i < n; i++) h = h * 31 + (uint8_t)p[i];
+    PyObject **slot = &st->str_memo[h & (BP_STR_MEMO - 1)];
+    PyObject *known = *slot;
+    if (known && (uint32_t)PyUnicode_GET_LENGTH(known) == n && memcmp(PyUnicode_1BYTE_DATA(known), p, n) == 0)
+        return Py_NewRef(known);
+    for (uint32_t i = 0; i < n; i++) /* the tag is the sender's word: check it */
+        if ((uint8_t)p[i] > 127) return PyUnicode_DecodeUTF8(p, n, "strict");
+    PyObject *fresh = PyUnicode_New(n, 127);
+    if (!fresh) return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(fresh), p, n);
+    Py_XSETREF(*slot, Py_NewRef(fresh));
+    return fresh;
+}
+
 static PyObject *read_bigint(bp_reader *r) {
     const char *p;
     uint32_t n;
@@ -140,7 +163,12 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
         return PyLong_FromLongLong((long long)d);
     }
     case BP_T_BIGINT: return read_bigint(r);
-    case BP_T_ASCII:
+    case BP_T_ASCII: {
+        const char *p;
+        uint32_t n;
+        if (read_span(r, &p, &n) < 0) return NULL;
+        return read_ascii(r, p, n);
+    }
     case BP_T_STR: {
         const char *p;
         uint32_t n;

@@ -64,6 +64,10 @@ enum {
     BP_NAME_RESULT, BP_NAME_ASYNCIO, BP_NAME_CURRENT_TASK, BP_NAME_COUNT
 };
 
+/* The decoder's memo of short ASCII strings, per interpreter (codec.c read_ascii). */
+#define BP_STR_MEMO 512
+#define BP_STR_MEMO_MAX 24
+
 typedef struct bp_interp {
     PyObject *names[BP_NAME_COUNT]; /* see BP_NAME_*                                         */
     PyTypeObject *jsfunc_type;   /* bunpy.JSFunction (heap type of this interpreter)       */
@@ -73,6 +77,7 @@ typedef struct bp_interp {
     struct bp_context *ctx;      /* the owngil context running this interpreter, else NULL  */
     struct bp_policy *left_policy; /* its context's policy, kept for the threads still running
                                       in an interpreter left behind at close (never freed)  */
+    PyObject *str_memo[BP_STR_MEMO]; /* short ASCII strs decoded lately (codec.c read_ascii) */
 } bp_interp;
 
 PyObject *bp_reactor_type_new(PyObject *module); /* _bunpy.Reactor (reactor.c)            */

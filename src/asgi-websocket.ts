@@ -78,9 +78,15 @@ export async function handshake(
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
   const s: Socket = { ctx, pending: [], app };
   sockets.set(rid, s);
-  const r = (await ctx.call("bunpy._asgi", "ws_connect", [
-    app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols,
-  ])) as [string, ...unknown[]];
+  let r: [string, ...unknown[]];
+  try {
+    r = (await ctx.call("bunpy._asgi", "ws_connect", [
+      app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols,
+    ])) as [string, ...unknown[]];
+  } catch (e) {
+    sockets.delete(rid); // the context failed or closed: no socket will ever open
+    throw e;
+  }
   if (r[0] === "accept") {
     const headers: [string, string][] = [];
     const flat = r[2] as string[];
@@ -92,6 +98,13 @@ export async function handshake(
     return new Response("WebSocket upgrade failed", { status: 400 });
   }
   sockets.delete(rid);
+  if (r[0] === "deny") {
+    // the denial-response extension: the app's own HTTP response instead of the upgrade
+    const flat = r[2] as string[];
+    const headers: [string, string][] = [];
+    for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
+    return new Response(r[3] as Uint8Array, { status: r[1] as number, headers });
+  }
   const status = r[1] as number;
   return new Response(status === 403 ? "Forbidden" : "Internal Server Error", { status });
 }

@@ -19,6 +19,7 @@ import {
   loadApp,
   nullBodyStatus,
   pulledBody,
+  router,
   targetOf,
   Tracker,
   unavailable,
@@ -64,6 +65,7 @@ export interface AsgiApp extends ServedApp {
 
 const BODY_INLINE = 65536;
 const DONE = 0;
+const PATHSEND = 2; // STREAM is 1
 
 interface Live {
   ctx: Context;
@@ -97,6 +99,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
   const lifespan = options.lifespan ?? "auto";
   if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
   const defaultRoot = checkRootPath(options.rootPath);
+  const routeOf = router(options.route);
   register(rt);
   const { pool, id } = loaded ?? (await loadApp(rt, target, options));
   let lifespanRan = false;
@@ -117,8 +120,9 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     tracker.enter();
     const rid = nextRequest++;
     let streaming = false;
+    let stopListening: (() => void) | undefined; // the abort listener, once added
     try {
-      const ctx = pool.pick();
+      const ctx = pool.pick(routeOf(req, server));
       const url = req.url;
       const method = req.method;
       if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
@@ -148,16 +152,23 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         ctx.cast("bunpy._asgi", "disconnect", [rid]);
       };
       signal.addEventListener("abort", onAbort, { once: true });
+      stopListening = () => signal.removeEventListener("abort", onAbort);
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115; // "https:"
       const res = (await ctx.call("bunpy._asgi", "handle", [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
         secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
-      ])) as [number, string[], Uint8Array, number];
+      ])) as [number, string[], Uint8Array | string, number];
       const [status, flat, first, flag] = res;
       const headers: [string, string][] = [];
       for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
       const noBody = method === "HEAD" || nullBodyStatus(status);
+      if (flag === PATHSEND) {
+        // http.response.pathsend: Bun sends the file (sendfile where it can)
+        signal.removeEventListener("abort", onAbort);
+        live.delete(rid);
+        return new Response(noBody ? null : Bun.file(first as string), { status, headers });
+      }
       if (flag === DONE || noBody) {
         if (flag !== DONE) onAbort(); // HEAD / 204 streamed: nothing more is wanted
         signal.removeEventListener("abort", onAbort);
@@ -169,7 +180,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         ctx,
         "bunpy._asgi",
         rid,
-        first,
+        first as Uint8Array,
         () => {
           signal.removeEventListener("abort", onAbort);
           live.delete(rid);
@@ -187,6 +198,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       }
     } catch (e) {
       live.delete(rid);
+      stopListening?.();
       if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
       return internalError();
     } finally {

@@ -4,6 +4,9 @@
  * the server stops listening, requests in flight finish (bounded by
  * --timeout-graceful-shutdown), the lifespan shutdown runs, the process exits 0.
  */
+import type { Subprocess } from "bun";
+import { watch } from "node:fs";
+import { join, resolve } from "node:path";
 import { py } from "./index.ts";
 import type { ServeOptions } from "./serve.ts";
 
@@ -17,13 +20,25 @@ export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
   --app-dir DIR               put DIR first on sys.path (default: the current directory)
   --lifespan auto|on|off      ASGI lifespan (default auto)
   --access-log                log each request: client - "METHOD path HTTP/1.1" status
-  --timeout-graceful-shutdown SECONDS  wait for requests in flight on shutdown (default 10)`;
+  --timeout-graceful-shutdown SECONDS  wait for requests in flight on shutdown (default 10)
+  --reload                    restart when a .py file changes (for development)
+  --reload-dir DIR            watch DIR (repeatable; default: the --app-dir directories)`;
 
 class UsageError extends Error {}
 
-function parse(argv: string[]): { options: ServeOptions; accessLog: boolean; graceMs: number } {
+interface Parsed {
+  options: ServeOptions;
+  accessLog: boolean;
+  graceMs: number;
+  /** --reload: the directories to watch, else undefined */
+  reload: string[] | undefined;
+}
+
+function parse(argv: string[]): Parsed {
   const options: ServeOptions = { app: "", port: 8000 };
   let accessLog = false;
+  let reload = false;
+  const reloadDirs: string[] = [];
   let graceMs = 10000;
   const appDirs: string[] = [];
   const value = (i: number, flag: string): string => {
@@ -64,7 +79,8 @@ function parse(argv: string[]): { options: ServeOptions; accessLog: boolean; gra
       }
       case "--access-log": accessLog = true; break;
       case "--timeout-graceful-shutdown": graceMs = int(value(i++, a), a, 0) * 1000; break;
-      case "--reload": throw new UsageError("--reload is not supported yet");
+      case "--reload": reload = true; break;
+      case "--reload-dir": reloadDirs.push(value(i++, a)); break;
       default:
         if (a.startsWith("-") || options.app !== "") throw new UsageError(`unknown argument ${a}`);
         options.app = a;
@@ -72,7 +88,8 @@ function parse(argv: string[]): { options: ServeOptions; accessLog: boolean; gra
   }
   if (options.app === "") throw new UsageError("which app? give MODULE:APP");
   options.path = appDirs.length > 0 ? appDirs : ["."];
-  return { options, accessLog, graceMs };
+  if (reloadDirs.length > 0 && !reload) throw new UsageError("--reload-dir needs --reload");
+  return { options, accessLog, graceMs, reload: reload ? (reloadDirs.length > 0 ? reloadDirs : options.path) : undefined };
 }
 
 export async function serveCommand(argv: string[]): Promise<number> {
@@ -84,6 +101,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     console.error(`bunpy serve: ${e.message}\n${SERVE_USAGE}`);
     return 2;
   }
+  if (parsed.reload !== undefined) return superviseReloads(argv, parsed.reload);
   const { options, accessLog, graceMs } = parsed;
   const s = await py.serve(options);
   if (accessLog) {
@@ -118,5 +136,74 @@ export async function serveCommand(argv: string[]): Promise<number> {
   });
   await py.close();
   console.log("bunpy: stopped");
+  return 0;
+}
+
+/**
+ * --reload: the server runs in a child process (`bunpy serve` without the reload flags), and
+ * this one watches the directories; a changed .py file stops the child gracefully and starts
+ * a new one, as uvicorn --reload does. A whole new process, not a re-import: modules, the
+ * lifespan state and C extensions all start fresh. A child that fails (say, a syntax error)
+ * is started again at the next change.
+ */
+async function superviseReloads(argv: string[], dirs: string[]): Promise<number> {
+  const childArgs: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--reload") continue;
+    if (argv[i] === "--reload-dir") {
+      i++;
+      continue;
+    }
+    childArgs.push(argv[i]!);
+  }
+  const cli = join(import.meta.dir, "cli.ts");
+  let child: Subprocess | undefined;
+  let stopping = false;
+  const start = () => {
+    child = Bun.spawn([process.execPath, cli, "serve", ...childArgs], { stdio: ["ignore", "inherit", "inherit"] });
+    const mine = child;
+    void mine.exited.then((code) => {
+      if (child === mine && !stopping) console.error(`bunpy: the server exited (code ${code}); waiting for a change to start it again`);
+    });
+  };
+  const stopChild = async () => {
+    const c = child;
+    child = undefined;
+    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
+    c.kill("SIGTERM");
+    await c.exited;
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let restarting = Promise.resolve();
+  const changed = (file: string) => {
+    clearTimeout(timer);
+    // editors write a file in several steps: restart once they are done
+    timer = setTimeout(() => {
+      restarting = restarting.then(async () => {
+        if (stopping) return;
+        console.error(`bunpy: ${file} changed; reloading`);
+        await stopChild();
+        if (!stopping) start();
+      });
+    }, 150);
+  };
+  const watchers = dirs.map((d) =>
+    watch(resolve(d), { recursive: true }, (_event, name) => {
+      if (name !== null && name.endsWith(".py")) changed(name);
+    }),
+  );
+  console.error(`bunpy: watching ${dirs.map((d) => resolve(d)).join(", ")} for changes to .py files`);
+  start();
+  await new Promise<void>((done) => {
+    const stop = () => {
+      if (stopping) return;
+      stopping = true;
+      clearTimeout(timer);
+      for (const w of watchers) w.close();
+      void restarting.then(stopChild).then(done);
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
   return 0;
 }

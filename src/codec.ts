@@ -61,6 +61,12 @@ export interface WireHooks {
   proxyFor(handle: number): unknown;
 }
 
+/** The decoder's memo of short ASCII strings, per JS thread (strings are immutable, so a
+    shared one is safe): direct-mapped, a slot holds the last string that hashed to it. */
+const MEMO_SLOTS = 1024;
+const MEMO_MAX_LENGTH = 24;
+const memo: string[] = new Array<string>(MEMO_SLOTS).fill("");
+
 /** Returned by decode for BP_T_METHOD (only bp_getattr writes it). */
 export const METHOD: unique symbol = Symbol("bunpy.method");
 
@@ -228,7 +234,7 @@ export class Wire {
         u8[start + i] = c;
       }
       if (i === n) {
-        u8[this.pos] = Tag.Str;
+        u8[this.pos] = Tag.Ascii; // the C side memoizes short ASCII strings
         this.dv.setUint32(this.pos + 1, n, true);
         this.pos = start + n;
         return;
@@ -606,7 +612,23 @@ export class Wire {
     const n = this.readU32();
     const start = this.pos;
     this.pos += n;
-    return ascii ? this.text.latin1Slice(start, start + n) : this.text.utf8Slice(start, start + n);
+    if (!ascii) return this.text.utf8Slice(start, start + n);
+    if (n > MEMO_MAX_LENGTH || n === 0) return this.text.latin1Slice(start, start + n);
+    // short ASCII strings (dict keys, enum-like values) repeat: a memo hit gives back the
+    // string decoded before, with no native call and no allocation
+    const u8 = this.u8;
+    let h = n;
+    for (let i = start; i < start + n; i++) h = (h * 31 + u8[i]!) | 0;
+    const slot = h & (MEMO_SLOTS - 1);
+    const known = memo[slot]!;
+    if (known.length === n) {
+      let i = 0;
+      while (i < n && known.charCodeAt(i) === u8[start + i]) i++;
+      if (i === n) return known;
+    }
+    const fresh = this.text.latin1Slice(start, start + n);
+    memo[slot] = fresh;
+    return fresh;
   }
 
   /** Decodes the value at offset 0: the result of the last call. */

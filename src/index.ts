@@ -27,6 +27,7 @@ export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.
 export type { CallOptions, CloseOptions, ContextMode, ContextOptions, MessageListener, SandboxPolicy } from "./context.ts";
 export { Pool } from "./pool.ts";
 export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
+export type { ListenOptions, Listener } from "./listen.ts";
 export type { AsgiApp, AsgiOptions, CloseAppOptions, ServedApp } from "./asgi.ts";
 export type { WsgiOptions } from "./wsgi.ts";
 export type { ServeOptions, ServedServer } from "./serve.ts";

@@ -10,6 +10,7 @@ import type { KwargsObject } from "./codec.ts";
 import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";
+import { listen, type ListenOptions, type Listener } from "./listen.ts";
 
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
@@ -59,6 +60,8 @@ export class Pool {
   private readonly options: PoolOptions;
   /** Code run with execAll, run again in a replacement context. */
   private readonly setup: string[] = [];
+  /** What else a replacement context needs after that (a listener's socket, say). */
+  private readonly preparers = new Set<(ctx: Context) => Promise<void>>();
   private replacements = 0;
 
   private constructor(rt: MainInterpreter, contexts: Context[], options: PoolOptions) {
@@ -82,6 +85,7 @@ export class Pool {
     try {
       fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
       for (const code of this.setup) await fresh.exec(code);
+      for (const prepare of this.preparers) await prepare(fresh);
     } catch (e) {
       await fresh?.close().catch(() => {});
       console.error("bunpy: a pool could not replace a dead context:", e);
@@ -136,6 +140,27 @@ export class Pool {
   async execAll(code: string): Promise<void> {
     this.setup.push(code);
     await Promise.all(this.contexts.map((c) => c.exec(code)));
+  }
+
+  /**
+   * A listening socket in every context, all on one port (SO_REUSEPORT): the kernel spreads
+   * connections over the contexts, each served by `protocol` ("module:Factory", an asyncio
+   * protocol factory) on its context's loop. See docs/contexts.md "Listeners".
+   */
+  listen(options: ListenOptions): Promise<Listener> {
+    if (this.closed) return Promise.reject(new BunpyError("the pool is closed"));
+    // a hand-off passes fds through JS, and a dead context's fd is shut down from the Bun
+    // process: neither means anything for fds that live in a host process
+    if (this.mode === "process")
+      return Promise.reject(new BunpyError('pool.listen() does not support mode "process" pools yet (their sockets live in other processes)'));
+    return listen(this.rt, this, options);
+  }
+
+  /** Runs `prepare` in every context that replaces a dead one, after the execAll code;
+      returns the function that stops it. */
+  onReplace(prepare: (ctx: Context) => Promise<void>): () => void {
+    this.preparers.add(prepare);
+    return () => void this.preparers.delete(prepare);
   }
 
   stats(): PoolStats {

@@ -4,6 +4,7 @@
  */
 import { resolve } from "node:path";
 import type { Context, ContextMode } from "./context.ts";
+import { PythonError } from "./errors.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 
@@ -18,6 +19,30 @@ export interface ServeAppOptions {
   /** root_path (ASGI) / SCRIPT_NAME (WSGI) for requests given to `fetch`; `mount(prefix)`
       makes a handler with another one. Default "". */
   rootPath?: string | undefined;
+  /** Which context serves a request, for apps that keep state per process: `"connection"`
+      (every request of a keep-alive connection, and a websocket, on one context) or a
+      function giving a key (a cookie, a header): requests with the same key go to the same
+      context; `undefined` from it picks as usual. Default: an idle context, else the least loaded. */
+  route?: "connection" | ((req: Request, server?: ServerLike) => string | number | undefined) | undefined;
+}
+
+const NO_ROUTE: { key?: undefined } = Object.freeze({});
+
+/** The `pool.pick` options of a request under `route` (checked when the app starts). */
+export function router(route: ServeAppOptions["route"]): (req: Request, server: ServerLike | undefined) => { key?: string | number | undefined } {
+  if (route === undefined) return () => NO_ROUTE;
+  if (route === "connection")
+    return (req, server) => {
+      const ip = server?.requestIP?.(req);
+      return { key: ip ? `${ip.address}:${ip.port}` : undefined };
+    };
+  if (typeof route !== "function") throw new TypeError(`route: expected "connection" or a function returning a key, got ${String(route)}`);
+  return (req, server) => {
+    const key = route(req, server);
+    if (key !== undefined && typeof key !== "string" && typeof key !== "number")
+      throw new TypeError(`route: the function must return a string, a number or undefined, got ${typeof key}`);
+    return { key };
+  };
 }
 
 /** A Bun server as far as serving needs it (the second argument of `fetch`). */
@@ -41,17 +66,35 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
     if (typeof p !== "string") throw new TypeError("path: expected an array of directory names");
     return resolve(p);
   });
-  const pool = await Pool.start(rt, { ...options.pool, mode: options.mode ?? options.pool?.mode });
+  const chosen = options.mode ?? options.pool?.mode;
   const id = nextApp++;
+  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"})\n`;
+  const start = async (mode: ContextMode | undefined) => {
+    const pool = await Pool.start(rt, { ...options.pool, mode });
+    try {
+      await pool.execAll(code);
+      const kind = (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as "asgi" | "wsgi";
+      return { pool, id, kind };
+    } catch (e) {
+      await pool.close();
+      throw e;
+    }
+  };
   try {
-    const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)})\n`;
-    await pool.execAll(code);
-    const kind = (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as "asgi" | "wsgi";
-    return { pool, id, kind };
+    return await start(chosen);
   } catch (e) {
-    await pool.close();
-    throw e;
+    // An app that imports an extension refusing subinterpreters (PyO3 modules such as
+    // pydantic-core, single-phase modules) cannot run in owngil contexts: unless the user
+    // chose the mode, serve it in worker contexts and say so in one line.
+    if (chosen !== undefined || rt.info.minor < 12 || !refusesSubinterpreters(e)) throw e;
+    console.warn(`bunpy: ${target} imports an extension that refuses subinterpreters (${(e as PythonError).pythonMessage.split("\n")[0]}); serving it in worker contexts (they share one GIL). Pass mode: "worker" to skip this attempt.`);
+    return await start("worker");
   }
+}
+
+/** Whether `e` is an ImportError of an extension module that cannot load in an owngil context. */
+function refusesSubinterpreters(e: unknown): boolean {
+  return e instanceof PythonError && e.type === "ImportError" && /subinterpreter|owngil context/i.test(e.pythonMessage);
 }
 
 /** The request target (path and query as sent) and scheme of a Bun Request's URL. */

@@ -34,7 +34,13 @@ export async function startServe(rt: MainInterpreter, options: ServeOptions): Pr
     throw new TypeError('interface: expected "asgi" or "wsgi"');
   const loaded = await loadApp(rt, options.app, options);
   const kind = options.interface ?? loaded.kind;
-  const app = kind === "asgi" ? await startAsgi(rt, options.app, options, loaded) : await startWsgi(rt, options.app, options, loaded);
+  let app: ServedApp;
+  try {
+    app = kind === "asgi" ? await startAsgi(rt, options.app, options, loaded) : await startWsgi(rt, options.app, options, loaded);
+  } catch (e) {
+    await loaded.pool.close(); // a bad option (route, rootPath, lifespan) or a failed startup
+    throw e;
+  }
   let server: ReturnType<typeof Bun.serve>;
   try {
     server = Bun.serve({

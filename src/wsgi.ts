@@ -15,6 +15,7 @@ import {
   loadApp,
   nullBodyStatus,
   pulledBody,
+  router,
   targetOf,
   Tracker,
   unavailable,
@@ -48,6 +49,7 @@ function register(rt: MainInterpreter): void {
 
 export async function startWsgi(rt: MainInterpreter, target: string, options: WsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<ServedApp> {
   const defaultRoot = checkRootPath(options.rootPath);
+  const routeOf = router(options.route);
   register(rt);
   const { pool, id } = loaded ?? (await loadApp(rt, target, options));
   const tracker = new Tracker();
@@ -58,7 +60,7 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
     const rid = nextRequest++;
     let streaming = false;
     try {
-      const ctx = pool.pick();
+      const ctx = pool.pick(routeOf(req, server));
       const url = req.url;
       const method = req.method;
       let body: Uint8Array | null = null;

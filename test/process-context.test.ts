@@ -323,6 +323,7 @@ describe("process contexts", () => {
       // the replacement ran the pool's execAll code
       expect(await pool.contexts[0]!.eval("value")).toBe(7);
       expect(await pool.call("builtins", "abs", [-3], undefined, { key: "k" })).toBe(3);
+      await expect(pool.listen({ port: 0, protocol: "asyncio:Protocol" })).rejects.toThrow(/mode "process"/);
     } finally {
       await pool.close();
     }

@@ -1,11 +1,13 @@
 // ASGI apps served by Bun.serve through py.asgi, over real sockets: raw ASGI apps
 // (test/fixtures/serve/rawapp.py), Starlette and Django from the local pip index.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { resolve } from "node:path";
-import { py, type AsgiApp } from "../src/index.ts";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { py, type AsgiApp, type AsgiOptions } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
 import { openUntil, rawExchange, sequential } from "./fixtures/serve/http.ts";
-import { testVenv } from "./fixtures/serve/venv.ts";
+import { testVenv } from "./fixtures/venv.ts";
 
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
 const mode = hasOwnGil ? "owngil" : "worker";
@@ -234,6 +236,33 @@ describe("raw ASGI app", () => {
     expect(events).toContain("ws disconnect 4321");
   });
 
+  test("websocket denial response (extension): the app answers the upgrade with its own HTTP response", async () => {
+    const out = await rawExchange(
+      server.port!,
+      "GET /ws-denial-response HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    expect(out).toStartWith("HTTP/1.1 401");
+    expect(out.toLowerCase()).toContain("www-authenticate: bearer");
+    expect(out).toEndWith("log in first");
+  });
+
+  test("http.response.pathsend (extension): Bun sends the file; a missing file is the app's OSError and a 500", async () => {
+    const s = (await (await fetch(`${base}/scope`)).json()) as { extensions: Record<string, unknown> };
+    expect(s.extensions).toEqual({ "http.response.pathsend": {} });
+    const file = resolve(FIXTURES, "static.txt");
+    const r = await fetch(`${base}/pathsend?${file}`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get("x-sent")).toBe("by-path");
+    expect(await r.text()).toBe(await Bun.file(file).text());
+    const head = await fetch(`${base}/pathsend?${file}`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(await head.text()).toBe("");
+    // the app's send() raised before anything reached the client: a clean 500
+    expect((await fetch(`${base}/pathsend?/no/such/file`)).status).toBe(500);
+    const events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    expect(events).toContain("pathsend: FileNotFoundError");
+  });
+
   test("many requests in flight across the pool", async () => {
     const rs = await Promise.all(Array.from({ length: 64 }, (_, i) => fetch(`${base}/stream?n=${i % 7}`).then((r) => r.text())));
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
@@ -241,6 +270,137 @@ describe("raw ASGI app", () => {
     // nothing is left behind in Python: every request record was dropped
     const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")));
     expect(left).toEqual(app.pool.contexts.map(() => 0));
+  });
+});
+
+describe("modes", () => {
+  test.skipIf(!hasOwnGil)("an app importing an extension that refuses subinterpreters is served in worker contexts, with one line saying so", async () => {
+    const warned: string[] = [];
+    const warn = console.warn;
+    console.warn = (...a: unknown[]) => void warned.push(a.join(" "));
+    let app: AsgiApp | undefined;
+    try {
+      app = await py.asgi("singlephase:app", { pool: { size: 1 }, path: [FIXTURES] });
+    } finally {
+      console.warn = warn;
+    }
+    const server = Bun.serve({ port: 0, fetch: app.fetch });
+    try {
+      expect(app.pool.mode).toBe("worker");
+      expect(warned.join("\n")).toContain("singlephase:app imports an extension that refuses subinterpreters");
+      expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("served");
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  });
+
+  test.skipIf(!hasOwnGil)("with mode: \"owngil\" chosen, such an app is an ImportError", async () => {
+    await expect(py.asgi("singlephase:app", { pool: { size: 1 }, mode: "owngil", path: [FIXTURES] })).rejects.toThrow(/ImportError.*_testsinglephase/);
+  });
+});
+
+describe("routing", () => {
+  async function served(route: AsgiOptions["route"], f: (base: string, port: number) => Promise<void>) {
+    const app = await py.asgi("rawapp:app", { pool: { size: 2 }, mode, path: [FIXTURES], route });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch });
+    try {
+      await f(`http://127.0.0.1:${server.port}`, server.port!);
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  }
+
+  test("by key: concurrent requests with one key stay on one context; keys spread over the pool", async () => {
+    await served((req) => req.headers.get("x-user") ?? undefined, async (base) => {
+      const who = (user: string) => fetch(`${base}/whoami`, { headers: { "x-user": user } }).then((r) => r.text());
+      const users = ["ana", "bo", "cy", "dee", "eli", "fay", "gus", "hal"];
+      const rounds = await Promise.all(users.map((u) => Promise.all(Array.from({ length: 6 }, () => who(u)))));
+      for (const r of rounds) expect(new Set(r).size).toBe(1);
+      expect(new Set(rounds.map((r) => r[0])).size).toBe(2); // eight keys land on both contexts
+      // without a route, the same concurrent load spreads over both contexts
+    });
+    await served(undefined, async (base) => {
+      const r = await Promise.all(Array.from({ length: 12 }, () => fetch(`${base}/whoami`, { headers: { "x-user": "ana" } }).then((x) => x.text())));
+      expect(new Set(r).size).toBe(2);
+    });
+  });
+
+  test('"connection": the requests of one keep-alive connection are served by one context', async () => {
+    await served("connection", async (base, port) => {
+      // other clients keep both contexts busy meanwhile (unrouted, the requests would spread)
+      let loading = true;
+      const load = Array.from({ length: 6 }, async () => {
+        while (loading) await (await fetch(`${base}/whoami`)).text();
+      });
+      const res = await sequential(port, "GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n", 12, ";");
+      loading = false;
+      await Promise.all(load);
+      const idents = res.map((r) => r.slice(r.indexOf("\r\n\r\n") + 4));
+      expect(idents.every((x) => /^\d+;$/.test(x))).toBe(true);
+      expect(new Set(idents).size).toBe(1);
+    });
+  });
+
+  test("bad route options are TypeErrors (py.serve's pool is closed again)", async () => {
+    await expect(py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES], route: "cookie" as never })).rejects.toThrow(TypeError);
+    const threads = () => readdirSync("/proc/self/task").length;
+    const before = threads();
+    await expect(py.serve({ app: "rawapp:app", port: 0, pool: { size: 2 }, mode, path: [FIXTURES], route: 5 as never })).rejects.toThrow(TypeError);
+    expect(threads()).toBeLessThanOrEqual(before); // the two context threads are gone
+  });
+});
+
+describe("TLS", () => {
+  // a self-signed certificate made for the test (openssl is part of Debian's base system)
+  function selfSigned(): { cert: string; key: string } | undefined {
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-tls-"));
+    const r = Bun.spawnSync(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")], { stdout: "ignore", stderr: "ignore" });
+    if (r.exitCode !== 0) return undefined;
+    return { cert: readFileSync(join(dir, "cert.pem"), "utf8"), key: readFileSync(join(dir, "key.pem"), "utf8") };
+  }
+  const tls = Bun.which("openssl") ? selfSigned() : undefined;
+
+  test.skipIf(!tls)("https and wss (skipped without openssl: apt-get install openssl): the scope says so, bodies and frames cross encrypted", async () => {
+    const app = await py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", tls: tls!, fetch: app.fetch, websocket: app.websocket });
+    try {
+      const opts = { tls: { rejectUnauthorized: false } } as RequestInit;
+      const scope = (await (await fetch(`https://127.0.0.1:${server.port}/scope`, opts)).json()) as { scheme: string };
+      expect(scope.scheme).toBe("https");
+      const echo = await (await fetch(`https://127.0.0.1:${server.port}/echo`, { ...opts, method: "POST", body: new Uint8Array(200_000) })).json();
+      expect(echo).toMatchObject({ total: 200_000 });
+      const ws = new WebSocket(`wss://127.0.0.1:${server.port}/ws`, { tls: { rejectUnauthorized: false } } as never);
+      const first = await new Promise<string>((ok, fail) => {
+        ws.onmessage = (e) => ok(String(e.data));
+        ws.onerror = fail;
+      });
+      expect(first).toStartWith("welcome /ws");
+      ws.close();
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  });
+});
+
+describe("sandboxed app", () => {
+  test("a sandboxed app is not offered pathsend (Bun would open the file outside the sandbox, after the app's check)", async () => {
+    const app = await py.asgi("rawapp:app", { pool: { size: 1, sandbox: { files: [FIXTURES] } }, mode, path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, fetch: app.fetch });
+    try {
+      const base = `http://127.0.0.1:${server.port}`;
+      const s = (await (await fetch(`${base}/scope`)).json()) as { extensions: Record<string, unknown> };
+      expect(s.extensions).toEqual({});
+      // an app that sends the message anyway gets an error, not a file
+      const r = await fetch(`${base}/pathsend?${resolve(FIXTURES, "static.txt")}`);
+      expect(r.status).toBe(500);
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
   });
 });
 
@@ -268,6 +428,12 @@ describe("lifespan", () => {
     expect(app.pool.contexts.every((c) => c.state === "closed")).toBe(true);
   }, 15_000);
 
+  test("an app that takes the startup event and raises failed its startup (auto too): an error, with the traceback", async () => {
+    await expect(py.asgi("rawapp:startup_raises", { pool: { size: 1 }, mode, path: [FIXTURES] })).rejects.toThrow(
+      /lifespan startup failed: ConnectionError\('database unreachable'\)/,
+    );
+  });
+
   test('lifespan: "on" refuses an app without lifespan support', async () => {
     await expect(py.asgi("rawapp:nolifespan", { pool: { size: 1 }, mode, path: [FIXTURES], lifespan: "on" })).rejects.toThrow("lifespan");
   });
@@ -284,9 +450,14 @@ describe("lifespan", () => {
       shutdowns.length = 0;
       const slow = Array.from({ length: 30 }, () => fetch(`${base}/stream?n=200`).then((r) => r.text()));
       while (app.inFlight === 0) await Bun.sleep(1);
+      const inFlight = app.inFlight;
       const closing = app.close();
       expect((await fetch(`${base}/hello`)).status).toBe(503);
-      for (const t of await Promise.all(slow)) expect(t.split("\n").length - 1).toBe(200); // every request finished, complete
+      // every request in flight at close() finished, complete; those that came later got a 503
+      const texts = await Promise.all(slow);
+      const complete = texts.filter((t) => t.split("\n").length - 1 === 200).length;
+      expect(complete).toBeGreaterThanOrEqual(inFlight);
+      expect(texts.filter((t) => t !== "Service Unavailable").length).toBe(complete);
       await closing;
       stop();
       expect(shutdowns).toEqual(["shutdown while 0 in flight", "shutdown while 0 in flight"]); // one per context

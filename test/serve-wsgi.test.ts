@@ -4,8 +4,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
 import { py, type ServedApp } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
-import { openUntil } from "./fixtures/serve/http.ts";
-import { testVenv } from "./fixtures/serve/venv.ts";
+import { openUntil, rawExchange } from "./fixtures/serve/http.ts";
+import { testVenv } from "./fixtures/venv.ts";
 
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
 const mode = hasOwnGil ? "owngil" : "worker";
@@ -97,6 +97,45 @@ describe("raw WSGI app", () => {
     const e = await fetch(`${base}/error`);
     expect(e.status).toBe(500);
     expect(await e.text()).toBe("Internal Server Error");
+  });
+
+  // what the contexts print on stderr while `f` runs (sys.stderr swapped for a buffer)
+  async function stderrOf(f: () => Promise<void>): Promise<string> {
+    const own = mode === "worker" ? app.pool.contexts.slice(0, 1) : app.pool.contexts;
+    await Promise.all(own.map((c) => c.exec("import io, sys\n_saved_err = sys.stderr\nsys.stderr = io.StringIO()")));
+    try {
+      await f();
+      return (await Promise.all(own.map((c) => c.eval("sys.stderr.getvalue()")))).join("");
+    } finally {
+      await Promise.all(own.map((c) => c.exec("sys.stderr = _saved_err")));
+    }
+  }
+
+  test("an error after the head is sent ends the connection without a clean end, and its traceback is printed", async () => {
+    const err = await stderrOf(async () => {
+      const r = await fetch(`${base}/fail-mid`);
+      expect(r.status).toBe(200);
+      await expect(r.text()).rejects.toThrow();
+    });
+    expect(err).toContain("bunpy: exception in WSGI application (after the response started)");
+    expect(err).toContain("RuntimeError: mid-stream boom");
+    expect(app.inFlight).toBe(0);
+  });
+
+  test("an exception from the iterable's close() is printed; the complete response stands", async () => {
+    const err = await stderrOf(async () => {
+      const r = await fetch(`${base}/close-raises`);
+      expect(r.status).toBe(200);
+      expect(await r.text()).toBe("complete");
+    });
+    expect(err).toContain("exception in the WSGI iterable's close()");
+    expect(err).toContain("OSError: close boom");
+  });
+
+  test("header names with underscores are dropped (they could pass for a dashed header)", async () => {
+    const r = await rawExchange(server.port!, "GET /headers HTTP/1.1\r\nHost: x\r\nX-User: real\r\nX_User: forged\r\nX_Other: y\r\nConnection: close\r\n\r\n");
+    const body = JSON.parse(r.slice(r.indexOf("\r\n\r\n") + 4));
+    expect(body).toEqual({ HTTP_X_USER: "real" });
   });
 
   test("many requests in flight across the pool", async () => {

@@ -227,6 +227,43 @@ describe("strings", () => {
     expect(py.eval("1 + 1")).toBe(2);
   });
 
+  test("short ASCII strings, memoized by both decoders, keep their exact values: colliding slots, every length around the memo's limit, ASCII next to non-ASCII", () => {
+    // thousands of distinct short strings: many share a memo slot; each must come back as itself
+    const strs: string[] = [];
+    for (let i = 0; i < 5000; i++) strs.push(i.toString(36).padStart(1 + (i % 26), "k"));
+    for (let n = 20; n <= 28; n++) strs.push("m".repeat(n), "m".repeat(n - 1) + "n");
+    strs.push("é", "e", "ab\u00ff", "ab\u007f", "key", "kéy");
+    expect(ident(strs)).toEqual(strs);
+    expect(py.call("t_values", "codepoints", ["ab\u00ff"])).toEqual([97, 98, 255]);
+    // as dict keys, both ways, and checked on the Python side
+    const obj = Object.fromEntries(strs.map((k, i) => [k, i]));
+    expect(ident(obj)).toEqual(obj);
+    expect(py.call("t_values", "eq", [{ a: 1, é: 2 }, py.eval("{'a': 1, 'é': 2}")])).toBe(true);
+    // a string seen before as a key, sent again as a value and the reverse
+    expect(ident([{ key: "kéy" }, "key", { kéy: "key" }])).toEqual([{ key: "kéy" }, "key", { kéy: "key" }]);
+  });
+
+  test("the string memos hold across contexts and Workers (each has its own)", async () => {
+    const ctx = await py.context();
+    try {
+      await ctx.exec("def ident(x):\n    return x\n");
+      const words = Array.from({ length: 3000 }, (_, i) => `w${(i * 7919) % 3001}`);
+      const rows = words.map((w, i) => ({ [w]: i, word: w }));
+      expect(await ctx.call("__main__", "ident", [rows])).toEqual(rows);
+      expect(ident(rows)).toEqual(rows);
+      const worker = new Worker(new URL("./fixtures/memo-worker.ts", import.meta.url));
+      const got = await new Promise<unknown>((ok, fail) => {
+        worker.onmessage = (e) => ok(e.data);
+        worker.onerror = fail;
+        worker.postMessage(rows);
+      });
+      worker.terminate();
+      expect(got).toEqual(rows);
+    } finally {
+      await ctx.close();
+    }
+  });
+
   test("a Python str with a lone surrogate is a ConversionError", () => {
     expect(() => py.eval("'\\udc80'")).toThrow(ConversionError);
     expect(() => py.eval("['ok', 'a\\ud800b']")).toThrow(/surrogate/);

@@ -14,6 +14,8 @@ Inside Python run by bunpy, ``import bunpy`` gives access to the JavaScript side
     bunpy.Interrupted                   raised where JS interrupts a context's code (timeout,
                                         AbortSignal, close); a KeyboardInterrupt
     bunpy.JSFunction                    the type of JS functions passed into Python
+    await bunpy.listen(factory, host, port)  loop.create_server with SO_REUSEPORT (one per context)
+    bunpy.hand_off(transport, to, data) give a connection of a pool.listen listener to another context
 """
 
 import sys
@@ -23,7 +25,7 @@ from _bunpy import JSError, JSFunction, call, send
 
 __all__ = [
     "call", "async_call", "send", "sleep", "run", "new_event_loop", "EventLoopPolicy", "JSError", "JSFunction",
-    "Interrupted",
+    "Interrupted", "listen", "hand_off",
 ]
 
 
@@ -47,6 +49,10 @@ def __getattr__(name):
         from . import _loop
 
         return getattr(_loop, name)
+    if name in ("listen", "hand_off"):
+        from . import _listen
+
+        return getattr(_listen, name)
     raise AttributeError(f"module 'bunpy' has no attribute {name!r}")
 
 

@@ -16,7 +16,12 @@ from urllib.parse import unquote
 import bunpy
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
-DONE, STREAM = 0, 1
+# the ASGI extensions served: file responses by path (Bun sends the file), and an HTTP
+# response instead of a websocket (the denial response). Trailers are not: Bun's Response
+# has none to send.
+_HTTP_EXTENSIONS = {"http.response.pathsend": {}}
+_WS_EXTENSIONS = {"websocket.http.response": {}}
+DONE, STREAM, PATHSEND = 0, 1, 2
 _HIGH_WATER = 65536  # bytes a streamed response may queue before send() waits for JS
 
 import threading
@@ -36,10 +41,13 @@ def _state():
 
 
 class _App:
-    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks")
+    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions")
 
-    def __init__(self, app):
+    def __init__(self, app, sandboxed):
         self.app = app
+        # pathsend is not offered to a sandboxed app: the file is checked here but opened
+        # later by Bun, outside the sandbox, so the app could swap a symlink in between
+        self.extensions = {} if sandboxed else _HTTP_EXTENSIONS
         self.state = {}
         self.lifespan = None  # the lifespan task, when the app supports it
         self.lifespan_queue = None
@@ -70,7 +78,7 @@ async def _continue(coro, yielded):
     return await _resume(coro, yielded)
 
 
-def load(app_id, target, paths):
+def load(app_id, target, paths, sandboxed=False):
     """Imports "module:attr" (attr may be dotted) and registers the app under app_id.
     Returns "asgi" or "wsgi" (what the object looks like)."""
     for p in reversed(paths):
@@ -89,7 +97,7 @@ def load(app_id, target, paths):
             raise AttributeError(f"bunpy: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise TypeError(f"bunpy: {target} is not callable")
-    _state()[0][app_id] = _App(obj)
+    _state()[0][app_id] = _App(obj, sandboxed)
     return kind(obj)
 
 
@@ -113,7 +121,9 @@ def kind(obj):
 
 async def lifespan_startup(app_id):
     """Runs the lifespan startup. Returns True (supported and complete), False (the app does
-    not support lifespan: it raised before sending anything, as uvicorn's "auto")."""
+    not support lifespan: it raised before asking for the startup event, as uvicorn's
+    "auto"). An app that took the event and then raised failed its startup: that is an
+    error, with the traceback printed, not a quiet "unsupported"."""
     a = _state()[0][app_id]
     loop = asyncio.get_running_loop()
     a.lifespan_queue = asyncio.Queue()
@@ -121,9 +131,12 @@ async def lifespan_startup(app_id):
     started = loop.create_future()
     a.lifespan_done = loop.create_future()
     sent = []
+    received = []
 
     async def receive():
-        return await a.lifespan_queue.get()
+        m = await a.lifespan_queue.get()
+        received.append(m["type"])
+        return m
 
     async def send(message):
         t = message.get("type")
@@ -141,7 +154,9 @@ async def lifespan_startup(app_id):
             await a.app(scope, receive, send)
         except BaseException as e:
             if not started.done():
-                started.set_result(None if not sent else {"type": "lifespan.startup.failed", "message": repr(e)})
+                if sent or received:
+                    _report("the ASGI app's lifespan startup", e)
+                started.set_result(None if not (sent or received) else {"type": "lifespan.startup.failed", "message": repr(e)})
             if not a.lifespan_done.done():
                 a.lifespan_done.set_result({"type": "lifespan.shutdown.failed", "message": repr(e)})
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
@@ -203,7 +218,7 @@ class _Request:
     __slots__ = (
         "rid", "body", "more", "head", "disconnected", "waiter", "status", "headers",
         "chunks", "queued", "complete", "error", "started", "returned", "drain", "puller",
-        "result", "task",
+        "result", "task", "path",
     )
 
     def __init__(self, rid, body, more, head):
@@ -225,6 +240,7 @@ class _Request:
         self.puller = None  # future: pull() waiting for send()
         self.result = None  # future: handle() waiting for the head
         self.task = None  # the app call's task, once it waited for something
+        self.path = None  # http.response.pathsend: the file Bun sends
 
 
 def _headers_out(headers):
@@ -277,6 +293,7 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
         "client": (client_host, client_port) if client_host is not None else None,
         "server": server,
         "state": a.state.copy(),
+        "extensions": a.extensions,
     }
     r = _Request(rid, body if body is not None else b"", more, method == "HEAD")
     requests[rid] = r
@@ -300,7 +317,9 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
             r.result = asyncio.get_running_loop().create_future()
             await r.result
     r.returned = True
-    if r.error is not None and not r.started:
+    # nothing has reached the client yet: an app that failed, even after its
+    # http.response.start, still gets a clean 500 (not a dropped connection)
+    if r.error is not None:
         requests.pop(rid, None)
         return [500, ["content-type", "text/plain; charset=utf-8", "content-length", "21"], b"Internal Server Error", DONE]
     body = b"".join(r.chunks) if len(r.chunks) != 1 else r.chunks[0]
@@ -308,6 +327,8 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     r.queued = 0
     if r.complete:
         requests.pop(rid, None)
+        if r.path is not None:
+            return [r.status, _headers_out(r.headers), r.path, PATHSEND]
         return [r.status, _headers_out(r.headers), body, DONE]
     return [r.status, _headers_out(r.headers), body, STREAM]
 
@@ -369,6 +390,20 @@ async def _run(app, scope, r):
                     await r.drain
                     if r.disconnected:
                         raise OSError("bunpy: the client has disconnected")
+        elif t == "http.response.pathsend" and "http.response.pathsend" in scope["extensions"]:
+            if r.complete and r.head:
+                return  # HEAD: the response ended with its head
+            if not r.started or r.complete:
+                raise RuntimeError("bunpy: http.response.pathsend before http.response.start or after the body")
+            path = message["path"]
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"bunpy: http.response.pathsend needs an absolute path, got {path!r}")
+            open(path, "rb").close()  # a missing or unreadable file is the app's error
+            r.path = path
+            r.complete = True
+            _wake(r)
+            if r.waiter is not None and not r.waiter.done():
+                r.waiter.set_result(None)
         else:
             raise RuntimeError(f"bunpy: unexpected ASGI message {t!r}")
 
@@ -460,7 +495,7 @@ _WS_CONNECTING, _WS_OPEN, _WS_CLOSED = 0, 1, 2
 
 
 class _WS:
-    __slots__ = ("rid", "queue", "state", "result", "client_closed")
+    __slots__ = ("rid", "queue", "state", "result", "client_closed", "denial")
 
     def __init__(self, rid):
         self.rid = rid
@@ -468,12 +503,13 @@ class _WS:
         self.state = _WS_CONNECTING
         self.result = None
         self.client_closed = False
+        self.denial = None  # [status, headers, body chunks]: an HTTP response instead
 
 
 async def ws_connect(app_id, rid, target, headers, client_host, client_port, scheme, server_host,
                      server_port, root_path, subprotocols):
-    """Runs the app until it accepts or refuses: ["accept", subprotocol, headers] or
-    ["close", status]."""
+    """Runs the app until it accepts or refuses: ["accept", subprotocol, headers],
+    ["close", status] or ["deny", status, headers, body] (the denial-response extension)."""
     apps, requests = _state()
     a = apps[app_id]
     raw, _, query = target.partition("?")
@@ -492,6 +528,7 @@ async def ws_connect(app_id, rid, target, headers, client_host, client_port, sch
         "server": (server_host, server_port),
         "subprotocols": subprotocols,
         "state": a.state.copy(),
+        "extensions": _WS_EXTENSIONS,
     }
     w = _WS(rid)
     requests[rid] = w
@@ -513,8 +550,8 @@ async def _ws_run(app, scope, w):
         if w.client_closed:
             raise OSError("bunpy: the websocket was closed by the client")
         if t == "websocket.accept":
-            if w.state != _WS_CONNECTING:
-                raise RuntimeError("bunpy: websocket.accept after the handshake")
+            if w.state != _WS_CONNECTING or w.denial is not None:
+                raise RuntimeError("bunpy: websocket.accept after the handshake or a denial response")
             w.state = _WS_OPEN
             w.result.set_result(["accept", message.get("subprotocol"), _headers_out(message.get("headers", ()))])
         elif t == "websocket.send":
@@ -525,7 +562,19 @@ async def _ws_run(app, scope, w):
                 bunpy.send("__bunpy_ws", [w.rid, 0, text])
             else:
                 bunpy.send("__bunpy_ws", [w.rid, 1, bytes(message.get("bytes") or b"")])
+        elif t == "websocket.http.response.start":
+            if w.state != _WS_CONNECTING or w.denial is not None:
+                raise RuntimeError("bunpy: websocket.http.response.start after the handshake")
+            w.denial = [int(message["status"]), _headers_out(message.get("headers", ())), []]
+        elif t == "websocket.http.response.body":
+            if w.denial is None or w.state != _WS_CONNECTING:
+                raise RuntimeError("bunpy: websocket.http.response.body without websocket.http.response.start")
+            w.denial[2].append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                _ws_deny(w)
         elif t == "websocket.close":
+            if w.denial is not None:
+                raise RuntimeError("bunpy: websocket.close during a denial response")
             if w.state == _WS_CONNECTING:
                 w.state = _WS_CLOSED
                 w.result.set_result(["close", 403])
@@ -547,8 +596,16 @@ async def _ws_run(app, scope, w):
         _ws_end(w, 403, 1000)
 
 
+def _ws_deny(w):
+    status, headers, chunks = w.denial
+    w.state = _WS_CLOSED
+    w.result.set_result(["deny", status, headers, b"".join(chunks)])
+
+
 def _ws_end(w, status, code):
-    if w.state == _WS_CONNECTING:
+    if w.state == _WS_CONNECTING and w.denial is not None and status != 500:
+        _ws_deny(w)  # the app returned with its denial body unfinished: send what it gave
+    elif w.state == _WS_CONNECTING:
         w.result.set_result(["close", status])
     elif w.state == _WS_OPEN and not w.client_closed:
         bunpy.send("__bunpy_ws", [w.rid, 2, code, ""])

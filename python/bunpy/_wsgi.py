@@ -101,11 +101,24 @@ class _Response:
         self.sent = False  # the head went to JS
 
 
+def _report(what):
+    """Prints the exception being handled on stderr, as servers log app errors."""
+    import traceback
+
+    print(f"bunpy: {what}", file=sys.stderr)
+    traceback.print_exc(file=sys.stderr)
+
+
 def _close(resp):
+    """Calls the iterable's close() (PEP 3333) once. Its errors are reported, not raised:
+    by then the response is complete or already failing, and the client should see that."""
     close = getattr(resp.iterable, "close", None)
     resp.iterable = resp.iterator = None
     if close is not None:
-        close()
+        try:
+            close()
+        except BaseException:
+            _report("exception in the WSGI iterable's close()")
 
 
 def _collect(resp):
@@ -161,6 +174,10 @@ def handle(app_id, rid, method, target, headers, client_host, client_port, body,
         if name == "content-length":
             environ["CONTENT_LENGTH"] = value
             continue
+        if "_" in name:
+            # "X_User" and "X-User" would both be HTTP_X_USER: a client could forge a
+            # header a proxy in front set; dropped as nginx and gunicorn do
+            continue
         key = "HTTP_" + name.upper().replace("-", "_")
         environ[key] = environ[key] + "," + value if key in environ else value
 
@@ -196,15 +213,8 @@ def handle(app_id, rid, method, target, headers, client_host, client_port, body,
         if resp.status is None:
             raise RuntimeError("the WSGI app did not call start_response()")
     except BaseException:
-        import traceback
-
-        print("bunpy: exception in WSGI application", file=sys.stderr)
-        traceback.print_exc(file=sys.stderr)
-        try:
-            if resp.iterable is not None:
-                _close(resp)
-        except BaseException:
-            traceback.print_exc(file=sys.stderr)
+        _report("exception in WSGI application")
+        _close(resp)
         return [500, ["content-type", "text/plain; charset=utf-8"], b"Internal Server Error", DONE]
     resp.sent = True
     flat = []
@@ -227,9 +237,11 @@ def pull(rid):
     try:
         body, more = _collect(resp)
     except BaseException:
+        # the head is gone: the connection is closed without a clean end
+        _report("exception in WSGI application (after the response started)")
         streams.pop(rid, None)
         _close(resp)
-        raise
+        raise RuntimeError("bunpy: the WSGI app failed after the response started") from None
     if not more:
         streams.pop(rid, None)
         _close(resp)
