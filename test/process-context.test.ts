@@ -248,6 +248,14 @@ describe("process contexts", () => {
     expect(py.eval("1 + 1")).toBe(2);
   });
 
+  test("cpuTime: past it the kernel ends the host (ContextDiedError naming SIGXCPU)", async () => {
+    const ctx = await proc({ cpuTime: 1 });
+    const e = (await ctx.exec("while True: pass").catch((x) => x)) as Error;
+    expect(e).toBeInstanceOf(ContextDiedError);
+    expect(e.message).toMatch(/SIGXCPU|SIGKILL/);
+    expect(py.eval("1 + 1")).toBe(2);
+  });
+
   test("memoryLimit and the other process-only limits are refused with a TypeError on thread contexts", async () => {
     for (const mode of ["worker"] as const) {
       expect(py.context({ mode, sandbox: { memoryLimit: 1 << 30 } })).rejects.toThrow(/mode: "process"/);
