@@ -147,6 +147,9 @@ describe("process contexts", () => {
         .exec("try:\n    bunpy.call('procThrows')\nexcept bunpy.JSError as e:\n    r = (e.js_name, e.js_message)")
         .then(() => ctx.eval("r"));
       expect(err).toEqual(["RangeError", "from JS"]);
+      // callSync blocks the JS thread, which still answers the host's bunpy.call meanwhile
+      await ctx.exec("def h(x):\n    return bunpy.call('procTwice', x) + 1");
+      expect(ctx.callSync("__main__", "h", [20])).toBe(41);
       // JS -> Python (host) -> JS -> Python (host again, served while bunpy.call waits)
       py.register("procBack", async () => (await ctx.call("builtins", "abs", [-7])) as number);
       expect(await ctx.eval("bunpy.call('procBack')")).toBe(7);
@@ -191,6 +194,17 @@ describe("process contexts", () => {
     expect(await slow).toBeInstanceOf(Error);
     expect(await late).toBeInstanceOf(ContextClosedError);
     expect(ctx.state).toBe("closed");
+  });
+
+  test("close() of a context stuck in C (time.sleep) still ends: the host is stopped, its call rejects", async () => {
+    const ctx = await py.context({ mode: "process" });
+    const pid = (await ctx.call("os", "getpid")) as number;
+    const stuck = ctx.call("time", "sleep", [60]).catch((e) => e);
+    await Bun.sleep(30);
+    await ctx.close({ timeout: 50 });
+    expect(ctx.state).toBe("closed");
+    expect(await stuck).toBeInstanceOf(ContextClosedError);
+    expect(() => process.kill(pid, 0)).toThrow(); // reaped: no such process
   });
 
   test("a segfault kills only the host: ContextDiedError for that call and the next; the rest runs on", async () => {
