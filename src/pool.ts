@@ -15,6 +15,7 @@ import { listen, type ListenOptions, type Listener } from "./listen.ts";
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
   size?: number | undefined;
+  /** As py.context's; with "process" a context whose host process died is replaced too. */
   mode?: ContextMode | undefined;
   /** The sandbox policy of every context of the pool. */
   sandbox?: SandboxPolicy | undefined;
