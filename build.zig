@@ -28,6 +28,7 @@ const sources = [_][]const u8{
     "shim/buffers.c",
     "shim/shared.c",
     "shim/context.c",
+    "shim/relay.c",
     "shim/serve.c",
     "shim/wait.c",
     "shim/request.c",
@@ -36,6 +37,8 @@ const sources = [_][]const u8{
     "shim/seccomp.c",
     "shim/landlock.c",
 };
+
+const host_sources = [_][]const u8{"shim/host.c"};
 
 // Fact 7 in docs/architecture.md: without -fno-sanitize=undefined zig traps on UB checks in C.
 const cflags = [_][]const u8{
@@ -72,11 +75,30 @@ pub fn build(b: *std.Build) void {
         lib.linkLibC();
     }
     // -Dstrip=true drops debug info (prebuilt shims: ~3x smaller).
-    if (b.option(bool, "strip", "strip debug info") orelse false) {
+    const strip = b.option(bool, "strip", "strip debug info") orelse false;
+    if (strip) {
         if (comptime new_api) lib.root_module.strip = true else lib.strip = true;
     }
     lib.addIncludePath(lazyPath(b, py_include));
     // Python's symbols come from the libpython already loaded globally (no DT_NEEDED on it).
     lib.linker_allow_shlib_undefined = true;
     b.installArtifact(lib);
+
+    // bunpy-host: the executable a process context runs Python in (shim/host.c). It links
+    // no libpython either (it dlopens it), and is installed next to libbunpy.so.
+    const host = if (comptime new_api)
+        b.addExecutable(.{ .name = "bunpy-host", .target = target, .optimize = optimize, .link_libc = true })
+    else
+        b.addExecutable(.{ .name = "bunpy-host", .target = target, .optimize = optimize });
+    if (comptime new_api) {
+        host.addCSourceFiles(.{ .files = &host_sources, .flags = &cflags });
+    } else {
+        host.addCSourceFiles(&host_sources, &cflags);
+        host.linkLibC();
+    }
+    if (strip) {
+        if (comptime new_api) host.root_module.strip = true else host.strip = true;
+    }
+    const install_host = b.addInstallArtifact(host, .{ .dest_dir = .{ .override = .lib } });
+    b.getInstallStep().dependOn(&install_host.step);
 }

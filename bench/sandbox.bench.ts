@@ -1,7 +1,9 @@
 /**
  * Sandbox kernel rules (Linux: seccomp filter + Landlock domain on the context's thread):
  * awaited call latency in a context with the strictest policy vs an unsandboxed one (the
- * baseline, same run), and context start + close with vs without, rounds interleaved.
+ * baseline, same run), and context start + close with vs without, rounds interleaved;
+ * then a process context (Python in a bunpy-host process, relayed over a socketpair):
+ * its awaited call latency and start time against the same thread-context baseline.
  */
 import { bench, do_not_optimize, summary } from "mitata";
 import { mkdtempSync } from "node:fs";
@@ -18,7 +20,9 @@ const strict: SandboxPolicy = { processes: false, sockets: false, files: [dir] }
 
 const plain = await py.context({ mode });
 const ruled = await py.context({ mode, sandbox: strict });
-for (const c of [plain, ruled]) await c.exec("def ident(x):\n    return x");
+const proc = await py.context({ mode: "process" });
+const procRuled = await py.context({ mode: "process", sandbox: strict });
+for (const c of [plain, ruled, proc, procRuled]) await c.exec("def ident(x):\n    return x");
 
 const BASELINE = `await ctx.call(ident) — no sandbox (${mode})`;
 summary(() => {
@@ -26,28 +30,36 @@ summary(() => {
   bench(`await ctx.call(ident) — kernel rules (${mode})`, async () =>
     do_not_optimize(await ruled.call("__main__", "ident", [1])),
   );
+  bench("await ctx.call(ident) — process context", async () => do_not_optimize(await proc.call("__main__", "ident", [1])));
+  bench("await ctx.call(ident) — process + kernel rules", async () =>
+    do_not_optimize(await procRuled.call("__main__", "ident", [1])),
+  );
 });
 await runWithRatios(BASELINE);
-await plain.close();
-await ruled.close();
+for (const c of [plain, ruled, proc, procRuled]) await c.close();
 
 // context start (to the first call answered) + close, alternating, medians of 15 rounds
-async function startClose(sandbox?: SandboxPolicy): Promise<number> {
+async function startClose(sandbox?: SandboxPolicy, m: "owngil" | "worker" | "process" = mode): Promise<number> {
   const t = performance.now();
-  const c = await py.context({ mode, sandbox });
+  const c = await py.context({ mode: m, sandbox });
   await c.eval("1");
   const ms = performance.now() - t;
   await c.close();
   return ms;
 }
-const without: number[] = [], withRules: number[] = [];
+const without: number[] = [], withRules: number[] = [], processes: number[] = [], processRules: number[] = [];
 await startClose();
 await startClose(strict);
+await startClose(undefined, "process");
 for (let r = 0; r < 15; r++) {
   without.push(await startClose());
   withRules.push(await startClose(strict));
+  processes.push(await startClose(undefined, "process"));
+  processRules.push(await startClose(strict, "process"));
 }
 const med = (x: number[]) => x.sort((p, q) => p - q)[Math.floor(x.length / 2)]!;
 console.log(`\ncontext start to first answer (${mode}), median of 15:`);
 console.log(`  no sandbox      ${med(without).toFixed(2)} ms`);
 console.log(`  kernel rules    ${med(withRules).toFixed(2)} ms   ${(med(withRules) / med(without)).toFixed(2)}×`);
+console.log(`  process         ${med(processes).toFixed(2)} ms   ${(med(processes) / med(without)).toFixed(2)}×`);
+console.log(`  process + rules ${med(processRules).toFixed(2)} ms   ${(med(processRules) / med(without)).toFixed(2)}×`);

@@ -3,7 +3,8 @@
  * `bun run prebuild`: builds the prebuilt shims and packs the packages a release publishes.
  *
  *   dist/bunpy-linux-x64-gnu/, dist/bunpy-linux-arm64-gnu/   the platform packages, each with
- *       3.11/libbunpy.so, 3.12/…, 3.13/… and a bunpy-shim.json next to each library
+ *       3.11/libbunpy.so, 3.12/…, 3.13/…, the process-context host bunpy-host and a
+ *       bunpy-shim.json next to each library
  *   dist/bunpy/                                              bunpy itself, with the platform
  *       packages as optionalDependencies (added here, so a checkout's npm install asks the
  *       registry for nothing that is not published)
@@ -77,6 +78,8 @@ function main() {
         if (!r.ok) throw new Error(`zig build for ${name} ${minor} failed:\n${r.output}`);
         mkdirSync(join(dir, minor));
         cpSync(join(tmp, "lib", "libbunpy.so"), join(dir, minor, "libbunpy.so"));
+        // the process-context host (shim/host.c), next to the shim it loads
+        cpSync(join(tmp, "lib", "bunpy-host"), join(dir, minor, "bunpy-host"));
         rmSync(tmp, { recursive: true, force: true });
         const manifest: PrebuiltManifest = { python: minor, abiflags: "", sources: hash, target: TARGETS[arch], headers: py.version, bunpy: pkg.version, bytes: statSync(join(dir, minor, "libbunpy.so")).size };
         writeFileSync(join(dir, minor, "bunpy-shim.json"), `${JSON.stringify(manifest, null, 2)}\n`);

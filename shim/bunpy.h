@@ -60,7 +60,8 @@ enum {
     BP_ERR_JS = -6,       /* from the dispatch callback: buf: STR name, STR message, STR stack */
     BP_ERR_ARGUMENT = -7, /* buf: STR message (an argument could not become a Python object) */
     BP_ERR_BUSY = -8,     /* bp_finalize: contexts are still running (close them first)   */
-    BP_ERR_DIED = -9,     /* buf: STR message (the context's thread ended under the call)  */
+    BP_ERR_DIED = -9,     /* buf: STR message (the context's thread ended under the call, or a
+                             process context's host process died)                          */
     BP_CALLS_PENDING = 1, /* bp_ctx_call_sync: calls, completions or messages wait for JS; take
                              them (bp_port_take_calls, bp_port_drain), then bp_ctx_sync_wait */
 };
@@ -104,7 +105,7 @@ typedef struct bp_request bp_request;
    non-empty; JS then calls bp_port_drain. */
 typedef void (*bp_doorbell_fn)(bp_io *io);
 
-enum { BP_CTX_OWNGIL = 0, BP_CTX_WORKER = 1 };
+enum { BP_CTX_OWNGIL = 0, BP_CTX_WORKER = 1, BP_CTX_PROCESS = 2 /* relay.c: Python in a bunpy-host process */ };
 
 /* request payloads (in io->buf when submitted) */
 enum {
@@ -157,6 +158,9 @@ BP_EXPORT int32_t bp_port_poll(bp_io *io, int32_t polling);           /* -> 1: c
 BP_EXPORT int32_t bp_port_drain(bp_io *io);                             /* -> count; buf: (u32 id, i32 status, u32 len, bytes)* */
 BP_EXPORT bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len); /* buf: policy (DICT|NONE);
                                                                       completion `id` once started */
+/* a process context (relay.c): buf as bp_ctx_new; argv: the bunpy-host command line, NUL-separated,
+   ending with an empty string */
+BP_EXPORT bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char *argv);
 BP_EXPORT bp_request *bp_ctx_submit(bp_context *ctx, bp_io *io, uint32_t id, int32_t op, uint32_t len);
 BP_EXPORT int32_t bp_ctx_call_sync(bp_context *ctx, bp_io *io, int32_t op, uint32_t len); /* result in buf */
 BP_EXPORT int32_t bp_ctx_sync_wait(bp_context *ctx, bp_io *io, bp_request *req);  /* after BP_CALLS_PENDING */

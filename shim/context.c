@@ -50,6 +50,7 @@ void bp_ctx_unref(bp_context *c) {
     if (c->alert_fd >= 0) close(c->alert_fd);
     if (c->answers_fd >= 0) close(c->answers_fd);
     bp_ctx_drop_answers(c);
+    if (c->relay) bp_relay_free(c->relay);
     pthread_mutex_destroy(&c->life_lock);
     pthread_cond_destroy(&c->life_cond);
     free(c->scratch.buf);
@@ -529,6 +530,7 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id, uint32_t grace_ms) {
         bp_request_free(r);
         return BP_ERR_STATE;
     }
+    if (c->mode == BP_CTX_PROCESS) return BP_OK; /* the relay bounds the close itself */
     bp_ctx_alert(c); /* a bunpy.sleep in progress ends */
     bp_ctx_ref(c);
     pthread_t t;

@@ -116,7 +116,9 @@ struct bp_context {
     int task_cancels_seen;
     int alert_fd;             /* eventfd: ends bunpy.sleep on a cancel or the close       */
     int answers_fd;           /* eventfd in the loop: async_call answers are waiting       */
-    bp_mpsc answered;         /* async_calls JS answered, for _bunpy.take_answers (jscall.c) */
+    bp_mpsc answered;         /* async_calls JS answered, for _bunpy.take_answers (jscall.c);
+                                 a process context: answers to its host's calls (relay.c) */
+    struct bp_relay *relay;   /* BP_CTX_PROCESS: the host process and its channel (relay.c) */
 };
 
 
@@ -189,6 +191,13 @@ PyObject *bp_sleep(double seconds);        /* bunpy.sleep outside a running loop
 
 /* Hands a finished request (or a message) to its port and rings the doorbell on the edge. */
 void bp_request_deliver(bp_request *r);
+/* relay.c / jscall.c: process contexts */
+typedef struct bp_relay bp_relay;
+void bp_relay_free(bp_relay *r);
+int bp_relay_try_send(bp_context *c, bp_request *r); /* 1: sent by the calling thread itself */
+int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t remote);
+int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len);
+int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t, const uint8_t *, uint32_t));
 /* Frees the async_call answers nobody took (the context is being freed; jscall.c). */
 void bp_ctx_drop_answers(bp_context *c);
 /* bp_port_drain hands a message to JS: lets a blocked sender go on (jscall.c). */

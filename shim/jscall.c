@@ -29,7 +29,9 @@ typedef struct bp_jscall {
     uint8_t *data;            /* the call (name, args, kwargs), then the answer */
     uint32_t len;
     int notify_fd;            /* async_call: an eventfd written when answered; -1 when sync */
-    int batched;              /* async_call on the context's loop: answered through `answered` */
+    int batched;              /* async_call on the context's loop: answered through `answered`;
+                                 2: a process context's host call (relay.c), sent back as ANSWER */
+    uint64_t remote;          /* batched 2: the host's handle of the call */
     atomic_int refs;          /* async_call: the Python handle and the pending answer       */
 } bp_jscall;
 
@@ -273,7 +275,11 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
     call->len = len;
     call->status = status;
     bp_context *c = call->ctx;
-    if (call->batched) {
+    if (call->batched == 2) { /* the relay sends it to the host process */
+        atomic_store(&call->answered, 1);
+        bp_mpsc_push(&c->answered, &call->node);
+        bp_ctx_wake(c);
+    } else if (call->batched) {
         atomic_store(&call->answered, 1);
         /* the answered list takes over the answer's reference; written on the edge only */
         if (bp_mpsc_push(&c->answered, &call->node)) {
@@ -407,4 +413,74 @@ void bp_message_drained(bp_request *r) {
     } else {
         atomic_fetch_sub(&r->reply->unread, 1);
     }
+}
+
+/* ---- process contexts (relay.c): the host's calls and messages, relayed ------------- */
+
+/* A CALL frame: queued on the owner port like a context's bunpy.call. The answer goes to
+   c->answered (batched 2) and from there back to the host (bp_relay_answers). */
+int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t remote) {
+    bp_port *p = c->owner;
+    bp_jscall *call = calloc(1, sizeof *call);
+    if (!call) return -1;
+    call->data = malloc(len ? len : 1);
+    if (!call->data) {
+        free(call);
+        return -1;
+    }
+    if (len) memcpy(call->data, data, len);
+    call->len = len;
+    call->ctx = c;
+    call->notify_fd = -1;
+    call->batched = 2;
+    call->remote = remote;
+    atomic_init(&call->refs, 1); /* the answer's: the relay drops it once sent */
+    bp_ctx_ref(c);
+    if (!bp_port_alive(p) || !p->doorbell) { /* nobody to ask: answer with an error */
+        call->status = BP_ERR_STATE; /* the host raises RuntimeError */
+        call->len = 0;
+        atomic_store(&call->answered, 1);
+        bp_mpsc_push(&c->answered, &call->node);
+        bp_ctx_unref(c);
+        return 0;
+    }
+    int was_empty = bp_mpsc_push(&p->calls, &call->node);
+    if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
+    if (was_empty) p->doorbell(&p->io);
+    return 0;
+}
+
+/* Sends (send != NULL) or drops the answers JS gave to relayed calls. -1: a send failed. */
+int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t, const uint8_t *, uint32_t)) {
+    int rc = 0;
+    for (bp_node *n = bp_mpsc_take(&c->answered); n;) {
+        bp_jscall *call = (bp_jscall *)n;
+        n = n->next;
+        if (send && rc == 0 && send(c, call->remote, call->status, call->data, call->len) < 0) rc = -1;
+        call_unref(call);
+    }
+    return rc;
+}
+
+/* A MESSAGE frame: the host's message record with its origin (a number: the host's context)
+   rewritten to this context, queued for the owner port like a context's bunpy.send. */
+int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len) {
+    /* the origin is written as a float (a pointer as a double) */
+    if (len < 9 || (data[0] != BP_T_FLOAT && data[0] != BP_T_INT53)) return 0; /* not a message record: dropped */
+    bp_port *to = c->owner;
+    if (!bp_port_alive(to)) return 0;
+    uint8_t *payload = malloc(len);
+    if (!payload) return -1;
+    memcpy(payload, data, len);
+    double origin = (double)(uintptr_t)c;
+    memcpy(payload + 1, &origin, 8);
+    bp_request *r = message_new(payload, len, to, c);
+    if (!r) {
+        free(payload);
+        return -1;
+    }
+    atomic_fetch_add(&c->unread, 1);
+    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell && !atomic_load(&to->js_polling)) to->doorbell(&to->io);
+    if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
+    return 0;
 }

@@ -139,6 +139,10 @@ int32_t bp_ctx_push(bp_context *c, bp_request *r) {
         atomic_fetch_sub(&c->submitting, 1);
         return BP_ERR_STATE;
     }
+    if (c->mode == BP_CTX_PROCESS && bp_relay_try_send(c, r)) { /* relay.c: sent already */
+        atomic_fetch_sub(&c->submitting, 1);
+        return BP_OK;
+    }
     bp_mpsc_push(&c->requests, &r->node);
     atomic_fetch_sub(&c->submitting, 1);
     bp_ctx_wake(c);
@@ -335,6 +339,11 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     atomic_store(&req->cancelled, 1);
     int s = atomic_load(&c->state);
     if (!bp_running() || s > CTX_CLOSING) return BP_OK;
+    if (c->mode == BP_CTX_PROCESS) { /* the relay sends a CANCEL frame */
+        atomic_fetch_add(&c->task_cancels, 1);
+        bp_ctx_wake(c);
+        return BP_OK;
+    }
     uint64_t seq = atomic_load(&req->seq);
     if (seq == 0) return BP_OK; /* not started: the flag makes bp_ctx_serve() skip it */
     if (atomic_load(&req->parked)) atomic_fetch_add(&c->task_cancels, 1); /* the context cancels its task */

@@ -50,6 +50,13 @@ export function shimPath(py: PythonInfo): string {
   return join(cacheRoot(), "shim", `${py.version}-${key}`, "libbunpy.so");
 }
 
+/** The process-context host executable (shim/host.c) that every shim build installs next
+    to libbunpy.so; undefined when that shim has none (a platform package from before it). */
+export function hostPath(shim: string): string | undefined {
+  const path = join(dirname(shim), "bunpy-host");
+  return existsSync(path) ? path : undefined;
+}
+
 /** What a prebuilt shim's bunpy-shim.json says. */
 export interface PrebuiltManifest {
   /** "3.12" */

@@ -68,6 +68,8 @@ export interface WireHooks {
   pin?(target: object): number;
   /** Registers the function Python pulls a py.iter source from; returns its name. */
   registerSource?(arg: IterArg, toMain: boolean): string;
+  /** Set for a process context: its Python cannot reach this process's memory. */
+  otherProcess?: boolean;
 }
 
 /** The decoder's memo of short ASCII strings, per JS thread (strings are immutable, so a
@@ -296,6 +298,8 @@ export class Wire {
   /** py.buffer(x): the address of x's memory; JS pins x until Python's JSBuffer dies. */
   private writeBuffer(arg: BufferArg): void {
     const view = arg.view;
+    if (this.hooks.otherProcess)
+      throw new ConversionError("py.buffer(x) cannot go to a process context: its Python runs in another process and cannot see this memory (pass the bytes: a copy)");
     if ((view.buffer as ArrayBuffer).detached) throw new ConversionError("py.buffer(x): the ArrayBuffer was detached");
     const n = view.byteLength;
     const address = n === 0 ? 0 : addressOf(view);

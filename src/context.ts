@@ -8,21 +8,49 @@
  * Python -> JS calls) is the ContextHub in hub.ts.
  */
 import { PythonStream, type IterateOptions } from "./stream.ts";
-import { BunpyError, CallTimeoutError, ContextClosedError, ConversionError, Status } from "./errors.ts";
-export { CallTimeoutError, ContextClosedError } from "./errors.ts";
+import { BunpyError, CallTimeoutError, ContextClosedError, ContextDiedError, ConversionError, Status } from "./errors.ts";
+export { CallTimeoutError, ContextClosedError, ContextDiedError } from "./errors.ts";
 import { Kwargs, type KwargsObject, type WireHooks } from "./codec.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { stateOf } from "./proxy.ts";
 import { hubOf, readError, type ContextHub, type Pending } from "./hub.ts";
 export type { MessageListener } from "./hub.ts";
-import { policyValue, type SandboxPolicy } from "./sandbox.ts";
+import { policyValue, processLimits, type ProcessLimits, type SandboxPolicy } from "./sandbox.ts";
+import { ensureShim, hostPath, packageRoot } from "./build.ts";
+import { join } from "node:path";
 
-export type ContextMode = "owngil" | "worker";
+export type ContextMode = "owngil" | "worker" | "process";
+
+/** The bunpy-host command line of a process context (see shim/host.c). */
+const hostOf = new WeakMap<MainInterpreter, string>();
+function hostArgv(rt: MainInterpreter, limits: ProcessLimits, sandbox: SandboxPolicy | undefined): Buffer {
+  let host = hostOf.get(rt);
+  if (host === undefined) {
+    const shim = ensureShim(rt.info);
+    const found = hostPath(shim);
+    if (found === undefined)
+      throw new BunpyError(`process contexts need bunpy-host next to the shim (${shim}); this shim was built without it`);
+    hostOf.set(rt, (host = `${found}\0${shim}`));
+  }
+  const [exe, shim] = host.split("\0") as [string, string];
+  const args = [exe, "--libpython", rt.info.libpython, "--shim", shim, "--program", rt.info.executable];
+  args.push("--python-dir", join(packageRoot, "python"), "--parent", String(process.pid));
+  if (limits.memoryLimit !== undefined) args.push("--memory", String(limits.memoryLimit));
+  if (limits.cpuTime !== undefined) args.push("--cpu", String(limits.cpuTime));
+  if (limits.maxFiles !== undefined) args.push("--files", String(limits.maxFiles));
+  // its own empty network namespace only when the policy refuses sockets
+  if (sandbox?.sockets !== false) args.push("--network");
+  // a private /tmp would hide directories of `files` that live there
+  if (sandbox?.files?.some((f) => f === "/tmp" || f.startsWith("/tmp/"))) args.push("--shared-tmp");
+  return Buffer.from(args.join("\0") + "\0\0");
+}
 export type { SandboxPolicy } from "./sandbox.ts";
 
 export interface ContextOptions {
   /** "owngil" (default on Python ≥ 3.12): a subinterpreter with its own GIL, truly parallel.
-      "worker": a thread of the main interpreter, for extensions such as numpy. */
+      "worker": a thread of the main interpreter, for extensions such as numpy.
+      "process": Python in a separate bunpy-host process (same API): a crash, `os._exit` or
+      memory exhaustion there kills only the context (ContextDiedError); see docs/contexts.md. */
   mode?: ContextMode | undefined;
   /** What Python code in this context may do (a guard against accidents, not a security
       boundary). Forking without exec is refused everywhere, always. */
@@ -163,6 +191,7 @@ export class Context {
         hub.refs.register(ref, { context: self, handle }, ref);
         return ref;
       },
+      otherProcess: mode === "process",
     };
   }
 
@@ -170,8 +199,10 @@ export class Context {
   static start(rt: MainInterpreter, options: ContextOptions = {}): Promise<Context> {
     const hub = hubOf(rt);
     const mode = options.mode ?? (rt.info.minor >= 12 ? "owngil" : "worker");
-    if (mode !== "owngil" && mode !== "worker")
-      return Promise.reject(new TypeError(`py.context({ mode }): mode must be "owngil" or "worker", got ${String(mode)}`));
+    if (mode !== "owngil" && mode !== "worker" && mode !== "process")
+      return Promise.reject(
+        new TypeError(`py.context({ mode }): mode must be "owngil", "worker" or "process", got ${String(mode)}`),
+      );
     if (mode === "owngil" && rt.info.minor < 12)
       return Promise.reject(
         new BunpyError(`owngil contexts need Python 3.12 or newer (this is ${rt.info.version}); use { mode: "worker" }`),
@@ -179,7 +210,10 @@ export class Context {
     // from a getter or Proxy trap while a message is written: keep that message intact
     if (rt.wire.writing !== 0) return rt.wire.nested(() => Context.start(rt, options));
     let policyLen: number;
+    let argv: Buffer | undefined;
     try {
+      const limits = processLimits(options.sandbox, mode === "process");
+      if (mode === "process") argv = hostArgv(rt, limits, options.sandbox);
       const policy = policyValue(options.sandbox);
       rt.wire.begin();
       rt.wire.writeTop(policy);
@@ -188,7 +222,10 @@ export class Context {
       return Promise.reject(e);
     }
     const id = hub.newId();
-    const ptr = rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? 0 : 1, id, policyLen);
+    const ptr =
+      argv !== undefined
+        ? rt.lib.bp_ctx_new_process(rt.io, id, policyLen, argv)
+        : rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? 0 : 1, id, policyLen);
     if (!ptr) hub.releaseId(id);
     if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
     const ctx = new Context(hub, ptr, mode);
@@ -235,18 +272,30 @@ export class Context {
 
   #diedListeners = new Set<(ctx: Context) => void>();
   #reportedDeath = false;
+  #deathMessage: string | undefined;
+
+  /** What later calls of a dead context reject with. */
+  #deathError(): ContextDiedError {
+    return new ContextDiedError(this.#deathMessage ?? "the context died");
+  }
 
   /** True once the context's thread died (a cheap check; `state` asks the shim). */
   get isDead(): boolean {
     return this.#reportedDeath;
   }
 
-  /** @internal a completion said the thread ended: report it once. */
-  died(): void {
+  /** @internal a completion said the thread (or host process) ended: report it once. */
+  died(error?: unknown): void {
     if (this.#reportedDeath) return;
     this.#reportedDeath = true;
+    if (error instanceof Error) this.#deathMessage = error.message;
     for (const l of this.#diedListeners) l(this);
-    if (this.#diedListeners.size === 0) console.error("bunpy: a context's thread ended unexpectedly; it is dead");
+    if (this.#diedListeners.size === 0)
+      console.error(
+        this.mode === "process"
+          ? `bunpy: a process context died (${this.#deathMessage ?? "its host process ended"})`
+          : "bunpy: a context's thread ended unexpectedly; it is dead",
+      );
   }
 
   /** Called once if the context's thread dies (a pool uses it to replace the context). */
@@ -333,7 +382,10 @@ export class Context {
     const req = lib.bp_ctx_submit(this.#ptr, io, id, op, len);
     if (!req) {
       this.hub.releaseId(id);
-      if (lib.bp_ctx_state(this.#ptr) === DEAD_STATE) this.died();
+      if (lib.bp_ctx_state(this.#ptr) === DEAD_STATE) {
+        this.died();
+        return Promise.reject(this.#deathError());
+      }
       return Promise.reject(new ContextClosedError("the context is closed"));
     }
     this.#inFlight++;
@@ -408,6 +460,10 @@ export class Context {
   callSync(module: string, fn: string, args: readonly unknown[] = [], kwargs?: KwargsObject): any {
     const w = this.hub.rt.wire;
     if (w.writing !== 0) return w.nested(() => this.callSync(module, fn, args, kwargs));
+    if (this.#reportedDeath || (!this.#freed && this.state === "dead")) {
+      this.died();
+      throw this.#deathError();
+    }
     const len = this.encode(Req.Call, module, fn, args, kwargs);
     const { lib, io, wire } = this.hub.rt;
     let status = lib.bp_ctx_call_sync(this.#ptr, io, Req.Call, len);
@@ -419,14 +475,17 @@ export class Context {
       this.hub.drainBlocked();
       status = lib.bp_ctx_sync_wait(this.#ptr, io, request);
     }
-    if (status === Status.Died) this.died();
     // decoding runs no user code: the context's hooks are set for this one read only
     const saved = wire.hooks;
     wire.hooks = this.hooks;
     try {
       wire.refresh();
       wire.pos = 0;
-      if (status !== Status.Ok) throw readError(wire, status);
+      if (status !== Status.Ok) {
+        const error = readError(wire, status);
+        if (status === Status.Died) this.died(error);
+        throw error;
+      }
       return wire.readValue();
     } finally {
       wire.hooks = saved;

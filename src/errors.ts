@@ -252,8 +252,10 @@ export class CallTimeoutError extends BunpyError {
   override name = "TimeoutError";
 }
 
-/** A context's thread ended under a call (pthread_exit from a C extension or ctypes). The
-    context is dead; a pool replaces it. */
+/** A context died under a call: its thread ended (pthread_exit from a C extension or
+    ctypes), or, for a `mode: "process"` context, its host process died (a segfault,
+    `os._exit`, the memory limit, a signal; the message says which). The context is dead:
+    every later call rejects with this error too; a pool replaces it. */
 export class ContextDiedError extends BunpyError {
   override name = "ContextDiedError";
 }

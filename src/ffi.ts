@@ -35,6 +35,7 @@ const symbols = {
   bp_port_poll: { args: [ptr, i32], returns: i32 },
   bp_port_drain: { args: [ptr], returns: i32 },
   bp_ctx_new: { args: [ptr, i32, u32, u32], returns: ptr },
+  bp_ctx_new_process: { args: [ptr, u32, u32, ptr], returns: ptr },
   bp_ctx_submit: { args: [ptr, ptr, u32, i32, u32], returns: ptr },
   bp_ctx_call_sync: { args: [ptr, ptr, i32, u32], returns: i32 },
   bp_ctx_sync_wait: { args: [ptr, ptr, ptr], returns: i32 },
@@ -85,6 +86,7 @@ export interface Shim {
   bp_port_poll(io: P, polling: number): number;
   bp_port_drain(io: P): number;
   bp_ctx_new(io: P, mode: number, id: number, policyLen: number): P | null;
+  bp_ctx_new_process(io: P, id: number, policyLen: number, argv: Buffer): P | null;
   bp_ctx_submit(ctx: P, io: P, id: number, op: number, len: number): P | null;
   bp_ctx_call_sync(ctx: P, io: P, op: number, len: number): number;
   bp_ctx_sync_wait(ctx: P, io: P, req: P): number;

@@ -234,7 +234,7 @@ export class ContextHub {
         this.settle(p);
         ctx?.finished();
         settled.push(() => {
-          if (status === Status.Died) ctx?.died();
+          if (status === Status.Died) ctx?.died(outcome.ok ? undefined : outcome.error);
           if (outcome.ok) p.resolve(outcome.value);
           else p.reject(outcome.error);
         });

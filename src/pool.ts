@@ -16,6 +16,7 @@ import { listen, type ListenOptions, type Listener } from "./listen.ts";
 export interface PoolOptions {
   /** Number of contexts; defaults to the number of cores. */
   size?: number | undefined;
+  /** As py.context's; with "process" a context whose host process died is replaced too. */
   mode?: ContextMode | undefined;
   /** The sandbox policy of every context of the pool. */
   sandbox?: SandboxPolicy | undefined;
@@ -158,6 +159,10 @@ export class Pool {
    */
   listen(options: ListenOptions): Promise<Listener> {
     if (this.closed) return Promise.reject(new BunpyError("the pool is closed"));
+    // a hand-off passes fds through JS, and a dead context's fd is shut down from the Bun
+    // process: neither means anything for fds that live in a host process
+    if (this.mode === "process")
+      return Promise.reject(new BunpyError('pool.listen() does not support mode "process" pools yet (their sockets live in other processes)'));
     return listen(this.rt, this, options);
   }
 

@@ -30,12 +30,52 @@ export interface SandboxPolicy {
       context's thread) cannot be applied, instead of falling back to the audit hook alone
       (other systems, kernels without Landlock). Default false. */
   requireKernel?: boolean | undefined;
+  /** `mode: "process"` only: the host process's address-space limit in bytes (RLIMIT_AS;
+      at least 256 MiB). Python raises MemoryError past it; if the host dies of it anyway,
+      the context dies with ContextDiedError. Thread contexts refuse it (TypeError). */
+  memoryLimit?: number | undefined;
+  /** `mode: "process"` only: CPU seconds the host process may use in all (RLIMIT_CPU);
+      past it the kernel kills it (ContextDiedError, SIGXCPU). */
+  cpuTime?: number | undefined;
+  /** `mode: "process"` only: open files the host process may have (RLIMIT_NOFILE). */
+  maxFiles?: number | undefined;
+}
+
+/** The limits of a process context's host (see SandboxPolicy). */
+export interface ProcessLimits {
+  memoryLimit?: number;
+  cpuTime?: number;
+  maxFiles?: number;
+}
+
+const PROCESS_ONLY = ["memoryLimit", "cpuTime", "maxFiles"] as const;
+/** The smallest memoryLimit: Python, the shim and two threads' stacks need about 100 MiB. */
+export const MIN_MEMORY_LIMIT = 256 * 1024 * 1024;
+
+/** Checks the process-only rules; a thread context (`process` false) refuses them. */
+export function processLimits(p: SandboxPolicy | undefined, process: boolean): ProcessLimits {
+  if (p === undefined || typeof p !== "object" || p === null) return {};
+  const out: ProcessLimits = {};
+  for (const k of PROCESS_ONLY) {
+    const v = p[k];
+    if (v === undefined) continue;
+    if (!process)
+      throw new TypeError(
+        `py.context({ sandbox: { ${k} } }): ${k} is enforced only for process contexts; use { mode: "process" } ` +
+          "(a thread context shares the Bun process's memory and CPU)",
+      );
+    if (!(Number.isSafeInteger(v) && v > 0)) throw new TypeError(`py.context({ sandbox }): ${k} must be a positive integer`);
+    if (k === "memoryLimit" && v < MIN_MEMORY_LIMIT)
+      throw new TypeError(`py.context({ sandbox }): memoryLimit must be at least ${MIN_MEMORY_LIMIT} bytes (256 MiB)`);
+    out[k] = v;
+  }
+  return out;
 }
 
 export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel"]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", ...PROCESS_ONLY]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets", "requireKernel"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
