@@ -36,6 +36,7 @@ const sources = [_][]const u8{
     "shim/sandbox.c",
     "shim/seccomp.c",
     "shim/landlock.c",
+    "shim/memcap.c",
 };
 
 const host_sources = [_][]const u8{"shim/host.c"};

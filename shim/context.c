@@ -84,6 +84,7 @@ static int setup_interpreter(bp_context *c, int owngil) {
     int loaded = bp_policy_load(&c->policy, policy);
     Py_DECREF(policy);
     if (loaded < 0) return -1;
+    if (owngil && c->policy.memory_limit && bp_memcap_register(c->policy.memory_limit) < 0) return -1;
     if (owngil) {
         bp_interp *st = bp_interp_get();
         if (st) st->ctx = c; /* the sandbox finds the policy of this interpreter's other threads */
@@ -183,9 +184,11 @@ static PyThreadState *start_owngil(bp_context *c, PyThreadState **main_ts) {
         Py_CLEAR(c->main_module);
         Py_CLEAR(c->interrupt_type);
         PyEval_SaveThread();
+        PyInterpreterState *interp = sub->interp;
         pthread_mutex_lock(&bp_create_lock); /* ending interpreters concurrently races (fact 3) */
         PyEval_RestoreThread(sub);
         Py_EndInterpreter(sub);
+        bp_memcap_forget(interp); /* a memoryLimit registered before setup failed */
         atomic_fetch_sub(&bp_owngil_interps, 1);
         pthread_mutex_unlock(&bp_create_lock);
         PyEval_RestoreThread(*main_ts);
@@ -297,9 +300,11 @@ static void end_interpreter(bp_context *c, PyThreadState *ts, PyThreadState *mai
     bp_policy_clear(&c->policy);
     /* Stopping interpreters concurrently races in some releases (fact 3 in docs/architecture.md). */
     PyThreadState *sub = PyEval_SaveThread();
+    PyInterpreterState *interp = sub->interp;
     pthread_mutex_lock(&bp_create_lock);
     PyEval_RestoreThread(sub);
     Py_EndInterpreter(sub);
+    bp_memcap_forget(interp); /* under the lock: no interpreter can be made at its address yet */
     atomic_fetch_sub(&bp_owngil_interps, 1); /* (one left behind above keeps counting) */
     pthread_mutex_unlock(&bp_create_lock);
     PyEval_RestoreThread(main_ts);

@@ -16,6 +16,7 @@ typedef struct bp_policy {
     int refuse_processes, refuse_ctypes, refuse_sockets;
     int require_kernel;       /* refuse to start when a kernel rule cannot be applied    */
     long max_threads;         /* threads the context may have running besides its own; -1: any */
+    size_t memory_limit;      /* owngil: bytes its interpreter may allocate (memcap.c); 0: any */
     int owngil;               /* how they are counted: the interpreter's thread states, or */
     unsigned long ident;      /* (worker) the threading threads marked with this context thread's ident */
     PyObject *deny_imports;   /* frozenset of module names, or NULL              */

@@ -128,6 +128,12 @@ int bp_port_alive(bp_port *p);                 /* 0 once the JS thread is gone (
 int bp_running(void);
 extern _Thread_local bp_port *bp_current_port;  /* port of the call running on this thread */
 int bp_tracemalloc_tracing(void);              /* main GIL held: tracemalloc traces now     */
+
+/* ---- memoryLimit of owngil contexts (memcap.c) --------------------------------------- */
+void bp_memcap_install(void);                  /* once, after Python started               */
+int bp_memcap_register(size_t limit);          /* the calling thread's interpreter; -1 + error */
+void bp_memcap_forget(PyInterpreterState *interp); /* it ended (bp_create_lock held)      */
+long long bp_memcap_used(void);                /* its bytes counted, or -1                  */
 extern atomic_int bp_owngil_interps;           /* owngil interpreters that exist (context.c) */
 
 /* ---- codec (codec.c) ----------------------------------------------------------------- */

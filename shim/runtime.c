@@ -368,6 +368,7 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
 #if PY_VERSION_HEX >= 0x030C0000
     if (guard_tracemalloc() < 0) PyErr_WriteUnraisable(NULL);
 #endif
+    bp_memcap_install(); /* before any other thread runs Python: see memcap.c */
 
     bp_main_interp = PyInterpreterState_Main();
     bp_python_dir = strdup(python_dir);

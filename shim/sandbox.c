@@ -324,7 +324,8 @@ static int guard_fork_exec(void) {
 
 /* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
    {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
-    "read_paths": [str], "network": {...} | None, "max_threads": int | None, "require_kernel": bool}
+    "read_paths": [str], "network": {...} | None, "max_threads": int | None, "require_kernel": bool,
+    "memory_limit": int (owngil only)}
    — booleans say what is allowed. */
 int bp_policy_load(bp_policy *pol, PyObject *spec) {
     memset(pol, 0, sizeof *pol);
@@ -352,6 +353,9 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     v = PyDict_GetItemString(spec, "max_threads");
     pol->max_threads = v && PyLong_Check(v) ? PyLong_AsLong(v) : -1;
     if (pol->max_threads == -1 && PyErr_Occurred()) return -1;
+    v = PyDict_GetItemString(spec, "memory_limit");
+    pol->memory_limit = v && PyLong_Check(v) ? PyLong_AsSize_t(v) : 0;
+    if (pol->memory_limit == (size_t)-1 && PyErr_Occurred()) return -1;
     v = PyDict_GetItemString(spec, "deny_imports");
     if (v && v != Py_None && !(pol->deny_imports = PyFrozenSet_New(v))) return -1;
     v = PyDict_GetItemString(spec, "files");

@@ -212,9 +212,11 @@ export class Context {
     let policyLen: number;
     let argv: Buffer | undefined;
     try {
-      const limits = processLimits(options.sandbox, mode === "process");
+      const limits = processLimits(options.sandbox, mode);
       if (mode === "process") argv = hostArgv(rt, limits, options.sandbox);
       const policy = policyValue(options.sandbox);
+      // an owngil context counts its own memory (shim/memcap.c); a host has RLIMIT_AS
+      if (mode === "owngil" && limits.memoryLimit !== undefined && policy !== null) policy["memory_limit"] = limits.memoryLimit;
       rt.wire.begin();
       rt.wire.writeTop(policy);
       policyLen = rt.wire.pos;

@@ -30,9 +30,13 @@ export interface SandboxPolicy {
       context's thread) cannot be applied, instead of falling back to the audit hook alone
       (other systems, kernels without Landlock). Default false. */
   requireKernel?: boolean | undefined;
-  /** `mode: "process"` only: the host process's address-space limit in bytes (RLIMIT_AS;
-      at least 256 MiB). Python raises MemoryError past it; if the host dies of it anyway,
-      the context dies with ContextDiedError. Thread contexts refuse it (TypeError). */
+  /** Memory the context may use, in bytes; past it Python raises MemoryError there.
+      `mode: "process"`: the host process's address-space limit (RLIMIT_AS; at least
+      256 MiB), covering everything; if the host dies of it anyway, the context dies with
+      ContextDiedError. `mode: "owngil"`: what the context's interpreter allocates through
+      Python's allocators (objects, strings, buffers; at least 1 MiB, counted from the
+      context's start), not memory C extensions take with malloc themselves (numpy's data).
+      Worker contexts refuse it (TypeError): they share the main interpreter. */
   memoryLimit?: number | undefined;
   /** `mode: "process"` only: CPU seconds the host process may use in all (RLIMIT_CPU);
       past it the kernel kills it (ContextDiedError, SIGXCPU). */
@@ -52,21 +56,28 @@ const PROCESS_ONLY = ["memoryLimit", "cpuTime", "maxFiles"] as const;
 /** The smallest memoryLimit: Python, the shim and two threads' stacks need about 100 MiB. */
 export const MIN_MEMORY_LIMIT = 256 * 1024 * 1024;
 
-/** Checks the process-only rules; a thread context (`process` false) refuses them. */
-export function processLimits(p: SandboxPolicy | undefined, process: boolean): ProcessLimits {
+/** The smallest memoryLimit of an owngil context (counted from its start). */
+export const MIN_OWNGIL_MEMORY_LIMIT = 1024 * 1024;
+
+/** Checks the resource limits: process contexts take them all, owngil contexts
+    memoryLimit (counted by the shim), worker contexts none. */
+export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): ProcessLimits {
   if (p === undefined || typeof p !== "object" || p === null) return {};
   const out: ProcessLimits = {};
   for (const k of PROCESS_ONLY) {
     const v = p[k];
     if (v === undefined) continue;
-    if (!process)
+    if (mode === "worker" || (mode === "owngil" && k !== "memoryLimit"))
       throw new TypeError(
-        `py.context({ sandbox: { ${k} } }): ${k} is enforced only for process contexts; use { mode: "process" } ` +
-          "(a thread context shares the Bun process's memory and CPU)",
+        k === "memoryLimit"
+          ? `py.context({ sandbox: { memoryLimit } }): a worker context shares the main interpreter's memory, so it cannot have a limit of its own; use { mode: "owngil" } or { mode: "process" }`
+          : `py.context({ sandbox: { ${k} } }): ${k} is enforced only for process contexts; use { mode: "process" } ` +
+              "(a thread context shares the Bun process's CPU and files)",
       );
     if (!(Number.isSafeInteger(v) && v > 0)) throw new TypeError(`py.context({ sandbox }): ${k} must be a positive integer`);
-    if (k === "memoryLimit" && v < MIN_MEMORY_LIMIT)
-      throw new TypeError(`py.context({ sandbox }): memoryLimit must be at least ${MIN_MEMORY_LIMIT} bytes (256 MiB)`);
+    const least = mode === "process" ? MIN_MEMORY_LIMIT : MIN_OWNGIL_MEMORY_LIMIT;
+    if (k === "memoryLimit" && v < least)
+      throw new TypeError(`py.context({ sandbox }): memoryLimit must be at least ${least} bytes (${least >> 20} MiB) for a ${mode} context`);
     out[k] = v;
   }
   return out;

@@ -10,7 +10,7 @@ import { ensureShim, hostPath } from "../src/build.ts";
 import { findPython } from "../src/discover.ts";
 import { ContextDiedError, PythonError, py, type SandboxPolicy } from "../src/index.ts";
 import { CallTimeoutError, ContextClosedError } from "../src/context.ts";
-import { closedAfterAll } from "./helpers.ts";
+import { closedAfterAll, contextModes } from "./helpers.ts";
 import { kernelEscapeTests, linux } from "./kernel-escapes.ts";
 
 const shim = ensureShim(findPython());
@@ -278,14 +278,15 @@ describe("process contexts", () => {
     expect(py.eval("1 + 1")).toBe(2);
   });
 
-  test("memoryLimit and the other process-only limits are refused with a TypeError on thread contexts", async () => {
-    for (const mode of ["worker"] as const) {
-      expect(py.context({ mode, sandbox: { memoryLimit: 1 << 30 } })).rejects.toThrow(/mode: "process"/);
-      expect(py.context({ mode, sandbox: { cpuTime: 5 } })).rejects.toThrow(TypeError);
+  test("the process-only limits are refused with a TypeError on thread contexts; memoryLimit on worker contexts", async () => {
+    await expect(py.context({ mode: "worker", sandbox: { memoryLimit: 1 << 30 } })).rejects.toThrow(/shares the main interpreter's memory/);
+    for (const mode of contextModes) {
+      await expect(py.context({ mode, sandbox: { cpuTime: 5 } })).rejects.toThrow(/mode: "process"/);
+      await expect(py.context({ mode, sandbox: { maxFiles: 10 } })).rejects.toThrow(TypeError);
     }
-    expect(py.context({ mode: "process", sandbox: { memoryLimit: 1000 } })).rejects.toThrow(/at least/);
-    expect(py.context({ mode: "process", sandbox: { maxFiles: -1 } })).rejects.toThrow(TypeError);
-    expect(py.context({ mode: "nope" as "worker" })).rejects.toThrow(/"process"/);
+    await expect(py.context({ mode: "process", sandbox: { memoryLimit: 1000 } })).rejects.toThrow(/at least/);
+    await expect(py.context({ mode: "process", sandbox: { maxFiles: -1 } })).rejects.toThrow(TypeError);
+    await expect(py.context({ mode: "nope" as "worker" })).rejects.toThrow(/"process"/);
   });
 
   test("the host has a private /tmp (its own mount namespace)", async () => {
