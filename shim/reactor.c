@@ -288,6 +288,43 @@ static PyObject *reactor_wake(PyObject *self, PyObject *unused) {
 }
 
 
+/* signals(mask) -> fd: the process signals (BP_SIG_* bits) this loop wants from now on;
+   the fd (an eventfd, owned by the reactor) becomes readable when one arrives. Only a
+   context's loop subscribes (see loop.c). */
+static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (r->epfd < 0) return bp_reactor_closed_error();
+    long mask = PyLong_AsLong(arg);
+    if (mask == -1 && PyErr_Occurred()) return NULL;
+    if (mask & ~(long)(BP_SIG_INT | BP_SIG_TERM)) {
+        PyErr_SetString(PyExc_ValueError, "signals(mask): unknown signal bits");
+        return NULL;
+    }
+    if (!r->sig_slot) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+        int slot = bp_loop_signals_claim(fd);
+        if (slot < 0) {
+            close(fd);
+            PyErr_SetString(PyExc_RuntimeError, "bunpy: too many event loops with signal handlers");
+            return NULL;
+        }
+        r->sig_slot = slot + 1;
+    }
+    bp_loop_signals_want(r->sig_slot - 1, (unsigned)mask);
+    return PyLong_FromLong(bp_loop_signals_fd(r->sig_slot - 1));
+}
+
+/* take_signals() -> the signals (BP_SIG_* bits) that arrived since the last call. */
+static PyObject *reactor_take_signals(PyObject *self, PyObject *unused) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (!r->sig_slot) return PyLong_FromLong(0);
+    uint64_t v;
+    ssize_t got = read(bp_loop_signals_fd(r->sig_slot - 1), &v, sizeof v); /* drain */
+    (void)got;
+    return PyLong_FromUnsignedLong(bp_loop_signals_take(r->sig_slot - 1));
+}
+
 /* ---- life ------------------------------------------------------------------------------ */
 
 static void close_fds(bp_reactor *r) {
@@ -308,6 +345,8 @@ static void close_fds(bp_reactor *r) {
     if (r->wake_fd >= 0) close(r->wake_fd);
     r->wake_fd = -1;
     r->ctx = NULL;
+    if (r->sig_slot) bp_loop_signals_release(r->sig_slot - 1); /* closes its eventfd */
+    r->sig_slot = 0;
 }
 
 static PyObject *reactor_close(PyObject *self, PyObject *unused) {
@@ -415,6 +454,8 @@ static PyMethodDef reactor_methods[] = {
      "run_once(loop, ready, stopping, clock_resolution): one loop iteration without debug mode."},
     {"clear", bp_reactor_clear, METH_NOARGS, "clear(): drop every timer."},
     {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
+    {"signals", reactor_signals, METH_O, "signals(mask) -> fd: subscribe to process signals (a context's loop)."},
+    {"take_signals", reactor_take_signals, METH_NOARGS, "take_signals() -> the signals that arrived."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
     {NULL, NULL, 0, NULL},
 };

@@ -36,11 +36,21 @@ typedef struct {
     PyObject *timer_type;
     PyObject *report;         /* report(handle, exc): a callback raised                   */
     int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
+    int sig_slot;             /* its slot in loop.c's signal table + 1; 0: none           */
     struct epoll_event events[256];
 } bp_reactor;
 
 /* An interned attribute name of the reactor's interpreter (BP_NAME_*). */
 #define NAME(r, k) ((r)->st->names[BP_NAME_##k])
+
+/* loop.c: process signals for contexts (BP_SIG_* bits) */
+#define BP_SIG_INT 1u
+#define BP_SIG_TERM 2u
+int bp_loop_signals_claim(int fd);                 /* a slot that owns fd from now on; -1: full */
+void bp_loop_signals_want(int slot, unsigned mask);
+int bp_loop_signals_fd(int slot);
+unsigned bp_loop_signals_take(int slot);           /* the pending signals, cleared             */
+void bp_loop_signals_release(int slot);            /* closes its fd                             */
 
 /* reactor.c */
 PyObject *bp_reactor_closed_error(void);
