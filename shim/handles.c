@@ -170,6 +170,7 @@ PyObject *bp_reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (rc < 0) goto fail;
     }
     if (PyErr_Occurred()) goto fail;
+    if (bp_transports_run(r) < 0) goto fail; /* C transports: reads and flushes, in C */
     if (bp_timers_pop_due(r, monotonic_s() + resolution, append) < 0) goto fail;
     Py_DECREF(append);
     if (run_ready(r, ready) < 0) return NULL;

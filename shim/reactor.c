@@ -114,6 +114,21 @@ static PyObject *reactor_modify(PyObject *self, PyObject *const *args, Py_ssize_
     return ctl((bp_reactor *)self, args, nargs, EPOLL_CTL_MOD);
 }
 
+int bp_reactor_own(bp_reactor *r, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev = {.events = events, .data.u64 = data};
+    int rc = epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (rc < 0 && errno == EEXIST) rc = epoll_ctl(r->epfd, EPOLL_CTL_MOD, fd, &ev);
+    else if (rc == 0) r->nfds++;
+    if (rc == 0) take_ownership(r, fd);
+    return rc;
+}
+
+void bp_reactor_disown(bp_reactor *r, int fd) {
+    if (r->epfd < 0) return;
+    if (epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 && r->nfds > 0) r->nfds--;
+    release_ownership(r, fd);
+}
+
 /* unregister(fd): errors are ignored — the fd may be closed already, or have moved away. */
 static PyObject *reactor_unregister(PyObject *self, PyObject *arg) {
     bp_reactor *r = (bp_reactor *)self;
@@ -180,7 +195,7 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
         return -1;
     }
     int pending = atomic_load(&r->wake_pending);
-    if (pending || context_has_work(r->ctx)) timeout = 0;
+    if (pending || context_has_work(r->ctx) || r->pend_head) timeout = 0;
     /* Nothing to poll, no wake-up to drain and no time to wait: skip the syscall. */
     if (timeout == 0 && r->nfds == 0 && !pending) return 0;
     int max = (int)(sizeof r->events / sizeof r->events[0]);
@@ -220,6 +235,10 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
         ssize_t got = fd >= 0 ? read(fd, &v, sizeof v) : 0;
         (void)got;
         if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
+        return NULL;
+    }
+    if ((ev->data.u64 >> 40) == (BP_TAG_TRANSPORT >> 40)) {
+        bp_transport_event(r, ev->data.u64, ev->events);
         return NULL;
     }
     int m = 0;
@@ -269,7 +288,7 @@ static PyObject *reactor_select(PyObject *self, PyObject *arg) {
         }
         Py_DECREF(item);
     }
-    if (PyErr_Occurred()) goto fail;
+    if (PyErr_Occurred() || bp_transports_run(r) < 0) goto fail;
     return ready;
 fail:
     Py_DECREF(ready);
@@ -342,6 +361,7 @@ static void close_fds(bp_reactor *r) {
         close(r->epfd);
         r->epfd = -1;
     }
+    bp_transports_clear(r);
     if (r->wake_fd >= 0) close(r->wake_fd);
     r->wake_fd = -1;
     r->ctx = NULL;
@@ -409,6 +429,8 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(r->timer_type);
     Py_VISIT(r->report);
     for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
+    for (int fd = 0; fd < r->tcap; fd++) Py_VISIT((PyObject *)r->tmap[fd]);
+    for (bp_transport *t = r->pend_head; t; t = t->pend_next) Py_VISIT((PyObject *)t);
     return 0;
 }
 
@@ -421,6 +443,7 @@ static int reactor_tp_clear(PyObject *self) {
     Py_CLEAR(r->handle_type);
     Py_CLEAR(r->timer_type);
     Py_CLEAR(r->report);
+    bp_transports_clear(r);
     return 0;
 }
 
@@ -479,4 +502,12 @@ static PyType_Spec reactor_spec = {
     .slots = reactor_slots,
 };
 
-PyObject *bp_reactor_type_new(PyObject *module) { return PyType_FromModuleAndSpec(module, &reactor_spec, NULL); }
+PyObject *bp_reactor_type_new(PyObject *module) {
+    PyObject *core = bp_transport_type_new(module); /* _bunpy.StreamCore rides along */
+    if (!core || PyModule_AddObjectRef(module, "StreamCore", core) < 0) {
+        Py_XDECREF(core);
+        return NULL;
+    }
+    Py_DECREF(core);
+    return PyType_FromModuleAndSpec(module, &reactor_spec, NULL);
+}

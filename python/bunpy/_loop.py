@@ -15,15 +15,20 @@ signal.signal through bunpy._signals) run on the context's thread (see docs/asyn
 """
 
 import asyncio
+import os
 import selectors
 import signal
 import sys
 import threading
-from asyncio import base_events, coroutines, events
+from asyncio import base_events, coroutines, events, sslproto
 
 import _bunpy
 
+from bunpy._transport import SocketTransport as _SocketTransport
+
 __all__ = ["BunpyEventLoop", "EventLoopPolicy", "new_event_loop", "run"]
+
+_SOCK_STREAM = __import__("socket").SOCK_STREAM
 
 _VALID_EVENTS = selectors.EVENT_READ | selectors.EVENT_WRITE
 _EAGER = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
@@ -102,6 +107,9 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         selector = _ReactorSelector(_context)
         self._reactor = selector._reactor  # before the base class makes its "self-pipe"
         self._reactor_context = bool(_context)
+        # stream transports in C (shim/transport.c); BUNPY_LOOP_TRANSPORTS=python, or this
+        # attribute set to False, keeps asyncio's own (level-triggered) ones
+        self._bunpy_c_transports = os.environ.get("BUNPY_LOOP_TRANSPORTS", "c") != "python"
         self._bunpy_loop_signals = {}  # sig -> Handle (add_signal_handler)
         self._bunpy_signal_fd = None
         super().__init__(selector)
@@ -124,6 +132,32 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         reactor = getattr(self, "_reactor", None)
         if reactor is not None:
             reactor.wake()
+
+    # -- stream transports in C ------------------------------------------------------------
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if not self._bunpy_c_transports or sock.type != _SOCK_STREAM:
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+        self._ensure_fd_no_transport(sock)
+        return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False, server_hostname=None,
+        extra=None, server=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+    ):
+        if not self._bunpy_c_transports or rawsock.type != _SOCK_STREAM:
+            return super()._make_ssl_transport(
+                rawsock, protocol, sslcontext, waiter, server_side=server_side, server_hostname=server_hostname,
+                extra=extra, server=server, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        self._ensure_fd_no_transport(rawsock)
+        kwargs = {"ssl_shutdown_timeout": ssl_shutdown_timeout} if sys.version_info >= (3, 11) else {}
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, **kwargs,
+        )
+        _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # -- call_soon: the Handle is made in C ---------------------------------------------
     # Debug mode keeps asyncio's two levels, each trimming its own frame from the handle's
