@@ -1,14 +1,92 @@
 /**
  * bunpy's event loop against asyncio's own (SelectorEventLoop on epoll), same Python,
  * same run: call_soon throughput, timers scheduled and fired, and a TCP echo round trip
- * over loopback with asyncio streams. Then the cost of a coroutine call into a context
- * next to a plain call.
+ * over loopback with asyncio streams. Then Protocol echo round trips (64 B, 4 KB, 256 KB
+ * over 4 connections) and connections/s on bunpy's loop with its C transports, on bunpy's
+ * loop with asyncio's Python transports (level-triggered: the switch), on the stock loop,
+ * and on uvloop where this Python has it (3.11 here, from the pip index). Then the cost of
+ * a coroutine call into a context next to a plain call.
  *
  * Each benchmark iteration is one py.call that runs a batch on a loop made once per kind.
  */
 import { bench, do_not_optimize, run, summary } from "mitata";
 import { py } from "../src/index.ts";
+import { packageVenv } from "../test/fixtures/venv.ts";
 import { runOptions } from "./ratio.ts";
+
+// uvloop cannot run inside Bun: Bun exports libuv's symbols as stubs for N-API, and they
+// shadow uvloop's own libuv (uv_replace_allocator panics). So uvloop runs in a plain
+// python process, next to the stock loop as that process's baseline (see the end).
+const uvloopVenv = Number(py.version.split(".")[1]) === 11 ? packageVenv("loop", ["uvicorn", "httptools", "uvloop"]) : null;
+
+// Protocol echo and connect + close batches (also run by a plain python for uvloop)
+const PECHO = String.raw`
+import asyncio
+# -- Protocol echo and connections/s, with uvloop where it is installed ------------------
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, d):
+        self.t.write(d)
+
+class _Pinger(asyncio.Protocol):
+    """Sends a message, waits for all of it to come back, again, left times."""
+    def connection_made(self, t):
+        self.t = t
+    def start(self, msg, n, done):
+        self.msg, self.left, self.got, self.done = msg, n, 0, done
+        self.t.write(msg)
+    def data_received(self, d):
+        self.got += len(d)
+        if self.got >= len(self.msg):
+            self.got = 0
+            self.left -= 1
+            if self.left:
+                self.t.write(self.msg)
+            else:
+                self.done.set_result(None)
+
+pecho = {}
+async def _pecho_setup(conns):
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(_Echo, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    clients = [(await loop.create_connection(_Pinger, "127.0.0.1", port))[1] for _ in range(conns)]
+    return srv, port, clients
+
+async def _pecho_run(clients, msg, n):
+    loop = asyncio.get_running_loop()
+    done = [loop.create_future() for _ in clients]
+    for c, d in zip(clients, done):
+        c.start(msg, n // len(clients), d)
+    await asyncio.gather(*done)
+
+def pecho_batch(kind, size, n):
+    loop = ploops[kind]
+    if kind not in pecho:
+        pecho[kind] = loop.run_until_complete(_pecho_setup(4))
+    loop.run_until_complete(_pecho_run(pecho[kind][2], b"x" * size, n))
+
+class _Gone(asyncio.Protocol):
+    def __init__(self):
+        self.lost = asyncio.get_running_loop().create_future()
+    def connection_lost(self, exc):
+        self.lost.set_result(None)
+
+async def _connect_close(port, n):
+    loop = asyncio.get_running_loop()
+    for _ in range(n):
+        t, p = await loop.create_connection(_Gone, "127.0.0.1", port)
+        t.close()
+        await p.lost
+
+def connect_batch(kind, n):
+    loop = ploops[kind]
+    if kind not in pecho:
+        pecho[kind] = loop.run_until_complete(_pecho_setup(4))
+    loop.run_until_complete(_connect_close(pecho[kind][1], n))
+`;
 
 py.exec(`
 import asyncio, time
@@ -63,6 +141,11 @@ def echo_batch(kind, n):
         echo[kind] = loop.run_until_complete(_echo_setup())
     _, r, w = echo[kind]
     loop.run_until_complete(_round_trips(r, w, n))
+
+${PECHO}
+ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(),
+          "bunpy (Python transports)": bunpy.new_event_loop()}
+ploops["bunpy (Python transports)"]._bunpy_c_transports = False
 `);
 
 const KINDS = ["stock asyncio", "bunpy"] as const;
@@ -80,6 +163,24 @@ for (const row of rows) {
   summary(() => {
     for (const kind of KINDS) {
       const b = bench(`${row.what} (${kind})`, () => do_not_optimize(py.call("__main__", row.fn, [kind, row.per])));
+      if (kind === "stock asyncio") b.baseline(true);
+    }
+  });
+}
+
+const PKINDS = (py.eval("list(ploops)") as string[]);
+const prows = [
+  { what: "Protocol echo, 64 B", size: 64, per: 2000, unit: "round trips/s" },
+  { what: "Protocol echo, 4 KB", size: 4096, per: 2000, unit: "round trips/s" },
+  { what: "Protocol echo, 256 KB", size: 262144, per: 40, unit: "round trips/s" },
+  { what: "connect + close", size: 0, per: 200, unit: "connections/s" },
+];
+for (const row of prows) {
+  summary(() => {
+    for (const kind of PKINDS) {
+      const b = bench(`${row.what} (${kind})`, () =>
+        do_not_optimize(row.size ? py.call("__main__", "pecho_batch", [kind, row.size, row.per]) : py.call("__main__", "connect_batch", [kind, row.per])),
+      );
       if (kind === "stock asyncio") b.baseline(true);
     }
   });
@@ -110,6 +211,48 @@ for (const row of rows) {
     `  ${row.what.padEnd(42)} stock ${rate(stock).padStart(10)}  bunpy ${rate(ours).padStart(10)} ${row.unit.padEnd(14)} ${(stock / ours).toFixed(2)}× as fast`,
   );
 }
+console.log(`\nProtocol echo over 4 connections and connect + close (per second, median; × stock asyncio in this run):`);
+for (const row of prows) {
+  const stock = median(`${row.what} (stock asyncio)`);
+  const cells = PKINDS.map((k) => {
+    const m = median(`${row.what} (${k})`);
+    if (m === undefined || stock === undefined) return `${k}: -`;
+    return `${k} ${Math.round(row.per / (m / 1e9)).toLocaleString("en-US")} (${(stock / m).toFixed(2)}×)`;
+  });
+  console.log(`  ${row.what.padEnd(24)} ${row.unit}: ${cells.join("  ")}`);
+}
+if (uvloopVenv && "site" in uvloopVenv) {
+  // the same batches, timed in a plain python process: uvloop and the stock loop there
+  const code = `${PECHO}
+import json, time, uvloop
+def rate(kind, fn, *a, per):
+    best = []
+    for _ in range(7):
+        t0 = time.perf_counter(); fn(kind, *a); best.append(time.perf_counter() - t0)
+    best.sort()
+    return per / best[3]
+ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}
+out = {}
+for kind in ploops:
+    out[kind] = [rate(kind, pecho_batch, r["size"], r["per"], per=r["per"]) if r["size"] else rate(kind, connect_batch, r["per"], per=r["per"]) for r in ${JSON.stringify(prows)}]
+print(json.dumps(out))
+`;
+  const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
+  try {
+    const out = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
+    console.log(`uvloop, in a plain python process (median of 7 batches; × that process's stock loop):`);
+    prows.forEach((row, i) => {
+      const stock = out["stock asyncio"]![i]!, uv = out["uvloop"]![i]!;
+      const ours = median(`${row.what} (bunpy (C transports))`), oursStock = median(`${row.what} (stock asyncio)`);
+      const vs = ours !== undefined && oursStock !== undefined ? ` — bunpy (C transports) ÷ uvloop, each against its own stock: ${((oursStock / ours) / (uv / stock)).toFixed(2)}×` : "";
+      console.log(`  ${row.what.padEnd(24)} stock ${Math.round(stock).toLocaleString("en-US")}  uvloop ${Math.round(uv).toLocaleString("en-US")} (${(uv / stock).toFixed(2)}×)${vs}`);
+    });
+  } catch {
+    console.log(`  uvloop run failed: ${r.stderr.toString().trim().split("\n").slice(-2).join(" | ")}`);
+  }
+} else {
+  console.log(`  uvloop: not on this Python (${uvloopVenv && "skip" in uvloopVenv ? uvloopVenv.skip.slice(0, 80) : "its wheels are for 3.11 here"})`);
+}
 const timers = median(`${rows[1]!.what} (bunpy)`);
 if (timers !== undefined) {
   const perSecond = TIMERS / (timers / 1e9);
@@ -122,3 +265,13 @@ if (plain !== undefined && coro !== undefined)
 
 await ctx.close();
 for (const kind of KINDS) py.exec(`loops[${JSON.stringify(kind)}].close()`);
+py.exec(`
+for kind, loop in ploops.items():
+    if kind in pecho:
+        srv, _, clients = pecho[kind]
+        for c in clients:
+            c.t.close()
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+    loop.close()
+`);

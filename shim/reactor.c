@@ -288,7 +288,7 @@ static PyObject *reactor_select(PyObject *self, PyObject *arg) {
         }
         Py_DECREF(item);
     }
-    if (PyErr_Occurred() || bp_transports_run(r) < 0) goto fail;
+    if (PyErr_Occurred()) goto fail;
     return ready;
 fail:
     Py_DECREF(ready);
@@ -469,6 +469,7 @@ static PyMethodDef reactor_methods[] = {
     {"timeout", bp_reactor_timeout, METH_O, "timeout(now) -> seconds to the next timer, or None."},
     {"pop_due", (PyCFunction)(void (*)(void))bp_reactor_pop_due, METH_FASTCALL, "pop_due(end, append): due timers to append."},
     {"run_ready", bp_reactor_run_ready, METH_O, "run_ready(deque): run the handles queued now."},
+    {"run_transports", bp_reactor_run_transports, METH_NOARGS, "run_transports(): C transports' reads and flushes."},
     {"configure", (PyCFunction)(void (*)(void))bp_reactor_configure, METH_FASTCALL,
      "configure(Handle, TimerHandle, report): run handles of these types from C."},
     {"soon", (PyCFunction)(void (*)(void))bp_reactor_soon, METH_FASTCALL,

@@ -58,6 +58,7 @@ struct bp_transport {
     PyObject_HEAD
     PyObject *reactor;        /* bp_reactor (strong)                                  */
     PyObject *loop, *sock, *protocol;
+    PyObject *owner;          /* the Python transport (python/bunpy/_transport.py)   */
     PyObject *data_received;  /* bound methods of the protocol, for the read path   */
     PyObject *get_buffer, *buffer_updated;
     PyObject *minus_one;
@@ -65,6 +66,7 @@ struct bp_transport {
     char buffered, registered, pending, closing, eof_requested, eof_received, paused, protocol_paused;
     char readable, writable;  /* edge-triggered readiness not used up yet            */
     char hangup;              /* the peer's FIN or an error was signalled            */
+    char big_reads;           /* the last read was large: read into a bytes directly */
     int conn_lost;
     char *wbuf;               /* write queue: bytes [wpos, wlen) of wbuf              */
     size_t wlen, wpos, wcap, high, low;
@@ -114,6 +116,7 @@ PyObject *bp_reactor_item(PyObject *self, Py_ssize_t i);
 PyObject *bp_reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bp_reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bp_reactor_run_ready(PyObject *self, PyObject *ready);
+PyObject *bp_reactor_run_transports(PyObject *self, PyObject *unused);
 PyObject *bp_reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

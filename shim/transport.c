@@ -28,6 +28,7 @@
 
 #define READS_PER_TURN 16           /* reads of one transport per loop iteration (fairness) */
 #define READ_BUF (256 * 1024)
+#define BIG_READ (32 * 1024)       /* from this size on, the next read goes into its own bytes */
 
 static const char *COLD[] = {"_on_eof", "_fatal_error", "_write_drained", "_protocol_call_failed"};
 
@@ -46,6 +47,7 @@ static PyObject *cold_call(bp_transport *t, int which, PyObject *arg, const char
         }
         args[n++] = s;
     }
+    args[0] = t->owner ? t->owner : (PyObject *)t; /* the Python transport this is the core of */
     PyObject *v = PyObject_VectorcallMethod(m, args, n, NULL);
     Py_DECREF(m);
     Py_XDECREF(s);
@@ -207,10 +209,29 @@ static int read_once(bp_transport *t, char *buf) {
             Py_DECREF(v);
             return 1;
         }
+    } else if (t->big_reads) {
+        /* large reads go straight into a bytes object (as asyncio's sock.recv does): copying
+           them out of the shared buffer would cost a pass over every byte */
+        PyObject *data = PyBytes_FromStringAndSize(NULL, READ_BUF);
+        if (!data) return -1;
+        do n = recv(t->fd, PyBytes_AS_STRING(data), READ_BUF, 0);
+        while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            if (n < READ_BUF && !t->hangup) t->readable = 0; /* drained: see below */
+            t->big_reads = n >= BIG_READ;
+            if (n < READ_BUF && _PyBytes_Resize(&data, n) < 0) return -1;
+            PyObject *v = PyObject_CallOneArg(t->data_received, data);
+            Py_DECREF(data);
+            if (!v) return fatal_from_python(t, "Fatal error: protocol.data_received() call failed.") < 0 ? -1 : 0;
+            Py_DECREF(v);
+            return 1;
+        }
+        Py_DECREF(data);
     } else {
         do n = recv(t->fd, buf, READ_BUF, 0);
         while (n < 0 && errno == EINTR);
         if (n > 0) {
+            t->big_reads = n >= BIG_READ;
             /* A short read emptied the socket's queue: Linux signals an edge-triggered fd
                again for every arrival after this, so the read that would only say EAGAIN
                is skipped (one syscall less per message, as tokio does) — unless the peer's
@@ -334,9 +355,9 @@ static int set_protocol(bp_transport *t, PyObject *protocol) {
 /* StreamCore(loop, sock, protocol): the socket must be non-blocking. */
 static int core_init(PyObject *self, PyObject *args, PyObject *kwargs) {
     bp_transport *t = (bp_transport *)self;
-    static char *names[] = {"loop", "sock", "protocol", NULL};
-    PyObject *loop, *sock, *protocol;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:StreamCore", names, &loop, &sock, &protocol)) return -1;
+    static char *names[] = {"loop", "sock", "protocol", "owner", NULL};
+    PyObject *loop, *sock, *protocol, *owner = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:StreamCore", names, &loop, &sock, &protocol, &owner)) return -1;
     PyObject *reactor = PyObject_GetAttrString(loop, "_reactor");
     if (!reactor) return -1;
     if (strcmp(Py_TYPE(reactor)->tp_name, "_bunpy.Reactor") != 0) {
@@ -359,6 +380,7 @@ static int core_init(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_XSETREF(t->reactor, reactor);
     Py_XSETREF(t->loop, Py_NewRef(loop));
     Py_XSETREF(t->sock, Py_NewRef(sock));
+    Py_XSETREF(t->owner, Py_XNewRef(owner));
     if (!t->minus_one) t->minus_one = PyLong_FromLong(-1);
     if (!t->minus_one) return -1;
     t->fd = (int)fd;
@@ -593,6 +615,18 @@ static PyObject *core_discard(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* _release(): the connection is lost: drop the references to Python objects (a cycle
+   through the owner otherwise waits for the garbage collector). */
+static PyObject *core_release(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    Py_CLEAR(t->owner);
+    Py_CLEAR(t->sock);
+    Py_CLEAR(t->data_received);
+    Py_CLEAR(t->get_buffer);
+    Py_CLEAR(t->buffer_updated);
+    Py_RETURN_NONE;
+}
+
 static PyMemberDef core_members[] = {
     {"_protocol", T_OBJECT, offsetof(bp_transport, protocol), READONLY, NULL},
     {"_loop", T_OBJECT, offsetof(bp_transport, loop), 0, NULL},
@@ -619,6 +653,7 @@ static PyMethodDef core_methods[] = {
     {"_start", core_start, METH_NOARGS, NULL},
     {"_stop", core_stop, METH_NOARGS, NULL},
     {"_discard", core_discard, METH_NOARGS, NULL},
+    {"_release", core_release, METH_NOARGS, NULL},
     {NULL}};
 
 static int core_traverse(PyObject *self, visitproc visit, void *arg) {
@@ -627,6 +662,7 @@ static int core_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(t->reactor);
     Py_VISIT(t->loop);
     Py_VISIT(t->sock);
+    Py_VISIT(t->owner);
     Py_VISIT(t->protocol);
     Py_VISIT(t->data_received);
     Py_VISIT(t->get_buffer);
@@ -639,6 +675,7 @@ static int core_clear(PyObject *self) {
     Py_CLEAR(t->reactor);
     Py_CLEAR(t->loop);
     Py_CLEAR(t->sock);
+    Py_CLEAR(t->owner);
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->data_received);
     Py_CLEAR(t->get_buffer);

@@ -217,6 +217,7 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             self._run_ready_debug()
         else:
             reactor.run_ready(ready)
+        reactor.run_transports()  # C transports, after the handles (as run_once does)
 
     def _run_ready_debug(self):
         # as asyncio's loop in debug mode: time every callback, warn about slow ones
@@ -575,6 +576,9 @@ def _drop_sockets(loop):
         sock = getattr(transport, "_sock", None)
         if sock is None or sock.fileno() < 0:
             continue
+        core = getattr(transport, "_core", None)
+        if core is not None:  # a C transport: its fd leaves the epoll set first
+            core._stop()
         try:
             loop._selector.unregister(sock)
         except Exception:

@@ -9,7 +9,7 @@ connection, closing, aborting, errors and connection_lost, extra info.
 
 import socket
 import warnings
-from asyncio import base_events, constants, futures
+from asyncio import base_events, constants, futures, transports
 from asyncio.log import logger
 
 import _bunpy
@@ -25,15 +25,31 @@ def _server_takes_transport(server):
     return _SERVER_TAKES_TRANSPORT
 
 
-class SocketTransport(_bunpy.StreamCore):
-    """A stream socket transport whose reads and writes run in C (see the module doc)."""
+class SocketTransport(transports._FlowControlMixin):
+    """A stream socket transport whose reads and writes run in C (see the module doc).
+
+    An asyncio.Transport whose hot methods are those of its C core (bound per instance, so
+    transport.write(data) is one C call); the core calls back the methods below."""
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(loop, sock, protocol)
-        self._extra = dict(extra) if extra else {}
+        # (not _FlowControlMixin.__init__: the water marks live in the C core; the class
+        # is there for isinstance checks, e.g. loop.sendfile's fallback)
+        self._extra = {} if extra is None else extra
+        core = self._core = _bunpy.StreamCore(loop, sock, protocol, self)
+        self.write = core.write
+        self.writelines = core.writelines
+        self.pause_reading = core.pause_reading
+        self.resume_reading = core.resume_reading
+        self.get_write_buffer_size = core.get_write_buffer_size
+        self.set_write_buffer_limits = core.set_write_buffer_limits
+        self.get_write_buffer_limits = core.get_write_buffer_limits
+        self._loop = loop
+        self._sock = sock
+        self._sock_fd = core._sock_fd
+        self._protocol = protocol
         self._extra["socket"] = _transport_socket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -51,7 +67,7 @@ class SocketTransport(_bunpy.StreamCore):
         loop._transports[self._sock_fd] = self
         base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start)  # after connection_made, as asyncio adds its reader
+        loop.call_soon(core._start)  # after connection_made, as asyncio adds its reader
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
@@ -59,31 +75,43 @@ class SocketTransport(_bunpy.StreamCore):
         info = [self.__class__.__name__]
         if self._sock is None:
             info.append("closed")
-        elif self._closing:
+        elif self._core._closing:
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
-        if self._sock is not None and not self._closing:
+        if self._sock is not None and not self._core._closing:
             info.append("read=polling" if self.is_reading() else "read=idle")
             info.append(f"write=<bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
+        if getattr(self, "_sock", None) is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._core._stop()
             self._sock.close()
 
-    # -- asyncio.BaseTransport / ReadTransport / WriteTransport --------------------------------
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
+    @property
+    def _closing(self):
+        return self._core._closing
 
+    @property
+    def _conn_lost(self):
+        return self._core._conn_lost
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused
+
+    # -- asyncio.BaseTransport / ReadTransport / WriteTransport --------------------------------
     def is_closing(self):
-        return self._closing
+        return self._core._closing
 
     def is_reading(self):
-        return not self._closing and not self._paused
+        core = self._core
+        return not core._closing and not core._paused
 
     def set_protocol(self, protocol):
-        self._set_protocol(protocol)
+        self._core._set_protocol(protocol)
+        self._protocol = protocol
         self._protocol_connected = True
 
     def get_protocol(self):
@@ -93,18 +121,20 @@ class SocketTransport(_bunpy.StreamCore):
         return True
 
     def write_eof(self):
-        if self._closing or self._eof:
+        core = self._core
+        if core._closing or core._eof:
             return
-        self._eof = True
-        if not self.get_write_buffer_size():
+        core._eof = True
+        if not core.get_write_buffer_size():
             self._sock.shutdown(socket.SHUT_WR)
 
     def close(self):
-        if self._closing:
+        core = self._core
+        if core._closing:
             return
-        self._closing = True
-        if not self.get_write_buffer_size():
-            self._conn_lost += 1
+        core._closing = True
+        if not core.get_write_buffer_size():
+            core._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self):
@@ -124,9 +154,9 @@ class SocketTransport(_bunpy.StreamCore):
 
     def _write_drained(self):
         """The queue emptied while a close or write_eof waited for it."""
-        if self._closing:
+        if self._core._closing:
             self._call_connection_lost(None)
-        elif self._eof:
+        elif self._core._eof:
             self._sock.shutdown(socket.SHUT_WR)
 
     def _protocol_call_failed(self, exc, message):
@@ -145,22 +175,27 @@ class SocketTransport(_bunpy.StreamCore):
         self._force_close(exc)
 
     def _force_close(self, exc):
-        if self._conn_lost:
+        core = self._core
+        if core._conn_lost:
             return
-        self._discard()
-        self._closing = True
-        self._conn_lost += 1
+        core._discard()
+        core._closing = True
+        core._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
+        if self._sock is None:
+            return
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            self._stop()  # the fd leaves the epoll set before it is closed
+            self._core._stop()  # the fd leaves the epoll set before it is closed
             self._sock.close()
             self._sock = None
+            self._protocol = None
             self._loop = None
+            self._core._release()
             server = self._server
             if server is not None:
                 server._detach(self) if _server_takes_transport(server) else server._detach()
