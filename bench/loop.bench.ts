@@ -81,6 +81,23 @@ async def _connect_close(port, n):
         t.close()
         await p.lost
 
+def rates(rows, reps=15):
+    """{kind: [per second for each row]}: the median of reps batches per row and kind, the
+    kinds interleaved batch by batch (so drift in the machine's load hits them alike)."""
+    import time
+    out = {kind: [] for kind in ploops}
+    for r in rows:
+        times = {kind: [] for kind in ploops}
+        for _ in range(reps):
+            for kind in ploops:
+                t0 = time.perf_counter()
+                pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
+                times[kind].append(time.perf_counter() - t0)
+        for kind in ploops:
+            ts = sorted(times[kind])
+            out[kind].append(r["per"] / ts[len(ts) // 2])
+    return out
+
 def connect_batch(kind, n):
     loop = ploops[kind]
     if kind not in pecho:
@@ -175,17 +192,6 @@ const prows = [
   { what: "Protocol echo, 256 KB", size: 262144, per: 40, unit: "round trips/s" },
   { what: "connect + close", size: 0, per: 200, unit: "connections/s" },
 ];
-for (const row of prows) {
-  summary(() => {
-    for (const kind of PKINDS) {
-      const b = bench(`${row.what} (${kind})`, () =>
-        do_not_optimize(row.size ? py.call("__main__", "pecho_batch", [kind, row.size, row.per]) : py.call("__main__", "connect_batch", [kind, row.per])),
-      );
-      if (kind === "stock asyncio") b.baseline(true);
-    }
-  });
-}
-
 // ---- coroutine calls into a context -------------------------------------------------
 const minor = Number(py.version.split(".")[1]);
 const mode = minor >= 12 ? "owngil" : "worker";
@@ -211,41 +217,34 @@ for (const row of rows) {
     `  ${row.what.padEnd(42)} stock ${rate(stock).padStart(10)}  bunpy ${rate(ours).padStart(10)} ${row.unit.padEnd(14)} ${(stock / ours).toFixed(2)}× as fast`,
   );
 }
-console.log(`\nProtocol echo over 4 connections and connect + close (per second, median; × stock asyncio in this run):`);
-for (const row of prows) {
-  const stock = median(`${row.what} (stock asyncio)`);
-  const cells = PKINDS.map((k) => {
-    const m = median(`${row.what} (${k})`);
-    if (m === undefined || stock === undefined) return `${k}: -`;
-    return `${k} ${Math.round(row.per / (m / 1e9)).toLocaleString("en-US")} (${(stock / m).toFixed(2)}×)`;
-  });
+// Protocol echo and connect + close: timed inside Python (median of 15 batches per kind,
+// the kinds interleaved), here and in a plain python process for uvloop, so the two
+// processes are measured the same way; each process's stock loop is its baseline.
+const here = py.call("__main__", "rates", [prows]) as Record<string, number[]>;
+console.log(`\nProtocol echo over 4 connections, and connect + close (per second, median of 15 batches; × the stock loop of the same process):`);
+const fmt = (v: number, base: number) => `${Math.round(v).toLocaleString("en-US")} (${(v / base).toFixed(2)}×)`;
+prows.forEach((row, i) => {
+  const stock = here["stock asyncio"]![i]!;
+  const cells = PKINDS.map((k) => `${k} ${fmt(here[k]![i]!, stock)}`);
   console.log(`  ${row.what.padEnd(24)} ${row.unit}: ${cells.join("  ")}`);
-}
+});
 if (uvloopVenv && "site" in uvloopVenv) {
-  // the same batches, timed in a plain python process: uvloop and the stock loop there
   const code = `${PECHO}
-import json, time, uvloop
-def rate(kind, fn, *a, per):
-    best = []
-    for _ in range(7):
-        t0 = time.perf_counter(); fn(kind, *a); best.append(time.perf_counter() - t0)
-    best.sort()
-    return per / best[3]
+import json, uvloop
 ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}
-out = {}
-for kind in ploops:
-    out[kind] = [rate(kind, pecho_batch, r["size"], r["per"], per=r["per"]) if r["size"] else rate(kind, connect_batch, r["per"], per=r["per"]) for r in ${JSON.stringify(prows)}]
-print(json.dumps(out))
+print(json.dumps(rates(${JSON.stringify(prows)})))
 `;
   const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
   try {
     const out = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
-    console.log(`uvloop, in a plain python process (median of 7 batches; × that process's stock loop):`);
+    console.log(`uvloop, in a plain python process (measured the same way):`);
     prows.forEach((row, i) => {
       const stock = out["stock asyncio"]![i]!, uv = out["uvloop"]![i]!;
-      const ours = median(`${row.what} (bunpy (C transports))`), oursStock = median(`${row.what} (stock asyncio)`);
-      const vs = ours !== undefined && oursStock !== undefined ? ` — bunpy (C transports) ÷ uvloop, each against its own stock: ${((oursStock / ours) / (uv / stock)).toFixed(2)}×` : "";
-      console.log(`  ${row.what.padEnd(24)} stock ${Math.round(stock).toLocaleString("en-US")}  uvloop ${Math.round(uv).toLocaleString("en-US")} (${(uv / stock).toFixed(2)}×)${vs}`);
+      const ours = here["bunpy (C transports)"]![i]!, oursStock = here["stock asyncio"]![i]!;
+      console.log(
+        `  ${row.what.padEnd(24)} stock ${Math.round(stock).toLocaleString("en-US")}  uvloop ${fmt(uv, stock)}` +
+          ` — bunpy (C transports) ÷ uvloop: ${(ours / uv).toFixed(2)}× absolute, ${((ours / oursStock) / (uv / stock)).toFixed(2)}× as ratios to each stock`,
+      );
     });
   } catch {
     console.log(`  uvloop run failed: ${r.stderr.toString().trim().split("\n").slice(-2).join(" | ")}`);

@@ -270,6 +270,9 @@ static int serve(bp_reactor *r, bp_transport *t) {
     for (int i = 0; i < READS_PER_TURN && t->readable && reading(t); i++) {
         int rc = read_once(t, r->rbuf);
         if (rc <= 0) return rc;
+        /* the peer's FIN is known to follow: the EOF is for the next turn, so the protocol
+           sees data and EOF in two iterations, as with asyncio's transports */
+        if (t->hangup) break;
     }
     if (t->readable && reading(t)) pend(r, t); /* more to read: its turn comes again */
     return 0;
@@ -359,9 +362,10 @@ static int core_init(PyObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *loop, *sock, *protocol, *owner = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:StreamCore", names, &loop, &sock, &protocol, &owner)) return -1;
     PyObject *reactor = PyObject_GetAttrString(loop, "_reactor");
-    if (!reactor) return -1;
-    if (strcmp(Py_TYPE(reactor)->tp_name, "_bunpy.Reactor") != 0) {
-        Py_DECREF(reactor);
+    if (!reactor && !PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+    PyErr_Clear();
+    if (!reactor || strcmp(Py_TYPE(reactor)->tp_name, "_bunpy.Reactor") != 0) {
+        Py_XDECREF(reactor);
         PyErr_SetString(PyExc_TypeError, "StreamCore: the loop is not a bunpy loop");
         return -1;
     }

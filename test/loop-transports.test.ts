@@ -15,7 +15,7 @@ const { context } = closedAfterAll();
 
 const SOURCE = String.raw`
 import asyncio, hashlib, os, socket, ssl, sys, tempfile
-import bunpy
+import _bunpy, bunpy
 
 def new_loop(c):
     loop = bunpy.new_event_loop()
@@ -302,6 +302,48 @@ def raise_fd_limit(n):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
 
+def leftovers(c, rounds):
+    """Connections made, used and closed leave no transport object behind."""
+    import gc
+    async def cycle():
+        loop = asyncio.get_running_loop()
+        srv, connect = await listen(loop, Echo, False)
+        for _ in range(rounds):
+            t, p = await connect(Collect)
+            t.write(b"ping")
+            while not p.chunks:
+                await asyncio.sleep(0)
+            t.close()
+            await p.done
+        srv.close()
+        await srv.wait_closed()
+    run(c, cycle)
+    gc.collect()
+    from bunpy._transport import SocketTransport
+    return sum(isinstance(o, (SocketTransport, _bunpy.StreamCore)) for o in gc.get_objects())
+
+def bad_input():
+    import _bunpy
+    out = []
+    for args in [(None, None, None), (asyncio.SelectorEventLoop(), socket.socket(), asyncio.Protocol())]:
+        try:
+            _bunpy.StreamCore(*args)
+            out.append("made")
+        except Exception as e:
+            out.append(type(e).__name__)
+        if hasattr(args[0], "close"):
+            args[0].close()
+            args[1].close()
+    loop = bunpy.new_event_loop()
+    s = socket.socket()
+    s.close()
+    try:
+        _bunpy.StreamCore(loop, s, asyncio.Protocol())
+    except Exception as e:
+        out.append(type(e).__name__)
+    loop.close()
+    return out
+
 async def many(n):
     """n connections on one loop, each echoing one message."""
     loop = asyncio.get_running_loop()
@@ -395,6 +437,14 @@ for (const { name, c, cls } of impls) {
     });
   });
 }
+
+test("connections made and closed leave no transport behind", () => {
+  expect(py.call("loop_transports", "leftovers", [true, 300])).toBe(0);
+});
+
+test("the C core refuses a loop that is not bunpy's and a closed socket, with Python errors", () => {
+  expect(py.call("loop_transports", "bad_input")).toEqual(["TypeError", "TypeError", "ValueError"]);
+});
 
 test("the switch: BUNPY_LOOP_TRANSPORTS=python makes new loops use asyncio's transports", () => {
   const r = py.eval(`(lambda os, bunpy: (os.environ.__setitem__("BUNPY_LOOP_TRANSPORTS", "python"), bunpy.new_event_loop())[1])(__import__("os"), __import__("bunpy"))`) as any;
