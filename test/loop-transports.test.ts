@@ -459,8 +459,69 @@ test("the switch: BUNPY_LOOP_TRANSPORTS=python makes new loops use asyncio's tra
   d.close();
 });
 
+// the clients of the 10,000-connection test: a plain python process (its own fd limit)
+const CLIENTS = String.raw`
+import asyncio, resource, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard))
+async def one(i, sem):
+    async with sem:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+    return r, w
+async def main():
+    sem = asyncio.Semaphore(500)
+    conns = await asyncio.gather(*(one(i, sem) for i in range(n)))
+    for i, (r, w) in enumerate(conns):
+        w.write(b"%d;" % i)
+    ok = 0
+    for i, (r, w) in enumerate(conns):
+        ok += await r.readexactly(len(b"%d;" % i)) == b"%d;" % i
+    print(ok, flush=True)
+    sys.stdin.readline()   # all n stay connected until the test has counted them
+    for r, w in conns:
+        w.close()
+asyncio.run(main())
+`;
+
 describe.each(contextModes)("%s context", (mode) => {
-  test("thousands of connections on one context's loop", async () => {
+  test("10,000 connections on one context, from a client process", async () => {
+    const ctx = await context(mode);
+    await ctx.exec(SOURCE);
+    const limit = (await ctx.call("__main__", "raise_fd_limit", [20_000])) as number;
+    expect(limit).toBeGreaterThan(10_500);
+    await ctx.exec(`
+async def serve_many():
+    global big_server
+    loop = asyncio.get_running_loop()
+    big_server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=4096)
+    return big_server.sockets[0].getsockname()[1]
+def live_connections():
+    return len(big_server._clients) if hasattr(big_server, "_clients") else big_server._active_count
+`);
+    const port = (await ctx.call("__main__", "serve_many")) as number;
+    const proc = Bun.spawn([py.executable, "-c", CLIENTS, String(port), "10000"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    const reader = proc.stdout.getReader();
+    let out = "";
+    while (!out.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    let live: unknown;
+    try {
+      live = await ctx.call("__main__", "live_connections");
+    } finally {
+      proc.stdin.write("\n");
+      proc.stdin.end();
+      await proc.exited;
+      await ctx.close(); // its 10,000 fds go now, before the next test needs them
+    }
+    expect(out.trim()).toBe("10000");
+    expect(live).toBe(10000);
+  }, 120_000);
+
+  test("thousands of connections on one context's loop, both ends in it", async () => {
     const ctx = await context(mode);
     await ctx.exec(SOURCE);
     // both ends live in this process: two fds per connection, under RLIMIT_NOFILE
