@@ -14,6 +14,28 @@ import { py } from "../src/index.ts";
 import { packageVenv } from "../test/fixtures/venv.ts";
 import { runOptions } from "./ratio.ts";
 
+const UVICORN_APP = `
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+`;
+
+// --uvicorn <port> <site>: the server process of the uvicorn comparison (end of this file):
+// uvicorn with httptools in a worker context, on bunpy's loop with its C transports
+if (process.argv[2] === "--uvicorn") {
+  const [port, site] = process.argv.slice(3) as [string, string];
+  const ctx = await py.context({ mode: "worker" });
+  await ctx.exec(`import sys\nsys.path.insert(0, ${JSON.stringify(site)})\nimport uvicorn\n${UVICORN_APP}
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=${port}, http="httptools", lifespan="off", ws="none", log_level="error", access_log=False))
+async def serve():
+    await server.serve()`);
+  void ctx.call("__main__", "serve");
+  process.on("SIGTERM", () => process.exit(0));
+  await new Promise(() => {});
+}
+
 // uvloop cannot run inside Bun: Bun exports libuv's symbols as stubs for N-API, and they
 // shadow uvloop's own libuv (uv_replace_allocator panics). So uvloop runs in a plain
 // python process, next to the stock loop as that process's baseline (see the end).
@@ -274,3 +296,37 @@ for kind, loop in ploops.items():
         loop.run_until_complete(srv.wait_closed())
     loop.close()
 `);
+
+// ---- uvicorn hello world with wrk: bunpy's loop (in a worker context) against uvloop ------
+function have(cmd: string): boolean {
+  return Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
+}
+if (uvloopVenv && "site" in uvloopVenv && have("wrk") && have("taskset")) {
+  const site = uvloopVenv.site;
+  const appFile = `${site}/bunpy_bench_hello.py`;
+  await Bun.write(appFile, UVICORN_APP);
+  const wrk = (port: number) => {
+    const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", "-c64", "-d5s", `http://127.0.0.1:${port}/`], { stdout: "pipe" });
+    const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout.toString());
+    return m ? Number(m[1]) : NaN;
+  };
+  const serveWith = async (cmd: string[], env: Record<string, string>, port: number) => {
+    const proc = Bun.spawn(["taskset", "-c", "0", ...cmd], { env: { ...process.env, ...env }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 200; i++) {
+      if (await fetch(`http://127.0.0.1:${port}/`).then((r) => r.ok, () => false)) break;
+      await Bun.sleep(50);
+    }
+    wrk(port); // warm-up
+    const rate = wrk(port);
+    proc.kill("SIGTERM");
+    await proc.exited;
+    return rate;
+  };
+  const base = 18000 + (process.pid % 1000);
+  const uvicornArgs = (loop: string, port: number) => [py.executable, "-m", "uvicorn", "bunpy_bench_hello:app", "--port", String(port), "--loop", loop, "--http", "httptools", "--no-access-log", "--log-level", "error", "--lifespan", "off"];
+  const uv = await serveWith(uvicornArgs("uvloop", base), { PYTHONPATH: site }, base);
+  const stock = await serveWith(uvicornArgs("asyncio", base + 1), { PYTHONPATH: site }, base + 1);
+  const ours = await serveWith([process.execPath, import.meta.path, "--uvicorn", String(base + 2), site], {}, base + 2);
+  console.log(`\nuvicorn + httptools hello world, server on core 0, wrk -t1 -c64 -d5s on core 1 (requests/s):`);
+  console.log(`  uvloop ${Math.round(uv).toLocaleString("en-US")}  asyncio ${Math.round(stock).toLocaleString("en-US")}  bunpy's loop in a worker context ${Math.round(ours).toLocaleString("en-US")} (${(ours / uv).toFixed(2)}× uvloop, ${(ours / stock).toFixed(2)}× asyncio)`);
+}
