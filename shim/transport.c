@@ -294,6 +294,9 @@ int bp_transports_run(bp_reactor *r) {
         t->pending = 0;
         t->pend_next = NULL;
         if (rc == 0) rc = serve(r, t);
+        /* SystemExit/KeyboardInterrupt (or no memory) stops this turn: a transport not served
+           keeps its edge for the next one, or it would never be told again */
+        if (rc < 0 && (t->readable || t->writable) && t->registered) pend(r, t);
         Py_DECREF(t);
         if (is_last) break;
         t = next;

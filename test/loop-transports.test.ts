@@ -302,6 +302,22 @@ def raise_fd_limit(n):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
 
+async def callback_raises(unix):
+    """data_received raising: reported to the loop's exception handler, connection lost."""
+    loop = asyncio.get_running_loop()
+    reported = []
+    loop.set_exception_handler(lambda l, ctx: reported.append((ctx["message"], type(ctx["exception"]).__name__)))
+    class Bad(Collect):
+        def data_received(self, d):
+            raise ValueError("bad data")
+    srv, connect = await listen(loop, Echo, unix)
+    t, p = await connect(Bad)
+    t.write(b"x")
+    await p.done
+    srv.close()
+    await srv.wait_closed()
+    return [reported, p.events]
+
 def leftovers(c, rounds):
     """Connections made, used and closed leave no transport object behind."""
     import gc
@@ -427,6 +443,14 @@ for (const { name, c, cls } of impls) {
         expect(info).toEqual([true, true, true, true, 42]);
       });
     }
+
+    test("a protocol callback that raises is reported and loses the connection", () => {
+      for (const unix of [false, true]) {
+        const [reported, events] = call("callback_raises", c, unix) as any[];
+        expect(reported).toEqual([["Fatal error: protocol.data_received() call failed.", "ValueError"]]);
+        expect(events).toEqual([["lost", "ValueError"]]);
+      }
+    });
 
     test("TLS on top (asyncio's SSLProtocol): 1 MB echo with streams", () => {
       expect(call("tls_echo", c)).toEqual([true, cls, true]);

@@ -186,6 +186,8 @@ class SocketTransport(transports._FlowControlMixin):
     def _call_connection_lost(self, exc):
         if self._sock is None:
             return
+        if not self._core._conn_lost:  # (a close that waited for the queue) later writes are dropped
+            self._core._conn_lost = 1
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
