@@ -277,6 +277,35 @@ async def tls_echo():
     await srv.wait_closed()
     return [got == data, raw, cipher]
 
+async def start_tls_echo():
+    """A plain connection upgraded to TLS on both ends (loop.start_tls, as STARTTLS does)."""
+    cert = cert_file()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    async def handle(r, w):
+        assert await r.readline() == b"STARTTLS\n"
+        w.write(b"go\n")
+        await w.drain()
+        await w.start_tls(server_ctx)
+        w.write((await r.readline()).upper())
+        await w.drain()
+        w.close()
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    r, w = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
+    w.write(b"STARTTLS\n")
+    assert await r.readline() == b"go\n"
+    await w.start_tls(client_ctx)
+    w.write(b"secret\n")
+    answer = await r.readline()
+    tls = w.get_extra_info("ssl_object") is not None
+    w.close()
+    srv.close()
+    await srv.wait_closed()
+    return [answer.decode(), tls]
+
 async def streams_echo(lines):
     async def handle(r, w):
         while line := await r.readline():
@@ -454,6 +483,10 @@ for (const { name, c, cls } of impls) {
 
     test("TLS on top (asyncio's SSLProtocol): 1 MB echo with streams", () => {
       expect(call("tls_echo", c)).toEqual([true, cls, true]);
+    });
+
+    test("start_tls upgrades a plain connection on both ends", () => {
+      expect(call("start_tls_echo", c)).toEqual(["SECRET\n", true]);
     });
 
     test("streams (start_server / open_connection) run on them", () => {
