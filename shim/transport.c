@@ -127,6 +127,11 @@ static int flush(bp_transport *t) {
         return -1;
     }
     t->wlen = t->wpos = 0;
+    if (t->wcap > (1u << 20)) { /* a burst made it big: do not keep it for the connection's life */
+        PyMem_Free(t->wbuf);
+        t->wbuf = NULL;
+        t->wcap = 0;
+    }
     return 0;
 }
 
@@ -631,6 +636,9 @@ static PyObject *core_release(PyObject *self, PyObject *unused) {
     Py_CLEAR(t->data_received);
     Py_CLEAR(t->get_buffer);
     Py_CLEAR(t->buffer_updated);
+    PyMem_Free(t->wbuf);
+    t->wbuf = NULL;
+    t->wcap = t->wlen = t->wpos = 0;
     Py_RETURN_NONE;
 }
 
