@@ -24,6 +24,7 @@ const sources = [_][]const u8{
     "shim/timers.c",
     "shim/handles.c",
     "shim/loop.c",
+    "shim/transport.c",
     "shim/bench.c",
     "shim/buffers.c",
     "shim/shared.c",

@@ -1,14 +1,131 @@
 /**
  * bunpy's event loop against asyncio's own (SelectorEventLoop on epoll), same Python,
  * same run: call_soon throughput, timers scheduled and fired, and a TCP echo round trip
- * over loopback with asyncio streams. Then the cost of a coroutine call into a context
- * next to a plain call.
+ * over loopback with asyncio streams. Then Protocol echo round trips (64 B, 4 KB, 256 KB
+ * over 4 connections) and connections/s on bunpy's loop with its C transports, on bunpy's
+ * loop with asyncio's Python transports (level-triggered: the switch), on the stock loop,
+ * and on uvloop where this Python has it (3.11 here, from the pip index). Then the cost of
+ * a coroutine call into a context next to a plain call.
  *
  * Each benchmark iteration is one py.call that runs a batch on a loop made once per kind.
  */
 import { bench, do_not_optimize, run, summary } from "mitata";
 import { py } from "../src/index.ts";
+import { packageVenv } from "../test/fixtures/venv.ts";
 import { runOptions } from "./ratio.ts";
+
+const UVICORN_APP = `
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+`;
+
+// --uvicorn <port> <site>: the server process of the uvicorn comparison (end of this file):
+// uvicorn with httptools in a worker context, on bunpy's loop with its C transports
+if (process.argv[2] === "--uvicorn") {
+  const [port, site] = process.argv.slice(3) as [string, string];
+  const ctx = await py.context({ mode: "worker" });
+  await ctx.exec(`import sys\nsys.path.insert(0, ${JSON.stringify(site)})\nimport uvicorn\n${UVICORN_APP}
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=${port}, http="httptools", lifespan="off", ws="none", log_level="error", access_log=False))
+async def serve():
+    await server.serve()`);
+  void ctx.call("__main__", "serve");
+  process.on("SIGTERM", () => process.exit(0));
+  await new Promise(() => {});
+}
+
+// uvloop cannot run inside Bun: Bun exports libuv's symbols as stubs for N-API, and they
+// shadow uvloop's own libuv (uv_replace_allocator panics). So uvloop runs in a plain
+// python process, next to the stock loop as that process's baseline (see the end).
+const uvloopVenv = Number(py.version.split(".")[1]) === 11 ? packageVenv("loop", ["uvicorn", "httptools", "uvloop"]) : null;
+
+// Protocol echo and connect + close batches (also run by a plain python for uvloop)
+const PECHO = String.raw`
+import asyncio
+# -- Protocol echo and connections/s, with uvloop where it is installed ------------------
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, d):
+        self.t.write(d)
+
+class _Pinger(asyncio.Protocol):
+    """Sends a message, waits for all of it to come back, again, left times."""
+    def connection_made(self, t):
+        self.t = t
+    def start(self, msg, n, done):
+        self.msg, self.left, self.got, self.done = msg, n, 0, done
+        self.t.write(msg)
+    def data_received(self, d):
+        self.got += len(d)
+        if self.got >= len(self.msg):
+            self.got = 0
+            self.left -= 1
+            if self.left:
+                self.t.write(self.msg)
+            else:
+                self.done.set_result(None)
+
+pecho = {}
+async def _pecho_setup(conns):
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(_Echo, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    clients = [(await loop.create_connection(_Pinger, "127.0.0.1", port))[1] for _ in range(conns)]
+    return srv, port, clients
+
+async def _pecho_run(clients, msg, n):
+    loop = asyncio.get_running_loop()
+    done = [loop.create_future() for _ in clients]
+    for c, d in zip(clients, done):
+        c.start(msg, n // len(clients), d)
+    await asyncio.gather(*done)
+
+def pecho_batch(kind, size, n):
+    loop = ploops[kind]
+    if kind not in pecho:
+        pecho[kind] = loop.run_until_complete(_pecho_setup(4))
+    loop.run_until_complete(_pecho_run(pecho[kind][2], b"x" * size, n))
+
+class _Gone(asyncio.Protocol):
+    def __init__(self):
+        self.lost = asyncio.get_running_loop().create_future()
+    def connection_lost(self, exc):
+        self.lost.set_result(None)
+
+async def _connect_close(port, n):
+    loop = asyncio.get_running_loop()
+    for _ in range(n):
+        t, p = await loop.create_connection(_Gone, "127.0.0.1", port)
+        t.close()
+        await p.lost
+
+def rates(rows, reps=15):
+    """{kind: [per second for each row]}: the median of reps batches per row and kind, the
+    kinds interleaved batch by batch (so drift in the machine's load hits them alike)."""
+    import time
+    out = {kind: [] for kind in ploops}
+    for r in rows:
+        times = {kind: [] for kind in ploops}
+        for _ in range(reps):
+            for kind in ploops:
+                t0 = time.perf_counter()
+                pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
+                times[kind].append(time.perf_counter() - t0)
+        for kind in ploops:
+            ts = sorted(times[kind])
+            out[kind].append(r["per"] / ts[len(ts) // 2])
+    return out
+
+def connect_batch(kind, n):
+    loop = ploops[kind]
+    if kind not in pecho:
+        pecho[kind] = loop.run_until_complete(_pecho_setup(4))
+    loop.run_until_complete(_connect_close(pecho[kind][1], n))
+`;
 
 py.exec(`
 import asyncio, time
@@ -63,6 +180,11 @@ def echo_batch(kind, n):
         echo[kind] = loop.run_until_complete(_echo_setup())
     _, r, w = echo[kind]
     loop.run_until_complete(_round_trips(r, w, n))
+
+${PECHO}
+ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(),
+          "bunpy (Python transports)": bunpy.new_event_loop()}
+ploops["bunpy (Python transports)"]._bunpy_c_transports = False
 `);
 
 const KINDS = ["stock asyncio", "bunpy"] as const;
@@ -85,6 +207,13 @@ for (const row of rows) {
   });
 }
 
+const PKINDS = (py.eval("list(ploops)") as string[]);
+const prows = [
+  { what: "Protocol echo, 64 B", size: 64, per: 2000, unit: "round trips/s" },
+  { what: "Protocol echo, 4 KB", size: 4096, per: 2000, unit: "round trips/s" },
+  { what: "Protocol echo, 256 KB", size: 262144, per: 40, unit: "round trips/s" },
+  { what: "connect + close", size: 0, per: 200, unit: "connections/s" },
+];
 // ---- coroutine calls into a context -------------------------------------------------
 const minor = Number(py.version.split(".")[1]);
 const mode = minor >= 12 ? "owngil" : "worker";
@@ -110,6 +239,41 @@ for (const row of rows) {
     `  ${row.what.padEnd(42)} stock ${rate(stock).padStart(10)}  bunpy ${rate(ours).padStart(10)} ${row.unit.padEnd(14)} ${(stock / ours).toFixed(2)}× as fast`,
   );
 }
+// Protocol echo and connect + close: timed inside Python (median of 15 batches per kind,
+// the kinds interleaved), here and in a plain python process for uvloop, so the two
+// processes are measured the same way; each process's stock loop is its baseline.
+const here = py.call("__main__", "rates", [prows]) as Record<string, number[]>;
+console.log(`\nProtocol echo over 4 connections, and connect + close (per second, median of 15 batches; × the stock loop of the same process):`);
+const fmt = (v: number, base: number) => `${Math.round(v).toLocaleString("en-US")} (${(v / base).toFixed(2)}×)`;
+prows.forEach((row, i) => {
+  const stock = here["stock asyncio"]![i]!;
+  const cells = PKINDS.map((k) => `${k} ${fmt(here[k]![i]!, stock)}`);
+  console.log(`  ${row.what.padEnd(24)} ${row.unit}: ${cells.join("  ")}`);
+});
+if (uvloopVenv && "site" in uvloopVenv) {
+  const code = `${PECHO}
+import json, uvloop
+ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}
+print(json.dumps(rates(${JSON.stringify(prows)})))
+`;
+  const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
+  try {
+    const out = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
+    console.log(`uvloop, in a plain python process (measured the same way):`);
+    prows.forEach((row, i) => {
+      const stock = out["stock asyncio"]![i]!, uv = out["uvloop"]![i]!;
+      const ours = here["bunpy (C transports)"]![i]!, oursStock = here["stock asyncio"]![i]!;
+      console.log(
+        `  ${row.what.padEnd(24)} stock ${Math.round(stock).toLocaleString("en-US")}  uvloop ${fmt(uv, stock)}` +
+          ` — bunpy (C transports) ÷ uvloop: ${(ours / uv).toFixed(2)}× absolute, ${((ours / oursStock) / (uv / stock)).toFixed(2)}× as ratios to each stock`,
+      );
+    });
+  } catch {
+    console.log(`  uvloop run failed: ${r.stderr.toString().trim().split("\n").slice(-2).join(" | ")}`);
+  }
+} else {
+  console.log(`  uvloop: not on this Python (${uvloopVenv && "skip" in uvloopVenv ? uvloopVenv.skip.slice(0, 80) : "its wheels are for 3.11 here"})`);
+}
 const timers = median(`${rows[1]!.what} (bunpy)`);
 if (timers !== undefined) {
   const perSecond = TIMERS / (timers / 1e9);
@@ -122,3 +286,47 @@ if (plain !== undefined && coro !== undefined)
 
 await ctx.close();
 for (const kind of KINDS) py.exec(`loops[${JSON.stringify(kind)}].close()`);
+py.exec(`
+for kind, loop in ploops.items():
+    if kind in pecho:
+        srv, _, clients = pecho[kind]
+        for c in clients:
+            c.t.close()
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+    loop.close()
+`);
+
+// ---- uvicorn hello world with wrk: bunpy's loop (in a worker context) against uvloop ------
+function have(cmd: string): boolean {
+  return Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
+}
+if (uvloopVenv && "site" in uvloopVenv && have("wrk") && have("taskset")) {
+  const site = uvloopVenv.site;
+  const appFile = `${site}/bunpy_bench_hello.py`;
+  await Bun.write(appFile, UVICORN_APP);
+  const wrk = (port: number) => {
+    const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", "-c64", "-d5s", `http://127.0.0.1:${port}/`], { stdout: "pipe" });
+    const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout.toString());
+    return m ? Number(m[1]) : NaN;
+  };
+  const serveWith = async (cmd: string[], env: Record<string, string>, port: number) => {
+    const proc = Bun.spawn(["taskset", "-c", "0", ...cmd], { env: { ...process.env, ...env }, stdout: "ignore", stderr: "ignore" });
+    for (let i = 0; i < 200; i++) {
+      if (await fetch(`http://127.0.0.1:${port}/`).then((r) => r.ok, () => false)) break;
+      await Bun.sleep(50);
+    }
+    wrk(port); // warm-up
+    const rate = wrk(port);
+    proc.kill("SIGTERM");
+    await proc.exited;
+    return rate;
+  };
+  const base = 18000 + (process.pid % 1000);
+  const uvicornArgs = (loop: string, port: number) => [py.executable, "-m", "uvicorn", "bunpy_bench_hello:app", "--port", String(port), "--loop", loop, "--http", "httptools", "--no-access-log", "--log-level", "error", "--lifespan", "off"];
+  const uv = await serveWith(uvicornArgs("uvloop", base), { PYTHONPATH: site }, base);
+  const stock = await serveWith(uvicornArgs("asyncio", base + 1), { PYTHONPATH: site }, base + 1);
+  const ours = await serveWith([process.execPath, import.meta.path, "--uvicorn", String(base + 2), site], {}, base + 2);
+  console.log(`\nuvicorn + httptools hello world, server on core 0, wrk -t1 -c64 -d5s on core 1 (requests/s):`);
+  console.log(`  uvloop ${Math.round(uv).toLocaleString("en-US")}  asyncio ${Math.round(stock).toLocaleString("en-US")}  bunpy's loop in a worker context ${Math.round(ours).toLocaleString("en-US")} (${(ours / uv).toFixed(2)}× uvloop, ${(ours / stock).toFixed(2)}× asyncio)`);
+}

@@ -81,6 +81,12 @@ PyObject *bp_reactor_run_ready(PyObject *self, PyObject *ready) {
     Py_RETURN_NONE;
 }
 
+/* run_transports(): the C transports' reads and flushes (the Python path of an iteration). */
+PyObject *bp_reactor_run_transports(PyObject *self, PyObject *unused) {
+    if (bp_transports_run((bp_reactor *)self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /*
  * soon(Handle, callback, args, context, loop, ready) -> handle: what loop.call_soon does
  * outside debug mode — an asyncio.Handle made without running its Python __init__ (the
@@ -173,6 +179,9 @@ PyObject *bp_reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (bp_timers_pop_due(r, monotonic_s() + resolution, append) < 0) goto fail;
     Py_DECREF(append);
     if (run_ready(r, ready) < 0) return NULL;
+    /* C transports: reads and flushes, after the handles (as asyncio's reader handles run
+       in this turn, and what they schedule in the next) */
+    if (bp_transports_run(r) < 0) return NULL;
     Py_RETURN_NONE;
 fail:
     Py_DECREF(append);

@@ -118,6 +118,10 @@ enum { BP_SIGINT_STALE = 1, BP_SIGINT_TRIPPED = 2 };
 extern atomic_int bp_sigint_flags;
 extern _Atomic(bp_port *) bp_main_port;
 void bp_sigint_leave(bp_port *p);
+/* loop.c: SIGINT/SIGTERM for contexts that asked for them (async-signal-safe; the number of
+   contexts that took it), and putting bunpy's SIGTERM handler back in front. */
+int bp_loop_signal_notify(int sig);
+void bp_loop_signals_refresh(void);
 int bp_io_grow(bp_io *io, uint32_t need);       /* 0, or -1 (MemoryError set)              */
 void bp_io_trim(bp_io *io, uint32_t keep);     /* shrink a buffer a huge value left big     */
 void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */

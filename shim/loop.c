@@ -11,11 +11,16 @@
  * context pointer is the request; the pointer is cleared when the request completes or
  * is failed at close, so a late done-callback finds nothing.
  *
- * Also here: bunpy.sleep for synchronous code, which waits on the context's alert fd.
+ * Also here: bunpy.sleep for synchronous code, which waits on the context's alert fd; and
+ * the process signals (SIGINT, SIGTERM) that Python code in contexts asked for.
  */
 #include "context.h"
+#include "reactor.h"
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
 #define TOKEN_NAME "bunpy.parked"
@@ -225,4 +230,126 @@ PyObject *bp_sleep(double seconds) {
         }
     }
     Py_RETURN_NONE;
+}
+
+/* ---- process signals for contexts ----------------------------------------------------
+ *
+ * Only the main thread of the main interpreter may install Python signal handlers. In a
+ * context, signal.signal(SIGINT|SIGTERM, h) and loop.add_signal_handler subscribe the
+ * context's loop here instead (python/bunpy/_signals.py, _loop.py): its reactor claims a
+ * slot holding an eventfd and the signals it wants. When the process gets one of them,
+ * bp_loop_signal_notify (called from the SIGINT handler in runtime.c and from the SIGTERM
+ * handler below) marks it pending in every slot that wants it and writes the slot's
+ * eventfd; the loop's reader on that fd runs the handlers on the context's thread.
+ *
+ * The table is process-wide because signals are; a slot belongs to one reactor. Everything
+ * the signal handler touches is an atomic, and it only calls write(). A slot being
+ * released clears its fd first and then waits for handlers that may still hold the old
+ * number (`busy`) before closing it, so a late write never reaches a reused fd.
+ */
+#define SIG_SLOTS 4096
+
+typedef struct {
+    atomic_int claimed;
+    atomic_int fd1;        /* eventfd + 1; 0: none            */
+    atomic_uint want;      /* BP_SIG_* bits                    */
+    atomic_uint pending;
+    atomic_int busy;       /* signal handlers reading fd1 now  */
+} sig_slot;
+
+static sig_slot sig_slots[SIG_SLOTS];
+static atomic_int sig_used;            /* slots below this index may be in use */
+static struct sigaction prev_sigterm;  /* the handler ours stands in front of  */
+static atomic_int sigterm_wanted;      /* ours was installed once: keep it in front */
+
+static unsigned sig_bit(int sig) { return sig == SIGINT ? BP_SIG_INT : sig == SIGTERM ? BP_SIG_TERM : 0; }
+
+int bp_loop_signal_notify(int sig) {
+    unsigned bit = sig_bit(sig);
+    int n = atomic_load(&sig_used), taken = 0;
+    for (int i = 0; i < n && bit; i++) {
+        sig_slot *s = &sig_slots[i];
+        if (!(atomic_load(&s->want) & bit)) continue;
+        atomic_fetch_add(&s->busy, 1);
+        int fd1 = atomic_load(&s->fd1);
+        if (fd1 && (atomic_load(&s->want) & bit)) {
+            atomic_fetch_or(&s->pending, bit);
+            uint64_t one = 1;
+            ssize_t w = write(fd1 - 1, &one, sizeof one);
+            (void)w;
+            taken++;
+        }
+        atomic_fetch_sub(&s->busy, 1);
+    }
+    return taken;
+}
+
+/* SIGTERM: the contexts that asked for it get it; the process ends only if none did (and
+   JS has no listener: then the previous handler is SIG_DFL). A JS listener still runs. */
+static void on_sigterm(int sig, siginfo_t *info, void *uc) {
+    int saved_errno = errno;
+    int taken = bp_loop_signal_notify(sig);
+    struct sigaction prev = prev_sigterm;
+    if (!(prev.sa_flags & SA_SIGINFO) && (prev.sa_handler == SIG_IGN || prev.sa_handler == SIG_DFL)) {
+        if (!taken && prev.sa_handler == SIG_DFL) {
+            signal(sig, SIG_DFL);
+            raise(sig); /* delivered when this handler returns */
+        }
+        errno = saved_errno;
+        return;
+    }
+    errno = saved_errno;
+    if (prev.sa_flags & SA_SIGINFO) prev.sa_sigaction(sig, info, uc);
+    else prev.sa_handler(sig);
+}
+
+static void install_sigterm(void) {
+    struct sigaction cur;
+    if (sigaction(SIGTERM, NULL, &cur) != 0) return;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigterm) return;
+    prev_sigterm = cur;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigterm;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* JS added or removed a SIGTERM listener (Bun replaced the handler): ours back in front. */
+void bp_loop_signals_refresh(void) {
+    if (atomic_load(&sigterm_wanted)) install_sigterm();
+}
+
+int bp_loop_signals_claim(int fd) {
+    for (int i = 0; i < SIG_SLOTS; i++) {
+        int free_slot = 0;
+        if (!atomic_compare_exchange_strong(&sig_slots[i].claimed, &free_slot, 1)) continue;
+        atomic_store(&sig_slots[i].pending, 0);
+        atomic_store(&sig_slots[i].fd1, fd + 1);
+        int used = atomic_load(&sig_used);
+        while (used < i + 1 && !atomic_compare_exchange_weak(&sig_used, &used, i + 1)) {
+        }
+        return i;
+    }
+    return -1;
+}
+
+void bp_loop_signals_want(int slot, unsigned mask) {
+    if (mask & BP_SIG_TERM && !atomic_exchange(&sigterm_wanted, 1)) install_sigterm();
+    atomic_store(&sig_slots[slot].want, mask);
+}
+
+int bp_loop_signals_fd(int slot) { return atomic_load(&sig_slots[slot].fd1) - 1; }
+
+unsigned bp_loop_signals_take(int slot) { return atomic_exchange(&sig_slots[slot].pending, 0); }
+
+void bp_loop_signals_release(int slot) {
+    sig_slot *s = &sig_slots[slot];
+    atomic_store(&s->want, 0);
+    int fd1 = atomic_exchange(&s->fd1, 0);
+    while (atomic_load(&s->busy)) sched_yield(); /* a handler on another thread, writing */
+    if (fd1) close(fd1 - 1);
+    atomic_store(&s->pending, 0);
+    atomic_store(&s->claimed, 0);
 }

@@ -114,6 +114,21 @@ static PyObject *reactor_modify(PyObject *self, PyObject *const *args, Py_ssize_
     return ctl((bp_reactor *)self, args, nargs, EPOLL_CTL_MOD);
 }
 
+int bp_reactor_own(bp_reactor *r, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev = {.events = events, .data.u64 = data};
+    int rc = epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (rc < 0 && errno == EEXIST) rc = epoll_ctl(r->epfd, EPOLL_CTL_MOD, fd, &ev);
+    else if (rc == 0) r->nfds++;
+    if (rc == 0) take_ownership(r, fd);
+    return rc;
+}
+
+void bp_reactor_disown(bp_reactor *r, int fd) {
+    if (r->epfd < 0) return;
+    if (epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 && r->nfds > 0) r->nfds--;
+    release_ownership(r, fd);
+}
+
 /* unregister(fd): errors are ignored — the fd may be closed already, or have moved away. */
 static PyObject *reactor_unregister(PyObject *self, PyObject *arg) {
     bp_reactor *r = (bp_reactor *)self;
@@ -180,7 +195,7 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
         return -1;
     }
     int pending = atomic_load(&r->wake_pending);
-    if (pending || context_has_work(r->ctx)) timeout = 0;
+    if (pending || context_has_work(r->ctx) || r->pend_head) timeout = 0;
     /* Nothing to poll, no wake-up to drain and no time to wait: skip the syscall. */
     if (timeout == 0 && r->nfds == 0 && !pending) return 0;
     int max = (int)(sizeof r->events / sizeof r->events[0]);
@@ -220,6 +235,10 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
         ssize_t got = fd >= 0 ? read(fd, &v, sizeof v) : 0;
         (void)got;
         if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
+        return NULL;
+    }
+    if ((ev->data.u64 >> 40) == (BP_TAG_TRANSPORT >> 40)) {
+        bp_transport_event(r, ev->data.u64, ev->events);
         return NULL;
     }
     int m = 0;
@@ -288,6 +307,43 @@ static PyObject *reactor_wake(PyObject *self, PyObject *unused) {
 }
 
 
+/* signals(mask) -> fd: the process signals (BP_SIG_* bits) this loop wants from now on;
+   the fd (an eventfd, owned by the reactor) becomes readable when one arrives. Only a
+   context's loop subscribes (see loop.c). */
+static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (r->epfd < 0) return bp_reactor_closed_error();
+    long mask = PyLong_AsLong(arg);
+    if (mask == -1 && PyErr_Occurred()) return NULL;
+    if (mask & ~(long)(BP_SIG_INT | BP_SIG_TERM)) {
+        PyErr_SetString(PyExc_ValueError, "signals(mask): unknown signal bits");
+        return NULL;
+    }
+    if (!r->sig_slot) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+        int slot = bp_loop_signals_claim(fd);
+        if (slot < 0) {
+            close(fd);
+            PyErr_SetString(PyExc_RuntimeError, "bunpy: too many event loops with signal handlers");
+            return NULL;
+        }
+        r->sig_slot = slot + 1;
+    }
+    bp_loop_signals_want(r->sig_slot - 1, (unsigned)mask);
+    return PyLong_FromLong(bp_loop_signals_fd(r->sig_slot - 1));
+}
+
+/* take_signals() -> the signals (BP_SIG_* bits) that arrived since the last call. */
+static PyObject *reactor_take_signals(PyObject *self, PyObject *unused) {
+    bp_reactor *r = (bp_reactor *)self;
+    if (!r->sig_slot) return PyLong_FromLong(0);
+    uint64_t v;
+    ssize_t got = read(bp_loop_signals_fd(r->sig_slot - 1), &v, sizeof v); /* drain */
+    (void)got;
+    return PyLong_FromUnsignedLong(bp_loop_signals_take(r->sig_slot - 1));
+}
+
 /* ---- life ------------------------------------------------------------------------------ */
 
 static void close_fds(bp_reactor *r) {
@@ -305,9 +361,12 @@ static void close_fds(bp_reactor *r) {
         close(r->epfd);
         r->epfd = -1;
     }
+    bp_transports_clear(r);
     if (r->wake_fd >= 0) close(r->wake_fd);
     r->wake_fd = -1;
     r->ctx = NULL;
+    if (r->sig_slot) bp_loop_signals_release(r->sig_slot - 1); /* closes its eventfd */
+    r->sig_slot = 0;
 }
 
 static PyObject *reactor_close(PyObject *self, PyObject *unused) {
@@ -370,6 +429,8 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(r->timer_type);
     Py_VISIT(r->report);
     for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
+    for (int fd = 0; fd < r->tcap; fd++) Py_VISIT((PyObject *)r->tmap[fd]);
+    for (bp_transport *t = r->pend_head; t; t = t->pend_next) Py_VISIT((PyObject *)t);
     return 0;
 }
 
@@ -382,6 +443,7 @@ static int reactor_tp_clear(PyObject *self) {
     Py_CLEAR(r->handle_type);
     Py_CLEAR(r->timer_type);
     Py_CLEAR(r->report);
+    bp_transports_clear(r);
     return 0;
 }
 
@@ -407,6 +469,7 @@ static PyMethodDef reactor_methods[] = {
     {"timeout", bp_reactor_timeout, METH_O, "timeout(now) -> seconds to the next timer, or None."},
     {"pop_due", (PyCFunction)(void (*)(void))bp_reactor_pop_due, METH_FASTCALL, "pop_due(end, append): due timers to append."},
     {"run_ready", bp_reactor_run_ready, METH_O, "run_ready(deque): run the handles queued now."},
+    {"run_transports", bp_reactor_run_transports, METH_NOARGS, "run_transports(): C transports' reads and flushes."},
     {"configure", (PyCFunction)(void (*)(void))bp_reactor_configure, METH_FASTCALL,
      "configure(Handle, TimerHandle, report): run handles of these types from C."},
     {"soon", (PyCFunction)(void (*)(void))bp_reactor_soon, METH_FASTCALL,
@@ -415,6 +478,8 @@ static PyMethodDef reactor_methods[] = {
      "run_once(loop, ready, stopping, clock_resolution): one loop iteration without debug mode."},
     {"clear", bp_reactor_clear, METH_NOARGS, "clear(): drop every timer."},
     {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
+    {"signals", reactor_signals, METH_O, "signals(mask) -> fd: subscribe to process signals (a context's loop)."},
+    {"take_signals", reactor_take_signals, METH_NOARGS, "take_signals() -> the signals that arrived."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
     {NULL, NULL, 0, NULL},
 };
@@ -438,4 +503,12 @@ static PyType_Spec reactor_spec = {
     .slots = reactor_slots,
 };
 
-PyObject *bp_reactor_type_new(PyObject *module) { return PyType_FromModuleAndSpec(module, &reactor_spec, NULL); }
+PyObject *bp_reactor_type_new(PyObject *module) {
+    PyObject *core = bp_transport_type_new(module); /* _bunpy.StreamCore rides along */
+    if (!core || PyModule_AddObjectRef(module, "StreamCore", core) < 0) {
+        Py_XDECREF(core);
+        return NULL;
+    }
+    Py_DECREF(core);
+    return PyType_FromModuleAndSpec(module, &reactor_spec, NULL);
+}

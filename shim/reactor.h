@@ -19,6 +19,11 @@ typedef struct {
     PyObject *handle;  /* a TimerHandle (strong ref) */
 } bp_timer;
 
+/* epoll data of a transport's fd: this tag | fd (transport.c) */
+#define BP_TAG_TRANSPORT (4ULL << 40)
+
+typedef struct bp_transport bp_transport;
+
 typedef struct {
     PyObject_HEAD
     bp_interp *st;            /* module state of its interpreter: the attribute names    */
@@ -36,11 +41,53 @@ typedef struct {
     PyObject *timer_type;
     PyObject *report;         /* report(handle, exc): a callback raised                   */
     int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
+    int sig_slot;             /* its slot in loop.c's signal table + 1; 0: none           */
+    bp_transport **tmap;      /* fd -> its C transport (strong refs), tcap entries         */
+    int tcap;
+    bp_transport *pend_head;  /* transports with an event or data left to read (strong)   */
+    bp_transport *pend_tail;
+    char *rbuf;               /* the read buffer transports share                         */
     struct epoll_event events[256];
 } bp_reactor;
 
 /* An interned attribute name of the reactor's interpreter (BP_NAME_*). */
 #define NAME(r, k) ((r)->st->names[BP_NAME_##k])
+
+/* _bunpy.StreamCore (transport.c): the C half of a stream socket transport */
+struct bp_transport {
+    PyObject_HEAD
+    PyObject *reactor;        /* bp_reactor (strong)                                  */
+    PyObject *loop, *sock, *protocol;
+    PyObject *owner;          /* the Python transport (python/bunpy/_transport.py)   */
+    PyObject *data_received;  /* bound methods of the protocol, for the read path   */
+    PyObject *get_buffer, *buffer_updated;
+    PyObject *minus_one;
+    int fd;
+    char buffered, registered, pending, closing, eof_requested, eof_received, paused, protocol_paused;
+    char readable, writable;  /* edge-triggered readiness not used up yet            */
+    char hangup;              /* the peer's FIN or an error was signalled            */
+    char big_reads;           /* the last read was large: read into a bytes directly */
+    int conn_lost;
+    char *wbuf;               /* write queue: bytes [wpos, wlen) of wbuf              */
+    size_t wlen, wpos, wcap, high, low;
+    bp_transport *pend_next;
+};
+void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events); /* no Python runs */
+int bp_transports_run(bp_reactor *r);    /* serves the pending transports; -1 on error  */
+void bp_transports_clear(bp_reactor *r); /* the reactor closes                          */
+PyObject *bp_transport_type_new(PyObject *module);
+/* register fd for good in this set (transport.c); and remove it */
+int bp_reactor_own(bp_reactor *r, int fd, uint32_t events, uint64_t data);
+void bp_reactor_disown(bp_reactor *r, int fd);
+
+/* loop.c: process signals for contexts (BP_SIG_* bits) */
+#define BP_SIG_INT 1u
+#define BP_SIG_TERM 2u
+int bp_loop_signals_claim(int fd);                 /* a slot that owns fd from now on; -1: full */
+void bp_loop_signals_want(int slot, unsigned mask);
+int bp_loop_signals_fd(int slot);
+unsigned bp_loop_signals_take(int slot);           /* the pending signals, cleared             */
+void bp_loop_signals_release(int slot);            /* closes its fd                             */
 
 /* reactor.c */
 PyObject *bp_reactor_closed_error(void);
@@ -69,6 +116,7 @@ PyObject *bp_reactor_item(PyObject *self, Py_ssize_t i);
 PyObject *bp_reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bp_reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bp_reactor_run_ready(PyObject *self, PyObject *ready);
+PyObject *bp_reactor_run_transports(PyObject *self, PyObject *unused);
 PyObject *bp_reactor_run_once(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

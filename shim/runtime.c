@@ -74,12 +74,18 @@ static void on_sigint(int sig, siginfo_t *info, void *uc) {
         errno = saved_errno;
         return;
     }
+    /* contexts with a Python SIGINT handler get it; then it does not end the process */
+    int taken = bp_loop_signal_notify(sig);
     struct sigaction prev = prev_sigint;
     if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_IGN) {
         errno = saved_errno;
         return;
     }
     if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_DFL) {
+        if (taken) {
+            errno = saved_errno;
+            return;
+        }
         signal(sig, SIG_DFL);
         raise(sig);
         errno = saved_errno;
@@ -116,7 +122,10 @@ static void install_sigint_handler(void) {
 void bp_sigint_changed(void) { atomic_fetch_or(&bp_sigint_flags, BP_SIGINT_STALE); }
 
 void bp_sigint_refresh(void) {
-    if (atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_STALE) & BP_SIGINT_STALE) install_sigint_handler();
+    if (atomic_fetch_and(&bp_sigint_flags, ~BP_SIGINT_STALE) & BP_SIGINT_STALE) {
+        install_sigint_handler();
+        bp_loop_signals_refresh(); /* SIGTERM, once a context asked for it */
+    }
 }
 
 /* End of an outermost call on the main thread (GIL held, depth already 0): a SIGINT that

@@ -72,7 +72,7 @@ function running(): MainInterpreter {
  */
 function watchSigint(m: MainInterpreter): void {
   const changed = (event: string | symbol) => {
-    if (event !== "SIGINT") return;
+    if (event !== "SIGINT" && event !== "SIGTERM") return; // SIGTERM: for contexts' handlers
     m.lib.bp_sigint_changed();
     queueMicrotask(() => m.lib.bp_sigint_refresh());
   };

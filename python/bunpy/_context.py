@@ -129,6 +129,9 @@ def setup(owngil, policy=None):
     else:
         track_threads()
     install_loop_policy()
+    from bunpy import _signals  # SIGINT/SIGTERM handlers in contexts
+
+    _signals.install()
     return policy
 
 

@@ -9,19 +9,26 @@ What changes against asyncio's own loop:
   * on a context's thread, requests from JS end the loop's wait: the context serves them
     between two iterations of its loop (shim/context.c), and coroutines returned to JS run
     on this loop as tasks.
-Signal handlers and subprocesses are refused: Bun owns the process's signals and its
-children (see docs/asyncio.md).
+Subprocesses are refused, and signal handlers outside contexts: Bun owns the process's
+signals and its children. In a context, SIGINT/SIGTERM handlers (add_signal_handler, and
+signal.signal through bunpy._signals) run on the context's thread (see docs/asyncio.md).
 """
 
 import asyncio
+import os
 import selectors
+import signal
 import sys
 import threading
-from asyncio import base_events, events
+from asyncio import base_events, coroutines, events, sslproto
 
 import _bunpy
 
+from bunpy._transport import SocketTransport as _SocketTransport
+
 __all__ = ["BunpyEventLoop", "EventLoopPolicy", "new_event_loop", "run"]
+
+_SOCK_STREAM = __import__("socket").SOCK_STREAM
 
 _VALID_EVENTS = selectors.EVENT_READ | selectors.EVENT_WRITE
 _EAGER = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
@@ -99,6 +106,12 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
     def __init__(self, *, _context=False):
         selector = _ReactorSelector(_context)
         self._reactor = selector._reactor  # before the base class makes its "self-pipe"
+        self._reactor_context = bool(_context)
+        # stream transports in C (shim/transport.c); BUNPY_LOOP_TRANSPORTS=python, or this
+        # attribute set to False, keeps asyncio's own (level-triggered) ones
+        self._bunpy_c_transports = os.environ.get("BUNPY_LOOP_TRANSPORTS", "c") != "python"
+        self._bunpy_loop_signals = {}  # sig -> Handle (add_signal_handler)
+        self._bunpy_signal_fd = None
         super().__init__(selector)
         self._scheduled = self._reactor  # the C timer heap stands where asyncio keeps its list
         self._reactor.configure(events.Handle, events.TimerHandle, _report_callback_error)
@@ -119,6 +132,32 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         reactor = getattr(self, "_reactor", None)
         if reactor is not None:
             reactor.wake()
+
+    # -- stream transports in C ------------------------------------------------------------
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if not self._bunpy_c_transports or sock.type != _SOCK_STREAM:
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+        self._ensure_fd_no_transport(sock)
+        return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False, server_hostname=None,
+        extra=None, server=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+    ):
+        if not self._bunpy_c_transports or rawsock.type != _SOCK_STREAM:
+            return super()._make_ssl_transport(
+                rawsock, protocol, sslcontext, waiter, server_side=server_side, server_hostname=server_hostname,
+                extra=extra, server=server, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        self._ensure_fd_no_transport(rawsock)
+        kwargs = {"ssl_shutdown_timeout": ssl_shutdown_timeout} if sys.version_info >= (3, 11) else {}
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, **kwargs,
+        )
+        _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # -- call_soon: the Handle is made in C ---------------------------------------------
     # Debug mode keeps asyncio's two levels, each trimming its own frame from the handle's
@@ -178,6 +217,7 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             self._run_ready_debug()
         else:
             reactor.run_ready(ready)
+        reactor.run_transports()  # C transports, after the handles (as run_once does)
 
     def _run_ready_debug(self):
         # as asyncio's loop in debug mode: time every callback, warn about slow ones
@@ -195,12 +235,58 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
             finally:
                 self._current_handle = None
 
-    # -- refused --------------------------------------------------------------------------
+    # -- signal handlers: SIGINT and SIGTERM, on a context's own loop --------------------
     def add_signal_handler(self, sig, callback, *args):
-        raise _refused("signal handlers", "Bun owns the process's signals; listen with process.on() in JS")
+        self._bunpy_check_signal(sig)
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_closed()
+        self._bunpy_loop_signals[sig] = events.Handle(callback, args, self, None)
+        self._bunpy_signals_update()
 
     def remove_signal_handler(self, sig):
-        raise _refused("signal handlers", "Bun owns the process's signals; listen with process.on() in JS")
+        self._bunpy_check_signal(sig)
+        removed = self._bunpy_loop_signals.pop(sig, None) is not None
+        if removed and not self.is_closed():
+            self._bunpy_signals_update()
+        return removed
+
+    def _bunpy_check_signal(self, sig):
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+        if not self._reactor_context:
+            raise _refused(
+                "signal handlers outside a context",
+                "Bun owns the process's signals; listen with process.on() in JS",
+            )
+        if sig not in _SIG_BITS:
+            raise _refused(
+                f"a handler for signal {sig}", "a context's loop can handle SIGINT and SIGTERM only"
+            )
+
+    def _bunpy_signals_update(self):
+        """Subscribes this (context) loop to the signals it has handlers for."""
+        wanted = _context_signals()
+        mask = 0
+        for sig, bit in _SIG_BITS.items():
+            if sig in self._bunpy_loop_signals or _runs(wanted.get(sig)):
+                mask |= bit
+        if not mask and self._bunpy_signal_fd is None:
+            return
+        fd = self._reactor.signals(mask)
+        if self._bunpy_signal_fd is None:
+            self._bunpy_signal_fd = fd
+            self._add_reader(fd, self._bunpy_signals_arrived)
+
+    def _bunpy_signals_arrived(self):
+        arrived = self._reactor.take_signals()
+        for sig, bit in _SIG_BITS.items():
+            if arrived & bit:
+                deliver_context_signal(sig, loop_handlers=True, loop=self)
+
+    # -- refused --------------------------------------------------------------------------
 
     async def _make_subprocess_transport(self, *args, **kwargs):
         raise _refused("subprocesses", "start them from JS with Bun.spawn, or call subprocess.run in a thread")
@@ -323,16 +409,20 @@ def _deliver_answers(loop):
 
 
 def close_context_loop(budget=1.0):
-    """At a context's close: cancel its tasks, let them unwind (up to `budget` seconds),
-    finish async generators, close its transports and servers, close the loop. The fds are
-    released here, not when the garbage collector gets to them (in a worker context that is
-    the main interpreter's collector, which may run much later)."""
+    """At a context's close: run its SIGTERM (else SIGINT) handler and give its tasks up to
+    `budget` seconds to finish on their own, if it has one; cancel its tasks, let them
+    unwind (up to `budget` seconds), finish async generators, close its transports and
+    servers, close the loop. The fds are released here, not when the garbage collector gets
+    to them (in a worker context that is the main interpreter's collector, which may run
+    much later)."""
     loop = getattr(_this_thread, "loop", None)
     _this_thread.loop = None
     if loop is None or loop.is_closed():
         return
+    _this_thread.closing = loop  # signal.signal during the close must not make a new loop
     tasks = []
     try:
+        _stop_gracefully(loop, budget)
         tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
         for t in tasks:
             t.cancel()
@@ -348,7 +438,86 @@ def close_context_loop(budget=1.0):
         _drop_sockets(loop)
         loop._thread_id = None
         sys.set_asyncgen_hooks(None, None)
+        _this_thread.closing = None
+        _this_thread.signals = None
         loop.close()
+
+
+# -- SIGINT / SIGTERM in contexts (signal.signal is patched by bunpy._signals) --------------
+
+_SIG_BITS = {int(signal.SIGINT): 1, int(signal.SIGTERM): 2}  # BP_SIG_INT, BP_SIG_TERM in shim/reactor.h
+
+
+def _runs(handler):
+    """A signal.signal handler that bunpy runs (not SIG_IGN, SIG_DFL or the default)."""
+    return callable(handler) and handler is not signal.default_int_handler
+
+
+def _context_signals():
+    """This context's signal.signal handlers: {sig: handler}, defaults left out."""
+    table = getattr(_this_thread, "signals", None)
+    if table is None:
+        table = _this_thread.signals = {}
+    return table
+
+
+def _this_loop(create):
+    loop = getattr(_this_thread, "loop", None) or getattr(_this_thread, "closing", None)
+    if loop is None and create:
+        loop = context_loop()
+    return loop
+
+
+def set_context_signal(sig, handler, default):
+    """signal.signal(sig, handler) in a context: returns the previous handler."""
+    table = _context_signals()
+    previous = table.get(sig, default)
+    if handler is default:
+        table.pop(sig, None)
+    else:
+        table[sig] = handler
+    # the context's loop runs the handler: make it now if code sets one before any asyncio
+    loop = _this_loop(create=_runs(handler))
+    if loop is not None and not loop.is_closed():
+        loop._bunpy_signals_update()
+    return previous
+
+
+def context_signal(sig, default):
+    """signal.getsignal(sig) in a context."""
+    return _context_signals().get(sig, default)
+
+
+def deliver_context_signal(sig, loop_handlers, loop=None):
+    """Runs this context's handlers for `sig`: signal.signal's at once (with frame None),
+    add_signal_handler's from the loop's queue."""
+    if loop_handlers:
+        loop = loop or _this_loop(create=False)
+        handle = loop._bunpy_loop_signals.get(sig) if loop is not None else None
+        if handle is not None and not handle._cancelled:
+            loop._ready.append(handle)
+    handler = _context_signals().get(sig)
+    if _runs(handler):
+        handler(sig, None)
+
+
+def _stop_gracefully(loop, budget):
+    """At close: a context that handles SIGTERM (else SIGINT) gets it, as a process would,
+    and its tasks get `budget` seconds to finish before they are cancelled."""
+    table = _context_signals()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if sig in loop._bunpy_loop_signals or _runs(table.get(sig)):
+            break
+    else:
+        return
+    try:
+        deliver_context_signal(sig, loop_handlers=True, loop=loop)
+    except Exception as exc:
+        loop.call_exception_handler({"message": f"Exception in the handler of signal {sig} at the context's close", "exception": exc})
+    deadline = loop.time() + budget
+    loop.call_at(deadline, lambda: None)  # no iteration waits past the budget
+    while loop.time() < deadline and any(not t.done() for t in asyncio.all_tasks(loop)):
+        loop._bunpy_step()
 
 
 def _retrieve_interrupts(tasks):
@@ -407,6 +576,9 @@ def _drop_sockets(loop):
         sock = getattr(transport, "_sock", None)
         if sock is None or sock.fileno() < 0:
             continue
+        core = getattr(transport, "_core", None)
+        if core is not None:  # a C transport: its fd leaves the epoll set first
+            core._stop()
         try:
             loop._selector.unregister(sock)
         except Exception:

@@ -1,0 +1,730 @@
+/*
+ * transport.c — _bunpy.StreamCore: the hot half of bunpy's stream socket transport (TCP and
+ * Unix), on the reactor of the loop that owns it. python/bunpy/_transport.py subclasses it
+ * with the cold half (close, errors, connection_lost, extra info), as asyncio's
+ * _SelectorSocketTransport does them.
+ *
+ * The fd is registered once, EPOLLIN | EPOLLOUT | EPOLLET, when reading starts, and removed
+ * when the connection is lost: pausing, resuming and write-queue changes make no epoll_ctl.
+ * Edge-triggered readiness is kept in the transport (`readable`, `writable`): a read goes on
+ * until EAGAIN (fact 8), and a transport with data left unread after its share of reads
+ * (or that resumes reading) waits in the reactor's pending list, which makes the next
+ * wait a poll.
+ *
+ * Reads land in the reactor's reusable buffer and go to Protocol.data_received as bytes, or
+ * straight into BufferedProtocol.get_buffer()'s buffer. write() sends at once; what the
+ * kernel does not take is queued here and flushed on the next EPOLLOUT edge;
+ * pause_writing/resume_writing follow the high/low water marks as asyncio's do.
+ */
+#include "reactor.h"
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define READS_PER_TURN 16           /* reads of one transport per loop iteration (fairness) */
+#define READ_BUF (256 * 1024)
+#define BIG_READ (32 * 1024)       /* from this size on, the next read goes into its own bytes */
+
+static const char *COLD[] = {"_on_eof", "_fatal_error", "_write_drained", "_protocol_call_failed"};
+
+static PyObject *cold_call(bp_transport *t, int which, PyObject *arg, const char *msg) {
+    PyObject *m = PyUnicode_InternFromString(COLD[which]);
+    if (!m) return NULL;
+    PyObject *args[3] = {(PyObject *)t, arg, NULL};
+    size_t n = 1;
+    PyObject *s = NULL;
+    if (arg) n = 2;
+    if (msg) {
+        s = PyUnicode_FromString(msg);
+        if (!s) {
+            Py_DECREF(m);
+            return NULL;
+        }
+        args[n++] = s;
+    }
+    args[0] = t->owner ? t->owner : (PyObject *)t; /* the Python transport this is the core of */
+    PyObject *v = PyObject_VectorcallMethod(m, args, n, NULL);
+    Py_DECREF(m);
+    Py_XDECREF(s);
+    return v;
+}
+
+/* An error from Python code: SystemExit / KeyboardInterrupt go up (-1); others go to the
+   transport's _fatal_error(exc, msg), which reports and closes (0, or -1 if it fails). */
+static int fatal_from_python(bp_transport *t, const char *msg) {
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
+    PyObject *exc = bp_err_take();
+    PyObject *v = cold_call(t, 1, exc, msg);
+    Py_DECREF(exc);
+    Py_XDECREF(v);
+    return v ? 0 : -1;
+}
+
+static int fatal_errno(bp_transport *t, int err, const char *msg) {
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return fatal_from_python(t, msg);
+}
+
+/* ---- the reactor side ----------------------------------------------------------------- */
+
+static int map_put(bp_reactor *r, int fd, bp_transport *t) {
+    if (fd >= r->tcap) {
+        int cap = r->tcap ? r->tcap : 64;
+        while (cap <= fd) cap *= 2;
+        bp_transport **m = PyMem_Realloc(r->tmap, (size_t)cap * sizeof *m);
+        if (!m) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(m + r->tcap, 0, (size_t)(cap - r->tcap) * sizeof *m);
+        r->tmap = m;
+        r->tcap = cap;
+    }
+    r->tmap[fd] = t;
+    return 0;
+}
+
+static void pend(bp_reactor *r, bp_transport *t) {
+    if (t->pending) return;
+    t->pending = 1;
+    t->pend_next = NULL;
+    if (r->pend_tail) r->pend_tail->pend_next = t;
+    else r->pend_head = t;
+    r->pend_tail = t;
+    Py_INCREF(t);
+}
+
+/* An epoll event for a transport fd (data: BP_TAG_TRANSPORT | fd). No Python runs here. */
+void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events) {
+    int fd = (int)(data & 0xffffffffu);
+    bp_transport *t = fd < r->tcap ? r->tmap[fd] : NULL;
+    if (!t) return;
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) t->readable = 1;
+    if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) t->hangup = 1; /* read on to the EOF or error */
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable = 1;
+    pend(r, t);
+}
+
+/* Sends from the queue until it is empty or the socket is full. 0, or -1 with errno. */
+static int flush(bp_transport *t) {
+    while (t->wlen > t->wpos) {
+        ssize_t n = send(t->fd, t->wbuf + t->wpos, t->wlen - t->wpos, MSG_NOSIGNAL);
+        if (n >= 0) {
+            t->wpos += (size_t)n;
+            continue;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            t->writable = 0;
+            return 0;
+        }
+        return -1;
+    }
+    t->wlen = t->wpos = 0;
+    if (t->wcap > (1u << 20)) { /* a burst made it big: do not keep it for the connection's life */
+        PyMem_Free(t->wbuf);
+        t->wbuf = NULL;
+        t->wcap = 0;
+    }
+    return 0;
+}
+
+static size_t queued(bp_transport *t) { return t->wlen - t->wpos; }
+
+static int maybe_resume_protocol(bp_transport *t) {
+    if (!t->protocol_paused || queued(t) > t->low) return 0;
+    t->protocol_paused = 0;
+    PyObject *v = PyObject_CallMethod(t->protocol, "resume_writing", NULL);
+    if (v) {
+        Py_DECREF(v);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
+    PyObject *exc = bp_err_take();
+    v = cold_call(t, 3, exc, "protocol.resume_writing() failed");
+    Py_DECREF(exc);
+    Py_XDECREF(v);
+    return v ? 0 : -1;
+}
+
+static int maybe_pause_protocol(bp_transport *t) {
+    if (t->protocol_paused || queued(t) <= t->high) return 0;
+    t->protocol_paused = 1;
+    PyObject *v = PyObject_CallMethod(t->protocol, "pause_writing", NULL);
+    if (v) {
+        Py_DECREF(v);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
+    PyObject *exc = bp_err_take();
+    v = cold_call(t, 3, exc, "protocol.pause_writing() failed");
+    Py_DECREF(exc);
+    Py_XDECREF(v);
+    return v ? 0 : -1;
+}
+
+static int on_writable(bp_transport *t) {
+    if (t->wlen == t->wpos) return 0;
+    if (flush(t) < 0) {
+        t->wlen = t->wpos = 0;
+        return fatal_errno(t, errno, "Fatal write error on socket transport");
+    }
+    if (maybe_resume_protocol(t) < 0) return -1;
+    if (t->wlen == t->wpos && (t->closing || t->eof_requested)) { /* close or write_eof waited for this */
+        PyObject *v = cold_call(t, 2, NULL, NULL);
+        Py_XDECREF(v);
+        if (!v) return -1;
+    }
+    return 0;
+}
+
+/* One read into the protocol: 1 data delivered, 0 EAGAIN / stop, -1 error raised. */
+static int read_once(bp_transport *t, char *buf) {
+    ssize_t n;
+    if (t->buffered) {
+        PyObject *mv = PyObject_CallOneArg(t->get_buffer, t->minus_one);
+        if (!mv) return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
+        Py_buffer view;
+        if (PyObject_GetBuffer(mv, &view, PyBUF_WRITABLE) < 0) {
+            Py_DECREF(mv);
+            return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
+        }
+        if (view.len == 0) {
+            PyBuffer_Release(&view);
+            Py_DECREF(mv);
+            PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+            return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
+        }
+        do n = recv(t->fd, view.buf, (size_t)view.len, 0);
+        while (n < 0 && errno == EINTR);
+        PyBuffer_Release(&view);
+        Py_DECREF(mv);
+        if (n > 0) {
+            if (n < view.len && !t->hangup) t->readable = 0; /* drained: see below */
+            PyObject *len = PyLong_FromSsize_t(n);
+            PyObject *v = len ? PyObject_CallOneArg(t->buffer_updated, len) : NULL;
+            Py_XDECREF(len);
+            if (!v) return fatal_from_python(t, "Fatal error: protocol.buffer_updated() call failed.") < 0 ? -1 : 0;
+            Py_DECREF(v);
+            return 1;
+        }
+    } else if (t->big_reads) {
+        /* large reads go straight into a bytes object (as asyncio's sock.recv does): copying
+           them out of the shared buffer would cost a pass over every byte */
+        PyObject *data = PyBytes_FromStringAndSize(NULL, READ_BUF);
+        if (!data) return -1;
+        do n = recv(t->fd, PyBytes_AS_STRING(data), READ_BUF, 0);
+        while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            if (n < READ_BUF && !t->hangup) t->readable = 0; /* drained: see below */
+            t->big_reads = n >= BIG_READ;
+            if (n < READ_BUF && _PyBytes_Resize(&data, n) < 0) return -1;
+            PyObject *v = PyObject_CallOneArg(t->data_received, data);
+            Py_DECREF(data);
+            if (!v) return fatal_from_python(t, "Fatal error: protocol.data_received() call failed.") < 0 ? -1 : 0;
+            Py_DECREF(v);
+            return 1;
+        }
+        Py_DECREF(data);
+    } else {
+        do n = recv(t->fd, buf, READ_BUF, 0);
+        while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            t->big_reads = n >= BIG_READ;
+            /* A short read emptied the socket's queue: Linux signals an edge-triggered fd
+               again for every arrival after this, so the read that would only say EAGAIN
+               is skipped (one syscall less per message, as tokio does) — unless the peer's
+               FIN or an error came with the edge (EPOLLRDHUP/HUP/ERR): no edge will follow
+               for those, so reading goes on until recv says so. */
+            if (n < READ_BUF && !t->hangup) t->readable = 0;
+            PyObject *data = PyBytes_FromStringAndSize(buf, n);
+            PyObject *v = data ? PyObject_CallOneArg(t->data_received, data) : NULL;
+            Py_XDECREF(data);
+            if (!v) return fatal_from_python(t, "Fatal error: protocol.data_received() call failed.") < 0 ? -1 : 0;
+            Py_DECREF(v);
+            return 1;
+        }
+    }
+    if (n == 0) { /* EOF: no more reads; the protocol decides between half-open and close */
+        t->readable = 0;
+        t->eof_received = 1;
+        PyObject *v = cold_call(t, 0, NULL, NULL);
+        Py_XDECREF(v);
+        return v ? 0 : -1;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        t->readable = 0;
+        return 0;
+    }
+    t->readable = 0;
+    return fatal_errno(t, errno, "Fatal read error on socket transport") < 0 ? -1 : 0;
+}
+
+static int reading(bp_transport *t) { return t->registered && !t->paused && !t->closing && !t->eof_received; }
+
+/* Serves one pending transport: flushes, then reads its share. */
+static int serve(bp_reactor *r, bp_transport *t) {
+    if (!t->registered) return 0;
+    if (t->writable && on_writable(t) < 0) return -1;
+    for (int i = 0; i < READS_PER_TURN && t->readable && reading(t); i++) {
+        int rc = read_once(t, r->rbuf);
+        if (rc <= 0) return rc;
+        /* the peer's FIN is known to follow: the EOF is for the next turn, so the protocol
+           sees data and EOF in two iterations, as with asyncio's transports */
+        if (t->hangup) break;
+    }
+    if (t->readable && reading(t)) pend(r, t); /* more to read: its turn comes again */
+    return 0;
+}
+
+int bp_transports_run(bp_reactor *r) {
+    if (!r->pend_head) return 0;
+    if (!r->rbuf && !(r->rbuf = PyMem_Malloc(READ_BUF))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* only those pending now: a transport re-queued while served waits for the next turn */
+    bp_transport *t = r->pend_head, *last = r->pend_tail;
+    r->pend_head = r->pend_tail = NULL;
+    int rc = 0;
+    for (;;) {
+        bp_transport *next = t->pend_next;
+        int is_last = t == last;
+        t->pending = 0;
+        t->pend_next = NULL;
+        if (rc == 0) rc = serve(r, t);
+        /* SystemExit/KeyboardInterrupt (or no memory) stops this turn: a transport not served
+           keeps its edge for the next one, or it would never be told again */
+        if (rc < 0 && (t->readable || t->writable) && t->registered) pend(r, t);
+        Py_DECREF(t);
+        if (is_last) break;
+        t = next;
+    }
+    return rc;
+}
+
+/* The reactor is closing: drop what it holds. */
+void bp_transports_clear(bp_reactor *r) {
+    while (r->pend_head) {
+        bp_transport *t = r->pend_head;
+        r->pend_head = t->pend_next;
+        t->pending = 0;
+        t->pend_next = NULL;
+        Py_DECREF(t);
+    }
+    r->pend_tail = NULL;
+    for (int fd = 0; fd < r->tcap; fd++) {
+        bp_transport *t = r->tmap[fd];
+        if (!t) continue;
+        r->tmap[fd] = NULL;
+        t->registered = 0;
+        Py_DECREF(t);
+    }
+    PyMem_Free(r->tmap);
+    r->tmap = NULL;
+    r->tcap = 0;
+    PyMem_Free(r->rbuf);
+    r->rbuf = NULL;
+}
+
+/* ---- the type ----------------------------------------------------------------------- */
+
+static int set_protocol(bp_transport *t, PyObject *protocol) {
+    PyObject *gb = NULL, *bu = NULL, *dr = NULL;
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    PyObject *bp_type = asyncio ? PyObject_GetAttrString(asyncio, "BufferedProtocol") : NULL;
+    Py_XDECREF(asyncio);
+    if (!bp_type) return -1;
+    int buffered = PyObject_IsInstance(protocol, bp_type);
+    Py_DECREF(bp_type);
+    if (buffered < 0) return -1;
+    if (buffered) {
+        gb = PyObject_GetAttrString(protocol, "get_buffer");
+        bu = gb ? PyObject_GetAttrString(protocol, "buffer_updated") : NULL;
+        if (!bu) {
+            Py_XDECREF(gb);
+            return -1;
+        }
+    } else {
+        dr = PyObject_GetAttrString(protocol, "data_received");
+        if (!dr) return -1;
+    }
+    t->buffered = buffered;
+    Py_XSETREF(t->protocol, Py_NewRef(protocol));
+    Py_XSETREF(t->get_buffer, gb);
+    Py_XSETREF(t->buffer_updated, bu);
+    Py_XSETREF(t->data_received, dr);
+    return 0;
+}
+
+/* StreamCore(loop, sock, protocol): the socket must be non-blocking. */
+static int core_init(PyObject *self, PyObject *args, PyObject *kwargs) {
+    bp_transport *t = (bp_transport *)self;
+    static char *names[] = {"loop", "sock", "protocol", "owner", NULL};
+    PyObject *loop, *sock, *protocol, *owner = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:StreamCore", names, &loop, &sock, &protocol, &owner)) return -1;
+    PyObject *reactor = PyObject_GetAttrString(loop, "_reactor");
+    if (!reactor && !PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+    PyErr_Clear();
+    if (!reactor || strcmp(Py_TYPE(reactor)->tp_name, "_bunpy.Reactor") != 0) {
+        Py_XDECREF(reactor);
+        PyErr_SetString(PyExc_TypeError, "StreamCore: the loop is not a bunpy loop");
+        return -1;
+    }
+    PyObject *fdo = PyObject_CallMethod(sock, "fileno", NULL);
+    long fd = fdo ? PyLong_AsLong(fdo) : -1;
+    Py_XDECREF(fdo);
+    if (fd < 0 || fd > INT_MAX) {
+        Py_DECREF(reactor);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "StreamCore: the socket is closed");
+        return -1;
+    }
+    if (set_protocol(t, protocol) < 0) {
+        Py_DECREF(reactor);
+        return -1;
+    }
+    Py_XSETREF(t->reactor, reactor);
+    Py_XSETREF(t->loop, Py_NewRef(loop));
+    Py_XSETREF(t->sock, Py_NewRef(sock));
+    Py_XSETREF(t->owner, Py_XNewRef(owner));
+    if (!t->minus_one) t->minus_one = PyLong_FromLong(-1);
+    if (!t->minus_one) return -1;
+    t->fd = (int)fd;
+    t->high = 64 * 1024; /* asyncio's defaults (FlowControlMixin) */
+    t->low = 16 * 1024;
+    return 0;
+}
+
+/* _start(): registers the fd for the transport's life (EPOLLIN|EPOLLOUT|EPOLLET). */
+static PyObject *core_start(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    bp_reactor *r = (bp_reactor *)t->reactor;
+    /* closing is no reason to skip: a close() in connection_made waits for the queue */
+    if (!r || t->registered || t->conn_lost) Py_RETURN_NONE;
+    if (r->epfd < 0) return bp_reactor_closed_error();
+    if (map_put(r, t->fd, t) < 0) return NULL;
+    if (bp_reactor_own(r, t->fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, BP_TAG_TRANSPORT | (uint64_t)t->fd) < 0) {
+        r->tmap[t->fd] = NULL;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_INCREF(t); /* the map's reference */
+    t->registered = 1;
+    Py_RETURN_NONE;
+}
+
+/* _stop(): the connection is lost: the fd leaves the epoll set. */
+static PyObject *core_stop(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    bp_reactor *r = (bp_reactor *)t->reactor;
+    if (!t->registered) Py_RETURN_NONE;
+    t->registered = 0;
+    if (r && t->fd < r->tcap && r->tmap[t->fd] == t) {
+        r->tmap[t->fd] = NULL;
+        bp_reactor_disown(r, t->fd);
+        Py_DECREF(t);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *eof_then_write_error(void) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    return NULL;
+}
+
+/* Appends bytes to the queue (after a partial or refused send). */
+static int enqueue(bp_transport *t, const char *p, size_t n) {
+    if (t->wpos && t->wpos == t->wlen) t->wlen = t->wpos = 0;
+    if (t->wlen + n > t->wcap) {
+        if (t->wpos) { /* compact first */
+            memmove(t->wbuf, t->wbuf + t->wpos, t->wlen - t->wpos);
+            t->wlen -= t->wpos;
+            t->wpos = 0;
+        }
+        if (t->wlen + n > t->wcap) {
+            size_t cap = t->wcap ? t->wcap : 16 * 1024;
+            while (cap < t->wlen + n) cap *= 2;
+            char *b = PyMem_Realloc(t->wbuf, cap);
+            if (!b) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            t->wbuf = b;
+            t->wcap = cap;
+        }
+    }
+    memcpy(t->wbuf + t->wlen, p, n);
+    t->wlen += n;
+    return 0;
+}
+
+/* Sends iov now as far as the socket takes it, queues the rest. */
+static PyObject *send_or_queue(bp_transport *t, struct iovec *iov, int niov, size_t total) {
+    size_t sent = 0;
+    if (queued(t) == 0 && t->registered) {
+        for (;;) {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
+            ssize_t n = niov == 1 ? send(t->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL) : sendmsg(t->fd, &mh, MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                t->writable = 0;
+                break;
+            }
+            if (n < 0) {
+                if (fatal_errno(t, errno, "Fatal write error on socket transport") < 0) return NULL;
+                Py_RETURN_NONE;
+            }
+            sent = (size_t)n;
+            break;
+        }
+        if (sent == total) Py_RETURN_NONE;
+    }
+    /* queue what is left */
+    size_t skip = sent;
+    for (int i = 0; i < niov; i++) {
+        size_t len = iov[i].iov_len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        if (enqueue(t, (const char *)iov[i].iov_base + skip, len - skip) < 0) return NULL;
+        skip = 0;
+    }
+    if (maybe_pause_protocol(t) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static int closed_write(bp_transport *t) {
+    if (t->conn_lost) { /* as asyncio: writes after the connection is lost are dropped */
+        t->conn_lost++;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *core_write(PyObject *self, PyObject *data) {
+    bp_transport *t = (bp_transport *)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'", Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    PyObject *v;
+    if (t->eof_requested) v = eof_then_write_error();
+    else if (view.len == 0 || closed_write(t)) v = Py_NewRef(Py_None);
+    else {
+        struct iovec iov = {.iov_base = view.buf, .iov_len = (size_t)view.len};
+        v = send_or_queue(t, &iov, 1, (size_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    return v;
+}
+
+/* writelines(list_of_data): one sendmsg (writev) for all of it when nothing is queued. */
+static PyObject *core_writelines(PyObject *self, PyObject *lines) {
+    bp_transport *t = (bp_transport *)self;
+    if (t->eof_requested) return eof_then_write_error();
+    PyObject *seq = PySequence_Fast(lines, "writelines() argument must be an iterable of bytes-like objects");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > IOV_MAX) n = -1; /* long lists: one write per item */
+    PyObject *v = NULL;
+    if (n < 0) {
+        Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            PyObject *r = core_write(self, PySequence_Fast_GET_ITEM(seq, i));
+            if (!r) goto done;
+            Py_DECREF(r);
+        }
+        v = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_buffer *views = PyMem_Calloc((size_t)n + 1, sizeof *views);
+    struct iovec *iov = PyMem_Calloc((size_t)n + 1, sizeof *iov);
+    Py_ssize_t got = 0;
+    size_t total = 0;
+    if (!views || !iov) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (; got < n; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0) goto out;
+        iov[got].iov_base = views[got].buf;
+        iov[got].iov_len = (size_t)views[got].len;
+        total += (size_t)views[got].len;
+    }
+    if (total == 0 || closed_write(t)) v = Py_NewRef(Py_None);
+    else v = send_or_queue(t, iov, (int)n, total);
+out:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(iov);
+done:
+    Py_DECREF(seq);
+    return v;
+}
+
+static PyObject *core_pause_reading(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    t->paused = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_resume_reading(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    if (!t->paused) Py_RETURN_NONE;
+    t->paused = 0;
+    /* data that arrived while paused gave its edge already: read it at the next turn */
+    if (t->readable && reading(t)) pend((bp_reactor *)t->reactor, t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_write_buffer_size(PyObject *self, PyObject *unused) {
+    return PyLong_FromSize_t(queued((bp_transport *)self));
+}
+
+static PyObject *core_set_write_buffer_limits(PyObject *self, PyObject *args, PyObject *kwargs) {
+    bp_transport *t = (bp_transport *)self;
+    static char *names[] = {"high", "low", NULL};
+    PyObject *ho = Py_None, *lo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:set_write_buffer_limits", names, &ho, &lo)) return NULL;
+    Py_ssize_t high, low;
+    if (ho == Py_None) high = lo == Py_None ? 64 * 1024 : 4 * PyLong_AsSsize_t(lo);
+    else high = PyLong_AsSsize_t(ho);
+    if (high == -1 && PyErr_Occurred()) return NULL;
+    if (lo == Py_None) low = high / 4;
+    else low = PyLong_AsSsize_t(lo);
+    if (low == -1 && PyErr_Occurred()) return NULL;
+    if (!(high >= low && low >= 0)) {
+        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
+        return NULL;
+    }
+    t->high = (size_t)high;
+    t->low = (size_t)low;
+    if (maybe_pause_protocol(t) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_write_buffer_limits(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    return Py_BuildValue("(nn)", (Py_ssize_t)t->low, (Py_ssize_t)t->high);
+}
+
+static PyObject *core_set_protocol(PyObject *self, PyObject *protocol) {
+    if (set_protocol((bp_transport *)self, protocol) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _discard(): abort drops the queue. */
+static PyObject *core_discard(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    t->wlen = t->wpos = 0;
+    Py_RETURN_NONE;
+}
+
+/* _release(): the connection is lost: drop the references to Python objects (a cycle
+   through the owner otherwise waits for the garbage collector). */
+static PyObject *core_release(PyObject *self, PyObject *unused) {
+    bp_transport *t = (bp_transport *)self;
+    Py_CLEAR(t->owner);
+    Py_CLEAR(t->sock);
+    Py_CLEAR(t->data_received);
+    Py_CLEAR(t->get_buffer);
+    Py_CLEAR(t->buffer_updated);
+    PyMem_Free(t->wbuf);
+    t->wbuf = NULL;
+    t->wcap = t->wlen = t->wpos = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef core_members[] = {
+    {"_protocol", T_OBJECT, offsetof(bp_transport, protocol), READONLY, NULL},
+    {"_loop", T_OBJECT, offsetof(bp_transport, loop), 0, NULL},
+    {"_sock", T_OBJECT, offsetof(bp_transport, sock), 0, NULL},
+    {"_sock_fd", T_INT, offsetof(bp_transport, fd), READONLY, NULL},
+    {"_closing", T_BOOL, offsetof(bp_transport, closing), 0, NULL},
+    {"_eof", T_BOOL, offsetof(bp_transport, eof_requested), 0, NULL},
+    {"_eof_received", T_BOOL, offsetof(bp_transport, eof_received), READONLY, NULL},
+    {"_paused", T_BOOL, offsetof(bp_transport, paused), READONLY, NULL},
+    {"_protocol_paused", T_BOOL, offsetof(bp_transport, protocol_paused), 0, NULL},
+    {"_conn_lost", T_INT, offsetof(bp_transport, conn_lost), 0, NULL},
+    {"_registered", T_BOOL, offsetof(bp_transport, registered), READONLY, NULL},
+    {NULL}};
+
+static PyMethodDef core_methods[] = {
+    {"write", core_write, METH_O, "write(data): send now, queue what the socket does not take."},
+    {"writelines", core_writelines, METH_O, "writelines(list_of_data): one gathered send."},
+    {"pause_reading", core_pause_reading, METH_NOARGS, NULL},
+    {"resume_reading", core_resume_reading, METH_NOARGS, NULL},
+    {"get_write_buffer_size", core_get_write_buffer_size, METH_NOARGS, NULL},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))core_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_write_buffer_limits", core_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"_set_protocol", core_set_protocol, METH_O, NULL},
+    {"_start", core_start, METH_NOARGS, NULL},
+    {"_stop", core_stop, METH_NOARGS, NULL},
+    {"_discard", core_discard, METH_NOARGS, NULL},
+    {"_release", core_release, METH_NOARGS, NULL},
+    {NULL}};
+
+static int core_traverse(PyObject *self, visitproc visit, void *arg) {
+    bp_transport *t = (bp_transport *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(t->reactor);
+    Py_VISIT(t->loop);
+    Py_VISIT(t->sock);
+    Py_VISIT(t->owner);
+    Py_VISIT(t->protocol);
+    Py_VISIT(t->data_received);
+    Py_VISIT(t->get_buffer);
+    Py_VISIT(t->buffer_updated);
+    return 0;
+}
+
+static int core_clear(PyObject *self) {
+    bp_transport *t = (bp_transport *)self;
+    Py_CLEAR(t->reactor);
+    Py_CLEAR(t->loop);
+    Py_CLEAR(t->sock);
+    Py_CLEAR(t->owner);
+    Py_CLEAR(t->protocol);
+    Py_CLEAR(t->data_received);
+    Py_CLEAR(t->get_buffer);
+    Py_CLEAR(t->buffer_updated);
+    Py_CLEAR(t->minus_one);
+    return 0;
+}
+
+static void core_dealloc(PyObject *self) {
+    bp_transport *t = (bp_transport *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    PyMem_Free(t->wbuf);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot core_slots[] = {
+    {Py_tp_init, core_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_methods, core_methods},
+    {Py_tp_members, core_members},
+    {Py_tp_traverse, core_traverse},
+    {Py_tp_clear, core_clear},
+    {Py_tp_dealloc, core_dealloc},
+    {Py_tp_doc, "StreamCore(loop, sock, protocol): the C half of bunpy's stream transport."},
+    {0, NULL}};
+
+static PyType_Spec core_spec = {
+    .name = "_bunpy.StreamCore",
+    .basicsize = sizeof(bp_transport),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = core_slots,
+};
+
+PyObject *bp_transport_type_new(PyObject *module) { return PyType_FromModuleAndSpec(module, &core_spec, NULL); }
