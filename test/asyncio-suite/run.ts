@@ -15,7 +15,8 @@
  *   --jobs N              modules run at once (default 1: timing-sensitive tests)
  *   --test-timeout S      a test running longer is a hang: cut, reported, the module resumes (default 120)
  *   --module-timeout S    a module process running longer is killed (default 1800)
- *   --log-dir DIR         per-module stdout/stderr, faulthandler dumps, events (default /tmp/asyncio-suite)
+ *   --log-dir DIR         per-module stdout/stderr, faulthandler dumps, events (default: a new
+ *                         /tmp/asyncio-suite-XXXXXX per run, so concurrent runs do not mix)
  *   --verbose             print every failure's traceback
  *   --preload FILE        run this Python file in each module's process before the tests
  *                         (e.g. to try a fix by patching bunpy's classes)
@@ -37,7 +38,8 @@
  * BunpyEventLoop, and the per-selector test classes of test_events, test_sock_lowlevel and
  * test_sendfile are replaced by one class (BunpyLoopTests) on the loop under test.
  */
-import { mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync, existsSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 
 const here = dirname(import.meta.path);
@@ -177,7 +179,7 @@ function parseArgs(argv: string[]): Options {
     jobs: 1,
     testTimeout: 120,
     moduleTimeout: 1800,
-    logDir: "/tmp/asyncio-suite",
+    logDir: "",
     verbose: false,
     bunpySigint: false,
   };
@@ -379,6 +381,7 @@ async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv.includes("--child")) return child(argv);
   const o = parseArgs(argv);
+  if (o.logDir === "") o.logDir = mkdtempSync(join(tmpdir(), "asyncio-suite-"));
   mkdirSync(o.logDir, { recursive: true });
   const commitAtStart = gitCommit();
   const jobs: { module: string; mode: Mode }[] = [];
