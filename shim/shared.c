@@ -158,6 +158,21 @@ enum { OP_GET = 0, OP_SET = 1, OP_INCR = 2, OP_CAS = 3, OP_DELETE = 4, OP_KEYS =
 enum { S_OK = 0, S_MISSING = 1, S_NOMEM = -1, S_NOT_NUMBER = -2, S_NOT_SAFE = -3 };
 
 /* The value of `key`, copied (malloc'd) into *out. */
+/* A new entry for key k (hash h) holding val, linked at *pp. Lock held. -1: no memory. */
+static int add_entry(entry **pp, const char *k, uint32_t kn, uint64_t h, uint8_t *val, uint32_t vn) {
+    entry *e = malloc(sizeof *e + kn);
+    if (!e) return -1;
+    e->next = NULL;
+    e->hash = h;
+    e->klen = kn;
+    e->vlen = vn;
+    e->val = val;
+    memcpy(e->key, k, kn);
+    *pp = e;
+    count++;
+    return 0;
+}
+
 static int store_get(const char *k, uint32_t kn, uint8_t **out, uint32_t *outn) {
     uint64_t h = hash_key(k, kn);
     pthread_mutex_lock(&lock);
@@ -203,21 +218,10 @@ static int store_put(const char *k, uint32_t kn, uint8_t *val, uint32_t vn, cons
         old = (*pp)->val;
         (*pp)->val = val;
         (*pp)->vlen = vn;
-    } else {
-        entry *e = malloc(sizeof *e + kn);
-        if (!e) {
-            pthread_mutex_unlock(&lock);
-            free(val);
-            return S_NOMEM;
-        }
-        e->next = NULL;
-        e->hash = h;
-        e->klen = kn;
-        e->vlen = vn;
-        e->val = val;
-        memcpy(e->key, k, kn);
-        *pp = e;
-        count++;
+    } else if (add_entry(pp, k, kn, h, val, vn) < 0) {
+        pthread_mutex_unlock(&lock);
+        free(val);
+        return S_NOMEM;
     }
     pthread_mutex_unlock(&lock);
     free(old);
@@ -245,32 +249,26 @@ static int store_incr(const char *k, uint32_t kn, double delta, double *result) 
         pthread_mutex_unlock(&lock);
         return S_NOT_SAFE; /* past 2^53 an integer counter would silently lose increments */
     }
-    uint8_t *val = *pp && (*pp)->vlen >= 9 ? (*pp)->val : malloc(9);
+    /* the number is written in place when its buffer is big enough (9 bytes: a float) */
+    int reuse = *pp && (*pp)->vlen >= 9;
+    uint8_t *val = reuse ? (*pp)->val : malloc(9);
     if (!val) {
         pthread_mutex_unlock(&lock);
         return S_NOMEM;
     }
     uint32_t vn = encode_number(next, val);
+    uint8_t *old = NULL;
     if (*pp) {
+        if (!reuse) old = (*pp)->val; /* a shorter encoding (an Int32) is replaced */
         (*pp)->val = val;
         (*pp)->vlen = vn;
-    } else {
-        entry *e = malloc(sizeof *e + kn);
-        if (!e) {
-            pthread_mutex_unlock(&lock);
-            free(val);
-            return S_NOMEM;
-        }
-        e->next = NULL;
-        e->hash = h;
-        e->klen = kn;
-        e->vlen = vn;
-        e->val = val;
-        memcpy(e->key, k, kn);
-        *pp = e;
-        count++;
+    } else if (add_entry(pp, k, kn, h, val, vn) < 0) {
+        pthread_mutex_unlock(&lock);
+        free(val);
+        return S_NOMEM;
     }
     pthread_mutex_unlock(&lock);
+    free(old);
     *result = next;
     return S_OK;
 }

@@ -38,6 +38,21 @@ describe("py.shared from JS", () => {
     expect(() => py.shared.incr("huge")).toThrow(/2\^53/);
   });
 
+  test("incr over an integer set before frees the value it replaces (memory stays flat)", () => {
+    for (let i = 0; i < 20_000; i++) {
+      py.shared.set(`k${i}`, 5); // an Int32 (shorter than the float incr writes)
+      expect(py.shared.incr(`k${i}`, 1)).toBe(6);
+    }
+    const before = process.memoryUsage().rss;
+    for (let round = 0; round < 30; round++)
+      for (let i = 0; i < 20_000; i++) {
+        py.shared.set(`k${i}`, 5);
+        py.shared.incr(`k${i}`, 1);
+      }
+    // 600,000 replaced values: ~20 MB when each leaked its old buffer
+    expect(process.memoryUsage().rss - before).toBeLessThan(8 * 1024 * 1024);
+  });
+
   test("compareAndSet: equal values swap, others do not; null matches a missing key", () => {
     expect(py.shared.compareAndSet("k", null, "first")).toBe(true);
     expect(py.shared.compareAndSet("k", null, "second")).toBe(false);
