@@ -59,16 +59,17 @@ class RefuseUnsafeExtensions:
         return None
 
 
-policy_pending = False
+class AfterImport:
+    """A sys.meta_path finder that runs `then(module)` once `name` has been imported: for
+    patches that should not import their module in every context (that would slow their
+    start). It sits before PathFinder, which would find the module, and leaves after one use."""
 
-
-class InstallLoopPolicy:
-    """A sys.meta_path finder that waits for asyncio's import (importing it for every
-    context would slow their start) and then installs bunpy's policy: on a context's
-    thread, asyncio.get_event_loop() is the context's own loop."""
+    def __init__(self, name, then):
+        self.name = name
+        self.then = then
 
     def find_spec(self, name, path=None, target=None):
-        if name != "asyncio":
+        if name != self.name:
             return None
         spec = PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -76,29 +77,42 @@ class InstallLoopPolicy:
         run_module = spec.loader.exec_module
 
         def exec_module(module):
-            global policy_pending
             run_module(module)
             if self in sys.meta_path:
                 sys.meta_path.remove(self)
-            loop_module = sys.modules.get("bunpy._loop")
-            if loop_module is not None and not hasattr(loop_module, "install_contexts_policy"):
-                policy_pending = True  # bunpy._loop is importing asyncio: it installs at its end
-                return
-            from bunpy import _loop
-
-            _loop.install_contexts_policy()
+            self.then(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-def install_loop_policy():
-    if "asyncio" in sys.modules:
-        from bunpy import _loop
+def when_imported(name, then):
+    """then(module) now if `name` is imported, else right after its import (once)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        then(module)
+    elif not any(isinstance(f, AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, AfterImport(name, then))
 
-        _loop.install_contexts_policy()
-    elif not any(isinstance(f, InstallLoopPolicy) for f in sys.meta_path):
-        sys.meta_path.insert(0, InstallLoopPolicy())  # before PathFinder, which would find asyncio
+
+policy_pending = False
+
+
+def _asyncio_imported(_asyncio):
+    """Installs bunpy's policy: on a context's thread, asyncio.get_event_loop() is the
+    context's own loop."""
+    global policy_pending
+    loop_module = sys.modules.get("bunpy._loop")
+    if loop_module is not None and not hasattr(loop_module, "install_contexts_policy"):
+        policy_pending = True  # bunpy._loop is importing asyncio: it installs at its end
+        return
+    from bunpy import _loop
+
+    _loop.install_contexts_policy()
+
+
+def install_loop_policy():
+    when_imported("asyncio", _asyncio_imported)
 
 
 def _real_dirs(paths):

@@ -22,35 +22,9 @@ _PATCHED = "_bunpy_patched"
 
 
 def install():
-    mod = sys.modules.get("signal")
-    if mod is not None:
-        _patch(mod)
-    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
+    from bunpy._context import when_imported
 
-
-class _PatchOnImport:
-    """A sys.meta_path finder that patches `signal` once it is imported (importing it for
-    every context would slow their start)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "signal":
-            return None
-        from importlib.machinery import PathFinder
-
-        spec = PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return None
-        run_module = spec.loader.exec_module
-
-        def exec_module(module):
-            run_module(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            _patch(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
+    when_imported("signal", _patch)
 
 
 def _patch(mod):

@@ -148,8 +148,11 @@ def open_streams():
 # ---- JS -> Python -----------------------------------------------------------------------
 
 
-class JSIterator:
-    """A JS iterable passed with py.iter(x): each batch is pulled from JS on demand."""
+_NOTHING = object()  # _JSSource._take: the batch is used up
+
+
+class _JSSource:
+    """What a py.iter(x) source is in Python: batches pulled from JS by name, one at a time."""
 
     __slots__ = ("_name", "_items", "_pos", "_done", "__weakref__")
 
@@ -159,25 +162,28 @@ class JSIterator:
         self._pos = 0
         self._done = False
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
+    def _take(self):
+        """The next item of the batch in hand, or _NOTHING."""
         if self._pos < len(self._items):
             item = self._items[self._pos]
             self._pos += 1
             return item
-        if self._done:
-            raise StopIteration
-        items, done = _bunpy.call(self._name, 0)
+        return _NOTHING
+
+    def _refill(self, items, done):
+        """Takes a batch from JS; its first item, or _NOTHING at the end."""
         self._items = items
         self._pos = 0
-        self._done = done
-        if not items:
-            self._done = True
-            raise StopIteration
-        self._pos = 1
-        return items[0]
+        self._done = done or not items
+        return self._take()
+
+    def _stop(self):
+        """Stops pulling; True when JS must be told (its return() runs)."""
+        if self._done:
+            return False
+        self._done = True
+        self._items = []
+        return True
 
     def __del__(self):
         # dropped before its end: JS lets the source go (best effort: a message, since JS
@@ -188,56 +194,52 @@ class JSIterator:
             except BaseException:
                 pass
 
+
+class JSIterator(_JSSource):
+    """A JS iterable passed with py.iter(x): each batch is pulled from JS on demand."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._take()
+        if item is _NOTHING and not self._done:
+            item = self._refill(*_bunpy.call(self._name, 0))
+        if item is _NOTHING:
+            raise StopIteration
+        return item
+
     def close(self):
         """Stops pulling: the JS iterator's return() runs."""
-        if not self._done:
-            self._done = True
-            self._items = []
+        if self._stop():
             _bunpy.call(self._name, 1)
 
     def __repr__(self):
         return f"<JS iterator {self._name}>"
 
 
-class JSAsyncIterator:
+class JSAsyncIterator(_JSSource):
     """A JS async iterable or ReadableStream passed with py.iter(x) (contexts)."""
 
-    __slots__ = ("_name", "_items", "_pos", "_done", "__weakref__")
-
-    def __init__(self, name):
-        self._name = name
-        self._items = []
-        self._pos = 0
-        self._done = False
+    __slots__ = ()
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        if self._pos < len(self._items):
-            item = self._items[self._pos]
-            self._pos += 1
-            return item
-        if self._done:
-            raise StopAsyncIteration
-        import bunpy
+        item = self._take()
+        if item is _NOTHING and not self._done:
+            import bunpy
 
-        items, done = await bunpy.async_call(self._name, 0)
-        self._items = items
-        self._pos = 0
-        self._done = done
-        if not items:
-            self._done = True
+            item = self._refill(*(await bunpy.async_call(self._name, 0)))
+        if item is _NOTHING:
             raise StopAsyncIteration
-        self._pos = 1
-        return items[0]
-
-    __del__ = JSIterator.__del__
+        return item
 
     async def aclose(self):
-        if not self._done:
-            self._done = True
-            self._items = []
+        if self._stop():
             import bunpy
 
             await bunpy.async_call(self._name, 1)
