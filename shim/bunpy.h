@@ -44,6 +44,8 @@ enum {
                             char, u8 flags (1: read-only); Python gets a memoryview */
     BP_T_JSITER = 20,    /* a JS (async) iterable (py.iter), JS -> Python only: u8 async, STR name
                             of the registered function Python pulls batches from */
+    BP_T_PYFUNC = 21,    /* Python -> JS only: like BP_T_PYOBJ, for a plain function (def, lambda,
+                            builtin, bound method): JS makes it a real function, not a Proxy */
 };
 
 /* ---- status codes ---------------------------------------------------------------------- */

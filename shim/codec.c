@@ -485,6 +485,13 @@ static int write_int(bp_writer *w, PyObject *o) {
     return rc;
 }
 
+/* The tag a handle travels with: JS calls a plain function faster when it is a real JS
+   function than through a Proxy, so those are marked (their attributes are rarely
+   deleted, the one thing a real function cannot forward to Python). */
+uint8_t bp_handle_tag(PyObject *o) {
+    return PyFunction_Check(o) || PyCFunction_Check(o) || PyMethod_Check(o) ? BP_T_PYFUNC : BP_T_PYOBJ;
+}
+
 static int write_handle(bp_writer *w, PyObject *o) {
     if (w->nrefs == w->refs_cap) {
         uint32_t cap = w->refs_cap ? w->refs_cap * 2 : 8;
@@ -495,7 +502,7 @@ static int write_handle(bp_writer *w, PyObject *o) {
     }
     int rc = reserve(w, 9);
     if (rc) return rc;
-    put_u8(w, BP_T_PYOBJ);
+    put_u8(w, bp_handle_tag(o));
     PyObject *ref = Py_NewRef(o);
     memcpy(w->io->buf + w->pos, &ref, 8);
     w->pos += 8;

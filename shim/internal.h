@@ -173,6 +173,7 @@ int bp_write_tag_u32(bp_writer *w, uint8_t tag, uint32_t n);
 int bp_write_call(bp_writer *w, PyObject *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 void bp_writer_commit(bp_writer *w);                        /* result is complete        */
 void bp_writer_abort(bp_writer *w);                         /* drop handles written      */
+uint8_t bp_handle_tag(PyObject *o);                         /* BP_T_PYFUNC or BP_T_PYOBJ */
 
 /* ---- errors (errors.c): turn the current state into an error record in the buffer ---- */
 int32_t bp_fail_python(bp_io *io);                          /* from the raised exception */

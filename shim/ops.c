@@ -108,7 +108,7 @@ static int32_t finish_handle(bp_io *io, PyObject *obj) {
         Py_DECREF(obj);
         return bp_fail_python(io);
     }
-    io->buf[0] = BP_T_PYOBJ;
+    io->buf[0] = bp_handle_tag(obj);
     memcpy(io->buf + 1, &obj, 8); /* the reference goes to JS */
     io->len = 9;
     return BP_OK;

@@ -33,6 +33,8 @@ export const enum Tag {
   Method = 18,
   Buffer = 19,
   JSIter = 20,
+  /** Python -> JS: a handle to a plain function (def, lambda, builtin, bound method) */
+  PyFunc = 21,
 }
 
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */
@@ -61,8 +63,9 @@ export interface WireHooks {
   functionId(fn: Function): number;
   /** Forgets ids handed out for a message that failed to encode (Python never saw them). */
   forgetFunctions(ids: readonly number[]): void;
-  /** A proxy for a handle that now belongs to JS. */
-  proxyFor(handle: number): unknown;
+  /** A proxy for a handle that now belongs to JS (`isFunction`: a plain Python function,
+      which may become a real JS function instead of a Proxy). */
+  proxyFor(handle: number, isFunction: boolean): unknown;
   /** Keeps memory lent to Python (py.buffer) alive until Python lets it go: its pin id
       (released like a JS function id). Only the JS thread's own interpreter pins. */
   pin?(target: object): number;
@@ -637,10 +640,11 @@ export class Wire {
         for (let i = 0; i < n; i++) out.add(this.readValue());
         return out;
       }
-      case Tag.PyObj: {
+      case Tag.PyObj:
+      case Tag.PyFunc: {
         const handle = this.dv.getUint32(this.pos, true) + this.dv.getUint32(this.pos + 4, true) * TWO_32;
         this.pos += 8;
-        return this.hooks.proxyFor(handle);
+        return this.hooks.proxyFor(handle, tag === Tag.PyFunc);
       }
       case Tag.Method:
         return METHOD;

@@ -21,7 +21,7 @@ import {
 import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
 import { registerSource, type IterArg } from "./stream.ts";
 import { hubOf } from "./hub.ts";
-import { makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
+import { functionProxy, makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
 const enum Mode {
   Eval = 0,
@@ -161,13 +161,13 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   // ------------------------------------------------------------------ handles --
 
-  proxyFor(handle: number): unknown {
+  proxyFor(handle: number, isFunction: boolean): unknown {
     const known = this.proxies.get(handle)?.deref();
     if (known !== undefined) {
       this.drop(handle); // we already hold a reference through `known`
       return known;
     }
-    const p = makeProxy(this, handle);
+    const p = isFunction ? functionProxy(this, handle) : makeProxy(this, handle);
     const st = stateOf(p)!;
     this.proxies.set(handle, new WeakRef(p));
     this.finalizer.register(p, st, st);

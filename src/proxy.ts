@@ -11,7 +11,9 @@
  *   proxy.toJS()                                         deep conversion
  *   using p = ...; p[Symbol.dispose]()                   release the reference now
  *
- * A missing attribute reads as undefined, like a missing JS property.
+ * A missing attribute reads as undefined, like a missing JS property. A plain function
+ * (def, lambda, builtin, bound method) is a real JS function with such a Proxy as its
+ * prototype instead (functionProxy): faster to call, but `delete f.attr` stays in JS.
  */
 import { BunpyError } from "./errors.ts";
 import type { Kwargs } from "./codec.ts";
@@ -168,6 +170,32 @@ export function makeProxy(owner: ProxyOwner, handle: number): PyObject {
   target[STATE] = st;
   target[inspectCustom] = inspectRepr;
   return new Proxy(target, handler) as unknown as PyObject;
+}
+
+/**
+ * A plain Python function (def, lambda, builtin, bound method) as a real JS function whose
+ * prototype is a Proxy with the usual traps: reads, writes and `in` that the function does
+ * not answer itself go up the prototype chain to it. Calling it costs what calling
+ * any JS function costs; calling a Proxy costs ~100 ns more in JavaScriptCore, as much as
+ * the rest of a call. What a function cannot forward: `delete f.attr` (no trap sees it)
+ * and an own property named `prototype`, both documented.
+ */
+export function functionProxy(owner: ProxyOwner, handle: number): PyObject {
+  const st: ProxyState = { handle, disposed: false, owner };
+  const f = function PyObject(this: unknown, ...args: unknown[]) {
+    if (st.disposed) live(st);
+    const v = owner.call(st, args);
+    if (new.target === undefined || (typeof v === "object" && v !== null) || typeof v === "function") return v;
+    throw new BunpyError(`new: the Python call returned ${typeof v}, not an object; call it without new`);
+  } as unknown as Target & { [inspectCustom]?: unknown };
+  // `name` and `length` would hide Python attributes of the same names
+  delete (f as { name?: string }).name;
+  delete (f as { length?: number }).length;
+  f[STATE] = st;
+  f[inspectCustom] = inspectRepr;
+  const traps: Target = { [STATE]: st };
+  Object.setPrototypeOf(f, new Proxy(traps, handler));
+  return f as unknown as PyObject;
 }
 
 /** A JS function standing for a method bound to a proxy's object (no handle of its own). */

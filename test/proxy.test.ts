@@ -55,6 +55,10 @@ def refs():
 
 def kw(*args, **kwargs):
     return [list(args), kwargs]
+def is_kw(f):
+    return f is kw
+def make_point(x):
+    return Point(x)
 
 shared = object()
 def get_shared():
@@ -493,5 +497,78 @@ dyn = Dyn()
     expect(dyn.anything).toBe("dyn:anything");
     py.exec("Dyn.anything = lambda self: 'method'");
     expect(dyn.anything()).toBe("method");
+  });
+});
+
+describe("plain functions are real JS functions (issue 11: calls as fast as py.call)", () => {
+  const kinds = () => ({
+    def: mod["kw"] as PyObject,
+    lambda: py.eval("lambda a, b=2: a * b") as PyObject,
+    builtin: py.import("operator")["add"] as PyObject,
+    bound: py.eval("[].append") as PyObject,
+  });
+
+  test("def, lambda, builtin and bound method are functions without a Proxy; classes and instances stay proxies", () => {
+    // a Proxy reports its target's prototype (Function.prototype); the function form has
+    // the attribute Proxy as its prototype
+    for (const [kind, f] of Object.entries(kinds())) {
+      expect(typeof f).toBe("function");
+      expect(Object.getPrototypeOf(f) === Function.prototype, kind).toBe(false);
+    }
+    expect(Object.getPrototypeOf(mod["Point"])).toBe(Function.prototype);
+    expect(Object.getPrototypeOf(new mod["Point"](1))).toBe(Function.prototype);
+  });
+
+  test("calls, keyword arguments and errors", () => {
+    const { def, lambda, builtin } = kinds();
+    expect(def(1, "a", py.kw({ k: 2 }))).toEqual([[1, "a"], { k: 2 }]);
+    expect(lambda(3)).toBe(6);
+    expect(lambda(3, py.kw({ b: 5 }))).toBe(15);
+    expect(builtin(40, 2)).toBe(42);
+    expect(() => builtin(1)).toThrow(PythonError);
+    expect(() => builtin(1, "x")).toThrow(/unsupported operand/);
+  });
+
+  test("attributes read, write and `in` reach Python; name and length are Python attributes", () => {
+    const { def, builtin } = kinds();
+    expect(def.__name__).toBe("kw");
+    expect(builtin.__name__).toBe("add");
+    expect(def.name).toBeUndefined(); // not JS's Function#name
+    expect(def.length).toBeUndefined();
+    def.tag = [1, 2];
+    expect(py.call("builtins", "getattr", [def, "tag"])).toEqual([1, 2]);
+    expect("tag" in def).toBe(true);
+    expect("__name__" in builtin).toBe(true);
+    expect("nope" in def).toBe(false);
+    expect(def.nope).toBeUndefined();
+    expect(String(def)).toMatch(/^<function kw at 0x/);
+    expect(Bun.inspect(builtin)).toBe("<built-in function add>");
+    expect(Object.prototype.toString.call(def)).toBe("[object PyObject]");
+    expect(def.then).toBeUndefined();
+    // what a function cannot forward: delete stays in JS (documented)
+    expect(delete def.tag).toBe(true);
+    expect(py.call("builtins", "hasattr", [def, "tag"])).toBe(true);
+    py.call("builtins", "delattr", [def, "tag"]);
+    expect("tag" in def).toBe(false);
+  });
+
+  test("new on a function: an object result is returned, a plain value throws", () => {
+    const makePoint = mod["make_point"] as PyObject;
+    const p = new makePoint(4);
+    expect(p.x).toBe(4);
+    const lambda = kinds().lambda;
+    expect(() => new lambda(2)).toThrow(BunpyError);
+  });
+
+  test("identity, passing back to Python, disposal", () => {
+    const f1 = mod["kw"];
+    expect(mod["kw"]).toBe(f1);
+    expect(py.call("builtins", "callable", [f1])).toBe(true);
+    expect(mod["is_kw"](f1)).toBe(true);
+    const g = py.eval("lambda: 1") as PyObject;
+    g[Symbol.dispose]();
+    expect(() => g()).toThrow(/disposed/);
+    expect(() => g.__name__).toThrow(BunpyError);
+    expect(() => py.call("builtins", "callable", [g])).toThrow(BunpyError);
   });
 });
