@@ -346,10 +346,7 @@ export class Wire {
       case "function": {
         const h = this.hooks.handleOf(v);
         if (h !== undefined) return this.writeHandle(h);
-        const id = this.hooks.functionId(v);
-        this.functionIds.push(id);
-        this.putHeader(Tag.JSFunc, id);
-        return;
+        return this.writeFunction(v);
       }
       case "symbol":
         throw new ConversionError("cannot convert a Symbol to Python");
@@ -357,6 +354,13 @@ export class Wire {
         if (v === null) return this.putTag(Tag.None);
         return this.writeObject(v as object, depth);
     }
+  }
+
+  /** A JS function Python may call (a JSFunction there), by id. */
+  writeFunction(fn: Function): void {
+    const id = this.hooks.functionId(fn);
+    this.functionIds.push(id);
+    this.putHeader(Tag.JSFunc, id);
   }
 
   private push(v: object, depth: number): void {

@@ -353,21 +353,24 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       w.writeTop(value);
       return Status.Ok;
     } catch (e) {
-      return this.writeThrown(e);
+      return this.writeThrown(e, true);
     } finally {
       this.dispatching--;
     }
   }
 
   /** Writes what a JS function threw as the BP_ERR_JS record. Must not throw: an exception
-      escaping the dispatch callback would leave C reading the buffer as a result. */
-  writeThrown(e: unknown): number {
-    let name = "Error", message: string, stack = "";
+      escaping the dispatch callback would leave C reading the buffer as a result.
+      `lazyStack` (this thread's own callbacks): instead of `error.stack`, whose formatting
+      costs Bun more than the rest of the throw, Python gets a JS function that formats it
+      when `JSError.js_stack` is first read (released with the exception otherwise). */
+  writeThrown(e: unknown, lazyStack = false): number {
+    let name = "Error", message: string, stack: string | (() => string) = "";
     try {
       if (e instanceof Error) {
         name = String(e.name || "Error");
         message = String(e.message ?? "");
-        stack = String(e.stack ?? "");
+        stack = lazyStack ? () => String(e.stack ?? "").toWellFormed() : String(e.stack ?? "");
       } else {
         message = String(e);
       }
@@ -378,7 +381,8 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     w.begin();
     w.writeString(name.toWellFormed());
     w.writeString(message.toWellFormed());
-    w.writeString(stack.toWellFormed());
+    if (typeof stack === "string") w.writeString(stack.toWellFormed());
+    else w.writeFunction(stack);
     return Status.JS;
   }
 

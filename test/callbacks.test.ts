@@ -36,6 +36,39 @@ def catch_js(f, *args):
         }
     return None
 
+kept_errors = []
+def keep_js_error(f):
+    try:
+        f()
+    except bunpy.JSError as e:
+        kept_errors.append(e)
+    return len(kept_errors)
+
+def kept_stacks():
+    return [e.js_stack for e in kept_errors]
+
+def kept_stack_from_thread(i):
+    out = []
+    t = threading.Thread(target=lambda: out.append(_stack_or_error(kept_errors[i])))
+    t.start()
+    t.join()
+    return out[0]
+
+def _stack_or_error(e):
+    try:
+        return ["ok", e.js_stack]
+    except Exception as x:
+        return [type(x).__name__, str(x)]
+
+def drop_kept():
+    kept_errors.clear()
+
+def swallow_js(f):
+    try:
+        f()
+    except bunpy.JSError:
+        return 1
+
 def catch_registered(name, *args):
     try:
         return ["ok", bunpy.call(name, *args)]
@@ -282,6 +315,49 @@ describe("JS exceptions", () => {
     expect(r.js_stack).toContain("out of range!");
     expect(r.js_stack).toContain("callbacks.test.ts");
     expect(r.str).toContain("out of range!");
+  });
+
+  test("js_stack is formatted when first read, also long after the throw (issue 11)", () => {
+    function thrower(label: string) {
+      throw new TypeError(`kept ${label}`);
+    }
+    call("drop_kept");
+    call("keep_js_error", () => thrower("one"));
+    call("keep_js_error", () => thrower("two"));
+    // other calls and callbacks in between
+    for (let i = 0; i < 100; i++) expect(call("call_it", (x: number) => x, i)).toBe(i);
+    // never read on the JS thread: a Python thread cannot fetch it from JS, and says why
+    const [kind, text] = call("kept_stack_from_thread", 1);
+    expect(kind).toBe("RuntimeError");
+    expect(text).toContain("JS thread");
+    const stacks = call("kept_stacks") as string[];
+    expect(stacks[0]).toContain("kept one");
+    expect(stacks[0]).toContain("thrower");
+    expect(stacks[0]).toContain("callbacks.test.ts");
+    expect(stacks[1]).toContain("kept two");
+    // once read, the text is kept: any thread can read it
+    expect(call("kept_stack_from_thread", 1)).toEqual(["ok", stacks[1]]);
+    call("drop_kept");
+  });
+
+  test("an unread js_stack holds nothing once the exception is gone", () => {
+    const live = () => internals.runtime().liveFunctions;
+    py.eval("0");
+    const base = live();
+    for (let i = 0; i < 2000; i++)
+      expect(call("swallow_js", () => {
+        throw new Error(`e${i}`);
+      })).toBe(1);
+    py.eval("0");
+    expect(live()).toBe(base);
+    call("keep_js_error", () => {
+      throw new Error("kept");
+    });
+    py.eval("0");
+    expect(live()).toBe(base + 2); // the thrower and its stack source, until the error goes
+    call("drop_kept");
+    py.eval("0");
+    expect(live()).toBe(base);
   });
 
   test("non-Error throws are reported too", () => {

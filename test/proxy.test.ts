@@ -531,22 +531,22 @@ describe("plain functions are real JS functions (issue 11: calls as fast as py.c
 
   test("attributes read, write and `in` reach Python; name and length are Python attributes", () => {
     const { def, builtin } = kinds();
-    expect(def.__name__).toBe("kw");
-    expect(builtin.__name__).toBe("add");
-    expect(def.name).toBeUndefined(); // not JS's Function#name
-    expect(def.length).toBeUndefined();
-    def.tag = [1, 2];
+    expect(def["__name__"]).toBe("kw");
+    expect(builtin["__name__"]).toBe("add");
+    expect(def["name"]).toBeUndefined(); // not JS's Function#name
+    expect(def["length"]).toBeUndefined();
+    def["tag"] = [1, 2];
     expect(py.call("builtins", "getattr", [def, "tag"])).toEqual([1, 2]);
     expect("tag" in def).toBe(true);
     expect("__name__" in builtin).toBe(true);
     expect("nope" in def).toBe(false);
-    expect(def.nope).toBeUndefined();
+    expect(def["nope"]).toBeUndefined();
     expect(String(def)).toMatch(/^<function kw at 0x/);
     expect(Bun.inspect(builtin)).toBe("<built-in function add>");
     expect(Object.prototype.toString.call(def)).toBe("[object PyObject]");
-    expect(def.then).toBeUndefined();
+    expect(def["then"]).toBeUndefined();
     // what a function cannot forward: delete stays in JS (documented)
-    expect(delete def.tag).toBe(true);
+    expect(delete def["tag"]).toBe(true);
     expect(py.call("builtins", "hasattr", [def, "tag"])).toBe(true);
     py.call("builtins", "delattr", [def, "tag"]);
     expect("tag" in def).toBe(false);
@@ -554,8 +554,8 @@ describe("plain functions are real JS functions (issue 11: calls as fast as py.c
 
   test("new on a function: an object result is returned, a plain value throws", () => {
     const makePoint = mod["make_point"] as PyObject;
-    const p = new makePoint(4);
-    expect(p.x).toBe(4);
+    const p = new makePoint(4) as PyObject;
+    expect(p["x"]).toBe(4);
     const lambda = kinds().lambda;
     expect(() => new lambda(2)).toThrow(BunpyError);
   });
@@ -568,7 +568,7 @@ describe("plain functions are real JS functions (issue 11: calls as fast as py.c
     const g = py.eval("lambda: 1") as PyObject;
     g[Symbol.dispose]();
     expect(() => g()).toThrow(/disposed/);
-    expect(() => g.__name__).toThrow(BunpyError);
+    expect(() => g["__name__"]).toThrow(BunpyError);
     expect(() => py.call("builtins", "callable", [g])).toThrow(BunpyError);
   });
 });
