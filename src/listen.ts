@@ -7,6 +7,7 @@
  */
 import { closeSync } from "node:fs";
 import type { Context } from "./context.ts";
+import { ContextClosedError, ContextDiedError } from "./errors.ts";
 import { hubOf } from "./hub.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
@@ -54,11 +55,14 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
       closeSync(fd); // nobody will serve it: the client sees the connection close
       return;
     }
-    // From here the fd is Python's: adopt closes it on every failure. JS must not close it
-    // after a failed call, since the number may already belong to another file.
-    target.call("bunpy._listen", "adopt", [id, fd, data]).catch((e: unknown) => {
-      console.error("bunpy: a connection handed off between contexts was dropped:", e);
-    });
+    // adopt serves a duplicate of the fd, so JS closes this one however the call ends:
+    // also when it never ran (the target closed first), which used to leak the connection
+    target
+      .call("bunpy._listen", "adopt", [id, fd, data])
+      .catch((e: unknown) => {
+        if (!(e instanceof ContextClosedError || e instanceof ContextDiedError)) console.error("bunpy: a connection handed off between contexts was dropped:", e);
+      })
+      .finally(() => closeSync(fd));
   });
 
   // A context that dies leaves its listening socket open and listening: the kernel would

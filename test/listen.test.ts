@@ -2,6 +2,7 @@
 // served on the contexts' loops, and connections handed from one context to another
 // (bunpy.hand_off) with no byte lost or reordered. Real sockets on loopback.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { resolve } from "node:path";
 import { py, type Pool } from "../src/index.ts";
@@ -102,6 +103,27 @@ describe("hand-off between contexts", () => {
       }
     } finally {
       await l.close();
+    }
+  });
+
+  test("a connection handed to a context that closed first is closed, not leaked", async () => {
+    const p = await py.pool({ size: 2, mode });
+    await p.execAll(`import sys\nsys.path.insert(0, ${JSON.stringify(FIXTURES)})`);
+    const l = await p.listen({ port: 0, protocol: "protocols:Handed" });
+    try {
+      await p.contexts[1]!.close(); // its listener goes with its loop: context 0 accepts
+      const fds = () => readdirSync("/proc/self/fd").length;
+      const before = fds();
+      for (let i = 0; i < 20; i++) {
+        // context 0 hands it on; the call to context 1 fails without running: the client
+        // sees the connection end instead of waiting forever
+        const out = await exchange(l.port, "to=1\nlost\n", false);
+        expect(out.length).toBe(0);
+      }
+      expect(fds()).toBeLessThanOrEqual(before + 2);
+    } finally {
+      await l.close().catch(() => {});
+      await p.close();
     }
   });
 

@@ -110,11 +110,13 @@ def hand_off(transport, to, data=b""):
 
 async def adopt(lid, fd, data):
     """The receiving end of hand_off: serves the connection with the listener's factory,
-    giving the protocol `data` before anything read here."""
+    giving the protocol `data` before anything read here. `fd` stays JS's: it closes it
+    when this call settles, also when it never ran (the context closed first), so this
+    serves a duplicate."""
     entry = _listeners().get(lid)
     if entry is None:
-        os.close(fd)
         return False
+    fd = os.dup(fd)
     try:
         sock = socket.socket(fileno=fd)
     except BaseException:
