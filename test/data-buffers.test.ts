@@ -234,6 +234,28 @@ describe("py.view: Python memory seen from JS", () => {
     py.release(v3);
   });
 
+  test("two views of one object: dropping one keeps the other (and the object); dropping both lets it go", async () => {
+    const holder: { a?: Float64Array; b?: PyView } = {};
+    (() => {
+      const arr = py.eval("__import__('array').array('d', [4.0, 5.0, 6.0])");
+      t.track(arr);
+      holder.a = py.view(arr) as Float64Array;
+      holder.b = py.view(arr, { shaped: true }) as PyView;
+    })();
+    delete holder.a;
+    await collect();
+    py.eval("1");
+    expect(t.alive()).toBe(true);
+    expect(Array.from(holder.b!.data)).toEqual([4, 5, 6]);
+    delete holder.b;
+    let gone = false;
+    for (let i = 0; i < 50 && !gone; i++) {
+      await collect();
+      gone = !t.alive();
+    }
+    expect(gone).toBe(true);
+  });
+
   test.skipIf(Number(py.version.split(".")[1]) < 12)("an object that exports other memory the next time gets a new view (Python 3.12+ __buffer__)", () => {
     py.exec(`
 import t_buffers
