@@ -246,7 +246,7 @@ describe("py.view: Python memory seen from JS", () => {
     await collect();
     py.eval("1");
     expect(t.alive()).toBe(true);
-    expect(Array.from(holder.b!.data)).toEqual([4, 5, 6]);
+    expect(Array.from(holder.b!.data as Float64Array)).toEqual([4, 5, 6]);
     delete holder.b;
     let gone = false;
     for (let i = 0; i < 50 && !gone; i++) {
