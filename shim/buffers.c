@@ -24,11 +24,18 @@
 
 typedef struct bp_view_rec {
     Py_buffer view;
+    int readonly;   /* the view is read-only (asked for, or the exporter said so) */
     struct bp_view_rec *next;
 } bp_view_rec;
 
 static _Atomic(bp_view_rec *) freed_views;  /* records whose ArrayBuffer is gone */
 static atomic_long live_views;              /* records not yet released (leak tests) */
+
+/* Buffers taken by _view right now (the main GIL may be let go inside PyObject_GetBuffer):
+   while one is open, bp_views_drain leaves the freed list alone, so the record _view
+   compares with cannot be freed under it by a nested call. */
+static atomic_int views_opening;
+
 
 /* JSTypedArrayBytesDeallocator: (bytes, context). Any thread, no GIL: only a push. */
 static void view_freed(void *bytes, void *ctx) {
@@ -47,6 +54,7 @@ int bp_views_waiting(void) { return atomic_load_explicit(&freed_views, memory_or
 /* GIL of the main interpreter held. Releasing a buffer can run Python code (a __del__,
    an exporter's __release_buffer__); the caller refuses calls into JS meanwhile. */
 void bp_views_drain(void) {
+    if (atomic_load(&views_opening)) return; /* see views_opening */
     bp_view_rec *rec = atomic_exchange_explicit(&freed_views, NULL, memory_order_acquire);
     while (rec) {
         bp_view_rec *next = rec->next;
@@ -68,29 +76,38 @@ static PyObject *ssize_tuple(const Py_ssize_t *v, int n) {
     return t;
 }
 
-/* _view(obj) -> (record, base, span, offset, format, itemsize, readonly, shape, strides).
-   `base`/`span`: the bytes from the lowest to the highest element (negative strides reach
-   below view.buf); `offset`: where element [0, 0, ...] starts within them. `record` is 0
-   when the span is empty (nothing is kept then). */
-PyObject *bp_view_open(PyObject *module, PyObject *obj) {
-    (void)module;
-    if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError, "py.view: a '%.200s' object does not support the buffer protocol "
-                     "(bytes, bytearray, memoryview, array.array, mmap, numpy arrays do)", Py_TYPE(obj)->tp_name);
+/* The exporter handed out the same memory with the same layout as the record's. */
+static int same_buffer(const bp_view_rec *rec, const Py_buffer *b, int readonly) {
+    const Py_buffer *a = &rec->view;
+    if (a->obj != b->obj || a->buf != b->buf || a->len != b->len || rec->readonly != readonly ||
+        a->itemsize != b->itemsize || a->ndim != b->ndim)
+        return 0;
+    if (strcmp(a->format ? a->format : "B", b->format ? b->format : "B") != 0) return 0;
+    for (int i = 0; i < a->ndim; i++) {
+        Py_ssize_t sa = a->strides ? a->strides[i] : 0, sb = b->strides ? b->strides[i] : 0;
+        if (a->shape[i] != b->shape[i] || (a->strides == NULL) != (b->strides == NULL) || sa != sb) return 0;
+    }
+    return 1;
+}
+
+static bp_view_rec *take_buffer(PyObject *obj) {
+    bp_view_rec *rec = calloc(1, sizeof *rec);
+    if (!rec) {
+        PyErr_NoMemory();
         return NULL;
     }
-    bp_view_rec *rec = calloc(1, sizeof *rec);
-    if (!rec) return PyErr_NoMemory();
-    int readonly = 0;
     if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL) < 0) {
         /* not writable (bytes, a read-only mmap; numpy raises ValueError): view it read-only;
            an object that fails for another reason fails again with its own error */
         PyErr_Clear();
-        if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL_RO) < 0) { free(rec); return NULL; }
-        readonly = 1;
+        if (PyObject_GetBuffer(obj, &rec->view, PyBUF_FULL_RO) < 0) {
+            free(rec);
+            return NULL;
+        }
+        rec->readonly = 1;
     }
     Py_buffer *v = &rec->view;
-    readonly = readonly || v->readonly;
+    rec->readonly = rec->readonly || v->readonly;
     if (v->suboffsets) {
         for (int i = 0; i < v->ndim; i++)
             if (v->suboffsets[i] >= 0) {
@@ -100,6 +117,48 @@ PyObject *bp_view_open(PyObject *module, PyObject *obj) {
                 return NULL;
             }
     }
+    return rec;
+}
+
+/* _view(obj[, prev]) -> (record, base, span, offset, format, itemsize, readonly, shape, strides).
+   `base`/`span`: the bytes from the lowest to the highest element (negative strides reach
+   below view.buf); `offset`: where element [0, 0, ...] starts within them. `record` is 0
+   when the span is empty (nothing is kept then).
+   `prev`: the record of a live (not released) ArrayBuffer JS holds over this object's
+   memory. When the object exports the same memory with the same layout again, the new
+   buffer is let go and `record` is `prev`: JS makes the view over the ArrayBuffer it has.
+   (Bun counts every new external ArrayBuffer's length as memory JS allocated, so a new one
+   per view of a big object would run a garbage collection every view or so.) */
+PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "_view(obj[, prev])");
+        return NULL;
+    }
+    PyObject *obj = args[0];
+    bp_view_rec *prev = NULL;
+    if (nargs == 2 && args[1] != Py_None) {
+        prev = PyLong_AsVoidPtr(args[1]);
+        if (!prev && PyErr_Occurred()) return NULL;
+    }
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "py.view: a '%.200s' object does not support the buffer protocol "
+                     "(bytes, bytearray, memoryview, array.array, mmap, numpy arrays do)", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    atomic_fetch_add(&views_opening, 1);
+    bp_view_rec *rec = take_buffer(obj);
+    if (rec && prev && same_buffer(prev, &rec->view, rec->readonly)) {
+        PyBuffer_Release(&rec->view);
+        free(rec);
+        rec = prev;
+    } else {
+        prev = NULL;
+    }
+    atomic_fetch_sub(&views_opening, 1);
+    if (!rec) return NULL;
+    int reused = rec == prev;
+    Py_buffer *v = &rec->view;
     Py_ssize_t lo = 0, hi = v->itemsize;
     int empty = v->len == 0;
     for (int i = 0; i < v->ndim && !empty; i++) {
@@ -119,15 +178,16 @@ PyObject *bp_view_open(PyObject *module, PyObject *obj) {
     if (shape && strides && fmt) {
         if (span == 0) {
             out = Py_BuildValue("(innnOnNOO)", 0, (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0, fmt, v->itemsize,
-                                PyBool_FromLong(readonly), shape, strides);
+                                PyBool_FromLong(rec->readonly), shape, strides);
         } else {
             out = Py_BuildValue("(NNnnOnNOO)", PyLong_FromVoidPtr(rec), PyLong_FromVoidPtr((char *)v->buf + lo),
-                                span, -lo, fmt, v->itemsize, PyBool_FromLong(readonly), shape, strides);
+                                span, -lo, fmt, v->itemsize, PyBool_FromLong(rec->readonly), shape, strides);
         }
     }
     Py_XDECREF(shape);
     Py_XDECREF(strides);
     Py_XDECREF(fmt);
+    if (reused) return out; /* still JS's, whatever happened here */
     if (!out || span == 0) {
         PyBuffer_Release(v);
         free(rec);

@@ -190,7 +190,7 @@ PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS 
 /* ---- buffers.c: py.view and py.buffer ------------------------------------------------ */
 int bp_buffers_init(PyObject *m, bp_interp *st);            /* bunpy.JSBuffer type        */
 PyObject *bp_read_buffer(bp_reader *r, bp_interp *st);      /* BP_T_BUFFER -> memoryview  */
-PyObject *bp_view_open(PyObject *module, PyObject *obj);    /* _bunpy._view               */
+PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs); /* _bunpy._view */
 PyObject *bp_view_close(PyObject *module, PyObject *addr);  /* _bunpy._view_close         */
 PyObject *bp_views_live(PyObject *module, PyObject *unused); /* _bunpy._views_live        */
 int bp_views_waiting(void);                                 /* views JS let go of wait    */

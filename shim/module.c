@@ -419,7 +419,7 @@ static PyMethodDef mod_methods[] = {
     {"shared_incr", (PyCFunction)(void (*)(void))bp_shared_py_incr, METH_FASTCALL, "shared_incr(key, delta=1)\n--\n\nbunpy.shared.incr"},
     {"shared_delete", bp_shared_py_delete, METH_O, "shared_delete(key)\n--\n\nbunpy.shared.delete"},
     {"shared_keys", bp_shared_py_keys, METH_NOARGS, "shared_keys()\n--\n\nbunpy.shared.keys"},
-    {"_view", bp_view_open, METH_O, "_view(obj)\n--\n\nInternal (py.view): keeps a buffer of obj for a JS view."},
+    {"_view", (PyCFunction)(void (*)(void))bp_view_open, METH_FASTCALL, "_view(obj, prev=None)\n--\n\nInternal (py.view): keeps a buffer of obj for a JS view."},
     {"_view_close", bp_view_close, METH_O, "_view_close(record)\n--\n\nInternal: releases a view JS could not make."},
     {"_views_live", bp_views_live, METH_NOARGS, "_views_live()\n--\n\nInternal: buffers still held for JS views."},
     {"finish_parked", (PyCFunction)(void (*)(void))mod_finish_parked, METH_FASTCALL,

@@ -122,14 +122,54 @@ function elementType(format: string, itemsize: number): [Ctor, DType, number] | 
   return [t[0], t[1], per];
 }
 
+/**
+ * The ArrayBuffer last made over each object's memory, while it is alive and not released.
+ * Bun counts a new external ArrayBuffer's whole length as memory JS allocated (JavaScriptCore
+ * adds it to the bytes that trigger the next garbage collection), so one new ArrayBuffer per
+ * view of a 100 MB object would run a collection every view or so. Views made while one is
+ * alive share it instead: their cost does not depend on the size. The ArrayBuffer keeps the
+ * proxy alive (`proxyOf`), the proxy keeps its entry; nothing here keeps the ArrayBuffer.
+ */
+const current = new WeakMap<PyObject, { buffer: WeakRef<ArrayBuffer>; record: number }>();
+const proxyOf = new WeakMap<ArrayBuffer, PyObject>();
+
+type ViewInfo = [number, number, number, number, string, number, boolean, number[], number[]];
+
 /** py.view(obj, options) on the main interpreter of this JS thread. */
 export function openView(rt: MainInterpreter, obj: PyObject, options: ViewOptions = {}): ViewData | PyView {
   if (options === null || typeof options !== "object") throw new TypeError("py.view(obj, options): options must be an object");
-  const info = rt.callFunction("_bunpy", "_view", [obj]) as [number, number, number, number, string, number, boolean, number[], number[]];
+  const entry = current.get(obj);
+  let live = entry?.buffer.deref();
+  if (live !== undefined && live.detached) live = undefined;
+  let info = rt.callFunction("_bunpy", "_view", live === undefined ? [obj] : [obj, entry!.record]) as ViewInfo;
+  if (live !== undefined && info[0] === entry!.record && live.detached) {
+    // released by Python code run while the buffer was taken (a JS callback): start over
+    info = rt.callFunction("_bunpy", "_view", [obj]) as ViewInfo;
+    live = undefined;
+  }
   const [record, base, span, first, format, itemsize, readonly, shape, byteStrides] = info;
+  const reused = live !== undefined && record === entry!.record;
+  // the element type is checked before an ArrayBuffer exists: nothing to detach on failure
+  let type: [Ctor, DType, number] | undefined;
+  if (options.raw !== true) {
+    const t = elementType(format, itemsize);
+    let error = typeof t === "string" ? t : undefined;
+    if (typeof t !== "string") {
+      const size = itemsize / t[2];
+      if (first % size !== 0 || byteStrides.some((s) => s % size !== 0) || span % size !== 0)
+        error = `the strides or offset of this buffer are not a multiple of its ${size}-byte element; use { raw: true }`;
+      else type = t;
+    }
+    if (error !== undefined) {
+      if (record !== 0 && !reused) rt.callFunction("_bunpy", "_view_close", [record]);
+      throw new ConversionError(`py.view: ${error}`);
+    }
+  }
   let buffer: ArrayBuffer;
   if (record === 0) {
     buffer = new ArrayBuffer(0);
+  } else if (reused) {
+    buffer = live!;
   } else {
     try {
       buffer = externalBuffer(base, span, record, rt.viewDeallocator);
@@ -137,24 +177,17 @@ export function openView(rt: MainInterpreter, obj: PyObject, options: ViewOption
       rt.callFunction("_bunpy", "_view_close", [record]);
       throw e;
     }
+    // From here the ArrayBuffer owns the record: dropping it releases the Python buffer.
+    current.set(obj, { buffer: new WeakRef(buffer), record });
+    proxyOf.set(buffer, obj);
   }
-  // From here the ArrayBuffer owns the record: dropping it releases the Python buffer.
-  if (options.raw === true) {
+  if (type === undefined) {
     const view = new PyView(new Uint8Array(buffer), shape, byteStrides, first, "bytes", format, itemsize, readonly);
     owned.set(view, buffer);
     return view;
   }
-  const type = elementType(format, itemsize);
-  if (typeof type === "string") {
-    detach(buffer);
-    throw new ConversionError(`py.view: ${type}`);
-  }
   const [Ctor, dtype, per] = type;
   const size = itemsize / per;
-  if (first % size !== 0 || byteStrides.some((s) => s % size !== 0) || span % size !== 0) {
-    detach(buffer);
-    throw new ConversionError(`py.view: the strides or offset of this buffer are not a multiple of its ${size}-byte element; use { raw: true }`);
-  }
   const data = new Ctor(buffer, 0, span / size);
   const flat = per === 1 && shape.length === 1 && first === 0 && byteStrides[0] === itemsize;
   if (flat && options.shaped !== true) {

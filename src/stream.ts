@@ -9,15 +9,21 @@ import { ConversionError } from "./errors.ts";
 import { PyRef } from "./context.ts";
 
 export interface IterateOptions {
-  /** Items per round trip (default 1024). A batch also ends once ~1 MiB of bytes/str items
-      were gathered. 1: Python advances exactly one item per pull. */
+  /** Items per round trip. Default: 1024 at first, doubling up to 16384 while JS keeps
+      waiting for batches (JS -> Python sources: 1024, async ones 1). A batch also ends
+      once ~1 MiB of bytes/str items were gathered. */
   batch?: number;
+  /** ctx.iterate: fetch the next batch while JS consumes the one in hand (default true), so
+      Python runs up to one batch ahead of JS. false: Python advances only when JS pulls
+      past the batch in hand (with batch 1: exactly one item per pull). */
+  prefetch?: boolean;
 }
 
 /** What iterate needs from a Context or a Pool: its call, always reaching one context. */
 export type StreamCall = (module: string, fn: string, args: readonly unknown[], kwargs?: Record<string, unknown>) => Promise<any>;
 
 const DEFAULT_BATCH = 1024;
+const MAX_BATCH = 16384;
 const DONE: IteratorResult<unknown> = Object.freeze({ done: true, value: undefined }) as IteratorResult<unknown>;
 
 /** Streams JS let go of without finishing: their generators are closed in Python. */
@@ -31,6 +37,9 @@ function batchOf(options: IterateOptions | undefined, fallback: number): number 
   return n;
 }
 
+type Batch = [unknown[], boolean];
+const ignore = (): void => {};
+
 /** A lazy async iterator over what module.fn(*args, **kwargs) returns in a context. */
 export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDisposable {
   private items: unknown[] = [];
@@ -39,7 +48,14 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
   private started = false;
   private tail: Promise<unknown> | undefined;
   private pending = 0;
-  private readonly batch: number;
+  private batch: number;
+  /** The batch size grows while JS waits for batches (no batch size was given). */
+  private readonly grow: boolean;
+  private readonly prefetch: boolean;
+  /** The next batch, asked for while JS consumes `items` (prefetch), with whether it had
+      arrived when JS needed it. */
+  private ahead: Promise<Batch> | undefined;
+  private arrived = false;
   private readonly held: { call: StreamCall; sid: number };
 
   constructor(
@@ -52,7 +68,10 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
   ) {
     if (typeof module !== "string" || typeof fn !== "string") throw new TypeError("iterate(module, fn, args, kwargs): module and fn must be strings");
     if (!Array.isArray(args)) throw new TypeError("iterate(module, fn, args, kwargs): args must be an array");
+    if (options?.prefetch !== undefined && typeof options.prefetch !== "boolean") throw new TypeError("iterate: options.prefetch must be a boolean");
     this.batch = batchOf(options, DEFAULT_BATCH);
+    this.grow = options?.batch === undefined;
+    this.prefetch = options?.prefetch !== false;
     this.held = { call, sid: 0 };
   }
 
@@ -82,11 +101,18 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
         throw e;
       },
     );
-    this.tail = run.then(
-      () => {},
-      () => {},
-    );
+    this.tail = run.then(ignore, ignore);
     return run;
+  }
+
+  /** Asks Python for the next batch now; JS picks it up when it reaches the end of `items`. */
+  private fetchAhead(): void {
+    this.arrived = false;
+    const p = this.call("bunpy._stream", "take", [this.held.sid, this.batch]) as Promise<Batch>;
+    p.then(() => {
+      this.arrived = true;
+    }, ignore); // an error waits for JS to reach it
+    this.ahead = p;
   }
 
   private async step(): Promise<IteratorResult<unknown>> {
@@ -114,6 +140,12 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
             }
             this.held.sid = sid;
           }
+        } else if (this.ahead !== undefined) {
+          const ahead = this.ahead;
+          // JS waited for this batch: bigger batches take fewer round trips
+          if (this.grow && !this.arrived && this.batch < MAX_BATCH) this.batch *= 2;
+          this.ahead = undefined;
+          [items, done] = await ahead;
         } else {
           [items, done] = await this.call("bunpy._stream", "take", [this.held.sid, this.batch]);
         }
@@ -124,6 +156,7 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
       this.items = items;
       this.pos = 0;
       if (done) this.finish();
+      else if (this.prefetch) this.fetchAhead();
     }
   }
 
@@ -141,6 +174,11 @@ export class PythonStream implements AsyncIterableIterator<unknown>, AsyncDispos
     this.pos = 0;
     if (!this.done) {
       this.finish();
+      // a batch asked for ahead is let go first: an async generator cannot be closed while
+      // it runs; an error it raised no longer matters
+      const ahead = this.ahead;
+      this.ahead = undefined;
+      if (ahead !== undefined) await ahead.then(ignore, ignore);
       if (sid !== 0) await this.call("bunpy._stream", "close", [sid]);
     }
     return { done: true, value };

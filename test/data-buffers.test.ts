@@ -207,6 +207,80 @@ describe("py.view: Python memory seen from JS", () => {
     expect(py.isReleased(s)).toBe(true);
   });
 
+  test("a view made while another view of the object is alive shares its memory; releasing one releases both", () => {
+    py.exec("import t_buffers\nt_buffers.shared_ba = bytearray(range(16))");
+    const v1 = py.view(t.shared_ba) as Uint8Array;
+    const n = live();
+    const v2 = py.view(t.shared_ba) as Uint8Array;
+    const s = py.view(t.shared_ba, { shaped: true }) as PyView;
+    const raw = py.view(t.shared_ba, { raw: true }) as PyView;
+    expect(live()).toBe(n); // no second Python buffer
+    expect(v2.buffer).toBe(v1.buffer); // one ArrayBuffer: its cost does not grow with the size
+    expect(s.data.buffer).toBe(v1.buffer);
+    v2[3] = 99;
+    expect([v1[3], s.data[3], raw.data[3]]).toEqual([99, 99, 99]);
+    expect(py.eval("__import__('t_buffers').shared_ba[3]")).toBe(99);
+    expect(py.release(v2)).toBe(true);
+    expect(live()).toBe(n - 1); // the object is let go at once
+    expect(v1.length).toBe(0);
+    expect(py.isReleased(v1)).toBe(true);
+    expect(py.isReleased(raw)).toBe(true);
+    expect(() => s.data).toThrow(BunpyError);
+    expect(py.release(v1)).toBe(false);
+    py.exec("t_buffers.shared_ba.extend(b'xy')"); // resizable again: no buffer is exported
+    const v3 = py.view(t.shared_ba) as Uint8Array; // a new view after the release
+    expect(v3.buffer).not.toBe(v1.buffer);
+    expect([v3.length, v3[3], v3[17]]).toEqual([18, 99, 121]);
+    py.release(v3);
+  });
+
+  test("two views of one object: dropping one keeps the other (and the object); dropping both lets it go", async () => {
+    const holder: { a?: Float64Array; b?: PyView } = {};
+    (() => {
+      const arr = py.eval("__import__('array').array('d', [4.0, 5.0, 6.0])");
+      t.track(arr);
+      holder.a = py.view(arr) as Float64Array;
+      holder.b = py.view(arr, { shaped: true }) as PyView;
+    })();
+    delete holder.a;
+    await collect();
+    py.eval("1");
+    expect(t.alive()).toBe(true);
+    expect(Array.from(holder.b!.data as Float64Array)).toEqual([4, 5, 6]);
+    delete holder.b;
+    let gone = false;
+    for (let i = 0; i < 50 && !gone; i++) {
+      await collect();
+      gone = !t.alive();
+    }
+    expect(gone).toBe(true);
+  });
+
+  test.skipIf(Number(py.version.split(".")[1]) < 12)("an object that exports other memory the next time gets a new view (Python 3.12+ __buffer__)", () => {
+    py.exec(`
+import t_buffers
+class Flip:
+    def __init__(self):
+        self.bufs = [bytearray(b"ab"), bytearray(b"xyz")]
+        self.i = 0
+    def __buffer__(self, flags):
+        b = self.bufs[self.i]
+        self.i ^= 1
+        return memoryview(b)
+    def __release_buffer__(self, view):
+        view.release()
+t_buffers.flip = Flip()
+`);
+    const a = py.view(t.flip) as Uint8Array;
+    const b = py.view(t.flip) as Uint8Array;
+    expect(b.buffer).not.toBe(a.buffer);
+    expect(new TextDecoder().decode(a)).toBe("ab");
+    expect(new TextDecoder().decode(b)).toBe("xyz");
+    const c = py.view(t.flip) as Uint8Array; // "ab" again, while a's ArrayBuffer is not the last one
+    expect(new TextDecoder().decode(c)).toBe("ab");
+    for (const v of [a, b, c]) py.release(v);
+  });
+
   test("10k view/release cycles and 10k dropped views leak nothing", async () => {
     py.exec("import t_buffers\nt_buffers.big = bytearray(1 << 20)");
     await collect();
@@ -376,6 +450,21 @@ describe("numpy", () => {
     py.exec("t_buffers.a[0, 3] = 33");
     expect(row(0)[0]).toBe(33);
     for (const v of [a, f, s]) v.release();
+  });
+
+  test.skipIf(npSkip !== undefined)("a view after an in-place reshape has the new shape; the one before keeps its own", () => {
+    py.exec("import numpy as np, t_buffers\nt_buffers.r = np.arange(6, dtype=np.float64)");
+    const flat = py.view(t.r) as Float64Array;
+    py.exec("t_buffers.r.shape = (2, 3)");
+    const m = py.view(t.r) as PyView;
+    expect(m.shape).toEqual([2, 3]);
+    expect(m.data[m.offset + 1 * m.strides[0]! + 2]).toBe(5);
+    expect(flat.length).toBe(6);
+    expect(flat[5]).toBe(5);
+    m.data[0] = -3;
+    expect(flat[0]).toBe(-3); // the same memory
+    py.release(flat);
+    m.release();
   });
 
   test.skipIf(npSkip !== undefined)("big-endian data is refused (or viewed raw); read-only arrays say so", () => {

@@ -95,9 +95,25 @@ for (const mode of contextModes) {
       expect(await ctx.call("bunpy._stream", "open_streams", [])).toBe(0);
     });
 
-    test("back-pressure: Python advances only one batch per pull", async () => {
+    test("back-pressure: Python runs at most one batch ahead of JS (the next batch is fetched while JS consumes one)", async () => {
       await ctx.exec("pulled = 0");
       const it = ctx.iterate("__main__", "gen", [1000], undefined, { batch: 10 });
+      expect((await it.next()).value).toBe(0);
+      // the batch in hand (0-9) and the one asked for ahead (10-19); the eval runs after it
+      expect(await ctx.eval("pulled")).toBe(20);
+      for (let i = 1; i < 10; i++) await it.next();
+      expect(await ctx.eval("pulled")).toBe(20);
+      expect((await it.next()).value).toBe(10); // the batch fetched ahead: 20-29 is asked for now
+      expect(await ctx.eval("pulled")).toBe(30);
+      for (let i = 11; i < 20; i++) expect((await it.next()).value).toBe(i);
+      expect(await ctx.eval("pulled")).toBe(30);
+      await it.return!();
+      expect(await ctx.call("bunpy._stream", "open_streams", [])).toBe(0);
+    });
+
+    test("{ prefetch: false }: Python advances only when JS pulls past the batch in hand", async () => {
+      await ctx.exec("pulled = 0");
+      const it = ctx.iterate("__main__", "gen", [1000], undefined, { batch: 10, prefetch: false });
       expect((await it.next()).value).toBe(0);
       expect(await ctx.eval("pulled")).toBe(10);
       for (let i = 1; i < 10; i++) await it.next();
@@ -105,6 +121,56 @@ for (const mode of contextModes) {
       await it.next();
       expect(await ctx.eval("pulled")).toBe(20);
       await it.return!();
+      const one = ctx.iterate("__main__", "gen", [5], undefined, { batch: 1, prefetch: false });
+      await ctx.exec("pulled = 0");
+      await one.next();
+      await one.next();
+      expect(await ctx.eval("pulled")).toBe(2); // exactly one item per pull
+      await one.return!();
+    });
+
+    test("without a batch size, batches grow (doubling, at most 16384) only from 1024; a given size stays", async () => {
+      await ctx.exec(`
+import bunpy._stream as _s
+sizes = []
+if not hasattr(_s, "_orig_take"):
+    _s._orig_take = _s.take
+    def _take(sid, n):
+        sizes.append(n)
+        return _s._orig_take(sid, n)
+    _s.take = _take
+`);
+      let n = 0;
+      for await (const x of ctx.iterate("__main__", "gen", [300_000])) n += x === n ? 1 : 0;
+      expect(n).toBe(300_000);
+      const sizes = (await ctx.eval("sizes")) as number[];
+      expect(sizes.length).toBeGreaterThan(0);
+      let last = 1024;
+      for (const k of sizes) {
+        expect(k === last || k === 2 * last).toBe(true);
+        expect(k).toBeLessThanOrEqual(16384);
+        last = k;
+      }
+      await ctx.exec("sizes.clear()");
+      for await (const x of ctx.iterate("__main__", "gen", [5000], undefined, { batch: 100 })) n += (x as number) >= 0 ? 1 : 0;
+      expect(new Set(await ctx.eval("sizes"))).toEqual(new Set([100]));
+      await ctx.exec("_s.take = _s._orig_take\ndel _s._orig_take");
+    });
+
+    test("an exception in a batch fetched ahead is thrown after the items before it; break before it leaves nothing open", async () => {
+      const got: unknown[] = [];
+      let error: unknown;
+      try {
+        for await (const x of ctx.iterate("__main__", "boom", [7], undefined, { batch: 3 })) got.push(x);
+      } catch (e) {
+        error = e;
+      }
+      expect(got).toEqual([0, 1, 2, 3, 4, 5, 6]);
+      expect((error as PythonError).type).toBe("ValueError");
+      // boom(3): the first batch is 0-2, the one asked for ahead raises at once; JS stops
+      // before reaching it, so the error is dropped with the stream
+      for await (const x of ctx.iterate("__main__", "boom", [3], undefined, { batch: 3 })) if (x === 0) break;
+      expect(await ctx.call("bunpy._stream", "open_streams", [])).toBe(0);
     });
 
     test("break closes the generator: its finally runs in Python", async () => {

@@ -5,7 +5,8 @@ Python -> JS: ``ctx.iterate(module, fn, ...)`` calls the function in the context
 ``begin``, which keeps its iterator (or async iterator) under an id; JS then
 pulls batches with ``take`` and ends early with ``close``. A batch ends at ``n`` items or
 once ~1 MiB of bytes/str items were gathered, so big chunks do not pile up. Python only
-advances while JS pulls (back-pressure, one batch ahead at most). An exception raised
+advances while JS pulls (back-pressure): JS asks for the next batch while it consumes one,
+so Python is one batch ahead at most. An exception raised
 after some items of a batch were gathered is kept and raised at the next pull, so JS
 receives every item produced before it, then the error.
 
