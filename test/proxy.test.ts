@@ -422,7 +422,7 @@ test("console.log and Bun.inspect show the Python repr", () => {
 
 describe("proxy identity table (issue 11)", () => {
   test("HandleTable agrees with a Map over random set/delete churn, through growth and shrinking", async () => {
-    const { HandleTable } = await import("../src/main-interpreter.ts");
+    const { HandleTable } = await import("../src/handle-table.ts");
     const t = new HandleTable<number>();
     const m = new Map<number, number>();
     let seed = 12345;
