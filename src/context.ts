@@ -10,7 +10,7 @@
 import { PythonStream, type IterateOptions } from "./stream.ts";
 import { BunpyError, CallTimeoutError, ContextClosedError, ContextDiedError, ConversionError, Status } from "./errors.ts";
 export { CallTimeoutError, ContextClosedError, ContextDiedError } from "./errors.ts";
-import { Kwargs, type KwargsObject, type WireHooks } from "./codec.ts";
+import { Kwargs, type KwargsObject, type WireHooks } from "./wire-format.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { stateOf } from "./proxy.ts";
 import { hubOf, readError, type ContextHub, type Pending } from "./hub.ts";

@@ -5,7 +5,8 @@
  * alive only while calls are in flight.
  */
 import { ContextClosedError, errorFromRecord, Status } from "./errors.ts";
-import type { Wire, WireHooks } from "./codec.ts";
+import type { Wire } from "./codec.ts";
+import type { WireHooks } from "./wire-format.ts";
 import { makeDoorbell, type JSCallback } from "./ffi.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Context } from "./context.ts";

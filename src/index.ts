@@ -7,7 +7,7 @@
  *   json.dumps({ a: 1 }, py.kw({ indent: 2 }));
  */
 import { isMainThread } from "node:worker_threads";
-import { Kwargs, type KwargsObject } from "./codec.ts";
+import { Kwargs, type KwargsObject } from "./wire-format.ts";
 import { MainInterpreter } from "./main-interpreter.ts";
 import { Op, stateOf, live, type PyObject } from "./proxy.ts";
 import { BunpyError, PythonClosedError } from "./errors.ts";
@@ -23,7 +23,7 @@ import { SharedStore } from "./shared.ts";
 import { BufferArg, isReleased, onRelease, openView, PyView, releaseView, type BufferOptions, type ViewData, type ViewOptions } from "./data.ts";
 
 export { BunpyError, BuildError, ContextDiedError, ConversionError, PythonClosedError, PythonError, PythonNotFoundError } from "./errors.ts";
-export { Kwargs, type KwargsObject } from "./codec.ts";
+export { Kwargs, type KwargsObject } from "./wire-format.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";
 export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.ts";

@@ -7,7 +7,8 @@
  */
 import { join } from "node:path";
 import { openShim, packageRoot } from "./build.ts";
-import { Kwargs, METHOD, Wire, type WireHooks } from "./codec.ts";
+import { Wire } from "./codec.ts";
+import { Kwargs, METHOD, type WireHooks } from "./wire-format.ts";
 import { findPython, type PythonInfo } from "./discover.ts";
 import { HandleTable } from "./handle-table.ts";
 import {

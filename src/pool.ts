@@ -7,7 +7,7 @@
  */
 import { PythonStream, type IterateOptions } from "./stream.ts";
 import { BunpyError } from "./errors.ts";
-import type { KwargsObject } from "./codec.ts";
+import type { KwargsObject } from "./wire-format.ts";
 import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";

@@ -16,7 +16,7 @@
  * prototype instead (functionProxy): faster to call, but `delete f.attr` stays in JS.
  */
 import { BunpyError } from "./errors.ts";
-import type { Kwargs } from "./codec.ts";
+import type { Kwargs } from "./wire-format.ts";
 
 /** A Python object seen from JS. Attribute access and calls reach Python. */
 export interface PyObject {
