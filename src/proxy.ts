@@ -121,6 +121,12 @@ function symbolMember(st: ProxyState, key: symbol): unknown {
   }
 }
 
+/** What `new proxy(...)` gives: the call's result, which JS requires to be an object. */
+function constructed(v: unknown): object {
+  if ((typeof v === "object" && v !== null) || typeof v === "function") return v as object;
+  throw new BunpyError(`new: the Python call returned ${typeof v}, not an object; call it without new`);
+}
+
 const handler: ProxyHandler<Target> = {
   get(t, key) {
     const st = t[STATE];
@@ -146,9 +152,7 @@ const handler: ProxyHandler<Target> = {
   // no `apply` trap: calling the proxy calls its target function (makeProxy), which
   // JavaScriptCore does faster than through a trap that builds the argument array
   construct(t, args) {
-    const v = t[STATE].owner.call(live(t[STATE]), args);
-    if ((typeof v === "object" && v !== null) || typeof v === "function") return v as object;
-    throw new BunpyError(`new: the Python call returned ${typeof v}, not an object; call it without new`);
+    return constructed(t[STATE].owner.call(live(t[STATE]), args));
   },
 };
 
@@ -185,8 +189,7 @@ export function functionProxy(owner: ProxyOwner, handle: number): PyObject {
   const f = function PyObject(this: unknown, ...args: unknown[]) {
     if (st.disposed) live(st);
     const v = owner.call(st, args);
-    if (new.target === undefined || (typeof v === "object" && v !== null) || typeof v === "function") return v;
-    throw new BunpyError(`new: the Python call returned ${typeof v}, not an object; call it without new`);
+    return new.target === undefined ? v : constructed(v);
   } as unknown as Target & { [inspectCustom]?: unknown };
   // `name` and `length` would hide Python attributes of the same names
   delete (f as { name?: string }).name;
