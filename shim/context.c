@@ -327,6 +327,20 @@ static void finish_close(bp_context *c, int abandoned) {
     bp_request_complete(c->close_req, BP_OK, (const uint8_t[]){abandoned ? BP_T_TRUE : BP_T_NONE}, 1);
 }
 
+/* Called by the context thread once its state is past CTX_CLOSING, before it completes the
+   close: waits for close's watchdog to stop and drops the reference it left, so the last
+   reference (and with it the context's fds) goes when JS frees the context, not whenever
+   the watchdog thread next runs — close() resolves with the fds already closed. */
+static void wait_for_watchdog(bp_context *c) {
+    pthread_mutex_lock(&c->life_lock);
+    pthread_cond_broadcast(&c->life_cond);
+    while (c->watchdog == 1) pthread_cond_wait(&c->life_cond, &c->life_lock);
+    int left_ref = c->watchdog == 2;
+    c->watchdog = 0;
+    pthread_mutex_unlock(&c->life_lock);
+    if (left_ref) bp_ctx_unref(c); /* never the last: this thread holds one */
+}
+
 static void reject_all(bp_context *c, bp_node *list, const char *why) {
     while (list) {
         bp_request *req = (bp_request *)list;
@@ -393,6 +407,7 @@ static void on_thread_killed(void *arg) {
     c->batch = NULL;
     seal(c, CTX_DEAD, "the context's thread ended unexpectedly");
     release_live(c);
+    wait_for_watchdog(c);
     if (c->deferred_close || c->close_req) finish_close(c, 0); /* it is over */
     bp_ctx_unref(c);
 }
@@ -405,6 +420,7 @@ static void *context_main(void *arg) {
     if (!ts) {
         seal(c, CTX_DEAD, "the context failed to start");
         release_live(c);
+        wait_for_watchdog(c);
         bp_ctx_unref(c);
         return NULL;
     }
@@ -424,6 +440,7 @@ static void *context_main(void *arg) {
     c->batch = NULL;
     seal(c, CTX_CLOSED, "the context was closed");
     release_live(c);
+    wait_for_watchdog(c);
     finish_close(c, 0);
     bp_ctx_unref(c);
     return NULL;
@@ -494,6 +511,7 @@ static void *watchdog_main(void *arg) {
         int64_t now = bp_now_ns();
         if (now >= give_up) {
             atomic_store(&c->abandoned, 1);
+            c->watchdog = 0; /* it drops its own reference below */
             pthread_mutex_unlock(&c->life_lock);
             extern atomic_int bp_finalize_unsafe;
             atomic_store(&bp_finalize_unsafe, 1); /* its interpreter can never be ended */
@@ -516,8 +534,9 @@ static void *watchdog_main(void *arg) {
         struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
         pthread_cond_timedwait(&c->life_cond, &c->life_lock, &ts);
     }
+    c->watchdog = 2; /* the context thread drops its reference (wait_for_watchdog) */
+    pthread_cond_broadcast(&c->life_cond);
     pthread_mutex_unlock(&c->life_lock);
-    bp_ctx_unref(c);
     return NULL;
 }
 
@@ -538,11 +557,19 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id, uint32_t grace_ms) {
     if (c->mode == BP_CTX_PROCESS) return BP_OK; /* the relay bounds the close itself */
     bp_ctx_alert(c); /* a bunpy.sleep in progress ends */
     bp_ctx_ref(c);
+    pthread_mutex_lock(&c->life_lock);
+    c->watchdog = 1;
+    pthread_mutex_unlock(&c->life_lock);
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, watchdog_main, c) != 0) bp_ctx_unref(c); /* no bound then */
+    if (pthread_create(&t, &attr, watchdog_main, c) != 0) { /* no bound then */
+        pthread_mutex_lock(&c->life_lock);
+        c->watchdog = 0;
+        pthread_mutex_unlock(&c->life_lock);
+        bp_ctx_unref(c);
+    }
     pthread_attr_destroy(&attr);
     return BP_OK;
 }

@@ -82,6 +82,8 @@ struct bp_context {
     pthread_mutex_t life_lock;    /* guards `interrupters` against the interpreter's end */
     pthread_cond_t life_cond;
     int interrupters;
+    int watchdog;             /* life_lock: 1 while close's watchdog runs, 2 once it stopped
+                                 and left its reference for the context thread to drop   */
     bp_request *current;      /* changed only with this context's GIL held              */
     bp_io scratch;            /* the writer's buffer on this thread                      */
     atomic_ullong completed;
