@@ -99,6 +99,12 @@ const members = new Map<string, (st: ProxyState) => unknown>([
   ["then", () => undefined], // a proxy is not a thenable: `await proxy` gives the proxy
 ]);
 
+const functionMembers = new Map<string, unknown>([
+  ["call", Function.prototype.call],
+  ["apply", Function.prototype.apply],
+  ["bind", Function.prototype.bind],
+]);
+
 function symbolMember(st: ProxyState, key: symbol): unknown {
   switch (key) {
     case STATE:
@@ -133,7 +139,10 @@ const handler: ProxyHandler<Target> = {
     if (typeof key === "symbol") return symbolMember(st, key);
     const member = members.get(key);
     if (member !== undefined) return member(st);
-    return st.owner.getattr(live(st), key);
+    const v = st.owner.getattr(live(st), key);
+    // JS code given a Python callable may use fn.call / fn.apply / fn.bind: when Python
+    // has no attribute of that name, they are Function.prototype's (which call the proxy)
+    return v === undefined && functionMembers.has(key) ? functionMembers.get(key) : v;
   },
   set(t, key, value) {
     if (typeof key === "symbol") return false;

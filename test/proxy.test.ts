@@ -169,6 +169,23 @@ describe("calls", () => {
     expect(Object.keys(od.toJS())).toEqual(["b", "a"]);
   });
 
+  test("fn.call, fn.apply and fn.bind work on Python callables (JS code given one uses them), unless Python has such an attribute", () => {
+    const add = py.eval("lambda a, b=10: a + b") as PyObject; // a function proxy
+    const Point = mod["Point"]; // a class: a Proxy
+    expect(add.call(null, 1, 2)).toBe(3);
+    expect(add.apply(undefined, [5])).toBe(15);
+    expect(add.bind(null, 7)(1)).toBe(8);
+    expect(py.repr(Point.apply(null, [1, 2]))).toBe("Point(1, 2)");
+    expect(py.repr(Point.call(null, 3, 4))).toBe("Point(3, 4)");
+    const plus100 = add.bind(null, 100) as (x: number) => number;
+    expect([1, 2].map((x) => plus100(x))).toEqual([101, 102]);
+    // a Python attribute of that name wins
+    const ns = py.eval("__import__('types').SimpleNamespace(call=5, bind='b')") as PyObject;
+    expect(ns["call"] as unknown).toBe(5);
+    expect(ns["bind"] as unknown).toBe("b");
+    expect(typeof ns.apply).toBe("function");
+  });
+
   test("Python exceptions from calls are PythonErrors", () => {
     const p = new mod["Point"](1);
     expect(() => p.moved()).toThrow(PythonError);
