@@ -51,6 +51,10 @@ function hashKey(key: string | number): number {
   return h >>> 0;
 }
 
+/** More contexts than this is never faster, and a typo such as 1e6 must not start a million
+    interpreters. */
+const MAX_POOL_SIZE = 1024;
+
 export class Pool {
   /** The pool's contexts; a dead one is replaced in place. */
   readonly contexts: Context[];
@@ -102,6 +106,8 @@ export class Pool {
   static async start(rt: MainInterpreter, options: PoolOptions = {}): Promise<Pool> {
     const size = options.size ?? navigator.hardwareConcurrency ?? 1;
     if (!Number.isInteger(size) || size < 1) throw new TypeError(`py.pool({ size }): size must be a positive integer, got ${size}`);
+    if (size > MAX_POOL_SIZE)
+      throw new RangeError(`py.pool({ size }): size must be at most ${MAX_POOL_SIZE} (each context is an interpreter with its own thread), got ${size}`);
     const started = await Promise.allSettled(Array.from({ length: size }, () => Context.start(rt, { mode: options.mode, sandbox: options.sandbox })));
     const contexts = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const failed = started.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;

@@ -1,6 +1,7 @@
 // Contexts: Python on its own thread with its own interpreter (owngil) or as a thread of
 // the main interpreter (worker), and pools that route calls between them.
 import { describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { BunpyError, CallTimeoutError, ContextClosedError, PyRef, PythonError, py, type Context } from "../src/index.ts";
 import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
@@ -144,6 +145,15 @@ describe("modes", () => {
 
   test("an unknown mode is a TypeError", async () => {
     await expect(py.context({ mode: "threads" as never })).rejects.toThrow(TypeError);
+  });
+
+  test("a pool size that is not a positive integer is a TypeError; one above 1024 a RangeError, before anything starts", async () => {
+    for (const size of [0, -1, 1.5, NaN]) await expect(py.pool({ size })).rejects.toThrow(TypeError);
+    const threads = () => readdirSync("/proc/self/task").length;
+    const before = threads();
+    await expect(py.pool({ size: 1e6 })).rejects.toThrow(/at most 1024/);
+    await expect(py.pool({ size: 1025 })).rejects.toThrow(RangeError);
+    expect(threads()).toBe(before);
   });
 });
 
