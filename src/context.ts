@@ -76,6 +76,19 @@ export interface CallOptions {
   signal?: AbortSignal | undefined;
 }
 
+/** setTimeout's longest delay: a longer one fires at once */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+function checkCallOptions(options: CallOptions): void {
+  if (typeof options !== "object" || options === null)
+    throw new TypeError(`call options must be an object ({ timeout?, signal? }), got ${options === null ? "null" : typeof options}`);
+  const { timeout, signal } = options;
+  if (timeout !== undefined && !(typeof timeout === "number" && timeout >= 0 && timeout <= MAX_TIMEOUT_MS))
+    throw new TypeError(`call options: timeout must be a number of ms from 0 to ${MAX_TIMEOUT_MS}, got ${String(timeout)}`);
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw new TypeError("call options: signal must be an AbortSignal");
+}
+
 const enum Req {
   Call = 1,
   Eval = 2,
@@ -374,6 +387,7 @@ export class Context {
     if (wire.writing !== 0) return wire.nested(() => this.request(op, options, a, b, c, d));
     let len: number;
     try {
+      if (options !== undefined) checkCallOptions(options);
       if (options?.signal?.aborted) throw options.signal.reason ?? new BunpyError("aborted");
       len = this.encode(op, a, b, c, d);
     } catch (e) {

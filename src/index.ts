@@ -58,6 +58,15 @@ function rt(): MainInterpreter {
 
 /** rt(), refusing a closed interpreter: for entry points that do not go through a shim call
     (which would report the closed state itself). py.version stays readable after close. */
+/** An options argument: undefined or a plain object (a string, number, array or function
+    there is a mistake that would otherwise be read as "no options"). */
+function optionsObject<T>(options: T | undefined, call: string): T | undefined {
+  if (options === undefined) return undefined;
+  if (typeof options !== "object" || options === null || Array.isArray(options))
+    throw new TypeError(`${call}: options must be an object, got ${options === null ? "null" : Array.isArray(options) ? "an array" : typeof options}`);
+  return options;
+}
+
 function running(): MainInterpreter {
   const m = rt();
   if (m.isClosed) throw new PythonClosedError(CLOSED_MESSAGE);
@@ -135,20 +144,20 @@ export const py = {
   /** Starts a context: Python on its own thread, with its own interpreter and GIL
       (mode "owngil", the default on 3.12+) or as a thread of the main interpreter ("worker"). */
   async context(options?: ContextOptions): Promise<Context> {
-    return Context.start(running(), options);
+    return Context.start(running(), optionsObject(options, "py.context(options)"));
   },
   /** Starts a pool of contexts (size defaults to the number of cores) with keyed routing. */
   async pool(options?: PoolOptions): Promise<Pool> {
-    return Pool.start(running(), options);
+    return Pool.start(running(), optionsObject(options, "py.pool(options)"));
   },
   /** Loads an ASGI app ("module:app") into a pool of contexts: `Bun.serve({ fetch: app.fetch })`
       (see docs/serving.md). */
   async asgi(target: string, options?: AsgiOptions): Promise<AsgiApp> {
-    return startAsgi(running(), target, options);
+    return startAsgi(running(), target, optionsObject(options, "py.asgi(target, options)"));
   },
   /** Loads a WSGI app ("module:application") into a pool of contexts (see docs/serving.md). */
   async wsgi(target: string, options?: WsgiOptions): Promise<ServedApp> {
-    return startWsgi(running(), target, options);
+    return startWsgi(running(), target, optionsObject(options, "py.wsgi(target, options)"));
   },
   /** Loads an app (ASGI or WSGI, detected) and serves it with Bun.serve (see docs/serving.md). */
   async serve(options: ServeOptions): Promise<ServedServer> {

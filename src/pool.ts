@@ -121,6 +121,8 @@ export class Pool {
   /** The context a call with these options goes to. */
   pick(options: PoolCallOptions = {}): Context {
     if (this.closed) throw new BunpyError("the pool is closed");
+    if (typeof options !== "object" || options === null)
+      throw new TypeError(`pool call options must be an object ({ key?, context?, timeout?, signal? }), got ${options === null ? "null" : typeof options}`);
     if (options.context !== undefined) {
       if (!this.contexts.includes(options.context)) throw new BunpyError("that context does not belong to this pool");
       return options.context;

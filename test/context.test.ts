@@ -147,6 +147,22 @@ describe("modes", () => {
     await expect(py.context({ mode: "threads" as never })).rejects.toThrow(TypeError);
   });
 
+  test("options that are not objects, bad call timeouts and signals are TypeErrors naming the option", async () => {
+    for (const bad of [null, 5, "x", []]) {
+      await expect(py.context(bad as never)).rejects.toThrow(/py.context\(options\): options must be an object/);
+      await expect(py.pool(bad as never)).rejects.toThrow(/py.pool\(options\): options must be an object/);
+    }
+    const ctx = await context("worker");
+    for (const bad of [null, 5, "x"]) await expect(ctx.call("builtins", "len", [[1]], undefined, bad as never)).rejects.toThrow(/call options must be an object/);
+    for (const timeout of [-1, NaN, "10", 2 ** 31]) await expect(ctx.eval("1", { timeout } as never)).rejects.toThrow(/timeout must be a number of ms/);
+    await expect(ctx.eval("1", { signal: {} } as never)).rejects.toThrow(/signal must be an AbortSignal/);
+    expect(await ctx.eval("1 + 1", { timeout: 0x7fffffff })).toBe(2);
+    const pool = await py.pool({ size: 1, mode: "worker" });
+    await expect(pool.call("builtins", "len", [[1]], undefined, null as never)).rejects.toThrow(/pool call options must be an object/);
+    expect(await pool.call("builtins", "len", [[1, 2]], undefined, { key: "k", timeout: 1000 })).toBe(2);
+    await pool.close();
+  });
+
   test("a pool size that is not a positive integer is a TypeError; one above 1024 a RangeError, before anything starts", async () => {
     for (const size of [0, -1, 1.5, NaN]) await expect(py.pool({ size })).rejects.toThrow(TypeError);
     const threads = () => readdirSync("/proc/self/task").length;
