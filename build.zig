@@ -16,7 +16,8 @@ const new_api = builtin.zig_version.order(std.SemanticVersion.parse("0.12.0") ca
 const sources = [_][]const u8{
     "shim/runtime.c",
     "shim/io.c",
-    "shim/codec.c",
+    "shim/decode.c",
+    "shim/encode.c",
     "shim/errors.c",
     "shim/ops.c",
     "shim/module.c",

@@ -65,7 +65,7 @@ enum {
     BP_NAME_JS_STACK_SOURCE, BP_NAME_COUNT
 };
 
-/* The decoder's memo of short ASCII strings, per interpreter (codec.c read_ascii). */
+/* The decoder's memo of short ASCII strings, per interpreter (decode.c read_ascii). */
 #define BP_STR_MEMO 512
 #define BP_STR_MEMO_MAX 24
 
@@ -79,7 +79,7 @@ typedef struct bp_interp {
     struct bp_context *ctx;      /* the owngil context running this interpreter, else NULL  */
     struct bp_policy *left_policy; /* its context's policy, kept for the threads still running
                                       in an interpreter left behind at close (never freed)  */
-    PyObject *str_memo[BP_STR_MEMO]; /* short ASCII strs decoded lately (codec.c read_ascii) */
+    PyObject *str_memo[BP_STR_MEMO]; /* short ASCII strs decoded lately (decode.c read_ascii) */
 } bp_interp;
 
 PyObject *bp_reactor_type_new(PyObject *module); /* _bunpy.Reactor (reactor.c)            */
@@ -141,7 +141,7 @@ void bp_memcap_forget(PyInterpreterState *interp); /* it ended (bp_create_lock h
 long long bp_memcap_used(void);                /* its bytes counted, or -1                  */
 extern atomic_int bp_owngil_interps;           /* owngil interpreters that exist (context.c) */
 
-/* ---- codec (codec.c) ----------------------------------------------------------------- */
+/* ---- codec (decode.c, encode.c) ------------------------------------------------------- */
 typedef struct bp_reader {
     const uint8_t *buf;
     uint32_t pos, end;
