@@ -8,11 +8,20 @@ import { py } from "../src/index.ts";
 import { runWithRatios } from "./ratio.ts";
 
 py.exec(`
+from bunpy import JSError
 def boom():
     raise ValueError("bad")
 def raise_except():
     try:
         raise ValueError("x")
+    except Exception:
+        return 1
+def raise_jserror():
+    # what a JS error thrown into Python builds: the exception with its three attributes
+    try:
+        e = JSError("Error: prebuilt")
+        e.js_name, e.js_message, e._js_stack = "Error", "prebuilt", ""
+        raise e
     except Exception:
         return 1
 def guarded(cb):
@@ -25,6 +34,10 @@ def guarded(cb):
 const boom = py.eval("boom");
 const raiseExcept = py.eval("raise_except");
 const guarded = py.eval("guarded");
+const raiseJsError = py.eval("raise_jserror");
+function jsThrow(): never {
+  throw prebuilt;
+}
 const prebuilt = new Error("prebuilt");
 
 const BASELINE = "baseline: Python raise/except, one call from JS";
@@ -52,6 +65,16 @@ summary(() => {
     }
   });
   bench("reference: JS callback returning, from Python", () => do_not_optimize(guarded(() => 1)));
+  // the floor of the two throws below: the returning callback (one crossing each way), plus
+  // these two, each measured alone
+  bench("reference: Python builds and raises a JSError itself, one call from JS", () => do_not_optimize(raiseJsError()));
+  bench("reference: JS throw/catch of a prebuilt Error, no Python", () => {
+    try {
+      jsThrow();
+    } catch (e) {
+      do_not_optimize(e);
+    }
+  });
   bench("JS throws a prebuilt Error into Python", () =>
     do_not_optimize(
       guarded(() => {
