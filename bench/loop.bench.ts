@@ -4,8 +4,10 @@
  * over loopback with asyncio streams. Then Protocol echo round trips (64 B, 4 KB, 256 KB
  * over 4 connections) and connections/s on bunpy's loop with its C transports, on bunpy's
  * loop with asyncio's Python transports (level-triggered: the switch), on the stock loop,
- * and on uvloop where this Python has it (3.11 here, from the pip index). Then the cost of
- * a coroutine call into a context next to a plain call.
+ * and on uvloop where this Python has it (3.11 here, from the pip index), next to the same
+ * echo in C with no loop at all (_bunpy.echo_floor: the floor); the echo again in fresh
+ * processes with and without glibc's malloc thresholds set. Then the cost of a coroutine
+ * call into a context next to a plain call.
  *
  * Each benchmark iteration is one py.call that runs a batch on a loop made once per kind.
  */
@@ -13,6 +15,11 @@ import { bench, do_not_optimize, run, summary } from "mitata";
 import { py } from "../src/index.ts";
 import { packageVenv } from "../test/fixtures/venv.ts";
 import { runOptions } from "./ratio.ts";
+
+// MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ for the echo runs "with malloc set": glibc
+// then keeps 256 KB buffers on its heap instead of a fresh mmap/munmap per large recv
+const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: String(4 << 20), MALLOC_TRIM_THRESHOLD_: String(64 << 20) };
+const FLOOR = "C only, no loop (floor)";
 
 const UVICORN_APP = `
 async def app(scope, receive, send):
@@ -36,13 +43,25 @@ async def serve():
   await new Promise(() => {});
 }
 
+// --echo <rows json>: the Protocol echo only (stock, bunpy C transports, the C floor), as JSON
+// on stdout; run with and without MALLOC_ENV by the main process
+if (process.argv[2] === "--echo") {
+  const rowsArg = process.argv[3]!;
+  py.exec(`${PECHO_SOURCE()}
+import bunpy, json
+ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(), ${JSON.stringify(FLOOR)}: None}
+print(json.dumps(rates(json.loads(${JSON.stringify(rowsArg)}))))`);
+  process.exit(0);
+}
+
 // uvloop cannot run inside Bun: Bun exports libuv's symbols as stubs for N-API, and they
 // shadow uvloop's own libuv (uv_replace_allocator panics). So uvloop runs in a plain
 // python process, next to the stock loop as that process's baseline (see the end).
 const uvloopVenv = Number(py.version.split(".")[1]) === 11 ? packageVenv("loop", ["uvicorn", "httptools", "uvloop"]) : null;
 
 // Protocol echo and connect + close batches (also run by a plain python for uvloop)
-const PECHO = String.raw`
+function PECHO_SOURCE(): string {
+  return String.raw`
 import asyncio
 # -- Protocol echo and connections/s, with uvloop where it is installed ------------------
 
@@ -86,6 +105,9 @@ async def _pecho_run(clients, msg, n):
 
 def pecho_batch(kind, size, n):
     loop = ploops[kind]
+    if loop is None:  # the floor: the same echo in C only, no loop (shim/echofloor.c)
+        import _bunpy
+        return _bunpy.echo_floor(size, 4, n)
     if kind not in pecho:
         pecho[kind] = loop.run_until_complete(_pecho_setup(4))
     loop.run_until_complete(_pecho_run(pecho[kind][2], b"x" * size, n))
@@ -112,12 +134,14 @@ def rates(rows, reps=15):
         times = {kind: [] for kind in ploops}
         for _ in range(reps):
             for kind in ploops:
+                if ploops[kind] is None and not r["size"]:
+                    continue  # the floor is for echo only
                 t0 = time.perf_counter()
-                pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
-                times[kind].append(time.perf_counter() - t0)
+                took = pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
+                times[kind].append(took if isinstance(took, float) else time.perf_counter() - t0)
         for kind in ploops:
             ts = sorted(times[kind])
-            out[kind].append(r["per"] / ts[len(ts) // 2])
+            out[kind].append(r["per"] / ts[len(ts) // 2] if ts else None)
     return out
 
 def connect_batch(kind, n):
@@ -126,6 +150,8 @@ def connect_batch(kind, n):
         pecho[kind] = loop.run_until_complete(_pecho_setup(4))
     loop.run_until_complete(_connect_close(pecho[kind][1], n))
 `;
+}
+const PECHO = PECHO_SOURCE();
 
 py.exec(`
 import asyncio, time
@@ -185,6 +211,7 @@ ${PECHO}
 ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(),
           "bunpy (Python transports)": bunpy.new_event_loop()}
 ploops["bunpy (Python transports)"]._bunpy_c_transports = False
+ploops[${JSON.stringify(FLOOR)}] = None
 `);
 
 const KINDS = ["stock asyncio", "bunpy"] as const;
@@ -242,34 +269,49 @@ for (const row of rows) {
 // Protocol echo and connect + close: timed inside Python (median of 15 batches per kind,
 // the kinds interleaved), here and in a plain python process for uvloop, so the two
 // processes are measured the same way; each process's stock loop is its baseline.
-const here = py.call("__main__", "rates", [prows]) as Record<string, number[]>;
+const here = py.call("__main__", "rates", [prows]) as Record<string, (number | null)[]>;
 console.log(`\nProtocol echo over 4 connections, and connect + close (per second, median of 15 batches; × the stock loop of the same process):`);
 const fmt = (v: number, base: number) => `${Math.round(v).toLocaleString("en-US")} (${(v / base).toFixed(2)}×)`;
-prows.forEach((row, i) => {
-  const stock = here["stock asyncio"]![i]!;
-  const cells = PKINDS.map((k) => `${k} ${fmt(here[k]![i]!, stock)}`);
-  console.log(`  ${row.what.padEnd(24)} ${row.unit}: ${cells.join("  ")}`);
-});
+const fmtRow = (out: Record<string, (number | null)[]>, kinds: string[], i: number) => {
+  const stock = out["stock asyncio"]![i]!;
+  return kinds.filter((k) => out[k]![i] != null).map((k) => `${k} ${fmt(out[k]![i]!, stock)}`).join("  ");
+};
+prows.forEach((row, i) => console.log(`  ${row.what.padEnd(24)} ${row.unit}: ${fmtRow(here, PKINDS, i)}`));
+// the echo rows again in fresh processes, with glibc's malloc left alone and with MALLOC_ENV
+// set (the same for every kind in the process)
+const echoRows = prows.filter((r) => r.size);
+for (const [label, env] of [["default malloc", {}], [`with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(" ")}`, MALLOC_ENV]] as const) {
+  const r = Bun.spawnSync([process.execPath, import.meta.path, "--echo", JSON.stringify(echoRows)], { env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe" });
+  try {
+    const out = JSON.parse(r.stdout.toString().trim().split("\n").pop()!) as Record<string, (number | null)[]>;
+    console.log(`Protocol echo in a fresh process, ${label}:`);
+    echoRows.forEach((row, i) => console.log(`  ${row.what.padEnd(24)} ${fmtRow(out, Object.keys(out), i)}`));
+  } catch {
+    console.log(`  echo run (${label}) failed: ${r.stderr.toString().trim().split("\n").slice(-2).join(" | ")}`);
+  }
+}
 if (uvloopVenv && "site" in uvloopVenv) {
   const code = `${PECHO}
 import json, uvloop
 ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}
 print(json.dumps(rates(${JSON.stringify(prows)})))
 `;
-  const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
-  try {
-    const out = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
-    console.log(`uvloop, in a plain python process (measured the same way):`);
-    prows.forEach((row, i) => {
-      const stock = out["stock asyncio"]![i]!, uv = out["uvloop"]![i]!;
-      const ours = here["bunpy (C transports)"]![i]!, oursStock = here["stock asyncio"]![i]!;
-      console.log(
-        `  ${row.what.padEnd(24)} stock ${Math.round(stock).toLocaleString("en-US")}  uvloop ${fmt(uv, stock)}` +
-          ` — bunpy (C transports) ÷ uvloop: ${(ours / uv).toFixed(2)}× absolute, ${((ours / oursStock) / (uv / stock)).toFixed(2)}× as ratios to each stock`,
-      );
-    });
-  } catch {
-    console.log(`  uvloop run failed: ${r.stderr.toString().trim().split("\n").slice(-2).join(" | ")}`);
+  for (const [label, env] of [["", {}], [" (with MALLOC_ENV)", MALLOC_ENV]] as const) {
+    const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, ...env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
+    try {
+      const out = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
+      console.log(`uvloop, in a plain python process (measured the same way)${label}:`);
+      prows.forEach((row, i) => {
+        const stock = out["stock asyncio"]![i]!, uv = out["uvloop"]![i]!;
+        const ours = here["bunpy (C transports)"]![i]!, oursStock = here["stock asyncio"]![i]!;
+        console.log(
+          `  ${row.what.padEnd(24)} stock ${Math.round(stock).toLocaleString("en-US")}  uvloop ${fmt(uv, stock)}` +
+            ` — bunpy (C transports) ÷ uvloop: ${(ours / uv).toFixed(2)}× absolute, ${((ours / oursStock) / (uv / stock)).toFixed(2)}× as ratios to each stock`,
+        );
+      });
+    } catch {
+      console.log(`  uvloop run failed: ${r.stderr.toString().trim().split("\n").slice(-2).join(" | ")}`);
+    }
   }
 } else {
   console.log(`  uvloop: not on this Python (${uvloopVenv && "skip" in uvloopVenv ? uvloopVenv.skip.slice(0, 80) : "its wheels are for 3.11 here"})`);
@@ -288,6 +330,8 @@ await ctx.close();
 for (const kind of KINDS) py.exec(`loops[${JSON.stringify(kind)}].close()`);
 py.exec(`
 for kind, loop in ploops.items():
+    if loop is None:
+        continue
     if kind in pecho:
         srv, _, clients = pecho[kind]
         for c in clients:
@@ -305,28 +349,44 @@ if (uvloopVenv && "site" in uvloopVenv && have("wrk") && have("taskset")) {
   const site = uvloopVenv.site;
   const appFile = `${site}/bunpy_bench_hello.py`;
   await Bun.write(appFile, UVICORN_APP);
-  const wrk = (port: number) => {
-    const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", "-c64", "-d5s", `http://127.0.0.1:${port}/`], { stdout: "pipe" });
+  const wrk = (port: number, seconds: number) => {
+    const r = Bun.spawnSync(["taskset", "-c", "1", "wrk", "-t1", "-c64", `-d${seconds}s`, `http://127.0.0.1:${port}/`], { stdout: "pipe" });
     const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout.toString());
     return m ? Number(m[1]) : NaN;
   };
-  const serveWith = async (cmd: string[], env: Record<string, string>, port: number) => {
+  const start = async (cmd: string[], env: Record<string, string>, port: number) => {
     const proc = Bun.spawn(["taskset", "-c", "0", ...cmd], { env: { ...process.env, ...env }, stdout: "ignore", stderr: "ignore" });
     for (let i = 0; i < 200; i++) {
       if (await fetch(`http://127.0.0.1:${port}/`).then((r) => r.ok, () => false)) break;
       await Bun.sleep(50);
     }
-    wrk(port); // warm-up
-    const rate = wrk(port);
-    proc.kill("SIGTERM");
-    await proc.exited;
-    return rate;
+    wrk(port, 2); // warm-up
+    return proc;
   };
   const base = 18000 + (process.pid % 1000);
   const uvicornArgs = (loop: string, port: number) => [py.executable, "-m", "uvicorn", "bunpy_bench_hello:app", "--port", String(port), "--loop", loop, "--http", "httptools", "--no-access-log", "--log-level", "error", "--lifespan", "off"];
-  const uv = await serveWith(uvicornArgs("uvloop", base), { PYTHONPATH: site }, base);
-  const stock = await serveWith(uvicornArgs("asyncio", base + 1), { PYTHONPATH: site }, base + 1);
-  const ours = await serveWith([process.execPath, import.meta.path, "--uvicorn", String(base + 2), site], {}, base + 2);
-  console.log(`\nuvicorn + httptools hello world, server on core 0, wrk -t1 -c64 -d5s on core 1 (requests/s):`);
-  console.log(`  uvloop ${Math.round(uv).toLocaleString("en-US")}  asyncio ${Math.round(stock).toLocaleString("en-US")}  bunpy's loop in a worker context ${Math.round(ours).toLocaleString("en-US")} (${(ours / uv).toFixed(2)}× uvloop, ${(ours / stock).toFixed(2)}× asyncio)`);
+  // the three servers run side by side (idle ones sleep), and wrk visits them in turn, three
+  // rounds: the best of three each, so a busy moment of the machine hits them alike
+  const servers = [
+    { name: "uvloop", port: base, proc: await start(uvicornArgs("uvloop", base), { PYTHONPATH: site }, base), best: 0 },
+    { name: "asyncio", port: base + 1, proc: await start(uvicornArgs("asyncio", base + 1), { PYTHONPATH: site }, base + 1), best: 0 },
+    { name: "bunpy", port: base + 2, proc: await start([process.execPath, import.meta.path, "--uvicorn", String(base + 2), site], {}, base + 2), best: 0 },
+  ];
+  const rounds: string[] = [];
+  for (let round = 0; round < 3; round++) {
+    const got = servers.map((s) => {
+      const rate = wrk(s.port, 4);
+      if (rate > s.best) s.best = rate;
+      return `${s.name} ${Math.round(rate).toLocaleString("en-US")}`;
+    });
+    rounds.push(got.join(", "));
+  }
+  for (const s of servers) {
+    s.proc.kill("SIGTERM");
+    await s.proc.exited;
+  }
+  const [uv, stock, ours] = servers.map((s) => s.best) as [number, number, number];
+  console.log(`\nuvicorn + httptools hello world, servers on core 0, wrk -t1 -c64 -d4s on core 1, 3 rounds in turn (requests/s):`);
+  for (const r of rounds) console.log(`  round: ${r}`);
+  console.log(`  best of 3: uvloop ${Math.round(uv).toLocaleString("en-US")}  asyncio ${Math.round(stock).toLocaleString("en-US")}  bunpy's loop in a worker context ${Math.round(ours).toLocaleString("en-US")} (${(ours / uv).toFixed(2)}× uvloop, ${(ours / stock).toFixed(2)}× asyncio)`);
 }

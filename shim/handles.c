@@ -1,7 +1,7 @@
 /*
- * handles.c — running asyncio's handles from C for _bunpy.Reactor: call_soon's Handle made
- * without its Python __init__, Handle/TimerHandle callbacks run inside their contextvars
- * context, and one whole loop iteration (run_once) per call from Python.
+ * handles.c — running asyncio's handles from C for _bunpy.Reactor: Handle/TimerHandle
+ * callbacks run inside their contextvars context, and one whole loop iteration (run_once)
+ * per call from Python. (Handles are made in loopcalls.c.)
  */
 #include "reactor.h"
 
@@ -73,6 +73,7 @@ PyObject *bp_reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_XSETREF(r->handle_type, Py_NewRef(args[0]));
     Py_XSETREF(r->timer_type, Py_NewRef(args[1]));
     Py_XSETREF(r->report, Py_NewRef(args[2]));
+    bp_calls_resolve(r);
     Py_RETURN_NONE;
 }
 
@@ -98,21 +99,8 @@ PyObject *bp_reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "expected (Handle, callback, args, context, loop, ready) after configure()");
         return NULL;
     }
-    PyObject *names[7] = {NAME(r, CALLBACK), NAME(r, ARGS), NAME(r, CANCELLED), NAME(r, LOOP),
-                          NAME(r, REPR), NAME(r, SOURCE_TRACEBACK), NAME(r, CONTEXT)};
-    PyTypeObject *tp = (PyTypeObject *)args[0];
-    PyObject *context = args[3] == Py_None ? PyContext_CopyCurrent() : Py_NewRef(args[3]);
-    if (!context) return NULL;
-    PyObject *h = tp->tp_alloc(tp, 0);
-    if (!h) {
-        Py_DECREF(context);
-        return NULL;
-    }
-    PyObject *values[7] = {args[1], args[2], Py_False, args[4], Py_None, Py_None, context};
-    for (int i = 0; i < 7; i++) {
-        if (PyObject_SetAttr(h, names[i], values[i]) < 0) goto fail;
-    }
-    Py_DECREF(context);
+    PyObject *h = bp_calls_handle(r, args[1], args[2], args[3], args[4]);
+    if (!h) return NULL;
     PyObject *v = PyObject_CallMethodOneArg(args[5], NAME(r, APPEND), h);
     if (!v) {
         Py_DECREF(h);
@@ -120,10 +108,6 @@ PyObject *bp_reactor_soon(PyObject *self, PyObject *const *args, Py_ssize_t narg
     }
     Py_DECREF(v);
     return h;
-fail:
-    Py_DECREF(context);
-    Py_DECREF(h);
-    return NULL;
 }
 
 /* time.monotonic(), which is what loop.time() returns */

@@ -186,6 +186,8 @@ int32_t bp_fail_read(bp_io *io);                            /* an argument could
 PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);
 PyObject *bp_module_init(void);                             /* PyInit__bunpy             */
 PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS record   */
+/* echofloor.c: _bunpy.echo_floor(size, conns, round_trips) -> seconds (bench/loop.bench.ts) */
+PyObject *bp_echo_floor(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 
 /* ---- buffers.c: py.view and py.buffer ------------------------------------------------ */
 int bp_buffers_init(PyObject *m, bp_interp *st);            /* bunpy.JSBuffer type        */

@@ -439,6 +439,8 @@ static PyMethodDef mod_methods[] = {
     {"refused", mod_refused, METH_O, "refused(rule)\n--\n\nWhether the sandbox policy of this thread refuses `rule`."},
     {"guard_extensions", (PyCFunction)(void (*)(void))bp_guard_extensions, METH_FASTCALL,
      "guard_extensions(refused, allowed, dir)\n--\n\nInternal: check every extension load of this interpreter."},
+    {"echo_floor", (PyCFunction)(void (*)(void))bp_echo_floor, METH_FASTCALL,
+     "echo_floor(size, conns, round_trips) -> seconds\n--\n\nInternal (bench): the echo of bench/loop.bench.ts in C only, no loop."},
     {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,
      "send(channel, value)\n--\n\nDeliver `value` to the JS listeners of `channel` (py.on) without waiting."},
     {NULL, NULL, 0, NULL},

@@ -362,6 +362,7 @@ static void close_fds(bp_reactor *r) {
         r->epfd = -1;
     }
     bp_transports_clear(r);
+    bp_calls_clear(r);
     if (r->wake_fd >= 0) close(r->wake_fd);
     r->wake_fd = -1;
     r->ctx = NULL;
@@ -428,6 +429,9 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(r->handle_type);
     Py_VISIT(r->timer_type);
     Py_VISIT(r->report);
+    Py_VISIT(r->call_loop);
+    Py_VISIT(r->call_ready);
+    for (int i = 0; i < 3; i++) Py_VISIT(r->call_fallback[i]);
     for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
     for (int fd = 0; fd < r->tcap; fd++) Py_VISIT((PyObject *)r->tmap[fd]);
     for (bp_transport *t = r->pend_head; t; t = t->pend_next) Py_VISIT((PyObject *)t);
@@ -443,6 +447,7 @@ static int reactor_tp_clear(PyObject *self) {
     Py_CLEAR(r->handle_type);
     Py_CLEAR(r->timer_type);
     Py_CLEAR(r->report);
+    bp_calls_clear(r);
     bp_transports_clear(r);
     return 0;
 }
@@ -474,6 +479,9 @@ static PyMethodDef reactor_methods[] = {
      "configure(Handle, TimerHandle, report): run handles of these types from C."},
     {"soon", (PyCFunction)(void (*)(void))bp_reactor_soon, METH_FASTCALL,
      "soon(Handle, callback, args, context, loop, ready) -> handle: call_soon outside debug mode."},
+    {"bind", (PyCFunction)(void (*)(void))bp_reactor_bind, METH_FASTCALL,
+     "bind(loop, ready, call_soon, call_at, call_later) -> the loop's calls in C (loopcalls.c)."},
+    {"calls_mode", (PyCFunction)(void (*)(void))bp_reactor_calls_mode, METH_FASTCALL, "calls_mode(fast, own_clock)."},
     {"run_once", (PyCFunction)(void (*)(void))bp_reactor_run_once, METH_FASTCALL,
      "run_once(loop, ready, stopping, clock_resolution): one loop iteration without debug mode."},
     {"clear", bp_reactor_clear, METH_NOARGS, "clear(): drop every timer."},

@@ -2,7 +2,9 @@
  * reactor.h — what the three files of _bunpy.Reactor share (internal):
  *   reactor.c  the type, its life, fd registration and waiting in epoll;
  *   timers.c   the timer heap;
- *   handles.c  running asyncio handles from C (call_soon, one loop iteration).
+ *   handles.c  running asyncio handles from C (one loop iteration);
+ *   loopcalls.c  the loop's call_soon/call_at/call_later/_timer_handle_cancelled in C;
+ *   transport.c, transmit.c  the C stream transport (reads; writes).
  */
 #ifndef BUNPY_REACTOR_H
 #define BUNPY_REACTOR_H
@@ -47,6 +49,11 @@ typedef struct {
     bp_transport *pend_head;  /* transports with an event or data left to read (strong)   */
     bp_transport *pend_tail;
     char *rbuf;               /* the read buffer transports share                         */
+    /* loopcalls.c: the C call_soon/call_at/call_later of one loop */
+    PyObject *call_loop, *call_ready;  /* the loop and its ready deque (strong)           */
+    PyObject *call_fallback[3];        /* its Python call_soon, call_at, call_later       */
+    char calls_fast, own_clock, slots_ok;
+    Py_ssize_t slot_off[9];            /* offsets of the handles' slots (BP_SLOT_*)        */
     struct epoll_event events[256];
 } bp_reactor;
 
@@ -67,12 +74,29 @@ struct bp_transport {
     char readable, writable;  /* edge-triggered readiness not used up yet            */
     char hangup;              /* the peer's FIN or an error was signalled            */
     char big_reads;           /* the last read was large: read into a bytes directly */
+    char gathered;            /* the queue holds writes not tried yet (transmit.c)  */
+    char serving;             /* its reads run now: serve() sends what they write   */
     int conn_lost;
     char *wbuf;               /* write queue: bytes [wpos, wlen) of wbuf              */
     size_t wlen, wpos, wcap, high, low;
     bp_transport *pend_next;
 };
 void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events); /* no Python runs */
+/* transport.c, for transmit.c: the Python transport's cold methods; an errno as a fatal
+   error (0, or -1 for an exception that must go up); a transport's turn in the next run */
+enum { BP_COLD_ON_EOF, BP_COLD_FATAL_ERROR, BP_COLD_WRITE_DRAINED, BP_COLD_PROTOCOL_CALL_FAILED };
+PyObject *bp_transport_cold(bp_transport *t, int which, PyObject *arg, const char *msg);
+int bp_transport_fatal_errno(bp_transport *t, int err, const char *msg);
+void bp_transport_pend(bp_reactor *r, bp_transport *t);
+/* transmit.c: the write half of StreamCore */
+int bp_transport_on_writable(bp_transport *t);
+PyObject *bp_core_write(PyObject *self, PyObject *data);
+PyObject *bp_core_writelines(PyObject *self, PyObject *lines);
+PyObject *bp_core_flush(PyObject *self, PyObject *unused);
+PyObject *bp_core_get_write_buffer_size(PyObject *self, PyObject *unused);
+PyObject *bp_core_set_write_buffer_limits(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *bp_core_get_write_buffer_limits(PyObject *self, PyObject *unused);
+PyObject *bp_core_discard(PyObject *self, PyObject *unused);
 int bp_transports_run(bp_reactor *r);    /* serves the pending transports; -1 on error  */
 void bp_transports_clear(bp_reactor *r); /* the reactor closes                          */
 PyObject *bp_transport_type_new(PyObject *module);
@@ -105,12 +129,23 @@ double bp_timers_timeout(bp_reactor *r, double now);
 int bp_timers_pop_due(bp_reactor *r, double end, PyObject *append); /* due ones to append() */
 void bp_timers_clear(bp_reactor *r);
 PyObject *bp_reactor_push(PyObject *self, PyObject *handle);
+int bp_timers_insert(bp_reactor *r, double when, PyObject *handle); /* 0, or -1: no memory */
 PyObject *bp_reactor_cancelled(PyObject *self, PyObject *unused);
 PyObject *bp_reactor_timeout(PyObject *self, PyObject *arg);
 PyObject *bp_reactor_pop_due(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bp_reactor_clear(PyObject *self, PyObject *unused);
 Py_ssize_t bp_reactor_len(PyObject *self);
 PyObject *bp_reactor_item(PyObject *self, Py_ssize_t i);
+
+/* loopcalls.c; the slots of asyncio's Handle, then TimerHandle's */
+enum { BP_SLOT_CALLBACK, BP_SLOT_ARGS, BP_SLOT_CANCELLED, BP_SLOT_LOOP, BP_SLOT_SOURCE_TRACEBACK, BP_SLOT_REPR,
+       BP_SLOT_CONTEXT, BP_SLOT_SCHEDULED, BP_SLOT_WHEN, BP_SLOT_COUNT };
+int bp_calls_resolve(bp_reactor *r);                      /* configure(): the slot offsets */
+int bp_calls_cancelled(bp_reactor *r, PyObject *h);       /* 1, 0, or -1: cannot say     */
+PyObject *bp_calls_handle(bp_reactor *r, PyObject *callback, PyObject *args, PyObject *context, PyObject *loop);
+void bp_calls_clear(bp_reactor *r);
+PyObject *bp_reactor_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_calls_mode(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* handles.c */
 PyObject *bp_reactor_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs);

@@ -38,6 +38,8 @@ static void sift_down(bp_timer *h, Py_ssize_t n, Py_ssize_t i) {
 
 /* 1 if the handle was cancelled, 0 if not, -1 on error. */
 int bp_timer_cancelled(bp_reactor *r, PyObject *handle) {
+    int fast = bp_calls_cancelled(r, handle); /* asyncio's own handle types: read the slot */
+    if (fast >= 0) return fast;
     PyObject *v = PyObject_GetAttr(handle, NAME(r, CANCELLED));
     if (!v) return -1;
     int yes = PyObject_IsTrue(v);
@@ -81,17 +83,26 @@ PyObject *bp_reactor_push(PyObject *self, PyObject *handle) {
         PyErr_SetString(PyExc_ValueError, "a timer's time cannot be NaN");
         return NULL;
     }
+    if (PyObject_SetAttr(handle, NAME(r, SCHEDULED), Py_True) < 0) return NULL;
+    if (bp_timers_insert(r, when, handle) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Puts a handle (its _scheduled set already) on the heap at `when`: 0, or -1 (no memory). */
+int bp_timers_insert(bp_reactor *r, double when, PyObject *handle) {
     if (r->n == r->cap) {
         Py_ssize_t cap = r->cap ? r->cap * 2 : 64;
         bp_timer *h = PyMem_Realloc(r->heap, (size_t)cap * sizeof *h);
-        if (!h) return PyErr_NoMemory();
+        if (!h) {
+            PyErr_NoMemory();
+            return -1;
+        }
         r->heap = h;
         r->cap = cap;
     }
-    if (PyObject_SetAttr(handle, NAME(r, SCHEDULED), Py_True) < 0) return NULL;
     r->heap[r->n] = (bp_timer){.when = when, .seq = r->seq++, .handle = Py_NewRef(handle)};
     sift_up(r->heap, r->n++);
-    Py_RETURN_NONE;
+    return 0;
 }
 
 /* cancelled(): a scheduled handle was cancelled. Sweeps the heap when tombstones are more

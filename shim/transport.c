@@ -12,9 +12,8 @@
  * wait a poll.
  *
  * Reads land in the reactor's reusable buffer and go to Protocol.data_received as bytes, or
- * straight into BufferedProtocol.get_buffer()'s buffer. write() sends at once; what the
- * kernel does not take is queued here and flushed on the next EPOLLOUT edge;
- * pause_writing/resume_writing follow the high/low water marks as asyncio's do.
+ * straight into BufferedProtocol.get_buffer()'s buffer. The write half (gathered writes,
+ * the queue flushed on EPOLLOUT edges, the water marks) is in transmit.c.
  */
 #include "reactor.h"
 #include <errno.h>
@@ -32,7 +31,7 @@
 
 static const char *COLD[] = {"_on_eof", "_fatal_error", "_write_drained", "_protocol_call_failed"};
 
-static PyObject *cold_call(bp_transport *t, int which, PyObject *arg, const char *msg) {
+PyObject *bp_transport_cold(bp_transport *t, int which, PyObject *arg, const char *msg) {
     PyObject *m = PyUnicode_InternFromString(COLD[which]);
     if (!m) return NULL;
     PyObject *args[3] = {(PyObject *)t, arg, NULL};
@@ -59,13 +58,13 @@ static PyObject *cold_call(bp_transport *t, int which, PyObject *arg, const char
 static int fatal_from_python(bp_transport *t, const char *msg) {
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
     PyObject *exc = bp_err_take();
-    PyObject *v = cold_call(t, 1, exc, msg);
+    PyObject *v = bp_transport_cold(t, BP_COLD_FATAL_ERROR, exc, msg);
     Py_DECREF(exc);
     Py_XDECREF(v);
     return v ? 0 : -1;
 }
 
-static int fatal_errno(bp_transport *t, int err, const char *msg) {
+int bp_transport_fatal_errno(bp_transport *t, int err, const char *msg) {
     errno = err;
     PyErr_SetFromErrno(PyExc_OSError);
     return fatal_from_python(t, msg);
@@ -90,7 +89,7 @@ static int map_put(bp_reactor *r, int fd, bp_transport *t) {
     return 0;
 }
 
-static void pend(bp_reactor *r, bp_transport *t) {
+void bp_transport_pend(bp_reactor *r, bp_transport *t) {
     if (t->pending) return;
     t->pending = 1;
     t->pend_next = NULL;
@@ -108,80 +107,7 @@ void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events) {
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) t->readable = 1;
     if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) t->hangup = 1; /* read on to the EOF or error */
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable = 1;
-    pend(r, t);
-}
-
-/* Sends from the queue until it is empty or the socket is full. 0, or -1 with errno. */
-static int flush(bp_transport *t) {
-    while (t->wlen > t->wpos) {
-        ssize_t n = send(t->fd, t->wbuf + t->wpos, t->wlen - t->wpos, MSG_NOSIGNAL);
-        if (n >= 0) {
-            t->wpos += (size_t)n;
-            continue;
-        }
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            t->writable = 0;
-            return 0;
-        }
-        return -1;
-    }
-    t->wlen = t->wpos = 0;
-    if (t->wcap > (1u << 20)) { /* a burst made it big: do not keep it for the connection's life */
-        PyMem_Free(t->wbuf);
-        t->wbuf = NULL;
-        t->wcap = 0;
-    }
-    return 0;
-}
-
-static size_t queued(bp_transport *t) { return t->wlen - t->wpos; }
-
-static int maybe_resume_protocol(bp_transport *t) {
-    if (!t->protocol_paused || queued(t) > t->low) return 0;
-    t->protocol_paused = 0;
-    PyObject *v = PyObject_CallMethod(t->protocol, "resume_writing", NULL);
-    if (v) {
-        Py_DECREF(v);
-        return 0;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
-    PyObject *exc = bp_err_take();
-    v = cold_call(t, 3, exc, "protocol.resume_writing() failed");
-    Py_DECREF(exc);
-    Py_XDECREF(v);
-    return v ? 0 : -1;
-}
-
-static int maybe_pause_protocol(bp_transport *t) {
-    if (t->protocol_paused || queued(t) <= t->high) return 0;
-    t->protocol_paused = 1;
-    PyObject *v = PyObject_CallMethod(t->protocol, "pause_writing", NULL);
-    if (v) {
-        Py_DECREF(v);
-        return 0;
-    }
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return -1;
-    PyObject *exc = bp_err_take();
-    v = cold_call(t, 3, exc, "protocol.pause_writing() failed");
-    Py_DECREF(exc);
-    Py_XDECREF(v);
-    return v ? 0 : -1;
-}
-
-static int on_writable(bp_transport *t) {
-    if (t->wlen == t->wpos) return 0;
-    if (flush(t) < 0) {
-        t->wlen = t->wpos = 0;
-        return fatal_errno(t, errno, "Fatal write error on socket transport");
-    }
-    if (maybe_resume_protocol(t) < 0) return -1;
-    if (t->wlen == t->wpos && (t->closing || t->eof_requested)) { /* close or write_eof waited for this */
-        PyObject *v = cold_call(t, 2, NULL, NULL);
-        Py_XDECREF(v);
-        if (!v) return -1;
-    }
-    return 0;
+    bp_transport_pend(r, t);
 }
 
 /* One read into the protocol: 1 data delivered, 0 EAGAIN / stop, -1 error raised. */
@@ -254,7 +180,7 @@ static int read_once(bp_transport *t, char *buf) {
     if (n == 0) { /* EOF: no more reads; the protocol decides between half-open and close */
         t->readable = 0;
         t->eof_received = 1;
-        PyObject *v = cold_call(t, 0, NULL, NULL);
+        PyObject *v = bp_transport_cold(t, BP_COLD_ON_EOF, NULL, NULL);
         Py_XDECREF(v);
         return v ? 0 : -1;
     }
@@ -263,7 +189,7 @@ static int read_once(bp_transport *t, char *buf) {
         return 0;
     }
     t->readable = 0;
-    return fatal_errno(t, errno, "Fatal read error on socket transport") < 0 ? -1 : 0;
+    return bp_transport_fatal_errno(t, errno, "Fatal read error on socket transport") < 0 ? -1 : 0;
 }
 
 static int reading(bp_transport *t) { return t->registered && !t->paused && !t->closing && !t->eof_received; }
@@ -271,15 +197,23 @@ static int reading(bp_transport *t) { return t->registered && !t->paused && !t->
 /* Serves one pending transport: flushes, then reads its share. */
 static int serve(bp_reactor *r, bp_transport *t) {
     if (!t->registered) return 0;
-    if (t->writable && on_writable(t) < 0) return -1;
+    if ((t->writable || t->gathered) && bp_transport_on_writable(t) < 0) return -1;
+    int rc = 1;
+    t->serving = 1; /* what data_received writes is gathered and sent below */
     for (int i = 0; i < READS_PER_TURN && t->readable && reading(t); i++) {
-        int rc = read_once(t, r->rbuf);
-        if (rc <= 0) return rc;
+        rc = read_once(t, r->rbuf);
+        if (rc <= 0) break;
         /* the peer's FIN is known to follow: the EOF is for the next turn, so the protocol
            sees data and EOF in two iterations, as with asyncio's transports */
         if (t->hangup) break;
     }
-    if (t->readable && reading(t)) pend(r, t); /* more to read: its turn comes again */
+    t->serving = 0;
+    if (rc < 0) {
+        if (t->gathered) bp_transport_pend(r, t); /* sent at the next turn */
+        return -1;
+    }
+    if (t->gathered && t->registered && bp_transport_on_writable(t) < 0) return -1;
+    if (t->readable && reading(t)) bp_transport_pend(r, t); /* more to read: its turn comes again */
     return 0;
 }
 
@@ -301,7 +235,7 @@ int bp_transports_run(bp_reactor *r) {
         if (rc == 0) rc = serve(r, t);
         /* SystemExit/KeyboardInterrupt (or no memory) stops this turn: a transport not served
            keeps its edge for the next one, or it would never be told again */
-        if (rc < 0 && (t->readable || t->writable) && t->registered) pend(r, t);
+        if (rc < 0 && (t->readable || t->writable || t->gathered) && t->registered) bp_transport_pend(r, t);
         Py_DECREF(t);
         if (is_last) break;
         t = next;
@@ -432,143 +366,6 @@ static PyObject *core_stop(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *eof_then_write_error(void) {
-    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
-    return NULL;
-}
-
-/* Appends bytes to the queue (after a partial or refused send). */
-static int enqueue(bp_transport *t, const char *p, size_t n) {
-    if (t->wpos && t->wpos == t->wlen) t->wlen = t->wpos = 0;
-    if (t->wlen + n > t->wcap) {
-        if (t->wpos) { /* compact first */
-            memmove(t->wbuf, t->wbuf + t->wpos, t->wlen - t->wpos);
-            t->wlen -= t->wpos;
-            t->wpos = 0;
-        }
-        if (t->wlen + n > t->wcap) {
-            size_t cap = t->wcap ? t->wcap : 16 * 1024;
-            while (cap < t->wlen + n) cap *= 2;
-            char *b = PyMem_Realloc(t->wbuf, cap);
-            if (!b) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            t->wbuf = b;
-            t->wcap = cap;
-        }
-    }
-    memcpy(t->wbuf + t->wlen, p, n);
-    t->wlen += n;
-    return 0;
-}
-
-/* Sends iov now as far as the socket takes it, queues the rest. */
-static PyObject *send_or_queue(bp_transport *t, struct iovec *iov, int niov, size_t total) {
-    size_t sent = 0;
-    if (queued(t) == 0 && t->registered) {
-        for (;;) {
-            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
-            ssize_t n = niov == 1 ? send(t->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL) : sendmsg(t->fd, &mh, MSG_NOSIGNAL);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                t->writable = 0;
-                break;
-            }
-            if (n < 0) {
-                if (fatal_errno(t, errno, "Fatal write error on socket transport") < 0) return NULL;
-                Py_RETURN_NONE;
-            }
-            sent = (size_t)n;
-            break;
-        }
-        if (sent == total) Py_RETURN_NONE;
-    }
-    /* queue what is left */
-    size_t skip = sent;
-    for (int i = 0; i < niov; i++) {
-        size_t len = iov[i].iov_len;
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        if (enqueue(t, (const char *)iov[i].iov_base + skip, len - skip) < 0) return NULL;
-        skip = 0;
-    }
-    if (maybe_pause_protocol(t) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static int closed_write(bp_transport *t) {
-    if (t->conn_lost) { /* as asyncio: writes after the connection is lost are dropped */
-        t->conn_lost++;
-        return 1;
-    }
-    return 0;
-}
-
-static PyObject *core_write(PyObject *self, PyObject *data) {
-    bp_transport *t = (bp_transport *)self;
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'", Py_TYPE(data)->tp_name);
-        return NULL;
-    }
-    PyObject *v;
-    if (t->eof_requested) v = eof_then_write_error();
-    else if (view.len == 0 || closed_write(t)) v = Py_NewRef(Py_None);
-    else {
-        struct iovec iov = {.iov_base = view.buf, .iov_len = (size_t)view.len};
-        v = send_or_queue(t, &iov, 1, (size_t)view.len);
-    }
-    PyBuffer_Release(&view);
-    return v;
-}
-
-/* writelines(list_of_data): one sendmsg (writev) for all of it when nothing is queued. */
-static PyObject *core_writelines(PyObject *self, PyObject *lines) {
-    bp_transport *t = (bp_transport *)self;
-    if (t->eof_requested) return eof_then_write_error();
-    PyObject *seq = PySequence_Fast(lines, "writelines() argument must be an iterable of bytes-like objects");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > IOV_MAX) n = -1; /* long lists: one write per item */
-    PyObject *v = NULL;
-    if (n < 0) {
-        Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
-        for (Py_ssize_t i = 0; i < m; i++) {
-            PyObject *r = core_write(self, PySequence_Fast_GET_ITEM(seq, i));
-            if (!r) goto done;
-            Py_DECREF(r);
-        }
-        v = Py_NewRef(Py_None);
-        goto done;
-    }
-    Py_buffer *views = PyMem_Calloc((size_t)n + 1, sizeof *views);
-    struct iovec *iov = PyMem_Calloc((size_t)n + 1, sizeof *iov);
-    Py_ssize_t got = 0;
-    size_t total = 0;
-    if (!views || !iov) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (; got < n; got++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0) goto out;
-        iov[got].iov_base = views[got].buf;
-        iov[got].iov_len = (size_t)views[got].len;
-        total += (size_t)views[got].len;
-    }
-    if (total == 0 || closed_write(t)) v = Py_NewRef(Py_None);
-    else v = send_or_queue(t, iov, (int)n, total);
-out:
-    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
-    PyMem_Free(iov);
-done:
-    Py_DECREF(seq);
-    return v;
-}
-
 static PyObject *core_pause_reading(PyObject *self, PyObject *unused) {
     bp_transport *t = (bp_transport *)self;
     t->paused = 1;
@@ -580,50 +377,12 @@ static PyObject *core_resume_reading(PyObject *self, PyObject *unused) {
     if (!t->paused) Py_RETURN_NONE;
     t->paused = 0;
     /* data that arrived while paused gave its edge already: read it at the next turn */
-    if (t->readable && reading(t)) pend((bp_reactor *)t->reactor, t);
+    if (t->readable && reading(t)) bp_transport_pend((bp_reactor *)t->reactor, t);
     Py_RETURN_NONE;
-}
-
-static PyObject *core_get_write_buffer_size(PyObject *self, PyObject *unused) {
-    return PyLong_FromSize_t(queued((bp_transport *)self));
-}
-
-static PyObject *core_set_write_buffer_limits(PyObject *self, PyObject *args, PyObject *kwargs) {
-    bp_transport *t = (bp_transport *)self;
-    static char *names[] = {"high", "low", NULL};
-    PyObject *ho = Py_None, *lo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:set_write_buffer_limits", names, &ho, &lo)) return NULL;
-    Py_ssize_t high, low;
-    if (ho == Py_None) high = lo == Py_None ? 64 * 1024 : 4 * PyLong_AsSsize_t(lo);
-    else high = PyLong_AsSsize_t(ho);
-    if (high == -1 && PyErr_Occurred()) return NULL;
-    if (lo == Py_None) low = high / 4;
-    else low = PyLong_AsSsize_t(lo);
-    if (low == -1 && PyErr_Occurred()) return NULL;
-    if (!(high >= low && low >= 0)) {
-        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
-        return NULL;
-    }
-    t->high = (size_t)high;
-    t->low = (size_t)low;
-    if (maybe_pause_protocol(t) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *core_get_write_buffer_limits(PyObject *self, PyObject *unused) {
-    bp_transport *t = (bp_transport *)self;
-    return Py_BuildValue("(nn)", (Py_ssize_t)t->low, (Py_ssize_t)t->high);
 }
 
 static PyObject *core_set_protocol(PyObject *self, PyObject *protocol) {
     if (set_protocol((bp_transport *)self, protocol) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-/* _discard(): abort drops the queue. */
-static PyObject *core_discard(PyObject *self, PyObject *unused) {
-    bp_transport *t = (bp_transport *)self;
-    t->wlen = t->wpos = 0;
     Py_RETURN_NONE;
 }
 
@@ -657,17 +416,18 @@ static PyMemberDef core_members[] = {
     {NULL}};
 
 static PyMethodDef core_methods[] = {
-    {"write", core_write, METH_O, "write(data): send now, queue what the socket does not take."},
-    {"writelines", core_writelines, METH_O, "writelines(list_of_data): one gathered send."},
+    {"write", bp_core_write, METH_O, "write(data): gathered for the end of the loop iteration, or sent now."},
+    {"writelines", bp_core_writelines, METH_O, "writelines(list_of_data): as write(), one gathered send."},
+    {"_flush", bp_core_flush, METH_NOARGS, "_flush(): send what was gathered now."},
     {"pause_reading", core_pause_reading, METH_NOARGS, NULL},
     {"resume_reading", core_resume_reading, METH_NOARGS, NULL},
-    {"get_write_buffer_size", core_get_write_buffer_size, METH_NOARGS, NULL},
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))core_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
-    {"get_write_buffer_limits", core_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"get_write_buffer_size", bp_core_get_write_buffer_size, METH_NOARGS, NULL},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))bp_core_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_write_buffer_limits", bp_core_get_write_buffer_limits, METH_NOARGS, NULL},
     {"_set_protocol", core_set_protocol, METH_O, NULL},
     {"_start", core_start, METH_NOARGS, NULL},
     {"_stop", core_stop, METH_NOARGS, NULL},
-    {"_discard", core_discard, METH_NOARGS, NULL},
+    {"_discard", bp_core_discard, METH_NOARGS, NULL},
     {"_release", core_release, METH_NOARGS, NULL},
     {NULL}};
 

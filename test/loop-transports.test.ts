@@ -1,6 +1,7 @@
 /**
- * bunpy's stream transports in C (shim/transport.c, python/bunpy/_transport.py): echo over
- * TCP and Unix sockets with tiny and large writes, back-pressure both ways, half-close,
+ * bunpy's stream transports in C (shim/transport.c, transmit.c, python/bunpy/_transport.py):
+ * echo over TCP and Unix sockets with tiny and large writes, writes gathered per loop
+ * iteration, back-pressure both ways (also with small writes), half-close,
  * abort while writing, peers that vanish, BufferedProtocol, set_protocol, TLS on top,
  * thousands of connections on one context, and contexts closed with live connections.
  * Each check runs with the C transports and with asyncio's own (the switch), whose
@@ -92,6 +93,91 @@ async def echo(unix, sizes):
     srv.close()
     await srv.wait_closed()
     return [len(got) == total, hashlib.sha256(got).hexdigest() == sent.hexdigest(), type(t).__name__, p.events]
+
+async def gathered(unix):
+    """Writes gathered in one loop iteration (shim/transmit.c) arrive whole and in order:
+    many small writes from data_received, writelines, a callback's; get_write_buffer_size()
+    is 0 after small writes to a writable socket; close(), write_eof() and abort() right
+    after writes send them first."""
+    loop = asyncio.get_running_loop()
+    class Chatty(asyncio.Protocol):
+        def connection_made(self, t):
+            self.t = t
+        def data_received(self, d):
+            for i in range(50):
+                self.t.write(b"%d," % i)
+            loop.call_soon(self.t.write, b"soon;")
+            self.t.writelines([b"lines", b",", b"end;"])
+    srv, connect = await listen(loop, Chatty, unix)
+    t, p = await connect(Collect)
+    t.write(b"go")
+    t.write(b"!")
+    sizes = [t.get_write_buffer_size()]
+    expected = b"".join(b"%d," % i for i in range(50)) + b"lines,end;soon;"
+    while len(b"".join(p.chunks)) < len(expected):
+        await asyncio.sleep(0.001)
+    in_order = b"".join(p.chunks) == expected
+    t.close()
+    await p.done
+    srv.close()
+    await srv.wait_closed()
+    ends = []
+    for how in ("close", "write_eof", "abort"):
+        server_side = []
+        class Keep(Collect):
+            def connection_made(self, t):
+                super().connection_made(t)
+                server_side.append(self)
+        srv, connect = await listen(loop, Keep, unix)
+        t, p = await connect(Collect)
+        while not server_side:
+            await asyncio.sleep(0.001)
+        for i in range(100):
+            t.write(b"%d;" % i)
+        getattr(t, how)()
+        while "eof" not in server_side[0].events and ("lost", None) not in server_side[0].events:
+            await asyncio.sleep(0.001)
+        got = b"".join(server_side[0].chunks)
+        ends.append(got == b"".join(b"%d;" % i for i in range(100)))
+        t.close()
+        server_side[0].t.close()
+        srv.close()
+        await srv.wait_closed()
+    return [in_order, sizes, ends]
+
+async def small_backpressure(unix):
+    """Small writes to a peer that does not read: they are gathered while the kernel takes
+    them, then queued, counted and paused for; all arrive once the peer reads."""
+    loop = asyncio.get_running_loop()
+    server_side = []
+    class Slow(Collect):
+        def connection_made(self, t):
+            super().connection_made(t)
+            t.pause_reading()
+            server_side.append(self)
+    srv, connect = await listen(loop, Slow, unix)
+    t, p = await connect(Collect)
+    while not server_side:
+        await asyncio.sleep(0.001)
+    n = 0
+    while "pause_writing" not in p.events and n < 200_000:  # the kernel takes megabytes first
+        t.write(b"%07d" % n * 73)  # 511 bytes
+        n += 1
+        if n % 50 == 0:
+            await asyncio.sleep(0)  # iterations end: the gathered writes go out
+    over_high = t.get_write_buffer_size() > t.get_write_buffer_limits()[1]
+    server_side[0].t.resume_reading()
+    while "resume_writing" not in p.events:
+        await asyncio.sleep(0.001)
+    t.write_eof()
+    while "eof" not in server_side[0].events:
+        await asyncio.sleep(0.001)
+    got = b"".join(server_side[0].chunks)
+    t.close()
+    server_side[0].t.close()
+    srv.close()
+    await srv.wait_closed()
+    return [p.events[:2], over_high, got == b"".join(b"%07d" % i * 73 for i in range(n))]
 
 async def backpressure(unix):
     """The server stops reading; the client's writes pile up until pause_writing, then the
@@ -442,6 +528,14 @@ for (const { name, c, cls } of impls) {
         const [events, overHigh, pausedReading, allArrived, sameBytes] = call("backpressure", c, unix) as any[];
         expect(events).toEqual(["pause_writing", "resume_writing"]);
         expect([overHigh, pausedReading, allArrived, sameBytes]).toEqual([true, true, true, true]);
+      });
+
+      test(`${kind} writes gathered in one iteration arrive in order; close, write_eof, abort send them first`, () => {
+        expect(call("gathered", c, unix)).toEqual([true, [0], [true, true, true]]);
+      });
+
+      test(`${kind} small writes to a peer that does not read: queued, paused for, all delivered`, () => {
+        expect(call("small_backpressure", c, unix)).toEqual([["pause_writing", "resume_writing"], true, true]);
       });
 
       test(`${kind} half-close: the peer answers after the EOF`, () => {

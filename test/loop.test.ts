@@ -22,6 +22,50 @@ def loop_type():
     finally:
         loop.close()
 
+def c_calls():
+    """call_soon, call_at, call_later, _timer_handle_cancelled: C functions on the instance
+    (shim/loopcalls.c) that behave as asyncio's; a subclass's override or clock wins; debug
+    mode and a closed loop get asyncio's own behaviour."""
+    import contextvars, fractions
+    out = []
+    loop = bunpy.new_event_loop()
+    kinds = sorted({type(getattr(loop, n)).__name__ for n in ("call_soon", "call_at", "call_later", "_timer_handle_cancelled")})
+    cv = contextvars.ContextVar("cv", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(cv.set, "inner")
+    got = []
+    loop.call_soon(lambda *a: got.append(("soon", a, cv.get())), 1, 2, context=ctx)
+    h = loop.call_later(0.002, lambda a: got.append(("later", a, cv.get())), "x")
+    loop.call_at(fractions.Fraction(loop.time()) + fractions.Fraction(1, 1000), got.append, "fraction")
+    dead = loop.call_later(0.001, got.append, "never")
+    dead.cancel()
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    handle_ok = [type(h).__name__, isinstance(h, asyncio.TimerHandle), h.cancelled(), dead.cancelled(), repr(dead).startswith("<TimerHandle cancelled when=")]
+    errors = []
+    for f in (lambda: loop.call_soon(print, nope=1), lambda: loop.call_at(None, print), lambda: loop.call_later(None, print), lambda: loop.call_soon()):
+        try:
+            f()
+        except TypeError as e:
+            errors.append("TypeError")
+    loop.set_debug(True)
+    traced = loop.call_soon(print)._source_traceback is not None and loop.call_later(1, print)._source_traceback is not None
+    loop.set_debug(False)
+    loop.close()
+    try:
+        loop.call_soon(print)
+    except RuntimeError as e:
+        errors.append(str(e))
+    class Mine(bunpy.BunpyEventLoop):
+        def call_soon(self, cb, *args, context=None):
+            return super().call_soon(cb, "mine", context=context)
+        def time(self):
+            return 1000.0
+    mine = Mine()
+    overridden = [type(mine.call_soon).__name__, mine.call_later(5, print).when(), type(mine.call_at).__name__]
+    mine.close()
+    return [kinds, sorted(got, key=str), handle_ok, errors, traced, overridden]
+
 async def timers_in_order():
     loop = asyncio.get_running_loop()
     fired = []
@@ -399,6 +443,16 @@ describe("bunpy event loop", () => {
 
   test("call_later returns an asyncio TimerHandle; call_at(None) is a TypeError", () => {
     expect(run("timer_handle_api")).toEqual(["TimerHandle", true, false, true, "TypeError"]);
+  });
+
+  test("call_soon/call_at/call_later in C behave as asyncio's; overrides, debug mode and a closed loop too", () => {
+    const [kinds, got, handle, errors, traced, overridden] = call("c_calls") as any[];
+    expect(kinds).toEqual(["builtin_function_or_method"]);
+    expect(got).toEqual([["later", "x", "outer"], ["soon", [1, 2], "inner"], "fraction"]);
+    expect(handle).toEqual(["TimerHandle", true, false, true, true]);
+    expect(errors).toEqual(["TypeError", "TypeError", "TypeError", "TypeError", "Event loop is closed"]);
+    expect(traced).toBe(true);
+    expect(overridden).toEqual(["method", 1005, "builtin_function_or_method"]);
   });
 
   test("call_soon_threadsafe wakes a loop sleeping in epoll", () => {

@@ -31,6 +31,7 @@ __all__ = ["BunpyEventLoop", "EventLoopPolicy", "new_event_loop", "run"]
 _SOCK_STREAM = __import__("socket").SOCK_STREAM
 
 _VALID_EVENTS = selectors.EVENT_READ | selectors.EVENT_WRITE
+_C_CALLS = ("call_soon", "call_at", "call_later", "_timer_handle_cancelled")  # shim/loopcalls.c
 _EAGER = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
 
 
@@ -115,10 +116,35 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         self._scheduled = self._reactor  # the C timer heap stands where asyncio keeps its list
         self._reactor.configure(events.Handle, events.TimerHandle, _report_callback_error)
+        self._bunpy_bind_calls()
+
+    def _bunpy_bind_calls(self):
+        """call_soon, call_at, call_later and _timer_handle_cancelled in C (shim/loopcalls.c),
+        set on the instance where the class does not override them. They hand over to the
+        Python methods in debug mode and once the loop is closed."""
+        cls = type(self)
+        calls = self._reactor.bind(self, self._ready, BunpyEventLoop.call_soon, BunpyEventLoop.call_at, cls.call_later)
+        for name, fn in zip(_C_CALLS, calls):
+            if getattr(cls, name) is getattr(BunpyEventLoop, name):
+                setattr(self, name, fn)
+        self._bunpy_calls_mode()
+
+    def _bunpy_calls_mode(self):
+        reactor = getattr(self, "_reactor", None)
+        if reactor is not None:
+            reactor.calls_mode(not self._debug and not self._closed, type(self).time is BunpyEventLoop.time)
 
     def set_debug(self, enabled):
         super().set_debug(enabled)
         self._c_iteration = not self._debug and type(self).time is BunpyEventLoop.time
+        self._bunpy_calls_mode()
+
+    def close(self):
+        super().close()
+        if self._closed:  # the Python methods from now on (they raise "Event loop is closed")
+            for name in _C_CALLS:
+                self.__dict__.pop(name, None)
+            self._bunpy_calls_mode()
 
     # -- the self-pipe becomes the reactor's eventfd ------------------------------------
     def _make_self_pipe(self):

@@ -1,9 +1,10 @@
 """bunpy's stream socket transport (TCP, Unix): the cold half, over _bunpy.StreamCore.
 
-StreamCore (shim/transport.c) does the hot half in C — reading until EAGAIN into
-Protocol.data_received or a BufferedProtocol's buffer, write()/writelines() sent at once or
-queued in C, the water marks, pause/resume — on the fd registered once, edge-triggered, in
-the loop's reactor. What is left here mirrors asyncio's _SelectorSocketTransport: making the
+StreamCore (shim/transport.c, transmit.c) does the hot half in C — reading until EAGAIN
+into Protocol.data_received or a BufferedProtocol's buffer, write()/writelines() gathered
+until the end of the loop iteration and sent with one send (or at once when large), the
+queue, the water marks, pause/resume — on the fd registered once, edge-triggered, in the
+loop's reactor. What is left here mirrors asyncio's _SelectorSocketTransport: making the
 connection, closing, aborting, errors and connection_lost, extra info.
 """
 
@@ -124,6 +125,7 @@ class SocketTransport(transports._FlowControlMixin):
         core = self._core
         if core._closing or core._eof:
             return
+        core._flush()  # gathered writes go before the EOF (see shim/transmit.c)
         core._eof = True
         if not core.get_write_buffer_size():
             self._sock.shutdown(socket.SHUT_WR)
@@ -132,12 +134,15 @@ class SocketTransport(transports._FlowControlMixin):
         core = self._core
         if core._closing:
             return
+        core._flush()  # gathered writes go before the close
         core._closing = True
         if not core.get_write_buffer_size():
             core._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self):
+        if not self._core._conn_lost:
+            self._core._flush()  # what an immediate write would have sent already
         self._force_close(None)
 
     # -- called from C ---------------------------------------------------------------------------
