@@ -101,11 +101,16 @@ static int port_ready(bp_port *p) { return !bp_mpsc_empty(&p->completions) || !b
    once instead of after the poll window. */
 int32_t bp_port_poll(bp_io *io, int32_t polling) {
     bp_port *p = bp_port_of(io);
-    atomic_store(&p->js_polling, polling);
+    /* process contexts' results are taken from their rings while `js_polling` is still 1:
+       they then ring no doorbell (a poll that stops takes them before it says so) */
+    if (polling) atomic_store(&p->js_polling, 1);
+    if (p->relays) bp_relay_poll_all(p->relays, polling);
+    if (!polling) atomic_store(&p->js_polling, 0);
     atomic_thread_fence(memory_order_seq_cst);
     if (port_ready(p)) return 1;
     if (!polling) return 0;
     sched_yield();
+    if (p->relays) bp_relay_poll_all(p->relays, 1);
     return port_ready(p);
 }
 

@@ -11,7 +11,19 @@
 #include <sched.h>
 #include <unistd.h>
 
+/* bunpy-host: what its ring holds goes onto the queue first (see bp_ctx_set_feed). */
+static inline void feed(bp_context *c) {
+    bp_feed_fn fn = atomic_load_explicit(&c->feed, memory_order_acquire);
+    if (fn) fn(c->feed_arg, atomic_load_explicit(&c->sleeping, memory_order_relaxed));
+}
+
+void bp_ctx_set_feed(bp_context *c, bp_feed_fn fn, void *arg) {
+    c->feed_arg = arg;
+    atomic_store_explicit(&c->feed, fn, memory_order_release);
+}
+
 int bp_ctx_has_work(bp_context *c) {
+    feed(c);
     return !bp_mpsc_empty(&c->requests) || atomic_load(&c->task_cancels) != c->task_cancels_seen;
 }
 
@@ -22,7 +34,10 @@ void bp_ctx_alert(bp_context *c) {
 }
 
 /* A request arrived. */
-static inline int has_work(bp_context *c) { return !bp_mpsc_empty(&c->requests); }
+static inline int has_work(bp_context *c) {
+    feed(c);
+    return !bp_mpsc_empty(&c->requests);
+}
 
 const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner) {
     if (owner && atomic_load(&owner->cancelled)) return "bunpy: the call was cancelled from JS (timeout or AbortSignal)";
@@ -80,12 +95,13 @@ typedef struct {
 
 static int js_wait_over(bp_context *c, void *arg) {
     js_wait *w = arg;
-    return atomic_load(w->flag) || !bp_mpsc_empty(&c->requests) || bp_ctx_wait_cut(c, w->owner);
+    return atomic_load(w->flag) || has_work(c) || bp_ctx_wait_cut(c, w->owner);
 }
 
 /* The next request to run, in order: from the batch taken off the queue last time, or a
    new batch. Kept in the context (not a local) so a dying thread can still fail it. */
 bp_request *bp_ctx_next_request(bp_context *c) {
+    if (!c->batch) feed(c);
     if (!c->batch) c->batch = bp_mpsc_take(&c->requests);
     bp_node *n = c->batch;
     if (n) c->batch = n->next;
