@@ -30,6 +30,7 @@
 
 #include "channel.h"
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -58,6 +59,10 @@ typedef struct bp_shm {
     atomic_uint js_polling;                 /* ... and JS does not poll: ring BP_BUN_BELL_FD         */
     bp_ring_ctl req, res;
 } bp_shm;
+
+/* test/process-rings.test.ts writes over these from the host's Python (a hostile host) */
+_Static_assert(offsetof(bp_shm, req) == 192 && offsetof(bp_shm, res) == 320, "the layout the tests know");
+_Static_assert(sizeof(bp_shm) <= BP_SHM_DATA, "the header fits before the rings");
 
 /* One side's view of one ring. `mine` is this side's own position (the producer's tail or
    the consumer's head), `seen` the last position of the other side found valid. */
