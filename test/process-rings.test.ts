@@ -108,3 +108,21 @@ u64(base + ${RES_TAIL}, head + 24)`, true],
     }
   });
 });
+
+describe.skipIf(!linux)("process context rings and callSync", () => {
+  test("callSync right after an async call (JS was polling) and while calls are in flight", async () => {
+    const ctx = await proc();
+    await ctx.exec("import time\ndef slow(x):\n    time.sleep(0.05)\n    return x");
+    for (let i = 0; i < 20; i++) {
+      const pending = ctx.call("builtins", "abs", [-i]);
+      expect(ctx.callSync("__main__", "slow", [i])).toBe(i);
+      expect(await pending).toBe(i);
+    }
+    const many = Array.from({ length: 10 }, (_, i) => ctx.call("__main__", "slow", [i]));
+    // inside JS's polling window (its poll ran first in this turn of the loop): the host
+    // must still ring the relay for the blocked JS thread
+    await new Promise((r) => setImmediate(r));
+    expect(ctx.callSync("builtins", "abs", [-5])).toBe(5);
+    expect(await Promise.all(many)).toEqual(Array.from({ length: 10 }, (_, i) => i));
+  });
+});
