@@ -153,7 +153,17 @@ void bp_relay_poll(bp_relay *r, int polling) {
         atomic_store(&s->js_polling, (unsigned)polling);
     atomic_thread_fence(memory_order_seq_cst); /* pairs with the host's after publishing */
     if (!bp_ring_nonempty(&s->res)) return;
-    if (pthread_mutex_trylock(&r->lock) != 0) return; /* the relay thread is awake: it reads */
+    if (pthread_mutex_trylock(&r->lock) != 0) {
+        /* the relay thread holds it: it reads, unless it is just going to sleep, having
+           looked before the host published (the host saw JS polling and rang nobody).
+           A look that ends JS's polling makes sure the relay looks again. */
+        if (!polling) {
+            uint64_t one = 1;
+            ssize_t n = write(r->bun_bell, &one, sizeof one);
+            (void)n;
+        }
+        return;
+    }
     if (bp_ring_take(r->ctx, r, 1) == 1) bp_ctx_wake(r->ctx); /* left a frame for the relay */
     pthread_mutex_unlock(&r->lock);
 }

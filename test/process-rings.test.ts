@@ -12,7 +12,7 @@ const proc = async () => keep(await py.context({ mode: "process" }));
 
 /** Each ring holds 1 MiB (BP_RING_CAP); the header layout is asserted in ring.h. */
 const RING = 1 << 20;
-const REQ_HEAD = 192, REQ_TAIL = 256, RES_HEAD = 320, RES_TAIL = 384, DATA = 4096;
+const REQ_HEAD = 192, RES_HEAD = 320, RES_TAIL = 384, DATA = 4096;
 
 /** Python for the host: the address of the shared memory (the memfd's mapping). */
 const FIND = `
