@@ -6,14 +6,18 @@
  *   bunpy-host --check [--memory BYTES] [--cpu SECONDS] [--files N] [--network]
  *       applies the confinement and prints what applied as JSON, then exits 0.
  *   bunpy-host --libpython L --shim S --program PY --python-dir D [limits] --parent PID
- *       (run by relay.c with its end of a socketpair on fd 3) serves one context.
+ *       (run by relay.c with its end of a socketpair on fd 3, the shared memory of
+ *       ring.h on fd 4, eventfds on 5 and 6) serves one context.
  *
  * Serving: the host starts Python through the shim's exported ABI (bunpy.h) exactly as
  * the Bun process does, creates one worker-mode context from the START frame, and then
- * only relays: SUBMIT/CANCEL/ANSWER/CLOSE frames become bp_ctx_submit / bp_ctx_cancel /
+ * serves it: SUBMIT/CANCEL/ANSWER/CLOSE frames become bp_ctx_submit / bp_ctx_cancel /
  * bp_call_reply / bp_ctx_close on its own port, and that port's completions, messages
- * and Python -> JS calls (its doorbell writes an eventfd) become DONE/MESSAGE/CALL frames.
- * The main thread runs no Python. When the channel ends (the Bun process, or its relay,
+ * and Python -> JS calls become DONE/MESSAGE/CALL frames. SUBMITs come in the request
+ * ring, which the context thread reads itself (its feed hook, host_feed); DONE and the
+ * others go out in the result ring, written by whoever drains the port (its doorbell,
+ * normally the context thread). The main thread runs no Python and is woken only for
+ * socket frames, the close, and requests that came while the context thread slept. When the channel ends (the Bun process, or its relay,
  * is gone) the host exits at once.
  *
  * Confinement, in the order it must happen (namespaces need a single-threaded process,

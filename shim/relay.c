@@ -3,7 +3,12 @@
  * (host.c); in the Bun process the context is a bp_context of kind BP_CTX_PROCESS whose
  * thread, instead of running Python, is the relay. Everything JS uses stays the same
  * (the request queue, completions and doorbell, callSync, cancels, calls into JS,
- * messages, close); only what the context thread does with a request differs:
+ * messages, close); only what the context thread does with a request differs. The frames
+ * travel in the shared-memory rings (ring.h, ring.c) when they fit, else on the socket; the
+ * hot path of an awaited call skips this thread entirely (a JS thread writes the SUBMIT
+ * into the ring itself, bp_relay_try_send, and reads the DONE itself while it polls,
+ * bp_relay_poll): the relay forwards what was queued, reads what JS does not, and owns
+ * the socket, the host's life and the close.
  *
  *   request queue ──► SUBMIT (slot, run id, payload as is) ──► host ──► its own context
  *   completion    ◄── DONE (slot, run id, status, payload)  ◄──
@@ -13,7 +18,8 @@
  *
  * The host is not trusted: a DONE completes a request only when its slot holds that run
  * now; an unknown CALL/MESSAGE payload is decoded by JS like any other (it tolerates bad
- * bytes). When the channel ends (EOF, a protocol error) the host is killed if still
+ * bytes); what it writes into the shared memory is checked on every read (ring.c). When
+ * the channel ends (EOF, a protocol error, a ring violation) the host is killed if still
  * there and reaped; the context is dead: what was in flight and every later call fail
  * with BP_ERR_DIED naming the signal or exit code. close(): CLOSE, then SIGKILL once
  * the grace period and BP_ABANDON_MS are over, then reap. No zombie, no fd left.
