@@ -122,6 +122,7 @@ struct bp_context {
     struct bp_relay *relay;   /* BP_CTX_PROCESS: the host process and its channel (relay.c) */
     _Atomic(bp_feed_fn) feed; /* bunpy-host: polled for requests by the thread (wait.c)   */
     void *feed_arg;
+    int feed_fd;              /* its producer's eventfd (bp_ctx_sleep polls it too), or -1 */
 };
 
 

@@ -159,7 +159,7 @@ struct bp_host_api {
     int32_t (*cancel)(bp_context *, bp_request *);
     int32_t (*close)(bp_context *, bp_io *, uint32_t, uint32_t);
     int32_t (*io_reserve)(bp_io *, uint32_t);
-    void (*set_feed)(bp_context *, bp_feed_fn, void *);
+    void (*set_feed)(bp_context *, bp_feed_fn, void *, int32_t);
 };
 
 /* One process, one context: these are the host's, not a library's, statics. */
@@ -375,8 +375,9 @@ static int host_take_ring(void) {
 }
 
 /* The context thread's feed (bp_ctx_set_feed): it takes requests from the ring itself
-   wherever it looks for work; about to sleep, it says so first (Bun then rings the main
-   thread's eventfd, and the main thread takes them). */
+   wherever it looks for work; about to sleep, it says so first. Bun then rings fd 5, which
+   the sleeping context thread polls (wait.c), and so does the main thread (for a context
+   thread asleep in its event loop's epoll, which does not): whichever wakes takes them. */
 static int32_t host_feed(void *arg, int32_t sleeping) {
     (void)arg;
     if (atomic_load_explicit(&shm->host_sleeping, memory_order_relaxed) != (unsigned)sleeping) {
@@ -530,7 +531,7 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
             case BP_FRAME_START:
                 if (!ctx) {
                     ctx = host_ctx = api.ctx_new(io, BP_CTX_WORKER, START_ID, f.len);
-                    if (ctx) api.set_feed(ctx, host_feed, NULL);
+                    if (ctx) api.set_feed(ctx, host_feed, NULL, BP_HOST_BELL_FD);
                     /* the context thread exists (and does not inherit this): wall the main
                        thread in. Refused only where seccomp is missing. */
                     if (ctx && bp_host_lock_main() < 0 && errno != EINVAL && errno != ENOSYS)

@@ -17,8 +17,9 @@ static inline void feed(bp_context *c) {
     if (fn) fn(c->feed_arg, atomic_load_explicit(&c->sleeping, memory_order_relaxed));
 }
 
-void bp_ctx_set_feed(bp_context *c, bp_feed_fn fn, void *arg) {
+void bp_ctx_set_feed(bp_context *c, bp_feed_fn fn, void *arg, int32_t fd) {
     c->feed_arg = arg;
+    c->feed_fd = fd;
     atomic_store_explicit(&c->feed, fn, memory_order_release);
 }
 
@@ -56,15 +57,17 @@ void bp_ctx_raise_interrupted(bp_context *c, const char *msg) {
 void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms) {
     atomic_store(&c->sleeping, 1);
     if (!ready(c, arg)) { /* re-checked after announcing: a producer that saw 0 pushed before */
-        struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
+        /* bunpy-host: its feed's producer rings feed_fd (ready() announced the sleep) */
+        int feed_fd = atomic_load_explicit(&c->feed, memory_order_acquire) ? c->feed_fd : -1;
+        struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = feed_fd, .events = POLLIN}};
         int n;
-        while ((n = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR) {
+        while ((n = poll(pfd, feed_fd >= 0 ? 2 : 1, timeout_ms)) < 0 && errno == EINTR) {
         }
-        if (n > 0) {
-            uint64_t v;
-            ssize_t got = read(c->wake_fd, &v, sizeof v);
-            (void)got;
-        }
+        uint64_t v;
+        ssize_t got = 0;
+        if (n > 0 && (pfd[0].revents & POLLIN)) got = read(c->wake_fd, &v, sizeof v);
+        if (n > 0 && feed_fd >= 0 && (pfd[1].revents & POLLIN)) got = read(feed_fd, &v, sizeof v);
+        (void)got;
     }
     atomic_store(&c->sleeping, 0);
 }
