@@ -118,8 +118,11 @@ int bp_ring_take(bp_context *c, bp_relay *r, int done_only) {
             bp_ring_read(&r->rx, r->rx.mine + sizeof f, r->scratch, f.len);
             p = r->scratch;
         }
+        /* a failed start ends the channel too, without breaking any rule */
+        int start_failed = f.kind == BP_FRAME_STARTED && !r->started && c->start && f.arg != BP_OK;
         if (bp_relay_frame(c, r, &f, p) < 0) {
-            bp_ring_violation(c, r, "a frame it may not send");
+            if (start_failed) r->broken = 1;
+            else bp_ring_violation(c, r, "a frame it may not send");
             return -1;
         }
         bp_ring_pop(&r->rx, &f);
