@@ -215,6 +215,10 @@ int bp_relay_try_send(bp_context *c, bp_request *req) {
         uint64_t run = r->runs + 1;
         atomic_store(&req->seq, run);
         bp_frame f = {.kind = BP_FRAME_SUBMIT, .arg = req->op, .len = req->len, .slot = slot, .id = run};
+        /* this JS thread polls for the result next (hub.ts after a submit, sync_wait after
+           a callSync; both end by saying they stopped): a result that comes before its
+           first look must not ring the relay thread (and then the doorbell) */
+        if (!atomic_load_explicit(&r->shm->js_polling, memory_order_relaxed)) atomic_store(&r->shm->js_polling, 1);
         int rc = bp_ring_submit(r, &f, req->data);
         if (rc > 0) {
             r->runs = run;
