@@ -17,8 +17,8 @@
  * ring, which the context thread reads itself (its feed hook, host_feed); DONE and the
  * others go out in the result ring, written by whoever drains the port (its doorbell,
  * normally the context thread). The main thread runs no Python and is woken only for
- * socket frames, the close, and requests that came while the context thread slept. When the channel ends (the Bun process, or its relay,
- * is gone) the host exits at once.
+ * socket frames, the close, and requests that came while the context thread slept.
+ * When the channel ends (the Bun process, or its relay, is gone) the host exits at once.
  *
  * Confinement, in the order it must happen (namespaces need a single-threaded process,
  * so everything here runs before Python starts any thread):
