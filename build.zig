@@ -34,6 +34,7 @@ const sources = [_][]const u8{
     "shim/shared.c",
     "shim/context.c",
     "shim/relay.c",
+    "shim/ring.c",
     "shim/serve.c",
     "shim/wait.c",
     "shim/request.c",

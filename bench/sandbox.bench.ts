@@ -2,7 +2,7 @@
  * Sandbox kernel rules (Linux: seccomp filter + Landlock domain on the context's thread):
  * awaited call latency in a context with the strictest policy vs an unsandboxed one (the
  * baseline, same run), and context start + close with vs without, rounds interleaved;
- * then a process context (Python in a bunpy-host process, relayed over a socketpair):
+ * then a process context (Python in a bunpy-host process, talking to Bun through shared-memory rings):
  * its awaited call latency and start time against the same thread-context baseline.
  */
 import { bench, do_not_optimize, summary } from "mitata";

@@ -173,6 +173,13 @@ BP_EXPORT int32_t bp_ctx_cancel(bp_context *ctx, bp_request *req);
 /* completion `id` once ended (TRUE: abandoned after grace_ms + 2 s, see context.c) */
 BP_EXPORT int32_t bp_ctx_close(bp_context *ctx, bp_io *io, uint32_t id, uint32_t grace_ms);
 BP_EXPORT void bp_ctx_free(bp_context *ctx);                              /* after the close completion */
+/* bunpy-host (host.c): a source of requests the context's thread polls itself wherever it
+   looks for work (wait.c): fn moves what it has onto the context's queue (bp_ctx_submit)
+   and returns how many; `sleeping` is 1 when the thread is about to sleep (fn announces it
+   to its producer, then looks once more), 0 when awake. A sleeping thread also wakes when
+   `fd` (an eventfd the producer rings, or -1) becomes readable. */
+typedef int32_t (*bp_feed_fn)(void *arg, int32_t sleeping);
+BP_EXPORT void bp_ctx_set_feed(bp_context *ctx, bp_feed_fn fn, void *arg, int32_t fd);
 BP_EXPORT int32_t bp_ctx_state(bp_context *ctx);
 BP_EXPORT double bp_ctx_completed(bp_context *ctx);
 

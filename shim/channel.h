@@ -1,6 +1,7 @@
 /*
  * channel.h — the frames a process context's relay (relay.c, in the Bun process) and its
- * host process (host.c) exchange over their socketpair (the host's fd 3). Every frame is a
+ * host process (host.c) exchange, in the shared-memory rings (ring.h) when they fit, else
+ * over their socketpair (the host's fd 3). Every frame is a
  * header and `len` bytes of payload; payloads are the codec bytes the thread contexts
  * already use, copied as is. Included by both sides: the helpers are static.
  *

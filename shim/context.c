@@ -575,6 +575,7 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id, uint32_t grace_ms) {
 }
 
 void bp_ctx_free(bp_context *c) {
+    if (c->mode == BP_CTX_PROCESS) bp_relay_detach(c); /* off its port's poll list (this JS thread) */
     if (atomic_load(&c->abandoned)) pthread_detach(c->thread); /* it may never end */
     else pthread_join(c->thread, NULL);
     bp_ctx_unref(c);

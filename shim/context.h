@@ -122,6 +122,9 @@ struct bp_context {
     bp_mpsc answered;         /* async_calls JS answered, for _bunpy.take_answers (jscall.c);
                                  a process context: answers to its host's calls (relay.c) */
     struct bp_relay *relay;   /* BP_CTX_PROCESS: the host process and its channel (relay.c) */
+    _Atomic(bp_feed_fn) feed; /* bunpy-host: polled for requests by the thread (wait.c)   */
+    void *feed_arg;
+    int feed_fd;              /* its producer's eventfd (bp_ctx_sleep polls it too), or -1 */
 };
 
 
@@ -198,6 +201,8 @@ void bp_request_deliver(bp_request *r);
 typedef struct bp_relay bp_relay;
 void bp_relay_free(bp_relay *r);
 int bp_relay_try_send(bp_context *c, bp_request *r); /* 1: sent by the calling thread itself */
+void bp_relay_poll_all(bp_relay *list, int polling);  /* JS thread: completions from the rings (ring.c) */
+void bp_relay_detach(bp_context *c);                  /* JS thread: off its port's poll list  */
 int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t remote);
 int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len);
 int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t, const uint8_t *, uint32_t));

@@ -6,15 +6,19 @@
  *   bunpy-host --check [--memory BYTES] [--cpu SECONDS] [--files N] [--network]
  *       applies the confinement and prints what applied as JSON, then exits 0.
  *   bunpy-host --libpython L --shim S --program PY --python-dir D [limits] --parent PID
- *       (run by relay.c with its end of a socketpair on fd 3) serves one context.
+ *       (run by relay.c with its end of a socketpair on fd 3, the shared memory of
+ *       ring.h on fd 4, eventfds on 5 and 6) serves one context.
  *
  * Serving: the host starts Python through the shim's exported ABI (bunpy.h) exactly as
  * the Bun process does, creates one worker-mode context from the START frame, and then
- * only relays: SUBMIT/CANCEL/ANSWER/CLOSE frames become bp_ctx_submit / bp_ctx_cancel /
+ * serves it: SUBMIT/CANCEL/ANSWER/CLOSE frames become bp_ctx_submit / bp_ctx_cancel /
  * bp_call_reply / bp_ctx_close on its own port, and that port's completions, messages
- * and Python -> JS calls (its doorbell writes an eventfd) become DONE/MESSAGE/CALL frames.
- * The main thread runs no Python. When the channel ends (the Bun process, or its relay,
- * is gone) the host exits at once.
+ * and Python -> JS calls become DONE/MESSAGE/CALL frames. SUBMITs come in the request
+ * ring, which the context thread reads itself (its feed hook, host_feed); DONE and the
+ * others go out in the result ring, written by whoever drains the port (its doorbell,
+ * normally the context thread). The main thread runs no Python and is woken only for
+ * socket frames, the close, and requests that came while the context thread slept.
+ * When the channel ends (the Bun process, or its relay, is gone) the host exits at once.
  *
  * Confinement, in the order it must happen (namespaces need a single-threaded process,
  * so everything here runs before Python starts any thread):
@@ -51,7 +55,9 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include "bunpy.h"
-#include "channel.h"
+#include "ring.h"
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 typedef struct bp_host_limits {
     uint64_t memory;   /* RLIMIT_AS in bytes (0: unchanged)                 */
@@ -116,14 +122,12 @@ limits:
     return a;
 }
 
-/* Closes every fd above `keep` (and between 2 and keep): the host inherits Bun's. */
-static void close_inherited(int keep) {
+/* Closes every fd above `last`: the host inherits Bun's. */
+static void close_inherited(int last) {
 #ifdef SYS_close_range
-    if (keep > 3) syscall(SYS_close_range, 3, keep - 1, 0);
-    if (syscall(SYS_close_range, keep + 1, ~0U, 0) == 0) return;
+    if (syscall(SYS_close_range, last + 1, ~0U, 0) == 0) return;
 #endif
-    for (int fd = 3; fd < 65536; fd++)
-        if (fd != keep) close(fd);
+    for (int fd = last + 1; fd < 65536; fd++) close(fd);
 }
 
 static uint64_t number_arg(const char *s) {
@@ -155,6 +159,7 @@ struct bp_host_api {
     int32_t (*cancel)(bp_context *, bp_request *);
     int32_t (*close)(bp_context *, bp_io *, uint32_t, uint32_t);
     int32_t (*io_reserve)(bp_io *, uint32_t);
+    void (*set_feed)(bp_context *, bp_feed_fn, void *, int32_t);
 };
 
 /* One process, one context: these are the host's, not a library's, statics. */
@@ -228,8 +233,57 @@ static void slot_free(uint32_t id) {
     free_ids[nfree++] = id;
 }
 
+/* ---- the shared memory (ring.h): requests in, results out ---------------------------- */
+
+static bp_shm *shm;
+static bp_ring req_ring, res_ring; /* we read requests, write results (both under host_lock) */
+static bp_context *host_ctx;
+static bp_io *host_io;
+
+static void ring_bell(int fd) {
+    uint64_t one = 1;
+    ssize_t n = write(fd, &one, sizeof one);
+    (void)n;
+}
+
+static int host_map(void) {
+    struct stat st;
+    if (fstat(BP_HOST_SHM_FD, &st) < 0 || st.st_size < (off_t)BP_SHM_SIZE) return -1;
+    void *m = mmap(NULL, BP_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, BP_HOST_SHM_FD, 0);
+    close(BP_HOST_SHM_FD);
+    if (m == MAP_FAILED) return -1;
+    shm = m;
+    if (shm->magic != BP_RING_MAGIC || shm->cap != BP_RING_CAP) return -1;
+    bp_ring_init(&req_ring, &shm->req, (uint8_t *)m + BP_SHM_DATA, BP_RING_CAP);
+    bp_ring_init(&res_ring, &shm->res, (uint8_t *)m + BP_SHM_DATA + BP_RING_CAP, BP_RING_CAP);
+    return 0;
+}
+
+/* A frame for Bun: into the result ring when it fits now, else over the socket behind a MARK
+   in the ring. Bun is rung only when its relay thread sleeps and JS does not poll. */
 static void host_send(bp_frame *f, const void *payload, uint32_t len) {
-    if (bp_chan_send(BP_HOST_FD, f, payload, len, -1) < 0) _exit(0); /* the relay is gone */
+    f->len = len;
+    for (;;) {
+        int64_t room = bp_ring_room(&res_ring);
+        if (room < 0) _exit(70); /* code in this process wrote over the rings */
+        if ((uint64_t)room >= sizeof *f + len) {
+            bp_ring_put(&res_ring, f, payload);
+            atomic_thread_fence(memory_order_seq_cst); /* pairs with Bun's announcements */
+            if (atomic_load_explicit(&shm->bun_asleep, memory_order_relaxed) &&
+                !atomic_load_explicit(&shm->js_polling, memory_order_relaxed))
+                ring_bell(BP_BUN_BELL_FD);
+            return;
+        }
+        if ((uint64_t)room >= sizeof *f) {
+            bp_frame mark = {.kind = BP_FRAME_MARK};
+            bp_ring_put(&res_ring, &mark, NULL);
+            ring_bell(BP_BUN_BELL_FD);
+            if (bp_chan_send(BP_HOST_FD, f, payload, len, -1) < 0) _exit(0); /* the relay is gone */
+            return;
+        }
+        ring_bell(BP_BUN_BELL_FD); /* full: Bun reads it (nothing it does waits for us) */
+        usleep(200);
+    }
 }
 
 /* Everything the host's port has for the relay: completions and messages, then calls. */
@@ -282,6 +336,59 @@ static int host_flush(const bp_host_api *api, bp_io *io) {
         }
     }
     return closed;
+}
+
+static uint32_t slot_new(uint32_t slot, uint64_t run);
+static void send_error(uint32_t kind, int32_t status, uint32_t slot, uint64_t id, const char *msg);
+
+/* A SUBMIT frame whose payload is in host_io->buf: onto the context's queue. host_lock held. */
+static void host_submit(const bp_frame *f) {
+    if (f->arg == BP_REQ_REF_DROP) { /* no completion */
+        host_api->submit(host_ctx, host_io, 0, f->arg, f->len);
+        return;
+    }
+    uint32_t id = slot_new(f->slot, f->id);
+    bp_request *r = host_api->submit(host_ctx, host_io, id, f->arg, f->len);
+    if (r) {
+        slots[id].req = r;
+    } else {
+        slot_free(id);
+        send_error(BP_FRAME_DONE, BP_ERR_STATE, f->slot, f->id, "the context is closed");
+    }
+}
+
+/* The request ring's frames onto the context's queue, up to a MARK (its frame comes over
+   the socket: the main thread submits it). host_lock held. */
+static int host_take_ring(void) {
+    int n = 0;
+    bp_frame f;
+    int rc;
+    while ((rc = bp_ring_peek(&req_ring, &f)) == 1 && f.kind != BP_FRAME_MARK) {
+        if (f.kind != BP_FRAME_SUBMIT || host_api->io_reserve(host_io, f.len ? f.len : 1) != BP_OK) _exit(70);
+        bp_ring_read(&req_ring, req_ring.mine + sizeof f, host_io->buf, f.len);
+        bp_ring_pop(&req_ring, &f);
+        host_submit(&f);
+        n++;
+    }
+    if (rc < 0) _exit(70);
+    return n;
+}
+
+/* The context thread's feed (bp_ctx_set_feed): it takes requests from the ring itself
+   wherever it looks for work; about to sleep, it says so first. Bun then rings fd 5, which
+   the sleeping context thread polls (wait.c), and so does the main thread (for a context
+   thread asleep in its event loop's epoll, which does not): whichever wakes takes them. */
+static int32_t host_feed(void *arg, int32_t sleeping) {
+    (void)arg;
+    if (atomic_load_explicit(&shm->host_sleeping, memory_order_relaxed) != (unsigned)sleeping) {
+        atomic_store(&shm->host_sleeping, (unsigned)sleeping);
+        atomic_thread_fence(memory_order_seq_cst);
+    }
+    if (!bp_ring_nonempty(&shm->req)) return 0;
+    pthread_mutex_lock(&host_lock);
+    int n = host_take_ring();
+    pthread_mutex_unlock(&host_lock);
+    return n;
 }
 
 /* A frame whose payload is an error record: STR message. */
@@ -382,7 +489,12 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
         .cancel = need_sym(lib, "bp_ctx_cancel"),
         .close = need_sym(lib, "bp_ctx_close"),
         .io_reserve = need_sym(lib, "bp_io_reserve"),
+        .set_feed = need_sym(lib, "bp_ctx_set_feed"),
     };
+    if (host_map() < 0) {
+        fprintf(stderr, "bunpy-host: the shared memory is missing or wrong\n");
+        return 70;
+    }
     bell_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     char err[1024] = "";
     if (bell_fd < 0 || api.init(program, python_dir, err, sizeof err) != 0) {
@@ -395,11 +507,14 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
     bp_io *io = api.io_new(host_dispatch);
     if (!io) return 70;
     host_api = &api;
+    host_io = io;
     api.set_doorbell(io, host_doorbell);
     bp_context *ctx = NULL;
     int closing = 0;
     bp_chan_in in = {0};
-    struct pollfd pfd[2] = {{.fd = BP_HOST_FD, .events = POLLIN}, {.fd = bell_fd, .events = POLLIN}};
+    struct pollfd pfd[3] = {{.fd = BP_HOST_FD, .events = POLLIN},
+                            {.fd = bell_fd, .events = POLLIN},
+                            {.fd = BP_HOST_BELL_FD, .events = POLLIN}};
     for (;;) {
         int got = bp_chan_fill(&in, BP_HOST_FD);
         if (got < 0) _exit(0); /* the relay is gone: nothing to serve any more */
@@ -409,12 +524,14 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
         pthread_mutex_lock(&host_lock);
         while ((payload = bp_chan_next(&in, &f, &bad))) {
             did = 1;
+            if (ctx) host_take_ring(); /* what the ring has from before this frame comes first */
             if (api.io_reserve(io, f.len ? f.len : 1) != BP_OK) _exit(70);
             if (f.len) memcpy(io->buf, payload, f.len);
             switch (f.kind) {
             case BP_FRAME_START:
                 if (!ctx) {
-                    ctx = api.ctx_new(io, BP_CTX_WORKER, START_ID, f.len);
+                    ctx = host_ctx = api.ctx_new(io, BP_CTX_WORKER, START_ID, f.len);
+                    if (ctx) api.set_feed(ctx, host_feed, NULL, BP_HOST_BELL_FD);
                     /* the context thread exists (and does not inherit this): wall the main
                        thread in. Refused only where seccomp is missing. */
                     if (ctx && bp_host_lock_main() < 0 && errno != EINVAL && errno != ENOSYS)
@@ -426,20 +543,11 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
                     return 0;
                 }
                 break;
-            case BP_FRAME_SUBMIT: {
-                if (!ctx) break;
-                if (f.arg == BP_REQ_REF_DROP) { /* no completion */
-                    api.submit(ctx, io, 0, f.arg, f.len);
-                    break;
-                }
-                uint32_t id = slot_new(f.slot, f.id);
-                bp_request *r = api.submit(ctx, io, id, f.arg, f.len);
-                if (r) {
-                    slots[id].req = r;
-                } else {
-                    slot_free(id);
-                    send_error(BP_FRAME_DONE, BP_ERR_STATE, f.slot, f.id, "the context is closed");
-                }
+            case BP_FRAME_SUBMIT: { /* too big for the ring: it takes the place of the MARK there */
+                bp_frame mark;
+                if (!ctx || bp_ring_peek(&req_ring, &mark) != 1 || mark.kind != BP_FRAME_MARK) _exit(70);
+                bp_ring_pop(&req_ring, &mark);
+                host_submit(&f);
                 break;
             }
             case BP_FRAME_CANCEL:
@@ -465,29 +573,21 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
                 break;
             }
         }
-        /* what the doorbell's edge may have missed (calls answered meanwhile, the start) */
+        /* requests Bun rang for (the context thread slept), and what the doorbell's edge
+           may have missed (calls answered meanwhile, the start) */
+        if (ctx) did |= host_take_ring() > 0;
         int closed = ctx && host_flush(&api, io);
         pthread_mutex_unlock(&host_lock);
         if (bad) _exit(0);
         if (closed || atomic_load(&host_closed)) goto done;
         if (did) continue;
-        /* spin briefly on the socket (a thread wake-up costs tens of µs), then sleep */
-        struct timespec t0;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        int busy = 0;
-        for (int spins = 0; spins < 200; spins++) {
-            struct pollfd p = {.fd = BP_HOST_FD, .events = POLLIN};
-            if (poll(&p, 1, 0) > 0) { busy = 1; break; }
-            sched_yield();
-            struct timespec t1;
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            if ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) > 50000) break;
-        }
-        if (busy || atomic_load(&host_closed)) continue;
-        int r = poll(pfd, 2, -1);
-        if (r > 0 && (pfd[1].revents & POLLIN)) {
+        /* no spinning: the context thread reads the rings itself; this thread is woken for
+           socket frames, the close, and requests that came while the context thread slept */
+        if (poll(pfd, 3, -1) > 0) {
             uint64_t v;
-            ssize_t n = read(bell_fd, &v, sizeof v);
+            ssize_t n = 0;
+            if (pfd[1].revents & POLLIN) n = read(bell_fd, &v, sizeof v);
+            if (pfd[2].revents & POLLIN) n = read(BP_HOST_BELL_FD, &v, sizeof v);
             (void)n;
         }
     }
@@ -525,7 +625,7 @@ int main(int argc, char **argv) {
     /* dies with the thread that started it; a parent already gone is caught here */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (parent && getppid() != parent) return 1;
-    close_inherited(check ? 2 : BP_HOST_FD);
+    close_inherited(check ? 2 : BP_BUN_BELL_FD); /* the socket, the memfd, the two eventfds */
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) {
         dup2(devnull, 0);

@@ -3,7 +3,12 @@
  * (host.c); in the Bun process the context is a bp_context of kind BP_CTX_PROCESS whose
  * thread, instead of running Python, is the relay. Everything JS uses stays the same
  * (the request queue, completions and doorbell, callSync, cancels, calls into JS,
- * messages, close); only what the context thread does with a request differs:
+ * messages, close); only what the context thread does with a request differs. The frames
+ * travel in the shared-memory rings (ring.h, ring.c) when they fit, else on the socket; the
+ * hot path of an awaited call skips this thread entirely (a JS thread writes the SUBMIT
+ * into the ring itself, bp_relay_try_send, and reads the DONE itself while it polls,
+ * bp_relay_poll): the relay forwards what was queued, reads what JS does not, and owns
+ * the socket, the host's life and the close.
  *
  *   request queue ──► SUBMIT (slot, run id, payload as is) ──► host ──► its own context
  *   completion    ◄── DONE (slot, run id, status, payload)  ◄──
@@ -13,14 +18,15 @@
  *
  * The host is not trusted: a DONE completes a request only when its slot holds that run
  * now; an unknown CALL/MESSAGE payload is decoded by JS like any other (it tolerates bad
- * bytes). When the channel ends (EOF, a protocol error) the host is killed if still
+ * bytes); what it writes into the shared memory is checked on every read (ring.c). When
+ * the channel ends (EOF, a protocol error, a ring violation) the host is killed if still
  * there and reaped; the context is dead: what was in flight and every later call fail
  * with BP_ERR_DIED naming the signal or exit code. close(): CLOSE, then SIGKILL once
  * the grace period and BP_ABANDON_MS are over, then reap. No zombie, no fd left.
  */
 #define _GNU_SOURCE
 #include "context.h"
-#include "channel.h"
+#include "relay.h"
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -35,25 +41,6 @@
 extern atomic_int bp_live_contexts;
 extern char **environ;
 
-struct bp_relay {
-    /* taken by the relay thread whenever it is not waiting, and tried by JS threads that
-       send a request frame themselves (bp_relay_try_send): the socket's writing side,
-       `slots`, `runs`, `sock`, `close_sent` */
-    pthread_mutex_t lock;
-    char **argv;           /* the host's command line (argv[0] its path), NULL-ended */
-    int sock;              /* our end of the socketpair; -1 once closed              */
-    pid_t pid;             /* the host; 0 once reaped                                */
-    bp_request **slots;    /* requests sent and not completed, by slot               */
-    uint32_t nslots, *free_ids, nfree;
-    uint64_t runs;         /* run ids handed out                                     */
-    uint32_t outstanding;
-    bp_chan_in in;
-    int started;           /* STARTED came                                           */
-    int close_sent;
-    int64_t kill_at;       /* closing: SIGKILL the host at this time (ns), else 0    */
-    int killed;            /* we sent SIGKILL (after the grace period)               */
-    int broken;            /* a direct send went out in part: the channel is cut     */
-};
 
 static void relay_release_live(bp_context *c) {
     if (!atomic_exchange(&c->live_released, 1)) atomic_fetch_sub(&bp_live_contexts, 1);
@@ -63,6 +50,7 @@ void bp_relay_free(bp_relay *r) {
     if (!r) return;
     pthread_mutex_destroy(&r->lock);
     if (r->sock >= 0) close(r->sock);
+    bp_ring_teardown(r);
     if (r->pid > 0) { /* never started serving (thread creation failed) */
         kill(r->pid, SIGKILL);
         waitpid(r->pid, NULL, 0);
@@ -158,6 +146,30 @@ static void relay_reject(bp_context *c, bp_node *list, int32_t status, const cha
     }
 }
 
+static int relay_pump(bp_context *c, bp_relay *r);
+
+/* A SUBMIT frame: into the request ring when it fits now, else over the socket behind a
+   MARK in the ring (the host takes it in its place). When not even a MARK fits, the relay
+   goes on reading results (the host may be waiting for room too) until the host has read. */
+static int relay_submit(bp_context *c, bp_relay *r, int32_t op, uint32_t slot, uint64_t run, const void *p, uint32_t len) {
+    bp_frame f = {.kind = BP_FRAME_SUBMIT, .arg = op, .len = len, .slot = slot, .id = run};
+    bp_frame mark = {.kind = BP_FRAME_MARK};
+    for (;;) {
+        int rc = bp_ring_submit(r, &f, p);
+        if (rc > 0) return 0;
+        if (rc == 0 && (rc = bp_ring_submit(r, &mark, NULL)) > 0) return relay_send(r, BP_FRAME_SUBMIT, op, slot, run, p, len);
+        if (rc < 0) {
+            bp_ring_violation(c, r, "an impossible request ring position");
+            return -1;
+        }
+        if (r->kill_at && bp_now_ns() >= r->kill_at) return -1;
+        struct pollfd pfd = {.fd = r->sock, .events = POLLIN};
+        if (poll(&pfd, 1, 1) < 0 && errno != EINTR) return -1;
+        if ((pfd.revents & POLLIN) && !bp_relay_paused(c) && bp_chan_fill(&r->in, r->sock) < 0) return -1;
+        if (relay_pump(c, r) < 0) return -1;
+    }
+}
+
 /* Hands one request to the host. */
 static int relay_forward(bp_context *c, bp_relay *r, bp_request *req) {
     if (req->op == BP_REQ_CLOSE) {
@@ -171,7 +183,7 @@ static int relay_forward(bp_context *c, bp_relay *r, bp_request *req) {
         return 0;
     }
     if (req->op == BP_REQ_REF_DROP) {
-        int rc = relay_send(r, BP_FRAME_SUBMIT, req->op, 0, 0, req->data, req->len);
+        int rc = relay_submit(c, r, req->op, 0, 0, req->data, req->len);
         bp_request_free(req);
         return rc;
     }
@@ -186,35 +198,35 @@ static int relay_forward(bp_context *c, bp_relay *r, bp_request *req) {
     }
     uint64_t run = ++r->runs;
     atomic_store(&req->seq, run);
-    return relay_send(r, BP_FRAME_SUBMIT, req->op, slot, run, req->data, req->len);
+    return relay_submit(c, r, req->op, slot, run, req->data, req->len);
 }
 
-/* On a JS thread (bp_ctx_push): sends a small request's frame at once when nobody else is
-   writing and nothing is queued before it, skipping the relay thread's wake-up on the way
-   in. A frame of at most 4 KiB goes out whole or not at all (one skb of an AF_UNIX stream
-   socket), so a full socket only means the queue takes it. Returns 1 when sent. */
+/* On a JS thread (bp_ctx_push): writes a request's frame into the request ring itself when
+   nobody else is writing, nothing is queued before it and it fits, skipping the relay
+   thread's wake-up on the way in. Returns 1 when sent. */
 int bp_relay_try_send(bp_context *c, bp_request *req) {
     bp_relay *r = c->relay;
-    if (req->op < BP_REQ_CALL || req->op > BP_REQ_REF_TOJS || req->len > 4096 - sizeof(bp_frame)) return 0;
+    if (req->op < BP_REQ_CALL || req->op > BP_REQ_REF_TOJS || !atomic_load(&r->ring_ready)) return 0;
     if (pthread_mutex_trylock(&r->lock) != 0) return 0;
     int sent = 0;
     uint32_t slot;
-    if (atomic_load(&c->state) == CTX_RUNNING && r->sock >= 0 && !r->close_sent && bp_mpsc_empty(&c->requests) &&
-        slot_put(r, req, &slot) == 0) {
+    if (atomic_load(&c->state) == CTX_RUNNING && r->sock >= 0 && !r->close_sent && !r->broken &&
+        bp_mpsc_empty(&c->requests) && slot_put(r, req, &slot) == 0) {
         uint64_t run = r->runs + 1;
         atomic_store(&req->seq, run);
         bp_frame f = {.kind = BP_FRAME_SUBMIT, .arg = req->op, .len = req->len, .slot = slot, .id = run};
-        uint8_t b[4096];
-        memcpy(b, &f, sizeof f);
-        memcpy(b + sizeof f, req->data, req->len);
-        ssize_t n = send(r->sock, b, sizeof f + req->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n == (ssize_t)(sizeof f + req->len)) {
+        /* this JS thread polls for the result next (hub.ts after a submit, sync_wait after
+           a callSync; both end by saying they stopped): a result that comes before its
+           first look must not ring the relay thread (and then the doorbell) */
+        if (!atomic_load_explicit(&r->shm->js_polling, memory_order_relaxed)) atomic_store(&r->shm->js_polling, 1);
+        int rc = bp_ring_submit(r, &f, req->data);
+        if (rc > 0) {
             r->runs = run;
             sent = 1;
-        } else { /* nothing went out (or the channel is ending): the queue takes it */
+        } else { /* no room now: the queue takes it */
             slot_take(r, slot, run);
             atomic_store(&req->seq, 0);
-            if (n > 0) r->broken = 1; /* cannot happen for one skb; if it did, the stream is cut */
+            if (rc < 0) bp_ring_violation(c, r, "an impossible request ring position");
         }
     }
     pthread_mutex_unlock(&r->lock);
@@ -235,7 +247,7 @@ static void relay_cancels(bp_context *c, bp_relay *r) {
 }
 
 /* One frame from the host. -1: the channel cannot go on. */
-static int relay_frame(bp_context *c, bp_relay *r, const bp_frame *f, const uint8_t *p) {
+int bp_relay_frame(bp_context *c, bp_relay *r, const bp_frame *f, const uint8_t *p) {
     switch (f->kind) {
     case BP_FRAME_STARTED:
         if (r->started || !c->start) return -1;
@@ -277,12 +289,14 @@ static int relay_answer(bp_context *c, uint64_t remote, int32_t status, const ui
 
 static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
     int sv[2];
+    if (bp_ring_setup(r, err, errlen) < 0) return -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         return -1;
     }
-    /* the child's end must not already be fd 3: dup2 onto itself would keep CLOEXEC */
-    if (sv[1] == BP_HOST_FD) {
+    /* the child's fds must not already be at 3..6 (a dup2 onto itself would keep CLOEXEC,
+       or one would land on another): bp_ring_setup's are above 10 */
+    if (sv[1] < 10) {
         int moved = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
         close(sv[1]);
         sv[1] = moved;
@@ -290,6 +304,9 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, sv[1], BP_HOST_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->shm_fd, BP_HOST_SHM_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->host_bell, BP_HOST_BELL_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->bun_bell, BP_BUN_BELL_FD);
     posix_spawnattr_t at;
     posix_spawnattr_init(&at);
     /* a clean signal state: Bun's handlers and mask are not the host's */
@@ -315,6 +332,8 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
         return -1;
     }
     r->sock = sv[0];
+    close(r->shm_fd); /* mapped; the host has its own */
+    r->shm_fd = -1;
     return pid;
 }
 
@@ -362,6 +381,10 @@ reaped:
         snprintf(how, len, "its host process ended (not reaped: %s)", strerror(errno));
         return 0;
     }
+    if (r->violation[0]) {
+        snprintf(how, len, "%s", r->violation);
+        return 0;
+    }
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
         snprintf(how, len, "its host process was killed by %s (signal %d)%s", signal_name(sig), sig,
@@ -379,39 +402,57 @@ reaped:
    reading the host (whose sends then wait, as a thread context's would); JS taking them
    wakes it (bp_message_drained). The same limit as BP_MAX_UNREAD in jscall.c. */
 #define RELAY_MAX_UNREAD 1024
-static int relay_paused(bp_context *c) { return atomic_load(&c->unread) >= RELAY_MAX_UNREAD; }
+int bp_relay_paused(bp_context *c) { return atomic_load(&c->unread) >= RELAY_MAX_UNREAD; }
+#define relay_paused bp_relay_paused
 
+/* Results in the ring and frames from the socket, in the host's order: a socket frame
+   takes the place of the MARK at the ring's head. -1: the channel cannot go on. */
+static int relay_pump(bp_context *c, bp_relay *r) {
+    for (;;) {
+        if (bp_ring_take(c, r, 0) < 0) return -1;
+        if (relay_paused(c) || !bp_chan_ready(&r->in)) return 0;
+        if (!bp_ring_pop_mark(r)) {
+            bp_ring_violation(c, r, "a frame on the socket without its MARK in the ring");
+            return -1;
+        }
+        bp_frame f;
+        int bad = 0;
+        const uint8_t *p = bp_chan_next(&r->in, &f, &bad);
+        if (!p || bp_relay_frame(c, r, &f, p) < 0) return -1;
+    }
+}
+
+/* Sleeps until there is work: requests, answers, cancels, results. Called and returns with
+   r->lock held; the sleep is announced (the host rings then, unless JS polls) before the
+   last look, and the lock is let go while asleep (JS threads send and read meanwhile). */
 static void relay_wait(bp_context *c, bp_relay *r) {
     int hold = relay_paused(c); /* then only the wake-up fd counts, not the socket */
-    /* spin a little first: a wake-up costs tens of µs, a short call less (and the next
-       call of a caller that awaits one at a time comes right after the last answer) */
-    int64_t until = bp_now_ns() + SPIN_NS;
-    while (bp_now_ns() < until) {
-        if (!bp_mpsc_empty(&c->requests) || !bp_mpsc_empty(&c->answered) ||
-            atomic_load(&c->task_cancels) != c->task_cancels_seen)
-            return;
-        if (hold && !relay_paused(c)) return;
-        struct pollfd p = {.fd = r->sock, .events = POLLIN};
-        if (!hold && poll(&p, 1, 0) != 0) return;
-        sched_yield();
-    }
     atomic_store(&c->sleeping, 1);
-    if (!bp_mpsc_empty(&c->requests) || !bp_mpsc_empty(&c->answered) ||
-        atomic_load(&c->task_cancels) != c->task_cancels_seen || (hold && !relay_paused(c))) {
+    if (r->shm) atomic_store(&r->shm->bun_asleep, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!bp_mpsc_empty(&c->requests) || !bp_mpsc_empty(&c->answered) || r->broken ||
+        atomic_load(&c->task_cancels) != c->task_cancels_seen || (hold && !relay_paused(c)) || bp_ring_ready(c, r)) {
         atomic_store(&c->sleeping, 0);
+        if (r->shm) atomic_store(&r->shm->bun_asleep, 0);
         return;
     }
-    struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = r->sock, .events = POLLIN}};
+    pthread_mutex_unlock(&r->lock);
+    struct pollfd pfd[3] = {{.fd = c->wake_fd, .events = POLLIN},
+                            {.fd = r->bun_bell, .events = POLLIN},
+                            {.fd = r->sock, .events = POLLIN}};
     int timeout = -1;
     if (r->kill_at) {
         int64_t left = (r->kill_at - bp_now_ns()) / 1000000;
         timeout = left < 0 ? 0 : left > 100000 ? 100000 : (int)left + 1;
     }
-    poll(pfd, hold ? 1 : 2, timeout);
+    poll(pfd, hold ? 1 : 3, timeout);
     atomic_store(&c->sleeping, 0);
+    if (r->shm) atomic_store(&r->shm->bun_asleep, 0);
     uint64_t v;
     ssize_t n = read(c->wake_fd, &v, sizeof v);
+    n = read(r->bun_bell, &v, sizeof v);
     (void)n;
+    pthread_mutex_lock(&r->lock);
 }
 
 static void *relay_main(void *arg) {
@@ -428,6 +469,7 @@ static void *relay_main(void *arg) {
     }
     r->pid = pid;
     pthread_mutex_lock(&r->lock);
+    atomic_store(&r->ring_ready, 1);
     if (relay_send(r, BP_FRAME_START, 0, 0, 0, c->start->data, c->start->len) < 0) goto ended;
     for (;;) {
         if (r->broken) goto ended;
@@ -442,21 +484,13 @@ static void *relay_main(void *arg) {
         relay_cancels(c, r);
         if (bp_relay_answers(c, relay_answer) < 0) goto ended;
         int got = relay_paused(c) ? 0 : bp_chan_fill(&r->in, r->sock);
-        bp_frame f;
-        const uint8_t *p;
-        int bad = 0;
-        while (!relay_paused(c) && (p = bp_chan_next(&r->in, &f, &bad)))
-            if (relay_frame(c, r, &f, p) < 0) goto ended;
-        if (bad || got < 0) goto ended;
+        /* (at EOF: what the host wrote before it ended still counts) */
+        if (relay_pump(c, r) < 0 || got < 0 || r->broken) goto ended;
         if (r->kill_at && bp_now_ns() >= r->kill_at) {
             r->killed = 1;
             goto ended;
         }
-        if (got == 0 && (relay_paused(c) || !bp_chan_ready(&r->in))) {
-            pthread_mutex_unlock(&r->lock); /* JS threads may send meanwhile */
-            relay_wait(c, r);
-            pthread_mutex_lock(&r->lock);
-        }
+        if (got == 0 && (relay_paused(c) || !bp_chan_ready(&r->in))) relay_wait(c, r);
     }
 ended:
     ended_ok = reap_host(r, r->killed || r->close_sent == 0, how, sizeof how) && r->close_sent;
@@ -499,7 +533,8 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
     bp_relay *r = calloc(1, sizeof *r);
     bp_context *c = calloc(1, sizeof *c);
     if (!r || !c) goto fail;
-    r->sock = -1;
+    r->sock = r->shm_fd = r->host_bell = r->bun_bell = -1;
+    r->ctx = c;
     pthread_mutex_init(&r->lock, NULL);
     size_t n = 0;
     for (const char *a = argv; *a; a += strlen(a) + 1) n++;
@@ -530,6 +565,8 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
         bp_ctx_unref(c); /* frees the relay too */
         return NULL;
     }
+    r->port_next = c->owner->relays; /* bp_port_poll reads its results (this JS thread) */
+    c->owner->relays = r;
     return c;
 fail:
     if (c && c->wake_fd > 0) close(c->wake_fd);

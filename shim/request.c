@@ -101,11 +101,16 @@ static int port_ready(bp_port *p) { return !bp_mpsc_empty(&p->completions) || !b
    once instead of after the poll window. */
 int32_t bp_port_poll(bp_io *io, int32_t polling) {
     bp_port *p = bp_port_of(io);
-    atomic_store(&p->js_polling, polling);
+    /* process contexts' results are taken from their rings while `js_polling` is still 1:
+       they then ring no doorbell (a poll that stops takes them before it says so) */
+    if (polling) atomic_store(&p->js_polling, 1);
+    if (p->relays) bp_relay_poll_all(p->relays, polling);
+    if (!polling) atomic_store(&p->js_polling, 0);
     atomic_thread_fence(memory_order_seq_cst);
     if (port_ready(p)) return 1;
     if (!polling) return 0;
     sched_yield();
+    if (p->relays) bp_relay_poll_all(p->relays, 1);
     return port_ready(p);
 }
 
@@ -179,14 +184,20 @@ static int32_t sync_wait(bp_port *p, bp_request *r, bp_io *io) {
             return BP_CALLS_PENDING;
         }
         /* A futex wake-up costs tens of µs: spin a little first, yielding the core. */
+        /* Process contexts: their results are read from their rings meanwhile (ring.c),
+           and before sleeping their hosts are told to ring their relay threads again. */
         int64_t until = bp_now_ns() + SPIN_NS;
         while (!atomic_load(&r->done) && bp_mpsc_empty(&p->calls) && bp_mpsc_empty(&p->completions) &&
-               bp_now_ns() < until)
+               bp_now_ns() < until) {
             sched_yield();
+            if (p->relays) bp_relay_poll_all(p->relays, 1);
+        }
+        if (p->relays) bp_relay_poll_all(p->relays, 0); /* JS polls nothing while blocked here */
         if (atomic_load(&r->done) || !bp_mpsc_empty(&p->calls) || !bp_mpsc_empty(&p->completions)) continue;
         while (sem_wait(&p->sync_wake) < 0 && errno == EINTR) {
         }
     }
+    if (p->relays) bp_relay_poll_all(p->relays, atomic_load(&p->js_polling));
     atomic_fetch_sub(&p->sync_waiting, 1);
     while (sem_trywait(&p->sync_wake) == 0) { /* wake-ups nobody slept for: drop them */
     }

@@ -11,7 +11,20 @@
 #include <sched.h>
 #include <unistd.h>
 
+/* bunpy-host: what its ring holds goes onto the queue first (see bp_ctx_set_feed). */
+static inline void feed(bp_context *c) {
+    bp_feed_fn fn = atomic_load_explicit(&c->feed, memory_order_acquire);
+    if (fn) fn(c->feed_arg, atomic_load_explicit(&c->sleeping, memory_order_relaxed));
+}
+
+void bp_ctx_set_feed(bp_context *c, bp_feed_fn fn, void *arg, int32_t fd) {
+    c->feed_arg = arg;
+    c->feed_fd = fd;
+    atomic_store_explicit(&c->feed, fn, memory_order_release);
+}
+
 int bp_ctx_has_work(bp_context *c) {
+    feed(c);
     return !bp_mpsc_empty(&c->requests) || atomic_load(&c->task_cancels) != c->task_cancels_seen;
 }
 
@@ -22,7 +35,10 @@ void bp_ctx_alert(bp_context *c) {
 }
 
 /* A request arrived. */
-static inline int has_work(bp_context *c) { return !bp_mpsc_empty(&c->requests); }
+static inline int has_work(bp_context *c) {
+    feed(c);
+    return !bp_mpsc_empty(&c->requests);
+}
 
 const char *bp_ctx_wait_cut(bp_context *c, bp_request *owner) {
     if (owner && atomic_load(&owner->cancelled)) return "bunpy: the call was cancelled from JS (timeout or AbortSignal)";
@@ -41,15 +57,17 @@ void bp_ctx_raise_interrupted(bp_context *c, const char *msg) {
 void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms) {
     atomic_store(&c->sleeping, 1);
     if (!ready(c, arg)) { /* re-checked after announcing: a producer that saw 0 pushed before */
-        struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
+        /* bunpy-host: its feed's producer rings feed_fd (ready() announced the sleep) */
+        int feed_fd = atomic_load_explicit(&c->feed, memory_order_acquire) ? c->feed_fd : -1;
+        struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = feed_fd, .events = POLLIN}};
         int n;
-        while ((n = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR) {
+        while ((n = poll(pfd, feed_fd >= 0 ? 2 : 1, timeout_ms)) < 0 && errno == EINTR) {
         }
-        if (n > 0) {
-            uint64_t v;
-            ssize_t got = read(c->wake_fd, &v, sizeof v);
-            (void)got;
-        }
+        uint64_t v;
+        ssize_t got = 0;
+        if (n > 0 && (pfd[0].revents & POLLIN)) got = read(c->wake_fd, &v, sizeof v);
+        if (n > 0 && feed_fd >= 0 && (pfd[1].revents & POLLIN)) got = read(feed_fd, &v, sizeof v);
+        (void)got;
     }
     atomic_store(&c->sleeping, 0);
 }
@@ -80,12 +98,13 @@ typedef struct {
 
 static int js_wait_over(bp_context *c, void *arg) {
     js_wait *w = arg;
-    return atomic_load(w->flag) || !bp_mpsc_empty(&c->requests) || bp_ctx_wait_cut(c, w->owner);
+    return atomic_load(w->flag) || has_work(c) || bp_ctx_wait_cut(c, w->owner);
 }
 
 /* The next request to run, in order: from the batch taken off the queue last time, or a
    new batch. Kept in the context (not a local) so a dying thread can still fail it. */
 bp_request *bp_ctx_next_request(bp_context *c) {
+    if (!c->batch) feed(c);
     if (!c->batch) c->batch = bp_mpsc_take(&c->requests);
     bp_node *n = c->batch;
     if (n) c->batch = n->next;
