@@ -37,6 +37,8 @@ export interface Pending {
 const POLL_MS = 0.03;
 
 /** The per-JS-thread side of all contexts. */
+const noop = (): void => {};
+
 export class ContextHub {
   private readonly doorbell: JSCallback;
   /** Pending requests by id: ids are slot numbers, reused through a free list (no hashing). */
@@ -177,15 +179,14 @@ export class ContextHub {
    * user code runs: a message listener may call Python, which reuses the buffer.
    */
   private settleCompleted(): void {
-    const settled: (() => void)[] = [];
     // A few drains per wake-up, then the event loop gets a turn: senders that refill the
     // queue as fast as it empties must not freeze it (the rest is taken on the next turn).
     let more = false;
     for (let round = 0; round < 4; round++) {
-      if (this.decodeCompleted(settled) === 0) break;
+      if (this.decodeCompleted(this.deliveries) === 0) break;
       more = round === 3;
     }
-    for (const run of settled) run();
+    this.runDeliveries();
     if (more && !this.drainScheduled) {
       this.drainScheduled = true;
       setImmediate(() => {
@@ -196,6 +197,23 @@ export class ContextHub {
   }
 
   private drainScheduled = false;
+
+  /** Decoded settlements and messages not yet run, in arrival order. One queue for every
+      drain: a listener that calls ctx.callSync drains again inside itself, and that inner
+      drain must run what the outer one decoded before its own (else messages reorder). */
+  private deliveries: (() => void)[] = [];
+  private delivered = 0;
+
+  private runDeliveries(): void {
+    const queue = this.deliveries;
+    while (this.delivered < queue.length) {
+      const run = queue[this.delivered]!;
+      queue[this.delivered++] = noop; // taken: a nested drain will not run it again
+      run();
+    }
+    queue.length = 0;
+    this.delivered = 0;
+  }
 
   /** Decodes one drain's worth of completions into `settled`; returns how many there were. */
   private decodeCompleted(settled: (() => void)[]): number {
