@@ -145,9 +145,8 @@ async def gathered(unix):
         await srv.wait_closed()
     return [in_order, sizes, ends]
 
-async def small_backpressure(unix):
-    """Small writes to a peer that does not read: they are gathered while the kernel takes
-    them, then queued, counted and paused for; all arrive once the peer reads."""
+async def not_reading_peer(unix):
+    """A server whose side of the connection does not read, and a client connected to it."""
     loop = asyncio.get_running_loop()
     server_side = []
     class Slow(Collect):
@@ -159,6 +158,12 @@ async def small_backpressure(unix):
     t, p = await connect(Collect)
     while not server_side:
         await asyncio.sleep(0.001)
+    return srv, t, p, server_side[0]
+
+async def small_backpressure(unix):
+    """Small writes to a peer that does not read: they are gathered while the kernel takes
+    them, then queued, counted and paused for; all arrive once the peer reads."""
+    srv, t, p, server = await not_reading_peer(unix)
     n = 0
     while "pause_writing" not in p.events and n < 200_000:  # the kernel takes megabytes first
         t.write(b"%07d" % n * 73)  # 511 bytes
@@ -166,15 +171,15 @@ async def small_backpressure(unix):
         if n % 50 == 0:
             await asyncio.sleep(0)  # iterations end: the gathered writes go out
     over_high = t.get_write_buffer_size() > t.get_write_buffer_limits()[1]
-    server_side[0].t.resume_reading()
+    server.t.resume_reading()
     while "resume_writing" not in p.events:
         await asyncio.sleep(0.001)
     t.write_eof()
-    while "eof" not in server_side[0].events:
+    while "eof" not in server.events:
         await asyncio.sleep(0.001)
-    got = b"".join(server_side[0].chunks)
+    got = b"".join(server.chunks)
     t.close()
-    server_side[0].t.close()
+    server.t.close()
     srv.close()
     await srv.wait_closed()
     return [p.events[:2], over_high, got == b"".join(b"%07d" % i * 73 for i in range(n))]
@@ -182,17 +187,7 @@ async def small_backpressure(unix):
 async def backpressure(unix):
     """The server stops reading; the client's writes pile up until pause_writing, then the
     server reads again and resume_writing follows; everything arrives."""
-    loop = asyncio.get_running_loop()
-    server_side = []
-    class Slow(Collect):
-        def connection_made(self, t):
-            super().connection_made(t)
-            t.pause_reading()
-            server_side.append(self)
-    srv, connect = await listen(loop, Slow, unix)
-    t, p = await connect(Collect)
-    while not server_side:
-        await asyncio.sleep(0.001)
+    srv, t, p, server = await not_reading_peer(unix)
     block = os.urandom(64 * 1024)
     n = 0
     while "pause_writing" not in p.events and n < 2000:
@@ -200,16 +195,16 @@ async def backpressure(unix):
         n += 1
     buffered = t.get_write_buffer_size()
     limits = t.get_write_buffer_limits()
-    paused_reading = not server_side[0].t.is_reading()
-    server_side[0].t.resume_reading()
+    paused_reading = not server.t.is_reading()
+    server.t.resume_reading()
     while "resume_writing" not in p.events:
         await asyncio.sleep(0.001)
     t.write_eof()
-    while "eof" not in server_side[0].events:
+    while "eof" not in server.events:
         await asyncio.sleep(0.001)
-    got = b"".join(server_side[0].chunks)
+    got = b"".join(server.chunks)
     t.close()
-    server_side[0].t.close()
+    server.t.close()
     srv.close()
     await srv.wait_closed()
     return [p.events[:2], buffered > limits[1], paused_reading, len(got) == n * len(block), got == block * n]
