@@ -160,6 +160,20 @@ async def not_reading_peer(unix):
         await asyncio.sleep(0.001)
     return srv, t, p, server_side[0]
 
+async def read_all_then_close(srv, t, p, server):
+    """The peer reads again: waits for resume_writing, sends EOF, returns all the peer got."""
+    server.t.resume_reading()
+    while "resume_writing" not in p.events:
+        await asyncio.sleep(0.001)
+    t.write_eof()
+    while "eof" not in server.events:
+        await asyncio.sleep(0.001)
+    t.close()
+    server.t.close()
+    srv.close()
+    await srv.wait_closed()
+    return b"".join(server.chunks)
+
 async def small_backpressure(unix):
     """Small writes to a peer that does not read: they are gathered while the kernel takes
     them, then queued, counted and paused for; all arrive once the peer reads."""
@@ -171,17 +185,7 @@ async def small_backpressure(unix):
         if n % 50 == 0:
             await asyncio.sleep(0)  # iterations end: the gathered writes go out
     over_high = t.get_write_buffer_size() > t.get_write_buffer_limits()[1]
-    server.t.resume_reading()
-    while "resume_writing" not in p.events:
-        await asyncio.sleep(0.001)
-    t.write_eof()
-    while "eof" not in server.events:
-        await asyncio.sleep(0.001)
-    got = b"".join(server.chunks)
-    t.close()
-    server.t.close()
-    srv.close()
-    await srv.wait_closed()
+    got = await read_all_then_close(srv, t, p, server)
     return [p.events[:2], over_high, got == b"".join(b"%07d" % i * 73 for i in range(n))]
 
 async def backpressure(unix):
@@ -196,17 +200,7 @@ async def backpressure(unix):
     buffered = t.get_write_buffer_size()
     limits = t.get_write_buffer_limits()
     paused_reading = not server.t.is_reading()
-    server.t.resume_reading()
-    while "resume_writing" not in p.events:
-        await asyncio.sleep(0.001)
-    t.write_eof()
-    while "eof" not in server.events:
-        await asyncio.sleep(0.001)
-    got = b"".join(server.chunks)
-    t.close()
-    server.t.close()
-    srv.close()
-    await srv.wait_closed()
+    got = await read_all_then_close(srv, t, p, server)
     return [p.events[:2], buffered > limits[1], paused_reading, len(got) == n * len(block), got == block * n]
 
 async def half_close(unix):
