@@ -32,16 +32,19 @@ test("a message listener that calls Python does not disturb the drain", async ()
   expect(seen).toEqual(Array.from({ length: 50 }, (_, i) => i * 2));
 });
 
-test("messages keep their order when a listener's ctx.callSync delivers newer ones inside it", async () => {
+test("messages from one sender keep their order when a listener's ctx.callSync delivers newer ones inside it", async () => {
   const ctx = await context();
-  await ctx.exec("import bunpy, time\ndef more():\n    for i in range(2, 30):\n        bunpy.send('ordered', i)\n    time.sleep(0.05)");
+  await ctx.exec("import time\ndef pause():\n    time.sleep(0.05)");
   // queued in the main interpreter until someone listens; py.on delivers both in one drain
   py.exec("import bunpy\nbunpy.send('ordered', 0)\nbunpy.send('ordered', 1)");
   const seen: number[] = [];
   const stop = py.on("ordered", (v: number) => {
     seen.push(v);
-    // 2..29 arrive while this blocks and are delivered from inside it: 1 must come first
-    if (v === 0) ctx.callSync("__main__", "more");
+    if (v !== 0) return;
+    // the same sender goes on; ctx.callSync waits and delivers 2..29 from inside this
+    // listener: 1, decoded with 0, must come before them
+    py.exec("for i in range(2, 30):\n    bunpy.send('ordered', i)");
+    ctx.callSync("__main__", "pause");
   });
   await Bun.sleep(20);
   stop();
