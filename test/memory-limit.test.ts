@@ -42,7 +42,7 @@ describe.skipIf(!hasOwnGil)("memoryLimit in an owngil context", () => {
     expect(py.eval("len(b'x' * (100 << 20))")).toBe(100 * MiB);
     const free = keep(await py.context({ mode: "owngil" }));
     expect(await free.eval("len(b'x' * (100 << 20))")).toBe(100 * MiB);
-  });
+  }, 30_000); // 1.5-2 s on an idle machine, over 5 s under load
 
   test("limits are per context, and closed contexts give their entry back (300 contexts with a limit, one after another)", async () => {
     const small = keep(await py.context({ mode: "owngil", sandbox: { memoryLimit: 16 * MiB } }));

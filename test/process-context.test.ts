@@ -276,7 +276,7 @@ describe("process contexts", () => {
     expect(e).toBeInstanceOf(ContextDiedError);
     expect(e.message).toMatch(/SIGXCPU|SIGKILL/);
     expect(py.eval("1 + 1")).toBe(2);
-  });
+  }, 30_000); // a second of the host's CPU time: more than 5 s of wall time when the cores are busy
 
   test("the process-only limits are refused with a TypeError on thread contexts; memoryLimit on worker contexts", async () => {
     await expect(py.context({ mode: "worker", sandbox: { memoryLimit: 1 << 30 } })).rejects.toThrow(/shares the main interpreter's memory/);
