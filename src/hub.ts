@@ -36,9 +36,9 @@ export interface Pending {
 /** How long (ms) the JS thread looks for completions before it waits for the doorbell. */
 const POLL_MS = 0.03;
 
-/** The per-JS-thread side of all contexts. */
 const noop = (): void => {};
 
+/** The per-JS-thread side of all contexts. */
 export class ContextHub {
   private readonly doorbell: JSCallback;
   /** Pending requests by id: ids are slot numbers, reused through a free list (no hashing). */

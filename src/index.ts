@@ -56,8 +56,6 @@ function rt(): MainInterpreter {
   return main;
 }
 
-/** rt(), refusing a closed interpreter: for entry points that do not go through a shim call
-    (which would report the closed state itself). py.version stays readable after close. */
 /** An options argument: undefined or a plain object (a string, number, array or function
     there is a mistake that would otherwise be read as "no options"). */
 function optionsObject<T>(options: T | undefined, call: string): T | undefined {
@@ -67,6 +65,8 @@ function optionsObject<T>(options: T | undefined, call: string): T | undefined {
   return options;
 }
 
+/** rt(), refusing a closed interpreter: for entry points that do not go through a shim call
+    (which would report the closed state itself). py.version stays readable after close. */
 function running(): MainInterpreter {
   const m = rt();
   if (m.isClosed) throw new PythonClosedError(CLOSED_MESSAGE);
