@@ -403,14 +403,13 @@ reaped:
    wakes it (bp_message_drained). The same limit as BP_MAX_UNREAD in jscall.c. */
 #define RELAY_MAX_UNREAD 1024
 int bp_relay_paused(bp_context *c) { return atomic_load(&c->unread) >= RELAY_MAX_UNREAD; }
-#define relay_paused bp_relay_paused
 
 /* Results in the ring and frames from the socket, in the host's order: a socket frame
    takes the place of the MARK at the ring's head. -1: the channel cannot go on. */
 static int relay_pump(bp_context *c, bp_relay *r) {
     for (;;) {
         if (bp_ring_take(c, r, 0) < 0) return -1;
-        if (relay_paused(c) || !bp_chan_ready(&r->in)) return 0;
+        if (bp_relay_paused(c) || !bp_chan_ready(&r->in)) return 0;
         if (!bp_ring_pop_mark(r)) {
             bp_ring_violation(c, r, "a frame on the socket without its MARK in the ring");
             return -1;
@@ -426,12 +425,12 @@ static int relay_pump(bp_context *c, bp_relay *r) {
    r->lock held; the sleep is announced (the host rings then, unless JS polls) before the
    last look, and the lock is let go while asleep (JS threads send and read meanwhile). */
 static void relay_wait(bp_context *c, bp_relay *r) {
-    int hold = relay_paused(c); /* then only the wake-up fd counts, not the socket */
+    int hold = bp_relay_paused(c); /* then only the wake-up fd counts, not the socket */
     atomic_store(&c->sleeping, 1);
     if (r->shm) atomic_store(&r->shm->bun_asleep, 1);
     atomic_thread_fence(memory_order_seq_cst);
     if (!bp_mpsc_empty(&c->requests) || !bp_mpsc_empty(&c->answered) || r->broken ||
-        atomic_load(&c->task_cancels) != c->task_cancels_seen || (hold && !relay_paused(c)) || bp_ring_ready(c, r)) {
+        atomic_load(&c->task_cancels) != c->task_cancels_seen || (hold && !bp_relay_paused(c)) || bp_ring_ready(c, r)) {
         atomic_store(&c->sleeping, 0);
         if (r->shm) atomic_store(&r->shm->bun_asleep, 0);
         return;
@@ -483,14 +482,14 @@ static void *relay_main(void *arg) {
         }
         relay_cancels(c, r);
         if (bp_relay_answers(c, relay_answer) < 0) goto ended;
-        int got = relay_paused(c) ? 0 : bp_chan_fill(&r->in, r->sock);
+        int got = bp_relay_paused(c) ? 0 : bp_chan_fill(&r->in, r->sock);
         /* (at EOF: what the host wrote before it ended still counts) */
         if (relay_pump(c, r) < 0 || got < 0 || r->broken) goto ended;
         if (r->kill_at && bp_now_ns() >= r->kill_at) {
             r->killed = 1;
             goto ended;
         }
-        if (got == 0 && (relay_paused(c) || !bp_chan_ready(&r->in))) relay_wait(c, r);
+        if (got == 0 && (bp_relay_paused(c) || !bp_chan_ready(&r->in))) relay_wait(c, r);
     }
 ended:
     ended_ok = reap_host(r, r->killed || r->close_sent == 0, how, sizeof how) && r->close_sent;

@@ -79,9 +79,11 @@ export interface CallOptions {
 /** setTimeout's longest delay: a longer one fires at once */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
-function checkCallOptions(options: CallOptions): void {
+/** What `what` (call options, or a pool's, which add key and context) must be. Pool calls
+    check once when they pick, and the context's call again (a few comparisons). */
+export function checkCallOptions(options: CallOptions, what = "call options", fields = "{ timeout?, signal? }"): void {
   if (typeof options !== "object" || options === null)
-    throw new TypeError(`call options must be an object ({ timeout?, signal? }), got ${options === null ? "null" : typeof options}`);
+    throw new TypeError(`${what} must be an object (${fields}), got ${options === null ? "null" : typeof options}`);
   const { timeout, signal } = options;
   if (timeout !== undefined && !(typeof timeout === "number" && timeout >= 0 && timeout <= MAX_TIMEOUT_MS))
     throw new TypeError(`call options: timeout must be a number of ms from 0 to ${MAX_TIMEOUT_MS}, got ${String(timeout)}`);

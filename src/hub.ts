@@ -183,7 +183,7 @@ export class ContextHub {
     // queue as fast as it empties must not freeze it (the rest is taken on the next turn).
     let more = false;
     for (let round = 0; round < 4; round++) {
-      if (this.decodeCompleted(this.deliveries) === 0) break;
+      if (this.decodeCompleted() === 0) break;
       more = round === 3;
     }
     this.runDeliveries();
@@ -215,8 +215,9 @@ export class ContextHub {
     this.delivered = 0;
   }
 
-  /** Decodes one drain's worth of completions into `settled`; returns how many there were. */
-  private decodeCompleted(settled: (() => void)[]): number {
+  /** Decodes one drain's worth of completions into `deliveries`; returns how many there were. */
+  private decodeCompleted(): number {
+    const settled = this.deliveries;
     const { lib, io, wire } = this.rt;
     const count = lib.bp_port_drain(io);
     if (count <= 0) return 0;

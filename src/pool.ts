@@ -8,7 +8,7 @@
 import { PythonStream, type IterateOptions } from "./stream.ts";
 import { BunpyError } from "./errors.ts";
 import type { KwargsObject } from "./wire-format.ts";
-import { Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
+import { checkCallOptions, Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";
 import { listen, type ListenOptions, type Listener } from "./listen.ts";
@@ -121,8 +121,7 @@ export class Pool {
   /** The context a call with these options goes to. */
   pick(options: PoolCallOptions = {}): Context {
     if (this.closed) throw new BunpyError("the pool is closed");
-    if (typeof options !== "object" || options === null)
-      throw new TypeError(`pool call options must be an object ({ key?, context?, timeout?, signal? }), got ${options === null ? "null" : typeof options}`);
+    checkCallOptions(options, "pool call options", "{ key?, context?, timeout?, signal? }");
     if (options.context !== undefined) {
       if (!this.contexts.includes(options.context)) throw new BunpyError("that context does not belong to this pool");
       return options.context;

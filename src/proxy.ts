@@ -142,7 +142,7 @@ const handler: ProxyHandler<Target> = {
     const v = st.owner.getattr(live(st), key);
     // JS code given a Python callable may use fn.call / fn.apply / fn.bind: when Python
     // has no attribute of that name, they are Function.prototype's (which call the proxy)
-    return v === undefined && functionMembers.has(key) ? functionMembers.get(key) : v;
+    return v !== undefined ? v : functionMembers.get(key);
   },
   set(t, key, value) {
     if (typeof key === "symbol") return false;
