@@ -46,7 +46,15 @@ enum {
                             of the registered function Python pulls batches from */
     BP_T_PYFUNC = 21,    /* Python -> JS only: like BP_T_PYOBJ, for a plain function (def, lambda,
                             builtin, bound method): JS makes it a real function, not a Proxy */
+    BP_T_ASCII_MEMO = 22, /* a short ASCII string (1..BP_ASCII_MEMO_MAX bytes), both ways:
+                            u32 n | hint << 8, then n bytes. The hint is a hash of the string
+                            the sender had at hand (Python's cached str hash; JS hashes while it
+                            copies the chars): it picks the receiver's memo slot, so the
+                            receiver compares bytes but does not hash them */
 };
+
+/* The longest string sent as BP_T_ASCII_MEMO (src/codec.ts MEMO_MAX_LENGTH is the same). */
+#define BP_ASCII_MEMO_MAX 24
 
 /* ---- status codes ---------------------------------------------------------------------- */
 enum {

@@ -49,27 +49,57 @@ static bp_interp *reader_state(bp_reader *r) {
     return r->st;
 }
 
-/* Short ASCII strings (dict keys, enum-like values) come again call after call: a
-   direct-mapped memo per interpreter hands back the str made last time, hash included, so
-   such a key costs no allocation. A str is immutable, so sharing one is invisible. Worker
-   contexts share the main interpreter's memo under its GIL. */
-static PyObject *read_ascii(bp_reader *r, const char *p, uint32_t n) {
-    if (n == 0 || n > BP_STR_MEMO_MAX) return PyUnicode_DecodeUTF8(p, n, "strict");
+/* a == b for 1..BP_ASCII_MEMO_MAX bytes, in at most three word compares (libc's memcmp is a
+   call and a dispatch, the most of a memo hit) */
+static inline int same_short(const void *a, const void *b, uint32_t n) {
+    const char *x = a, *y = b;
+    uint64_t u, v;
+    if (n < 8) {
+        uint32_t i = 0;
+        while (i < n && x[i] == y[i]) i++;
+        return i == n;
+    }
+    for (uint32_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&u, x + i, 8);
+        memcpy(&v, y + i, 8);
+        if (u != v) return 0;
+    }
+    memcpy(&u, x + n - 8, 8); /* the last word, overlapping the ones before */
+    memcpy(&v, y + n - 8, 8);
+    return u == v;
+}
+
+/* Short ASCII strings (dict keys, enum-like values) come again call after call: a small
+   memo per interpreter (512 slots, two-way) hands back the str made last time, hash
+   included, so such a key costs no allocation. A str is immutable, so sharing one is
+   invisible. Worker contexts share the main interpreter's memo under its GIL. The slot
+   comes from the sender's hint (BP_T_ASCII_MEMO) or the same hash computed here. */
+static PyObject *memo_lookup(bp_reader *r, const char *p, uint32_t n, uint32_t hint) {
     bp_interp *st = r->st ? r->st : (r->st = bp_interp_get());
     if (!st) return PyUnicode_DecodeUTF8(p, n, "strict");
-    uint32_t h = n;
-    for (uint32_t i = 0; i < n; i++) h = h * 31 + (uint8_t)p[i];
-    PyObject **slot = &st->str_memo[h & (BP_STR_MEMO - 1)];
-    PyObject *known = *slot;
-    if (known && (uint32_t)PyUnicode_GET_LENGTH(known) == n && memcmp(PyUnicode_1BYTE_DATA(known), p, n) == 0)
-        return Py_NewRef(known);
+    /* two ways: the slot the hint picks and its neighbour, so two strings whose hints
+       collide do not evict each other at every call */
+    uint32_t at = hint & (BP_STR_MEMO - 1);
+    PyObject **slot = &st->str_memo[at], **next = &st->str_memo[at ^ 1];
+    if (*slot && (uint32_t)PyUnicode_GET_LENGTH(*slot) == n && same_short(PyUnicode_1BYTE_DATA(*slot), p, n))
+        return Py_NewRef(*slot);
+    if (*next && (uint32_t)PyUnicode_GET_LENGTH(*next) == n && same_short(PyUnicode_1BYTE_DATA(*next), p, n))
+        return Py_NewRef(*next);
     for (uint32_t i = 0; i < n; i++) /* the tag is the sender's word: check it */
         if ((uint8_t)p[i] > 127) return PyUnicode_DecodeUTF8(p, n, "strict");
     PyObject *fresh = PyUnicode_New(n, 127);
     if (!fresh) return NULL;
     memcpy(PyUnicode_1BYTE_DATA(fresh), p, n);
-    Py_XSETREF(*slot, Py_NewRef(fresh));
+    Py_XSETREF(*next, *slot); /* the newest in the slot, the one before next to it */
+    *slot = Py_NewRef(fresh);
     return fresh;
+}
+
+static PyObject *read_ascii(bp_reader *r, const char *p, uint32_t n) {
+    if (n == 0 || n > BP_ASCII_MEMO_MAX) return PyUnicode_DecodeUTF8(p, n, "strict");
+    uint32_t h = n; /* the hash src/codec.ts computes for BP_T_ASCII_MEMO */
+    for (uint32_t i = 0; i < n; i++) h = h * 31 + (uint8_t)p[i];
+    return memo_lookup(r, p, n, h);
 }
 
 static PyObject *read_bigint(bp_reader *r) {
@@ -165,6 +195,18 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
         uint32_t n;
         if (read_span(r, &p, &n) < 0) return NULL;
         return read_ascii(r, p, n);
+    }
+    case BP_T_ASCII_MEMO: {
+        uint32_t v;
+        if (bp_read_u32(r, &v) < 0) return NULL;
+        uint32_t n = v & 0xff;
+        if (n == 0 || n > BP_ASCII_MEMO_MAX || r->end - r->pos < n) {
+            PyErr_SetString(PyExc_ValueError, "bunpy: malformed value buffer (short string)");
+            return NULL;
+        }
+        const char *p = (const char *)(r->buf + r->pos);
+        r->pos += n;
+        return memo_lookup(r, p, n, v >> 8);
     }
     case BP_T_STR: {
         const char *p;

@@ -83,7 +83,19 @@ static int write_str(bp_writer *w, PyObject *o) {
         return convert_error(w, "a Python str with a lone surrogate (at index %zd) has no JavaScript string form",
                              at);
     }
-    return write_span(w, PyUnicode_IS_ASCII(o) ? BP_T_ASCII : BP_T_STR, p, (size_t)n);
+    if (!PyUnicode_IS_ASCII(o)) return write_span(w, BP_T_STR, p, (size_t)n);
+    if (n == 0 || n > BP_ASCII_MEMO_MAX) return write_span(w, BP_T_ASCII, p, (size_t)n);
+    /* a short one (a dict key, an enum-like value): its hash is cached in the str after the
+       first use (dict keys always have it), so the hint costs nothing */
+    Py_hash_t h = PyObject_Hash(o);
+    if (h == -1) return BP_ERR_PYTHON;
+    int rc = reserve(w, 5 + (uint32_t)n);
+    if (rc) return rc;
+    put_u8(w, BP_T_ASCII_MEMO);
+    put_u32(w, (uint32_t)n | ((uint32_t)h << 8));
+    memcpy(w->io->buf + w->pos, p, (size_t)n);
+    w->pos += (uint32_t)n;
+    return BP_OK;
 }
 
 static int write_int(bp_writer *w, PyObject *o) {

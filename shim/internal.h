@@ -67,7 +67,6 @@ enum {
 
 /* The decoder's memo of short ASCII strings, per interpreter (decode.c read_ascii). */
 #define BP_STR_MEMO 512
-#define BP_STR_MEMO_MAX 24
 
 typedef struct bp_interp {
     PyObject *names[BP_NAME_COUNT]; /* see BP_NAME_*                                         */

@@ -80,6 +80,14 @@ static int64_t value_copy(const uint8_t *src, uint32_t end, uint32_t *pos, uint8
         if (end - *pos < n) return -1;
         *pos += n;
         break;
+    case BP_T_ASCII_MEMO: /* normalised to STR below: its length is the low byte */
+        if (end - *pos < 4) return -1;
+        memcpy(&n, src + *pos, 4);
+        n &= 0xff;
+        *pos += 4;
+        if (end - *pos < n) return -1;
+        *pos += n;
+        break;
     case BP_T_LIST: case BP_T_TUPLE: case BP_T_SET: case BP_T_DICT: case BP_T_MAP: {
         if (end - *pos < 4) return -1;
         memcpy(&n, src + *pos, 4);
@@ -101,6 +109,10 @@ static int64_t value_copy(const uint8_t *src, uint32_t end, uint32_t *pos, uint8
     if (dst) {
         memcpy(dst, src + start, *pos - start);
         if (tag == BP_T_ASCII) dst[0] = BP_T_STR;
+        if (tag == BP_T_ASCII_MEMO) {
+            dst[0] = BP_T_STR;
+            memcpy(dst + 1, &n, 4);
+        }
     }
     return *pos - start;
 }
@@ -373,8 +385,10 @@ int32_t bp_shared(bp_io *io, int32_t op, double delta) {
         free(keys);
         return rc;
     }
-    if (end < 5 || (b[0] != BP_T_STR && b[0] != BP_T_ASCII)) return js_error(io, "py.shared: the key must be a string");
+    if (end < 5 || (b[0] != BP_T_STR && b[0] != BP_T_ASCII && b[0] != BP_T_ASCII_MEMO))
+        return js_error(io, "py.shared: the key must be a string");
     memcpy(&kn, b + 1, 4);
+    if (b[0] == BP_T_ASCII_MEMO) kn &= 0xff; /* the rest is the memo hint */
     if (end - 5 < kn) return js_error(io, "py.shared: malformed key");
     char small[256];
     char *k = kn <= sizeof small ? small : malloc(kn);

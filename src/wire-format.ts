@@ -28,6 +28,8 @@ export const enum Tag {
   JSIter = 20,
   /** Python -> JS: a handle to a plain function (def, lambda, builtin, bound method) */
   PyFunc = 21,
+  /** Python -> JS: a short ASCII string, u32 = length | memo slot hint << 8 (shim/bunpy.h) */
+  AsciiMemo = 22,
 }
 
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */

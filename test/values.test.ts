@@ -339,6 +339,38 @@ describe("dicts and Maps", () => {
     expect(py.eval("{}")).toEqual({});
   });
 
+  test("own enumerable keys only, in JS order, even with Object.prototype polluted", () => {
+    const o = { b: 1, 2: "two", a: [1], 1: "one" };
+    expect(call("keys_types", o)).toEqual(["str", "str", "str", "str"]);
+    expect(rep(o)).toBe("{'1': 'one', '2': 'two', 'b': 1, 'a': [1]}");
+    const bare = Object.assign(Object.create(null) as Record<string, unknown>, { x: 1, y: { z: 2 } });
+    expect(rep(bare)).toBe("{'x': 1, 'y': {'z': 2}}");
+    Object.defineProperty(Object.prototype, "polluted", { value: "no", enumerable: true, configurable: true });
+    try {
+      expect(rep(o)).toBe("{'1': 'one', '2': 'two', 'b': 1, 'a': [1]}");
+      expect(rep({ n: { m: 1 } })).toBe("{'n': {'m': 1}}");
+      expect(rep(bare)).toBe("{'x': 1, 'y': {'z': 2}}");
+    } finally {
+      delete (Object.prototype as Record<string, unknown>)["polluted"];
+    }
+    // a getter that pollutes it half-way through a message: the objects after it still
+    // send their own keys only
+    const sneaky = {
+      first: {
+        get g() {
+          Object.defineProperty(Object.prototype, "late", { value: 1, enumerable: true, configurable: true });
+          return 0;
+        },
+      },
+      second: { k: 1 },
+    };
+    try {
+      expect(rep(sneaky)).toBe("{'first': {'g': 0}, 'second': {'k': 1}}");
+    } finally {
+      delete (Object.prototype as Record<string, unknown>)["late"];
+    }
+  });
+
   test("a key named __proto__ stays an own property", () => {
     const v = py.eval("{'__proto__': 1, 'a': 2}");
     expect(Object.getPrototypeOf(v)).toBe(Object.prototype);
