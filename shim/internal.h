@@ -61,8 +61,7 @@ enum {
     BP_NAME_WHEN, BP_NAME_CANCELLED, BP_NAME_SCHEDULED, BP_NAME_RUN, BP_NAME_POPLEFT, BP_NAME_APPEND,
     BP_NAME_CONTEXT, BP_NAME_CALLBACK, BP_NAME_ARGS, BP_NAME_LOOP, BP_NAME_REPR, BP_NAME_SOURCE_TRACEBACK,
     BP_NAME_REMOVE_READER, BP_NAME_REMOVE_WRITER, BP_NAME_BUNPY_STEP, BP_NAME_BUNPY_START, BP_NAME_DONE,
-    BP_NAME_RESULT, BP_NAME_ASYNCIO, BP_NAME_CURRENT_TASK, BP_NAME_JS_NAME, BP_NAME_JS_MESSAGE,
-    BP_NAME_JS_STACK_SOURCE, BP_NAME_COUNT
+    BP_NAME_RESULT, BP_NAME_ASYNCIO, BP_NAME_CURRENT_TASK, BP_NAME_COUNT
 };
 
 /* The decoder's memo of short ASCII strings, per interpreter (decode.c read_ascii). */
@@ -187,6 +186,12 @@ int32_t bp_fail_read(bp_io *io);                            /* an argument could
 /* ---- module (module.c) -------------------------------------------------------------- */
 PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);
 PyObject *bp_module_init(void);                             /* PyInit__bunpy             */
+/* a call into JS with no arguments on port p (the current JS thread's), target as for the
+   dispatch callback; new ref, or NULL + RuntimeError off that JS thread */
+PyObject *bp_call_js_target(bp_interp *st, bp_port *p, int32_t target);
+
+/* ---- jserror.c: bunpy.JSError ------------------------------------------------------- */
+int bp_jserror_init(PyObject *m, bp_interp *st);            /* the type, added to the module */
 PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS record   */
 /* echofloor.c: _bunpy.echo_floor(size, conns, round_trips) -> seconds (bench/loop.bench.ts) */
 PyObject *bp_echo_floor(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
