@@ -86,6 +86,11 @@ bp_interp *bp_interp_get(void);               /* state of the current interprete
 PyObject *bp_interp_helper(bp_interp *st, const char *name); /* borrowed, NULL + error  */
 
 /* ---- a JS thread's port (io.c): bp_io followed by what JS does not see ---------------- */
+typedef struct bp_id_list {
+    int32_t *ids;
+    uint32_t n, cap;
+} bp_id_list;
+
 typedef struct bp_port {
     bp_io io;                    /* must stay first: JS reads it                            */
     PyThreadState *ts;           /* this JS thread's thread state in the main interpreter    */
@@ -98,8 +103,8 @@ typedef struct bp_port {
     atomic_int refs;             /* 1 for JS + 1 per live JSFunction pointing here           */
     atomic_int closed;           /* JS side is gone (bp_io_free, or its thread exited)       */
     pthread_mutex_t released_lock;
-    int32_t *released_ids;       /* JS function ids whose Python wrapper died                */
-    uint32_t released_cap;
+    bp_id_list released;         /* ids whose Python side died on another thread (the lock)  */
+    bp_id_list own_released;     /* ... on this JS thread during its calls (no lock)         */
     PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
     bp_mpsc completions;         /* finished context requests and messages for this JS thread */
     bp_mpsc calls;               /* Python -> JS calls from contexts, waiting for an answer  */

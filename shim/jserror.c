@@ -43,6 +43,24 @@ static void give_back_slot(bp_jserror *e) {
     bp_port_unref(p);
 }
 
+/* "name: message", the exception's argument (PyUnicode_FromFormat costs ~100 ns more). */
+static PyObject *error_text(PyObject *name, PyObject *message) {
+    if (!PyUnicode_Check(name) || !PyUnicode_Check(message))
+        return PyUnicode_FromFormat("%S: %S", name, message);
+    Py_ssize_t n1 = PyUnicode_GET_LENGTH(name), n2 = PyUnicode_GET_LENGTH(message);
+    Py_UCS4 max = PyUnicode_MAX_CHAR_VALUE(name), max2 = PyUnicode_MAX_CHAR_VALUE(message);
+    if (max2 > max) max = max2;
+    PyObject *text = PyUnicode_New(n1 + 2 + n2, max);
+    if (!text) return NULL;
+    if (PyUnicode_CopyCharacters(text, 0, name, 0, n1) < 0 ||
+        PyUnicode_WriteChar(text, n1, ':') < 0 || PyUnicode_WriteChar(text, n1 + 1, ' ') < 0 ||
+        PyUnicode_CopyCharacters(text, n1 + 2, message, 0, n2) < 0) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    return text;
+}
+
 /* Raises bunpy.JSError from an error record: STR name, STR message, then the stack, a STR
    or (main interpreter, this port's callbacks) INT32 slot of the Error in JS's table. */
 PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
@@ -65,7 +83,7 @@ PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
         Py_XDECREF(message);
         return NULL;
     }
-    PyObject *text = PyUnicode_FromFormat("%U: %U", name, message);
+    PyObject *text = error_text(name, message);
     PyObject *args = text ? PyTuple_New(1) : NULL;
     if (args) PyTuple_SET_ITEM(args, 0, text);
     else Py_XDECREF(text);
