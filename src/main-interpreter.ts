@@ -39,6 +39,9 @@ const NAME_CACHE_MAX = 8192;
     once this many wait; fewer are taken by a microtask. */
 const RELEASE_BATCH = 64;
 
+/** What invoke() returns when the function threw (the thrown value is in `threw`). */
+const THREW = Symbol("threw");
+
 export class MainInterpreter implements ProxyOwner, WireHooks {
   readonly info: PythonInfo;
   readonly lib: Shim;
@@ -393,7 +396,12 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
         const fn = this.functions.get(target);
         if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);
         if (kwargs !== null) args.push(kwargs);
-        value = fn(...args);
+        value = this.invoke(fn, args);
+        if (value === THREW) {
+          const e = this.threw;
+          this.threw = undefined;
+          return this.writeThrown(e, true);
+        }
       }
       if (value instanceof Promise || (value !== null && typeof value === "object" && typeof (value as { then?: unknown }).then === "function")) {
         // A dropped Promise must not be reported unhandled; another thenable's then() is
@@ -412,6 +420,19 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       this.dispatching--;
     }
   }
+
+  /** Calls a JS function for Python; what it throws is kept in `threw` and THREW returned.
+      A throw caught here, in a small function, costs JavaScriptCore ~100 ns less than one
+      caught by dispatch's own try/catch (min-of-150 timing windows, 3.13). */
+  private invoke(fn: Function, args: unknown[]): unknown {
+    try {
+      return fn(...args);
+    } catch (e) {
+      this.threw = e;
+      return THREW;
+    }
+  }
+  private threw: unknown;
 
   /** Writes what a JS function threw as the BP_ERR_JS record. Must not throw: an exception
       escaping the dispatch callback would leave C reading the buffer as a result.
