@@ -21,6 +21,7 @@ const sources = [_][]const u8{
     "shim/errors.c",
     "shim/ops.c",
     "shim/module.c",
+    "shim/jserror.c",
     "shim/reactor.c",
     "shim/timers.c",
     "shim/handles.c",

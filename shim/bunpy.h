@@ -97,7 +97,8 @@ typedef struct bp_io {
     uint32_t cap;            /* +8  its capacity                                        */
     uint32_t len;            /* +12 bytes of result written by the last call            */
     uint32_t gen;            /* +16 bumped whenever buf moves (JS re-creates its views)  */
-    uint32_t released;       /* +20 JS function ids waiting in bp_take_released          */
+    uint32_t released;       /* +20 ids waiting in bp_take_released: JS function and pin ids,
+                                and -1 - slot of a thrown Error kept for JSError.js_stack */
     double *drop;            /* +24 handles JS no longer needs, as doubles (pointers < 2^53) */
     uint32_t ndrop;          /* +32 how many; dropped by the next call that takes the GIL   */
     uint32_t drop_cap;       /* +36                                                     */
@@ -105,7 +106,8 @@ typedef struct bp_io {
 } bp_io;
 
 /* callback into JS for bunpy.call / calling a JS function: (io, target) -> status.
-   target >= 0: a JS function id; target == -1: registered name (first STR in buf). */
+   target >= 0: a JS function id; target == -1: registered name (first STR in buf);
+   target <= -2: the stack of the thrown Error kept in slot -2 - target (no arguments). */
 typedef int32_t (*bp_dispatch_fn)(bp_io *io, int32_t target);
 
 /* ---- contexts (context.c) ------------------------------------------------------------- */

@@ -61,8 +61,7 @@ enum {
     BP_NAME_WHEN, BP_NAME_CANCELLED, BP_NAME_SCHEDULED, BP_NAME_RUN, BP_NAME_POPLEFT, BP_NAME_APPEND,
     BP_NAME_CONTEXT, BP_NAME_CALLBACK, BP_NAME_ARGS, BP_NAME_LOOP, BP_NAME_REPR, BP_NAME_SOURCE_TRACEBACK,
     BP_NAME_REMOVE_READER, BP_NAME_REMOVE_WRITER, BP_NAME_BUNPY_STEP, BP_NAME_BUNPY_START, BP_NAME_DONE,
-    BP_NAME_RESULT, BP_NAME_ASYNCIO, BP_NAME_CURRENT_TASK, BP_NAME_JS_NAME, BP_NAME_JS_MESSAGE,
-    BP_NAME_JS_STACK_SOURCE, BP_NAME_COUNT
+    BP_NAME_RESULT, BP_NAME_ASYNCIO, BP_NAME_CURRENT_TASK, BP_NAME_COUNT
 };
 
 /* The decoder's memo of short ASCII strings, per interpreter (decode.c read_ascii). */
@@ -86,6 +85,11 @@ bp_interp *bp_interp_get(void);               /* state of the current interprete
 PyObject *bp_interp_helper(bp_interp *st, const char *name); /* borrowed, NULL + error  */
 
 /* ---- a JS thread's port (io.c): bp_io followed by what JS does not see ---------------- */
+typedef struct bp_id_list {
+    int32_t *ids;
+    uint32_t n, cap;
+} bp_id_list;
+
 typedef struct bp_port {
     bp_io io;                    /* must stay first: JS reads it                            */
     PyThreadState *ts;           /* this JS thread's thread state in the main interpreter    */
@@ -98,8 +102,8 @@ typedef struct bp_port {
     atomic_int refs;             /* 1 for JS + 1 per live JSFunction pointing here           */
     atomic_int closed;           /* JS side is gone (bp_io_free, or its thread exited)       */
     pthread_mutex_t released_lock;
-    int32_t *released_ids;       /* JS function ids whose Python wrapper died                */
-    uint32_t released_cap;
+    bp_id_list released;         /* ids whose Python side died on another thread (the lock)  */
+    bp_id_list own_released;     /* ... on this JS thread during its calls (no lock)         */
     PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
     bp_mpsc completions;         /* finished context requests and messages for this JS thread */
     bp_mpsc calls;               /* Python -> JS calls from contexts, waiting for an answer  */
@@ -186,6 +190,12 @@ int32_t bp_fail_read(bp_io *io);                            /* an argument could
 /* ---- module (module.c) -------------------------------------------------------------- */
 PyObject *bp_jsfunc_new(bp_interp *st, bp_port *port, int32_t id);
 PyObject *bp_module_init(void);                             /* PyInit__bunpy             */
+/* a call into JS with no arguments on port p (the current JS thread's), target as for the
+   dispatch callback; new ref, or NULL + RuntimeError off that JS thread */
+PyObject *bp_call_js_target(bp_interp *st, bp_port *p, int32_t target);
+
+/* ---- jserror.c: bunpy.JSError ------------------------------------------------------- */
+int bp_jserror_init(PyObject *m, bp_interp *st);            /* the type, added to the module */
 PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r);   /* from a BP_ERR_JS record   */
 /* echofloor.c: _bunpy.echo_floor(size, conns, round_trips) -> seconds (bench/loop.bench.ts) */
 PyObject *bp_echo_floor(PyObject *m, PyObject *const *args, Py_ssize_t nargs);

@@ -65,7 +65,8 @@ void bp_port_unref(bp_port *p) {
     if (atomic_fetch_sub(&p->refs, 1) != 1) return;
     pthread_mutex_destroy(&p->released_lock);
     sem_destroy(&p->sync_wake);
-    free(p->released_ids);
+    free(p->released.ids);
+    free(p->own_released.ids);
     free(p->io.buf);
     free(p->io.drop);
     free(p);
@@ -119,27 +120,41 @@ void bp_io_trim(bp_io *io, uint32_t keep) {
     io->gen++;
 }
 
-/* A JSFunction died (any thread, GIL held): remember its id for JS to forget. */
-void bp_port_release_id(bp_port *p, int32_t id) {
-    pthread_mutex_lock(&p->released_lock);
-    uint32_t n = p->io.released;
-    if (n == p->released_cap) {
-        uint32_t cap = p->released_cap ? p->released_cap * 2 : 64;
-        int32_t *ids = realloc(p->released_ids, cap * sizeof *ids);
-        if (!ids) { pthread_mutex_unlock(&p->released_lock); return; } /* JS keeps the fn: a leak, not a crash */
-        p->released_ids = ids;
-        p->released_cap = cap;
+/* Appends to one of the port's id lists; 0, or -1 when it could not grow. */
+static int push_id(bp_id_list *l, int32_t id) {
+    if (l->n == l->cap) {
+        uint32_t cap = l->cap ? l->cap * 2 : 64;
+        int32_t *ids = realloc(l->ids, cap * sizeof *ids);
+        if (!ids) return -1;
+        l->ids = ids;
+        l->cap = cap;
     }
-    p->released_ids[n] = id;
-    p->io.released = n + 1;
+    l->ids[l->n++] = id;
+    return 0;
+}
+
+/* io.released counts both lists (JS reads it to know there is something to take): the JS
+   thread and other threads add to it, so atomically. */
+
+/* A JSFunction, pin or kept JS error died (any thread, GIL held): remember its id for JS
+   to forget. On the port's own JS thread, inside one of its calls (a caught JS error dies
+   there, once per throw), without the lock: only that thread touches `own_released`. */
+void bp_port_release_id(bp_port *p, int32_t id) {
+    if (bp_current_port == p) {
+        if (push_id(&p->own_released, id) == 0) __atomic_fetch_add(&p->io.released, 1, __ATOMIC_RELAXED);
+        return; /* JS keeps the fn if it could not grow: a leak, not a crash */
+    }
+    pthread_mutex_lock(&p->released_lock);
+    if (push_id(&p->released, id) == 0) __atomic_fetch_add(&p->io.released, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&p->released_lock);
 }
 
-/* JS drains the released ids: a LIST of INT32 in the buffer. */
+/* JS drains the released ids: a LIST of INT32 in the buffer (its own thread: own_released
+   is not touched by anyone else meanwhile, and released is under the lock). */
 int32_t bp_take_released(bp_io *io) {
     bp_port *p = bp_port_of(io);
     pthread_mutex_lock(&p->released_lock);
-    uint32_t n = io->released;
+    uint32_t n1 = p->released.n, n2 = p->own_released.n, n = n1 + n2;
     uint64_t need = 5 + 5 * (uint64_t)n;
     if (bp_io_reserve(io, (uint32_t)need) != BP_OK) {
         pthread_mutex_unlock(&p->released_lock);
@@ -150,10 +165,12 @@ int32_t bp_take_released(bp_io *io) {
     memcpy(b + 1, &n, 4);
     for (uint32_t i = 0; i < n; i++) {
         b[5 + 5 * i] = BP_T_INT32;
-        memcpy(b + 6 + 5 * i, &p->released_ids[i], 4);
+        memcpy(b + 6 + 5 * i, i < n1 ? &p->released.ids[i] : &p->own_released.ids[i - n1], 4);
     }
     io->len = (uint32_t)need;
-    io->released = 0;
+    p->released.n = 0;
+    p->own_released.n = 0;
+    __atomic_fetch_sub(&p->io.released, n, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&p->released_lock);
     return BP_OK;
 }

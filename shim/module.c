@@ -1,7 +1,7 @@
 /*
  * module.c — the _bunpy C module (multi-phase, state per interpreter) behind the
- * python/bunpy package: bunpy.call, bunpy.JSError and JSFunction, the Python callable
- * that stands for a JS function.
+ * python/bunpy package: bunpy.call and JSFunction, the Python callable that stands for a
+ * JS function (bunpy.JSError is in jserror.c).
  *
  * A call into JS runs on the JS thread that is inside a bp_ call right now (its port is
  * bp_current_port): the GIL is released while JS runs, so Python threads keep going and
@@ -59,68 +59,8 @@ PyObject *bp_interp_helper(bp_interp *st, const char *name) {
 
 /* ---- calling into JS -------------------------------------------------------------------- */
 
-/* Raises bunpy.JSError from an error record (STR name, STR message, then the stack: a STR,
-   or, from the main interpreter's own callbacks, a JS function that formats it). Formatting
-   a JS stack costs Bun 2-5 us, more than the rest of the throw, and most handlers never
-   read it: JSError.js_stack calls that function on first read and keeps the text. */
-PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
-    PyObject *name = bp_read_value(r, 0);
-    PyObject *message = name ? bp_read_value(r, 0) : NULL;
-    PyObject *stack = message ? bp_read_value(r, 0) : NULL;
-    if (!stack) {
-        Py_XDECREF(name);
-        Py_XDECREF(message);
-        return NULL;
-    }
-    PyObject *text = PyUnicode_FromFormat("%U: %U", name, message);
-    PyObject *exc = text ? PyObject_CallOneArg(st->jserror_type, text) : NULL;
-    Py_XDECREF(text);
-    if (exc) {
-        if (PyObject_SetAttr(exc, st->names[BP_NAME_JS_NAME], name) < 0 ||
-            PyObject_SetAttr(exc, st->names[BP_NAME_JS_MESSAGE], message) < 0 ||
-            PyObject_SetAttr(exc, st->names[BP_NAME_JS_STACK_SOURCE], stack) < 0) {
-            Py_CLEAR(exc);
-        }
-    }
-    Py_DECREF(name);
-    Py_DECREF(message);
-    Py_DECREF(stack);
-    if (exc) bp_err_give(exc);
-    return NULL;
-}
-
-/* JSError.js_stack: the text kept in `_js_stack`, fetched from JS first if that is still
-   the function that formats it (its JS side is released when the text replaces it). */
-static PyObject *jserror_js_stack(PyObject *self, void *unused) {
-    (void)unused;
-    bp_interp *st = bp_interp_get();
-    PyObject *d = st ? PyObject_GenericGetDict(self, NULL) : NULL;
-    if (!d) return NULL;
-    PyObject *name = st->names[BP_NAME_JS_STACK_SOURCE];
-    PyObject *v = PyDict_GetItemWithError(d, name); /* borrowed */
-    PyObject *text = NULL;
-    if (!v) {
-        text = PyErr_Occurred() ? NULL : PyUnicode_FromString("");
-    } else if (PyUnicode_Check(v)) {
-        text = Py_NewRef(v);
-    } else {
-        /* a call into JS: from a Python thread this raises RuntimeError, which says so */
-        text = PyObject_CallNoArgs(v);
-        if (text && (!PyUnicode_Check(text) || PyDict_SetItem(d, name, text) < 0)) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "bunpy: the JS stack was not a string");
-            Py_CLEAR(text);
-        }
-    }
-    Py_DECREF(d);
-    return text;
-}
-
-static PyGetSetDef jserror_getset[] = {
-    {"js_stack", jserror_js_stack, NULL, "the JS error's stack, as JS formats it", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-/* target >= 0: a JS function id; -1: a function registered by name (`name`). */
+/* target >= 0: a JS function id; -1: a function registered by name (`name`); <= -2: the
+   stack of the Error in slot -2 - target of the JS thread's table (jserror.c). */
 static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *name, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames) {
     bp_port *here = bp_current_port;
@@ -188,6 +128,10 @@ static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *na
     }
     PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)status);
     return NULL;
+}
+
+PyObject *bp_call_js_target(bp_interp *st, bp_port *p, int32_t target) {
+    return call_js(st, p, target, NULL, NULL, 0, NULL);
 }
 
 /* bunpy.call(name, *args, **kwargs) */
@@ -341,17 +285,10 @@ static int mod_exec(PyObject *m) {
         [BP_NAME_REMOVE_READER] = "_remove_reader", [BP_NAME_REMOVE_WRITER] = "_remove_writer",
         [BP_NAME_BUNPY_STEP] = "_bunpy_step", [BP_NAME_BUNPY_START] = "_bunpy_start", [BP_NAME_DONE] = "done",
         [BP_NAME_RESULT] = "result", [BP_NAME_ASYNCIO] = "asyncio", [BP_NAME_CURRENT_TASK] = "current_task",
-        [BP_NAME_JS_NAME] = "js_name", [BP_NAME_JS_MESSAGE] = "js_message", [BP_NAME_JS_STACK_SOURCE] = "_js_stack",
     };
     for (int i = 0; i < BP_NAME_COUNT; i++)
         if (!(st->names[i] = PyUnicode_InternFromString(names[i]))) return -1;
-    st->jserror_type = PyErr_NewExceptionWithDoc("bunpy.JSError", "An exception thrown by a JavaScript function.",
-                                                 PyExc_Exception, NULL);
-    if (!st->jserror_type || PyModule_AddObjectRef(m, "JSError", st->jserror_type) < 0) return -1;
-    PyObject *stack = PyDescr_NewGetSet((PyTypeObject *)st->jserror_type, jserror_getset);
-    int added = stack ? PyObject_SetAttrString(st->jserror_type, "js_stack", stack) : -1;
-    Py_XDECREF(stack);
-    if (added < 0) return -1;
+    if (bp_jserror_init(m, st) < 0) return -1;
     st->jsfunc_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &jsfunc_spec, NULL);
     if (!st->jsfunc_type || PyModule_AddObjectRef(m, "JSFunction", (PyObject *)st->jsfunc_type) < 0) return -1;
     if (bp_buffers_init(m, st) < 0) return -1;

@@ -10,7 +10,7 @@ import { defineModule } from "./helpers.ts";
 defineModule(
   "t_callbacks",
   `
-import bunpy, threading
+import bunpy, copy, pickle, threading
 
 def call_it(f, *args, **kwargs):
     return f(*args, **kwargs)
@@ -62,6 +62,26 @@ def _stack_or_error(e):
 
 def drop_kept():
     kept_errors.clear()
+
+def pickled_js_error(f):
+    try:
+        f()
+    except bunpy.JSError as e:
+        e.note = "kept"
+        out = []
+        for e2 in (pickle.loads(pickle.dumps(e)), copy.copy(e)):
+            out.append([type(e2).__name__, str(e2), repr(e2), e2.args, e2.js_name, e2.js_message, e2.js_stack == e.js_stack, e2.note])
+        return out
+
+class MyJSError(bunpy.JSError):
+    pass
+
+def made_in_python():
+    e = MyJSError("A: b")
+    e.js_name, e.js_message = "A", "b"
+    back = pickle.loads(pickle.dumps(e))
+    plain = bunpy.JSError("x")
+    return [isinstance(e, Exception), repr(back), back.js_name, back.js_message, plain.js_stack, hasattr(plain, "js_name")]
 
 def swallow_js(f):
     try:
@@ -341,23 +361,42 @@ describe("JS exceptions", () => {
   });
 
   test("an unread js_stack holds nothing once the exception is gone", () => {
-    const live = () => internals.runtime().liveFunctions;
+    const rt = internals.runtime();
+    const live = () => [rt.liveFunctions, rt.liveThrownErrors];
     py.eval("0");
-    const base = live();
+    const fns = rt.liveFunctions, thrown = rt.liveThrownErrors;
     for (let i = 0; i < 2000; i++)
       expect(call("swallow_js", () => {
         throw new Error(`e${i}`);
       })).toBe(1);
     py.eval("0");
-    expect(live()).toBe(base);
+    expect(live()).toEqual([fns, thrown]);
     call("keep_js_error", () => {
       throw new Error("kept");
     });
     py.eval("0");
-    expect(live()).toBe(base + 2); // the thrower and its stack source, until the error goes
+    // the thrower (its frame is in the traceback) and the Error kept for js_stack
+    expect(live()).toEqual([fns + 1, thrown + 1]);
+    // reading the stack gives the Error back at once; the text stays with the exception
+    expect((call("kept_stacks") as string[])[0]).toContain("kept");
+    expect(live()).toEqual([fns + 1, thrown]);
     call("drop_kept");
     py.eval("0");
-    expect(live()).toBe(base);
+    expect(live()).toEqual([fns, thrown]);
+    call("keep_js_error", () => {
+      throw new Error("kept, never read");
+    });
+    call("drop_kept");
+    expect(live()).toEqual([fns, thrown]);
+  });
+
+  test("JSError pickles and copies with its attributes; Python code can make and subclass it", () => {
+    const rows = call("pickled_js_error", () => {
+      throw new RangeError("too far");
+    }) as unknown[][];
+    for (const row of rows)
+      expect(row).toEqual(["JSError", "RangeError: too far", "JSError('RangeError: too far')", ["RangeError: too far"], "RangeError", "too far", true, "kept"]);
+    expect(call("made_in_python")).toEqual([true, "MyJSError('A: b')", "A", "b", "", false]);
   });
 
   test("non-Error throws are reported too", () => {

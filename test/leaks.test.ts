@@ -132,3 +132,36 @@ def leak_watched_alive():
   const alive = py.eval("sum(1 for r in leak_watched if r() is not None)");
   expect(alive).toBe(0);
 });
+
+test("JS errors thrown into Python leave nothing behind: JSError objects, kept Errors, JS heap (issue 11)", async () => {
+  py.exec(`
+import gc as _gc
+import bunpy as _bunpy
+def leak_js_errors():
+    _gc.collect()
+    return sum(1 for o in _gc.get_objects() if isinstance(o, _bunpy.JSError))
+def leak_swallow(f, read):
+    try:
+        f()
+    except _bunpy.JSError as e:
+        return len(e.js_stack) if read else 1
+`);
+  const rt = internals.runtime();
+  const swallow = py.eval("leak_swallow") as any;
+  const errors = () => py.call("__main__", "leak_js_errors", []) as number;
+  const round = (n: number) => {
+    for (let i = 0; i < n; i++) swallow(() => {
+      throw new Error(`e${i}`);
+    }, i % 3 === 0);
+  };
+  round(5_000);
+  await collect();
+  const before = { errors: errors(), kept: rt.liveThrownErrors, fns: rt.liveFunctions, heap: process.memoryUsage().heapUsed };
+  round(20_000);
+  await collect();
+  expect(errors()).toBe(before.errors);
+  expect(rt.liveThrownErrors).toBe(before.kept);
+  expect(rt.liveFunctions).toBe(before.fns);
+  // flat, with room for what the JIT and the collector keep
+  expect(process.memoryUsage().heapUsed - before.heap).toBeLessThan(8 * MB);
+}, 60_000);
