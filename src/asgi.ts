@@ -8,7 +8,8 @@
  * 64 KiB with a Content-Length are read before the call; larger or chunked ones are read
  * one chunk per receive() through the registered `__bunpy_asgi_read`.
  */
-import type { Context } from "./context.ts";
+import type { ContextMode } from "./context.ts";
+import { inlineRunner, type AppCaller } from "./inline.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
 import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
@@ -45,8 +46,10 @@ export interface ServedApp {
   readonly fetch: Handler;
   /** A handler for a route under `prefix` (e.g. "/api"): root_path / SCRIPT_NAME is `prefix`. */
   mount(prefix: string): Handler;
-  /** The pool the app runs in. */
-  readonly pool: Pool;
+  /** The pool the app runs in; undefined in inline mode (the app runs in the main interpreter). */
+  readonly pool: Pool | undefined;
+  /** Where the app runs: the pool's context mode, or "inline" (the main interpreter, on this JS thread). */
+  readonly mode: ContextMode | "inline";
   /** ASGI: the handlers for Bun.serve({ websocket }) (websocket scopes); undefined for WSGI. */
   readonly websocket?: typeof websocketHandlers;
   /** "asgi" or "wsgi". */
@@ -68,7 +71,7 @@ const DONE = 0;
 const PATHSEND = 2; // STREAM is 1
 
 interface Live {
-  ctx: Context;
+  ctx: AppCaller;
   reader?: { read(): Promise<{ value?: Uint8Array; done: boolean }> };
   gone: boolean;
 }
@@ -95,21 +98,31 @@ function register(rt: MainInterpreter): void {
   });
 }
 
-export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<AsgiApp> {
+export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool | undefined; id: number }): Promise<AsgiApp> {
   const lifespan = options.lifespan ?? "auto";
   if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
   const defaultRoot = checkRootPath(options.rootPath);
   const routeOf = router(options.route);
   register(rt);
   const { pool, id } = loaded ?? (await loadApp(rt, target, options));
+  // inline mode: one runner, the main interpreter on this JS thread
+  const inline = pool === undefined ? inlineRunner(rt) : undefined;
+  const callers: AppCaller[] = inline !== undefined ? [inline] : pool!.contexts;
+  const release = async () => {
+    if (inline !== undefined) {
+      inline.release();
+      rt.callFunction("bunpy._asgi", "forget", [id]);
+    } else await pool!.close();
+  };
+  if (inline !== undefined) inline.users++;
   let lifespanRan = false;
   if (lifespan !== "off") {
     try {
-      const supported = await Promise.all(pool.contexts.map((c) => c.call("bunpy._asgi", "lifespan_startup", [id])));
+      const supported = await Promise.all(callers.map((c) => c.call("bunpy._asgi", "lifespan_startup", [id])));
       lifespanRan = supported.some(Boolean);
       if (lifespan === "on" && !lifespanRan) throw new TypeError(`${target} does not support the ASGI lifespan protocol (lifespan: "on")`);
     } catch (e) {
-      await pool.close();
+      await release();
       throw e;
     }
   }
@@ -122,7 +135,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     let streaming = false;
     let stopListening: (() => void) | undefined; // the abort listener, once added
     try {
-      const ctx = pool.pick(routeOf(req, server));
+      const ctx: AppCaller = inline ?? pool!.pick(routeOf(req, server));
       const url = req.url;
       const method = req.method;
       if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
@@ -155,10 +168,14 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       stopListening = () => signal.removeEventListener("abort", onAbort);
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115; // "https:"
-      const res = (await ctx.call("bunpy._asgi", "handle", [
+      const args = [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
         secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
-      ])) as [number, string[], Uint8Array | string, number];
+      ];
+      // inline: the app's first step runs in this call, without a task (bare)
+      const res = (await (inline !== undefined ? inline.call("bunpy._asgi", "handle", args, true) : ctx.call("bunpy._asgi", "handle", args))) as [
+        number, string[], Uint8Array | string, number,
+      ];
       const [status, flat, first, flag] = res;
       const headers: [string, string][] = [];
       for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
@@ -214,6 +231,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       return (req, server) => serve(req, server, root);
     },
     pool,
+    mode: inline !== undefined ? "inline" : pool!.mode,
     websocket: websocketHandlers,
     interface: "asgi",
     get inFlight() {
@@ -227,8 +245,8 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         const start = Date.now();
         await tracker.drained(timeout);
         const left = Math.max(0, timeout - (Date.now() - start)) / 1000;
-        await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
-        await pool.close();
+        await Promise.allSettled(callers.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
+        await release();
       })();
       return closed;
     },

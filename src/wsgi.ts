@@ -47,11 +47,14 @@ function register(rt: MainInterpreter): void {
   });
 }
 
-export async function startWsgi(rt: MainInterpreter, target: string, options: WsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<ServedApp> {
+export async function startWsgi(rt: MainInterpreter, target: string, options: WsgiOptions = {}, loaded?: { pool: Pool | undefined; id: number }): Promise<ServedApp> {
+  if ((options.mode ?? options.pool?.mode) === "inline") throw new TypeError('mode "inline" serves ASGI apps only; serve a WSGI app in a pool ("owngil" or "worker")');
   const defaultRoot = checkRootPath(options.rootPath);
   const routeOf = router(options.route);
   register(rt);
-  const { pool, id } = loaded ?? (await loadApp(rt, target, options));
+  const loadedApp = loaded ?? (await loadApp(rt, target, options));
+  const id = loadedApp.id;
+  const pool = loadedApp.pool!; // a pool: inline mode is refused above
   const tracker = new Tracker();
 
   async function serve(req: Request, server: ServerLike | undefined, rootPath: string): Promise<Response> {
@@ -121,6 +124,7 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
       return (req, server) => serve(req, server, root);
     },
     pool,
+    mode: pool.mode,
     interface: "wsgi",
     get inFlight() {
       return tracker.n;

@@ -110,7 +110,7 @@ describe("raw ASGI app", () => {
 
   test("a body message after the response is complete raises RuntimeError in the app", async () => {
     expect(await (await fetch(`${base}/twice`)).text()).toBe("once");
-    const all = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    const all = (await Promise.all(app.pool!.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
     expect(all.some((e: string) => e.startsWith("twice: bunpy: http.response.body after the response was complete"))).toBe(true);
   });
 
@@ -148,7 +148,7 @@ describe("raw ASGI app", () => {
     let events: string[] = [];
     for (let i = 0; i < 100; i++) {
       // each context has its own module: look in all
-      const all = await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")));
+      const all = await Promise.all(app.pool!.contexts.map((c) => c.eval("__import__('rawapp').events")));
       events = all.flat();
       if (events.includes("forever: OSError") && events.includes("wait-disconnect: http.disconnect")) break;
       await Bun.sleep(50);
@@ -231,7 +231,7 @@ describe("raw ASGI app", () => {
     let events: string[] = [];
     for (let i = 0; i < 100 && !events.includes("ws disconnect 4321"); i++) {
       await Bun.sleep(20);
-      events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+      events = (await Promise.all(app.pool!.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
     }
     expect(events).toContain("ws disconnect 4321");
   });
@@ -259,7 +259,7 @@ describe("raw ASGI app", () => {
     expect(await head.text()).toBe("");
     // the app's send() raised before anything reached the client: a clean 500
     expect((await fetch(`${base}/pathsend?/no/such/file`)).status).toBe(500);
-    const events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    const events = (await Promise.all(app.pool!.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
     expect(events).toContain("pathsend: FileNotFoundError");
   });
 
@@ -268,8 +268,8 @@ describe("raw ASGI app", () => {
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
     expect(app.inFlight).toBe(0);
     // nothing is left behind in Python: every request record was dropped
-    const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")));
-    expect(left).toEqual(app.pool.contexts.map(() => 0));
+    const left = await Promise.all(app.pool!.contexts.map((c) => c.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")));
+    expect(left).toEqual(app.pool!.contexts.map(() => 0));
   });
 });
 
@@ -286,7 +286,7 @@ describe("modes", () => {
     }
     const server = Bun.serve({ port: 0, fetch: app.fetch });
     try {
-      expect(app.pool.mode).toBe("worker");
+      expect(app.pool!.mode).toBe("worker");
       expect(warned.join("\n")).toContain("singlephase:app imports an extension that refuses subinterpreters");
       expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("served");
     } finally {
@@ -425,7 +425,7 @@ describe("lifespan", () => {
       server.stop(true);
     }
     await app.close({ timeout: 200 }); // waits a second for the shutdown, then closes anyway
-    expect(app.pool.contexts.every((c) => c.state === "closed")).toBe(true);
+    expect(app.pool!.contexts.every((c) => c.state === "closed")).toBe(true);
   }, 15_000);
 
   test("an app that takes the startup event and raises failed its startup (auto too): an error, with the traceback", async () => {
