@@ -10,7 +10,11 @@
  * (installed once per Python into .cache/bench-venv-<version>; uvloop and httptools too
  * when the index has them for that Python, else uvicorn uses asyncio and h11).
  * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64),
- * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2).
+ * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2),
+ * SERVE_BENCH_ROUNDS (default 1: interleaved rounds, the best of each server compared),
+ * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only).
+ * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
+ * (`mode: "inline"`: the app in the main interpreter on Bun's own thread).
  */
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -56,7 +60,10 @@ app = get_asgi_application()
 // ---- server mode: `bun bench/serve.bench.ts --server <target> <port> <site-packages>` --------
 if (process.argv[2] === "--server") {
   const [, , , target, port, site, mode, size] = process.argv;
-  const app = await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
+  const app =
+    mode === "inline"
+      ? await py.asgi(target!, { mode: "inline", path: [APPS, site!] })
+      : await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
   Bun.serve({ port: Number(port), hostname: "127.0.0.1", fetch: app.fetch });
   console.log("ready");
   process.on("SIGTERM", async () => {
@@ -160,11 +167,21 @@ const apps: [string, string, string, string][] = [
 ];
 if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)", "bench_django:app", "/items/7", djangoMode]);
 else console.log("(Django row skipped: pip could not install django)");
+const ROUNDS = Number(process.env["SERVE_BENCH_ROUNDS"] ?? 1);
+const CONTEXT_ROWS = process.env["SERVE_BENCH_CONTEXT"] !== "0";
+const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? b : a);
 for (const [name, target, path, ctxMode] of apps) {
   console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
-  const u = await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path);
-  const b = await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path);
-  console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
+  // rounds interleave the servers; the best round of each is compared (min-of-N on a shared machine)
+  let u: Result | undefined, b: Result | undefined, i: Result | undefined;
+  for (let r = 0; r < ROUNDS; r++) {
+    u = best(u, await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path));
+    if (CONTEXT_ROWS) b = best(b, await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path));
+    // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
+    i = best(i, await run(`bunpy inline (Bun.serve, main interpreter)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, "inline"], port, path));
+  }
+  const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× (p99 ${x.p99} vs ${u!.p99})`;
+  console.log(`  bunpy / uvicorn: ${b !== undefined ? `context ${p(b)}, ` : ""}inline ${p(i!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
 }
 
 // Two of each on both cores: `uvicorn --workers 2` (two processes) against a pool of two

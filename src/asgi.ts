@@ -9,7 +9,7 @@
  * one chunk per receive() through the registered `__bunpy_asgi_read`.
  */
 import type { ContextMode } from "./context.ts";
-import { inlineRunner, type AppCaller } from "./inline.ts";
+import { inlineRunner, type AppCaller, type InlineRunner } from "./inline.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
 import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
@@ -42,7 +42,7 @@ export interface CloseAppOptions {
 }
 
 export interface ServedApp {
-  /** The handler for Bun.serve({ fetch }) or a route: (req, server) => Promise<Response>. */
+  /** The handler for Bun.serve({ fetch }) or a route: (req, server) => Response | Promise<Response>. */
   readonly fetch: Handler;
   /** A handler for a route under `prefix` (e.g. "/api"): root_path / SCRIPT_NAME is `prefix`. */
   mount(prefix: string): Handler;
@@ -128,17 +128,61 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
   }
   const tracker = new Tracker();
 
-  async function serve(req: Request, server: ServerLike | undefined, rootPath: string): Promise<Response> {
-    if (tracker.closing) return unavailable();
+  /**
+   * Inline mode: a request without a body is one synchronous call, and when the app finished
+   * in its first step the Response is built here, with no Promise, no abort listener and no
+   * request record in JS. Anything else (a body, a websocket, a response streamed or not
+   * ready yet) goes on in serve().
+   */
+  function fetchInline(runner: InlineRunner, req: Request, server: ServerLike | undefined, rootPath: string): Response | Promise<Response> {
+    if (tracker.closing || req.body !== null) return serve(req, server, rootPath);
+    const method = req.method;
+    if (method === "GET" && server?.upgrade !== undefined && req.headers.get("upgrade") !== null) return serve(req, server, rootPath);
     tracker.enter();
     const rid = nextRequest++;
+    const url = req.url;
+    const ip = server?.requestIP?.(req) ?? null;
+    let res: unknown[] | number;
+    try {
+      res = runner.handle([
+        false, id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, null, false,
+        url.charCodeAt(4) === 115 ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
+      ]);
+    } catch (e) {
+      tracker.leave();
+      if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
+      return internalError();
+    }
+    if (typeof res !== "number" && res[3] === DONE) {
+      tracker.leave();
+      const status = res[0] as number;
+      const flat = res[1] as string[];
+      const headers: [string, string][] = [];
+      for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
+      try {
+        return new Response(method === "HEAD" || nullBodyStatus(status) ? null : (res[2] as Uint8Array), { status, headers });
+      } catch (e) {
+        console.error("bunpy: ASGI request failed:", e);
+        return internalError();
+      }
+    }
+    return serve(req, server, rootPath, { rid, res: typeof res === "number" ? runner.wait(res) : res });
+  }
+
+  /** `early`: inline mode already made the call (fetchInline): its request id and result. */
+  async function serve(req: Request, server: ServerLike | undefined, rootPath: string, early?: { rid: number; res: unknown }): Promise<Response> {
+    if (early === undefined) {
+      if (tracker.closing) return unavailable();
+      tracker.enter();
+    }
+    const rid = early?.rid ?? nextRequest++;
     let streaming = false;
     let stopListening: (() => void) | undefined; // the abort listener, once added
     try {
       const ctx: AppCaller = inline ?? pool!.pick(routeOf(req, server));
       const url = req.url;
       const method = req.method;
-      if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      if (early === undefined && server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
         const ip = server.requestIP?.(req) ?? null;
         const res = await handshake(rt, ctx, id, rid, req, server as Upgrader, {
           target: targetOf(url), headers: flatHeaders(req), host: ip?.address ?? null, port: ip?.port ?? null,
@@ -149,7 +193,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       let body: Uint8Array | null = null;
       let more = false;
       const l: Live = { ctx, gone: false };
-      if (req.body !== null) {
+      if (early === undefined && req.body !== null) {
         const len = Number(req.headers.get("content-length") ?? NaN);
         if (len <= BODY_INLINE) body = new Uint8Array(await req.arrayBuffer());
         else {
@@ -166,14 +210,21 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       };
       signal.addEventListener("abort", onAbort, { once: true });
       stopListening = () => signal.removeEventListener("abort", onAbort);
+      if (early !== undefined && signal.aborted) onAbort(); // the client left during the call
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115; // "https:"
       const args = [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
         secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
       ];
-      // inline: the app's first step runs in this call, without a task (bare)
-      const res = (await (inline !== undefined ? inline.call("bunpy._asgi", "handle", args, true) : ctx.call("bunpy._asgi", "handle", args))) as [
+      // inline: the app's first step runs in this call, without a task
+      let pending: unknown;
+      if (early !== undefined) pending = early.res;
+      else if (inline !== undefined) {
+        const r = inline.handle([false, ...args]);
+        pending = typeof r === "number" ? inline.wait(r) : r;
+      } else pending = ctx.call("bunpy._asgi", "handle", args);
+      const res = (await pending) as [
         number, string[], Uint8Array | string, number,
       ];
       const [status, flat, first, flag] = res;
@@ -225,10 +276,10 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
 
   let closed: Promise<void> | undefined;
   const app: AsgiApp = {
-    fetch: (req, server) => serve(req, server, defaultRoot),
+    fetch: inline !== undefined ? (req, server) => fetchInline(inline, req, server, defaultRoot) : (req, server) => serve(req, server, defaultRoot),
     mount(prefix: string): Handler {
       const root = checkRootPath(prefix);
-      return (req, server) => serve(req, server, root);
+      return inline !== undefined ? (req, server) => fetchInline(inline, req, server, root) : (req, server) => serve(req, server, root);
     },
     pool,
     mode: inline !== undefined ? "inline" : pool!.mode,

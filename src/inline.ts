@@ -66,12 +66,42 @@ export class InlineRunner implements AppCaller {
     return new Promise((ok, fail) => this.waiting.set(token, { ok, fail }));
   }
 
-  /** The synchronous half of call(): [0, value] when done, [1, Promise] when it waits. */
-  callSync(module: string, fn: string, args: unknown[]): unknown {
-    const r = this.rt.callFunction(MODULE, "start", [module, fn, args]) as [number, unknown, boolean];
-    if (r[2]) this.pumpSoon();
+  /** The inline loop is this thread's running loop now (see handle() in _inline.py). */
+  private sticky = false;
+
+  /**
+   * An ASGI request: `args` are [sticky placeholder, ...bunpy._asgi.handle's arguments].
+   * Returns the response record when the app finished in its first step, else a token for
+   * wait(). One FFI call; the running loop stays set until the end of this event loop turn
+   * or the next other call into Python, whichever comes first.
+   */
+  handle(args: unknown[]): unknown[] | number {
+    const rt = this.rt;
+    const was = this.sticky;
+    args[0] = was;
+    this.sticky = true; // set by the call even when it fails
+    rt.enterHook = undefined;
+    let r: unknown[] | number;
+    try {
+      r = rt.callFunction(MODULE, "handle", args) as unknown[] | number;
+    } finally {
+      rt.enterHook = this.unstick;
+      if (!was) setImmediate(this.unstickLater);
+    }
+    if (typeof r === "number") this.pumpSoon();
     return r;
   }
+
+  private readonly unstick = (): void => {
+    if (!this.sticky) return;
+    this.sticky = false;
+    this.rt.enterHook = undefined;
+    this.rt.callFunction(MODULE, "unstick", []);
+  };
+
+  private readonly unstickLater = (): void => {
+    if (this.sticky && !this.rt.isClosed) this.unstick();
+  };
 
   wait(token: number): Promise<unknown> {
     return new Promise((ok, fail) => this.waiting.set(token, { ok, fail }));

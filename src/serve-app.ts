@@ -56,7 +56,8 @@ export interface ServerLike {
   upgrade?(req: Request, options: unknown): boolean;
 }
 
-export type Handler = (req: Request, server?: ServerLike) => Promise<Response>;
+/** A fetch handler; inline mode answers with a Response directly when the app finished at once. */
+export type Handler = (req: Request, server?: ServerLike) => Response | Promise<Response>;
 
 let nextApp = 1;
 

@@ -21,6 +21,7 @@ from asyncio import events
 
 import _bunpy
 
+from bunpy._asgi import _continue, handle as _asgi_handle
 from bunpy._loop import BunpyEventLoop
 
 WAKE = "__bunpy_inline_wake"
@@ -155,8 +156,6 @@ def start(module, name, args, bare=False):
                 yielded = value.send(None)
             except StopIteration as stop:
                 return [0, stop.value, bool(loop._ready)]
-            from bunpy._asgi import _continue
-
             task = loop.create_task(_continue(value, yielded))
         elif _EAGER:
             task = asyncio.Task(value, loop=loop, eager_start=True)
@@ -173,6 +172,37 @@ def start(module, name, args, bare=False):
     _tl.tasks[token] = task
     task.add_done_callback(lambda t, token=token: _tl.finished.append(token))
     return [1, token, True]
+
+
+def handle(sticky, *args):
+    """An ASGI request (bunpy._asgi.handle's arguments), inline: the response record when the
+    app finished its first step, else a token (its end comes back from pump()).
+
+    The inline loop stays this thread's running loop after the call ("sticky": setting it
+    costs two getpid() system calls on 3.11); JS puts the previous one back with unstick()
+    before any other call into the main interpreter and at the end of its event loop turn.
+    `sticky`: it is still set from the previous request."""
+    loop = _tl.loop if getattr(_tl, "loop", None) is not None else _loop()
+    if not sticky:
+        _tl.outer = events._get_running_loop()
+        events._set_running_loop(loop)
+    coro = _asgi_handle(*args)
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    task = loop.create_task(_continue(coro, yielded))
+    token = _tl.next
+    _tl.next = token + 1
+    _tl.tasks[token] = task
+    task.add_done_callback(lambda t, token=token: _tl.finished.append(token))
+    return token
+
+
+def unstick():
+    """Puts back the running loop handle() found (see handle)."""
+    events._set_running_loop(getattr(_tl, "outer", None))
+    _tl.outer = None
 
 
 def pump():
