@@ -26,6 +26,7 @@ import {
   unavailable,
   type Handler,
   type ServeAppOptions,
+  serverAddress,
   type ServerLike,
 } from "./serve-app.ts";
 
@@ -144,9 +145,10 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     const ip = server?.requestIP?.(req) ?? null;
     let res: unknown[] | number;
     try {
+      const addr = serverAddress(server);
       res = runner.handle([
         false, id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, null, false,
-        url.charCodeAt(4) === 115 ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
+        url.charCodeAt(4) === 115 ? "https" : "http", addr[0], addr[1], rootPath,
       ]);
     } catch (e) {
       tracker.leave();
@@ -186,7 +188,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         const ip = server.requestIP?.(req) ?? null;
         const res = await handshake(rt, ctx, id, rid, req, server as Upgrader, {
           target: targetOf(url), headers: flatHeaders(req), host: ip?.address ?? null, port: ip?.port ?? null,
-          scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: server.hostname ?? null, serverPort: server.port ?? null, rootPath,
+          scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: serverAddress(server)[0], serverPort: serverAddress(server)[1], rootPath,
         });
         return res as Response; // undefined once upgraded: Bun.serve accepts that
       }
@@ -213,9 +215,10 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       if (early !== undefined && signal.aborted) onAbort(); // the client left during the call
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115; // "https:"
+      const addr = serverAddress(server);
       const args = [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
-        secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
+        secure ? "https" : "http", addr[0], addr[1], rootPath,
       ];
       // inline: the app's first step runs in this call, without a task
       let pending: unknown;

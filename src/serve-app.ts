@@ -57,6 +57,18 @@ export interface ServerLike {
 }
 
 /** A fetch handler; inline mode answers with a Response directly when the app finished at once. */
+const NO_ADDRESS: readonly [null, null] = [null, null];
+const addresses = new WeakMap<object, readonly [string | null, number | null]>();
+
+/** The server's hostname and port for the scope, read once per server: Bun's `server.port`
+    is a getsockname() system call at every read. */
+export function serverAddress(server: ServerLike | undefined): readonly [string | null, number | null] {
+  if (server === undefined) return NO_ADDRESS;
+  let a = addresses.get(server);
+  if (a === undefined) addresses.set(server, (a = [server.hostname ?? null, server.port ?? null]));
+  return a;
+}
+
 export type Handler = (req: Request, server?: ServerLike) => Response | Promise<Response>;
 
 let nextApp = 1;
@@ -120,10 +132,18 @@ export function targetOf(url: string): string {
   return i < 0 ? "/" : url.slice(i);
 }
 
-/** Headers as a flat [name, value, name, value…] array: names lowercase, in Bun's order. */
+/** Headers as a flat [name, value, name, value…] array: names lowercase, in Bun's order
+    (repeated headers combined as the Fetch standard does, Set-Cookie kept apart). Read
+    through toJSON(): one native call, where iterating the Headers costs an iterator step
+    per header (a quarter of the JS time of an inline hello-world request). */
 export function flatHeaders(req: Request): string[] {
+  const all = req.headers.toJSON() as Record<string, string | string[]>;
   const out: string[] = [];
-  for (const [k, v] of req.headers) out.push(k, v);
+  for (const k in all) {
+    const v = all[k]!;
+    if (typeof v === "string") out.push(k, v);
+    else for (const x of v) out.push(k, x);
+  }
   return out;
 }
 

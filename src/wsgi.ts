@@ -21,6 +21,7 @@ import {
   unavailable,
   type Handler,
   type ServeAppOptions,
+  serverAddress,
   type ServerLike,
 } from "./serve-app.ts";
 
@@ -78,9 +79,10 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
       }
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115;
+      const addr = serverAddress(server);
       const [status, flat, first, flag] = (await ctx.call("bunpy._wsgi", "handle", [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
-        secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
+        secure ? "https" : "http", addr[0], addr[1], rootPath,
       ])) as [number, string[], Uint8Array, number];
       readers.delete(rid);
       const headers: [string, string][] = [];
