@@ -16,7 +16,7 @@
  * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
  * (`mode: "inline"`: the app in the main interpreter on Bun's own thread).
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { py } from "../src/index.ts";
 
@@ -127,17 +127,34 @@ interface Result {
   rps: number;
   p50: string;
   p99: string;
+  /** CPU time of the server process (all its threads) per request, µs: steadier than req/s
+      when other work shares the core. */
+  cpu: number;
 }
 
-function wrk(url: string, seconds = SECONDS, cores = "1"): Result {
+/** utime + stime of a process, in clock ticks (1/100 s here). */
+function cpuTicks(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const rest = f.slice(f.lastIndexOf(")") + 2).split(" ");
+    return Number(rest[11]) + Number(rest[12]);
+  } catch {
+    return NaN;
+  }
+}
+
+function wrk(url: string, seconds = SECONDS, cores = "1", server = 0): Result {
   const threads = cores.split(",").length;
+  const before = cpuTicks(server);
   const r = Bun.spawnSync(["taskset", "-c", cores, "wrk", `-t${threads}`, `-c${CONNS}`, `-d${seconds}s`, "--latency", url], { stdout: "pipe" });
   const out = r.stdout.toString();
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN);
+  const cpu = ((cpuTicks(server) - before) * 10000) / requests;
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const p50 = /^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "?";
   const p99 = /^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? "?";
   if (/Non-2xx/.test(out) || /Socket errors/.test(out)) console.log(out.split("\n").filter((l) => /Non-2xx|Socket errors/.test(l)).join("\n"));
-  return { rps, p50, p99 };
+  return { rps, p50, p99, cpu };
 }
 
 async function run(label: string, cmd: string[], port: number, path: string, cores = "0"): Promise<Result> {
@@ -146,8 +163,8 @@ async function run(label: string, cmd: string[], port: number, path: string, cor
     await waitReady(port);
     const wrkCores = cores === "0" ? "1" : cores;
     wrk(`http://127.0.0.1:${port}${path}`, 2, wrkCores); // warm-up
-    const res = wrk(`http://127.0.0.1:${port}${path}`, SECONDS, wrkCores);
-    console.log(`  ${label.padEnd(44)} ${Math.round(res.rps).toLocaleString("en-US").padStart(8)} req/s   p50 ${res.p50.padStart(8)}   p99 ${res.p99.padStart(8)}`);
+    const res = wrk(`http://127.0.0.1:${port}${path}`, SECONDS, wrkCores, proc.pid);
+    console.log(`  ${label.padEnd(44)} ${Math.round(res.rps).toLocaleString("en-US").padStart(8)} req/s   p50 ${res.p50.padStart(8)}   p99 ${res.p99.padStart(8)}   server CPU ${res.cpu.toFixed(1).padStart(6)} µs/req`);
     return res;
   } finally {
     proc.kill("SIGTERM");
@@ -169,7 +186,7 @@ if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)"
 else console.log("(Django row skipped: pip could not install django)");
 const ROUNDS = Number(process.env["SERVE_BENCH_ROUNDS"] ?? 1);
 const CONTEXT_ROWS = process.env["SERVE_BENCH_CONTEXT"] !== "0";
-const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? b : a);
+const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? { ...b, cpu: Math.min(b.cpu, a?.cpu ?? Infinity) } : { ...a, cpu: Math.min(a.cpu, b.cpu) });
 for (const [name, target, path, ctxMode] of apps) {
   console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
   // rounds interleave the servers; the best round of each is compared (min-of-N on a shared machine)
@@ -180,7 +197,7 @@ for (const [name, target, path, ctxMode] of apps) {
     // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
     i = best(i, await run(`bunpy inline (Bun.serve, main interpreter)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, "inline"], port, path));
   }
-  const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× (p99 ${x.p99} vs ${u!.p99})`;
+  const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× (p99 ${x.p99} vs ${u!.p99}; CPU per request ${(u!.cpu / x.cpu).toFixed(2)}× less)`;
   console.log(`  bunpy / uvicorn: ${b !== undefined ? `context ${p(b)}, ` : ""}inline ${p(i!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
 }
 

@@ -88,6 +88,8 @@ function parse(argv: string[]): Parsed {
     }
   }
   if (options.app === "") throw new UsageError("which app? give MODULE:APP");
+  if (options.mode === "inline" && options.pool !== undefined)
+    throw new UsageError("--workers does not apply to --mode inline (the app runs on Bun's thread: start one process per core with reusePort)");
   options.path = appDirs.length > 0 ? appDirs : ["."];
   if (reloadDirs.length > 0 && !reload) throw new UsageError("--reload-dir needs --reload");
   return { options, accessLog, graceMs, reload: reload ? (reloadDirs.length > 0 ? reloadDirs : options.path) : undefined };

@@ -186,17 +186,33 @@ def handle(sticky, *args):
     if not sticky:
         _tl.outer = events._get_running_loop()
         events._set_running_loop(loop)
-    coro = _asgi_handle(*args)
-    try:
-        yielded = coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    task = loop.create_task(_continue(coro, yielded))
+    # as in a context, the app's first step runs inside a task (libraries such as anyio
+    # ask asyncio.current_task() which event loop library runs them), started eagerly
+    task = _eager_task(loop, _asgi_handle(*args))
+    if task.done():
+        return task.result()
     token = _tl.next
     _tl.next = token + 1
     _tl.tasks[token] = task
     task.add_done_callback(lambda t, token=token: _tl.finished.append(token))
     return token
+
+
+def _eager_task(loop, coro):
+    """A task for `coro` whose first step has run already (a task that finished in it is
+    done on return). 3.12+: asyncio's eager start; 3.11: the task's first step, which its
+    constructor queued on the loop, is taken back from the ready queue and run now."""
+    if _EAGER:
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+    task = asyncio.Task(coro, loop=loop)
+    ready = loop._ready
+    if ready:
+        step = ready.pop()
+        if getattr(step, "_callback", None) is not None and getattr(step._callback, "__self__", None) is task:
+            step._run()
+        else:
+            ready.append(step)  # not the task's step (a subclass of Task?): leave it to the loop
+    return task
 
 
 def unstick():
