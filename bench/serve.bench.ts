@@ -197,7 +197,8 @@ for (const [name, target, path, ctxMode] of apps) {
     // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
     i = best(i, await run(`bunpy inline (Bun.serve, main interpreter)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, "inline"], port, path));
   }
-  const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× (p99 ${x.p99} vs ${u!.p99}; CPU per request ${(u!.cpu / x.cpu).toFixed(2)}× less)`;
+  // req/s ratio, and uvicorn's CPU per request over bunpy's (> 1: bunpy spends less)
+  const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× req/s, ${(u!.cpu / x.cpu).toFixed(2)}× by CPU per request (p99 ${x.p99} vs ${u!.p99})`;
   console.log(`  bunpy / uvicorn: ${b !== undefined ? `context ${p(b)}, ` : ""}inline ${p(i!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
 }
 

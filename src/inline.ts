@@ -53,10 +53,10 @@ export class InlineRunner implements AppCaller {
     });
   }
 
-  call(module: string, fn: string, args: unknown[] = [], bare = false): Promise<unknown> {
+  call(module: string, fn: string, args: unknown[] = []): Promise<unknown> {
     let r: [number, unknown, boolean];
     try {
-      r = this.rt.callFunction(MODULE, "start", [module, fn, args, bare]) as [number, unknown, boolean];
+      r = this.rt.callFunction(MODULE, "start", [module, fn, args]) as [number, unknown, boolean];
     } catch (e) {
       return Promise.reject(e);
     }

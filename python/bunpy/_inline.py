@@ -139,11 +139,10 @@ def _fn(module, name):
     return f
 
 
-def start(module, name, args, bare=False):
+def start(module, name, args):
     """Calls module.name(*args). Returns [0, value, pump] when it is done, [1, token, pump]
     when it goes on as a task (its end comes back from pump()); `pump`: the loop has
-    callbacks ready. A coroutine runs as a task (started eagerly on 3.12+); `bare`: its
-    first step runs without one (no task at all when it does not wait: the request path)."""
+    callbacks ready. A coroutine runs as a task, started eagerly (its first step now)."""
     loop = _loop()
     outer = events._get_running_loop()
     events._set_running_loop(loop)
@@ -151,20 +150,9 @@ def start(module, name, args, bare=False):
         value = _fn(module, name)(*args)
         if not asyncio.iscoroutine(value):
             return [0, value, bool(loop._ready)]
-        if bare:
-            try:
-                yielded = value.send(None)
-            except StopIteration as stop:
-                return [0, stop.value, bool(loop._ready)]
-            task = loop.create_task(_continue(value, yielded))
-        elif _EAGER:
-            task = asyncio.Task(value, loop=loop, eager_start=True)
-            if task.done():
-                if not task.cancelled() and task.exception() is None:
-                    return [0, task.result(), bool(loop._ready)]
-                task.result()  # raises its error
-        else:
-            task = loop.create_task(value)
+        task = _eager_task(loop, value)
+        if task.done():
+            return [0, task.result(), bool(loop._ready)]  # or raises its error
     finally:
         events._set_running_loop(outer)
     token = _tl.next
