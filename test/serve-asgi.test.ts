@@ -582,7 +582,8 @@ describe.skipIf(skip !== undefined)(`Django via ASGI (${appMode})`, () => {
 
 describe("inline mode", () => {
   test("lifespan runs once, in the main interpreter; timers, executor threads and sockets on the inline loop wake it", async () => {
-    const before = (py.eval("__import__('rawapp').events.count('startup')") as number | undefined) ?? 0;
+    const startups = "(lambda m: m.events.count('startup') if m else 0)(__import__('sys').modules.get('rawapp'))";
+    const before = py.eval(startups) as number;
     const app = await py.asgi("rawapp:app", { mode: "inline", path: [FIXTURES] });
     // a plain JS server for the app to talk to over a real socket from the inline loop
     const peer = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("from the peer") });
@@ -591,7 +592,7 @@ describe("inline mode", () => {
     try {
       expect(app.mode).toBe("inline");
       expect(app.pool).toBeUndefined();
-      expect(py.eval("__import__('rawapp').events.count('startup')")).toBe(before + 1);
+      expect(py.eval(startups)).toBe(before + 1);
       expect(await (await fetch(`${base}/sleep`)).text()).toBe("slept");
       expect(await (await fetch(`${base}/thread`)).text()).toBe("from a thread");
       const many = await Promise.all(Array.from({ length: 20 }, () => fetch(`${base}/thread`).then((r) => r.text())));
@@ -601,6 +602,9 @@ describe("inline mode", () => {
       expect(io).toEndWith("from the peer");
       // the request ran on this very thread: the main interpreter, inline
       expect(await (await fetch(`${base}/main-thread`)).text()).toBe("True");
+      // nothing is left behind: no task record, no request record
+      expect(py.eval("len(__import__('bunpy._inline')._inline._tl.tasks)")).toBe(0);
+      expect(py.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")).toBe(0);
     } finally {
       server.stop(true);
       peer.stop(true);
