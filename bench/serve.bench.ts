@@ -10,9 +10,13 @@
  * (installed once per Python into .cache/bench-venv-<version>; uvloop and httptools too
  * when the index has them for that Python, else uvicorn uses asyncio and h11).
  * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64),
- * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2).
+ * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2),
+ * SERVE_BENCH_ROUNDS (default 1: interleaved rounds, the best of each server compared),
+ * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only).
+ * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
+ * (`mode: "inline"`: the app in the main interpreter on Bun's own thread).
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { py } from "../src/index.ts";
 
@@ -56,7 +60,10 @@ app = get_asgi_application()
 // ---- server mode: `bun bench/serve.bench.ts --server <target> <port> <site-packages>` --------
 if (process.argv[2] === "--server") {
   const [, , , target, port, site, mode, size] = process.argv;
-  const app = await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
+  const app =
+    mode === "inline"
+      ? await py.asgi(target!, { mode: "inline", path: [APPS, site!] })
+      : await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
   Bun.serve({ port: Number(port), hostname: "127.0.0.1", fetch: app.fetch });
   console.log("ready");
   process.on("SIGTERM", async () => {
@@ -120,17 +127,34 @@ interface Result {
   rps: number;
   p50: string;
   p99: string;
+  /** CPU time of the server process (all its threads) per request, µs: steadier than req/s
+      when other work shares the core. */
+  cpu: number;
 }
 
-function wrk(url: string, seconds = SECONDS, cores = "1"): Result {
+/** utime + stime of a process, in clock ticks (1/100 s here). */
+function cpuTicks(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const rest = f.slice(f.lastIndexOf(")") + 2).split(" ");
+    return Number(rest[11]) + Number(rest[12]);
+  } catch {
+    return NaN;
+  }
+}
+
+function wrk(url: string, seconds = SECONDS, cores = "1", server = 0): Result {
   const threads = cores.split(",").length;
+  const before = cpuTicks(server);
   const r = Bun.spawnSync(["taskset", "-c", cores, "wrk", `-t${threads}`, `-c${CONNS}`, `-d${seconds}s`, "--latency", url], { stdout: "pipe" });
   const out = r.stdout.toString();
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN);
+  const cpu = ((cpuTicks(server) - before) * 10000) / requests;
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const p50 = /^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? "?";
   const p99 = /^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? "?";
   if (/Non-2xx/.test(out) || /Socket errors/.test(out)) console.log(out.split("\n").filter((l) => /Non-2xx|Socket errors/.test(l)).join("\n"));
-  return { rps, p50, p99 };
+  return { rps, p50, p99, cpu };
 }
 
 async function run(label: string, cmd: string[], port: number, path: string, cores = "0"): Promise<Result> {
@@ -139,8 +163,8 @@ async function run(label: string, cmd: string[], port: number, path: string, cor
     await waitReady(port);
     const wrkCores = cores === "0" ? "1" : cores;
     wrk(`http://127.0.0.1:${port}${path}`, 2, wrkCores); // warm-up
-    const res = wrk(`http://127.0.0.1:${port}${path}`, SECONDS, wrkCores);
-    console.log(`  ${label.padEnd(44)} ${Math.round(res.rps).toLocaleString("en-US").padStart(8)} req/s   p50 ${res.p50.padStart(8)}   p99 ${res.p99.padStart(8)}`);
+    const res = wrk(`http://127.0.0.1:${port}${path}`, SECONDS, wrkCores, proc.pid);
+    console.log(`  ${label.padEnd(44)} ${Math.round(res.rps).toLocaleString("en-US").padStart(8)} req/s   p50 ${res.p50.padStart(8)}   p99 ${res.p99.padStart(8)}   server CPU ${res.cpu.toFixed(1).padStart(6)} µs/req`);
     return res;
   } finally {
     proc.kill("SIGTERM");
@@ -160,11 +184,22 @@ const apps: [string, string, string, string][] = [
 ];
 if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)", "bench_django:app", "/items/7", djangoMode]);
 else console.log("(Django row skipped: pip could not install django)");
+const ROUNDS = Number(process.env["SERVE_BENCH_ROUNDS"] ?? 1);
+const CONTEXT_ROWS = process.env["SERVE_BENCH_CONTEXT"] !== "0";
+const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? { ...b, cpu: Math.min(b.cpu, a?.cpu ?? Infinity) } : { ...a, cpu: Math.min(a.cpu, b.cpu) });
 for (const [name, target, path, ctxMode] of apps) {
   console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
-  const u = await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path);
-  const b = await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path);
-  console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
+  // rounds interleave the servers; the best round of each is compared (min-of-N on a shared machine)
+  let u: Result | undefined, b: Result | undefined, i: Result | undefined;
+  for (let r = 0; r < ROUNDS; r++) {
+    u = best(u, await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path));
+    if (CONTEXT_ROWS) b = best(b, await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path));
+    // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
+    i = best(i, await run(`bunpy inline (Bun.serve, main interpreter)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, "inline"], port, path));
+  }
+  // req/s ratio, and uvicorn's CPU per request over bunpy's (> 1: bunpy spends less)
+  const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× req/s, ${(u!.cpu / x.cpu).toFixed(2)}× by CPU per request (p99 ${x.p99} vs ${u!.p99})`;
+  console.log(`  bunpy / uvicorn: ${b !== undefined ? `context ${p(b)}, ` : ""}inline ${p(i!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
 }
 
 // Two of each on both cores: `uvicorn --workers 2` (two processes) against a pool of two

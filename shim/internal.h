@@ -227,5 +227,7 @@ PyObject *bp_context_call_start_batched(bp_interp *st, PyObject *name, PyObject 
 PyObject *bp_context_take_answers(void);
 PyObject *bp_context_call_finish(bp_interp *st, PyObject *handle);
 PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value);
+PyObject *bp_port_capsule(void);                                          /* _bunpy.port()      */
+PyObject *bp_port_send(PyObject *cap, PyObject *channel, PyObject *value); /* _bunpy.port_send() */
 
 #endif

@@ -342,6 +342,8 @@ static bp_request *message_new(uint8_t *payload, uint32_t len, bp_port *to, bp_c
     return r;
 }
 
+static PyObject *send_to(bp_port *to, bp_context *c, PyObject *channel, PyObject *value);
+
 PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
     (void)st;
     bp_context *c = bp_this_context;
@@ -352,6 +354,44 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
                         "a Python thread started with `threading`");
         return NULL;
     }
+    return send_to(to, c, channel, value);
+}
+
+/* ---- a main-interpreter port kept by Python (inline serving, python/bunpy/_inline.py) ----
+   _bunpy.port() while JS calls in: a capsule holding a reference to that JS thread's port;
+   _bunpy.port_send(port, channel, value) from any thread of the main interpreter queues a
+   message for it as bunpy.send does (the GIL is released around the doorbell off the JS
+   thread). */
+#define PORT_CAPSULE "bunpy.port"
+
+static void port_capsule_free(PyObject *cap) {
+    bp_port *p = PyCapsule_GetPointer(cap, PORT_CAPSULE);
+    if (p) bp_port_unref(p);
+}
+
+PyObject *bp_port_capsule(void) {
+    bp_port *p = bp_this_context ? NULL : bp_current_port;
+    if (!p) {
+        PyErr_SetString(PyExc_RuntimeError, "bunpy: port() works only while JS calls into the main interpreter");
+        return NULL;
+    }
+    atomic_fetch_add(&p->refs, 1);
+    PyObject *cap = PyCapsule_New(p, PORT_CAPSULE, port_capsule_free);
+    if (!cap) bp_port_unref(p);
+    return cap;
+}
+
+PyObject *bp_port_send(PyObject *cap, PyObject *channel, PyObject *value) {
+    bp_port *p = PyCapsule_GetPointer(cap, PORT_CAPSULE);
+    if (!p) return NULL;
+    if (!PyUnicode_Check(channel)) {
+        PyErr_SetString(PyExc_TypeError, "port_send(port, channel, value): channel must be a str");
+        return NULL;
+    }
+    return send_to(p, NULL, channel, value);
+}
+
+static PyObject *send_to(bp_port *to, bp_context *c, PyObject *channel, PyObject *value) {
     if (c && refuse_while_writing(c) < 0) return NULL;
     if (!bp_port_alive(to)) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy.send: the JS thread of this interpreter is gone");
@@ -399,7 +439,15 @@ PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
         return PyErr_NoMemory();
     }
     atomic_fetch_add(unread, 1);
-    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) ring(c, to);
+    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) {
+        if (!c && to != bp_current_port) { /* a thread of the main interpreter (port_send) */
+            PyThreadState *ts = PyEval_SaveThread();
+            if (bp_port_alive(to)) to->doorbell(&to->io);
+            PyEval_RestoreThread(ts);
+        } else {
+            ring(c, to);
+        }
+    }
     if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
     Py_RETURN_NONE;
 }

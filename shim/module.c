@@ -219,6 +219,21 @@ static PyObject *mod_send(PyObject *m, PyObject *const *args, Py_ssize_t nargs) 
     return bp_send(PyModule_GetState(m), args[0], args[1]);
 }
 
+static PyObject *mod_port(PyObject *m, PyObject *unused) {
+    (void)m;
+    (void)unused;
+    return bp_port_capsule();
+}
+
+static PyObject *mod_port_send(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    (void)m;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "port_send(port, channel, value) takes 3 arguments");
+        return NULL;
+    }
+    return bp_port_send(args[0], args[1], args[2]);
+}
+
 /* ---- JSFunction ----------------------------------------------------------------------------- */
 
 static PyObject *jsfunc_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
@@ -378,6 +393,9 @@ static PyMethodDef mod_methods[] = {
      "guard_extensions(refused, allowed, dir)\n--\n\nInternal: check every extension load of this interpreter."},
     {"echo_floor", (PyCFunction)(void (*)(void))bp_echo_floor, METH_FASTCALL,
      "echo_floor(size, conns, round_trips) -> seconds\n--\n\nInternal (bench): the echo of bench/loop.bench.ts in C only, no loop."},
+    {"port", mod_port, METH_NOARGS, "port() -> the calling JS thread's port (a capsule), while JS calls in."},
+    {"port_send", (PyCFunction)(void (*)(void))mod_port_send, METH_FASTCALL,
+     "port_send(port, channel, value): bunpy.send to that JS thread, from any thread of the main interpreter."},
     {"send", (PyCFunction)(void (*)(void))mod_send, METH_FASTCALL,
      "send(channel, value)\n--\n\nDeliver `value` to the JS listeners of `channel` (py.on) without waiting."},
     {NULL, NULL, 0, NULL},

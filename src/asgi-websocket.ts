@@ -5,7 +5,7 @@
  * `bunpy.send("__bunpy_ws", [rid, kind, ...])` messages, in order.
  */
 import type { ServerWebSocket } from "bun";
-import type { Context } from "./context.ts";
+import type { AppCaller } from "./inline.ts";
 import { hubOf } from "./hub.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 
@@ -14,7 +14,7 @@ export interface WsData {
 }
 
 interface Socket {
-  ctx: Context;
+  ctx: AppCaller;
   ws?: ServerWebSocket<WsData>;
   pending: unknown[][];
   app: number;
@@ -71,7 +71,7 @@ export interface Upgrader {
 
 /** Runs the handshake; resolves to undefined once upgraded, or to a refusal Response. */
 export async function handshake(
-  rt: MainInterpreter, ctx: Context, app: number, rid: number, req: Request, server: Upgrader,
+  rt: MainInterpreter, ctx: AppCaller, app: number, rid: number, req: Request, server: Upgrader,
   args: { target: string; headers: string[]; host: string | null; port: number | null; scheme: string; serverHost: string | null; serverPort: number | null; rootPath: string },
 ): Promise<Response | undefined> {
   listen(rt);

@@ -8,7 +8,8 @@
  * 64 KiB with a Content-Length are read before the call; larger or chunked ones are read
  * one chunk per receive() through the registered `__bunpy_asgi_read`.
  */
-import type { Context } from "./context.ts";
+import type { ContextMode } from "./context.ts";
+import { inlineRunner, type AppCaller, type InlineRunner } from "./inline.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
 import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
@@ -25,6 +26,7 @@ import {
   unavailable,
   type Handler,
   type ServeAppOptions,
+  serverAddress,
   type ServerLike,
 } from "./serve-app.ts";
 
@@ -41,12 +43,14 @@ export interface CloseAppOptions {
 }
 
 export interface ServedApp {
-  /** The handler for Bun.serve({ fetch }) or a route: (req, server) => Promise<Response>. */
+  /** The handler for Bun.serve({ fetch }) or a route: (req, server) => Response | Promise<Response>. */
   readonly fetch: Handler;
   /** A handler for a route under `prefix` (e.g. "/api"): root_path / SCRIPT_NAME is `prefix`. */
   mount(prefix: string): Handler;
-  /** The pool the app runs in. */
-  readonly pool: Pool;
+  /** The pool the app runs in; undefined in inline mode (the app runs in the main interpreter). */
+  readonly pool: Pool | undefined;
+  /** Where the app runs: the pool's context mode, or "inline" (the main interpreter, on this JS thread). */
+  readonly mode: ContextMode | "inline";
   /** ASGI: the handlers for Bun.serve({ websocket }) (websocket scopes); undefined for WSGI. */
   readonly websocket?: typeof websocketHandlers;
   /** "asgi" or "wsgi". */
@@ -68,7 +72,7 @@ const DONE = 0;
 const PATHSEND = 2; // STREAM is 1
 
 interface Live {
-  ctx: Context;
+  ctx: AppCaller;
   reader?: { read(): Promise<{ value?: Uint8Array; done: boolean }> };
   gone: boolean;
 }
@@ -95,48 +99,103 @@ function register(rt: MainInterpreter): void {
   });
 }
 
-export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<AsgiApp> {
+export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool | undefined; id: number }): Promise<AsgiApp> {
   const lifespan = options.lifespan ?? "auto";
   if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
   const defaultRoot = checkRootPath(options.rootPath);
   const routeOf = router(options.route);
   register(rt);
   const { pool, id } = loaded ?? (await loadApp(rt, target, options));
+  // inline mode: one runner, the main interpreter on this JS thread
+  const inline = pool === undefined ? inlineRunner(rt) : undefined;
+  const callers: AppCaller[] = inline !== undefined ? [inline] : pool!.contexts;
+  const release = async () => {
+    if (inline !== undefined) {
+      inline.release();
+      rt.callFunction("bunpy._asgi", "forget", [id]);
+    } else await pool!.close();
+  };
+  if (inline !== undefined) inline.users++;
   let lifespanRan = false;
   if (lifespan !== "off") {
     try {
-      const supported = await Promise.all(pool.contexts.map((c) => c.call("bunpy._asgi", "lifespan_startup", [id])));
+      const supported = await Promise.all(callers.map((c) => c.call("bunpy._asgi", "lifespan_startup", [id])));
       lifespanRan = supported.some(Boolean);
       if (lifespan === "on" && !lifespanRan) throw new TypeError(`${target} does not support the ASGI lifespan protocol (lifespan: "on")`);
     } catch (e) {
-      await pool.close();
+      await release();
       throw e;
     }
   }
   const tracker = new Tracker();
 
-  async function serve(req: Request, server: ServerLike | undefined, rootPath: string): Promise<Response> {
-    if (tracker.closing) return unavailable();
+  /**
+   * Inline mode: a request without a body is one synchronous call, and when the app finished
+   * in its first step the Response is built here, with no Promise, no abort listener and no
+   * request record in JS. Anything else (a body, a websocket, a response streamed or not
+   * ready yet) goes on in serve().
+   */
+  function fetchInline(runner: InlineRunner, req: Request, server: ServerLike | undefined, rootPath: string): Response | Promise<Response> {
+    if (tracker.closing || req.body !== null) return serve(req, server, rootPath);
+    const method = req.method;
+    if (method === "GET" && server?.upgrade !== undefined && req.headers.get("upgrade") !== null) return serve(req, server, rootPath);
     tracker.enter();
     const rid = nextRequest++;
+    const url = req.url;
+    const ip = server?.requestIP?.(req) ?? null;
+    let res: unknown[] | number;
+    try {
+      const addr = serverAddress(server);
+      res = runner.handle([
+        false, id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, null, false,
+        url.charCodeAt(4) === 115 ? "https" : "http", addr[0], addr[1], rootPath,
+      ]);
+    } catch (e) {
+      tracker.leave();
+      if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
+      return internalError();
+    }
+    if (typeof res !== "number" && res[3] === DONE) {
+      tracker.leave();
+      const status = res[0] as number;
+      const flat = res[1] as string[];
+      const headers: [string, string][] = [];
+      for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
+      try {
+        return new Response(method === "HEAD" || nullBodyStatus(status) ? null : (res[2] as Uint8Array), { status, headers });
+      } catch (e) {
+        console.error("bunpy: ASGI request failed:", e);
+        return internalError();
+      }
+    }
+    return serve(req, server, rootPath, { rid, res: typeof res === "number" ? runner.wait(res) : res });
+  }
+
+  /** `early`: inline mode already made the call (fetchInline): its request id and result. */
+  async function serve(req: Request, server: ServerLike | undefined, rootPath: string, early?: { rid: number; res: unknown }): Promise<Response> {
+    if (early === undefined) {
+      if (tracker.closing) return unavailable();
+      tracker.enter();
+    }
+    const rid = early?.rid ?? nextRequest++;
     let streaming = false;
     let stopListening: (() => void) | undefined; // the abort listener, once added
     try {
-      const ctx = pool.pick(routeOf(req, server));
+      const ctx: AppCaller = inline ?? pool!.pick(routeOf(req, server));
       const url = req.url;
       const method = req.method;
-      if (server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      if (early === undefined && server?.upgrade !== undefined && method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket") {
         const ip = server.requestIP?.(req) ?? null;
         const res = await handshake(rt, ctx, id, rid, req, server as Upgrader, {
           target: targetOf(url), headers: flatHeaders(req), host: ip?.address ?? null, port: ip?.port ?? null,
-          scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: server.hostname ?? null, serverPort: server.port ?? null, rootPath,
+          scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: serverAddress(server)[0], serverPort: serverAddress(server)[1], rootPath,
         });
         return res as Response; // undefined once upgraded: Bun.serve accepts that
       }
       let body: Uint8Array | null = null;
       let more = false;
       const l: Live = { ctx, gone: false };
-      if (req.body !== null) {
+      if (early === undefined && req.body !== null) {
         const len = Number(req.headers.get("content-length") ?? NaN);
         if (len <= BODY_INLINE) body = new Uint8Array(await req.arrayBuffer());
         else {
@@ -153,12 +212,24 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       };
       signal.addEventListener("abort", onAbort, { once: true });
       stopListening = () => signal.removeEventListener("abort", onAbort);
+      if (early !== undefined && signal.aborted) onAbort(); // the client left during the call
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115; // "https:"
-      const res = (await ctx.call("bunpy._asgi", "handle", [
+      const addr = serverAddress(server);
+      const args = [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
-        secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
-      ])) as [number, string[], Uint8Array | string, number];
+        secure ? "https" : "http", addr[0], addr[1], rootPath,
+      ];
+      // inline: the app's first step runs in this call, without a task
+      let pending: unknown;
+      if (early !== undefined) pending = early.res;
+      else if (inline !== undefined) {
+        const r = inline.handle([false, ...args]);
+        pending = typeof r === "number" ? inline.wait(r) : r;
+      } else pending = ctx.call("bunpy._asgi", "handle", args);
+      const res = (await pending) as [
+        number, string[], Uint8Array | string, number,
+      ];
       const [status, flat, first, flag] = res;
       const headers: [string, string][] = [];
       for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
@@ -208,12 +279,13 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
 
   let closed: Promise<void> | undefined;
   const app: AsgiApp = {
-    fetch: (req, server) => serve(req, server, defaultRoot),
+    fetch: inline !== undefined ? (req, server) => fetchInline(inline, req, server, defaultRoot) : (req, server) => serve(req, server, defaultRoot),
     mount(prefix: string): Handler {
       const root = checkRootPath(prefix);
-      return (req, server) => serve(req, server, root);
+      return inline !== undefined ? (req, server) => fetchInline(inline, req, server, root) : (req, server) => serve(req, server, root);
     },
     pool,
+    mode: inline !== undefined ? "inline" : pool!.mode,
     websocket: websocketHandlers,
     interface: "asgi",
     get inFlight() {
@@ -227,8 +299,8 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         const start = Date.now();
         await tracker.drained(timeout);
         const left = Math.max(0, timeout - (Date.now() - start)) / 1000;
-        await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
-        await pool.close();
+        await Promise.allSettled(callers.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
+        await release();
       })();
       return closed;
     },

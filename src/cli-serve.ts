@@ -14,7 +14,8 @@ export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
   --host HOST                 address to listen on (default 127.0.0.1)
   --port PORT                 port (default 8000; 0 picks a free one)
   --workers N                 contexts in the pool (default: the number of cores)
-  --mode owngil|worker        context mode (default owngil on Python 3.12+)
+  --mode owngil|worker|inline context mode (default owngil on Python 3.12+); inline: the app
+                              runs in the main interpreter on Bun's thread (ASGI, one core)
   --interface auto|asgi|wsgi  default auto: an async callable is ASGI
   --root-path PATH            root_path / SCRIPT_NAME (e.g. /api)
   --app-dir DIR               put DIR first on sys.path (default: the current directory)
@@ -59,7 +60,7 @@ function parse(argv: string[]): Parsed {
       case "--workers": options.pool = { ...options.pool, size: int(value(i++, a), a, 1) }; break;
       case "--mode": {
         const m = value(i++, a);
-        if (m !== "owngil" && m !== "worker") throw new UsageError(`--mode: expected owngil or worker, got ${m}`);
+        if (m !== "owngil" && m !== "worker" && m !== "inline") throw new UsageError(`--mode: expected owngil, worker or inline, got ${m}`);
         options.mode = m;
         break;
       }
@@ -87,6 +88,8 @@ function parse(argv: string[]): Parsed {
     }
   }
   if (options.app === "") throw new UsageError("which app? give MODULE:APP");
+  if (options.mode === "inline" && options.pool !== undefined)
+    throw new UsageError("--workers does not apply to --mode inline (the app runs on Bun's thread: start one process per core with reusePort)");
   options.path = appDirs.length > 0 ? appDirs : ["."];
   if (reloadDirs.length > 0 && !reload) throw new UsageError("--reload-dir needs --reload");
   return { options, accessLog, graceMs, reload: reload ? (reloadDirs.length > 0 ? reloadDirs : options.path) : undefined };
@@ -118,8 +121,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
       },
     });
   }
-  const contexts = s.app.pool.contexts.length;
-  console.log(`bunpy: serving ${options.app} (${s.app.interface}, ${contexts} ${s.app.pool.mode} context${contexts === 1 ? "" : "s"}) on ${s.url}`);
+  const contexts = s.app.pool?.contexts.length ?? 0;
+  const where = s.app.pool === undefined ? "inline: the main interpreter on Bun's thread" : `${contexts} ${s.app.mode} context${contexts === 1 ? "" : "s"}`;
+  console.log(`bunpy: serving ${options.app} (${s.app.interface}, ${where}) on ${s.url}`);
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {

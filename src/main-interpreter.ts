@@ -165,7 +165,18 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private reentered(): boolean {
     if (this.wire.writing !== 0) return true;
     if (this.overflow.length !== 0 && this.wire.suspended === 0) this.flushOverflow();
+    if (this.enterHook !== undefined) this.runEnterHook();
     return false;
+  }
+
+  /** @internal Runs once before the next call into Python from JS (then forgotten): inline
+      serving (src/inline.ts) puts the thread's running asyncio loop back with it. */
+  enterHook: (() => void) | undefined = undefined;
+
+  private runEnterHook(): void {
+    const f = this.enterHook!;
+    this.enterHook = undefined;
+    f();
   }
 
   /** Starts a message (after reentered()): forgets released JS functions first, in

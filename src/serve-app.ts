@@ -3,7 +3,8 @@
  * into every context, and the parts of a Bun Request that both scopes need.
  */
 import { resolve } from "node:path";
-import type { Context, ContextMode } from "./context.ts";
+import type { ContextMode } from "./context.ts";
+import type { AppCaller } from "./inline.ts";
 import { PythonError } from "./errors.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
@@ -11,8 +12,10 @@ import { Pool, type PoolOptions } from "./pool.ts";
 export interface ServeAppOptions {
   /** The pool the app runs in: its size (default: the number of cores) and mode. */
   pool?: PoolOptions | undefined;
-  /** Context mode (shortcut for pool.mode): "owngil" (default on 3.12+) or "worker". */
-  mode?: ContextMode | undefined;
+  /** Context mode (shortcut for pool.mode): "owngil" (default on 3.12+) or "worker"; for
+      ASGI apps also "inline": no pool, the app runs in the main interpreter on this JS
+      thread (one synchronous call per request; see docs/serving.md). */
+  mode?: ContextMode | "inline" | undefined;
   /** Directories put in front of sys.path in every context before the app is imported
       (relative to the current directory). */
   path?: string[] | undefined;
@@ -53,13 +56,33 @@ export interface ServerLike {
   upgrade?(req: Request, options: unknown): boolean;
 }
 
-export type Handler = (req: Request, server?: ServerLike) => Promise<Response>;
+/** A fetch handler; inline mode answers with a Response directly when the app finished at once. */
+const NO_ADDRESS: readonly [null, null] = [null, null];
+const addresses = new WeakMap<object, readonly [string | null, number | null]>();
+
+/** The server's hostname and port for the scope, read once per server: Bun's `server.port`
+    is a getsockname() system call at every read. */
+export function serverAddress(server: ServerLike | undefined): readonly [string | null, number | null] {
+  if (server === undefined) return NO_ADDRESS;
+  let a = addresses.get(server);
+  if (a === undefined) addresses.set(server, (a = [server.hostname ?? null, server.port ?? null]));
+  return a;
+}
+
+export type Handler = (req: Request, server?: ServerLike) => Response | Promise<Response>;
 
 let nextApp = 1;
 
 /** Starts the pool and imports `target` ("module:attr") in each context. Returns the pool,
     the app's id (its key in bunpy._asgi's registry) and what the object looks like. */
-export async function loadApp(rt: MainInterpreter, target: string, options: ServeAppOptions): Promise<{ pool: Pool; id: number; kind: "asgi" | "wsgi" }> {
+export interface LoadedApp {
+  /** The pool the app runs in; undefined in inline mode (the main interpreter). */
+  pool: Pool | undefined;
+  id: number;
+  kind: "asgi" | "wsgi";
+}
+
+export async function loadApp(rt: MainInterpreter, target: string, options: ServeAppOptions): Promise<LoadedApp> {
   if (typeof target !== "string" || !/^[\w.]+:[\w.]+$/.test(target))
     throw new TypeError(`expected "module:attribute" (e.g. "myapp:app"), got ${JSON.stringify(target)}`);
   const paths = (options.path ?? []).map((p) => {
@@ -68,6 +91,12 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
   });
   const chosen = options.mode ?? options.pool?.mode;
   const id = nextApp++;
+  if (chosen === "inline") {
+    if (options.pool !== undefined)
+      throw new TypeError('mode "inline" runs the app in the main interpreter on this JS thread: pool options do not apply (leave out `pool`)');
+    const kind = rt.callFunction("bunpy._asgi", "load", [id, target, paths, false]) as "asgi" | "wsgi";
+    return { pool: undefined, id, kind };
+  }
   const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"})\n`;
   const start = async (mode: ContextMode | undefined) => {
     const pool = await Pool.start(rt, { ...options.pool, mode });
@@ -103,10 +132,18 @@ export function targetOf(url: string): string {
   return i < 0 ? "/" : url.slice(i);
 }
 
-/** Headers as a flat [name, value, name, value…] array: names lowercase, in Bun's order. */
+/** Headers as a flat [name, value, name, value…] array: names lowercase, in Bun's order
+    (repeated headers combined as the Fetch standard does, Set-Cookie kept apart). Read
+    through toJSON(): one native call, where iterating the Headers costs an iterator step
+    per header (a quarter of the JS time of an inline hello-world request). */
 export function flatHeaders(req: Request): string[] {
+  const all = req.headers.toJSON() as Record<string, string | string[]>;
   const out: string[] = [];
-  for (const [k, v] of req.headers) out.push(k, v);
+  for (const k in all) {
+    const v = all[k]!;
+    if (typeof v === "string") out.push(k, v);
+    else for (const x of v) out.push(k, x);
+  }
   return out;
 }
 
@@ -128,7 +165,7 @@ export function nullBodyStatus(status: number): boolean {
  * on the JS side: highWaterMark 0). `done` runs once, when the body ended, failed or was
  * cancelled; `cancel` when the client went away first.
  */
-export function pulledBody(ctx: Context, module: string, rid: number, first: Uint8Array, done: () => void, cancel: () => void): ReadableStream<Uint8Array> {
+export function pulledBody(ctx: AppCaller, module: string, rid: number, first: Uint8Array, done: () => void, cancel: () => void): ReadableStream<Uint8Array> {
   let finished = false;
   const finish = () => {
     if (finished) return;

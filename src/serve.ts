@@ -38,7 +38,7 @@ export async function startServe(rt: MainInterpreter, options: ServeOptions): Pr
   try {
     app = kind === "asgi" ? await startAsgi(rt, options.app, options, loaded) : await startWsgi(rt, options.app, options, loaded);
   } catch (e) {
-    await loaded.pool.close(); // a bad option (route, rootPath, lifespan) or a failed startup
+    await loaded.pool?.close(); // a bad option (route, rootPath, lifespan) or a failed startup
     throw e;
   }
   let server: ReturnType<typeof Bun.serve>;

@@ -21,6 +21,7 @@ import {
   unavailable,
   type Handler,
   type ServeAppOptions,
+  serverAddress,
   type ServerLike,
 } from "./serve-app.ts";
 
@@ -47,11 +48,14 @@ function register(rt: MainInterpreter): void {
   });
 }
 
-export async function startWsgi(rt: MainInterpreter, target: string, options: WsgiOptions = {}, loaded?: { pool: Pool; id: number }): Promise<ServedApp> {
+export async function startWsgi(rt: MainInterpreter, target: string, options: WsgiOptions = {}, loaded?: { pool: Pool | undefined; id: number }): Promise<ServedApp> {
+  if ((options.mode ?? options.pool?.mode) === "inline") throw new TypeError('mode "inline" serves ASGI apps only; serve a WSGI app in a pool ("owngil" or "worker")');
   const defaultRoot = checkRootPath(options.rootPath);
   const routeOf = router(options.route);
   register(rt);
-  const { pool, id } = loaded ?? (await loadApp(rt, target, options));
+  const loadedApp = loaded ?? (await loadApp(rt, target, options));
+  const id = loadedApp.id;
+  const pool = loadedApp.pool!; // a pool: inline mode is refused above
   const tracker = new Tracker();
 
   async function serve(req: Request, server: ServerLike | undefined, rootPath: string): Promise<Response> {
@@ -75,9 +79,10 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
       }
       const ip = server?.requestIP?.(req) ?? null;
       const secure = url.charCodeAt(4) === 115;
+      const addr = serverAddress(server);
       const [status, flat, first, flag] = (await ctx.call("bunpy._wsgi", "handle", [
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
-        secure ? "https" : "http", server?.hostname ?? null, server?.port ?? null, rootPath,
+        secure ? "https" : "http", addr[0], addr[1], rootPath,
       ])) as [number, string[], Uint8Array, number];
       readers.delete(rid);
       const headers: [string, string][] = [];
@@ -121,6 +126,7 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
       return (req, server) => serve(req, server, root);
     },
     pool,
+    mode: pool.mode,
     interface: "wsgi",
     get inFlight() {
       return tracker.n;

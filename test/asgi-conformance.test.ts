@@ -10,25 +10,32 @@ import { hasOwnGil } from "./helpers.ts";
 import { openUntil, rawExchange } from "./fixtures/serve/http.ts";
 
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
-const mode = hasOwnGil ? "owngil" : "worker";
+const poolMode = hasOwnGil ? "owngil" : "worker";
+const shutdowns: string[] = [];
+const stopListening = py.on("conformance", (v) => shutdowns.push(v as string));
+afterAll(() => stopListening());
+
+// every rule is checked against a pool context and against inline mode (the main interpreter on this thread)
+for (const mode of [poolMode, "inline"] as const) describe(`mode ${mode}`, () => {
 
 let app: AsgiApp;
 let server: ReturnType<typeof Bun.serve>;
 let base: string;
-const shutdowns: string[] = [];
-const stopListening = py.on("conformance", (v) => shutdowns.push(v as string));
 
 beforeAll(async () => {
   // one context: the app's own records (events, lifespan state) are in one place
-  app = await py.asgi("conformance:app", { pool: { size: 1 }, mode, path: [FIXTURES] });
+  app = await py.asgi("conformance:app", options());
   server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch, websocket: app.websocket });
   base = `http://127.0.0.1:${server.port}`;
 });
 afterAll(async () => {
   server?.stop(true);
   await app?.close();
-  stopListening();
 });
+
+function options() {
+  return mode === "inline" ? { mode, path: [FIXTURES] } : { pool: { size: 1 }, mode, path: [FIXTURES] };
+}
 
 async function check(rule: string, init?: RequestInit): Promise<{ ok: boolean; problems: string[]; seen?: number }> {
   const r = await fetch(`${base}/check/${rule}`, init);
@@ -37,7 +44,8 @@ async function check(rule: string, init?: RequestInit): Promise<{ ok: boolean; p
 }
 
 async function appEvents(): Promise<string[]> {
-  return (await app.pool.contexts[0]!.eval("__import__('conformance').events")) as string[];
+  const expr = "__import__('conformance').events";
+  return (app.pool === undefined ? py.eval(expr) : await app.pool.contexts[0]!.eval(expr)) as string[];
 }
 
 async function untilEvent(prefix: string): Promise<string | undefined> {
@@ -62,7 +70,7 @@ describe("lifespan", () => {
   });
 
   test("lifespan.shutdown is sent at close, after startup.complete, and the app's shutdown.complete ends it", async () => {
-    const other = await py.asgi("conformance:app", { pool: { size: 1 }, mode, path: [FIXTURES] });
+    const other = await py.asgi("conformance:app", options());
     const before = shutdowns.length;
     await other.close();
     await Bun.sleep(20); // messages are delivered from the event loop
@@ -143,4 +151,5 @@ describe("websocket", () => {
     ws.close(4001);
     expect(await untilEvent("ws-disconnect")).toBe("ws-disconnect 4001");
   });
+});
 });

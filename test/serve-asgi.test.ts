@@ -12,12 +12,23 @@ import { testVenv } from "./fixtures/venv.ts";
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
 const mode = hasOwnGil ? "owngil" : "worker";
 
-describe("raw ASGI app", () => {
+/** `expr` evaluated where the app runs: in each context of its pool, or in the main interpreter (inline). */
+async function evalAll(app: AsgiApp, expr: string): Promise<any[]> {
+  return app.pool === undefined ? [py.eval(expr)] : Promise.all(app.pool.contexts.map((c) => c.eval(expr)));
+}
+
+/** Options for `size` contexts of the pool mode, or inline mode (no pool). */
+function where(m: "owngil" | "worker" | "inline", size: number, path: string[]): AsgiOptions {
+  return m === "inline" ? { mode: m, path } : { pool: { size }, mode: m, path };
+}
+
+for (const appMode of [mode, "inline"] as const)
+describe(`raw ASGI app (${appMode})`, () => {
   let app: AsgiApp;
   let server: ReturnType<typeof Bun.serve>;
   let base: string;
   beforeAll(async () => {
-    app = await py.asgi("rawapp:app", { pool: { size: 2 }, mode, path: [FIXTURES] });
+    app = await py.asgi("rawapp:app", where(appMode, 2, [FIXTURES]));
     server = Bun.serve({
       port: 0,
       hostname: "127.0.0.1",
@@ -110,7 +121,7 @@ describe("raw ASGI app", () => {
 
   test("a body message after the response is complete raises RuntimeError in the app", async () => {
     expect(await (await fetch(`${base}/twice`)).text()).toBe("once");
-    const all = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    const all = (await evalAll(app, "__import__('rawapp').events")).flat();
     expect(all.some((e: string) => e.startsWith("twice: bunpy: http.response.body after the response was complete"))).toBe(true);
   });
 
@@ -148,7 +159,7 @@ describe("raw ASGI app", () => {
     let events: string[] = [];
     for (let i = 0; i < 100; i++) {
       // each context has its own module: look in all
-      const all = await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")));
+      const all = await evalAll(app, "__import__('rawapp').events");
       events = all.flat();
       if (events.includes("forever: OSError") && events.includes("wait-disconnect: http.disconnect")) break;
       await Bun.sleep(50);
@@ -231,7 +242,7 @@ describe("raw ASGI app", () => {
     let events: string[] = [];
     for (let i = 0; i < 100 && !events.includes("ws disconnect 4321"); i++) {
       await Bun.sleep(20);
-      events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+      events = (await evalAll(app, "__import__('rawapp').events")).flat();
     }
     expect(events).toContain("ws disconnect 4321");
   });
@@ -259,7 +270,7 @@ describe("raw ASGI app", () => {
     expect(await head.text()).toBe("");
     // the app's send() raised before anything reached the client: a clean 500
     expect((await fetch(`${base}/pathsend?/no/such/file`)).status).toBe(500);
-    const events = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('rawapp').events")))).flat();
+    const events = (await evalAll(app, "__import__('rawapp').events")).flat();
     expect(events).toContain("pathsend: FileNotFoundError");
   });
 
@@ -268,8 +279,8 @@ describe("raw ASGI app", () => {
     rs.forEach((t, i) => expect(t.split("\n").length - 1).toBe(i % 7));
     expect(app.inFlight).toBe(0);
     // nothing is left behind in Python: every request record was dropped
-    const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")));
-    expect(left).toEqual(app.pool.contexts.map(() => 0));
+    const left = await evalAll(app, "len(__import__('bunpy._asgi')._asgi._state()[1])");
+    expect(left).toEqual(left.map(() => 0));
   });
 });
 
@@ -286,7 +297,7 @@ describe("modes", () => {
     }
     const server = Bun.serve({ port: 0, fetch: app.fetch });
     try {
-      expect(app.pool.mode).toBe("worker");
+      expect(app.pool!.mode).toBe("worker");
       expect(warned.join("\n")).toContain("singlephase:app imports an extension that refuses subinterpreters");
       expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("served");
     } finally {
@@ -425,7 +436,7 @@ describe("lifespan", () => {
       server.stop(true);
     }
     await app.close({ timeout: 200 }); // waits a second for the shutdown, then closes anyway
-    expect(app.pool.contexts.every((c) => c.state === "closed")).toBe(true);
+    expect(app.pool!.contexts.every((c) => c.state === "closed")).toBe(true);
   }, 15_000);
 
   test("an app that takes the startup event and raises failed its startup (auto too): an error, with the traceback", async () => {
@@ -492,12 +503,13 @@ export const djangoMode = /^3\.1[2-9]\./.test(py.version) ? "owngil" : "worker";
 const skip = "skip" in venv ? venv.skip : undefined;
 if (skip) console.warn(`serve-asgi: Starlette/Django tests skipped: ${skip}`);
 
-describe.skipIf(skip !== undefined)("Starlette", () => {
+for (const appMode of [mode, "inline"] as const)
+describe.skipIf(skip !== undefined)(`Starlette (${appMode})`, () => {
   let app: AsgiApp;
   let server: ReturnType<typeof Bun.serve>;
   let base: string;
   beforeAll(async () => {
-    app = await py.asgi("starapp:app", { pool: { size: 2 }, mode, path: [FIXTURES, (venv as { site: string }).site] });
+    app = await py.asgi("starapp:app", where(appMode, 2, [FIXTURES, (venv as { site: string }).site]));
     server = Bun.serve({ port: 0, hostname: "127.0.0.1", routes: { "/sub/*": app.mount("/sub") }, fetch: app.fetch, websocket: app.websocket });
     base = `http://127.0.0.1:${server.port}`;
   }, 60000);
@@ -529,9 +541,10 @@ describe.skipIf(skip !== undefined)("Starlette", () => {
   });
 });
 
-describe.skipIf(skip !== undefined)("Starlette websocket", () => {
+for (const appMode of [mode, "inline"] as const)
+describe.skipIf(skip !== undefined)(`Starlette websocket (${appMode})`, () => {
   test("WebSocketRoute: accept, receive_text, send_json with lifespan state, close", async () => {
-    const app = await py.asgi("starapp:app", { pool: { size: 1 }, mode, path: [FIXTURES, (venv as { site: string }).site] });
+    const app = await py.asgi("starapp:app", where(appMode, 1, [FIXTURES, (venv as { site: string }).site]));
     const server = Bun.serve({ port: 0, fetch: app.fetch, websocket: app.websocket });
     try {
       const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`);
@@ -548,9 +561,10 @@ describe.skipIf(skip !== undefined)("Starlette websocket", () => {
   }, 60000);
 });
 
-describe.skipIf(skip !== undefined)("Django via ASGI", () => {
+for (const appMode of [djangoMode, "inline"] as const)
+describe.skipIf(skip !== undefined)(`Django via ASGI (${appMode})`, () => {
   test("a template view, a form POST, a streaming response", async () => {
-    const app = await py.asgi("djsite.app:asgi", { pool: { size: 1 }, mode: djangoMode, path: [FIXTURES, (venv as { site: string }).site] });
+    const app = await py.asgi("djsite.app:asgi", where(appMode, 1, [FIXTURES, (venv as { site: string }).site]));
     const server = Bun.serve({ port: 0, fetch: app.fetch });
     const base = `http://127.0.0.1:${server.port}`;
     try {
@@ -564,4 +578,70 @@ describe.skipIf(skip !== undefined)("Django via ASGI", () => {
       await app.close();
     }
   }, 60000);
+});
+
+describe("inline mode", () => {
+  test("lifespan runs once, in the main interpreter; timers, executor threads and sockets on the inline loop wake it", async () => {
+    const startups = "(lambda m: m.events.count('startup') if m else 0)(__import__('sys').modules.get('rawapp'))";
+    const before = py.eval(startups) as number;
+    const app = await py.asgi("rawapp:app", { mode: "inline", path: [FIXTURES] });
+    // a plain JS server for the app to talk to over a real socket from the inline loop
+    const peer = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("from the peer") });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch });
+    const base = `http://127.0.0.1:${server.port}`;
+    try {
+      expect(app.mode).toBe("inline");
+      expect(app.pool).toBeUndefined();
+      expect(py.eval(startups)).toBe(before + 1);
+      expect(await (await fetch(`${base}/sleep`)).text()).toBe("slept");
+      expect(await (await fetch(`${base}/thread`)).text()).toBe("from a thread");
+      const many = await Promise.all(Array.from({ length: 20 }, () => fetch(`${base}/thread`).then((r) => r.text())));
+      expect(many).toEqual(many.map(() => "from a thread"));
+      const io = await (await fetch(`${base}/io?${peer.port}`)).text();
+      expect(io).toStartWith("HTTP/1.1 200");
+      expect(io).toEndWith("from the peer");
+      // the request ran on this very thread: the main interpreter, inline
+      expect(await (await fetch(`${base}/main-thread`)).text()).toBe("True");
+      // nothing is left behind: no task record, no request record
+      expect(py.eval("len(__import__('bunpy._inline')._inline._tl.tasks)")).toBe(0);
+      expect(py.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")).toBe(0);
+    } finally {
+      server.stop(true);
+      peer.stop(true);
+      await app.close();
+    }
+    expect(py.eval("__import__('rawapp').events[-1]")).toBe("shutdown");
+  });
+
+  test("two inline apps on one thread share the loop; closing one leaves the other serving", async () => {
+    const a = await py.asgi("rawapp:app", { mode: "inline", path: [FIXTURES] });
+    const b = await py.asgi("rawapp:nolifespan", { mode: "inline", path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", routes: { "/b/*": b.mount("/b") }, fetch: a.fetch });
+    const base = `http://127.0.0.1:${server.port}`;
+    try {
+      expect(await (await fetch(`${base}/hello`)).text()).toBe("Hello, world!");
+      await a.close();
+      expect((await fetch(`${base}/hello`)).status).toBe(503);
+      expect(await (await fetch(`${base}/b/x`)).text()).toBe("state=[]");
+    } finally {
+      server.stop(true);
+      await b.close();
+    }
+  });
+
+  test("bad combinations are TypeErrors: pool options with inline, a WSGI app inline", async () => {
+    await expect(py.asgi("rawapp:app", { mode: "inline", pool: { size: 2 }, path: [FIXTURES] })).rejects.toThrow(TypeError);
+    await expect(py.wsgi("wsgiapp:application", { mode: "inline", path: [FIXTURES] })).rejects.toThrow(/ASGI apps only/);
+    await expect(py.serve({ app: "wsgiapp:application", port: 0, mode: "inline", path: [FIXTURES] })).rejects.toThrow(/ASGI apps only/);
+  });
+
+  test("py.serve with mode inline", async () => {
+    const s = await py.serve({ app: "rawapp:app", port: 0, mode: "inline", path: [FIXTURES] });
+    try {
+      expect(s.app.mode).toBe("inline");
+      expect(await (await fetch(new URL("/hello", s.url))).text()).toBe("Hello, world!");
+    } finally {
+      await s.close();
+    }
+  });
 });

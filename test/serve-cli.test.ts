@@ -48,6 +48,21 @@ test("serves an ASGI app, logs access, stops gracefully on SIGTERM", async () =>
   expect(out).toContain("bunpy: stopped");
 }, 30000);
 
+test("--mode inline: the app runs in the main interpreter; --workers with it is a usage error", async () => {
+  const proc = Bun.spawn([process.execPath, CLI, "serve", "rawapp:app", "--port", "0", "--mode", "inline", "--app-dir", FIXTURES], { stdout: "pipe", stderr: "inherit" });
+  const { line, rest } = await firstLine(proc.stdout);
+  expect(line).toContain("(asgi, inline: the main interpreter on Bun's thread)");
+  const url = /on (http:\/\/\S+)/.exec(line)![1]!;
+  expect(await (await fetch(new URL("/hello", url))).text()).toBe("Hello, world!");
+  expect((await (await fetch(new URL("/stream?n=3", url))).text()).split("\n").length - 1).toBe(3);
+  proc.kill("SIGTERM");
+  expect(await proc.exited).toBe(0);
+  expect(await rest).toContain("bunpy: stopped");
+  const bad = Bun.spawnSync([process.execPath, CLI, "serve", "rawapp:app", "--mode", "inline", "--workers", "2"], { stderr: "pipe" });
+  expect(bad.exitCode).toBe(2);
+  expect(bad.stderr.toString()).toContain("--workers does not apply to --mode inline");
+}, 30000);
+
 test("a WSGI app is detected; bad arguments exit 2 with the usage", async () => {
   const proc = Bun.spawn([process.execPath, CLI, "serve", "wsgiapp:application", "--port", "0", "--workers", "1", "--app-dir", FIXTURES], { stdout: "pipe", stderr: "inherit" });
   const { line } = await firstLine(proc.stdout);

@@ -68,7 +68,7 @@ describe("raw WSGI app", () => {
     expect(await (await fetch(`${base}/write`)).text()).toBe("written and returned");
     let closed: string[] = [];
     for (let i = 0; i < 50 && closed.length === 0; i++) {
-      closed = (await Promise.all(app.pool.contexts.map((c) => c.eval("__import__('wsgiapp').closed")))).flat();
+      closed = (await Promise.all(app.pool!.contexts.map((c) => c.eval("__import__('wsgiapp').closed")))).flat();
       if (closed.length === 0) await Bun.sleep(20);
     }
     expect(closed).toContain("/stream");
@@ -76,7 +76,7 @@ describe("raw WSGI app", () => {
 
   test("close() is called when the client goes away mid-stream", async () => {
     // worker contexts share the main interpreter's modules: one list for all
-    const own = mode === "worker" ? app.pool.contexts.slice(0, 1) : app.pool.contexts;
+    const own = mode === "worker" ? app.pool!.contexts.slice(0, 1) : app.pool!.contexts;
     const before = (await Promise.all(own.map((c) => c.eval("len(__import__('wsgiapp').closed)")))).reduce((a, b) => a + b, 0);
     const { socket } = await openUntil(server.port!, "GET /stream?n=1000 HTTP/1.1\r\nHost: x\r\n\r\n", "000001");
     socket.destroy();
@@ -86,8 +86,8 @@ describe("raw WSGI app", () => {
       after = (await Promise.all(own.map((c) => c.eval("len(__import__('wsgiapp').closed)")))).reduce((a, b) => a + b, 0);
     }
     expect(after).toBe(before + 1);
-    const left = await Promise.all(app.pool.contexts.map((c) => c.eval("len(__import__('bunpy._wsgi')._wsgi._streams())")));
-    expect(left).toEqual(app.pool.contexts.map(() => 0)); // no stream left behind
+    const left = await Promise.all(app.pool!.contexts.map((c) => c.eval("len(__import__('bunpy._wsgi')._wsgi._streams())")));
+    expect(left).toEqual(app.pool!.contexts.map(() => 0)); // no stream left behind
   });
 
   test("start_response with exc_info before the body replaces the status; errors are a 500", async () => {
@@ -101,7 +101,7 @@ describe("raw WSGI app", () => {
 
   // what the contexts print on stderr while `f` runs (sys.stderr swapped for a buffer)
   async function stderrOf(f: () => Promise<void>): Promise<string> {
-    const own = mode === "worker" ? app.pool.contexts.slice(0, 1) : app.pool.contexts;
+    const own = mode === "worker" ? app.pool!.contexts.slice(0, 1) : app.pool!.contexts;
     await Promise.all(own.map((c) => c.exec("import io, sys\n_saved_err = sys.stderr\nsys.stderr = io.StringIO()")));
     try {
       await f();

@@ -13,6 +13,7 @@ import sys
 import types
 from urllib.parse import unquote
 
+import _bunpy
 import bunpy
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
@@ -203,6 +204,11 @@ async def shutdown(app_id, timeout, lifespan):
     return None
 
 
+def forget(app_id):
+    """The app is gone without a shutdown (its lifespan startup failed): forget it."""
+    _state()[0].pop(app_id, None)
+
+
 def _report(what, e):
     """An app's exception, printed as uvicorn does (the client only sees a 500 or a close)."""
     import traceback
@@ -333,13 +339,22 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     return [r.status, _headers_out(r.headers), body, STREAM]
 
 
+def _read(rid):
+    """The next request body chunk from JS (None at the end, False: the client left)."""
+    if _bunpy.in_context():
+        return bunpy.async_call("__bunpy_asgi_read", rid)
+    from bunpy._inline import async_call  # inline mode: the main interpreter, on the JS thread
+
+    return async_call("__bunpy_asgi_read", rid)
+
+
 async def _run(app, scope, r):
     async def receive():
         if r.body is not None:
             body, r.body = r.body, None
             return {"type": "http.request", "body": body, "more_body": r.more}
         if r.more and not r.disconnected:
-            chunk = await bunpy.async_call("__bunpy_asgi_read", r.rid)
+            chunk = await _read(r.rid)
             if chunk is None:
                 r.more = False
                 return {"type": "http.request", "body": b"", "more_body": False}
