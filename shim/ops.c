@@ -176,8 +176,7 @@ int32_t bp_getattr(bp_io *io, void *obj, void *name) {
     }
     if (is_bound_method(v, (PyObject *)obj)) {
         Py_DECREF(v);
-        io->buf[0] = BP_T_METHOD;
-        io->len = 1;
+        bp_method_answer(io, (PyObject *)obj, (PyObject *)name);
         LEAVE(BP_OK);
     }
     LEAVE(finish(io, v, 0));
@@ -221,13 +220,15 @@ int32_t bp_call(bp_io *io, void *callable) {
     LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
+/* obj.name(*args): PyObject_VectorcallMethod, which makes no bound method when the
+   attribute is a function or method descriptor of the type (and looks it up in full, so
+   it is right whatever JS cached about obj.name). */
 int32_t bp_call_attr(bp_io *io, void *obj, void *name) {
     ENTER(io);
-    PyObject *fn = PyObject_GetAttr((PyObject *)obj, (PyObject *)name);
-    if (!fn) LEAVE(bp_fail_python(io));
     int32_t read_failed = 0;
-    PyObject *v = call_buffer(io, fn, &read_failed);
-    Py_DECREF(fn); /* before the result is written: dropping it may run a __del__ */
+    bp_reader r;
+    bp_reader_init(&r, io, 0);
+    PyObject *v = bp_read_method_call(&r, (PyObject *)obj, (PyObject *)name, &read_failed);
     LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
