@@ -162,6 +162,17 @@ describe("answers stay right", () => {
     expect(c.bump).toBe("again");
   });
 
+  test("the instance dict stays the same object, with its items in order", () => {
+    py.exec("import t_mcache; t_mcache.held = t_mcache.Counter(); t_mcache.held.a = 1; t_mcache.held.b = 2; t_mcache.held_dict = vars(t_mcache.held)");
+    const c = m.held;
+    expect(c.bump(1)).toBe(1);
+    expect(c.bump(1)).toBe(2);
+    expect(py.eval("vars(t_mcache.held) is t_mcache.held_dict") as boolean).toBe(true);
+    expect(py.eval("list(vars(t_mcache.held).items())")).toEqual([["n", 2], ["a", 1], ["b", 2]]);
+    py.exec("t_mcache.held_dict['bump'] = 'through the held dict'");
+    expect(c.bump).toBe("through the held dict");
+  });
+
   test("__class__ reassigned", () => {
     const c = fresh("Counter");
     expect(c.bump(1)).toBe(1);
