@@ -220,15 +220,26 @@ int32_t bp_call(bp_io *io, void *callable) {
     LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
-/* obj.name(*args): PyObject_VectorcallMethod, which makes no bound method when the
-   attribute is a function or method descriptor of the type (and looks it up in full, so
-   it is right whatever JS cached about obj.name). */
+/* obj.name(*args). With the generic attribute lookup (instances of classes, builtins):
+   PyObject_VectorcallMethod, which makes no bound method when the attribute is a function
+   or method descriptor of the type. Otherwise (modules: py.call) getattr, then the call,
+   which is what VectorcallMethod would do with a few more steps. Either looks the method up
+   in full, so it is right whatever JS cached about obj.name. */
 int32_t bp_call_attr(bp_io *io, void *obj, void *name) {
     ENTER(io);
+    PyObject *o = (PyObject *)obj;
     int32_t read_failed = 0;
     bp_reader r;
     bp_reader_init(&r, io, 0);
-    PyObject *v = bp_read_method_call(&r, (PyObject *)obj, (PyObject *)name, &read_failed);
+    PyObject *v;
+    if (Py_TYPE(o)->tp_getattro == PyObject_GenericGetAttr) {
+        v = bp_read_method_call(&r, o, (PyObject *)name, &read_failed);
+    } else {
+        PyObject *fn = PyObject_GetAttr(o, (PyObject *)name);
+        if (!fn) LEAVE(bp_fail_python(io));
+        v = bp_read_call(&r, fn, &read_failed);
+        Py_DECREF(fn); /* before the result is written: dropping it may run a __del__ */
+    }
     LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
