@@ -41,7 +41,8 @@ enum {
                             bp_call_attr instead of holding a handle to a new bound method.
                             Then u8 1 when JS may reuse the answer (methods.c), and at offset
                             8: u64 type (a new reference JS drops), 16: u64 address of the
-                            object's dict pointer (0: no dict), 24: u64 its value, 32: u32
+                            object's dict pointer (0: no dict), 24: u64 its value (a new
+                            reference JS drops, when not 0), 32: u32
                             the type's tp_version_tag, 36: i32 the bp_method_gen value */
     BP_T_BUFFER = 19,    /* JS memory without a copy (py.buffer), JS -> Python only: u64 address,
                             u64 byte length, u64 port (bp_io*), u32 pin id, u8 struct format

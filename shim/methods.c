@@ -9,17 +9,19 @@
  *     (attribute set or deleted, __bases__, slots) and later replaces with a fresh,
  *     never reused value;
  *   - for objects with an instance dict (3.12+ only): the address of the object's dict
- *     pointer and its value (a dict created or replaced changes it), and a generation
- *     counter a dict watcher bumps when a watched dict gains a key, is cloned into, or is
- *     freed: the ways an instance attribute can come to shadow the method.
+ *     pointer and its value (a dict created or replaced changes it; the record holds a
+ *     reference to the dict, so a replaced one cannot be freed and its address reused),
+ *     and a generation counter a dict watcher bumps when a watched dict gains a key or is
+ *     cloned into: the ways an instance attribute can come to shadow the method.
  *
  * Only where the lookup is the generic one (tp_getattro == PyObject_GenericGetAttr: no
  * __getattribute__ / __getattr__ on the class), the attribute comes from the type as a plain
  * function or a method descriptor (non-data descriptors: list.append, def), and the instance
  * dict does not hold the name. 3.11 has no dict watchers: objects with a dict stay uncached.
  *
- * The type is handed to JS as a new reference (a handle JS drops with the proxy), so
- * reading its version tag from JS never touches freed memory.
+ * The type and the dict are handed to JS as new references (handles JS drops with the
+ * proxy or when the record is found stale), so reading the type's version tag from JS
+ * never touches freed memory.
  */
 #include "internal.h"
 #include <stddef.h>
@@ -36,7 +38,7 @@ static int method_watcher = -1;
 
 static int shadow_watch(PyDict_WatchEvent event, PyObject *dict, PyObject *key, PyObject *value) {
     (void)dict; (void)key; (void)value;
-    if (event == PyDict_EVENT_ADDED || event == PyDict_EVENT_CLONED || event == PyDict_EVENT_DEALLOCATED)
+    if (event == PyDict_EVENT_ADDED || event == PyDict_EVENT_CLONED)
         atomic_fetch_add_explicit(&method_gen, 1, memory_order_release);
     return 0;
 }
@@ -130,6 +132,7 @@ void bp_method_answer(bp_io *io, PyObject *obj, PyObject *name) {
         return;
     }
     uint64_t type = (uint64_t)(uintptr_t)Py_NewRef((PyObject *)t); /* JS drops it */
+    if (dictval) Py_INCREF((PyObject *)(uintptr_t)dictval);       /* JS drops it too */
     uint32_t tag = t->tp_version_tag;
     int32_t gen = atomic_load_explicit(&method_gen, memory_order_acquire);
     io->buf[1] = 1;

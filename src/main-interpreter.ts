@@ -550,19 +550,24 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     const gen = dv.getInt32(36, true);
     const mc = st.mc;
     if (mc !== undefined && mc.type === type && mc.tag === tag && mc.dictAddr === dictAddr && mc.dict === dict && mc.gen === gen) {
-      this.drop(type); // the cache holds a reference to this type already
+      // the record holds references to this type and dict already
+      this.drop(type);
+      if (dict !== 0) this.drop(dict);
       mc.names.set(name, f);
       return;
     }
-    if (mc !== undefined) this.drop(mc.type);
+    this.forgetMethods(st);
     st.mc = { type, tag, dictAddr, dict, gen, names: new Map([[name, f]]) };
   }
 
+  /** Drops a method record and the references it holds (its type, the instance dict). */
   private forgetMethods(st: ProxyState): void {
     const mc = st.mc;
     if (mc === undefined) return;
     st.mc = undefined;
-    if (!this.closed) this.drop(mc.type);
+    if (this.closed) return;
+    this.drop(mc.type);
+    if (mc.dict !== 0) this.drop(mc.dict);
   }
 
   setattr(st: ProxyState, name: string, value: unknown): void {

@@ -65,9 +65,10 @@ export interface ProxyState {
 
 /**
  * What a read of `proxy.name` checks before answering "the method" without asking Python
- * (shim/methods.c): the object's type is still `type` (a reference the cache holds) with
+ * (shim/methods.c): the object's type is still `type` (a reference the record holds) with
  * version tag `tag`; when the object has an instance dict, the pointer at `dictAddr` still
- * holds `dict` and the shim's dict-watcher generation is still `gen`.
+ * holds `dict` (also a reference the record holds, when not 0) and the shim's dict-watcher
+ * generation is still `gen`.
  */
 export interface MethodCache {
   type: number;

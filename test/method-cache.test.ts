@@ -267,6 +267,18 @@ describe("lifetimes", () => {
     expect(m.refcount(m.Temp)).toBe(before);
   });
 
+  test("the instance dict is held only while the proxy lives", () => {
+    py.exec("import t_mcache; t_mcache.one = t_mcache.Counter()");
+    const rc = py.eval("lambda: __import__('sys').getrefcount(vars(t_mcache.one))") as () => number;
+    const before = rc();
+    const c = m.one;
+    c.bump(1);
+    c.bump(1);
+    expect(rc()).toBe(dictsCached ? before + 1 : before);
+    c[Symbol.dispose]();
+    expect(rc()).toBe(before);
+  });
+
   test("object counts stay flat over many method calls", () => {
     const c = fresh("Counter");
     const s = fresh("Slotted");
