@@ -20,6 +20,7 @@ const sources = [_][]const u8{
     "shim/encode.c",
     "shim/errors.c",
     "shim/ops.c",
+    "shim/methods.c",
     "shim/module.c",
     "shim/jserror.c",
     "shim/reactor.c",

@@ -21,10 +21,22 @@ class Counter:
         self.n += k
         return self.n
 counter = Counter()
+class Slotted:
+    __slots__ = ("n",)
+    def __init__(self):
+        self.n = 0
+    def bump(self, k):
+        self.n += k
+        return self.n
+slotted = Slotted()
+import collections
+bounded = collections.deque(maxlen=8)
 def ident(x):
     return x
 `);
 const counter = py.eval("counter");
+const slotted = py.eval("slotted");
+const bounded = py.eval("bounded");
 
 console.log(`1 KB document: ${JSON.stringify(doc).length} bytes as JSON`);
 
@@ -33,6 +45,8 @@ summary(() => {
   bench('py.call("operator", "add", [1, 2])', () => do_not_optimize(py.call("operator", "add", [1, 2])));
   bench("proxy call: operator.add(1, 2)", () => do_not_optimize(add(1, 2)));
   bench("proxy method call: counter.bump(1)", () => do_not_optimize(counter.bump(1)));
+  bench("proxy method call, __slots__: slotted.bump(1)", () => do_not_optimize(slotted.bump(1)));
+  bench("proxy method call, builtin: deque.append(1)", () => do_not_optimize(bounded.append(1)));
   bench('py.eval("1 + 2")', () => do_not_optimize(py.eval("1 + 2")));
   bench("1 KB JSON-like object round trip (ident)", () => do_not_optimize(py.call("__main__", "ident", [doc])));
   bench("reference: JSON.parse(JSON.stringify(1 KB))", () => do_not_optimize(JSON.parse(JSON.stringify(doc))));

@@ -38,7 +38,12 @@ enum {
     BP_T_PYOBJ = 16,     /* u64 PyObject* (a strong reference travels with it)           */
     BP_T_ASCII = 17,     /* u32 n + n ASCII bytes (Python -> JS only, decoder fast path) */
     BP_T_METHOD = 18,    /* bp_getattr only: a method bound to the object; JS calls it with
-                            bp_call_attr instead of holding a handle to a new bound method */
+                            bp_call_attr instead of holding a handle to a new bound method.
+                            Then u8 1 when JS may reuse the answer (methods.c), and at offset
+                            8: u64 type (a new reference JS drops), 16: u64 address of the
+                            object's dict pointer (0: no dict), 24: u64 its value (a new
+                            reference JS drops, when not 0), 32: u32
+                            the type's tp_version_tag, 36: i32 the bp_method_gen value */
     BP_T_BUFFER = 19,    /* JS memory without a copy (py.buffer), JS -> Python only: u64 address,
                             u64 byte length, u64 port (bp_io*), u32 pin id, u8 struct format
                             char, u8 flags (1: read-only); Python gets a memoryview */
@@ -155,6 +160,11 @@ BP_EXPORT int32_t bp_setattr(bp_io *io, void *obj, void *name);         /* value
 BP_EXPORT int32_t bp_delattr(bp_io *io, void *obj, void *name);
 BP_EXPORT int32_t bp_call(bp_io *io, void *callable);                   /* LIST args, DICT|NONE kwargs -> value */
 BP_EXPORT int32_t bp_call_attr(bp_io *io, void *obj, void *name);       /* obj.name(*args, **kwargs) */
+/* the method-answer cache (methods.c): the address of the int32 generation a dict watcher
+   bumps (read by JS without the GIL), and offsetof(PyObject, ob_type) |
+   offsetof(PyTypeObject, tp_version_tag) << 16 */
+BP_EXPORT void *bp_method_gen(void);
+BP_EXPORT int32_t bp_method_layout(void);
 BP_EXPORT int32_t bp_getitem(bp_io *io, void *obj);                     /* key -> value */
 BP_EXPORT int32_t bp_setitem(bp_io *io, void *obj);                     /* key, value -> None */
 BP_EXPORT int32_t bp_delitem(bp_io *io, void *obj);                     /* key -> None */

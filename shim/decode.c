@@ -335,12 +335,15 @@ PyObject *bp_compile_source(PyObject *src, const char *filename, int start) {
 
 #define SMALL_ARGS 16
 
-/* Reads LIST args then NONE | DICT kwargs and calls `callable` with them (vectorcall).
-   *read_failed is set when the arguments could not be read (a Python error is set). */
-PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) {
+/* Reads LIST args then NONE | DICT kwargs and calls them (vectorcall): `callable`, or,
+   when `self` is given, self.name(...) through PyObject_VectorcallMethod (self goes in
+   slot 0 of the array, borrowed). *read_failed is set when the arguments could not be
+   read (a Python error is set). */
+static PyObject *read_call(bp_reader *rd, PyObject *callable, PyObject *self, PyObject *name, int32_t *read_failed) {
     bp_reader r = *rd;
-    PyObject *small[SMALL_ARGS];
-    PyObject **argv = small;
+    PyObject *small[SMALL_ARGS + 1];
+    PyObject **base = small; /* base[0]: self (method calls), arguments from base[1] */
+    PyObject **argv = small + 1;
     PyObject *kwnames = NULL, *result = NULL;
     uint32_t nargs = 0, nkw = 0, filled = 0;
 
@@ -355,8 +358,9 @@ PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) 
         goto read_fail;
     }
     if (nargs > SMALL_ARGS) {
-        argv = PyMem_Malloc(sizeof(PyObject *) * (nargs + SMALL_ARGS));
-        if (!argv) { PyErr_NoMemory(); goto read_fail; }
+        base = PyMem_Malloc(sizeof(PyObject *) * (nargs + SMALL_ARGS + 1));
+        if (!base) { PyErr_NoMemory(); goto read_fail; }
+        argv = base + 1;
     }
     for (; filled < nargs; filled++) {
         argv[filled] = bp_read_value(&r, 1);
@@ -368,15 +372,17 @@ PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) 
     if (tag == BP_T_DICT) {
         if (bp_read_u32(&r, &nkw) < 0) goto read_fail;
         uint32_t total = nargs + nkw;
-        if (total > SMALL_ARGS && argv == small) {
-            PyObject **big = PyMem_Malloc(sizeof(PyObject *) * total);
+        if (total > SMALL_ARGS && base == small) {
+            PyObject **big = PyMem_Malloc(sizeof(PyObject *) * (total + 1));
             if (!big) { PyErr_NoMemory(); goto read_fail; }
-            memcpy(big, small, sizeof(PyObject *) * filled);
-            argv = big;
+            memcpy(big + 1, argv, sizeof(PyObject *) * filled);
+            base = big;
+            argv = big + 1;
         } else if (total > nargs + SMALL_ARGS) {
-            PyObject **big = PyMem_Realloc(argv, sizeof(PyObject *) * total);
+            PyObject **big = PyMem_Realloc(base, sizeof(PyObject *) * (total + 1));
             if (!big) { PyErr_NoMemory(); goto read_fail; }
-            argv = big;
+            base = big;
+            argv = big + 1;
         }
         kwnames = PyTuple_New(nkw);
         if (!kwnames) goto read_fail;
@@ -394,13 +400,27 @@ PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) 
         goto read_fail;
     }
     rd->pos = r.pos;
-    result = PyObject_Vectorcall(callable, argv, nargs, kwnames);
+    if (self) {
+        base[0] = self;
+        result = PyObject_VectorcallMethod(name, base, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    } else {
+        /* argv[-1] is ours: the callee may use it (a bound method puts its self there) */
+        result = PyObject_Vectorcall(callable, argv, nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    }
     goto done;
 read_fail:
     *read_failed = 1;
 done:
     for (uint32_t i = 0; i < filled; i++) Py_DECREF(argv[i]);
-    if (argv != small) PyMem_Free(argv);
+    if (base != small) PyMem_Free(base);
     Py_XDECREF(kwnames);
     return result;
+}
+
+PyObject *bp_read_call(bp_reader *rd, PyObject *callable, int32_t *read_failed) {
+    return read_call(rd, callable, NULL, NULL, read_failed);
+}
+
+PyObject *bp_read_method_call(bp_reader *rd, PyObject *self, PyObject *name, int32_t *read_failed) {
+    return read_call(rd, NULL, self, name, read_failed);
 }

@@ -129,6 +129,7 @@ void bp_sigint_leave(bp_port *p);
 int bp_loop_signal_notify(int sig);
 void bp_loop_signals_refresh(void);
 int bp_io_grow(bp_io *io, uint32_t need);       /* 0, or -1 (MemoryError set)              */
+void bp_method_answer(bp_io *io, PyObject *obj, PyObject *name); /* methods.c: BP_T_METHOD + cache record */
 void bp_io_trim(bp_io *io, uint32_t keep);     /* shrink a buffer a huge value left big     */
 void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */
 void bp_port_unref(bp_port *p);
@@ -170,6 +171,7 @@ PyObject *bp_read_value(bp_reader *r, int depth);          /* new ref, or NULL +
 int bp_read_u32(bp_reader *r, uint32_t *out);
 PyObject *bp_read_str(bp_reader *r);                       /* a str value, else TypeError */
 PyObject *bp_read_call(bp_reader *r, PyObject *callable, int32_t *read_failed);
+PyObject *bp_read_method_call(bp_reader *r, PyObject *self, PyObject *name, int32_t *read_failed); /* self.name(...) */
 int bp_check_module_name(PyObject *name);                  /* 0, or -1 + ValueError (NUL) */
 PyObject *bp_compile_source(PyObject *src, const char *filename, int start); /* compile() rules */
 

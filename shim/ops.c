@@ -176,8 +176,7 @@ int32_t bp_getattr(bp_io *io, void *obj, void *name) {
     }
     if (is_bound_method(v, (PyObject *)obj)) {
         Py_DECREF(v);
-        io->buf[0] = BP_T_METHOD;
-        io->len = 1;
+        bp_method_answer(io, (PyObject *)obj, (PyObject *)name);
         LEAVE(BP_OK);
     }
     LEAVE(finish(io, v, 0));
@@ -221,13 +220,26 @@ int32_t bp_call(bp_io *io, void *callable) {
     LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 
+/* obj.name(*args). With the generic attribute lookup (instances of classes, builtins):
+   PyObject_VectorcallMethod, which makes no bound method when the attribute is a function
+   or method descriptor of the type. Otherwise (modules: py.call) getattr, then the call,
+   which is what VectorcallMethod would do with a few more steps. Either looks the method up
+   in full, so it is right whatever JS cached about obj.name. */
 int32_t bp_call_attr(bp_io *io, void *obj, void *name) {
     ENTER(io);
-    PyObject *fn = PyObject_GetAttr((PyObject *)obj, (PyObject *)name);
-    if (!fn) LEAVE(bp_fail_python(io));
+    PyObject *o = (PyObject *)obj;
     int32_t read_failed = 0;
-    PyObject *v = call_buffer(io, fn, &read_failed);
-    Py_DECREF(fn); /* before the result is written: dropping it may run a __del__ */
+    bp_reader r;
+    bp_reader_init(&r, io, 0);
+    PyObject *v;
+    if (Py_TYPE(o)->tp_getattro == PyObject_GenericGetAttr) {
+        v = bp_read_method_call(&r, o, (PyObject *)name, &read_failed);
+    } else {
+        PyObject *fn = PyObject_GetAttr(o, (PyObject *)name);
+        if (!fn) LEAVE(bp_fail_python(io));
+        v = bp_read_call(&r, fn, &read_failed);
+        Py_DECREF(fn); /* before the result is written: dropping it may run a __del__ */
+    }
     LEAVE(read_failed ? bp_fail_read(io) : finish(io, v, 0));
 }
 

@@ -702,6 +702,13 @@ export class Wire {
     return this.readValue();
   }
 
+  /** The result bytes as they are (for records that are not values: bp_getattr's method
+      answer, see shim/methods.c). */
+  raw(): DataView {
+    if (this.header[4] !== this.gen) this.refresh();
+    return this.dv;
+  }
+
   /** Reads a handle written by ops that always return one (import, iter, intern). */
   handleResult(): number {
     if (this.header[4] !== this.gen) this.refresh();

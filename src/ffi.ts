@@ -23,6 +23,8 @@ const symbols = {
   bp_delattr: { args: [ptr, ptr, ptr], returns: i32 },
   bp_call: { args: [ptr, ptr], returns: i32 },
   bp_call_attr: { args: [ptr, ptr, ptr], returns: i32 },
+  bp_method_gen: { args: [], returns: ptr },
+  bp_method_layout: { args: [], returns: i32 },
   bp_getitem: { args: [ptr, ptr], returns: i32 },
   bp_setitem: { args: [ptr, ptr], returns: i32 },
   bp_delitem: { args: [ptr, ptr], returns: i32 },
@@ -74,6 +76,8 @@ export interface Shim {
   bp_delattr(io: P, obj: P, name: P): number;
   bp_call(io: P, callable: P): number;
   bp_call_attr(io: P, obj: P, name: P): number;
+  bp_method_gen(): P;
+  bp_method_layout(): number;
   bp_getitem(io: P, obj: P): number;
   bp_setitem(io: P, obj: P): number;
   bp_delitem(io: P, obj: P): number;
@@ -170,6 +174,11 @@ export function addressOf(view: ArrayBufferView | ArrayBuffer | SharedArrayBuffe
 
 export function readPointer(address: number, offset: number): number {
   return read.ptr(address as Pointer, offset) as number;
+}
+
+/** A u32 in the shim's or Python's memory (a type's version tag, see methods.c). */
+export function readU32(address: number, offset: number): number {
+  return read.u32(address as Pointer, offset);
 }
 
 /** NUL-terminated UTF-8 for `const char *` arguments. */

@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { openShim, packageRoot } from "./build.ts";
 import { Wire } from "./codec.ts";
-import { Kwargs, METHOD, type WireHooks } from "./wire-format.ts";
+import { Kwargs, Tag, type WireHooks } from "./wire-format.ts";
 import { findPython, type PythonInfo } from "./discover.ts";
 import { HandleTable } from "./handle-table.ts";
 import {
@@ -20,10 +20,20 @@ import {
   Status,
   type KeptTraceback,
 } from "./errors.ts";
-import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
+import { cstring, loadShim, makeDispatch, readPointer, readU32, viewOf, type JSCallback, type Shim } from "./ffi.ts";
 import { registerSource, type IterArg } from "./stream.ts";
 import { hubOf } from "./hub.ts";
-import { functionProxy, makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
+import {
+  functionProxy,
+  makeProxy,
+  methodCaller,
+  Op,
+  stateOf,
+  type MethodCache,
+  type ProxyOwner,
+  type ProxyState,
+  type PyObject,
+} from "./proxy.ts";
 
 const enum Mode {
   Eval = 0,
@@ -79,6 +89,11 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private releaseScheduled = false;
   readonly registered = new Map<string, Function>();
   private builtinsProxy: PyObject | undefined;
+  /** The shim's dict-watcher generation (shim/methods.c), read without a call. */
+  private readonly methodGen: Int32Array;
+  /** offsetof(PyObject, ob_type), offsetof(PyTypeObject, tp_version_tag) */
+  private readonly obTypeOffset: number;
+  private readonly versionTagOffset: number;
 
   constructor() {
     this.info = findPython();
@@ -94,6 +109,10 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     if (!io) throw new PythonClosedError("Python is not running (it was closed)");
     this.io = io;
     this.wire = new Wire(this.lib, io, this);
+    this.methodGen = new Int32Array(viewOf(this.lib.bp_method_gen(), 4));
+    const layout = this.lib.bp_method_layout();
+    this.obTypeOffset = layout & 0xffff;
+    this.versionTagOffset = layout >>> 16;
   }
 
   // ------------------------------------------------------------------ results --
@@ -261,6 +280,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private collected(st: ProxyState): void {
     if (st.disposed || this.closed) return;
     st.disposed = true;
+    this.forgetMethods(st);
     const cached = this.proxies.get(st.handle);
     if (cached !== undefined && cached.deref() === undefined) this.proxies.delete(st.handle);
     this.drop(st.handle);
@@ -269,6 +289,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   release(st: ProxyState): void {
     if (st.disposed) return;
     st.disposed = true;
+    this.forgetMethods(st);
     this.finalizer.unregister(st);
     if (this.proxies.get(st.handle)?.deref() !== undefined) this.proxies.delete(st.handle);
     if (!this.closed) this.drop(st.handle);
@@ -592,12 +613,65 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   // ------------------------------------------------------- ProxyOwner (traps) --
 
   getattr(st: ProxyState, name: string): unknown {
+    const mc = st.mc;
+    if (mc !== undefined) {
+      // `obj.method` answered without a call while what it depends on is unchanged
+      const f = mc.names.get(name);
+      if (f !== undefined) {
+        if (this.methodsValid(st.handle, mc)) return f;
+        this.forgetMethods(st);
+      }
+    }
     if (this.reentered()) return this.wire.nested(() => this.getattr(st, name));
     const n = this.nameHandle(name);
     const rc = this.lib.bp_getattr(this.io, st.handle, n);
     if (rc === 1) return undefined; // no such attribute
-    const v = this.result(rc);
-    return v === METHOD ? methodCaller(st, name) : v;
+    if (rc !== 0) this.fail(rc);
+    const dv = this.wire.raw();
+    if (dv.getUint8(0) !== Tag.Method) return this.wire.result();
+    const f = methodCaller(st, name);
+    if (dv.getUint8(1) === 1) this.cacheMethod(st, name, f, dv);
+    return f;
+  }
+
+  /** What the shim checked when it answered "method" still holds (see MethodCache). Reads
+      memory of objects the cache holds references to; no GIL needed (word reads). */
+  private methodsValid(handle: number, mc: MethodCache): boolean {
+    return (
+      !this.closed &&
+      readPointer(handle, this.obTypeOffset) === mc.type &&
+      readU32(mc.type, this.versionTagOffset) === mc.tag &&
+      (mc.dictAddr === 0 || (readPointer(mc.dictAddr, 0) === mc.dict && this.methodGen[0] === mc.gen))
+    );
+  }
+
+  /** Keeps the shim's record of a reusable method answer (it holds a type reference). */
+  private cacheMethod(st: ProxyState, name: string, f: (...args: unknown[]) => unknown, dv: DataView): void {
+    const type = dv.getUint32(8, true) + dv.getUint32(12, true) * 2 ** 32;
+    const dictAddr = dv.getUint32(16, true) + dv.getUint32(20, true) * 2 ** 32;
+    const dict = dv.getUint32(24, true) + dv.getUint32(28, true) * 2 ** 32;
+    const tag = dv.getUint32(32, true);
+    const gen = dv.getInt32(36, true);
+    const mc = st.mc;
+    if (mc !== undefined && mc.type === type && mc.tag === tag && mc.dictAddr === dictAddr && mc.dict === dict && mc.gen === gen) {
+      // the record holds references to this type and dict already
+      this.drop(type);
+      if (dict !== 0) this.drop(dict);
+      mc.names.set(name, f);
+      return;
+    }
+    this.forgetMethods(st);
+    st.mc = { type, tag, dictAddr, dict, gen, names: new Map([[name, f]]) };
+  }
+
+  /** Drops a method record and the references it holds (its type, the instance dict). */
+  private forgetMethods(st: ProxyState): void {
+    const mc = st.mc;
+    if (mc === undefined) return;
+    st.mc = undefined;
+    if (this.closed) return;
+    this.drop(mc.type);
+    if (mc.dict !== 0) this.drop(mc.dict);
   }
 
   setattr(st: ProxyState, name: string, value: unknown): void {
@@ -680,6 +754,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     const stop = (): IteratorResult<unknown> => {
       if (!itState.disposed) {
         itState.disposed = true;
+        this.forgetMethods(itState);
         this.finalizer.unregister(itState);
         if (!this.closed) this.drop(itState.handle);
       }

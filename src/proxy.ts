@@ -59,6 +59,24 @@ export interface ProxyState {
   owner: ProxyOwner;
   /** callers for methods bound to this object, by name */
   methods?: Map<string, (...args: unknown[]) => unknown>;
+  /** names whose "a method bound to this object" answer JS may reuse while it holds */
+  mc?: MethodCache | undefined;
+}
+
+/**
+ * What a read of `proxy.name` checks before answering "the method" without asking Python
+ * (shim/methods.c): the object's type is still `type` (a reference the record holds) with
+ * version tag `tag`; when the object has an instance dict, the pointer at `dictAddr` still
+ * holds `dict` (also a reference the record holds, when not 0) and the shim's dict-watcher
+ * generation is still `gen`.
+ */
+export interface MethodCache {
+  type: number;
+  tag: number;
+  dictAddr: number;
+  dict: number;
+  gen: number;
+  names: Map<string, (...args: unknown[]) => unknown>;
 }
 
 export const enum Op {
