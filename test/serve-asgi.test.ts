@@ -495,6 +495,18 @@ describe("py.serve", () => {
       await s.close();
     }
   });
+
+  test("maxRequestBodySize goes to Bun.serve: a larger body gets 413, the app never sees it", async () => {
+    const s = await py.serve({ app: "rawapp:app", port: 0, pool: { size: 1 }, mode, path: [FIXTURES], maxRequestBodySize: 1000 });
+    try {
+      const ok = await fetch(new URL("/echo", s.url), { method: "POST", body: "x".repeat(1000) });
+      expect(((await ok.json()) as { total: number }).total).toBe(1000);
+      const big = await fetch(new URL("/echo", s.url), { method: "POST", body: "x".repeat(1001) });
+      expect(big.status).toBe(413);
+    } finally {
+      await s.close();
+    }
+  });
 });
 
 const venv = testVenv();
@@ -644,4 +656,38 @@ describe("inline mode", () => {
       await s.close();
     }
   });
+});
+
+describe(`a 1 GiB upload is streamed, never held (${mode})`, () => {
+  test("the app counts 1 GiB sent as a stream; the process grows by far less than that", async () => {
+    const app = await py.asgi("rawapp:app", where(mode, 1, [FIXTURES]));
+    // Bun refuses bodies over 128 MiB unless told otherwise (413)
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch, maxRequestBodySize: 2 ** 31 });
+    try {
+      const piece = new Uint8Array(1 << 20).fill(120);
+      const total = 1 << 30;
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        pull(c) {
+          if (sent === total) return c.close();
+          sent += piece.length;
+          c.enqueue(piece);
+        },
+      });
+      Bun.gc(true);
+      const before = process.memoryUsage().rss;
+      let peak = before;
+      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+      const r = await fetch(`http://127.0.0.1:${server.port}/echo`, { method: "POST", body, duplex: "half" } as RequestInit);
+      const got = (await r.json()) as { total: number; chunks: number };
+      clearInterval(sampler);
+      expect(got.total).toBe(total);
+      expect(got.chunks).toBeGreaterThan(100);
+      // the client and the server are this one process: 1 GiB held anywhere would show
+      expect(peak - before).toBeLessThan(256 * 1024 * 1024);
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  }, 120_000);
 });
