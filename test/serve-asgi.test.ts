@@ -106,6 +106,15 @@ describe(`raw ASGI app (${appMode})`, () => {
     expect(await r.text()).toBe([0, 1, 2, 3, 4].map((i) => `chunk ${i}\n`).join(""));
   });
 
+  test("an HTTP/1.0 client, with or without Host, gets its answer (Bun replies in HTTP/1.1, the scope says 1.1)", async () => {
+    const out = await rawExchange(server.port!, "GET /hello HTTP/1.0\r\nHost: x\r\n\r\n");
+    expect(out).toMatch(/^HTTP\/1\.[01] 200/);
+    expect(out).toEndWith("Hello, world!");
+    const s = await rawExchange(server.port!, "GET /a/scope?q=1 HTTP/1.0\r\n\r\n"); // no Host: Bun's req.url is "/a/scope?q=1"
+    const scope = JSON.parse(s.slice(s.indexOf("\r\n\r\n") + 4));
+    expect([scope.http_version, scope.path, scope.query_string]).toEqual(["1.1", "/a/scope", "q=1"]);
+  });
+
   test("HEAD: headers, no body", async () => {
     const out = await rawExchange(server.port!, "HEAD /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     expect(out).toStartWith("HTTP/1.1 200");
