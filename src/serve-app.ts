@@ -128,6 +128,7 @@ function refusesSubinterpreters(e: unknown): boolean {
 
 /** The request target (path and query as sent) and scheme of a Bun Request's URL. */
 export function targetOf(url: string): string {
+  if (url.charCodeAt(0) === 47) return url; // no Host header (HTTP/1.0): Bun gives the target as it came
   const i = url.indexOf("/", url.indexOf("//") + 2);
   return i < 0 ? "/" : url.slice(i);
 }

@@ -17,6 +17,8 @@ export interface ServeOptions extends AsgiOptions {
   hostname?: string | undefined;
   /** Passed to Bun.serve (several processes can listen on one port). */
   reusePort?: boolean | undefined;
+  /** Passed to Bun.serve: larger request bodies get 413 (Bun's default is 128 MiB). */
+  maxRequestBodySize?: number | undefined;
 }
 
 export interface ServedServer {
@@ -47,6 +49,7 @@ export async function startServe(rt: MainInterpreter, options: ServeOptions): Pr
       port: options.port ?? 8000,
       hostname: options.hostname ?? "127.0.0.1",
       reusePort: options.reusePort ?? false,
+      ...(options.maxRequestBodySize !== undefined && { maxRequestBodySize: options.maxRequestBodySize }),
       fetch: app.fetch,
       websocket: app.websocket ?? { message() {} },
     });

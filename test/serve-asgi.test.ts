@@ -106,6 +106,15 @@ describe(`raw ASGI app (${appMode})`, () => {
     expect(await r.text()).toBe([0, 1, 2, 3, 4].map((i) => `chunk ${i}\n`).join(""));
   });
 
+  test("an HTTP/1.0 client, with or without Host, gets its answer (Bun replies in HTTP/1.1, the scope says 1.1)", async () => {
+    const out = await rawExchange(server.port!, "GET /hello HTTP/1.0\r\nHost: x\r\n\r\n");
+    expect(out).toMatch(/^HTTP\/1\.[01] 200/);
+    expect(out).toEndWith("Hello, world!");
+    const s = await rawExchange(server.port!, "GET /a/scope?q=1 HTTP/1.0\r\n\r\n"); // no Host: Bun's req.url is "/a/scope?q=1"
+    const scope = JSON.parse(s.slice(s.indexOf("\r\n\r\n") + 4));
+    expect([scope.http_version, scope.path, scope.query_string]).toEqual(["1.1", "/a/scope", "q=1"]);
+  });
+
   test("HEAD: headers, no body", async () => {
     const out = await rawExchange(server.port!, "HEAD /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     expect(out).toStartWith("HTTP/1.1 200");
@@ -495,6 +504,18 @@ describe("py.serve", () => {
       await s.close();
     }
   });
+
+  test("maxRequestBodySize goes to Bun.serve: a larger body gets 413, the app never sees it", async () => {
+    const s = await py.serve({ app: "rawapp:app", port: 0, pool: { size: 1 }, mode, path: [FIXTURES], maxRequestBodySize: 1000 });
+    try {
+      const ok = await fetch(new URL("/echo", s.url), { method: "POST", body: "x".repeat(1000) });
+      expect(((await ok.json()) as { total: number }).total).toBe(1000);
+      const big = await fetch(new URL("/echo", s.url), { method: "POST", body: "x".repeat(1001) });
+      expect(big.status).toBe(413);
+    } finally {
+      await s.close();
+    }
+  });
 });
 
 const venv = testVenv();
@@ -644,4 +665,38 @@ describe("inline mode", () => {
       await s.close();
     }
   });
+});
+
+describe(`a 1 GiB upload is streamed, never held (${mode})`, () => {
+  test("the app counts 1 GiB sent as a stream; the process grows by far less than that", async () => {
+    const app = await py.asgi("rawapp:app", where(mode, 1, [FIXTURES]));
+    // Bun refuses bodies over 128 MiB unless told otherwise (413)
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch, maxRequestBodySize: 2 ** 31 });
+    try {
+      const piece = new Uint8Array(1 << 20).fill(120);
+      const total = 1 << 30;
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        pull(c) {
+          if (sent === total) return c.close();
+          sent += piece.length;
+          c.enqueue(piece);
+        },
+      });
+      Bun.gc(true);
+      const before = process.memoryUsage().rss;
+      let peak = before;
+      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+      const r = await fetch(`http://127.0.0.1:${server.port}/echo`, { method: "POST", body, duplex: "half" } as RequestInit);
+      const got = (await r.json()) as { total: number; chunks: number };
+      clearInterval(sampler);
+      expect(got.total).toBe(total);
+      expect(got.chunks).toBeGreaterThan(100);
+      // the client and the server are this one process: 1 GiB held anywhere would show
+      expect(peak - before).toBeLessThan(256 * 1024 * 1024);
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  }, 120_000);
 });

@@ -49,6 +49,13 @@ describe("raw WSGI app", () => {
     expect(e.REMOTE_ADDR).toContain("127.0.0.1");
   });
 
+  test("an HTTP/1.0 request without Host: PATH_INFO and QUERY_STRING from its target, SERVER_NAME from the server", async () => {
+    const out = await rawExchange(server.port!, "GET /environ?q=1 HTTP/1.0\r\n\r\n");
+    const e = JSON.parse(out.slice(out.indexOf("\r\n\r\n") + 4));
+    expect([e.PATH_INFO, e.QUERY_STRING, e.SERVER_PORT]).toEqual(["/environ", "q=1", String(server.port)]);
+    expect(typeof e.SERVER_NAME).toBe("string");
+  });
+
   test("mounted: SCRIPT_NAME is the mount, PATH_INFO the rest", async () => {
     const e = (await (await fetch(`${base}/mnt/environ`)).json()) as any;
     expect(e.SCRIPT_NAME).toBe("/mnt");
