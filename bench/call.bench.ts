@@ -7,33 +7,14 @@ import { bench, do_not_optimize, summary } from "mitata";
 import { internals, py } from "../src/index.ts";
 import { runWithRatios } from "./ratio.ts";
 import { doc } from "./doc.ts";
+import { CALL_FIXTURES } from "./fixtures.ts";
 
 const BASELINE = "baseline: bare FFI call of cached operator.add";
 const operator = py.import("operator");
 const add = operator["add"];
 const baseline = internals.runtime().benchBaseline(add);
 
-py.exec(`
-class Counter:
-    def __init__(self):
-        self.n = 0
-    def bump(self, k):
-        self.n += k
-        return self.n
-counter = Counter()
-class Slotted:
-    __slots__ = ("n",)
-    def __init__(self):
-        self.n = 0
-    def bump(self, k):
-        self.n += k
-        return self.n
-slotted = Slotted()
-import collections
-bounded = collections.deque(maxlen=8)
-def ident(x):
-    return x
-`);
+py.exec(CALL_FIXTURES);
 const counter = py.eval("counter");
 const slotted = py.eval("slotted");
 const bounded = py.eval("bounded");

@@ -7,31 +7,14 @@
  *   bun bench/calls-min.ts [checkout root, default: this one] [loops, default 25]
  */
 import { resolve } from "node:path";
+import { CALL_FIXTURES, minOfLoops } from "./fixtures.ts";
 
 const root = resolve(process.argv[2] ?? resolve(import.meta.dir, ".."));
 const loops = Number(process.argv[3] ?? 25);
 const { py, internals } = await import(`${root}/src/index.ts`);
 const add = py.import("operator")["add"];
 const baseline = internals.runtime().benchBaseline(add);
-py.exec(`
-class Counter:
-    def __init__(self):
-        self.n = 0
-    def bump(self, k):
-        self.n += k
-        return self.n
-class Slotted:
-    __slots__ = ("n",)
-    def __init__(self):
-        self.n = 0
-    def bump(self, k):
-        self.n += k
-        return self.n
-counter = Counter()
-slotted = Slotted()
-import collections
-bounded = collections.deque(maxlen=8)
-`);
+py.exec(CALL_FIXTURES);
 const counter = py.eval("counter"), slotted = py.eval("slotted"), bounded = py.eval("bounded");
 const N = 20000;
 const cases: [string, () => unknown][] = [
@@ -42,14 +25,7 @@ const cases: [string, () => unknown][] = [
   ["proxy method call, __slots__: slotted.bump(1)", () => slotted.bump(1)],
   ["proxy method call, builtin: deque.append(1)", () => bounded.append(1)],
 ];
-const best = new Map<string, number>();
-for (let r = 0; r < loops; r++) {
-  for (const [name, f] of cases) {
-    const t = Bun.nanoseconds();
-    for (let i = 0; i < N; i++) f();
-    best.set(name, Math.min(best.get(name) ?? Infinity, (Bun.nanoseconds() - t) / N));
-  }
-}
+const best = minOfLoops(cases, N, loops);
 const base = best.get(cases[0]![0])!;
 console.log(`${root} (Python ${py.version}), minimum of ${loops} loops of ${N} calls:`);
 for (const [name, ns] of best) console.log(`  ${name.padEnd(48)} ${ns.toFixed(1).padStart(7)} ns   ${(ns / base).toFixed(2)}×`);

@@ -4,28 +4,12 @@
  * [calls per window] [windows]` (CHECKOUT: the root of a bunpy checkout, so that two can be
  * run alternately, before and after). Not run by `bun run bench` (no .bench.ts suffix).
  */
+import { ERROR_FIXTURES, minOfLoops } from "./fixtures.ts";
+
 const root = process.argv[2] ?? new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const { py } = await import(root + "/src/index.ts");
+py.exec(ERROR_FIXTURES);
 py.exec(`
-from bunpy import JSError
-def raise_except():
-    try:
-        raise ValueError("x")
-    except Exception:
-        return 1
-def raise_jserror():
-    try:
-        e = JSError("Error: prebuilt")
-        e.js_name, e.js_message = "Error", "prebuilt"
-        raise e
-    except Exception:
-        return 1
-def guarded(cb):
-    try:
-        cb()
-    except Exception:
-        return 1
-    return 0
 def guarded_stack(cb):
     try:
         cb()
@@ -50,12 +34,6 @@ const cases: [string, () => unknown][] = [
   ["new Error + js_stack", () => gs(() => { throw new Error("js"); })],
 ];
 const N = Number(process.argv[3] ?? 20000), R = Number(process.argv[4] ?? 15);
-const best = new Map<string, number>();
-for (let r = 0; r < R; r++) for (const [name, f] of cases) {
-  const t0 = Bun.nanoseconds();
-  for (let i = 0; i < N; i++) f();
-  const t = (Bun.nanoseconds() - t0) / N;
-  if (!(best.get(name)! <= t)) best.set(name, t);
-}
+const best = minOfLoops(cases, N, R);
 const tag = root.split("/").pop();
 for (const [name] of cases) console.log(`${tag}\t${name.padEnd(22)}\t${best.get(name)!.toFixed(0)} ns`);

@@ -6,31 +6,12 @@
 import { bench, do_not_optimize, summary } from "mitata";
 import { py } from "../src/index.ts";
 import { runWithRatios } from "./ratio.ts";
+import { ERROR_FIXTURES } from "./fixtures.ts";
 
+py.exec(ERROR_FIXTURES);
 py.exec(`
-from bunpy import JSError
 def boom():
     raise ValueError("bad")
-def raise_except():
-    try:
-        raise ValueError("x")
-    except Exception:
-        return 1
-def raise_jserror():
-    # what a JS error thrown into Python builds: the exception and its two attributes (the
-    # stack stays in JS until it is read)
-    try:
-        e = JSError("Error: prebuilt")
-        e.js_name, e.js_message = "Error", "prebuilt"
-        raise e
-    except Exception:
-        return 1
-def guarded(cb):
-    try:
-        cb()
-    except Exception:
-        return 1
-    return 0
 `);
 const boom = py.eval("boom");
 const raiseExcept = py.eval("raise_except");
