@@ -14,7 +14,9 @@
  * SERVE_BENCH_ROUNDS (default 1: interleaved rounds, the best of each server compared),
  * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only).
  * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
- * (`mode: "inline"`: the app in the main interpreter on Bun's own thread).
+ * (`mode: "inline"`: the app in the main interpreter on Bun's own thread). The raw app has
+ * a fourth, its floor: Bun.serve answering the same response from a JS handler, no Python
+ * (no bunpy server can beat it, so floor / uvicorn is the most any of them can reach).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -58,6 +60,21 @@ app = get_asgi_application()
 `;
 
 // ---- server mode: `bun bench/serve.bench.ts --server <target> <port> <site-packages>` --------
+if (process.argv[2] === "--server" && process.argv[3] === "js") {
+  // the floor of the raw app: Bun.serve with a JS handler that reads what bunpy reads of a
+  // request (method, URL, headers, client address) and answers what the app answers
+  const server = Bun.serve({
+    port: Number(process.argv[4]),
+    hostname: "127.0.0.1",
+    fetch(req, srv) {
+      const seen = [req.method, req.url, req.headers.toJSON(), srv.requestIP(req)];
+      return new Response(seen.length === 4 ? "Hello, world!" : "", { headers: { "content-type": "text/plain" } });
+    },
+  });
+  console.log("ready", server.port);
+  process.on("SIGTERM", () => process.exit(0));
+  await new Promise(() => {});
+}
 if (process.argv[2] === "--server") {
   const [, , , target, port, site, mode, size] = process.argv;
   const app =
@@ -190,8 +207,10 @@ const best = (a: Result | undefined, b: Result): Result => (a === undefined || b
 for (const [name, target, path, ctxMode] of apps) {
   console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
   // rounds interleave the servers; the best round of each is compared (min-of-N on a shared machine)
-  let u: Result | undefined, b: Result | undefined, i: Result | undefined;
+  let u: Result | undefined, b: Result | undefined, i: Result | undefined, f: Result | undefined;
+  const withFloor = target === "bench_hello:app";
   for (let r = 0; r < ROUNDS; r++) {
+    if (withFloor) f = best(f, await run(`floor: Bun.serve, a JS handler, no Python`, [process.execPath, import.meta.path, "--server", "js", String(++port)], port, path));
     u = best(u, await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path));
     if (CONTEXT_ROWS) b = best(b, await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path));
     // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
@@ -200,6 +219,7 @@ for (const [name, target, path, ctxMode] of apps) {
   // req/s ratio, and uvicorn's CPU per request over bunpy's (> 1: bunpy spends less)
   const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× req/s, ${(u!.cpu / x.cpu).toFixed(2)}× by CPU per request (p99 ${x.p99} vs ${u!.p99})`;
   console.log(`  bunpy / uvicorn: ${b !== undefined ? `context ${p(b)}, ` : ""}inline ${p(i!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
+  if (f !== undefined) console.log(`  floor / uvicorn: ${p(f)} (the most a server behind Bun.serve can reach)`);
 }
 
 // Two of each on both cores: `uvicorn --workers 2` (two processes) against a pool of two
