@@ -100,6 +100,7 @@ PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
     e->js_name = name;
     e->js_message = message;
     e->js_stack = stack;
+    e->slot = -1; /* BaseException's tp_new zeroed it: 0 would name a slot */
     if (slot >= 0) {
         e->port = r->port;
         e->slot = slot;
