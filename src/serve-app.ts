@@ -56,7 +56,6 @@ export interface ServerLike {
   upgrade?(req: Request, options: unknown): boolean;
 }
 
-/** A fetch handler; inline mode answers with a Response directly when the app finished at once. */
 const NO_ADDRESS: readonly [null, null] = [null, null];
 const addresses = new WeakMap<object, readonly [string | null, number | null]>();
 
@@ -69,6 +68,7 @@ export function serverAddress(server: ServerLike | undefined): readonly [string 
   return a;
 }
 
+/** A fetch handler; inline mode answers with a Response directly when the app finished at once. */
 export type Handler = (req: Request, server?: ServerLike) => Response | Promise<Response>;
 
 let nextApp = 1;
