@@ -220,7 +220,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         id, rid, method, targetOf(url), flatHeaders(req), ip?.address ?? null, ip?.port ?? null, body, more,
         secure ? "https" : "http", addr[0], addr[1], rootPath,
       ];
-      // inline: the app's first step runs in this call, without a task
+      // inline: the app's first step runs in this call (in an eagerly started task)
       let pending: unknown;
       if (early !== undefined) pending = early.res;
       else if (inline !== undefined) {
