@@ -11,13 +11,7 @@ import { addressOf, viewOf, readPointer, type Shim } from "./ffi.ts";
 import { BufferArg } from "./data.ts";
 import { IterArg } from "./stream.ts";
 import { Kwargs, MAX_DEPTH, MAX_MESSAGE, METHOD, Tag, type WireHooks } from "./wire-format.ts";
-
-/** The decoder's memo of short ASCII strings, per JS thread (strings are immutable, so a
-    shared one is safe): direct-mapped, a slot holds the last string whose hint picked it.
-    MEMO_MAX_LENGTH is BP_ASCII_MEMO_MAX in shim/bunpy.h. */
-const MEMO_SLOTS = 1024;
-const MEMO_MAX_LENGTH = 24;
-const memo: string[] = new Array<string>(MEMO_SLOTS).fill("");
+import { MEMO_MAX_LENGTH, memoText } from "./string-memo.ts";
 
 const TWO_32 = 2 ** 32;
 
@@ -665,34 +659,12 @@ export class Wire {
     return ascii ? this.text.latin1Slice(start, start + n) : this.text.utf8Slice(start, start + n);
   }
 
-  /** A short ASCII string (dict keys, enum-like values: they repeat call after call) whose
-      memo slot the sender picked (Python's cached hash of the str): a hit hands back the
-      string decoded before after one compare of its bytes, with no hashing, no native call
-      and no allocation. */
+  /** A short ASCII string whose memo slot the sender picked (see string-memo.ts). */
   private readMemoText(): string {
     const v = this.readU32();
     const n = v & 0xff, start = this.pos;
     this.pos += n;
-    // two ways: the slot the hint picks and its neighbour, so two strings whose hints
-    // collide (Python's str hash is random per process) do not evict each other every call
-    const slot = (v >>> 8) & (MEMO_SLOTS - 1);
-    const u8 = this.u8;
-    const first = memo[slot]!;
-    if (first.length === n) {
-      let i = 0;
-      while (i < n && first.charCodeAt(i) === u8[start + i]) i++;
-      if (i === n) return first;
-    }
-    const second = memo[slot ^ 1]!;
-    if (second.length === n) {
-      let i = 0;
-      while (i < n && second.charCodeAt(i) === u8[start + i]) i++;
-      if (i === n) return second;
-    }
-    const fresh = this.text.latin1Slice(start, start + n);
-    memo[slot ^ 1] = first; // the newest in the slot, the one before next to it
-    memo[slot] = fresh;
-    return fresh;
+    return memoText(this.u8, this.text, start, n, v >>> 8);
   }
 
   /** Decodes the value at offset 0: the result of the last call. */

@@ -20,20 +20,12 @@ import {
   Status,
   type KeptTraceback,
 } from "./errors.ts";
-import { cstring, loadShim, makeDispatch, readPointer, readU32, viewOf, type JSCallback, type Shim } from "./ffi.ts";
+import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./ffi.ts";
 import { registerSource, type IterArg } from "./stream.ts";
 import { hubOf } from "./hub.ts";
-import {
-  functionProxy,
-  makeProxy,
-  methodCaller,
-  Op,
-  stateOf,
-  type MethodCache,
-  type ProxyOwner,
-  type ProxyState,
-  type PyObject,
-} from "./proxy.ts";
+import { MethodCacheCheck, readMethodRecord, sameRecord } from "./method-cache.ts";
+import { ThrownErrors } from "./thrown-errors.ts";
+import { functionProxy, makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
 const enum Mode {
   Eval = 0,
@@ -79,21 +71,13 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   private readonly pinned = new Map<number, object>();
   private deallocator = 0;
   private nextFunctionId = 1;
-  /** Errors thrown into Python by this thread's callbacks whose `JSError` is alive and has
-      not read its `js_stack`, by slot (the slot travels in the error record; Python hands
-      it back as id -1 - slot through the released list). `freeSlots`: slots to reuse. */
-  private readonly thrown: unknown[] = [];
-  private readonly freeSlots: number[] = [];
-  private liveThrown = 0;
+  /** Errors thrown into Python by this thread's callbacks, kept for a lazy `js_stack`. */
+  private readonly thrown = new ThrownErrors();
   /** A microtask that takes the released ids is scheduled (see begin()). */
   private releaseScheduled = false;
   readonly registered = new Map<string, Function>();
   private builtinsProxy: PyObject | undefined;
-  /** The shim's dict-watcher generation (shim/methods.c), read without a call. */
-  private readonly methodGen: Int32Array;
-  /** offsetof(PyObject, ob_type), offsetof(PyTypeObject, tp_version_tag) */
-  private readonly obTypeOffset: number;
-  private readonly versionTagOffset: number;
+  private readonly methodCheck: MethodCacheCheck;
 
   constructor() {
     this.info = findPython();
@@ -109,10 +93,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     if (!io) throw new PythonClosedError("Python is not running (it was closed)");
     this.io = io;
     this.wire = new Wire(this.lib, io, this);
-    this.methodGen = new Int32Array(viewOf(this.lib.bp_method_gen(), 4));
-    const layout = this.lib.bp_method_layout();
-    this.obTypeOffset = layout & 0xffff;
-    this.versionTagOffset = layout >>> 16;
+    this.methodCheck = new MethodCacheCheck(this.lib);
   }
 
   // ------------------------------------------------------------------ results --
@@ -319,24 +300,9 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     if (this.lib.bp_take_released(this.io) !== 0) return;
     const ids = this.wire.result() as number[];
     for (const id of ids) {
-      if (id < 0) this.freeThrown(-1 - id);
+      if (id < 0) this.thrown.release(-1 - id);
       else if (!this.functions.delete(id)) this.pinned.delete(id);
     }
-  }
-
-  /** Keeps a thrown Error for its JSError's `js_stack`; the slot number goes to Python. */
-  private keepThrown(e: Error): number {
-    const slot = this.freeSlots.length !== 0 ? this.freeSlots.pop()! : this.thrown.length;
-    this.thrown[slot] = e;
-    this.liveThrown++;
-    return slot;
-  }
-
-  private freeThrown(slot: number): void {
-    if (this.thrown[slot] === undefined) return;
-    this.thrown[slot] = undefined;
-    this.liveThrown--;
-    this.freeSlots.push(slot);
   }
 
   registerSource(arg: IterArg, toMain: boolean): string {
@@ -381,7 +347,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   get liveThrownErrors(): number {
     if (this.wire.writing !== 0) return this.wire.nested(() => this.liveThrownErrors);
     if (this.wire.header[5] !== 0) this.takeReleased();
-    return this.liveThrown;
+    return this.thrown.live;
   }
 
   /** Number of JS functions Python still holds (for leak tests). */
@@ -490,7 +456,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     w.writeString(name.toWellFormed());
     w.writeString(message.toWellFormed());
     if (lazyStack && e instanceof Error) {
-      slot = this.keepThrown(e);
+      slot = this.thrown.keep(e);
       w.writeNumber(slot);
     } else {
       w.writeString(stack.toWellFormed());
@@ -501,7 +467,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   /** `JSError.js_stack`, first read: the stack of the Error kept in `slot`, as a string
       (a getter that throws gives its message instead). */
   private writeStack(slot: number): number {
-    const e = this.thrown[slot] as Error | undefined;
+    const e = this.thrown.get(slot);
     let text: string;
     try {
       text = e === undefined ? "" : String(e.stack ?? "");
@@ -618,7 +584,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       // `obj.method` answered without a call while what it depends on is unchanged
       const f = mc.names.get(name);
       if (f !== undefined) {
-        if (this.methodsValid(st.handle, mc)) return f;
+        if (!this.closed && this.methodCheck.valid(st.handle, mc)) return f;
         this.forgetMethods(st);
       }
     }
@@ -634,34 +600,19 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     return f;
   }
 
-  /** What the shim checked when it answered "method" still holds (see MethodCache). Reads
-      memory of objects the cache holds references to; no GIL needed (word reads). */
-  private methodsValid(handle: number, mc: MethodCache): boolean {
-    return (
-      !this.closed &&
-      readPointer(handle, this.obTypeOffset) === mc.type &&
-      readU32(mc.type, this.versionTagOffset) === mc.tag &&
-      (mc.dictAddr === 0 || (readPointer(mc.dictAddr, 0) === mc.dict && this.methodGen[0] === mc.gen))
-    );
-  }
-
   /** Keeps the shim's record of a reusable method answer (it holds a type reference). */
   private cacheMethod(st: ProxyState, name: string, f: (...args: unknown[]) => unknown, dv: DataView): void {
-    const type = dv.getUint32(8, true) + dv.getUint32(12, true) * 2 ** 32;
-    const dictAddr = dv.getUint32(16, true) + dv.getUint32(20, true) * 2 ** 32;
-    const dict = dv.getUint32(24, true) + dv.getUint32(28, true) * 2 ** 32;
-    const tag = dv.getUint32(32, true);
-    const gen = dv.getInt32(36, true);
+    const rec = readMethodRecord(dv);
     const mc = st.mc;
-    if (mc !== undefined && mc.type === type && mc.tag === tag && mc.dictAddr === dictAddr && mc.dict === dict && mc.gen === gen) {
+    if (mc !== undefined && sameRecord(mc, rec)) {
       // the record holds references to this type and dict already
-      this.drop(type);
-      if (dict !== 0) this.drop(dict);
+      this.drop(rec.type);
+      if (rec.dict !== 0) this.drop(rec.dict);
       mc.names.set(name, f);
       return;
     }
     this.forgetMethods(st);
-    st.mc = { type, tag, dictAddr, dict, gen, names: new Map([[name, f]]) };
+    st.mc = { ...rec, names: new Map([[name, f]]) };
   }
 
   /** Drops a method record and the references it holds (its type, the instance dict). */
