@@ -86,7 +86,7 @@ function register(rt: MainInterpreter): void {
   if (registered.has(rt)) return;
   registered.add(rt);
   // receive(): the next chunk of a request body (null at the end, false when the client left)
-  rt.registered.set("__bunpy_asgi_read", async (rid: number) => {
+  rt.callbacks.registered.set("__bunpy_asgi_read", async (rid: number) => {
     const l = live.get(rid);
     if (l === undefined || l.reader === undefined) return null;
     if (l.gone) return false;

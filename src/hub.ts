@@ -363,7 +363,7 @@ export class ContextHub {
     context.jsCalls++;
     let value: unknown;
     try {
-      value = this.rt.callRegistered(name, args, kwargs);
+      value = this.rt.callbacks.callRegistered(name, args, kwargs);
     } catch (e) {
       return this.replyError(call, e, context);
     }
@@ -408,7 +408,7 @@ export class ContextHub {
 
   private replyError(call: number, e: unknown, context: Context | undefined): void {
     if (context !== undefined) context.jsCalls--;
-    const status = this.rt.writeThrown(e);
+    const status = this.rt.callbacks.writeThrown(e);
     this.rt.lib.bp_call_reply(call, this.rt.io, status, this.rt.wire.pos);
   }
 

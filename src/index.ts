@@ -135,11 +135,11 @@ export const py = {
   register(name: string, fn: (...args: any[]) => unknown): void {
     if (typeof name !== "string" || name === "") throw new TypeError("py.register(name, fn): name must be a non-empty string");
     if (typeof fn !== "function") throw new TypeError("py.register(name, fn): fn must be a function");
-    running().registered.set(name, fn);
+    running().callbacks.registered.set(name, fn);
   },
   /** Removes a function registered with py.register. Returns whether it was registered. */
   unregister(name: string): boolean {
-    return main?.registered.delete(name) ?? false;
+    return main?.callbacks.registered.delete(name) ?? false;
   },
   /** Starts a context: Python on its own thread, with its own interpreter and GIL
       (mode "owngil", the default on 3.12+) or as a thread of the main interpreter ("worker"). */
@@ -202,7 +202,7 @@ export const py = {
    */
   buffer(x: ArrayBufferView | ArrayBuffer | SharedArrayBuffer, options: BufferOptions = {}): BufferArg {
     const rt = running();
-    void rt.pinnedBuffers; // forgets buffers Python let go of since the last call
+    void rt.callbacks.pinnedBuffers; // forgets buffers Python let go of since the last call
     return new BufferArg(x, options?.readonly === true);
   },
   /**

@@ -33,8 +33,8 @@ export class InlineRunner implements AppCaller {
   constructor(readonly rt: MainInterpreter) {
     const hub = hubOf(rt); // the doorbell wake-up messages arrive through
     hub.on("__bunpy_inline_wake", () => this.pumpSoon());
-    rt.registered.set("__bunpy_inline_async", (key: number, name: string, ...args: unknown[]) => {
-      const fn = rt.registered.get(name);
+    rt.callbacks.registered.set("__bunpy_inline_async", (key: number, name: string, ...args: unknown[]) => {
+      const fn = rt.callbacks.registered.get(name);
       const settle = (ok: boolean, value: unknown) => {
         try {
           rt.callFunction(MODULE, "settle", [key, ok, value]);

@@ -24,7 +24,7 @@ import { cstring, loadShim, makeDispatch, type JSCallback, type Shim } from "./f
 import { registerSource, type IterArg } from "./stream.ts";
 import { hubOf } from "./hub.ts";
 import { MethodCacheCheck, readMethodRecord, sameRecord } from "./method-cache.ts";
-import { ThrownErrors } from "./thrown-errors.ts";
+import { Callbacks } from "./callbacks.ts";
 import { functionProxy, makeProxy, methodCaller, Op, stateOf, type ProxyOwner, type ProxyState, type PyObject } from "./proxy.ts";
 
 const enum Mode {
@@ -37,13 +37,6 @@ const CODE_CACHE_MAX_SOURCE = 4096;
 const CODE_CACHE_MAX_ENTRIES = 512;
 /** Interned attribute names kept; past this, names are still interned but not remembered. */
 const NAME_CACHE_MAX = 8192;
-/** Released ids (JS functions, py.buffer pins, kept thrown errors) taken at the next call
-    once this many wait; fewer are taken by a microtask. */
-const RELEASE_BATCH = 64;
-
-/** What invoke() returns when the function threw (the thrown value is in `threw`). */
-const THREW = Symbol("threw");
-
 export class MainInterpreter implements ProxyOwner, WireHooks {
   readonly info: PythonInfo;
   readonly lib: Shim;
@@ -66,16 +59,9 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   /** Handles to drop that did not fit the shim's drop queue while a result was decoded. */
   private readonly overflow: number[] = [];
 
-  private readonly functions = new Map<number, Function>();
-  /** Memory lent to Python with py.buffer, by pin id (ids shared with JS functions). */
-  private readonly pinned = new Map<number, object>();
   private deallocator = 0;
-  private nextFunctionId = 1;
-  /** Errors thrown into Python by this thread's callbacks, kept for a lazy `js_stack`. */
-  private readonly thrown = new ThrownErrors();
-  /** A microtask that takes the released ids is scheduled (see begin()). */
-  private releaseScheduled = false;
-  readonly registered = new Map<string, Function>();
+  /** Python's calls into this thread, and the JS values it holds by id. */
+  readonly callbacks: Callbacks;
   private builtinsProxy: PyObject | undefined;
   private readonly methodCheck: MethodCacheCheck;
 
@@ -88,11 +74,12 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       const text = err.toString("utf8", 0, err.indexOf(0));
       throw new PythonClosedError(`Python could not be started: ${text || "unknown error"}`);
     }
-    this.dispatchCallback = makeDispatch((target) => this.dispatch(target));
+    this.dispatchCallback = makeDispatch((target) => this.callbacks.dispatch(target));
     const io = this.lib.bp_io_new(this.dispatchCallback.ptr) as number | null;
     if (!io) throw new PythonClosedError("Python is not running (it was closed)");
     this.io = io;
     this.wire = new Wire(this.lib, io, this);
+    this.callbacks = new Callbacks(this.lib, io, this.wire, () => this.closed);
     this.methodCheck = new MethodCacheCheck(this.lib);
   }
 
@@ -179,27 +166,12 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     f();
   }
 
-  /** Starts a message (after reentered()): forgets released JS functions first, in
-      batches: a caught JS error gives one back per throw, and an FFI call to take each
-      would cost a crossing per throw. Fewer than RELEASE_BATCH wait for a microtask. */
+  /** Starts a message (after reentered()), taking the ids Python released first. */
   private begin(): Wire {
-    const released = this.wire.header[5]!;
-    if (released !== 0) {
-      if (released >= RELEASE_BATCH) this.takeReleased();
-      else if (!this.releaseScheduled) {
-        this.releaseScheduled = true;
-        queueMicrotask(this.releaseSoon);
-      }
-    }
+    if (this.wire.header[5] !== 0) this.callbacks.released();
     this.wire.begin();
     return this.wire;
   }
-
-  private readonly releaseSoon = (): void => {
-    this.releaseScheduled = false;
-    if (this.closed || this.wire.writing !== 0 || this.wire.suspended !== 0 || this.dispatching !== 0) return;
-    if (this.wire.header[5] !== 0) this.takeReleased();
-  };
 
   // ------------------------------------------------------------------ handles --
 
@@ -245,7 +217,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   private readonly flushSoon = (): void => {
     this.flushScheduled = false;
-    if (this.closed || this.wire.writing !== 0 || this.wire.suspended !== 0 || this.dispatching !== 0) return;
+    if (this.closed || this.wire.writing !== 0 || this.wire.suspended !== 0 || this.callbacks.dispatching !== 0) return;
     if (this.overflow.length !== 0) this.flushOverflow();
     else if (this.wire.header[8] !== 0) this.lib.bp_flush(this.io);
   };
@@ -279,30 +251,15 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
   // ------------------------------------------------------------ JS functions --
 
   functionId(fn: Function): number {
-    const id = this.nextFunctionId++;
-    if (this.nextFunctionId > 0x7fffffff) this.nextFunctionId = 1;
-    this.functions.set(id, fn);
-    return id;
+    return this.callbacks.functionId(fn);
   }
 
   forgetFunctions(ids: readonly number[]): void {
-    for (const id of ids) if (!this.functions.delete(id)) this.pinned.delete(id);
+    this.callbacks.forgetFunctions(ids);
   }
 
   pin(target: object): number {
-    const id = this.nextFunctionId++;
-    if (this.nextFunctionId > 0x7fffffff) this.nextFunctionId = 1;
-    this.pinned.set(id, target);
-    return id;
-  }
-
-  private takeReleased(): void {
-    if (this.lib.bp_take_released(this.io) !== 0) return;
-    const ids = this.wire.result() as number[];
-    for (const id of ids) {
-      if (id < 0) this.thrown.release(-1 - id);
-      else if (!this.functions.delete(id)) this.pinned.delete(id);
-    }
+    return this.callbacks.pin(target);
   }
 
   registerSource(arg: IterArg, toMain: boolean): string {
@@ -310,7 +267,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
       // a JS(Async)Iterator Python dropped before its end says so with bunpy.send
       this.watchingSources = true;
       hubOf(this).on("bunpy.iter.close", (name) => {
-        const pull = typeof name === "string" && name.startsWith("__bunpy_iter_") ? this.registered.get(name) : undefined;
+        const pull = typeof name === "string" && name.startsWith("__bunpy_iter_") ? this.callbacks.registered.get(name) : undefined;
         if (pull === undefined) return;
         try {
           const r = pull(1) as unknown;
@@ -320,16 +277,9 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
         }
       });
     }
-    return registerSource(arg, this.registered, toMain);
+    return registerSource(arg, this.callbacks.registered, toMain);
   }
   private watchingSources = false;
-
-  /** Buffers lent to Python (py.buffer) that Python still holds; forgets released ones first. */
-  get pinnedBuffers(): number {
-    if (this.wire.writing !== 0) return this.wire.nested(() => this.pinnedBuffers);
-    if (this.wire.header[5] !== 0) this.takeReleased();
-    return this.pinned.size;
-  }
 
   /** The shim's deallocator for py.view ArrayBuffers (a C function pointer). */
   get viewDeallocator(): number {
@@ -339,144 +289,13 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   /** Releases the Python buffers of views whose memory JS let go (now, not at the next call). */
   flushViews(): void {
-    if (this.closed || this.wire.writing !== 0 || this.dispatching !== 0) return;
+    if (this.closed || this.wire.writing !== 0 || this.callbacks.dispatching !== 0) return;
     this.lib.bp_flush(this.io);
   }
 
-  /** Number of thrown errors kept for a `JSError.js_stack` not read yet (for leak tests). */
-  get liveThrownErrors(): number {
-    if (this.wire.writing !== 0) return this.wire.nested(() => this.liveThrownErrors);
-    if (this.wire.header[5] !== 0) this.takeReleased();
-    return this.thrown.live;
-  }
-
-  /** Number of JS functions Python still holds (for leak tests). */
-  get liveFunctions(): number {
-    if (this.wire.writing !== 0) return this.wire.nested(() => this.liveFunctions);
-    if (this.wire.header[5] !== 0) this.takeReleased();
-    return this.functions.size;
-  }
-
-  /** Python called a JS function: arguments are in the buffer, the result goes back there. */
-  /** Runs the function registered as `name` (py.register); Python's keyword arguments,
-      if any, arrive as one trailing object. */
-  callRegistered(name: string, args: unknown[], kwargs: unknown): unknown {
-    const fn = this.registered.get(name);
-    if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
-    if (kwargs !== null) args.push(kwargs);
-    return fn(...args);
-  }
-
-  /** JS functions called by Python that are running right now (nested calls count each). */
-  private dispatching = 0;
-
   /** True while a JS function called from Python runs: Python cannot be closed then. */
   get insideCallback(): boolean {
-    return this.dispatching > 0;
-  }
-
-  private dispatch(target: number): number {
-    const w = this.wire;
-    this.dispatching++;
-    try {
-      w.refresh();
-      w.pos = 0;
-      if (target < -1) return this.writeStack(-2 - target);
-      // Arguments are decoded before the function is looked up: Python objects in them
-      // arrive as references that only their proxies give back.
-      const name = target === -1 ? (w.readValue() as string) : "";
-      const args = w.readValue() as unknown[];
-      const kwargs = w.readValue();
-      let value: unknown;
-      if (target === -1) {
-        value = this.callRegistered(name, args, kwargs);
-      } else {
-        const fn = this.functions.get(target);
-        if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);
-        if (kwargs !== null) args.push(kwargs);
-        value = this.invoke(fn, args);
-        if (value === THREW) {
-          const e = this.threw;
-          this.threw = undefined;
-          return this.writeThrown(e, true);
-        }
-      }
-      if (value instanceof Promise || (value !== null && typeof value === "object" && typeof (value as { then?: unknown }).then === "function")) {
-        // A dropped Promise must not be reported unhandled; another thenable's then() is
-        // user code and is not run.
-        if (value instanceof Promise) value.then(undefined, () => {});
-        throw new TypeError(
-          "the JS function returned a Promise; Python in the main interpreter calls JS synchronously and cannot wait for it",
-        );
-      }
-      this.begin();
-      w.writeTop(value);
-      return Status.Ok;
-    } catch (e) {
-      return this.writeThrown(e, true);
-    } finally {
-      this.dispatching--;
-    }
-  }
-
-  /** Calls a JS function for Python; what it throws is kept in `threw` and THREW returned.
-      A throw caught here, in a small function, costs JavaScriptCore ~100 ns less than one
-      caught by dispatch's own try/catch (min-of-150 timing windows, 3.13). */
-  private invoke(fn: Function, args: unknown[]): unknown {
-    try {
-      return fn(...args);
-    } catch (e) {
-      this.threw = e;
-      return THREW;
-    }
-  }
-  private threw: unknown;
-
-  /** Writes what a JS function threw as the BP_ERR_JS record. Must not throw: an exception
-      escaping the dispatch callback would leave C reading the buffer as a result.
-      `lazyStack` (this thread's own callbacks): instead of `error.stack`, whose formatting
-      costs Bun more than the rest of the throw, Python gets the slot where the Error is
-      kept (INT32), and `JSError.js_stack` asks for the text when first read; the slot comes
-      back when the text was read or the exception freed. */
-  writeThrown(e: unknown, lazyStack = false): number {
-    let name = "Error", message: string, stack = "", slot = -1;
-    try {
-      if (e instanceof Error) {
-        name = String(e.name || "Error");
-        message = String(e.message ?? "");
-        if (!lazyStack) stack = String(e.stack ?? "");
-      } else {
-        message = String(e);
-      }
-    } catch {
-      message = "(the thrown value could not be turned into a string)";
-    }
-    const w = this.wire;
-    w.begin();
-    w.writeString(name.toWellFormed());
-    w.writeString(message.toWellFormed());
-    if (lazyStack && e instanceof Error) {
-      slot = this.thrown.keep(e);
-      w.writeNumber(slot);
-    } else {
-      w.writeString(stack.toWellFormed());
-    }
-    return Status.JS;
-  }
-
-  /** `JSError.js_stack`, first read: the stack of the Error kept in `slot`, as a string
-      (a getter that throws gives its message instead). */
-  private writeStack(slot: number): number {
-    const e = this.thrown.get(slot);
-    let text: string;
-    try {
-      text = e === undefined ? "" : String(e.stack ?? "");
-    } catch (x) {
-      text = `(the JS stack could not be read: ${x instanceof Error ? x.message : String(x)})`;
-    }
-    this.begin();
-    this.wire.writeTop(text.toWellFormed());
-    return Status.Ok;
+    return this.callbacks.dispatching > 0;
   }
 
   // ------------------------------------------------------------ main paths --
@@ -546,7 +365,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
     const m = this.moduleHandle(module);
     const n = this.nameHandle(fn);
     if (!Array.isArray(args)) throw new TypeError("py.call(module, fn, args, kwargs): args must be an array");
-    if (this.wire.header[5] !== 0) this.takeReleased();
+    if (this.wire.header[5] !== 0) this.callbacks.takeReleased();
     this.wire.writeCall(args, kwargs); // starts the message
     const rc = this.lib.bp_call_attr(this.io, m, n);
     if (rc !== 0) this.fail(rc);
@@ -648,7 +467,7 @@ export class MainInterpreter implements ProxyOwner, WireHooks {
 
   /** Arguments of a proxy call (writeCall starts the message itself). */
   private writeArgs(args: unknown[]): void {
-    if (this.wire.header[5] !== 0) this.takeReleased();
+    if (this.wire.header[5] !== 0) this.callbacks.takeReleased();
     const last = args[args.length - 1];
     if (last instanceof Kwargs) this.wire.writeCall(args.slice(0, -1), last.values);
     else this.wire.writeCall(args, undefined);

@@ -36,7 +36,7 @@ const registered = new WeakSet<MainInterpreter>();
 function register(rt: MainInterpreter): void {
   if (registered.has(rt)) return;
   registered.add(rt);
-  rt.registered.set("__bunpy_wsgi_read", async (rid: number) => {
+  rt.callbacks.registered.set("__bunpy_wsgi_read", async (rid: number) => {
     const r = readers.get(rid);
     if (r === undefined) return null;
     try {

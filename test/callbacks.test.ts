@@ -362,9 +362,9 @@ describe("JS exceptions", () => {
 
   test("an unread js_stack holds nothing once the exception is gone", () => {
     const rt = internals.runtime();
-    const live = () => [rt.liveFunctions, rt.liveThrownErrors];
+    const live = () => [rt.callbacks.liveFunctions, rt.callbacks.liveThrownErrors];
     py.eval("0");
-    const fns = rt.liveFunctions, thrown = rt.liveThrownErrors;
+    const fns = rt.callbacks.liveFunctions, thrown = rt.callbacks.liveThrownErrors;
     for (let i = 0; i < 2000; i++)
       expect(call("swallow_js", () => {
         throw new Error(`e${i}`);
@@ -557,7 +557,7 @@ describe("nesting", () => {
 });
 
 describe("lifetime of JS function wrappers", () => {
-  const live = () => internals.runtime().liveFunctions;
+  const live = () => internals.runtime().callbacks.liveFunctions;
 
   test("wrappers are released when Python drops them", () => {
     const base = live();

@@ -338,7 +338,7 @@ describe("py.buffer: JS memory lent to Python", () => {
   });
 
   test("JS memory stays alive while Python holds it, and is unpinned when Python lets go", async () => {
-    const before = rt.pinnedBuffers;
+    const before = rt.callbacks.pinnedBuffers;
     (() => {
       const a = new Float64Array(1000).fill(2);
       t.hold(py.buffer(a));
@@ -348,9 +348,9 @@ describe("py.buffer: JS memory lent to Python", () => {
       new Float64Array(100_000).fill(9); // reuse freed memory if the array was freed
     }
     expect(t.held_sum()).toBe(2000);
-    expect(rt.pinnedBuffers).toBe(before + 1);
+    expect(rt.callbacks.pinnedBuffers).toBe(before + 1);
     t.clear();
-    expect(rt.pinnedBuffers).toBe(before);
+    expect(rt.callbacks.pinnedBuffers).toBe(before);
   });
 
   test("bad inputs give TypeErrors", () => {
@@ -362,12 +362,12 @@ describe("py.buffer: JS memory lent to Python", () => {
   });
 
   test("10k lent buffers are all unpinned", () => {
-    const before = rt.pinnedBuffers;
+    const before = rt.callbacks.pinnedBuffers;
     const a = new Uint8Array(16);
     for (let i = 0; i < 10_000; i++) t.fill(py.buffer(a), 0, 1, i & 255);
     expect(a[0]).toBe(9999 & 255);
     py.eval("__import__('gc').collect()");
-    expect(rt.pinnedBuffers).toBe(before);
+    expect(rt.callbacks.pinnedBuffers).toBe(before);
   });
 
   const { context } = closedAfterAll();
@@ -396,8 +396,8 @@ def fill(m, start, stop, value):
       expect(view.reduce((s, x) => s + x, 0)).toBe(500 * 7 + 500 * 9);
       // the contexts let go of their memoryviews: the pins go at the next py.buffer / call
       py.eval("1");
-      for (let i = 0; i < 50 && rt.pinnedBuffers !== 0; i++) await Bun.sleep(5);
-      expect(rt.pinnedBuffers).toBe(0);
+      for (let i = 0; i < 50 && rt.callbacks.pinnedBuffers !== 0; i++) await Bun.sleep(5);
+      expect(rt.callbacks.pinnedBuffers).toBe(0);
     });
   }
 });

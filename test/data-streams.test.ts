@@ -318,7 +318,7 @@ describe("JS iterables to Python", () => {
 
   test("a source Python drops half-way is let go (its return() runs)", async () => {
     const rt = (await import("../src/index.ts")).internals.runtime();
-    const before = rt.registered.size;
+    const before = rt.callbacks.registered.size;
     let finished = 0;
     function* endless() {
       try {
@@ -331,19 +331,19 @@ describe("JS iterables to Python", () => {
     expect(py.call("__main__", "first", [py.iter(endless(), { batch: 4 })])).toBe(0);
     await ctx.exec("def first(it):\n    return next(it)");
     expect(await ctx.call("__main__", "first", [py.iter(endless(), { batch: 4 })])).toBe(0);
-    for (let i = 0; i < 100 && (finished < 2 || rt.registered.size !== before); i++) {
+    for (let i = 0; i < 100 && (finished < 2 || rt.callbacks.registered.size !== before); i++) {
       py.eval("1");
       await Bun.sleep(5);
     }
     expect(finished).toBe(2);
-    expect(rt.registered.size).toBe(before);
+    expect(rt.callbacks.registered.size).toBe(before);
   });
 
   test("finished sources are unregistered", async () => {
     const rt = (await import("../src/index.ts")).internals.runtime();
-    const before = rt.registered.size;
+    const before = rt.callbacks.registered.size;
     for (let i = 0; i < 100; i++) py.call("__main__", "consume", [py.iter([i])]);
-    expect(rt.registered.size).toBe(before);
+    expect(rt.callbacks.registered.size).toBe(before);
   });
 });
 

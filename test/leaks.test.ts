@@ -84,7 +84,7 @@ test("proxies disposed inside getters while a message is written are freed after
 }, 60_000);
 
 function internalsFunctions(): number {
-  return internals.runtime().liveFunctions;
+  return internals.runtime().callbacks.liveFunctions;
 }
 
 test("a million create/drop cycles leave the Python object count flat (issue 11)", async () => {
@@ -156,12 +156,12 @@ def leak_swallow(f, read):
   };
   round(5_000);
   await collect();
-  const before = { errors: errors(), kept: rt.liveThrownErrors, fns: rt.liveFunctions, heap: process.memoryUsage().heapUsed };
+  const before = { errors: errors(), kept: rt.callbacks.liveThrownErrors, fns: rt.callbacks.liveFunctions, heap: process.memoryUsage().heapUsed };
   round(20_000);
   await collect();
   expect(errors()).toBe(before.errors);
-  expect(rt.liveThrownErrors).toBe(before.kept);
-  expect(rt.liveFunctions).toBe(before.fns);
+  expect(rt.callbacks.liveThrownErrors).toBe(before.kept);
+  expect(rt.callbacks.liveFunctions).toBe(before.fns);
   // flat, with room for what the JIT and the collector keep
   expect(process.memoryUsage().heapUsed - before.heap).toBeLessThan(8 * MB);
 }, 60_000);

@@ -59,7 +59,7 @@ test("1,000,000 calls keep RSS flat", () => {
 });
 
 test("200k proxies and 100k JS callbacks keep RSS and Python's object count flat", async () => {
-  const live = () => internals.runtime().liveFunctions;
+  const live = () => internals.runtime().callbacks.liveFunctions;
 
   async function round(proxies: number, callbacks: number): Promise<void> {
     let checksum = 0;
