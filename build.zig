@@ -44,6 +44,7 @@ const sources = [_][]const u8{
     "shim/sandbox.c",
     "shim/seccomp.c",
     "shim/landlock.c",
+    "shim/fdtable.c",
     "shim/memcap.c",
 };
 

@@ -123,6 +123,9 @@ typedef struct bp_request bp_request;
 typedef void (*bp_doorbell_fn)(bp_io *io);
 
 enum { BP_CTX_OWNGIL = 0, BP_CTX_WORKER = 1, BP_CTX_PROCESS = 2 /* relay.c: Python in a bunpy-host process */ };
+/* or'ed into bp_ctx_new's mode for a sandboxed owngil context: its threads get an fd table
+   of their own (fdtable.c) */
+#define BP_CTX_OWN_FDS 0x100
 
 /* request payloads (in io->buf when submitted) */
 enum {

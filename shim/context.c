@@ -49,6 +49,7 @@ void bp_ctx_unref(bp_context *c) {
     if (c->wake_fd >= 0) close(c->wake_fd);
     if (c->alert_fd >= 0) close(c->alert_fd);
     if (c->answers_fd >= 0) close(c->answers_fd);
+    if (c->sig_fd >= 0) close(c->sig_fd);
     bp_ctx_drop_answers(c);
     if (c->relay) bp_relay_free(c->relay);
     pthread_mutex_destroy(&c->life_lock);
@@ -416,7 +417,16 @@ static void *context_main(void *arg) {
     bp_context *c = arg;
     bp_this_context = c;
     PyThreadState *main_ts = NULL;
-    PyThreadState *ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
+    PyThreadState *ts = NULL;
+    if (c->own_fds && bp_fds_isolate(c) < 0) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "bunpy sandbox: the context could not get a file descriptor table of its own: %s",
+                 strerror(errno));
+        bp_request_fail(c->start, BP_ERR_STATE, msg);
+        c->start = NULL;
+    } else {
+        ts = c->mode == BP_CTX_OWNGIL ? start_owngil(c, &main_ts) : start_worker(c);
+    }
     if (!ts) {
         seal(c, CTX_DEAD, "the context failed to start");
         release_live(c);
@@ -449,20 +459,26 @@ static void *context_main(void *arg) {
 /* ----------------------------------------------------------------- exported ----- */
 
 bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
+    int own_fds = (mode & BP_CTX_OWN_FDS) != 0;
+    mode &= ~BP_CTX_OWN_FDS;
     if (!bp_running() || (mode != BP_CTX_OWNGIL && mode != BP_CTX_WORKER)) return NULL;
+    if (own_fds && mode != BP_CTX_OWNGIL) return NULL; /* a worker shares the main interpreter's objects and their fds */
     bp_context *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->mode = mode;
+    c->own_fds = own_fds;
     c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->alert_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->answers_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->sig_fd = own_fds ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
     c->start = len <= io->cap ? bp_request_new(c, io, id, BP_REQ_START, len) : NULL;
-    if (c->wake_fd < 0 || c->alert_fd < 0 || c->answers_fd < 0 || !c->scratch.buf || !c->start) {
+    if (c->wake_fd < 0 || c->alert_fd < 0 || c->answers_fd < 0 || (own_fds && c->sig_fd < 0) || !c->scratch.buf || !c->start) {
         if (c->wake_fd >= 0) close(c->wake_fd);
         if (c->alert_fd >= 0) close(c->alert_fd);
         if (c->answers_fd >= 0) close(c->answers_fd);
+        if (c->sig_fd >= 0) close(c->sig_fd);
         if (c->start) bp_request_free(c->start);
         free(c->scratch.buf);
         free(c);

@@ -117,6 +117,10 @@ struct bp_context {
     bp_request *parked;       /* requests whose awaitable runs as a task on `loop`        */
     atomic_int task_cancels;  /* bumped when JS cancels a parked request                  */
     int task_cancels_seen;
+    int own_fds;              /* a sandboxed owngil context: its threads have their own fd
+                                 table (fdtable.c); no fd number crosses to other threads */
+    int sig_fd;               /* own_fds: the eventfd SIGINT/SIGTERM reach its loop by, made
+                                 before the thread starts so both tables hold it; else -1 */
     int alert_fd;             /* eventfd: ends bunpy.sleep on a cancel or the close       */
     int answers_fd;           /* eventfd in the loop: async_call answers are waiting       */
     bp_mpsc answered;         /* async_calls JS answered, for _bunpy.take_answers (jscall.c);

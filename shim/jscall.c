@@ -155,6 +155,13 @@ PyObject *bp_context_call_start(bp_interp *st, PyObject *name, PyObject *const *
                                 PyObject *kwnames) {
     (void)st;
     bp_context *c = bp_this_context;
+    if (c && c->own_fds) {
+        /* JS would write this eventfd by a number that means another file in its fd table */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bunpy.async_call: in a sandboxed context it can only be awaited on the context's own event "
+                        "loop (run the coroutine with ctx.call, not asyncio.run inside a call)");
+        return NULL;
+    }
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
     bp_jscall *call = queue_call(c, name, args, nargs, kwnames, fd, 0);

@@ -255,6 +255,7 @@ typedef struct {
     atomic_uint want;      /* BP_SIG_* bits                    */
     atomic_uint pending;
     atomic_int busy;       /* signal handlers reading fd1 now  */
+    int owns_fd;           /* closed on release (not a context's sig_fd) */
 } sig_slot;
 
 static sig_slot sig_slots[SIG_SLOTS];
@@ -321,11 +322,12 @@ void bp_loop_signals_refresh(void) {
     if (atomic_load(&sigterm_wanted)) install_sigterm();
 }
 
-int bp_loop_signals_claim(int fd) {
+int bp_loop_signals_claim(int fd, int owns_fd) {
     for (int i = 0; i < SIG_SLOTS; i++) {
         int free_slot = 0;
         if (!atomic_compare_exchange_strong(&sig_slots[i].claimed, &free_slot, 1)) continue;
         atomic_store(&sig_slots[i].pending, 0);
+        sig_slots[i].owns_fd = owns_fd;
         atomic_store(&sig_slots[i].fd1, fd + 1);
         int used = atomic_load(&sig_used);
         while (used < i + 1 && !atomic_compare_exchange_weak(&sig_used, &used, i + 1)) {
@@ -349,7 +351,7 @@ void bp_loop_signals_release(int slot) {
     atomic_store(&s->want, 0);
     int fd1 = atomic_exchange(&s->fd1, 0);
     while (atomic_load(&s->busy)) sched_yield(); /* a handler on another thread, writing */
-    if (fd1) close(fd1 - 1);
+    if (fd1 && s->owns_fd) close(fd1 - 1);
     atomic_store(&s->pending, 0);
     atomic_store(&s->claimed, 0);
 }

@@ -34,6 +34,7 @@
 /* epoll data of the two internal fds; user fds carry their number (< 2^31). */
 #define TAG_WAKE (1ULL << 40)
 #define TAG_CONTEXT (2ULL << 40)
+#define TAG_NUDGE (3ULL << 40) /* edge-triggered: only ends the wait, read by its context */
 
 /* Which epoll set each fd is registered in (epoll fd + 1; 0: none). fds are process-wide,
    so this table is too; fds beyond it are not tracked (they simply do not move). */
@@ -204,6 +205,12 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
     /* an interrupt raised while this thread waits here fires only when bytecode runs
        again: the interrupter wakes the wait through this fd (request.c) */
     bp_context *tc = bp_this_context;
+    if (tc && tc->own_fds && r->ctx != tc && !r->nudged) {
+        /* an interrupt cannot write this loop's own fd from another fd table (fdtable.c):
+           it writes the context's, which this loop now watches too */
+        struct epoll_event nudge = {.events = EPOLLIN | EPOLLET, .data.u64 = TAG_NUDGE};
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, tc->wake_fd, &nudge) == 0 || errno == EEXIST) r->nudged = 1;
+    }
     if (tc) atomic_store(&tc->loop_wake_fd, r->wake_fd);
     Py_BEGIN_ALLOW_THREADS
     n = spin_before_sleep(r, timeout, max);
@@ -229,6 +236,7 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
    NULL key (no error) for the internal fds and fds no longer registered. */
 static PyObject *event_key(bp_reactor *r, int i, int *mask) {
     struct epoll_event *ev = &r->events[i];
+    if (ev->data.u64 == TAG_NUDGE) return NULL;
     if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
         int fd = ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx ? r->ctx->wake_fd : -1;
         uint64_t v;
@@ -320,11 +328,20 @@ static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
         return NULL;
     }
     if (!r->sig_slot) {
-        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        /* a context with its own fd table (fdtable.c) gets its signals through the eventfd
+           both tables hold: the handler runs on another thread */
+        bp_interp *is = bp_interp_get();
+        bp_context *oc = is ? is->ctx : NULL;
+        int shared = oc && oc->own_fds;
+        if (shared && r->ctx != oc) {
+            PyErr_SetString(PyExc_RuntimeError, "bunpy: in a sandboxed context only the context's own event loop gets signals");
+            return NULL;
+        }
+        int fd = shared ? oc->sig_fd : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
-        int slot = bp_loop_signals_claim(fd);
+        int slot = bp_loop_signals_claim(fd, !shared);
         if (slot < 0) {
-            close(fd);
+            if (!shared) close(fd);
             PyErr_SetString(PyExc_RuntimeError, "bunpy: too many event loops with signal handlers");
             return NULL;
         }

@@ -544,7 +544,7 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
         if (!(r->argv[i++] = strdup(a))) goto fail;
     c->mode = BP_CTX_PROCESS;
     c->relay = r;
-    c->alert_fd = c->answers_fd = -1;
+    c->alert_fd = c->answers_fd = c->sig_fd = -1;
     c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->start = bp_request_new(c, io, id, BP_REQ_START, len);
     if (c->wake_fd < 0 || !c->start) goto fail;

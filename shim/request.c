@@ -256,6 +256,9 @@ static void deliver(bp_context *c) {
        its GIL released, and the loop cannot be closed while we hold that GIL. */
     int fd = atomic_load(&c->loop_wake_fd);
     if (fd >= 0) {
+        /* with an fd table of its own, the loop's fd number means another file here: the
+           context's wake fd (in both tables) wakes every loop its thread polls (reactor.c) */
+        if (c->own_fds) fd = c->wake_fd;
         uint64_t one = 1;
         ssize_t n = write(fd, &one, sizeof one);
         (void)n;

@@ -76,6 +76,10 @@ export interface CallOptions {
   signal?: AbortSignal | undefined;
 }
 
+/** Or'ed into bp_ctx_new's mode (BP_CTX_OWN_FDS): a sandboxed owngil context's threads
+    get an fd table of their own (shim/fdtable.c). */
+const OWN_FDS = 0x100;
+
 /** setTimeout's longest delay: a longer one fires at once */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
@@ -226,10 +230,12 @@ export class Context {
     if (rt.wire.writing !== 0) return rt.wire.nested(() => Context.start(rt, options));
     let policyLen: number;
     let argv: Buffer | undefined;
+    let sandboxed = false;
     try {
       const limits = processLimits(options.sandbox, mode);
       if (mode === "process") argv = hostArgv(rt, limits, options.sandbox);
       const policy = policyValue(options.sandbox);
+      sandboxed = policy !== null;
       // an owngil context counts its own memory (shim/memcap.c); a host has RLIMIT_AS
       if (mode === "owngil" && limits.memoryLimit !== undefined && policy !== null) policy["memory_limit"] = limits.memoryLimit;
       rt.wire.begin();
@@ -242,7 +248,7 @@ export class Context {
     const ptr =
       argv !== undefined
         ? rt.lib.bp_ctx_new_process(rt.io, id, policyLen, argv)
-        : rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? 0 : 1, id, policyLen);
+        : rt.lib.bp_ctx_new(rt.io, mode === "owngil" ? (sandboxed ? OWN_FDS : 0) : 1, id, policyLen);
     if (!ptr) hub.releaseId(id);
     if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
     const ctx = new Context(hub, ptr, mode);

@@ -170,6 +170,10 @@ export class Pool {
     // process: neither means anything for fds that live in a host process
     if (this.mode === "process")
       return Promise.reject(new BunpyError('pool.listen() does not support mode "process" pools yet (their sockets live in other processes)'));
+    if (this.mode === "owngil" && this.options.sandbox !== undefined)
+      return Promise.reject(
+        new BunpyError("pool.listen() does not support sandboxed owngil pools: their contexts have fd tables of their own (see docs/sandbox.md)"),
+      );
     return listen(this.rt, this, options);
   }
 

@@ -1,0 +1,73 @@
+/*
+ * fdtable.c — a sandboxed owngil context gets a file descriptor table of its own.
+ *
+ * Threads share the process's fd table, and neither seccomp nor Landlock can tell whose an
+ * fd is: Landlock checks paths when they are opened, so without this a sandboxed context
+ * could os.pread() a file Bun has open, accept() on Bun.serve's listening socket, or read
+ * another client's connection, just by trying numbers. unshare(CLONE_FILES) on the context
+ * thread, first thing, gives it a copy of the table; every copied fd is then closed except
+ * stdio and eventfds: the context's (other threads write them to wake it) and Bun's (its
+ * doorbell code, run on this thread, wakes a JS thread through one). An eventfd holds a
+ * counter, no data: code in the context can cause or swallow wake-ups of Bun and other
+ * contexts (a denial of service, which a thread context can do anyway), not read or reach
+ * anything. Threads the context starts share its table.
+ *
+ * From then on an fd number means one thing on the context's threads and another on Bun's:
+ *   - nothing may pass an fd number between the two (bunpy refuses what would: pool.listen
+ *     and hand-offs, async_call waited on a foreign loop; see docs/sandbox.md);
+ *   - every fd another thread writes to wake this context is one of the eventfds made
+ *     before the thread started (wake, alert, answers, signals): request.c's interrupt
+ *     wakes a loop through the context's wake fd, not the loop's own;
+ *   - process signals are blocked on these threads, so no handler (bunpy's SIGINT/SIGTERM
+ *     relay, or Bun's own) runs here and writes its fd number into this table.
+ */
+#include "internal.h"
+#include "context.h"
+#include "kernel-rules.h"
+#include <dirent.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int is_kept(const bp_context *c, int fd) {
+    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd;
+}
+
+/* Bun's own code runs on this thread when it rings a JS thread's doorbell (a threadsafe
+   JSCallback), and that writes the JS thread's event-loop eventfd by its number: the
+   eventfds stay, everything else goes. */
+static int is_eventfd(int fd) {
+    char path[64], target[64];
+    snprintf(path, sizeof path, "/proc/thread-self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n < 0) return 0;
+    target[n] = 0;
+    return strcmp(target, "anon_inode:[eventfd]") == 0;
+}
+
+int bp_fds_isolate(bp_context *c) {
+    /* signals first: a handler must not run here once the numbers mean other files */
+    sigset_t all;
+    sigfillset(&all);
+    const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) sigdelset(&all, faults[i]);
+    if (pthread_sigmask(SIG_BLOCK, &all, NULL) != 0) return -1;
+    if (unshare(CLONE_FILES) != 0) return -1;
+    /* /proc is readable here: Landlock comes later (kernel-rules.h). Without it nothing
+       could be told apart, and the context does not start. */
+    DIR *d = opendir("/proc/thread-self/fd");
+    if (!d) return -1;
+    int own = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || fd == own || is_kept(c, (int)fd) || is_eventfd((int)fd)) continue;
+        close((int)fd);
+    }
+    closedir(d);
+    return 0;
+}
