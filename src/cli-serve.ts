@@ -4,8 +4,7 @@
  * the server stops listening, requests in flight finish (bounded by
  * --timeout-graceful-shutdown), the lifespan shutdown runs, the process exits 0.
  */
-import type { Subprocess } from "bun";
-import type { TLSOptions } from "bun";
+import type { Subprocess, TLSOptions } from "bun";
 import { accessSync, constants, statSync, watch } from "node:fs";
 import { join, resolve } from "node:path";
 import { py } from "./index.ts";

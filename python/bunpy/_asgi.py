@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import _bunpy
 import bunpy
+from bunpy._interfaces import asgi2_as_asgi3, detect
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _ASGI2 = {"version": "2.0", "spec_version": "2.4"}
@@ -46,8 +47,8 @@ class _App:
     __slots__ = ("app", "kind", "asgi", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions")
 
     def __init__(self, app, sandboxed, kind):
-        self.kind = kind  # "asgi3", "asgi2" (app is then wrapped: see _asgi2) or "wsgi"
-        self.app = _asgi2(app) if kind == "asgi2" else app
+        self.kind = kind  # "asgi3", "asgi2" (app is then wrapped: see asgi2_as_asgi3) or "wsgi"
+        self.app = asgi2_as_asgi3(app) if kind == "asgi2" else app
         # the scope's "asgi" key says which interface the app has (as uvicorn does)
         self.asgi = _ASGI2 if kind == "asgi2" else _ASGI
         # pathsend is not offered to a sandboxed app: the file is checked here but opened
@@ -122,58 +123,6 @@ def load(app_id, target, paths, sandboxed=False, interface="auto"):
 
 def kind_of(app_id):
     return _state()[0][app_id].kind
-
-
-def _positional(obj):
-    """How many positional parameters `obj` takes (None: unknown, or *args)."""
-    import inspect
-
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None
-    n = 0
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_POSITIONAL:
-            return None
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            n += 1
-    return n
-
-
-def detect(obj):
-    """"asgi3", "asgi2", "wsgi" or None (cannot tell) for an app object.
-
-    As uvicorn tells ASGI 3 from ASGI 2: a class is ASGI 3 when its instances are awaitable
-    (`App(scope, receive, send)` then is the coroutine), else ASGI 2 (`App(scope)` makes
-    the instance whose `await instance(receive, send)` runs); a function or an object is
-    ASGI 3 when it (its `__call__`) is a coroutine function. uvicorn takes every other
-    callable for ASGI 2; here WSGI is possible too, so the parameters decide: one
-    (`scope`) is ASGI 2, two (`environ, start_response`) WSGI, three a synchronous callable
-    that returns the ASGI 3 coroutine."""
-    import inspect
-
-    if inspect.isclass(obj):
-        if hasattr(obj, "__await__"):
-            return "asgi3"
-        return "wsgi" if _positional(obj) == 2 else "asgi2"  # PEP 3333's iterable class
-    if inspect.iscoroutinefunction(obj):
-        return "asgi3"
-    call = getattr(obj, "__call__", None)
-    if call is not None and inspect.iscoroutinefunction(call):
-        return "asgi3"
-    return {1: "asgi2", 2: "wsgi", 3: "asgi3"}.get(_positional(obj))
-
-
-def _asgi2(app):
-    """An ASGI 2 app (two callables) as an ASGI 3 one: `app(scope)` makes the instance,
-    `await instance(receive, send)` runs it."""
-
-    async def asgi3(scope, receive, send):
-        instance = app(scope)
-        await instance(receive, send)
-
-    return asgi3
 
 
 # ---- lifespan ---------------------------------------------------------------------------
