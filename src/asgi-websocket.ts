@@ -4,7 +4,7 @@
  * go to Python as casts (`ws_receive`, `ws_disconnect`) and the app's frames come back as
  * `bunpy.send("__bunpy_ws", [rid, kind, ...])` messages, in order.
  */
-import type { ServerWebSocket } from "bun";
+import type { ServerWebSocket, WebSocketHandler } from "bun";
 import type { AppCaller } from "./inline.ts";
 import { hubOf } from "./hub.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
@@ -13,11 +13,27 @@ export interface WsData {
   bunpyRid: number;
 }
 
+/** The `data` of the sockets an app upgraded: a class of its own, so that sockets a JS
+    route upgraded (whatever their `data`) are never taken for the app's. */
+class AppSocketData implements WsData {
+  constructor(readonly bunpyRid: number) {}
+}
+
+function ours(ws: ServerWebSocket<unknown>): Socket | undefined {
+  const d = ws.data;
+  return d instanceof AppSocketData ? sockets.get(d.bunpyRid) : undefined;
+}
+
 interface Socket {
   ctx: AppCaller;
   ws?: ServerWebSocket<WsData>;
   pending: unknown[][];
   app: number;
+  /** Client frames handed to Python, and how many of them the app took (Python says so
+      every maxQueue/2 frames): reading pauses while maxQueue of them wait. */
+  sent: number;
+  taken: number;
+  maxQueue: number;
 }
 
 const sockets = new Map<number, Socket>();
@@ -26,7 +42,10 @@ const listening = new WeakSet<MainInterpreter>();
 function deliver(s: Socket, m: unknown[]): void {
   const ws = s.ws!;
   if (m[1] === 0 || m[1] === 1) ws.send(m[2] as string | Uint8Array);
-  else ws.close(m[2] as number, m[3] as string);
+  else if (m[1] === 3) {
+    s.taken = m[2] as number;
+    if (s.sent - s.taken < s.maxQueue && ws.isPaused) ws.resume();
+  } else ws.close(m[2] as number, m[3] as string);
 }
 
 function listen(rt: MainInterpreter): void {
@@ -43,45 +62,77 @@ function listen(rt: MainInterpreter): void {
 
 /** The `websocket` handlers to give Bun.serve next to `fetch` (shared by every app). */
 export const websocketHandlers = {
-  open(ws: ServerWebSocket<WsData>) {
-    const s = sockets.get(ws.data?.bunpyRid);
+  open(ws: ServerWebSocket<any>) {
+    const s = ours(ws);
     if (s === undefined) return;
     s.ws = ws;
     for (const m of s.pending.splice(0)) deliver(s, m);
   },
-  message(ws: ServerWebSocket<WsData>, message: string | Buffer) {
-    const rid = ws.data?.bunpyRid;
-    const s = sockets.get(rid);
+  message(ws: ServerWebSocket<any>, message: string | Buffer) {
+    const s = ours(ws);
     if (s === undefined) return;
+    const rid = (ws.data as WsData).bunpyRid;
     if (typeof message === "string") s.ctx.cast("bunpy._asgi", "ws_receive", [rid, message, null]);
     else s.ctx.cast("bunpy._asgi", "ws_receive", [rid, null, new Uint8Array(message)]);
+    // back-pressure: stop reading the socket while maxQueue frames wait for the app (Bun
+    // still delivers the frames it read already; the client's TCP window fills up)
+    if (++s.sent - s.taken >= s.maxQueue && !ws.isPaused) ws.pause();
   },
-  close(ws: ServerWebSocket<WsData>, code: number, reason: string) {
-    const rid = ws.data?.bunpyRid;
-    const s = sockets.get(rid);
+  close(ws: ServerWebSocket<any>, code: number, reason: string) {
+    const s = ours(ws);
     if (s === undefined) return;
+    const rid = (ws.data as WsData).bunpyRid;
     sockets.delete(rid);
     s.ctx.cast("bunpy._asgi", "ws_disconnect", [rid, code || 1005, reason ?? ""]);
   },
 };
 
+/** Handlers that serve the app's websockets and pass every other socket (those a JS route
+    upgraded) to `js`: its open/message/close/drain/ping/pong/error, and its settings
+    (maxPayloadLength, idleTimeout, backpressureLimit...), which apply to the whole server. */
+export function sharedHandlers(js: WebSocketHandler<any>): WebSocketHandler<any> {
+  if (js === null || typeof js !== "object") throw new TypeError("websocket: expected the JS websocket handlers object ({ open, message, close, ... })");
+  for (const k of ["open", "message", "close", "drain", "ping", "pong", "error"] as const)
+    if (js[k] !== undefined && typeof js[k] !== "function") throw new TypeError(`websocket.${k}: expected a function`);
+  const out: WebSocketHandler<any> = {
+    ...js,
+    open(ws) {
+      if (ours(ws) !== undefined) return websocketHandlers.open(ws);
+      return js.open?.(ws);
+    },
+    message(ws, message) {
+      if (ws.data instanceof AppSocketData) return websocketHandlers.message(ws, message);
+      return js.message?.(ws, message);
+    },
+    close(ws, code, reason) {
+      if (ws.data instanceof AppSocketData) return websocketHandlers.close(ws, code, reason);
+      return js.close?.(ws, code, reason);
+    },
+  };
+  for (const k of ["drain", "ping", "pong"] as const) {
+    const f = js[k];
+    if (f !== undefined) out[k] = (ws: ServerWebSocket<any>, data?: any) => (ws.data instanceof AppSocketData ? undefined : (f as (ws: ServerWebSocket<any>, d?: any) => void)(ws, data));
+  }
+  return out;
+}
+
 export interface Upgrader {
-  upgrade(req: Request, options: { data: WsData; headers?: [string, string][] }): boolean;
+  upgrade(req: Request, options: { data: unknown; headers?: [string, string][] }): boolean;
 }
 
 /** Runs the handshake; resolves to undefined once upgraded, or to a refusal Response. */
 export async function handshake(
   rt: MainInterpreter, ctx: AppCaller, app: number, rid: number, req: Request, server: Upgrader,
-  args: { target: string; headers: string[]; host: string | null; port: number | null; scheme: string; serverHost: string | null; serverPort: number | null; rootPath: string },
+  args: { target: string; headers: string[]; host: string | null; port: number | null; scheme: string; serverHost: string | null; serverPort: number | null; rootPath: string; maxQueue: number },
 ): Promise<Response | undefined> {
   listen(rt);
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
-  const s: Socket = { ctx, pending: [], app };
+  const s: Socket = { ctx, pending: [], app, sent: 0, taken: 0, maxQueue: args.maxQueue };
   sockets.set(rid, s);
   let r: [string, ...unknown[]];
   try {
     r = (await ctx.call("bunpy._asgi", "ws_connect", [
-      app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols,
+      app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols, args.maxQueue,
     ])) as [string, ...unknown[]];
   } catch (e) {
     sockets.delete(rid); // the context failed or closed: no socket will ever open
@@ -92,7 +143,7 @@ export async function handshake(
     const flat = r[2] as string[];
     for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
     if (r[1] != null) headers.push(["Sec-WebSocket-Protocol", r[1] as string]);
-    if (server.upgrade(req, { data: { bunpyRid: rid }, headers })) return undefined;
+    if (server.upgrade(req, { data: new AppSocketData(rid), headers })) return undefined;
     sockets.delete(rid);
     ctx.cast("bunpy._asgi", "ws_disconnect", [rid, 1006, ""]);
     return new Response("WebSocket upgrade failed", { status: 400 });

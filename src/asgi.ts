@@ -12,8 +12,10 @@ import type { ContextMode } from "./context.ts";
 import { inlineRunner, type AppCaller, type InlineRunner } from "./inline.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Pool } from "./pool.ts";
-import { closeSockets, handshake, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
+import type { WebSocketHandler } from "bun";
+import { closeSockets, handshake, sharedHandlers, websocketHandlers, type Upgrader } from "./asgi-websocket.ts";
 import {
+  checkInterface,
   checkRootPath,
   flatHeaders,
   internalError,
@@ -25,6 +27,7 @@ import {
   Tracker,
   unavailable,
   type Handler,
+  type LoadedApp,
   type ServeAppOptions,
   serverAddress,
   type ServerLike,
@@ -35,6 +38,18 @@ export interface AsgiOptions extends ServeAppOptions {
       it when the app does not support it. "on": an app that does not support it is an
       error. "off": never send lifespan events. */
   lifespan?: "auto" | "on" | "off" | undefined;
+  /** "asgi" (default): ASGI 3 or ASGI 2 (two callables: `app(scope)` makes an instance,
+      `await instance(receive, send)` runs it), detected as uvicorn does; "asgi3" or
+      "asgi2" to say which. */
+  interface?: "asgi" | "asgi3" | "asgi2" | undefined;
+  /** Websocket frames from a client that may wait for the app's receive() (default 32,
+      uvicorn's ws_max_queue): beyond that bunpy stops reading the socket until the app
+      takes half of them. */
+  wsMaxQueue?: number | undefined;
+  /** JS websocket handlers for the same server: `app.websocket` then passes the sockets
+      a JS route upgraded (not the app's) to them (open, message, close, drain, ping, pong),
+      and carries their settings (maxPayloadLength, idleTimeout...) to Bun.serve. */
+  websocket?: WebSocketHandler<any> | undefined;
 }
 
 export interface CloseAppOptions {
@@ -52,7 +67,7 @@ export interface ServedApp {
   /** Where the app runs: the pool's context mode, or "inline" (the main interpreter, on this JS thread). */
   readonly mode: ContextMode | "inline";
   /** ASGI: the handlers for Bun.serve({ websocket }) (websocket scopes); undefined for WSGI. */
-  readonly websocket?: typeof websocketHandlers;
+  readonly websocket?: WebSocketHandler<any>;
   /** "asgi" or "wsgi". */
   readonly interface: "asgi" | "wsgi";
   /** Requests being served. */
@@ -64,7 +79,9 @@ export interface ServedApp {
 
 /** What py.asgi returns: a ServedApp whose websocket handlers are always there. */
 export interface AsgiApp extends ServedApp {
-  readonly websocket: typeof websocketHandlers;
+  readonly websocket: WebSocketHandler<any>;
+  /** "3.0", or "2.0" for a two-callable app (served through a wrapper; its scopes say "2.0"). */
+  readonly asgiVersion: "2.0" | "3.0";
 }
 
 const BODY_INLINE = 65536;
@@ -99,13 +116,17 @@ function register(rt: MainInterpreter): void {
   });
 }
 
-export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: { pool: Pool | undefined; id: number }): Promise<AsgiApp> {
+export async function startAsgi(rt: MainInterpreter, target: string, options: AsgiOptions = {}, loaded?: LoadedApp): Promise<AsgiApp> {
+  checkInterface(options.interface, ["asgi", "asgi3", "asgi2"]);
   const lifespan = options.lifespan ?? "auto";
   if (lifespan !== "auto" && lifespan !== "on" && lifespan !== "off") throw new TypeError(`lifespan: expected "auto", "on" or "off"`);
   const defaultRoot = checkRootPath(options.rootPath);
   const routeOf = router(options.route);
+  const wsMaxQueue = options.wsMaxQueue ?? 32;
+  if (!Number.isInteger(wsMaxQueue) || wsMaxQueue < 1) throw new TypeError(`wsMaxQueue: expected an integer ≥ 1, got ${String(options.wsMaxQueue)}`);
+  const wsHandlers = options.websocket !== undefined ? sharedHandlers(options.websocket) : websocketHandlers;
   register(rt);
-  const { pool, id } = loaded ?? (await loadApp(rt, target, options));
+  const { pool, id, asgiVersion } = loaded ?? (await loadApp(rt, target, options, options.interface ?? "asgi"));
   // inline mode: one runner, the main interpreter on this JS thread
   const inline = pool === undefined ? inlineRunner(rt) : undefined;
   const callers: AppCaller[] = inline !== undefined ? [inline] : pool!.contexts;
@@ -189,6 +210,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         const res = await handshake(rt, ctx, id, rid, req, server as Upgrader, {
           target: targetOf(url), headers: flatHeaders(req), host: ip?.address ?? null, port: ip?.port ?? null,
           scheme: url.charCodeAt(4) === 115 ? "wss" : "ws", serverHost: serverAddress(server)[0], serverPort: serverAddress(server)[1], rootPath,
+          maxQueue: wsMaxQueue,
         });
         return res as Response; // undefined once upgraded: Bun.serve accepts that
       }
@@ -286,8 +308,9 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     },
     pool,
     mode: inline !== undefined ? "inline" : pool!.mode,
-    websocket: websocketHandlers,
+    websocket: wsHandlers,
     interface: "asgi",
+    asgiVersion,
     get inFlight() {
       return tracker.n;
     },

@@ -4,10 +4,11 @@
  * the server stops listening, requests in flight finish (bounded by
  * --timeout-graceful-shutdown), the lifespan shutdown runs, the process exits 0.
  */
-import type { Subprocess } from "bun";
-import { watch } from "node:fs";
+import type { Subprocess, TLSOptions } from "bun";
+import { accessSync, constants, statSync, watch } from "node:fs";
 import { join, resolve } from "node:path";
 import { py } from "./index.ts";
+import type { AsgiApp } from "./asgi.ts";
 import type { ServeOptions } from "./serve.ts";
 
 export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
@@ -16,10 +17,18 @@ export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
   --workers N                 contexts in the pool (default: the number of cores)
   --mode owngil|worker|inline context mode (default owngil on Python 3.12+); inline: the app
                               runs in the main interpreter on Bun's thread (ASGI, one core)
-  --interface auto|asgi|wsgi  default auto: an async callable is ASGI
+  --interface auto|asgi3|asgi2|wsgi  default auto: an async callable is ASGI 3, a class
+                              or a one-argument callable ASGI 2, else WSGI (asgi: 3 or 2)
   --root-path PATH            root_path / SCRIPT_NAME (e.g. /api)
   --app-dir DIR               put DIR first on sys.path (default: the current directory)
   --lifespan auto|on|off      ASGI lifespan (default auto)
+  --ssl-keyfile FILE          serve https/wss with this private key (PEM)
+  --ssl-certfile FILE         and this certificate chain (PEM); both are needed
+  --ssl-keyfile-password PW   passphrase of an encrypted key
+  --ssl-ca-certs FILE         CA certificates (PEM) to verify client certificates with
+  --ssl-cert-reqs 0|1|2       client certificates: 0 none (default), 1 asked for, 2 required
+  --ws-max-queue N            websocket frames that may wait for the app before bunpy
+                              stops reading the socket (default 32)
   --access-log                log each request: client - "METHOD path HTTP/1.1" status
   --timeout-graceful-shutdown SECONDS  wait for requests in flight on shutdown (default 10)
   --reload                    restart when a .py file changes (for development)
@@ -42,6 +51,7 @@ function parse(argv: string[]): Parsed {
   const reloadDirs: string[] = [];
   let graceMs = 10000;
   const appDirs: string[] = [];
+  const ssl: { keyfile?: string; certfile?: string; password?: string; ca?: string; reqs?: number } = {};
   const value = (i: number, flag: string): string => {
     const v = argv[i + 1];
     if (v === undefined || v.startsWith("--")) throw new UsageError(`${flag} needs a value`);
@@ -66,7 +76,8 @@ function parse(argv: string[]): Parsed {
       }
       case "--interface": {
         const m = value(i++, a);
-        if (m !== "auto" && m !== "asgi" && m !== "wsgi") throw new UsageError(`--interface: expected auto, asgi or wsgi, got ${m}`);
+        if (m !== "auto" && m !== "asgi" && m !== "asgi3" && m !== "asgi2" && m !== "wsgi")
+          throw new UsageError(`--interface: expected auto, asgi3, asgi2, asgi or wsgi, got ${m}`);
         if (m !== "auto") options.interface = m;
         break;
       }
@@ -78,6 +89,17 @@ function parse(argv: string[]): Parsed {
         options.lifespan = m;
         break;
       }
+      case "--ssl-keyfile": ssl.keyfile = value(i++, a); break;
+      case "--ssl-certfile": ssl.certfile = value(i++, a); break;
+      case "--ssl-keyfile-password": ssl.password = value(i++, a); break;
+      case "--ssl-ca-certs": ssl.ca = value(i++, a); break;
+      case "--ssl-cert-reqs": {
+        const n = int(value(i++, a), a, 0);
+        if (n > 2) throw new UsageError(`--ssl-cert-reqs: expected 0, 1 or 2, got ${n}`);
+        ssl.reqs = n;
+        break;
+      }
+      case "--ws-max-queue": options.wsMaxQueue = int(value(i++, a), a, 1); break;
       case "--access-log": accessLog = true; break;
       case "--timeout-graceful-shutdown": graceMs = int(value(i++, a), a, 0) * 1000; break;
       case "--reload": reload = true; break;
@@ -91,8 +113,39 @@ function parse(argv: string[]): Parsed {
   if (options.mode === "inline" && options.pool !== undefined)
     throw new UsageError("--workers does not apply to --mode inline (the app runs on Bun's thread: start one process per core with reusePort)");
   options.path = appDirs.length > 0 ? appDirs : ["."];
+  const tls = tlsOptions(ssl);
+  if (tls !== undefined) options.tls = tls;
   if (reloadDirs.length > 0 && !reload) throw new UsageError("--reload-dir needs --reload");
   return { options, accessLog, graceMs, reload: reload ? (reloadDirs.length > 0 ? reloadDirs : options.path) : undefined };
+}
+
+/** The --ssl-* flags as Bun.serve's `tls` option; undefined without them. */
+function tlsOptions(ssl: { keyfile?: string; certfile?: string; password?: string; ca?: string; reqs?: number }): TLSOptions | undefined {
+  const { keyfile, certfile } = ssl;
+  if (keyfile === undefined && certfile === undefined) {
+    for (const [flag, v] of [["--ssl-keyfile-password", ssl.password], ["--ssl-ca-certs", ssl.ca], ["--ssl-cert-reqs", ssl.reqs]] as const)
+      if (v !== undefined) throw new UsageError(`${flag} needs --ssl-keyfile and --ssl-certfile`);
+    return undefined;
+  }
+  if (keyfile === undefined) throw new UsageError("--ssl-certfile needs --ssl-keyfile (the private key; the same file if it holds both)");
+  if (certfile === undefined) throw new UsageError("--ssl-keyfile needs --ssl-certfile (the certificate chain)");
+  const file = (path: string, flag: string) => {
+    try {
+      accessSync(path, constants.R_OK);
+      if (!statSync(path).isFile()) throw new Error("not a file");
+    } catch (e) {
+      throw new UsageError(`${flag}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    return Bun.file(path);
+  };
+  const tls: TLSOptions = { key: file(keyfile, "--ssl-keyfile"), cert: file(certfile, "--ssl-certfile") };
+  if (ssl.password !== undefined) tls.passphrase = ssl.password;
+  if (ssl.ca !== undefined) tls.ca = file(ssl.ca, "--ssl-ca-certs");
+  if (ssl.reqs !== undefined && ssl.reqs > 0) {
+    tls.requestCert = true;
+    tls.rejectUnauthorized = ssl.reqs === 2;
+  }
+  return tls;
 }
 
 export async function serveCommand(argv: string[]): Promise<number> {
@@ -106,7 +159,17 @@ export async function serveCommand(argv: string[]): Promise<number> {
   }
   if (parsed.reload !== undefined) return superviseReloads(argv, parsed.reload);
   const { options, accessLog, graceMs } = parsed;
-  const s = await py.serve(options);
+  let s;
+  try {
+    s = await py.serve(options);
+  } catch (e) {
+    // a key that does not decrypt or match the certificate, a file that is no PEM
+    const code = String((e as { code?: unknown }).code ?? "");
+    if (options.tls === undefined || !(code.startsWith("ERR_OSSL") || /PEM|X509|SSL|key|certificate/i.test(String(e)))) throw e;
+    console.error(`bunpy serve: the TLS key or certificate cannot be used: ${(e as Error).message}\n${SERVE_USAGE}`);
+    await py.close();
+    return 2;
+  }
   if (accessLog) {
     // wrap the handler: one line per response, as uvicorn's access log
     const inner = s.app.fetch;
@@ -123,7 +186,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
   }
   const contexts = s.app.pool?.contexts.length ?? 0;
   const where = s.app.pool === undefined ? "inline: the main interpreter on Bun's thread" : `${contexts} ${s.app.mode} context${contexts === 1 ? "" : "s"}`;
-  console.log(`bunpy: serving ${options.app} (${s.app.interface}, ${where}) on ${s.url}`);
+  const kind = s.app.interface === "asgi" && (s.app as AsgiApp).asgiVersion === "2.0" ? "asgi2" : s.app.interface;
+  console.log(`bunpy: serving ${options.app} (${kind}, ${where}) on ${s.url}`);
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {

@@ -80,9 +80,24 @@ export interface LoadedApp {
   pool: Pool | undefined;
   id: number;
   kind: "asgi" | "wsgi";
+  /** ASGI: "2.0" for a two-callable app (served through a wrapper), else "3.0". */
+  asgiVersion: "2.0" | "3.0";
 }
 
-export async function loadApp(rt: MainInterpreter, target: string, options: ServeAppOptions): Promise<LoadedApp> {
+/** What the app is asked to be: "auto" (ASGI 3, ASGI 2 or WSGI, detected), "asgi" (ASGI 3
+    or 2, detected), or one of them. */
+export type Interface = "auto" | "asgi" | "asgi3" | "asgi2" | "wsgi";
+
+export function checkInterface(i: unknown, allowed: readonly Interface[]): void {
+  if (i !== undefined && !allowed.includes(i as Interface))
+    throw new TypeError(`interface: expected ${allowed.map((a) => JSON.stringify(a)).join(", ")}, got ${JSON.stringify(i)}`);
+}
+
+function loaded(pool: Pool | undefined, id: number, k: string): LoadedApp {
+  return { pool, id, kind: k === "wsgi" ? "wsgi" : "asgi", asgiVersion: k === "asgi2" ? "2.0" : "3.0" };
+}
+
+export async function loadApp(rt: MainInterpreter, target: string, options: ServeAppOptions, want: Interface = "auto"): Promise<LoadedApp> {
   if (typeof target !== "string" || !/^[\w.]+:[\w.]+$/.test(target))
     throw new TypeError(`expected "module:attribute" (e.g. "myapp:app"), got ${JSON.stringify(target)}`);
   const paths = (options.path ?? []).map((p) => {
@@ -94,16 +109,14 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
   if (chosen === "inline") {
     if (options.pool !== undefined)
       throw new TypeError('mode "inline" runs the app in the main interpreter on this JS thread: pool options do not apply (leave out `pool`)');
-    const kind = rt.callFunction("bunpy._asgi", "load", [id, target, paths, false]) as "asgi" | "wsgi";
-    return { pool: undefined, id, kind };
+    return loaded(undefined, id, rt.callFunction("bunpy._asgi", "load", [id, target, paths, false, want]) as string);
   }
-  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"})\n`;
+  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"}, ${JSON.stringify(want)})\n`;
   const start = async (mode: ContextMode | undefined) => {
     const pool = await Pool.start(rt, { ...options.pool, mode });
     try {
       await pool.execAll(code);
-      const kind = (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as "asgi" | "wsgi";
-      return { pool, id, kind };
+      return loaded(pool, id, (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as string);
     } catch (e) {
       await pool.close();
       throw e;

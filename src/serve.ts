@@ -6,19 +6,21 @@
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { startAsgi, type AsgiOptions, type CloseAppOptions, type ServedApp } from "./asgi.ts";
 import { startWsgi } from "./wsgi.ts";
-import { loadApp } from "./serve-app.ts";
+import { checkInterface, loadApp } from "./serve-app.ts";
 
-export interface ServeOptions extends AsgiOptions {
+export interface ServeOptions extends Omit<AsgiOptions, "interface"> {
   /** "module:attr" of the app. */
   app: string;
-  /** "asgi" or "wsgi"; detected when absent. */
-  interface?: "asgi" | "wsgi" | undefined;
+  /** "wsgi", "asgi" (ASGI 3 or 2, detected), "asgi3" or "asgi2"; all three detected when absent. */
+  interface?: "asgi" | "asgi3" | "asgi2" | "wsgi" | undefined;
   port?: number | undefined;
   hostname?: string | undefined;
   /** Passed to Bun.serve (several processes can listen on one port). */
   reusePort?: boolean | undefined;
   /** Passed to Bun.serve: larger request bodies get 413 (Bun's default is 128 MiB). */
   maxRequestBodySize?: number | undefined;
+  /** Passed to Bun.serve: serve https/wss (`{ cert, key, passphrase?, ca?, requestCert? }`). */
+  tls?: import("bun").TLSOptions | undefined;
 }
 
 export interface ServedServer {
@@ -32,13 +34,12 @@ export interface ServedServer {
 export async function startServe(rt: MainInterpreter, options: ServeOptions): Promise<ServedServer> {
   if (options === null || typeof options !== "object" || typeof options.app !== "string")
     throw new TypeError('py.serve(options): options.app must be "module:attribute"');
-  if (options.interface !== undefined && options.interface !== "asgi" && options.interface !== "wsgi")
-    throw new TypeError('interface: expected "asgi" or "wsgi"');
-  const loaded = await loadApp(rt, options.app, options);
-  const kind = options.interface ?? loaded.kind;
+  checkInterface(options.interface, ["asgi", "asgi3", "asgi2", "wsgi"]);
+  const loaded = await loadApp(rt, options.app, options, options.interface ?? "auto");
   let app: ServedApp;
   try {
-    app = kind === "asgi" ? await startAsgi(rt, options.app, options, loaded) : await startWsgi(rt, options.app, options, loaded);
+    const { interface: _, ...rest } = options;
+    app = loaded.kind === "asgi" ? await startAsgi(rt, options.app, rest, loaded) : await startWsgi(rt, options.app, options, loaded);
   } catch (e) {
     await loaded.pool?.close(); // a bad option (route, rootPath, lifespan) or a failed startup
     throw e;
@@ -50,6 +51,7 @@ export async function startServe(rt: MainInterpreter, options: ServeOptions): Pr
       hostname: options.hostname ?? "127.0.0.1",
       reusePort: options.reusePort ?? false,
       ...(options.maxRequestBodySize !== undefined && { maxRequestBodySize: options.maxRequestBodySize }),
+      ...(options.tls !== undefined && { tls: options.tls }),
       fetch: app.fetch,
       websocket: app.websocket ?? { message() {} },
     });

@@ -53,7 +53,7 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
   const defaultRoot = checkRootPath(options.rootPath);
   const routeOf = router(options.route);
   register(rt);
-  const loadedApp = loaded ?? (await loadApp(rt, target, options));
+  const loadedApp = loaded ?? (await loadApp(rt, target, options, "wsgi"));
   const id = loadedApp.id;
   const pool = loadedApp.pool!; // a pool: inline mode is refused above
   const tracker = new Tracker();

@@ -1,12 +1,12 @@
 // ASGI apps served by Bun.serve through py.asgi, over real sockets: raw ASGI apps
 // (test/fixtures/serve/rawapp.py), Starlette and Django from the local pip index.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { readdirSync } from "node:fs";
+import { resolve } from "node:path";
 import { py, type AsgiApp, type AsgiOptions } from "../src/index.ts";
 import { hasOwnGil } from "./helpers.ts";
 import { openUntil, rawExchange, sequential } from "./fixtures/serve/http.ts";
+import { selfSigned } from "./fixtures/serve/tls.ts";
 import { testVenv } from "./fixtures/venv.ts";
 
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
@@ -373,19 +373,11 @@ describe("routing", () => {
 });
 
 describe("TLS", () => {
-  // a self-signed certificate made for the test (openssl is part of Debian's base system)
-  function selfSigned(): { cert: string; key: string } | undefined {
-    const dir = mkdtempSync(join(tmpdir(), "bunpy-tls-"));
-    const r = Bun.spawnSync(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")], { stdout: "ignore", stderr: "ignore" });
-    if (r.exitCode !== 0) return undefined;
-    return { cert: readFileSync(join(dir, "cert.pem"), "utf8"), key: readFileSync(join(dir, "key.pem"), "utf8") };
-  }
-  const tls = Bun.which("openssl") ? selfSigned() : undefined;
+  const tls = selfSigned();
 
   test.skipIf(!tls)("https and wss (skipped without openssl: apt-get install openssl): the scope says so, bodies and frames cross encrypted", async () => {
     const app = await py.asgi("rawapp:app", { pool: { size: 1 }, mode, path: [FIXTURES] });
-    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", tls: tls!, fetch: app.fetch, websocket: app.websocket });
+    const server = Bun.serve({ port: 0, hostname: "127.0.0.1", tls: { cert: tls!.cert, key: tls!.key }, fetch: app.fetch, websocket: app.websocket });
     try {
       const opts = { tls: { rejectUnauthorized: false } } as RequestInit;
       const scope = (await (await fetch(`https://127.0.0.1:${server.port}/scope`, opts)).json()) as { scheme: string };

@@ -5,6 +5,8 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
+import { selfSigned } from "./fixtures/serve/tls.ts";
+
 const CLI = resolve(import.meta.dir, "../src/cli.ts");
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
 
@@ -76,6 +78,80 @@ test("a WSGI app is detected; bad arguments exit 2 with the usage", async () => 
   expect(bad.stderr.toString()).toContain("--port: expected an integer");
   expect(Bun.spawnSync([process.execPath, CLI, "serve", "a:b", "--reload-dir", "."], { stderr: "pipe" }).stderr.toString()).toContain("--reload-dir needs --reload");
 }, 30000);
+
+test("ASGI 2 apps: detected by auto (the banner says asgi2), or chosen with --interface asgi2", async () => {
+  for (const args of [["asgi2app:App"], ["asgi2app:factory", "--interface", "asgi2"]]) {
+    const proc = Bun.spawn([process.execPath, CLI, "serve", ...args, "--port", "0", "--workers", "1", "--app-dir", FIXTURES], { stdout: "pipe", stderr: "inherit" });
+    const { line } = await firstLine(proc.stdout);
+    expect(line).toContain(`serving ${args[0]} (asgi2, 1 `);
+    const url = /on (http:\/\/\S+)/.exec(line)![1]!;
+    const text = await (await fetch(new URL("/two", url))).text();
+    expect(text).toContain(args[0] === "asgi2app:App" ? '"version": "2.0"' : "factory 2.0 /two");
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  }
+  const bad = Bun.spawnSync([process.execPath, CLI, "serve", "a:b", "--interface", "asgi4"], { stderr: "pipe" });
+  expect(bad.exitCode).toBe(2);
+  expect(bad.stderr.toString()).toContain("--interface: expected auto, asgi3, asgi2");
+}, 30000);
+
+const tls = selfSigned();
+const locked = selfSigned("s3cret");
+
+test.skipIf(!tls || !locked)("--ssl-keyfile/--ssl-certfile serve https (skipped without openssl); an encrypted key with --ssl-keyfile-password", async () => {
+  for (const [c, extra] of [[tls!, []], [locked!, ["--ssl-keyfile-password", "s3cret"]]] as const) {
+    const proc = Bun.spawn([process.execPath, CLI, "serve", "rawapp:app", "--port", "0", "--workers", "1", "--app-dir", FIXTURES,
+      "--ssl-keyfile", c.keyFile, "--ssl-certfile", c.certFile, ...extra], { stdout: "pipe", stderr: "inherit" });
+    try {
+      const { line } = await firstLine(proc.stdout);
+      const url = /on (https:\/\/\S+)/.exec(line)?.[1];
+      expect(url).toBeDefined();
+      const opts = { tls: { rejectUnauthorized: false } } as RequestInit;
+      const scope = (await (await fetch(new URL("/scope", url), opts)).json()) as { scheme: string };
+      expect(scope.scheme).toBe("https");
+      expect(await (await fetch(new URL("/hello", url), opts)).text()).toBe("Hello, world!");
+      await expect(fetch(new URL("/hello", url))).rejects.toThrow(); // the certificate is not trusted by default
+    } finally {
+      proc.kill("SIGTERM");
+    }
+    expect(await proc.exited).toBe(0);
+  }
+}, 30000);
+
+test.skipIf(!tls)("--ssl-ca-certs with --ssl-cert-reqs 2: a client without a certificate the CA signed is refused", async () => {
+  const proc = Bun.spawn([process.execPath, CLI, "serve", "rawapp:app", "--port", "0", "--workers", "1", "--app-dir", FIXTURES,
+    "--ssl-keyfile", tls!.keyFile, "--ssl-certfile", tls!.certFile, "--ssl-ca-certs", tls!.certFile, "--ssl-cert-reqs", "2"], { stdout: "pipe", stderr: "inherit" });
+  try {
+    const { line } = await firstLine(proc.stdout);
+    const url = /on (https:\/\/\S+)/.exec(line)![1]!;
+    await expect(fetch(new URL("/hello", url), { tls: { rejectUnauthorized: false } } as RequestInit)).rejects.toThrow();
+    const withCert = { tls: { rejectUnauthorized: false, cert: tls!.cert, key: tls!.key } } as RequestInit;
+    expect(await (await fetch(new URL("/hello", url), withCert)).text()).toBe("Hello, world!");
+  } finally {
+    proc.kill("SIGTERM");
+  }
+  expect(await proc.exited).toBe(0);
+}, 30000);
+
+test("TLS flags: a missing file, a key without a certificate and the like exit 2 with the usage", () => {
+  const run = (...args: string[]) => Bun.spawnSync([process.execPath, CLI, "serve", "rawapp:app", "--app-dir", FIXTURES, ...args], { stderr: "pipe" });
+  const cases: [string[], string][] = [
+    [["--ssl-keyfile", "/nonexistent/key.pem", "--ssl-certfile", "/nonexistent/cert.pem"], "--ssl-keyfile: cannot read /nonexistent/key.pem (ENOENT)"],
+    [["--ssl-keyfile", FIXTURES + "/static.txt"], "--ssl-keyfile needs --ssl-certfile"],
+    [["--ssl-certfile", FIXTURES + "/static.txt"], "--ssl-certfile needs --ssl-keyfile"],
+    [["--ssl-keyfile-password", "x"], "--ssl-keyfile-password needs --ssl-keyfile and --ssl-certfile"],
+    [["--ssl-keyfile", FIXTURES, "--ssl-certfile", FIXTURES + "/static.txt"], "--ssl-keyfile: cannot read"],
+    [["--ssl-cert-reqs", "3"], "--ssl-cert-reqs: expected 0, 1 or 2"],
+  ];
+  if (locked) // a key that does not decrypt: Bun.serve refuses it, after the app was loaded
+    cases.push([["--port", "0", "--workers", "1", "--ssl-keyfile", locked.keyFile, "--ssl-certfile", locked.certFile, "--ssl-keyfile-password", "wrong"], "the TLS key or certificate cannot be used"]);
+  for (const [args, message] of cases) {
+    const r = run(...args);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr.toString()).toContain(message);
+    expect(r.stderr.toString()).toContain("usage: bunpy serve");
+  }
+});
 
 test("--reload: a changed .py file restarts the server with the new code; a broken one waits for the fix", async () => {
   const dir = mkdtempSync(join(tmpdir(), "bunpy-reload-"));

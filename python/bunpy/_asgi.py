@@ -15,8 +15,10 @@ from urllib.parse import unquote
 
 import _bunpy
 import bunpy
+from bunpy._interfaces import asgi2_as_asgi3, detect
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
+_ASGI2 = {"version": "2.0", "spec_version": "2.4"}
 # the ASGI extensions served: file responses by path (Bun sends the file), and an HTTP
 # response instead of a websocket (the denial response). Trailers are not: Bun's Response
 # has none to send.
@@ -42,10 +44,13 @@ def _state():
 
 
 class _App:
-    __slots__ = ("app", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions")
+    __slots__ = ("app", "kind", "asgi", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions")
 
-    def __init__(self, app, sandboxed):
-        self.app = app
+    def __init__(self, app, sandboxed, kind):
+        self.kind = kind  # "asgi3", "asgi2" (app is then wrapped: see asgi2_as_asgi3) or "wsgi"
+        self.app = asgi2_as_asgi3(app) if kind == "asgi2" else app
+        # the scope's "asgi" key says which interface the app has (as uvicorn does)
+        self.asgi = _ASGI2 if kind == "asgi2" else _ASGI
         # pathsend is not offered to a sandboxed app: the file is checked here but opened
         # later by Bun, outside the sandbox, so the app could swap a symlink in between
         self.extensions = {} if sandboxed else _HTTP_EXTENSIONS
@@ -79,15 +84,18 @@ async def _continue(coro, yielded):
     return await _resume(coro, yielded)
 
 
-def load(app_id, target, paths, sandboxed=False):
+def load(app_id, target, paths, sandboxed=False, interface="auto"):
     """Imports "module:attr" (attr may be dotted) and registers the app under app_id.
-    Returns "asgi" or "wsgi" (what the object looks like)."""
+    `interface`: "auto" (ASGI 3, ASGI 2 or WSGI, detected), "asgi" (ASGI 3 or 2, detected),
+    "asgi3", "asgi2" or "wsgi". Returns what it serves as: "asgi3", "asgi2" or "wsgi"."""
     for p in reversed(paths):
         if p not in sys.path:
             sys.path.insert(0, p)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f'bunpy: expected "module:attribute", got {target!r}')
+    if interface not in ("auto", "asgi", "asgi3", "asgi2", "wsgi"):
+        raise ValueError(f"bunpy: interface must be auto, asgi, asgi3, asgi2 or wsgi, got {interface!r}")
     import importlib
 
     obj = importlib.import_module(module_name)
@@ -98,23 +106,23 @@ def load(app_id, target, paths, sandboxed=False):
             raise AttributeError(f"bunpy: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise TypeError(f"bunpy: {target} is not callable")
-    _state()[0][app_id] = _App(obj, sandboxed)
-    return kind(obj)
+    k = interface
+    if k in ("auto", "asgi"):
+        seen = detect(obj)
+        if k == "asgi" and seen == "wsgi":
+            raise TypeError(
+                f"bunpy: {target} looks like a WSGI app (it takes (environ, start_response)): serve it "
+                'with py.wsgi, or say which ASGI version it speaks (interface: "asgi3" or "asgi2")'
+            )
+        if seen is None:
+            seen = "asgi3" if k == "asgi" else "wsgi"  # an async callable is ASGI
+        k = seen
+    _state()[0][app_id] = _App(obj, sandboxed, k)
+    return k
 
 
 def kind_of(app_id):
-    return kind(_state()[0][app_id].app)
-
-
-def kind(obj):
-    import inspect
-
-    if inspect.iscoroutinefunction(obj):
-        return "asgi"
-    call = getattr(obj, "__call__", None)
-    if call is not None and inspect.iscoroutinefunction(call):
-        return "asgi"
-    return "wsgi"
+    return _state()[0][app_id].kind
 
 
 # ---- lifespan ---------------------------------------------------------------------------
@@ -150,7 +158,7 @@ async def lifespan_startup(app_id):
                 a.lifespan_done.set_result(message)
 
     async def run():
-        scope = {"type": "lifespan", "asgi": _ASGI, "state": a.state}
+        scope = {"type": "lifespan", "asgi": a.asgi, "state": a.state}
         try:
             await a.app(scope, receive, send)
         except BaseException as e:
@@ -287,7 +295,7 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
         server = _SERVER_CACHE[(server_host, server_port)] = (server_host, server_port)
     scope = {
         "type": "http",
-        "asgi": _ASGI,
+        "asgi": a.asgi,
         "http_version": "1.1",
         "method": method,
         "scheme": scheme,
@@ -510,11 +518,18 @@ _WS_CONNECTING, _WS_OPEN, _WS_CLOSED = 0, 1, 2
 
 
 class _WS:
-    __slots__ = ("rid", "queue", "state", "result", "client_closed", "denial")
+    __slots__ = ("rid", "queue", "state", "result", "client_closed", "denial", "taken", "acked", "ack_every", "peak")
 
-    def __init__(self, rid):
+    def __init__(self, rid, max_queue):
         self.rid = rid
+        # Frames from the client: JS stops reading the socket (ws.pause()) once max_queue
+        # frames were handed over and not taken by the app; receive() tells JS how many it
+        # took every max_queue/2 frames, and JS resumes reading below max_queue.
         self.queue = asyncio.Queue()
+        self.taken = 0
+        self.acked = 0
+        self.ack_every = max(1, max_queue // 2)
+        self.peak = 0  # the most frames that waited at once (for tests)
         self.state = _WS_CONNECTING
         self.result = None
         self.client_closed = False
@@ -522,7 +537,7 @@ class _WS:
 
 
 async def ws_connect(app_id, rid, target, headers, client_host, client_port, scheme, server_host,
-                     server_port, root_path, subprotocols):
+                     server_port, root_path, subprotocols, max_queue=32):
     """Runs the app until it accepts or refuses: ["accept", subprotocol, headers],
     ["close", status] or ["deny", status, headers, body] (the denial-response extension)."""
     apps, requests = _state()
@@ -531,7 +546,7 @@ async def ws_connect(app_id, rid, target, headers, client_host, client_port, sch
     it = iter(headers)
     scope = {
         "type": "websocket",
-        "asgi": _ASGI,
+        "asgi": a.asgi,
         "http_version": "1.1",
         "scheme": scheme,
         "path": unquote(raw) if "%" in raw else raw,
@@ -545,7 +560,7 @@ async def ws_connect(app_id, rid, target, headers, client_host, client_port, sch
         "state": a.state.copy(),
         "extensions": _WS_EXTENSIONS,
     }
-    w = _WS(rid)
+    w = _WS(rid, max_queue)
     requests[rid] = w
     loop = asyncio.get_running_loop()
     w.result = loop.create_future()
@@ -558,7 +573,13 @@ async def ws_connect(app_id, rid, target, headers, client_host, client_port, sch
 
 async def _ws_run(app, scope, w):
     async def receive():
-        return await w.queue.get()
+        m = await w.queue.get()
+        if m["type"] == "websocket.receive":
+            w.taken += 1
+            if w.taken - w.acked >= w.ack_every and not w.client_closed:
+                w.acked = w.taken
+                bunpy.send("__bunpy_ws", [w.rid, 3, w.taken])  # JS may read more
+        return m
 
     async def send(message):
         t = message["type"]
@@ -631,10 +652,13 @@ def _ws_end(w, status, code):
 def ws_receive(rid, text, data):
     w = _state()[1].get(rid)
     if w is not None:
+        q = w.queue
         if text is not None:
-            w.queue.put_nowait({"type": "websocket.receive", "text": text})
+            q.put_nowait({"type": "websocket.receive", "text": text})
         else:
-            w.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+            q.put_nowait({"type": "websocket.receive", "bytes": data})
+        if q.qsize() > w.peak:
+            w.peak = q.qsize()
 
 
 def ws_disconnect(rid, code, reason):
