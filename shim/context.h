@@ -14,6 +14,8 @@
 typedef struct bp_policy {
     int active;
     int refuse_processes, refuse_ctypes, refuse_sockets;
+    int env_rule;             /* `env` given (owngil): os.environ holds the listed names only, and
+                                 programs it starts get that environment, not the process's */
     int require_kernel;       /* refuse to start when a kernel rule cannot be applied    */
     long max_threads;         /* threads the context may have running besides its own; -1: any */
     size_t memory_limit;      /* owngil: bytes its interpreter may allocate (memcap.c); 0: any */

@@ -218,6 +218,8 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
                 return refuse(event, "no processes", "this context may not start processes, ctypes included");
         }
     }
+    if (pol->env_rule && strcmp(event, "os.system") == 0)
+        return refuse(event, "env", "the shell would get the whole process environment: use subprocess");
     if (pol->refuse_ctypes && strncmp(event, "ctypes.", 7) == 0)
         return refuse(event, "no ctypes", "this context may not use ctypes");
     if (pol->refuse_sockets && strncmp(event, "socket.", 7) == 0 && strcmp(event, "socket.gethostname") != 0) {
@@ -274,13 +276,33 @@ static PyObject *call_original(PyCFunction fn, int flags, PyObject *self, PyObje
 static PyCFunction orig_fork_exec;
 static int orig_fork_exec_flags;
 
+/* fork_exec's `env` argument (CPython 3.11-3.13): None lets the child inherit the process's
+   environment, which an `env` rule hides from the context */
+#define FORK_EXEC_ENV 5
+
 static PyObject *guarded_fork_exec(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     bp_policy *pol = current_policy();
     if (pol && pol->active && pol->refuse_processes) {
         refuse("_posixsubprocess.fork_exec", "no processes", "this context may not start processes");
         return NULL;
     }
-    return call_original(orig_fork_exec, orig_fork_exec_flags, mod, args, nargs);
+    if (!(pol && pol->active && pol->env_rule && nargs > FORK_EXEC_ENV && args[FORK_EXEC_ENV] == Py_None))
+        return call_original(orig_fork_exec, orig_fork_exec_flags, mod, args, nargs);
+    /* the context's own environment (os.environ, filtered at its start) instead */
+    PyObject *setup = PyImport_ImportModule("bunpy._context");
+    PyObject *env = setup ? PyObject_CallMethod(setup, "environment", NULL) : NULL;
+    Py_XDECREF(setup);
+    PyObject **copy = env ? PyMem_Malloc((size_t)nargs * sizeof *copy) : NULL;
+    if (!copy) {
+        Py_XDECREF(env);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    memcpy(copy, args, (size_t)nargs * sizeof *copy);
+    copy[FORK_EXEC_ENV] = env;
+    PyObject *r = call_original(orig_fork_exec, orig_fork_exec_flags, mod, copy, nargs);
+    PyMem_Free(copy);
+    Py_DECREF(env);
+    return r;
 }
 
 static PyMethodDef fork_exec_def = {"fork_exec", (PyCFunction)(void (*)(void))guarded_fork_exec, METH_FASTCALL,
@@ -325,7 +347,7 @@ static int guard_fork_exec(void) {
 /* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
    {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
     "read_paths": [str], "network": {...} | None, "max_threads": int | None, "require_kernel": bool,
-    "memory_limit": int (owngil only)}
+    "memory_limit": int (owngil only), "env": [str] | None}
    — booleans say what is allowed. */
 int bp_policy_load(bp_policy *pol, PyObject *spec) {
     memset(pol, 0, sizeof *pol);
@@ -338,7 +360,9 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     PyObject *v;
     v = PyDict_GetItemString(spec, "processes");
     pol->refuse_processes = v && v == Py_False;
-    if (pol->refuse_processes) {
+    v = PyDict_GetItemString(spec, "env");
+    pol->env_rule = v && v != Py_None;
+    if (pol->refuse_processes || pol->env_rule) {
         pol->active = 0; /* the import of _posixsubprocess here is the context's own */
         int rc = guard_fork_exec();
         pol->active = 1;

@@ -234,7 +234,7 @@ export class Context {
     try {
       const limits = processLimits(options.sandbox, mode);
       if (mode === "process") argv = hostArgv(rt, limits, options.sandbox);
-      const policy = policyValue(options.sandbox);
+      const policy = policyValue(options.sandbox, mode);
       sandboxed = policy !== null;
       // an owngil context counts its own memory (shim/memcap.c); a host has RLIMIT_AS
       if (mode === "owngil" && limits.memoryLimit !== undefined && policy !== null) policy["memory_limit"] = limits.memoryLimit;

@@ -26,6 +26,11 @@ export interface SandboxPolicy {
       _thread, executors' workers). Starting one more raises PermissionError (rule:
       maxThreads). Default: no cap. */
   maxThreads?: number | undefined;
+  /** The environment variables (names) the context sees in `os.environ`, and that programs
+      it starts get; `os.system` is refused (its shell would get the whole environment).
+      Default: all of the process's. Owngil and process contexts only: a worker context
+      shares the main interpreter's `os.environ` (TypeError). */
+  env?: string[] | undefined;
   /** Refuse to start the context when a kernel rule (Linux seccomp and Landlock on the
       context's thread) cannot be applied, instead of falling back to the audit hook alone
       (other systems, kernels without Landlock). Default false. */
@@ -83,13 +88,21 @@ export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "wo
   return out;
 }
 
-export function policyValue(p: SandboxPolicy | undefined): Record<string, unknown> | null {
+export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", ...PROCESS_ONLY]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", ...PROCESS_ONLY]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets", "requireKernel"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
+  if (p.env !== undefined) {
+    if (!Array.isArray(p.env) || !p.env.every((x) => typeof x === "string" && x !== "" && !x.includes("=") && !x.includes("\0")))
+      throw new TypeError("py.context({ sandbox }): env must be an array of environment variable names");
+    if (mode === "worker")
+      throw new TypeError(
+        'py.context({ sandbox: { env } }): a worker context shares the main interpreter\'s os.environ; use { mode: "owngil" } or { mode: "process" }',
+      );
+  }
   for (const k of ["denyImports", "files"] as const)
     if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
       throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
@@ -120,5 +133,6 @@ export function policyValue(p: SandboxPolicy | undefined): Record<string, unknow
     files: p.files ?? null,
     max_threads: p.maxThreads ?? null,
     require_kernel: p.requireKernel ?? false,
+    env: p.env ?? null,
   };
 }

@@ -132,6 +132,8 @@ def setup(owngil, policy=None):
 
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             policy["read_paths"] = _real_dirs([sys.prefix, sys.base_prefix, sys.exec_prefix, here] + sys.path)
+    if policy is not None and policy.get("env") is not None:
+        keep_environment(policy["env"], owngil)
     if owngil:
         names = unsafe_accelerators()
         strict = sys.version_info[:2] == (3, 12)
@@ -147,6 +149,32 @@ def setup(owngil, policy=None):
 
     _signals.install()
     return policy
+
+
+def keep_environment(names, owngil):
+    """The sandbox's `env` rule: the context sees only these environment variables. An
+    owngil context edits its interpreter's own copies (os.environ and posix.environ) without
+    unsetenv, which would change Bun's environment; the programs it starts get the same
+    (shim/sandbox.c passes environment() for env=None). A process context's host owns its
+    environment: there it is cleared for real."""
+    import os
+    import posix
+
+    keep = {os.fsencode(n) for n in names}
+    if owngil:
+        for table in (os.environ._data, posix.environ):
+            for k in [k for k in table if k not in keep]:
+                del table[k]
+    else:
+        for k in [k for k in os.environb if k not in keep]:
+            del os.environb[k]
+
+
+def environment():
+    """The environment a program started from this context gets: its os.environ."""
+    import os
+
+    return [k + b"=" + v for k, v in os.environb.items()]
 
 
 # Worker contexts share the main interpreter's threading module: the threads a context
