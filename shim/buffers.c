@@ -37,10 +37,89 @@ static atomic_long live_views;              /* records not yet released (leak te
 static atomic_int views_opening;
 
 
-/* JSTypedArrayBytesDeallocator: (bytes, context). Any thread, no GIL: only a push. */
+/* ---- the records JS holds ----
+   _view's `prev` and _view_close take a record's address as a Python int, and any Python
+   code can call them: an address is looked up here before it is used, so a made-up number
+   is refused instead of being freed or read (a crash, or worse, from plain Python). A set
+   of pointers, open addressing with linear probing; a record is in it from the moment JS
+   gets it until its ArrayBuffer is let go (view_freed) or it is handed back (_view_close). */
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+static bp_view_rec **held;
+static size_t held_cap, held_n;
+
+static size_t held_slot(const bp_view_rec *r, size_t cap) {
+    uint64_t h = (uint64_t)(uintptr_t)r * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 32) & (cap - 1);
+}
+
+static void held_put(bp_view_rec **tab, size_t cap, bp_view_rec *r) {
+    size_t i = held_slot(r, cap);
+    while (tab[i]) i = (i + 1) & (cap - 1);
+    tab[i] = r;
+}
+
+static int held_add(bp_view_rec *r) {
+    pthread_mutex_lock(&held_lock);
+    if ((held_n + 1) * 2 > held_cap) {
+        size_t cap = held_cap ? held_cap * 2 : 64;
+        bp_view_rec **tab = calloc(cap, sizeof *tab);
+        if (!tab) {
+            pthread_mutex_unlock(&held_lock);
+            return -1;
+        }
+        for (size_t i = 0; i < held_cap; i++)
+            if (held[i]) held_put(tab, cap, held[i]);
+        free(held);
+        held = tab;
+        held_cap = cap;
+    }
+    held_put(held, held_cap, r);
+    held_n++;
+    pthread_mutex_unlock(&held_lock);
+    return 0;
+}
+
+/* Takes `r` out; 0 if it was not there. `lookup_only`: leaves it in. */
+static int held_take(const bp_view_rec *r, int lookup_only) {
+    pthread_mutex_lock(&held_lock);
+    size_t i = held_cap ? held_slot(r, held_cap) : 0;
+    int found = 0;
+    for (; held_cap && held[i]; i = (i + 1) & (held_cap - 1))
+        if (held[i] == r) {
+            found = 1;
+            break;
+        }
+    if (found && !lookup_only) {
+        /* backward-shift deletion: entries after the hole that hash at or before it move in */
+        held[i] = NULL;
+        held_n--;
+        for (size_t j = (i + 1) & (held_cap - 1); held[j]; j = (j + 1) & (held_cap - 1)) {
+            size_t home = held_slot(held[j], held_cap);
+            if (((j - home) & (held_cap - 1)) >= ((j - i) & (held_cap - 1))) {
+                held[i] = held[j];
+                held[j] = NULL;
+                i = j;
+            }
+        }
+    }
+    pthread_mutex_unlock(&held_lock);
+    return found;
+}
+
+/* py.view belongs to the main interpreter: a context (another interpreter, another GIL)
+   must not release or compare its buffers. */
+static int main_interpreter_only(const char *what) {
+    if (PyInterpreterState_Get() == PyInterpreterState_Main()) return 0;
+    PyErr_Format(PyExc_RuntimeError, "_bunpy.%s is internal to py.view, which belongs to the main interpreter", what);
+    return -1;
+}
+
+/* JSTypedArrayBytesDeallocator: (bytes, context). Any thread, no GIL: a lookup under a
+   short lock of plain C, then a push. */
 static void view_freed(void *bytes, void *ctx) {
     (void)bytes;
     bp_view_rec *rec = ctx;
+    held_take(rec, 0);
     bp_view_rec *head = atomic_load_explicit(&freed_views, memory_order_relaxed);
     do rec->next = head;
     while (!atomic_compare_exchange_weak_explicit(&freed_views, &head, rec, memory_order_release,
@@ -135,11 +214,13 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "_view(obj[, prev])");
         return NULL;
     }
+    if (main_interpreter_only("_view") < 0) return NULL;
     PyObject *obj = args[0];
     bp_view_rec *prev = NULL;
     if (nargs == 2 && args[1] != Py_None) {
         prev = PyLong_AsVoidPtr(args[1]);
         if (!prev && PyErr_Occurred()) return NULL;
+        if (prev && !held_take(prev, 1)) prev = NULL; /* not a record JS holds: not compared */
     }
     if (!PyObject_CheckBuffer(obj)) {
         PyErr_Format(PyExc_TypeError, "py.view: a '%.200s' object does not support the buffer protocol "
@@ -193,6 +274,12 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         free(rec);
         return out;
     }
+    if (held_add(rec) < 0) {
+        Py_DECREF(out);
+        PyBuffer_Release(v);
+        free(rec);
+        return PyErr_NoMemory();
+    }
     atomic_fetch_add(&live_views, 1);
     /* From here the record belongs to JS: it must wrap it in an ArrayBuffer whose
        deallocator is view_freed, or hand it back with _view_close. */
@@ -202,8 +289,13 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 /* A record JS could not wrap (toArrayBuffer failed): released now. */
 PyObject *bp_view_close(PyObject *module, PyObject *addr) {
     (void)module;
+    if (main_interpreter_only("_view_close") < 0) return NULL;
     bp_view_rec *rec = PyLong_AsVoidPtr(addr);
     if (!rec) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!held_take(rec, 0)) {
+        PyErr_SetString(PyExc_ValueError, "_bunpy._view_close: not a view record JS holds");
+        return NULL;
+    }
     PyBuffer_Release(&rec->view);
     free(rec);
     atomic_fetch_sub(&live_views, 1);

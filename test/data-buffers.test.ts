@@ -295,6 +295,41 @@ t_buffers.flip = Flip()
     expect(process.memoryUsage().rss - rss0).toBeLessThan(64 * 1024 * 1024);
     expect(py.eval("__import__('sys').getrefcount(__import__('t_buffers').big)")).toBeLessThan(5);
   });
+
+  test("its internal functions take only records JS holds: a made-up address is refused, not freed", () => {
+    // _bunpy._view_close(address) used to release and free whatever the number pointed at
+    py.exec(`
+import _bunpy
+def close_fake(addr):
+    try:
+        _bunpy._view_close(addr)
+        return "closed"
+    except ValueError as e:
+        return str(e)
+fake = bytearray(256)
+`);
+    expect(py.eval("close_fake(id(fake))")).toContain("not a view record JS holds");
+    expect(py.eval("close_fake(0x41414141)")).toContain("not a view record JS holds");
+    // a `prev` that is not a live record is not compared with (it would be read)
+    expect(py.eval("_bunpy._view(b'abc', 0x41414141)[0] != 0x41414141")).toBe(true);
+    expect(py.eval("_bunpy._view_close(_bunpy._view(b'abc')[0])")).toBe(null);
+    // and py.view still works
+    py.exec("import t_buffers\nt_buffers.small = bytearray(b'view')");
+    const v = py.view(t.small) as Uint8Array;
+    expect([...v]).toEqual([...new TextEncoder().encode("view")]);
+    py.release(v);
+  });
+
+  test.skipIf(!contextModes.includes("owngil" as never))("another interpreter cannot use them (its GIL is not the main one)", async () => {
+    const ctx = await py.context({ mode: "owngil" });
+    try {
+      const e = await ctx.eval("__import__('_bunpy')._view(b'abc')").catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(PythonError);
+      expect(String((e as Error).message)).toContain("belongs to the main interpreter");
+    } finally {
+      await ctx.close();
+    }
+  });
 });
 
 describe("py.buffer: JS memory lent to Python", () => {
