@@ -6,6 +6,7 @@
  */
 import type { ServerWebSocket, WebSocketHandler } from "bun";
 import type { AppCaller } from "./inline.ts";
+import { Context } from "./context.ts";
 import { hubOf } from "./hub.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 
@@ -26,6 +27,9 @@ function ours(ws: ServerWebSocket<unknown>): Socket | undefined {
 
 interface Socket {
   ctx: AppCaller;
+  /** The context serving it (undefined: inline, the main interpreter): only its messages
+      act on the socket. */
+  owner: Context | undefined;
   ws?: ServerWebSocket<WsData>;
   pending: unknown[][];
   app: number;
@@ -51,10 +55,11 @@ function deliver(s: Socket, m: unknown[]): void {
 function listen(rt: MainInterpreter): void {
   if (listening.has(rt)) return;
   listening.add(rt);
-  hubOf(rt).on("__bunpy_ws", (value) => {
+  hubOf(rt).on("__bunpy_ws", (value, from) => {
     const m = value as unknown[];
     const s = sockets.get(m[0] as number);
-    if (s === undefined) return;
+    // another context (a sandboxed one, say) naming this socket's id is not listened to
+    if (s === undefined || from !== s.owner) return;
     if (s.ws === undefined) s.pending.push(m);
     else deliver(s, m);
   });
@@ -127,7 +132,7 @@ export async function handshake(
 ): Promise<Response | undefined> {
   listen(rt);
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
-  const s: Socket = { ctx, pending: [], app, sent: 0, taken: 0, maxQueue: args.maxQueue };
+  const s: Socket = { ctx, owner: ctx instanceof Context ? ctx : undefined, pending: [], app, sent: 0, taken: 0, maxQueue: args.maxQueue };
   sockets.set(rid, s);
   let r: [string, ...unknown[]];
   try {

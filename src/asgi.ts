@@ -90,6 +90,8 @@ const PATHSEND = 2; // STREAM is 1
 
 interface Live {
   ctx: AppCaller;
+  /** The context serving it (undefined: inline, the main interpreter): only it reads the body. */
+  owner: object | undefined;
   reader?: { read(): Promise<{ value?: Uint8Array; done: boolean }> };
   gone: boolean;
 }
@@ -105,7 +107,8 @@ function register(rt: MainInterpreter): void {
   // receive(): the next chunk of a request body (null at the end, false when the client left)
   rt.callbacks.registered.set("__bunpy_asgi_read", async (rid: number) => {
     const l = live.get(rid);
-    if (l === undefined || l.reader === undefined) return null;
+    // another context (a sandboxed one, say) naming this request's id gets nothing
+    if (l === undefined || l.reader === undefined || l.owner !== rt.callbacks.caller) return null;
     if (l.gone) return false;
     try {
       const { value, done } = await l.reader.read();
@@ -216,7 +219,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       }
       let body: Uint8Array | null = null;
       let more = false;
-      const l: Live = { ctx, gone: false };
+      const l: Live = { ctx, owner: inline === undefined ? ctx : undefined, gone: false };
       if (early === undefined && req.body !== null) {
         const len = Number(req.headers.get("content-length") ?? NaN);
         if (len <= BODY_INLINE) body = new Uint8Array(await req.arrayBuffer());

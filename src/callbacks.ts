@@ -30,6 +30,11 @@ export class Callbacks {
   private releaseScheduled = false;
   /** JS functions called by Python that are running right now (nested calls count each). */
   dispatching = 0;
+  /** The context whose call runs right now (set by the hub around a registered function's
+      synchronous part), undefined for the main interpreter. bunpy's own registered
+      functions check it: a request body or a stream is read only by the caller it belongs
+      to, whatever name another (sandboxed) context calls. */
+  caller: object | undefined = undefined;
   private threw: unknown;
 
   /** `closed`: whether the owning interpreter was closed. */
@@ -143,7 +148,13 @@ export class Callbacks {
       const kwargs = w.readValue();
       let value: unknown;
       if (target === -1) {
-        value = this.callRegistered(name, args, kwargs);
+        const outer = this.caller; // the main interpreter calls: no context is the caller
+        this.caller = undefined;
+        try {
+          value = this.callRegistered(name, args, kwargs);
+        } finally {
+          this.caller = outer;
+        }
       } else {
         const fn = this.functions.get(target);
         if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);

@@ -182,6 +182,9 @@ export class Context {
   #inFlight = 0;
   /** @internal JS functions this context called that have not answered (hub.ts) */
   jsCalls = 0;
+  /** @internal The sandbox's `jsFunctions`: the registered JS functions this context may
+      call (bunpy's own `__bunpy_*` ones check their caller themselves); undefined: any. */
+  jsFunctions: ReadonlySet<string> | undefined;
   #errorListeners = new Set<(e: unknown) => void>();
 
   /** @internal use py.context() */
@@ -252,6 +255,7 @@ export class Context {
     if (!ptr) hub.releaseId(id);
     if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
     const ctx = new Context(hub, ptr, mode);
+    if (options.sandbox?.jsFunctions !== undefined) ctx.jsFunctions = new Set(options.sandbox.jsFunctions);
     hub.contexts.set(ptr, ctx);
     return new Promise<Context>((resolve, reject) => {
       hub.track(id, {

@@ -34,6 +34,9 @@ export class InlineRunner implements AppCaller {
     const hub = hubOf(rt); // the doorbell wake-up messages arrive through
     hub.on("__bunpy_inline_wake", () => this.pumpSoon());
     rt.callbacks.registered.set("__bunpy_inline_async", (key: number, name: string, ...args: unknown[]) => {
+      // the inline loop's calls come from the main interpreter; a context naming this
+      // would reach every registered function with the main interpreter as its caller
+      if (rt.callbacks.caller !== undefined) throw new ReferenceError('no JS function is registered as "__bunpy_inline_async"');
       const fn = rt.callbacks.registered.get(name);
       const settle = (ok: boolean, value: unknown) => {
         try {

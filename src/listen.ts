@@ -46,9 +46,11 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
   let closed = false;
 
   // hand-offs between this listener's contexts: [listener id, to, fd, bytes already read]
-  const stopRelay = hubOf(rt).on("__bunpy_handoff", (value) => {
+  const stopRelay = hubOf(rt).on("__bunpy_handoff", (value, from) => {
     const [lid, to, fd, data] = value as [number, number | string, number, Uint8Array];
-    if (lid !== id) return;
+    // only this listener's contexts hand off: from anywhere else the fd number would make
+    // JS close, or give to a context, an fd of its own choosing
+    if (lid !== id || from === undefined || !pool.contexts.includes(from)) return;
     let target: Context | undefined;
     if (!closed) target = typeof to === "number" ? pool.contexts[to] : pool.pick({ key: to });
     if (target === undefined) {

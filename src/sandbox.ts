@@ -26,6 +26,9 @@ export interface SandboxPolicy {
       _thread, executors' workers). Starting one more raises PermissionError (rule:
       maxThreads). Default: no cap. */
   maxThreads?: number | undefined;
+  /** The functions registered with py.register that the context may call (bunpy.call,
+      bunpy.async_call); calling another is a ReferenceError in Python. Default: all. */
+  jsFunctions?: string[] | undefined;
   /** The environment variables (names) the context sees in `os.environ`, and that programs
       it starts get; `os.system` is refused (its shell would get the whole environment).
       Default: all of the process's. Owngil and process contexts only: a worker context
@@ -91,7 +94,7 @@ export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "wo
 export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", ...PROCESS_ONLY]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", "jsFunctions", ...PROCESS_ONLY]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets", "requireKernel"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
@@ -103,7 +106,7 @@ export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "work
         'py.context({ sandbox: { env } }): a worker context shares the main interpreter\'s os.environ; use { mode: "owngil" } or { mode: "process" }',
       );
   }
-  for (const k of ["denyImports", "files"] as const)
+  for (const k of ["denyImports", "files", "jsFunctions"] as const)
     if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
       throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
   if (p.maxThreads !== undefined && !(Number.isSafeInteger(p.maxThreads) && p.maxThreads >= 0))

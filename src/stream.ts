@@ -226,7 +226,8 @@ export function registerSource(arg: IterArg, registered: Map<string, Function>, 
     throw new ConversionError(
       "py.iter(x): an async iterable or ReadableStream can only be passed to a context (the main interpreter calls JS synchronously)",
     );
-  const name = `__bunpy_iter_${nextStream++}`;
+  // not guessable: any context may call a registered name, and this one reads the source
+  const name = `__bunpy_iter_${nextStream++}_${crypto.randomUUID()}`;
   const n = arg.batch;
   const source = arg.source as AsyncIterable<unknown> & Iterable<unknown>;
   let it: (Iterator<unknown> & AsyncIterator<unknown>) | undefined;

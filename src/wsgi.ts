@@ -29,7 +29,8 @@ export interface WsgiOptions extends ServeAppOptions {}
 
 const BODY_INLINE = 1 << 20;
 const DONE = 0;
-const readers = new Map<number, { read(): Promise<{ value?: Uint8Array; done: boolean }> }>();
+/** Streamed request bodies by request id, with the context serving each (only it reads). */
+const readers = new Map<number, { owner: object; read(): Promise<{ value?: Uint8Array; done: boolean }> }>();
 let nextRequest = 1;
 const registered = new WeakSet<MainInterpreter>();
 
@@ -38,7 +39,8 @@ function register(rt: MainInterpreter): void {
   registered.add(rt);
   rt.callbacks.registered.set("__bunpy_wsgi_read", async (rid: number) => {
     const r = readers.get(rid);
-    if (r === undefined) return null;
+    // another context (a sandboxed one, say) naming this request's id gets nothing
+    if (r === undefined || r.owner !== rt.callbacks.caller) return null;
     try {
       const { value, done } = await r.read();
       return done ? null : value;
@@ -74,7 +76,8 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
         if (len <= BODY_INLINE) body = new Uint8Array(await req.arrayBuffer());
         else {
           more = true;
-          readers.set(rid, req.body.getReader());
+          const reader = req.body.getReader();
+          readers.set(rid, { owner: ctx, read: () => reader.read() });
         }
       }
       const ip = server?.requestIP?.(req) ?? null;
