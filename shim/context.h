@@ -13,7 +13,7 @@
 /* A context's sandbox policy (sandbox.c); its objects belong to the context's interpreter. */
 typedef struct bp_policy {
     int active;
-    int refuse_processes, refuse_ctypes, refuse_sockets;
+    int refuse_processes, refuse_ctypes, refuse_sockets, refuse_shared;
     int env_rule;             /* `env` given (owngil): os.environ holds the listed names only, and
                                  programs it starts get that environment, not the process's */
     int require_kernel;       /* refuse to start when a kernel rule cannot be applied    */

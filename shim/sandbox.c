@@ -347,7 +347,7 @@ static int guard_fork_exec(void) {
 /* Reads a policy dict (made by src/context.ts) into `pol`, in the current interpreter:
    {"processes": bool, "ctypes": bool, "sockets": bool, "deny_imports": [str], "files": [str] | None,
     "read_paths": [str], "network": {...} | None, "max_threads": int | None, "require_kernel": bool,
-    "memory_limit": int (owngil only), "env": [str] | None}
+    "memory_limit": int (owngil only), "env": [str] | None, "shared": bool}
    — booleans say what is allowed. */
 int bp_policy_load(bp_policy *pol, PyObject *spec) {
     memset(pol, 0, sizeof *pol);
@@ -372,6 +372,8 @@ int bp_policy_load(bp_policy *pol, PyObject *spec) {
     pol->refuse_ctypes = v && v == Py_False;
     v = PyDict_GetItemString(spec, "sockets");
     pol->refuse_sockets = v && v == Py_False;
+    v = PyDict_GetItemString(spec, "shared");
+    pol->refuse_shared = v && v == Py_False;
     v = PyDict_GetItemString(spec, "require_kernel");
     pol->require_kernel = v == Py_True;
     v = PyDict_GetItemString(spec, "max_threads");
@@ -418,6 +420,7 @@ int bp_policy_refuses(const char *rule) {
     if (strcmp(rule, "processes") == 0) return pol->refuse_processes;
     if (strcmp(rule, "ctypes") == 0) return pol->refuse_ctypes;
     if (strcmp(rule, "sockets") == 0) return pol->refuse_sockets;
+    if (strcmp(rule, "shared") == 0) return pol->refuse_shared;
     if (strcmp(rule, "threads") == 0 && pol->max_threads >= 0) {
         long n = threads_started(pol);
         if (n < 0) PyErr_Clear(); /* cannot count: refuse (fail closed) */

@@ -11,6 +11,7 @@
  * without the GIL. Every operation is atomic: incr and compareAndSet never lose an update.
  */
 #include "internal.h"
+#include "context.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -500,8 +501,17 @@ static const char *py_key(PyObject *key, Py_ssize_t *n) {
     return PyUnicode_AsUTF8AndSize(key, n);
 }
 
+/* The sandbox's `shared: false`: the store is the whole process's (JS and every context). */
+static int shared_refused(void) {
+    if (!bp_policy_refuses("shared")) return 0;
+    PyErr_SetString(PyExc_PermissionError, "bunpy sandbox: bunpy.shared is refused (rule: no shared): this context may not "
+                                           "use the process's shared store");
+    return 1;
+}
+
 PyObject *bp_shared_py_get(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
     (void)m;
+    if (shared_refused()) return NULL;
     if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "get(key, default=None)");
     Py_ssize_t kn;
     const char *k = py_key(args[0], &kn);
@@ -519,6 +529,7 @@ PyObject *bp_shared_py_get(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 PyObject *bp_shared_py_set(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
     (void)m;
+    if (shared_refused()) return NULL;
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "set(key, value)");
     Py_ssize_t kn;
     const char *k = py_key(args[0], &kn);
@@ -534,6 +545,7 @@ PyObject *bp_shared_py_set(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 PyObject *bp_shared_py_cas(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
     (void)m;
+    if (shared_refused()) return NULL;
     if (nargs != 3) return PyErr_Format(PyExc_TypeError, "compare_and_set(key, expected, value)");
     Py_ssize_t kn;
     const char *k = py_key(args[0], &kn);
@@ -552,6 +564,7 @@ PyObject *bp_shared_py_cas(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 PyObject *bp_shared_py_incr(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
     (void)m;
+    if (shared_refused()) return NULL;
     if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "incr(key, delta=1)");
     Py_ssize_t kn;
     const char *k = py_key(args[0], &kn);
@@ -579,6 +592,7 @@ PyObject *bp_shared_py_incr(PyObject *m, PyObject *const *args, Py_ssize_t nargs
 
 PyObject *bp_shared_py_delete(PyObject *m, PyObject *key) {
     (void)m;
+    if (shared_refused()) return NULL;
     Py_ssize_t kn;
     const char *k = py_key(key, &kn);
     if (!k) return NULL;
@@ -588,6 +602,7 @@ PyObject *bp_shared_py_delete(PyObject *m, PyObject *key) {
 }
 
 PyObject *bp_shared_py_keys(PyObject *m, PyObject *unused) {
+    if (shared_refused()) return NULL;
     (void)m;
     (void)unused;
     uint8_t *b;

@@ -26,6 +26,8 @@ export interface SandboxPolicy {
       _thread, executors' workers). Starting one more raises PermissionError (rule:
       maxThreads). Default: no cap. */
   maxThreads?: number | undefined;
+  /** Use bunpy.shared, the store JS and every context share. Default true. */
+  shared?: boolean | undefined;
   /** The functions registered with py.register that the context may call (bunpy.call,
       bunpy.async_call); calling another is a ReferenceError in Python. Default: all. */
   jsFunctions?: string[] | undefined;
@@ -94,9 +96,9 @@ export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "wo
 export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", "jsFunctions", ...PROCESS_ONLY]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", "jsFunctions", "shared", ...PROCESS_ONLY]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
-  for (const k of ["processes", "ctypes", "sockets", "requireKernel"] as const)
+  for (const k of ["processes", "ctypes", "sockets", "requireKernel", "shared"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
   if (p.env !== undefined) {
     if (!Array.isArray(p.env) || !p.env.every((x) => typeof x === "string" && x !== "" && !x.includes("=") && !x.includes("\0")))
@@ -137,5 +139,6 @@ export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "work
     max_threads: p.maxThreads ?? null,
     require_kernel: p.requireKernel ?? false,
     env: p.env ?? null,
+    shared: p.shared ?? true,
   };
 }

@@ -61,6 +61,27 @@ describe("py.register functions and the jsFunctions rule", () => {
     expect(message).toContain('"sbx_secret" is not in this context\'s sandbox jsFunctions');
   });
 
+  test("shared: false refuses bunpy.shared, which JS and every context share", async () => {
+    const open = await sandboxed();
+    await open.exec("import bunpy\nbunpy.shared.set('sbx_key', 41)");
+    const closed = keep(await py.context({ mode: "worker", sandbox: { shared: false } }));
+    await closed.exec(`
+import bunpy
+def attempts():
+    out = []
+    for f in (lambda: bunpy.shared.get("sbx_key"), lambda: bunpy.shared.set("sbx_key", 0), lambda: bunpy.shared.keys()):
+        try:
+            out.append(["ok", f()])
+        except PermissionError as e:
+            out.append(["refused", str(e)])
+    return out
+`);
+    const got = (await closed.call("__main__", "attempts", [])) as [string, string][];
+    expect(got.map(([k]) => k)).toEqual(["refused", "refused", "refused"]);
+    expect(got[0]![1]).toContain("rule: no shared");
+    expect(await open.eval("bunpy.shared.get('sbx_key')")).toBe(41);
+  });
+
   test("bad jsFunctions are a TypeError", async () => {
     await expect(py.context({ sandbox: { jsFunctions: "x" as never } })).rejects.toThrow(/jsFunctions must be an array of strings/);
   });
