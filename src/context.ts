@@ -80,6 +80,9 @@ export interface CallOptions {
     get an fd table of their own (shim/fdtable.c). */
 const OWN_FDS = 0x100;
 
+/** Main interpreters (JS threads) that imported threading before their first worker context. */
+const threadingImported = new WeakSet<MainInterpreter>();
+
 /** setTimeout's longest delay: a longer one fires at once */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
@@ -231,6 +234,13 @@ export class Context {
       );
     // from a getter or Proxy trap while a message is written: keep that message intact
     if (rt.wire.writing !== 0) return rt.wire.nested(() => Context.start(rt, options));
+    // threading.main_thread() is whichever thread imports threading first: a worker
+    // context's thread (which imports it at start) must not become the main interpreter's
+    // main thread, so this JS thread imports it first
+    if (mode === "worker" && !threadingImported.has(rt)) {
+      rt.exec("import threading");
+      threadingImported.add(rt);
+    }
     let policyLen: number;
     let argv: Buffer | undefined;
     let sandboxed = false;
