@@ -362,6 +362,7 @@ static void close_fds(bp_reactor *r) {
         r->epfd = -1;
     }
     bp_transports_clear(r);
+    bp_connects_clear(r);
     bp_calls_clear(r);
     if (r->wake_fd >= 0) close(r->wake_fd);
     r->wake_fd = -1;
@@ -435,6 +436,7 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
     for (int fd = 0; fd < r->tcap; fd++) Py_VISIT((PyObject *)r->tmap[fd]);
     for (bp_transport *t = r->pend_head; t; t = t->pend_next) Py_VISIT((PyObject *)t);
+    Py_VISIT(r->connecting);
     return 0;
 }
 
@@ -449,6 +451,7 @@ static int reactor_tp_clear(PyObject *self) {
     Py_CLEAR(r->report);
     bp_calls_clear(r);
     bp_transports_clear(r);
+    bp_connects_clear(r);
     return 0;
 }
 
@@ -488,6 +491,9 @@ static PyMethodDef reactor_methods[] = {
     {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
     {"signals", reactor_signals, METH_O, "signals(mask) -> fd: subscribe to process signals (a context's loop)."},
     {"take_signals", reactor_take_signals, METH_NOARGS, "take_signals() -> the signals that arrived."},
+    {"connect_wait", (PyCFunction)(void (*)(void))bp_reactor_connect_wait, METH_FASTCALL,
+     "connect_wait(fd, callback): callback(errno or 0) when the connect on fd ends (connect.c)."},
+    {"connect_cancel", bp_reactor_connect_cancel, METH_O, "connect_cancel(fd): drop connect_wait's registration."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
     {NULL, NULL, 0, NULL},
 };

@@ -49,6 +49,12 @@ typedef struct {
     bp_transport *pend_head;  /* transports with an event or data left to read (strong)   */
     bp_transport *pend_tail;
     char *rbuf;               /* the read buffer transports share                         */
+    /* connect.c: connects in progress on fds registered for a transport to come */
+    PyObject *connecting;     /* dict fd -> callback(err)                                 */
+    uint32_t *cmask;          /* fd -> C_* state and the events seen, ccap entries        */
+    int ccap;
+    int *cpend, ncpend, cpcap; /* fds whose connect may have ended in this iteration     */
+    int cpend_lost;
     /* loopcalls.c: the C call_soon/call_at/call_later of one loop */
     PyObject *call_loop, *call_ready;  /* the loop and its ready deque (strong)           */
     PyObject *call_fallback[3];        /* its Python call_soon, call_at, call_later       */
@@ -103,6 +109,15 @@ PyObject *bp_transport_type_new(PyObject *module);
 /* register fd for good in this set (transport.c); and remove it */
 int bp_reactor_own(bp_reactor *r, int fd, uint32_t events, uint64_t data);
 void bp_reactor_disown(bp_reactor *r, int fd);
+
+/* connect.c: a non-blocking connect completed on the reactor (python/bunpy/_connect.py) */
+PyObject *bp_reactor_connect_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_connect_cancel(PyObject *self, PyObject *arg);
+void bp_connect_event(bp_reactor *r, int fd, uint32_t events);   /* no Python runs */
+int bp_connects_run(bp_reactor *r);                              /* -1: a callback raised */
+int bp_connect_adopt(bp_reactor *r, int fd, uint32_t *events);   /* StreamCore._start  */
+void bp_connect_release(bp_reactor *r, int fd);                  /* StreamCore._stop   */
+void bp_connects_clear(bp_reactor *r);
 
 /* loop.c: process signals for contexts (BP_SIG_* bits) */
 #define BP_SIG_INT 1u
