@@ -31,6 +31,7 @@ const sources = [_][]const u8{
     "shim/transport.c",
     "shim/transmit.c",
     "shim/connect.c",
+    "shim/accept.c",
     "shim/echofloor.c",
     "shim/bench.c",
     "shim/buffers.c",

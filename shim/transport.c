@@ -221,6 +221,7 @@ static int serve(bp_reactor *r, bp_transport *t) {
 }
 
 int bp_transports_run(bp_reactor *r) {
+    if (r->napend && bp_accepts_run(r) < 0) return -1;
     if ((r->ncpend || r->cpend_lost) && bp_connects_run(r) < 0) return -1;
     if (!r->pend_head) return 0;
     if (!r->rbuf && !(r->rbuf = PyMem_Malloc(READ_BUF))) {
