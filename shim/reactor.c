@@ -442,6 +442,7 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     for (int fd = 0; fd < r->tcap; fd++) Py_VISIT((PyObject *)r->tmap[fd]);
     for (bp_transport *t = r->pend_head; t; t = t->pend_next) Py_VISIT((PyObject *)t);
     Py_VISIT(r->connecting);
+    Py_VISIT(r->buffered_type);
     Py_VISIT(r->listeners);
     return 0;
 }
@@ -455,6 +456,7 @@ static int reactor_tp_clear(PyObject *self) {
     Py_CLEAR(r->handle_type);
     Py_CLEAR(r->timer_type);
     Py_CLEAR(r->report);
+    Py_CLEAR(r->buffered_type);
     bp_calls_clear(r);
     bp_transports_clear(r);
     bp_connects_clear(r);

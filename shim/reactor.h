@@ -51,6 +51,7 @@ typedef struct {
     bp_transport *pend_head;  /* transports with an event or data left to read (strong)   */
     bp_transport *pend_tail;
     char *rbuf;               /* the read buffer transports share                         */
+    PyObject *buffered_type;  /* asyncio.BufferedProtocol (transport.c)                   */
     /* connect.c: connects in progress on fds registered for a transport to come */
     PyObject *connecting;     /* dict fd -> callback(err)                                 */
     uint32_t *cmask;          /* fd -> C_* state and the events seen, ccap entries        */

@@ -274,14 +274,21 @@ void bp_transports_clear(bp_reactor *r) {
 
 /* ---- the type ----------------------------------------------------------------------- */
 
+/* asyncio.BufferedProtocol, looked up once per reactor (borrowed) */
+static PyObject *buffered_protocol(bp_reactor *r) {
+    if (!r->buffered_type) {
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        r->buffered_type = asyncio ? PyObject_GetAttrString(asyncio, "BufferedProtocol") : NULL;
+        Py_XDECREF(asyncio);
+    }
+    return r->buffered_type;
+}
+
 static int set_protocol(bp_transport *t, PyObject *protocol) {
     PyObject *gb = NULL, *bu = NULL, *dr = NULL;
-    PyObject *asyncio = PyImport_ImportModule("asyncio");
-    PyObject *bp_type = asyncio ? PyObject_GetAttrString(asyncio, "BufferedProtocol") : NULL;
-    Py_XDECREF(asyncio);
+    PyObject *bp_type = buffered_protocol((bp_reactor *)t->reactor);
     if (!bp_type) return -1;
     int buffered = PyObject_IsInstance(protocol, bp_type);
-    Py_DECREF(bp_type);
     if (buffered < 0) return -1;
     if (buffered) {
         gb = PyObject_GetAttrString(protocol, "get_buffer");
@@ -324,11 +331,8 @@ static int core_init(PyObject *self, PyObject *args, PyObject *kwargs) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "StreamCore: the socket is closed");
         return -1;
     }
-    if (set_protocol(t, protocol) < 0) {
-        Py_DECREF(reactor);
-        return -1;
-    }
     Py_XSETREF(t->reactor, reactor);
+    if (set_protocol(t, protocol) < 0) return -1;
     Py_XSETREF(t->loop, Py_NewRef(loop));
     Py_XSETREF(t->sock, Py_NewRef(sock));
     Py_XSETREF(t->owner, Py_XNewRef(owner));
@@ -397,6 +401,10 @@ static PyObject *core_resume_reading(PyObject *self, PyObject *unused) {
 }
 
 static PyObject *core_set_protocol(PyObject *self, PyObject *protocol) {
+    if (!((bp_transport *)self)->reactor) {
+        PyErr_SetString(PyExc_RuntimeError, "StreamCore: not initialised");
+        return NULL;
+    }
     if (set_protocol((bp_transport *)self, protocol) < 0) return NULL;
     Py_RETURN_NONE;
 }
