@@ -4,24 +4,26 @@ asyncio's selector loop accepts a connection with a Task per connection
 (`_accept_connection2`) and a waiter future, and connects through `sock_connect` (a
 coroutine, a future, a writer handle, a done callback) and `_create_connection_transport`
 (another coroutine and a waiter). Here, for plain TCP and Unix stream sockets with the C
-transports (no ssl):
+transports (no ssl, not in debug mode):
 
-  * accept: the listening socket's reader accepts until EAGAIN (at most `backlog` per
-    event, as asyncio does) and builds each transport at once; `connection_made` runs from
-    the loop's ready queue, as with asyncio;
+  * accept: the reactor accepts from the listening fd until EAGAIN, at most `backlog` per
+    event as asyncio does (shim/accept.c; or, with loop._bunpy_connect == "python", a
+    reader callback here), and each connection's transport is made at once;
+    `connection_made` runs from the loop's ready queue, as with asyncio;
   * connect (a numeric host, after asyncio's own `_ipaddr_info` shortcut): a non-blocking
-    connect, one future for the caller, completed by the socket's writer callback, which
-    also makes the protocol and the transport; the future is done once `connection_made`
-    has run, as asyncio's waiter is.
+    connect on an fd registered once for the transport to come (shim/connect.c); the
+    reactor's callback makes the protocol and the transport, and the caller's one future is
+    done once `connection_made` has run, as asyncio's waiter is.
 
-Everything else (names to resolve, happy eyeballs, local_addr, sock=, ssl, debug mode) goes
-to asyncio's own code.
+Everything else (names to resolve, happy eyeballs, local_addr, sock=, ssl, debug mode,
+overridden or mocked methods) goes to asyncio's own code.
 """
 
 import errno
 import functools
 import os
 import socket
+import sys
 from asyncio import base_events, constants, trsock
 from asyncio.log import logger
 
@@ -44,8 +46,10 @@ _TCP_NODELAY = getattr(socket, "TCP_NODELAY", None)
 _DEFAULTS = {
     "ssl": None, "sock": None, "local_addr": None, "server_hostname": None,
     "ssl_handshake_timeout": None, "ssl_shutdown_timeout": None,
-    "happy_eyeballs_delay": None, "interleave": None, "all_errors": False,
+    "happy_eyeballs_delay": None, "interleave": None,
 }
+if sys.version_info >= (3, 12):
+    _DEFAULTS["all_errors"] = False
 _ANY = ("family", "proto", "flags")
 
 
@@ -230,6 +234,7 @@ async def create_connection(loop, protocol_factory, family, proto, address):
     """asyncio's create_connection for one numeric address: a non-blocking connect whose end
     the reactor reports (shim/connect.c: the fd is registered once, for the transport to
     come); that callback makes the protocol and the transport."""
+    loop._check_closed()
     sock = socket.socket(family, _SOCK_STREAM | _NONBLOCK, proto)  # (non-blocking: no ioctl after)
     reactor = loop._reactor
     fut = state = None
