@@ -30,6 +30,8 @@ const sources = [_][]const u8{
     "shim/loop.c",
     "shim/transport.c",
     "shim/transmit.c",
+    "shim/connect.c",
+    "shim/accept.c",
     "shim/echofloor.c",
     "shim/bench.c",
     "shim/buffers.c",

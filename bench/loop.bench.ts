@@ -10,6 +10,7 @@
  * call into a context next to a plain call.
  *
  * Each benchmark iteration is one py.call that runs a batch on a loop made once per kind.
+ * LOOP_BENCH_ONLY=connect runs the connect + close row only (and uvloop's, where it is).
  */
 import { bench, do_not_optimize, run, summary } from "mitata";
 import { py } from "../src/index.ts";
@@ -20,6 +21,7 @@ import { runOptions } from "./ratio.ts";
 // then keeps 256 KB buffers on its heap instead of a fresh mmap/munmap per large recv
 const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: String(4 << 20), MALLOC_TRIM_THRESHOLD_: String(64 << 20) };
 const FLOOR = "C only, no loop (floor)";
+const STOCK_CONNECT = "bunpy (C transports, asyncio's connect/accept)";
 
 const UVICORN_APP = `
 async def app(scope, receive, send):
@@ -136,6 +138,8 @@ def rates(rows, reps=15):
             for kind in ploops:
                 if ploops[kind] is None and not r["size"]:
                     continue  # the floor is for echo only
+                if kind == ${JSON.stringify(STOCK_CONNECT)} and r["size"]:
+                    continue  # the same transports as "bunpy (C transports)" for echo
                 t0 = time.perf_counter()
                 took = pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
                 times[kind].append(took if isinstance(took, float) else time.perf_counter() - t0)
@@ -212,6 +216,10 @@ ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": 
           "bunpy (Python transports)": bunpy.new_event_loop()}
 ploops["bunpy (Python transports)"]._bunpy_c_transports = False
 ploops[${JSON.stringify(FLOOR)}] = None
+# before/after for connect + close, same run: the C transports with asyncio's own
+# create_connection and accept (a Task per accepted connection); connect rows only
+ploops[${JSON.stringify(STOCK_CONNECT)}] = bunpy.new_event_loop()
+ploops[${JSON.stringify(STOCK_CONNECT)}]._bunpy_connect = "stock"
 `);
 
 const KINDS = ["stock asyncio", "bunpy"] as const;
@@ -241,6 +249,22 @@ const prows = [
   { what: "Protocol echo, 256 KB", size: 262144, per: 40, unit: "round trips/s" },
   { what: "connect + close", size: 0, per: 200, unit: "connections/s" },
 ];
+// LOOP_BENCH_ONLY=connect: the connect + close row only, here and in uvloop's own process
+if (process.env["LOOP_BENCH_ONLY"] === "connect") {
+  const crows = prows.filter((r) => !r.size);
+  const out = py.call("__main__", "rates", [crows]) as Record<string, (number | null)[]>;
+  const stock = out["stock asyncio"]![0]!;
+  for (const [k, v] of Object.entries(out)) if (v[0] != null) console.log(`  ${k.padEnd(48)} ${Math.round(v[0]).toLocaleString("en-US").padStart(8)} connections/s (${(v[0] / stock).toFixed(2)}× stock)`);
+  if (uvloopVenv && "site" in uvloopVenv) {
+    const code = `${PECHO}\nimport json, uvloop\nploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}\nprint(json.dumps(rates(${JSON.stringify(crows)})))\n`;
+    const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
+    const uv = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
+    const ours = out["bunpy (C transports)"]![0]!;
+    console.log(`  uvloop, own process: stock ${Math.round(uv["stock asyncio"]![0]!).toLocaleString("en-US")}, uvloop ${Math.round(uv["uvloop"]![0]!).toLocaleString("en-US")} (${(uv["uvloop"]![0]! / uv["stock asyncio"]![0]!).toFixed(2)}× its stock) — bunpy (C transports) ÷ uvloop ${(ours / uv["uvloop"]![0]!).toFixed(2)}× absolute`);
+  }
+  process.exit(0);
+}
+
 // ---- coroutine calls into a context -------------------------------------------------
 const minor = Number(py.version.split(".")[1]);
 const mode = minor >= 12 ? "owngil" : "worker";

@@ -245,6 +245,10 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
         if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
         return NULL;
     }
+    if ((ev->data.u64 >> 40) == (BP_TAG_ACCEPT >> 40)) {
+        bp_accept_event(r, (int)(ev->data.u64 & 0xffffffffu));
+        return NULL;
+    }
     if ((ev->data.u64 >> 40) == (BP_TAG_TRANSPORT >> 40)) {
         bp_transport_event(r, ev->data.u64, ev->events);
         return NULL;
@@ -379,6 +383,8 @@ static void close_fds(bp_reactor *r) {
         r->epfd = -1;
     }
     bp_transports_clear(r);
+    bp_connects_clear(r);
+    bp_accepts_clear(r);
     bp_calls_clear(r);
     if (r->wake_fd >= 0) close(r->wake_fd);
     r->wake_fd = -1;
@@ -452,6 +458,9 @@ static int reactor_traverse(PyObject *self, visitproc visit, void *arg) {
     for (Py_ssize_t i = 0; i < r->n; i++) Py_VISIT(r->heap[i].handle);
     for (int fd = 0; fd < r->tcap; fd++) Py_VISIT((PyObject *)r->tmap[fd]);
     for (bp_transport *t = r->pend_head; t; t = t->pend_next) Py_VISIT((PyObject *)t);
+    Py_VISIT(r->connecting);
+    Py_VISIT(r->buffered_type);
+    Py_VISIT(r->listeners);
     return 0;
 }
 
@@ -464,8 +473,11 @@ static int reactor_tp_clear(PyObject *self) {
     Py_CLEAR(r->handle_type);
     Py_CLEAR(r->timer_type);
     Py_CLEAR(r->report);
+    Py_CLEAR(r->buffered_type);
     bp_calls_clear(r);
     bp_transports_clear(r);
+    bp_connects_clear(r);
+    bp_accepts_clear(r);
     return 0;
 }
 
@@ -505,6 +517,12 @@ static PyMethodDef reactor_methods[] = {
     {"close", reactor_close, METH_NOARGS, "close(): close the epoll set and the wake-up fd."},
     {"signals", reactor_signals, METH_O, "signals(mask) -> fd: subscribe to process signals (a context's loop)."},
     {"take_signals", reactor_take_signals, METH_NOARGS, "take_signals() -> the signals that arrived."},
+    {"connect_wait", (PyCFunction)(void (*)(void))bp_reactor_connect_wait, METH_FASTCALL,
+     "connect_wait(fd, callback): callback(errno or 0) when the connect on fd ends (connect.c)."},
+    {"connect_cancel", bp_reactor_connect_cancel, METH_O, "connect_cancel(fd): drop connect_wait's registration."},
+    {"accept_start", (PyCFunction)(void (*)(void))bp_reactor_accept_start, METH_FASTCALL,
+     "accept_start(fd, callback, backlog): accept in C; callback(fd, address) per connection (accept.c)."},
+    {"accept_stop", bp_reactor_accept_stop, METH_O, "accept_stop(fd) -> bool: stop accepting from fd."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
     {NULL, NULL, 0, NULL},
 };

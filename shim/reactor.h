@@ -23,6 +23,8 @@ typedef struct {
 
 /* epoll data of a transport's fd: this tag | fd (transport.c) */
 #define BP_TAG_TRANSPORT (4ULL << 40)
+/* epoll data of a listening fd accepted from in C: this tag | fd (accept.c) */
+#define BP_TAG_ACCEPT (5ULL << 40)
 
 typedef struct bp_transport bp_transport;
 
@@ -51,6 +53,16 @@ typedef struct {
     bp_transport *pend_head;  /* transports with an event or data left to read (strong)   */
     bp_transport *pend_tail;
     char *rbuf;               /* the read buffer transports share                         */
+    PyObject *buffered_type;  /* asyncio.BufferedProtocol (transport.c)                   */
+    /* connect.c: connects in progress on fds registered for a transport to come */
+    PyObject *connecting;     /* dict fd -> callback(err)                                 */
+    uint32_t *cmask;          /* fd -> C_* state and the events seen, ccap entries        */
+    int ccap;
+    int *cpend, ncpend, cpcap; /* fds whose connect may have ended in this iteration     */
+    int cpend_lost;
+    /* accept.c: listening fds accepted from in C */
+    PyObject *listeners;      /* dict fd -> (callback, backlog)                           */
+    int *apend, napend, apcap; /* listening fds readable in this iteration               */
     /* loopcalls.c: the C call_soon/call_at/call_later of one loop */
     PyObject *call_loop, *call_ready;  /* the loop and its ready deque (strong)           */
     PyObject *call_fallback[3];        /* its Python call_soon, call_at, call_later       */
@@ -105,6 +117,22 @@ PyObject *bp_transport_type_new(PyObject *module);
 /* register fd for good in this set (transport.c); and remove it */
 int bp_reactor_own(bp_reactor *r, int fd, uint32_t events, uint64_t data);
 void bp_reactor_disown(bp_reactor *r, int fd);
+
+/* connect.c: a non-blocking connect completed on the reactor (python/bunpy/_connect.py) */
+PyObject *bp_reactor_connect_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_connect_cancel(PyObject *self, PyObject *arg);
+void bp_connect_event(bp_reactor *r, int fd, uint32_t events);   /* no Python runs */
+int bp_connects_run(bp_reactor *r);                              /* -1: a callback raised */
+int bp_connect_adopt(bp_reactor *r, int fd, uint32_t *events);   /* StreamCore._start  */
+void bp_connect_release(bp_reactor *r, int fd);                  /* StreamCore._stop   */
+void bp_connects_clear(bp_reactor *r);
+
+/* accept.c: the accept loop of a listening socket in C (python/bunpy/_connect.py) */
+PyObject *bp_reactor_accept_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bp_reactor_accept_stop(PyObject *self, PyObject *arg);
+void bp_accept_event(bp_reactor *r, int fd);                     /* no Python runs */
+int bp_accepts_run(bp_reactor *r);                               /* -1: a callback raised */
+void bp_accepts_clear(bp_reactor *r);
 
 /* loop.c: process signals for contexts (BP_SIG_* bits) */
 #define BP_SIG_INT 1u

@@ -103,7 +103,10 @@ void bp_transport_pend(bp_reactor *r, bp_transport *t) {
 void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events) {
     int fd = (int)(data & 0xffffffffu);
     bp_transport *t = fd < r->tcap ? r->tmap[fd] : NULL;
-    if (!t) return;
+    if (!t) {
+        bp_connect_event(r, fd, events); /* a connect in progress (connect.c), or stale */
+        return;
+    }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) t->readable = 1;
     if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) t->hangup = 1; /* read on to the EOF or error */
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) t->writable = 1;
@@ -218,6 +221,8 @@ static int serve(bp_reactor *r, bp_transport *t) {
 }
 
 int bp_transports_run(bp_reactor *r) {
+    if (r->napend && bp_accepts_run(r) < 0) return -1;
+    if ((r->ncpend || r->cpend_lost) && bp_connects_run(r) < 0) return -1;
     if (!r->pend_head) return 0;
     if (!r->rbuf && !(r->rbuf = PyMem_Malloc(READ_BUF))) {
         PyErr_NoMemory();
@@ -269,14 +274,21 @@ void bp_transports_clear(bp_reactor *r) {
 
 /* ---- the type ----------------------------------------------------------------------- */
 
+/* asyncio.BufferedProtocol, looked up once per reactor (borrowed) */
+static PyObject *buffered_protocol(bp_reactor *r) {
+    if (!r->buffered_type) {
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        r->buffered_type = asyncio ? PyObject_GetAttrString(asyncio, "BufferedProtocol") : NULL;
+        Py_XDECREF(asyncio);
+    }
+    return r->buffered_type;
+}
+
 static int set_protocol(bp_transport *t, PyObject *protocol) {
     PyObject *gb = NULL, *bu = NULL, *dr = NULL;
-    PyObject *asyncio = PyImport_ImportModule("asyncio");
-    PyObject *bp_type = asyncio ? PyObject_GetAttrString(asyncio, "BufferedProtocol") : NULL;
-    Py_XDECREF(asyncio);
+    PyObject *bp_type = buffered_protocol((bp_reactor *)t->reactor);
     if (!bp_type) return -1;
     int buffered = PyObject_IsInstance(protocol, bp_type);
-    Py_DECREF(bp_type);
     if (buffered < 0) return -1;
     if (buffered) {
         gb = PyObject_GetAttrString(protocol, "get_buffer");
@@ -319,11 +331,8 @@ static int core_init(PyObject *self, PyObject *args, PyObject *kwargs) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "StreamCore: the socket is closed");
         return -1;
     }
-    if (set_protocol(t, protocol) < 0) {
-        Py_DECREF(reactor);
-        return -1;
-    }
     Py_XSETREF(t->reactor, reactor);
+    if (set_protocol(t, protocol) < 0) return -1;
     Py_XSETREF(t->loop, Py_NewRef(loop));
     Py_XSETREF(t->sock, Py_NewRef(sock));
     Py_XSETREF(t->owner, Py_XNewRef(owner));
@@ -343,6 +352,13 @@ static PyObject *core_start(PyObject *self, PyObject *unused) {
     if (!r || t->registered || t->conn_lost) Py_RETURN_NONE;
     if (r->epfd < 0) return bp_reactor_closed_error();
     if (map_put(r, t->fd, t) < 0) return NULL;
+    uint32_t early = 0;
+    if (bp_connect_adopt(r, t->fd, &early)) { /* registered by connect_wait already */
+        Py_INCREF(t); /* the map's reference */
+        t->registered = 1;
+        if (early) bp_transport_event(r, BP_TAG_TRANSPORT | (uint64_t)t->fd, early);
+        Py_RETURN_NONE;
+    }
     if (bp_reactor_own(r, t->fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, BP_TAG_TRANSPORT | (uint64_t)t->fd) < 0) {
         r->tmap[t->fd] = NULL;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -356,7 +372,10 @@ static PyObject *core_start(PyObject *self, PyObject *unused) {
 static PyObject *core_stop(PyObject *self, PyObject *unused) {
     bp_transport *t = (bp_transport *)self;
     bp_reactor *r = (bp_reactor *)t->reactor;
-    if (!t->registered) Py_RETURN_NONE;
+    if (!t->registered) { /* never started: a registration made for it by connect_wait goes */
+        if (r && r->epfd >= 0) bp_connect_release(r, t->fd);
+        Py_RETURN_NONE;
+    }
     t->registered = 0;
     if (r && t->fd < r->tcap && r->tmap[t->fd] == t) {
         r->tmap[t->fd] = NULL;
@@ -382,6 +401,10 @@ static PyObject *core_resume_reading(PyObject *self, PyObject *unused) {
 }
 
 static PyObject *core_set_protocol(PyObject *self, PyObject *protocol) {
+    if (!((bp_transport *)self)->reactor) {
+        PyErr_SetString(PyExc_RuntimeError, "StreamCore: not initialised");
+        return NULL;
+    }
     if (set_protocol((bp_transport *)self, protocol) < 0) return NULL;
     Py_RETURN_NONE;
 }

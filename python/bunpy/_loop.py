@@ -24,6 +24,7 @@ from asyncio import base_events, coroutines, events, sslproto
 
 import _bunpy
 
+from bunpy import _connect
 from bunpy._transport import SocketTransport as _SocketTransport
 
 __all__ = ["BunpyEventLoop", "EventLoopPolicy", "new_event_loop", "run"]
@@ -111,6 +112,14 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         # stream transports in C (shim/transport.c); BUNPY_LOOP_TRANSPORTS=python, or this
         # attribute set to False, keeps asyncio's own (level-triggered) ones
         self._bunpy_c_transports = os.environ.get("BUNPY_LOOP_TRANSPORTS", "c") != "python"
+        # connecting and accepting without asyncio's tasks and futures (bunpy/_connect.py):
+        # "c" accepts in the reactor (shim/accept.c), "python" in a reader callback, "stock"
+        # keeps asyncio's own (BUNPY_LOOP_CONNECT, or this attribute, set on a new loop)
+        self._bunpy_connect = os.environ.get("BUNPY_LOOP_CONNECT", "c")
+        if self._bunpy_connect not in ("c", "python", "stock"):
+            self._bunpy_connect = "c"
+        self._bunpy_listening = {}  # fd -> Server, for the fds accepted from in C
+        self._bunpy_own_methods = _connect.own_methods(type(self), BunpyEventLoop)
         self._bunpy_loop_signals = {}  # sig -> Handle (add_signal_handler)
         self._bunpy_signal_fd = None
         super().__init__(selector)
@@ -184,6 +193,27 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         )
         _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    # -- connecting and accepting without a Task per connection (bunpy/_connect.py) ---------
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
+        if self._bunpy_connect == "c" and self._bunpy_c_transports and not sslcontext and _connect.plain_stream(self, sock):
+            return _connect.start_accepting(self, protocol_factory, sock, server, backlog)
+        return super()._start_serving(protocol_factory, sock, sslcontext, server, backlog, *args)
+
+    def _stop_serving(self, sock):
+        if not _connect.stop_accepting(self, sock):
+            super()._stop_serving(sock)
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
+        if self._bunpy_connect == "stock" or not self._bunpy_c_transports or sslcontext or not _connect.plain_stream(self, sock):
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog, *args)
+        _connect.accept_connections(self, protocol_factory, sock, server, backlog)
+
+    async def create_connection(self, protocol_factory, host=None, port=None, **kwargs):
+        fast = self._bunpy_connect != "stock" and self._bunpy_c_transports and _connect.fast_address(self, host, port, kwargs)
+        if not fast:
+            return await super().create_connection(protocol_factory, host, port, **kwargs)
+        return await _connect.create_connection(self, protocol_factory, *fast)
 
     # -- call_soon: the Handle is made in C ---------------------------------------------
     # Debug mode keeps asyncio's two levels, each trimming its own frame from the handle's
@@ -576,13 +606,14 @@ def _close_transports(loop):
 
 
 def _servers(loop):
-    """The asyncio Servers accepting on this loop (found through their accept readers)."""
-    found = []
+    """The asyncio Servers accepting on this loop (found through their accept readers, and
+    the listening fds accepted from in C)."""
+    found = [s for s in dict.fromkeys(getattr(loop, "_bunpy_listening", {}).values()) if s is not None]
     accept = base_events_selector_accept()
     for key in list(loop._selector.get_map().values()):
         for handle in key.data if isinstance(key.data, tuple) else ():
             callback = getattr(handle, "_callback", None)
-            if getattr(callback, "__func__", None) is accept and len(handle._args) > 3:
+            if getattr(callback, "__func__", None) in accept and len(handle._args) > 3:
                 server = handle._args[3]
                 if server is not None and server not in found:
                     found.append(server)
@@ -592,7 +623,7 @@ def _servers(loop):
 def base_events_selector_accept():
     from asyncio import selector_events
 
-    return selector_events.BaseSelectorEventLoop._accept_connection
+    return (selector_events.BaseSelectorEventLoop._accept_connection, BunpyEventLoop._accept_connection)
 
 
 def _drop_sockets(loop):

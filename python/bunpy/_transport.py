@@ -10,7 +10,7 @@ connection, closing, aborting, errors and connection_lost, extra info.
 
 import socket
 import warnings
-from asyncio import base_events, constants, futures, transports
+from asyncio import base_events, constants, futures, transports, trsock
 from asyncio.log import logger
 
 import _bunpy
@@ -35,7 +35,7 @@ class SocketTransport(transports._FlowControlMixin):
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, tcp=None):
         # (not _FlowControlMixin.__init__: the water marks live in the C core; the class
         # is there for isinstance checks, e.g. loop.sendfile's fallback)
         self._extra = {} if extra is None else extra
@@ -51,7 +51,7 @@ class SocketTransport(transports._FlowControlMixin):
         self._sock = sock
         self._sock_fd = core._sock_fd
         self._protocol = protocol
-        self._extra["socket"] = _transport_socket(sock)
+        self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
         except OSError:
@@ -66,7 +66,13 @@ class SocketTransport(transports._FlowControlMixin):
         if server is not None:
             server._attach(self) if _server_takes_transport(server) else server._attach()
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+        if tcp is None:  # (bunpy._connect knows the family already)
+            base_events._set_nodelay(sock)
+        elif tcp:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start)  # after connection_made, as asyncio adds its reader
         if waiter is not None:
@@ -208,9 +214,4 @@ class SocketTransport(transports._FlowControlMixin):
                 server._detach(self) if _server_takes_transport(server) else server._detach()
                 self._server = None
 
-
-def _transport_socket(sock):
-    from asyncio import trsock
-
-    return trsock.TransportSocket(sock)
 
