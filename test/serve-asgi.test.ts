@@ -409,6 +409,16 @@ describe("sandboxed app", () => {
       // an app that sends the message anyway gets an error, not a file
       const r = await fetch(`${base}/pathsend?${resolve(FIXTURES, "static.txt")}`);
       expect(r.status).toBe(500);
+      // a streamed body is read through JS from the sandboxed context (on 3.12+ an owngil
+      // context with an fd table of its own): its own loop's async_call
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          for (let i = 0; i < 4; i++) c.enqueue(new Uint8Array(100_000));
+          c.close();
+        },
+      });
+      const echo = await fetch(`${base}/echo`, { method: "POST", body, duplex: "half" } as RequestInit);
+      expect(((await echo.json()) as { total: number }).total).toBe(400_000);
     } finally {
       server.stop(true);
       await app.close();
