@@ -82,6 +82,46 @@ describe("Python code inside the cache's own check", () => {
   }, 60_000);
 });
 
+describe("limits", () => {
+  test("every dict watcher taken before bunpy asks (3.12+: 8 per interpreter): objects with a dict are not cached, answers stay right", () => {
+    const r = run("hostile-method-cache-limits.ts", { PYTHONMALLOC: "debug" }, ["exhaust"]);
+    expect({ code: r.code, stderr: r.code === 0 ? "" : r.stderr }).toEqual({ code: 0, stderr: "" });
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, unknown>;
+    if (minor >= 12) expect(out["taken"]).toBeGreaterThan(0);
+    expect(out["reads"]).toEqual(["meth", "meth", "slots", "slots"]);
+    expect(out["cached"]).toEqual([false, true]); // the __slots__ class needs no watcher
+    expect(out["after change"]).toBe(5);
+    expect(out["back"]).toBe("back");
+  }, 60_000);
+
+  test("after py.close(): a cached method read or called is a PythonClosedError, not a read of freed memory", () => {
+    // under PYTHONMALLOC=debug: py.close() itself aborted there before bp_init pre-initialised
+    // Python ahead of the audit hook ("_PyMem_DebugRawFree: bad ID", every version)
+    const r = run("hostile-method-cache-limits.ts", { PYTHONMALLOC: "debug" });
+    expect({ code: r.code, stderr: r.code === 0 ? "" : r.stderr }).toEqual({ code: 0, stderr: "" });
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, unknown>;
+    expect(out["cached"]).toEqual([minor >= 12, true]);
+    expect(out["closed read"]).toEqual(["PythonClosedError"]);
+    expect(out["closed slots read"]).toEqual(["PythonClosedError"]);
+    expect(out["closed call"]).toEqual(["PythonClosedError"]);
+  }, 60_000);
+
+  test("20,000 proxies with cached methods: the type's references and the objects come back when they go", () => {
+    const before = [m.refcount(m.Counter) as number, m.live(m.Counter) as number];
+    const ps: any[] = [];
+    for (let i = 0; i < 20000; i++) {
+      const c = m.new(m.Counter);
+      c.bump();
+      c.bump();
+      ps.push(c);
+    }
+    expect(cached(ps[0], "bump")).toBe(minor >= 12);
+    expect(ps.every((p) => p.n === 2)).toBe(true);
+    for (const p of ps) p[Symbol.dispose]();
+    expect([m.refcount(m.Counter), m.live(m.Counter)]).toEqual(before);
+  });
+});
+
 describe("changes between reads", () => {
   test("a descriptor whose __get__ has a side effect runs at every read (never cached)", () => {
     py.exec("import t_hmc; t_hmc.Counter.noisy = t_hmc.Noisy(); t_hmc.Calls.count = 0");
