@@ -37,6 +37,10 @@ class InlineLoop(BunpyEventLoop):
         self._bunpy_js_thread = threading.get_ident()
         self._bunpy_port = port
         super().__init__()
+        # "Running" for its whole life on the JS thread, as a context's loop is: asyncio
+        # (3.12+) starts a task eagerly only on a running loop, and without this every
+        # request went through a pump, the first step never ran in the FFI call
+        self._thread_id = self._bunpy_js_thread
         self._bunpy_wake_sent = False  # a wake message is on its way to JS (not pumped yet)
         self._bunpy_watcher = None
         self._bunpy_pumped = threading.Event()
@@ -80,6 +84,7 @@ class InlineLoop(BunpyEventLoop):
         t.start()
 
     def close(self):
+        self._thread_id = None  # asyncio refuses to close a running loop
         w = self._bunpy_stop_watch
         if w is not None:
             import os
