@@ -199,6 +199,11 @@ def _eager_task(loop, coro):
         return asyncio.Task(coro, loop=loop, eager_start=True)
     task = asyncio.Task(coro, loop=loop)
     ready = loop._ready
+    if asyncio.current_task(loop) is not None:
+        # called from inside another task's step (the app called JS, which served another
+        # inline request): asyncio refuses to enter a task while one runs, and the step
+        # run here would fail and leave the task pending forever; the loop runs it next
+        return task
     if ready:
         step = ready.pop()
         if getattr(step, "_callback", None) is not None and getattr(step._callback, "__self__", None) is task:
