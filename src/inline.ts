@@ -68,6 +68,8 @@ export class InlineRunner implements AppCaller {
 
   /** The inline loop is this thread's running loop now (see handle() in _inline.py). */
   private sticky = false;
+  /** handle() calls running now (a request served from inside another's step nests). */
+  private depth = 0;
 
   /**
    * An ASGI request: `args` are [sticky placeholder, ...bunpy._asgi.handle's arguments].
@@ -81,12 +83,18 @@ export class InlineRunner implements AppCaller {
     args[0] = was;
     this.sticky = true; // set by the call even when it fails
     rt.enterHook = undefined;
+    this.depth++;
     let r: unknown[] | number;
     try {
       r = rt.callFunction(MODULE, "handle", args) as unknown[] | number;
     } finally {
-      rt.enterHook = this.unstick;
-      if (!was) setImmediate(this.unstickLater);
+      // A request served from inside another one's step (the app called JS, which called
+      // app.fetch) must not arm the unstick: the next call into Python from that JS
+      // function would take the running loop from the outer app, still in its step.
+      if (--this.depth === 0) {
+        rt.enterHook = this.unstick;
+        if (!was) setImmediate(this.unstickLater);
+      }
     }
     if (typeof r === "number") this.pumpSoon();
     return r;
