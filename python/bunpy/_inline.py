@@ -233,6 +233,12 @@ def pump():
             loop._stopping = True  # one iteration that does not wait
             try:
                 loop._run_once()
+            except (SystemExit, KeyboardInterrupt) as e:
+                # asyncio lets these two out of a callback; as in a context (shim/loop.c)
+                # they end only the task they came out of (its request fails, its error
+                # kept on it), and the loop goes on. Raised out of pump(), the task's end
+                # was never taken and its request waited for ever.
+                loop.call_exception_handler({"message": "bunpy: an inline task raised " + type(e).__name__, "exception": e})
             finally:
                 loop._stopping = False
             if not loop._ready:
