@@ -6,6 +6,7 @@
  * away when callbacks are ready, on a timer for the loop's next timer, and when Python asks
  * for it (a wake-up message from another thread or from the fd watcher thread).
  */
+import { ContextClosedError } from "./errors.ts";
 import { hubOf } from "./hub.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 
@@ -177,10 +178,14 @@ export class InlineRunner implements AppCaller {
     this.timer = undefined;
     this.timerAt = Infinity;
     try {
+      // cancels what still runs (requests past the apps' close timeout)
       this.rt.callFunction(MODULE, "close", []);
     } catch (e) {
       console.error("bunpy: closing the inline event loop failed:", e);
     }
+    const left = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of left) w.fail(new ContextClosedError("the inline app was closed before this call's coroutine finished"));
   }
 }
 

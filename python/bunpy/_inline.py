@@ -305,12 +305,30 @@ def settle(key, ok, value):
 
 
 def close():
-    """JS: no inline app is left on this thread; the loop is closed (a new one is made
-    on next use)."""
+    """JS: no inline app is left on this thread (they closed, past their timeout); the
+    loop is closed (a new one is made on next use). Tasks still running are cancelled and
+    given a few loop iterations to end (their finally blocks run): left alone, they and
+    their requests stayed for ever. Returns the tokens that were still running (JS fails
+    their calls)."""
     loop = getattr(_tl, "loop", None)
     if loop is None or loop.is_closed():
-        return
-    if any(not t.done() for k, t in _tl.tasks.items()):
-        return  # something still runs here (another app): keep the loop
+        return []
+    tasks = _tl.tasks
+    left = [k for k, t in tasks.items() if k > 0 and not t.done()]
+    # every task on the loop (an app that suspended goes on in a task of its own), and
+    # the futures of async_call
+    running = [t for t in asyncio.all_tasks(loop)] + list(tasks.values())
+    for t in running:
+        t.cancel()
+    for _ in range(_MAX_STEPS):
+        if all(t.done() for t in running):
+            break
+        pump()
+    for t in running:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" at collection
+    tasks.clear()
+    _tl.finished.clear()
     loop.close()
     _tl.loop = None
+    return left
