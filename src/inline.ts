@@ -117,7 +117,10 @@ export class InlineRunner implements AppCaller {
   }
 
   cast(module: string, fn: string, args: unknown[] = []): void {
-    this.call(module, fn, args).catch((e) => console.error(`bunpy: ${module}.${fn} failed:`, e));
+    this.call(module, fn, args).catch((e) => {
+      // after py.close() (inline apps left open): a client's disconnect has nothing to tell
+      if (!this.rt.isClosed) console.error(`bunpy: ${module}.${fn} failed:`, e);
+    });
   }
 
   pumpSoon(): void {
@@ -174,14 +177,23 @@ export class InlineRunner implements AppCaller {
   /** The last app on this runner closed: close its loop when nothing else runs there. */
   release(): void {
     if (--this.users > 0) return;
+    this.users = 0;
+    this.shutdown();
+  }
+
+  /** Closes the loop (what still runs there is cancelled) and fails what JS still waits for;
+      also from py.close() with inline apps still open. */
+  shutdown(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.timerAt = Infinity;
-    try {
-      // cancels what still runs (requests past the apps' close timeout)
-      this.rt.callFunction(MODULE, "close", []);
-    } catch (e) {
-      console.error("bunpy: closing the inline event loop failed:", e);
+    if (!this.rt.isClosed) {
+      try {
+        // cancels what still runs (requests past the apps' close timeout)
+        this.rt.callFunction(MODULE, "close", []);
+      } catch (e) {
+        console.error("bunpy: closing the inline event loop failed:", e);
+      }
     }
     const left = [...this.waiting.values()];
     this.waiting.clear();
@@ -196,4 +208,10 @@ export function inlineRunner(rt: MainInterpreter): InlineRunner {
   let r = runners.get(rt);
   if (r === undefined) runners.set(rt, (r = new InlineRunner(rt)));
   return r;
+}
+
+/** py.close(): this thread's inline loop goes first. A timer it had set for a task (an app
+    asleep for an hour) kept the process alive after Python was gone. */
+export function closeInline(rt: MainInterpreter): void {
+  runners.get(rt)?.shutdown();
 }

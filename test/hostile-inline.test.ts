@@ -104,4 +104,15 @@ describe("inline mode, attacked", () => {
       await again.close();
     }
   }, 30_000);
+
+  test("py.close() with an inline app open and requests in flight: the process ends, the disconnects are not failures", () => {
+    // the inline loop's timer for the app asleep for an hour kept the process alive after
+    // py.close(), and every client disconnect was reported as a failed call
+    const r = Bun.spawnSync([process.execPath, resolve(import.meta.dir, "fixtures/inline-py-close.ts")], { env: process.env, stdout: "pipe", stderr: "pipe", timeout: 20_000 });
+    const err = r.stderr.toString();
+    expect(err).not.toContain("disconnect failed");
+    expect(err).not.toContain("inline event loop failed");
+    expect({ code: r.exitCode, signal: r.signalCode ?? null }).toEqual({ code: 0, signal: null });
+    expect(JSON.parse(r.stdout.toString())).toHaveLength(2);
+  }, 30_000);
 });
