@@ -18,6 +18,15 @@ export interface AppCaller {
 
 const MODULE = "bunpy._inline";
 
+/** What a rejection gives Python as text; never throws (a getter or toString may). */
+function textOf(e: unknown): string {
+  try {
+    return e instanceof Error ? String(e.message) : String(e);
+  } catch {
+    return "(the rejection reason could not be turned into a string)";
+  }
+}
+
 interface Waiter {
   ok(v: unknown): void;
   fail(e: unknown): void;
@@ -37,10 +46,17 @@ export class InlineRunner implements AppCaller {
     rt.registered.set("__bunpy_inline_async", (key: number, name: string, ...args: unknown[]) => {
       const fn = rt.registered.get(name);
       const settle = (ok: boolean, value: unknown) => {
+        if (rt.isClosed) return;
         try {
           rt.callFunction(MODULE, "settle", [key, ok, value]);
         } catch (e) {
-          console.error("bunpy: inline settle failed:", e);
+          // a result that cannot become a Python value (a Symbol, say): the await fails
+          // with that, rather than waiting for ever
+          try {
+            rt.callFunction(MODULE, "settle", [key, false, textOf(e)]);
+          } catch (again) {
+            console.error("bunpy: inline settle failed:", again);
+          }
         }
         this.pumpSoon();
       };
@@ -48,7 +64,7 @@ export class InlineRunner implements AppCaller {
         .then(() => (fn === undefined ? Promise.reject(new ReferenceError(`no JS function "${name}"`)) : fn(...args)))
         .then(
           (v) => settle(true, v),
-          (e) => settle(false, e instanceof Error ? e.message : String(e)),
+          (e) => settle(false, textOf(e)),
         );
       return null;
     });

@@ -78,6 +78,20 @@ describe("inline mode, attacked", () => {
     });
   }, 60_000);
 
+  test("an awaited JS function whose Promise settles with what Python cannot take: the await fails, it does not hang", async () => {
+    py.register("hi_ok", async () => 5);
+    py.register("hi_symbol", async () => Symbol("no"));
+    py.register("hi_nullproto", () => Promise.reject(Object.create(null)));
+    py.register("hi_getter", () => Promise.reject(Object.defineProperty(new Error(), "message", { get() { throw new Error("x"); } })));
+    await serving(async (_app, base) => {
+      const get = (fn: string) => Promise.race([answer(`${base}/async?${fn}`), Bun.sleep(5000).then(() => "no answer in 5 s")]);
+      expect(await get("hi_ok")).toBe("200 ok 5");
+      expect(await get("hi_symbol")).toStartWith("200 failed bunpy: the JS function failed: ");
+      expect(await get("hi_nullproto")).toBe("200 failed bunpy: the JS function failed: (the rejection reason could not be turned into a string)");
+      expect(await get("hi_getter")).toBe("200 failed bunpy: the JS function failed: (the rejection reason could not be turned into a string)");
+    });
+  }, 30_000);
+
   test("closed with requests in flight that never end: after the timeout they are cancelled, nothing stays behind", async () => {
     const ended = () => py.eval("__import__('hostile_inline').ended[:]") as string[];
     py.exec("__import__('hostile_inline').ended.clear()");
