@@ -163,6 +163,27 @@ t_hmc.Heavy = Heavy
 });
 
 describe("changes between reads", () => {
+  test("a replaced instance dict is kept by the record only until the next method read (documented retention)", () => {
+    py.exec(`
+import t_hmc
+class Payload:
+    live = 0
+    def __init__(self): Payload.live += 1
+    def __del__(self): Payload.live -= 1
+t_hmc.Payload = Payload
+`);
+    const live = () => py.eval("(__import__('gc').collect(), __import__('t_hmc').Payload.live)[1]") as number;
+    const base = live();
+    const c = m.new(m.Counter);
+    py.eval("lambda o: setattr(o, 'big', __import__('t_hmc').Payload())")(c);
+    c.bump();
+    c.bump();
+    py.eval("lambda o: setattr(o, '__dict__', {'n': 0})")(c);
+    expect(live()).toBe(minor >= 12 ? base + 1 : base); // held by the record (3.12+ only)
+    expect(c.bump()).toBe(1); // the read finds the record stale and lets the dict go
+    expect(live()).toBe(base);
+  });
+
   test("a descriptor whose __get__ has a side effect runs at every read (never cached)", () => {
     py.exec("import t_hmc; t_hmc.Counter.noisy = t_hmc.Noisy(); t_hmc.Calls.count = 0");
     const c = m.new(m.Counter);
