@@ -163,6 +163,35 @@ describe("objects changed while they are encoded", () => {
   });
 });
 
+describe("Python values changed while they are encoded", () => {
+  test("a str subclass key whose __hash__ (asked for the memo hint) rewrites the dict: a ConversionError, no crash", () => {
+    py.exec(`
+import t_hcodec
+t_hcodec.armed = False
+class H(str):
+    def __hash__(self):
+        if t_hcodec.armed:
+            t_hcodec.d.clear(); t_hcodec.d.update({1: 2, 2: 3, "zz": [1] * 10})
+        return 7
+class D2(dict):
+    pass
+t_hcodec.d = {H("a"): 1, "b": 2, "c": 3}
+t_hcodec.w = D2(inner=t_hcodec.d)  # toJS of a proxy: str subclass keys are strings there
+t_hcodec.armed = True
+`);
+    const w = m.w;
+    let e: unknown;
+    try {
+      w.toJS();
+    } catch (x) {
+      e = x;
+    }
+    expect(e).toBeInstanceOf(ConversionError);
+    expect((e as Error).message).toContain("dict changed");
+    py.exec("t_hcodec.armed = False");
+  });
+});
+
 describe("dicts decoded under a hostile Object.prototype", () => {
   test("keys named like Object.prototype's members, with Object.prototype frozen: own properties, nothing leaked", () => {
     // Object.freeze(Object.prototype) is a common hardening step; `out[k] = v` then threw
