@@ -78,6 +78,19 @@ def pickled(i):
 def the_error(i):
     return kept[i]
 
+def stack_from_thread(i):
+    import threading
+    out = []
+    def read():
+        try:
+            out.append(kept[i].js_stack)
+        except RuntimeError as e:
+            out.append(str(e))
+    t = threading.Thread(target=read)
+    t.start()
+    t.join()
+    return out[0]
+
 def chain_from_python(n):
     e = None
     for _ in range(n):
@@ -228,6 +241,11 @@ describe("kept errors", () => {
       e.stack = "STACK of unread";
       throw e;
     });
+    // unread, from a Python thread: the error says where to read it
+    const k = m.keep(() => {
+      throw new Error("thread");
+    });
+    expect(m.stack_from_thread(k)).toContain("JSError.js_stack is first read on the JS thread that threw");
     expect(m.pickled(j)).toEqual(["JSError", "Error", "unread", "STACK of unread", ["Error: unread"], true]);
     // back to JS: a proxy of the exception, its stack still its own
     const back: any = m.the_error(i);
