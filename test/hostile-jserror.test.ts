@@ -128,9 +128,12 @@ def subclass():
 
 const m: any = py.import("t_hje");
 const rt = internals.runtime();
+/** The kept-error and JS-function counters: on the runtime, or on its `callbacks` where
+    that part of it lives in its own object (main's src/callbacks.ts). */
+const counters = ((rt as unknown as { callbacks?: unknown }).callbacks ?? rt) as { liveThrownErrors: number; liveFunctions: number };
 const live = (): [number, number] => {
   py.eval("0"); // takes the ids released so far
-  return [rt.liveThrownErrors, rt.liveFunctions];
+  return [counters.liveThrownErrors, counters.liveFunctions];
 };
 
 /** A Proxy of an Error whose getPrototypeOf trap answers once, then throws `inner`. */
