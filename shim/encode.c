@@ -226,6 +226,9 @@ static int write_dict(bp_writer *w, PyObject *d, int depth) {
     i = 0;
     while (PyDict_Next(d, &i, &k, &v)) {
         if (++seen > n) return convert_error(w, "dict changed size during conversion");
+        /* a str subclass key's __hash__ (write_str asks it for the memo hint) may have
+           changed the dict: a key that is no str now must not reach write_str */
+        if (all_str && !PyUnicode_Check(k)) return convert_error(w, "dict changed during conversion");
         Py_INCREF(k);
         Py_INCREF(v);
         rc = all_str ? write_str(w, k) : bp_write_value(w, k, depth + 1);

@@ -179,12 +179,17 @@ static void jserror_dealloc(PyObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     bp_jserror *e = (bp_jserror *)self;
     PyObject_GC_UnTrack(self);
+    /* The trashcan, as BaseException's own dealloc has (its check skips it for our type):
+       freeing a chain of 100,000 JSErrors linked by __context__ / __cause__ recursed once
+       per link and overflowed the C stack (SIGSEGV). */
+    Py_TRASHCAN_BEGIN(self, jserror_dealloc)
     give_back_slot(e);
     Py_CLEAR(e->js_name);
     Py_CLEAR(e->js_message);
     Py_CLEAR(e->js_stack);
     exception_base()->tp_dealloc(self); /* BaseException's: its fields, then tp_free */
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* Pickling and copy: (type, args, state) with the three attributes in the state, the stack

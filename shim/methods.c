@@ -96,44 +96,51 @@ void bp_method_answer(bp_io *io, PyObject *obj, PyObject *name) {
 #if PY_VERSION_HEX < 0x030C0000
     if (!(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return;
 #endif
-    if (t->tp_version_tag == 0) return;
-    uint64_t dictaddr = 0, dictval = 0;
+    uint32_t tag = t->tp_version_tag;
+    if (tag == 0) return;
+    /* Our own references to the type and the dict, handed to JS with the record: the dict
+       check below can run Python code (the __eq__ of a str subclass key with the name's
+       hash) that replaces the dict, assigns obj.__class__ or modifies the class, freeing
+       what a borrowed pointer would still point at. */
+    Py_INCREF(t);
+    PyObject *d = NULL;
+    uint64_t dictaddr = 0;
     if (t->tp_dictoffset != 0 || (t->tp_flags & Py_TPFLAGS_MANAGED_DICT)) {
 #if PY_VERSION_HEX >= 0x030C0000
         int wid = watcher_id();
-        if (wid < 0) return;
+        if (wid < 0) goto none;
         PyObject **dp = _PyObject_GetDictPtr(obj); /* materialises an inline-values dict */
         if (!dp) {
             PyErr_Clear();
-            return;
+            goto none;
         }
-        PyObject *d = *dp;
+        d = Py_XNewRef(*dp);
         if (d) {
-            if (!PyDict_CheckExact(d)) return;
-            int has = PyDict_Contains(d, name);
+            if (!PyDict_CheckExact(d)) goto none;
+            int has = PyDict_Contains(d, name); /* may run Python code (see above) */
             if (has != 0) {
                 if (has < 0) PyErr_Clear();
-                return;
+                goto none;
             }
-            if (((PyDictObject *)d)->ma_values && combine(d) < 0) return;
+            /* what that code may have changed: the answer stands, but no record */
+            if (Py_TYPE(obj) != t || t->tp_version_tag != tag || *dp != d) goto none;
+            if (((PyDictObject *)d)->ma_values && combine(d) < 0) goto none;
             if (PyDict_Watch(wid, d) < 0) {
                 PyErr_Clear();
-                return;
+                goto none;
             }
         }
         dictaddr = (uint64_t)(uintptr_t)dp;
-        dictval = (uint64_t)(uintptr_t)d;
 #else
-        return; /* no dict watchers before 3.12 */
+        goto none; /* no dict watchers before 3.12 */
 #endif
     }
     if (bp_io_grow(io, REC_LEN) < 0) {
         PyErr_Clear();
-        return;
+        goto none;
     }
-    uint64_t type = (uint64_t)(uintptr_t)Py_NewRef((PyObject *)t); /* JS drops it */
-    if (dictval) Py_INCREF((PyObject *)(uintptr_t)dictval);       /* JS drops it too */
-    uint32_t tag = t->tp_version_tag;
+    uint64_t type = (uint64_t)(uintptr_t)t;    /* JS drops it */
+    uint64_t dictval = (uint64_t)(uintptr_t)d; /* JS drops it too (0: no dict) */
     int32_t gen = atomic_load_explicit(&method_gen, memory_order_acquire);
     io->buf[1] = 1;
     memcpy(io->buf + REC_TYPE, &type, 8);
@@ -142,6 +149,10 @@ void bp_method_answer(bp_io *io, PyObject *obj, PyObject *name) {
     memcpy(io->buf + REC_TAG, &tag, 4);
     memcpy(io->buf + REC_GEN, &gen, 4);
     io->len = REC_LEN;
+    return;
+none:
+    Py_XDECREF(d);
+    Py_DECREF(t);
 }
 
 void *bp_method_gen(void) { return (void *)&method_gen; }

@@ -64,15 +64,21 @@ PyObject *bp_interp_helper(bp_interp *st, const char *name) {
 static PyObject *call_js(bp_interp *st, bp_port *p, int32_t target, PyObject *name, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames) {
     bp_port *here = bp_current_port;
+    /* a first read of JSError.js_stack asks JS too: say that, not "JS function" */
+    static const char stack_elsewhere[] =
+        "bunpy: JSError.js_stack is first read on the JS thread that threw the error (JS keeps the "
+        "stack there until then); read it there, in the except block, to keep it";
     if (!here || !pthread_equal(here->owner, pthread_self())) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "bunpy: JS functions can only be called from the JS thread that is calling into Python "
-                        "(not from a Python thread started with `threading`)");
+                        target <= -2 ? stack_elsewhere
+                                     : "bunpy: JS functions can only be called from the JS thread that is calling into "
+                                       "Python (not from a Python thread started with `threading`)");
         return NULL;
     }
     if (!p) p = here;
     if (p != here) {
-        PyErr_SetString(PyExc_RuntimeError, "bunpy: this JS function belongs to another JS thread (a Bun Worker)");
+        PyErr_SetString(PyExc_RuntimeError,
+                        target <= -2 ? stack_elsewhere : "bunpy: this JS function belongs to another JS thread (a Bun Worker)");
         return NULL;
     }
     if (p->no_dispatch) {

@@ -332,6 +332,14 @@ int32_t bp_init(const char *program, const char *python_dir, char *err, int32_t 
     }
     if (promote_libpython(err, errlen) < 0) goto failed;
     install_sigint_handler();
+    /* Pre-initialise first: it installs the allocators PYTHONMALLOC asks for. The audit hook
+       below is allocated with the raw allocator, and Py_FinalizeEx frees it with the one in
+       place then: with PYTHONMALLOC=debug set for an extension's sake, a hook allocated
+       before pre-initialisation made py.close() abort ("_PyMem_DebugRawFree: bad ID"). */
+    PyPreConfig preconfig;
+    PyPreConfig_InitPythonConfig(&preconfig);
+    preconfig.parse_argv = 0;
+    if (status_error(Py_PreInitialize(&preconfig), "pre-initialising Python", err, errlen) < 0) goto failed;
     if (bp_sandbox_install() < 0) { /* before initialising: it then sees every interpreter */
         snprintf(err, (size_t)errlen, "cannot install bunpy's audit hook");
         goto failed;

@@ -203,18 +203,22 @@ export class Callbacks {
   }
 
   /** Writes what a JS function threw as the BP_ERR_JS record. Must not throw: an exception
-      escaping the dispatch callback would leave C reading the buffer as a result.
+      escaping the dispatch callback returns 0 to C, which then reads whatever the buffer
+      holds as the function's result (a hostile thrown value did that: a Proxy whose
+      getPrototypeOf trap throws on its second call, an error too large for a message).
       `lazyStack` (this thread's own callbacks): instead of `error.stack`, whose formatting
       costs Bun more than the rest of the throw, Python gets the slot where the Error is
       kept (INT32), and `JSError.js_stack` asks for the text when first read; the slot comes
       back when the text was read or the exception freed. */
   writeThrown(e: unknown, lazyStack = false): number {
-    let name = "Error", message: string, stack = "";
+    let name = "Error", message = "", stack = "", isError = false;
     try {
-      if (e instanceof Error) {
-        name = String(e.name || "Error");
-        message = String(e.message ?? "");
-        if (!lazyStack) stack = String(e.stack ?? "");
+      isError = e instanceof Error; // once: a Proxy's trap may answer differently next time
+      if (isError) {
+        const err = e as Error;
+        name = String(err.name || "Error");
+        message = String(err.message ?? "");
+        if (!lazyStack) stack = String(err.stack ?? "");
       } else {
         message = String(e);
       }
@@ -222,23 +226,43 @@ export class Callbacks {
       message = "(the thrown value could not be turned into a string)";
     }
     const w = this.wire;
-    w.begin();
-    w.writeString(name.toWellFormed());
-    w.writeString(message.toWellFormed());
-    if (lazyStack && e instanceof Error) w.writeNumber(this.thrown.keep(e));
-    else w.writeString(stack.toWellFormed());
+    let slot = -1;
+    try {
+      w.begin();
+      w.writeString(name.toWellFormed());
+      w.writeString(message.toWellFormed());
+      if (lazyStack && isError) {
+        slot = this.thrown.keep(e as Error);
+        w.writeNumber(slot);
+      } else {
+        w.writeString(stack.toWellFormed());
+      }
+    } catch {
+      // larger than a message may be (ConversionError): a short record fits
+      if (slot >= 0) this.thrown.release(slot);
+      w.begin();
+      w.writeString(name.slice(0, 200).toWellFormed());
+      w.writeString(`(the thrown error was too large to pass to Python: ${name.length + message.length + stack.length} characters)`);
+      w.writeString("");
+    }
     return Status.JS;
   }
 
   /** `JSError.js_stack`, first read: the stack of the Error kept in `slot`, as a string
-      (a getter that throws gives its message instead). */
+      (a getter that throws gives its message instead; must not throw, see writeThrown). */
   private writeStack(slot: number): number {
     const e = this.thrown.get(slot);
     let text: string;
     try {
       text = e === undefined ? "" : String(e.stack ?? "");
     } catch (x) {
-      text = `(the JS stack could not be read: ${x instanceof Error ? x.message : String(x)})`;
+      let why: string;
+      try {
+        why = x instanceof Error ? String(x.message) : String(x);
+      } catch {
+        why = "what its getter threw cannot be turned into a string";
+      }
+      text = `(the JS stack could not be read: ${why})`;
     }
     this.begin().writeTop(text.toWellFormed());
     return Status.Ok;

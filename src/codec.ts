@@ -17,6 +17,9 @@ const TWO_32 = 2 ** 32;
 
 /** True while nothing enumerable was added to Object.prototype (for-in over a plain object
     would visit it too). Checked per object: a getter could add one mid-message. */
+/** `o[k] = v` as an own data property (as JSON.parse makes), whatever Object.prototype has. */
+const ownProperty = (o: object, k: string, v: unknown) => Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+
 function prototypeIsClean(): boolean {
   for (const _ in Object.prototype) return false;
   return true;
@@ -600,8 +603,9 @@ export class Wire {
         for (let i = 0; i < n; i++) {
           const k = this.readValue() as string;
           const v = this.readValue();
-          if (k === "__proto__") Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
-          else out[k] = v;
+          // a frozen Object.prototype (a hardening step) makes `out.toString = v` throw
+          if (k === "__proto__") ownProperty(out, k, v);
+          else try { out[k] = v; } catch { ownProperty(out, k, v); }
         }
         return out;
       }

@@ -16,6 +16,7 @@ import { existingHub, hubOf, type MessageListener } from "./hub.ts";
 import { messageIterator } from "./messages.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
 import { startAsgi, type AsgiApp, type AsgiOptions, type ServedApp } from "./asgi.ts";
+import { closeInline } from "./inline.ts";
 import { startWsgi, type WsgiOptions } from "./wsgi.ts";
 import { startServe, type ServeOptions, type ServedServer } from "./serve.ts";
 import { IterArg, type IterateOptions } from "./stream.ts";
@@ -251,6 +252,7 @@ export const py = {
       // again if a pool started a replacement meanwhile)
       while (hub !== undefined && hub.contexts.size > 0)
         await Promise.allSettled([...hub.contexts.values()].map((c) => c.close()));
+      closeInline(main);
       main.close();
     }
     closed = true;

@@ -6,6 +6,7 @@
  * away when callbacks are ready, on a timer for the loop's next timer, and when Python asks
  * for it (a wake-up message from another thread or from the fd watcher thread).
  */
+import { ContextClosedError } from "./errors.ts";
 import { hubOf } from "./hub.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 
@@ -16,6 +17,15 @@ export interface AppCaller {
 }
 
 const MODULE = "bunpy._inline";
+
+/** What a rejection gives Python as text; never throws (a getter or toString may). */
+function textOf(e: unknown): string {
+  try {
+    return e instanceof Error ? String(e.message) : String(e);
+  } catch {
+    return "(the rejection reason could not be turned into a string)";
+  }
+}
 
 interface Waiter {
   ok(v: unknown): void;
@@ -39,10 +49,17 @@ export class InlineRunner implements AppCaller {
       if (rt.callbacks.caller !== undefined) throw new ReferenceError('no JS function is registered as "__bunpy_inline_async"');
       const fn = rt.callbacks.registered.get(name);
       const settle = (ok: boolean, value: unknown) => {
+        if (rt.isClosed) return;
         try {
           rt.callFunction(MODULE, "settle", [key, ok, value]);
         } catch (e) {
-          console.error("bunpy: inline settle failed:", e);
+          // a result that cannot become a Python value (a Symbol, say): the await fails
+          // with that, rather than waiting for ever
+          try {
+            rt.callFunction(MODULE, "settle", [key, false, textOf(e)]);
+          } catch (again) {
+            console.error("bunpy: inline settle failed:", again);
+          }
         }
         this.pumpSoon();
       };
@@ -50,7 +67,7 @@ export class InlineRunner implements AppCaller {
         .then(() => (fn === undefined ? Promise.reject(new ReferenceError(`no JS function "${name}"`)) : fn(...args)))
         .then(
           (v) => settle(true, v),
-          (e) => settle(false, e instanceof Error ? e.message : String(e)),
+          (e) => settle(false, textOf(e)),
         );
       return null;
     });
@@ -71,6 +88,8 @@ export class InlineRunner implements AppCaller {
 
   /** The inline loop is this thread's running loop now (see handle() in _inline.py). */
   private sticky = false;
+  /** handle() calls running now (a request served from inside another's step nests). */
+  private depth = 0;
 
   /**
    * An ASGI request: `args` are [sticky placeholder, ...bunpy._asgi.handle's arguments].
@@ -84,12 +103,18 @@ export class InlineRunner implements AppCaller {
     args[0] = was;
     this.sticky = true; // set by the call even when it fails
     rt.enterHook = undefined;
+    this.depth++;
     let r: unknown[] | number;
     try {
       r = rt.callFunction(MODULE, "handle", args) as unknown[] | number;
     } finally {
-      rt.enterHook = this.unstick;
-      if (!was) setImmediate(this.unstickLater);
+      // A request served from inside another one's step (the app called JS, which called
+      // app.fetch) must not arm the unstick: the next call into Python from that JS
+      // function would take the running loop from the outer app, still in its step.
+      if (--this.depth === 0) {
+        rt.enterHook = this.unstick;
+        if (!was) setImmediate(this.unstickLater);
+      }
     }
     if (typeof r === "number") this.pumpSoon();
     return r;
@@ -111,7 +136,10 @@ export class InlineRunner implements AppCaller {
   }
 
   cast(module: string, fn: string, args: unknown[] = []): void {
-    this.call(module, fn, args).catch((e) => console.error(`bunpy: ${module}.${fn} failed:`, e));
+    this.call(module, fn, args).catch((e) => {
+      // after py.close() (inline apps left open): a client's disconnect has nothing to tell
+      if (!this.rt.isClosed) console.error(`bunpy: ${module}.${fn} failed:`, e);
+    });
   }
 
   pumpSoon(): void {
@@ -168,14 +196,27 @@ export class InlineRunner implements AppCaller {
   /** The last app on this runner closed: close its loop when nothing else runs there. */
   release(): void {
     if (--this.users > 0) return;
+    this.users = 0;
+    this.shutdown();
+  }
+
+  /** Closes the loop (what still runs there is cancelled) and fails what JS still waits for;
+      also from py.close() with inline apps still open. */
+  shutdown(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.timerAt = Infinity;
-    try {
-      this.rt.callFunction(MODULE, "close", []);
-    } catch (e) {
-      console.error("bunpy: closing the inline event loop failed:", e);
+    if (!this.rt.isClosed) {
+      try {
+        // cancels what still runs (requests past the apps' close timeout)
+        this.rt.callFunction(MODULE, "close", []);
+      } catch (e) {
+        console.error("bunpy: closing the inline event loop failed:", e);
+      }
     }
+    const left = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of left) w.fail(new ContextClosedError("the inline app was closed before this call's coroutine finished"));
   }
 }
 
@@ -186,4 +227,10 @@ export function inlineRunner(rt: MainInterpreter): InlineRunner {
   let r = runners.get(rt);
   if (r === undefined) runners.set(rt, (r = new InlineRunner(rt)));
   return r;
+}
+
+/** py.close(): this thread's inline loop goes first. A timer it had set for a task (an app
+    asleep for an hour) kept the process alive after Python was gone. */
+export function closeInline(rt: MainInterpreter): void {
+  runners.get(rt)?.shutdown();
 }

@@ -37,6 +37,10 @@ class InlineLoop(BunpyEventLoop):
         self._bunpy_js_thread = threading.get_ident()
         self._bunpy_port = port
         super().__init__()
+        # "Running" for its whole life on the JS thread, as a context's loop is: asyncio
+        # (3.12+) starts a task eagerly only on a running loop, and without this every
+        # request went through a pump, the first step never ran in the FFI call
+        self._thread_id = self._bunpy_js_thread
         self._bunpy_wake_sent = False  # a wake message is on its way to JS (not pumped yet)
         self._bunpy_watcher = None
         self._bunpy_pumped = threading.Event()
@@ -80,6 +84,7 @@ class InlineLoop(BunpyEventLoop):
         t.start()
 
     def close(self):
+        self._thread_id = None  # asyncio refuses to close a running loop
         w = self._bunpy_stop_watch
         if w is not None:
             import os
@@ -194,6 +199,11 @@ def _eager_task(loop, coro):
         return asyncio.Task(coro, loop=loop, eager_start=True)
     task = asyncio.Task(coro, loop=loop)
     ready = loop._ready
+    if asyncio.current_task(loop) is not None:
+        # called from inside another task's step (the app called JS, which served another
+        # inline request): asyncio refuses to enter a task while one runs, and the step
+        # run here would fail and leave the task pending forever; the loop runs it next
+        return task
     if ready:
         step = ready.pop()
         if getattr(step, "_callback", None) is not None and getattr(step._callback, "__self__", None) is task:
@@ -223,6 +233,12 @@ def pump():
             loop._stopping = True  # one iteration that does not wait
             try:
                 loop._run_once()
+            except (SystemExit, KeyboardInterrupt) as e:
+                # asyncio lets these two out of a callback; as in a context (shim/loop.c)
+                # they end only the task they came out of (its request fails, its error
+                # kept on it), and the loop goes on. Raised out of pump(), the task's end
+                # was never taken and its request waited for ever.
+                loop.call_exception_handler({"message": "bunpy: an inline task raised " + type(e).__name__, "exception": e})
             finally:
                 loop._stopping = False
             if not loop._ready:
@@ -289,12 +305,30 @@ def settle(key, ok, value):
 
 
 def close():
-    """JS: no inline app is left on this thread; the loop is closed (a new one is made
-    on next use)."""
+    """JS: no inline app is left on this thread (they closed, past their timeout); the
+    loop is closed (a new one is made on next use). Tasks still running are cancelled and
+    given a few loop iterations to end (their finally blocks run): left alone, they and
+    their requests stayed for ever. Returns the tokens that were still running (JS fails
+    their calls)."""
     loop = getattr(_tl, "loop", None)
     if loop is None or loop.is_closed():
-        return
-    if any(not t.done() for k, t in _tl.tasks.items()):
-        return  # something still runs here (another app): keep the loop
+        return []
+    tasks = _tl.tasks
+    left = [k for k, t in tasks.items() if k > 0 and not t.done()]
+    # every task on the loop (an app that suspended goes on in a task of its own), and
+    # the futures of async_call
+    running = [t for t in asyncio.all_tasks(loop)] + list(tasks.values())
+    for t in running:
+        t.cancel()
+    for _ in range(_MAX_STEPS):
+        if all(t.done() for t in running):
+            break
+        pump()
+    for t in running:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" at collection
+    tasks.clear()
+    _tl.finished.clear()
     loop.close()
     _tl.loop = None
+    return left
