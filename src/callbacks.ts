@@ -15,6 +15,11 @@ import { ThrownErrors } from "./thrown-errors.ts";
     would cost a crossing per throw). */
 const RELEASE_BATCH = 64;
 
+/** Who calls a registered function: a context (its sandbox's `jsFunctions`, if any). */
+export interface Caller {
+  readonly jsFunctions: ReadonlySet<string> | undefined;
+}
+
 /** What invoke() returns when the function threw (the thrown value is in `threw`). */
 const THREW = Symbol("threw");
 
@@ -30,11 +35,11 @@ export class Callbacks {
   private releaseScheduled = false;
   /** JS functions called by Python that are running right now (nested calls count each). */
   dispatching = 0;
-  /** The context whose call runs right now (set by the hub around a registered function's
-      synchronous part), undefined for the main interpreter. bunpy's own registered
-      functions check it: a request body or a stream is read only by the caller it belongs
-      to, whatever name another (sandboxed) context calls. */
-  caller: object | undefined = undefined;
+  /** The context whose registered function runs right now (its synchronous part, see
+      callRegistered), undefined for the main interpreter. bunpy's own registered functions
+      check it: a request body or a stream is read only by the caller it belongs to,
+      whatever id another (sandboxed) context names. */
+  caller: Caller | undefined = undefined;
   private threw: unknown;
 
   /** `closed`: whether the owning interpreter was closed. */
@@ -122,13 +127,24 @@ export class Callbacks {
 
   // ------------------------------------------------------------ Python -> JS --
 
-  /** Runs the function registered as `name` (py.register); Python's keyword arguments,
-      if any, arrive as one trailing object. */
-  callRegistered(name: string, args: unknown[], kwargs: unknown): unknown {
+  /** Runs the function registered as `name` (py.register) for `caller` (a context, or
+      undefined for the main interpreter), which `caller` names while it runs; Python's
+      keyword arguments, if any, arrive as one trailing object. A context's sandbox
+      `jsFunctions` limits the names it may call (bunpy's own check their caller). */
+  callRegistered(name: string, args: unknown[], kwargs: unknown, caller: Caller | undefined): unknown {
     const fn = this.registered.get(name);
     if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
+    const allowed = caller?.jsFunctions;
+    if (allowed !== undefined && !allowed.has(name) && !name.startsWith("__bunpy_"))
+      throw new ReferenceError(`the JS function "${name}" is not in this context's sandbox jsFunctions`);
     if (kwargs !== null) args.push(kwargs);
-    return fn(...args);
+    const outer = this.caller;
+    this.caller = caller;
+    try {
+      return fn(...args);
+    } finally {
+      this.caller = outer;
+    }
   }
 
   /** The shim's callback: Python called a JS function. The arguments are in the io
@@ -148,13 +164,7 @@ export class Callbacks {
       const kwargs = w.readValue();
       let value: unknown;
       if (target === -1) {
-        const outer = this.caller; // the main interpreter calls: no context is the caller
-        this.caller = undefined;
-        try {
-          value = this.callRegistered(name, args, kwargs);
-        } finally {
-          this.caller = outer;
-        }
+        value = this.callRegistered(name, args, kwargs, undefined);
       } else {
         const fn = this.functions.get(target);
         if (fn === undefined) throw new ReferenceError(`JS function #${target} is gone`);

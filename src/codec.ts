@@ -12,18 +12,9 @@ import { BufferArg } from "./data.ts";
 import { IterArg } from "./stream.ts";
 import { Kwargs, MAX_DEPTH, MAX_MESSAGE, METHOD, Tag, type WireHooks } from "./wire-format.ts";
 import { MEMO_MAX_LENGTH, memoText } from "./string-memo.ts";
+import { ownProperty, prototypeIsClean } from "./plain-objects.ts";
 
 const TWO_32 = 2 ** 32;
-
-/** True while nothing enumerable was added to Object.prototype (for-in over a plain object
-    would visit it too). Checked per object: a getter could add one mid-message. */
-/** `o[k] = v` as an own data property (as JSON.parse makes), whatever Object.prototype has. */
-const ownProperty = (o: object, k: string, v: unknown) => Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
-
-function prototypeIsClean(): boolean {
-  for (const _ in Object.prototype) return false;
-  return true;
-}
 
 export class Wire {
   private u8!: Uint8Array;

@@ -362,22 +362,10 @@ export class ContextHub {
   private runCall(call: number, context: Context, name: string, args: unknown[], kwargs: unknown, blocked: boolean): void {
     context.jsCalls++;
     let value: unknown;
-    const allowed = context.jsFunctions;
-    if (allowed !== undefined && !allowed.has(name) && !name.startsWith("__bunpy_"))
-      return this.replyError(
-        call,
-        new ReferenceError(`the JS function "${name}" is not in this context's sandbox jsFunctions`),
-        context,
-      );
-    const callbacks = this.rt.callbacks;
-    const outer = callbacks.caller;
-    callbacks.caller = context;
     try {
-      value = callbacks.callRegistered(name, args, kwargs);
+      value = this.rt.callbacks.callRegistered(name, args, kwargs, context);
     } catch (e) {
       return this.replyError(call, e, context);
-    } finally {
-      callbacks.caller = outer;
     }
     if (value instanceof Promise) {
       if (blocked) {
