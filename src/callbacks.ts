@@ -132,11 +132,12 @@ export class Callbacks {
       keyword arguments, if any, arrive as one trailing object. A context's sandbox
       `jsFunctions` limits the names it may call (bunpy's own check their caller). */
   callRegistered(name: string, args: unknown[], kwargs: unknown, caller: Caller | undefined): unknown {
-    const fn = this.registered.get(name);
-    if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
+    // the rule first: a context limited by jsFunctions cannot learn which other names exist
     const allowed = caller?.jsFunctions;
     if (allowed !== undefined && !allowed.has(name) && !name.startsWith("__bunpy_"))
       throw new ReferenceError(`the JS function "${name}" is not in this context's sandbox jsFunctions`);
+    const fn = this.registered.get(name);
+    if (fn === undefined) throw new ReferenceError(`no JS function is registered as "${name}" (use py.register)`);
     if (kwargs !== null) args.push(kwargs);
     const outer = this.caller;
     this.caller = caller;

@@ -15,7 +15,7 @@ import type { MainInterpreter } from "./main-interpreter.ts";
 import { stateOf } from "./proxy.ts";
 import { hubOf, readError, type ContextHub, type Pending } from "./hub.ts";
 export type { MessageListener } from "./hub.ts";
-import { policyValue, processLimits, type ProcessLimits, type SandboxPolicy } from "./sandbox.ts";
+import { policyValue, processLimits, resolveStrict, type ProcessLimits, type SandboxOption, type SandboxPolicy } from "./sandbox.ts";
 import { ensureShim, hostPath, packageRoot } from "./build.ts";
 import { join } from "node:path";
 
@@ -44,7 +44,7 @@ function hostArgv(rt: MainInterpreter, limits: ProcessLimits, sandbox: SandboxPo
   if (sandbox?.files?.some((f) => f === "/tmp" || f.startsWith("/tmp/"))) args.push("--shared-tmp");
   return Buffer.from(args.join("\0") + "\0\0");
 }
-export type { SandboxPolicy } from "./sandbox.ts";
+export type { SandboxOption, SandboxPolicy } from "./sandbox.ts";
 
 export interface ContextOptions {
   /** "owngil" (default on Python ≥ 3.12): a subinterpreter with its own GIL, truly parallel.
@@ -53,8 +53,9 @@ export interface ContextOptions {
       memory exhaustion there kills only the context (ContextDiedError); see docs/contexts.md. */
   mode?: ContextMode | undefined;
   /** What Python code in this context may do (a guard against accidents, not a security
-      boundary). Forking without exec is refused everywhere, always. */
-  sandbox?: SandboxPolicy | undefined;
+      boundary). Forking without exec is refused everywhere, always. `"strict"`: every rule
+      refuses unless listed (see SandboxPolicy.strict). */
+  sandbox?: SandboxOption | undefined;
 }
 
 export interface CloseOptions {
@@ -244,10 +245,12 @@ export class Context {
     let policyLen: number;
     let argv: Buffer | undefined;
     let sandboxed = false;
+    let sandbox: SandboxPolicy | undefined;
     try {
-      const limits = processLimits(options.sandbox, mode);
-      if (mode === "process") argv = hostArgv(rt, limits, options.sandbox);
-      const policy = policyValue(options.sandbox, mode);
+      sandbox = resolveStrict(options.sandbox, mode);
+      const limits = processLimits(sandbox, mode);
+      if (mode === "process") argv = hostArgv(rt, limits, sandbox);
+      const policy = policyValue(sandbox, mode);
       sandboxed = policy !== null;
       // an owngil context counts its own memory (shim/memcap.c); a host has RLIMIT_AS
       if (mode === "owngil" && limits.memoryLimit !== undefined && policy !== null) policy["memory_limit"] = limits.memoryLimit;
@@ -265,7 +268,7 @@ export class Context {
     if (!ptr) hub.releaseId(id);
     if (!ptr) return Promise.reject(new BunpyError("could not start a context (Python not running, or out of memory)"));
     const ctx = new Context(hub, ptr, mode);
-    if (options.sandbox?.jsFunctions !== undefined) ctx.jsFunctions = new Set(options.sandbox.jsFunctions);
+    if (sandbox?.jsFunctions !== undefined) ctx.jsFunctions = new Set(sandbox.jsFunctions);
     hub.contexts.set(ptr, ctx);
     return new Promise<Context>((resolve, reject) => {
       hub.track(id, {

@@ -28,7 +28,7 @@ export { Kwargs, type KwargsObject } from "./wire-format.ts";
 export type { PyObject } from "./proxy.ts";
 export type { PythonInfo } from "./discover.ts";
 export { CallTimeoutError, Context, ContextClosedError, PyRef } from "./context.ts";
-export type { CallOptions, CloseOptions, ContextMode, ContextOptions, MessageListener, SandboxPolicy } from "./context.ts";
+export type { CallOptions, CloseOptions, ContextMode, ContextOptions, MessageListener, SandboxOption, SandboxPolicy } from "./context.ts";
 export { Pool } from "./pool.ts";
 export type { PoolCallOptions, PoolOptions, PoolStats } from "./pool.ts";
 export type { ListenOptions, Listener } from "./listen.ts";

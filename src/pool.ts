@@ -8,7 +8,7 @@
 import { PythonStream, type IterateOptions } from "./stream.ts";
 import { BunpyError } from "./errors.ts";
 import type { KwargsObject } from "./wire-format.ts";
-import { checkCallOptions, Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxPolicy } from "./context.ts";
+import { checkCallOptions, Context, type CallOptions, type CloseOptions, type ContextMode, type SandboxOption } from "./context.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { threadId } from "node:worker_threads";
 import { listen, type ListenOptions, type Listener } from "./listen.ts";
@@ -19,7 +19,7 @@ export interface PoolOptions {
   /** As py.context's; with "process" a context whose host process died is replaced too. */
   mode?: ContextMode | undefined;
   /** The sandbox policy of every context of the pool. */
-  sandbox?: SandboxPolicy | undefined;
+  sandbox?: SandboxOption | undefined;
   /** In-flight calls on the home context before calls spill to the least-loaded one
       (default 1: the home context is used while it is idle). */
   spillAt?: number | undefined;

@@ -5,6 +5,12 @@
  */
 
 export interface SandboxPolicy {
+  /** Refuse every rule left out instead of allowing it: no processes, ctypes, sockets,
+      files (Python's own stay readable), environment variables, registered JS functions or
+      bunpy.shared, and the kernel rules required (requireKernel). Rules given next to it
+      allow what they list. Owngil and process contexts only (TypeError for worker: it
+      shares the main interpreter). `sandbox: "strict"` is short for `{ strict: true }`. */
+  strict?: boolean | undefined;
   /** Start processes (subprocess, os.system, os.exec*, posix_spawn, and their libc
       functions through ctypes; on Linux the kernel also refuses fork/clone/execve). Default true. */
   processes?: boolean | undefined;
@@ -62,6 +68,35 @@ export interface ProcessLimits {
   maxFiles?: number;
 }
 
+/** A sandbox as py.context() takes it: a policy, or "strict" for `{ strict: true }`. */
+export type SandboxOption = SandboxPolicy | "strict";
+
+/** The policy with `strict` spelled out: each rule left out becomes its refusing value. */
+export function resolveStrict(p: SandboxOption | undefined, mode: "owngil" | "worker" | "process"): SandboxPolicy | undefined {
+  if (p === "strict") p = { strict: true };
+  if (typeof p === "string") throw new TypeError(`py.context({ sandbox }): sandbox must be an object or "strict", not "${p}"`);
+  if (p === undefined || typeof p !== "object" || p === null || !Object.hasOwn(p, "strict")) return p;
+  const { strict, ...rules } = p;
+  if (typeof strict !== "boolean") throw new TypeError("py.context({ sandbox }): strict must be a boolean");
+  if (!strict) return rules;
+  if (mode === "worker")
+    throw new TypeError(
+      'py.context({ sandbox: "strict" }): a worker context shares the main interpreter (its environment, files and memory), so it cannot be strict; use { mode: "owngil" } or { mode: "process" }',
+    );
+  const refused: SandboxPolicy = {
+    processes: false,
+    ctypes: false,
+    sockets: rules.network !== undefined,
+    files: [],
+    env: [],
+    jsFunctions: [],
+    shared: false,
+    requireKernel: true,
+  };
+  for (const [k, v] of Object.entries(rules)) if (v !== undefined) (refused as Record<string, unknown>)[k] = v;
+  return refused;
+}
+
 const PROCESS_ONLY = ["memoryLimit", "cpuTime", "maxFiles"] as const;
 /** The smallest memoryLimit: Python, the shim and two threads' stacks need about 100 MiB. */
 export const MIN_MEMORY_LIMIT = 256 * 1024 * 1024;
@@ -95,7 +130,7 @@ export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "wo
 
 export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): Record<string, unknown> | null {
   if (p === undefined) return null;
-  if (typeof p !== "object" || p === null) throw new TypeError("py.context({ sandbox }): sandbox must be an object");
+  if (typeof p !== "object" || p === null) throw new TypeError('py.context({ sandbox }): sandbox must be an object or "strict"');
   const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", "jsFunctions", "shared", ...PROCESS_ONLY]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets", "requireKernel", "shared"] as const)
