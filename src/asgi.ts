@@ -26,6 +26,7 @@ import {
   targetOf,
   Tracker,
   unavailable,
+  worthReporting,
   type Handler,
   type LoadedApp,
   type ServeAppOptions,
@@ -176,7 +177,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       ]);
     } catch (e) {
       tracker.leave();
-      if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
+      if (worthReporting(e)) console.error("bunpy: ASGI request failed:", e);
       return internalError();
     }
     if (typeof res !== "number" && res[3] === DONE) {
@@ -295,7 +296,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
     } catch (e) {
       live.delete(rid);
       stopListening?.();
-      if (e instanceof Error && e.name !== "PythonError") console.error("bunpy: ASGI request failed:", e);
+      if (worthReporting(e)) console.error("bunpy: ASGI request failed:", e);
       return internalError();
     } finally {
       if (!streaming) tracker.leave();

@@ -236,6 +236,12 @@ export class Tracker {
   }
 }
 
+/** A request's failure worth a line on stderr: not the app's own exception (Python printed
+    it) and not the app being closed with the request in flight (its close did that). */
+export function worthReporting(e: unknown): boolean {
+  return !(e instanceof Error && (e.name === "PythonError" || e.name === "ContextClosedError"));
+}
+
 export function internalError(): Response {
   return new Response("Internal Server Error", { status: 500, headers: { "content-type": "text/plain; charset=utf-8" } });
 }

@@ -12,6 +12,7 @@ import {
   checkRootPath,
   flatHeaders,
   internalError,
+  worthReporting,
   loadApp,
   nullBodyStatus,
   pulledBody,
@@ -114,7 +115,7 @@ export async function startWsgi(rt: MainInterpreter, target: string, options: Ws
       }
     } catch (e) {
       readers.delete(rid);
-      if (!(e instanceof Error && e.name === "PythonError")) console.error("bunpy: WSGI request failed:", e);
+      if (worthReporting(e)) console.error("bunpy: WSGI request failed:", e);
       return internalError();
     } finally {
       if (!streaming) tracker.leave();

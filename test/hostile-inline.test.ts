@@ -119,6 +119,14 @@ describe("inline mode, attacked", () => {
     }
   }, 30_000);
 
+  test("a request cancelled by close() is not reported as an exception in the app", () => {
+    const r = Bun.spawnSync([process.execPath, resolve(import.meta.dir, "fixtures/inline-close-quiet.ts")], { env: process.env, stdout: "pipe", stderr: "pipe", timeout: 20_000 });
+    const err = r.stderr.toString();
+    expect(err).toBe(""); // was a CancelledError traceback and a ContextClosedError line
+    expect({ code: r.exitCode, signal: r.signalCode ?? null }).toEqual({ code: 0, signal: null });
+    expect(r.stdout.toString().trim()).toBe("500");
+  }, 30_000);
+
   test("py.close() with an inline app open and requests in flight: the process ends, the disconnects are not failures", () => {
     // the inline loop's timer for the app asleep for an hour kept the process alive after
     // py.close(), and every client disconnect was reported as a failed call

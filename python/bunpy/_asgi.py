@@ -433,7 +433,8 @@ async def _run(app, scope, r):
     try:
         await app(scope, receive, send)
     except BaseException as e:
-        if not r.disconnected:
+        # cancelled: by bunpy (the app closing with the request in flight), not the app's bug
+        if not r.disconnected and not isinstance(e, asyncio.CancelledError):
             _report("ASGI application", e)
         r.error = e
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
@@ -623,7 +624,7 @@ async def _ws_run(app, scope, w):
     try:
         await app(scope, receive, send)
     except BaseException as e:
-        if not w.client_closed:
+        if not w.client_closed and not isinstance(e, asyncio.CancelledError):
             _report("ASGI websocket application", e)
         _ws_end(w, 500, 1011)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
