@@ -47,6 +47,7 @@ const sources = [_][]const u8{
     "shim/seccomp.c",
     "shim/landlock.c",
     "shim/fdtable.c",
+    "shim/bell.c",
     "shim/memcap.c",
 };
 

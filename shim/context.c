@@ -50,6 +50,7 @@ void bp_ctx_unref(bp_context *c) {
     if (c->alert_fd >= 0) close(c->alert_fd);
     if (c->answers_fd >= 0) close(c->answers_fd);
     if (c->sig_fd >= 0) close(c->sig_fd);
+    if (c->bell) bp_bell_stop(c->bell);
     bp_ctx_drop_answers(c);
     if (c->relay) bp_relay_free(c->relay);
     pthread_mutex_destroy(&c->life_lock);
@@ -471,14 +472,17 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     c->alert_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->answers_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->sig_fd = own_fds ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    c->bell = own_fds ? bp_bell_new() : NULL;
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
     c->start = len <= io->cap ? bp_request_new(c, io, id, BP_REQ_START, len) : NULL;
-    if (c->wake_fd < 0 || c->alert_fd < 0 || c->answers_fd < 0 || (own_fds && c->sig_fd < 0) || !c->scratch.buf || !c->start) {
+    if (c->wake_fd < 0 || c->alert_fd < 0 || c->answers_fd < 0 || (own_fds && (c->sig_fd < 0 || !c->bell)) ||
+        !c->scratch.buf || !c->start) {
         if (c->wake_fd >= 0) close(c->wake_fd);
         if (c->alert_fd >= 0) close(c->alert_fd);
         if (c->answers_fd >= 0) close(c->answers_fd);
         if (c->sig_fd >= 0) close(c->sig_fd);
+        if (c->bell) bp_bell_stop(c->bell);
         if (c->start) bp_request_free(c->start);
         free(c->scratch.buf);
         free(c);

@@ -121,6 +121,7 @@ struct bp_context {
     int task_cancels_seen;
     int own_fds;              /* a sandboxed owngil context: its threads have their own fd
                                  table (fdtable.c); no fd number crosses to other threads */
+    struct bp_bell *bell;     /* own_fds: rings JS threads' doorbells for it (bell.c), else NULL */
     int sig_fd;               /* own_fds: the eventfd SIGINT/SIGTERM reach its loop by, made
                                  before the thread starts so both tables hold it; else -1 */
     int alert_fd;             /* eventfd: ends bunpy.sleep on a cancel or the close       */
@@ -147,6 +148,16 @@ void bp_request_free(bp_request *r);
 void bp_request_complete(bp_request *r, int32_t status, const uint8_t *src, uint32_t len);
 void bp_request_fail(bp_request *r, int32_t status, const char *msg); /* record: STR msg */
 int32_t bp_ctx_push(bp_context *c, bp_request *r);                   /* onto the queue, waking it */
+
+/* bell.c: a sandboxed owngil context's doorbells, rung from a thread in the shared fd table */
+typedef struct bp_bell bp_bell;
+bp_bell *bp_bell_new(void);                 /* its eventfd and its (detached) ringer thread */
+int bp_bell_fd(const bp_bell *b);           /* kept in the context's own fd table          */
+void bp_bell_ring(bp_bell *b, bp_port *p);  /* p's doorbell is rung soon, by the ringer    */
+void bp_bell_stop(bp_bell *b);              /* the context is gone: ring what is left, end */
+/* Rings p's doorbell for c (NULL: a thread of the main interpreter): through c's bell if
+   it has one, else directly. */
+void bp_ring_doorbell(bp_context *c, bp_port *p);
 
 /* The context whose thread this is (NULL on other threads). */
 extern _Thread_local bp_context *bp_this_context;

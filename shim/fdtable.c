@@ -6,11 +6,11 @@
  * could os.pread() a file Bun has open, accept() on Bun.serve's listening socket, or read
  * another client's connection, just by trying numbers. unshare(CLONE_FILES) on the context
  * thread, first thing, gives it a copy of the table; every copied fd is then closed except
- * stdio and eventfds: the context's (other threads write them to wake it) and Bun's (its
- * doorbell code, run on this thread, wakes a JS thread through one). An eventfd holds a
- * counter, no data: code in the context can cause or swallow wake-ups of Bun and other
- * contexts (a denial of service, which a thread context can do anyway), not read or reach
- * anything. Threads the context starts share its table.
+ * stdio and the context's own eventfds, made before its thread started: other threads
+ * write them to wake it (wake, alert, answers, signals), and its bell (bell.c) is how it
+ * gets JS threads' doorbells rung. Bun's eventfds are closed too: a doorbell rung here
+ * would write one by its number, which is why the ringing happens on the bell's thread.
+ * Threads the context starts share its table.
  *
  * From then on an fd number means one thing on the context's threads and another on Bun's:
  *   - nothing may pass an fd number between the two (bunpy refuses what would: pool.listen
@@ -33,19 +33,8 @@
 #include <unistd.h>
 
 static int is_kept(const bp_context *c, int fd) {
-    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd;
-}
-
-/* Bun's own code runs on this thread when it rings a JS thread's doorbell (a threadsafe
-   JSCallback), and that writes the JS thread's event-loop eventfd by its number: the
-   eventfds stay, everything else goes. */
-static int is_eventfd(int fd) {
-    char path[64], target[64];
-    snprintf(path, sizeof path, "/proc/thread-self/fd/%d", fd);
-    ssize_t n = readlink(path, target, sizeof target - 1);
-    if (n < 0) return 0;
-    target[n] = 0;
-    return strcmp(target, "anon_inode:[eventfd]") == 0;
+    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd ||
+           fd == bp_bell_fd(c->bell);
 }
 
 int bp_fds_isolate(bp_context *c) {
@@ -56,8 +45,8 @@ int bp_fds_isolate(bp_context *c) {
     for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) sigdelset(&all, faults[i]);
     if (pthread_sigmask(SIG_BLOCK, &all, NULL) != 0) return -1;
     if (unshare(CLONE_FILES) != 0) return -1;
-    /* /proc is readable here: Landlock comes later (kernel-rules.h). Without it nothing
-       could be told apart, and the context does not start. */
+    /* /proc is readable here: Landlock comes later (kernel-rules.h). Without it the open
+       fds could not be listed, and the context does not start. */
     DIR *d = opendir("/proc/thread-self/fd");
     if (!d) return -1;
     int own = dirfd(d);
@@ -65,7 +54,7 @@ int bp_fds_isolate(bp_context *c) {
     while ((e = readdir(d))) {
         char *end;
         long fd = strtol(e->d_name, &end, 10);
-        if (*end || end == e->d_name || fd == own || is_kept(c, (int)fd) || is_eventfd((int)fd)) continue;
+        if (*end || end == e->d_name || fd == own || is_kept(c, (int)fd)) continue;
         close((int)fd);
     }
     closedir(d);

@@ -66,7 +66,7 @@ static void ring(bp_context *c, bp_port *p) {
         p->doorbell(&p->io);
         PyEval_RestoreThread(ts);
     } else {
-        p->doorbell(&p->io);
+        bp_ring_doorbell(c, p);
     }
 }
 

@@ -80,6 +80,7 @@ void bp_request_deliver(bp_request *r) {
        held across them: references are plain atomics). A borrowed request's port is the
        context's owner, kept by the context, and whoever delivers holds the context. */
     int hold = !r->borrowed;
+    bp_context *c = r->ctx; /* read before the push too */
     if (hold) atomic_fetch_add(&p->refs, 1);
     int was_empty = bp_mpsc_push(&p->completions, &r->node);
     /* JS polling (bp_port_poll) finds it without the doorbell. The fence pairs with the one
@@ -87,7 +88,7 @@ void bp_request_deliver(bp_request *r) {
        that it stopped and ring. */
     atomic_thread_fence(memory_order_seq_cst);
     /* alive again: the JS thread may have ended since the look above */
-    if (was_empty && p->doorbell && !atomic_load(&p->js_polling) && bp_port_alive(p)) p->doorbell(&p->io);
+    if (was_empty && p->doorbell && !atomic_load(&p->js_polling) && bp_port_alive(p)) bp_ring_doorbell(c, p);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
     if (hold) bp_port_unref(p);
 }

@@ -88,6 +88,51 @@ describe.skipIf(!linux || !hasOwnGil)("a sandboxed owngil context's fd table", (
     expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("bun");
   });
 
+  test("the only eventfds left are its own, however many Bun and other contexts have", async () => {
+    // Bun's loop eventfds and other contexts' wake-ups used to stay reachable: code here
+    // could read them and swallow their wake-ups (awaited calls on other contexts stalled
+    // up to a second). Its doorbells are now rung from a thread of its own (shim/bell.c).
+    const count = async () => {
+      const ctx = await context({ mode: "owngil", sandbox: {} });
+      await ctx.exec(PROBE);
+      return ((await ctx.call("__main__", "kinds", [])) as unknown[]).length;
+    };
+    const alone = await count();
+    const others = await Promise.all([1, 2, 3].map(() => context({ mode: "owngil" })));
+    expect(await count()).toBe(alone);
+    expect(alone).toBe(5); // its wake, alert, answers, signal and bell eventfds
+    // it drains every eventfd it has, from threads that block on them; JS and the other
+    // contexts keep getting their results
+    const eater = await context({ mode: "owngil", sandbox: {} });
+    await eater.exec(PROBE + `
+import threading, time
+def eat(fd, until):
+    while time.monotonic() < until:
+        try:
+            os.read(fd, 8)
+        except BlockingIOError:
+            time.sleep(0.0005)
+        except OSError:
+            return
+def start():
+    # for two seconds only: it swallows its own wake-ups too, so no request reaches it then
+    global eaters
+    until = time.monotonic() + 2
+    eaters = [threading.Thread(target=eat, args=(fd, until)) for fd, _ in kinds()]
+    for t in eaters:
+        t.start()
+def finish():
+    for t in eaters:
+        t.join()
+`);
+    await eater.call("__main__", "start", []);
+    let sum = 0;
+    for (let i = 0; i < 1000; i++) sum += (await others[i % 3]!.call("operator", "add", [i, 1])) as number;
+    await Bun.sleep(2500); // past the eaters' two seconds
+    await eater.call("__main__", "finish", []);
+    expect(sum).toBe((999 * 1000) / 2 + 1000);
+  }, 30_000);
+
   test("files the context opens itself work, and it still reads what its policy allows", async () => {
     const ctx = await context({ mode: "owngil", sandbox: { files: [dir] } });
     expect(await ctx.eval(`open(${JSON.stringify(secret)}).read()`)).toBe("host secret");
