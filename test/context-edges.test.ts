@@ -160,7 +160,7 @@ test("py.close() from a JS function a context is calling is refused", async () =
   expect(py.eval("2 + 2")).toBe(4);
 });
 
-for (const mode of contextModes) {
+for (const mode of [...contextModes, ...(hasOwnGil ? ["sandboxed"] : [])]) {
   test(`a ${mode} context finishing a call for a terminated Bun Worker does not crash the process`, () => {
     const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "terminated-worker.ts"), mode], {
       stdout: "pipe",
