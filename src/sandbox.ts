@@ -28,6 +28,9 @@ export interface SandboxPolicy {
       On Linux enforced by Landlock for every open of the context's thread. Default: anywhere
       (but /proc is never reachable from a sandboxed context on Linux). */
   files?: string[] | undefined;
+  /** More directories files may be read from, not written, where `files` limits them
+      (next to `files`, or with `strict`): data or code the context needs to see. */
+  readFiles?: string[] | undefined;
   /** How many threads the context may have running at once besides its own (threading,
       _thread, executors' workers). Starting one more raises PermissionError (rule:
       maxThreads). Default: no cap. */
@@ -97,6 +100,14 @@ export function resolveStrict(p: SandboxOption | undefined, mode: "owngil" | "wo
   return refused;
 }
 
+/** The sandbox with `dirs` readable too (an app's `path`: the code it is asked to run). */
+export function withReadable(p: SandboxOption, dirs: readonly string[]): SandboxOption {
+  if (dirs.length === 0) return p;
+  const rules: SandboxPolicy = p === "strict" ? { strict: true } : p;
+  if (typeof rules !== "object" || rules === null) return p; // policyValue reports it
+  return { ...rules, readFiles: [...(Array.isArray(rules.readFiles) ? rules.readFiles : []), ...dirs] };
+}
+
 const PROCESS_ONLY = ["memoryLimit", "cpuTime", "maxFiles"] as const;
 /** The smallest memoryLimit: Python, the shim and two threads' stacks need about 100 MiB. */
 export const MIN_MEMORY_LIMIT = 256 * 1024 * 1024;
@@ -131,7 +142,7 @@ export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "wo
 export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError('py.context({ sandbox }): sandbox must be an object or "strict"');
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "maxThreads", "requireKernel", "env", "jsFunctions", "shared", ...PROCESS_ONLY]);
+  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "readFiles", "maxThreads", "requireKernel", "env", "jsFunctions", "shared", ...PROCESS_ONLY]);
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets", "requireKernel", "shared"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
@@ -143,7 +154,7 @@ export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "work
         'py.context({ sandbox: { env } }): a worker context shares the main interpreter\'s os.environ; use { mode: "owngil" } or { mode: "process" }',
       );
   }
-  for (const k of ["denyImports", "files", "jsFunctions"] as const)
+  for (const k of ["denyImports", "files", "readFiles", "jsFunctions"] as const)
     if (p[k] !== undefined && (!Array.isArray(p[k]) || !p[k]!.every((x) => typeof x === "string")))
       throw new TypeError(`py.context({ sandbox }): ${k} must be an array of strings`);
   if (p.maxThreads !== undefined && !(Number.isSafeInteger(p.maxThreads) && p.maxThreads >= 0))
@@ -171,6 +182,7 @@ export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "work
     sockets: p.sockets ?? true,
     deny_imports: p.denyImports ?? null,
     files: p.files ?? null,
+    read_files: p.readFiles ?? null,
     max_threads: p.maxThreads ?? null,
     require_kernel: p.requireKernel ?? false,
     env: p.env ?? null,

@@ -8,6 +8,7 @@ import type { AppCaller } from "./inline.ts";
 import { PythonError } from "./errors.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import { Pool, type PoolOptions } from "./pool.ts";
+import { withReadable } from "./sandbox.ts";
 
 export interface ServeAppOptions {
   /** The pool the app runs in: its size (default: the number of cores) and mode. */
@@ -112,8 +113,10 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
     return loaded(undefined, id, rt.callFunction("bunpy._asgi", "load", [id, target, paths, false, want]) as string);
   }
   const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"}, ${JSON.stringify(want)})\n`;
+  // a sandbox that limits files still reads the app's own code
+  const sandbox = options.pool?.sandbox === undefined ? undefined : withReadable(options.pool.sandbox, paths);
   const start = async (mode: ContextMode | undefined) => {
-    const pool = await Pool.start(rt, { ...options.pool, mode });
+    const pool = await Pool.start(rt, { ...options.pool, mode, sandbox });
     try {
       await pool.execAll(code);
       return loaded(pool, id, (await pool.contexts[0]!.call("bunpy._asgi", "kind_of", [id])) as string);

@@ -111,6 +111,15 @@ describe.each(modes)("%s context", (mode) => {
     expect(got["shared"]).toContain("rule: no shared");
   });
 
+  test("readFiles: read there, not written", async () => {
+    const ctx = await context({ mode, sandbox: { strict: true, readFiles: [dir] } });
+    await ctx.exec(PROBES);
+    const at = join(dir, "note.txt");
+    expect(await ctx.eval(`attempt(read(${JSON.stringify(at)}))`)).toBe("ok");
+    expect(await ctx.eval(`attempt(lambda: open(${JSON.stringify(join(dir, "new.txt"))}, "w").close())`)).toContain("PermissionError");
+    expect(await ctx.eval(`attempt(lambda: open(${JSON.stringify(at)}, "a").close())`)).toContain("PermissionError");
+  });
+
   test("strict: false is the same as leaving it out", async () => {
     const got = await probe({ mode, sandbox: { strict: false, shared: false } });
     expect(got["processes"]).toBe("ok");

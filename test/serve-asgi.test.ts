@@ -399,6 +399,20 @@ describe("TLS", () => {
 });
 
 describe("sandboxed app", () => {
+  test('a "strict" pool reads the app from its path, and the sandbox holds while it serves', async () => {
+    // without its path made readable the import failed: No module named 'rawapp'
+    const app = await py.asgi("rawapp:app", { pool: { size: 1, sandbox: "strict", mode: hasOwnGil ? "owngil" : "process" }, path: [FIXTURES] });
+    const server = Bun.serve({ port: 0, fetch: app.fetch });
+    try {
+      const base = `http://127.0.0.1:${server.port}`;
+      expect(await (await fetch(`${base}/hello`)).text()).toBe("Hello, world!");
+      expect((await fetch(`${base}/io?${server.port}`)).status).toBe(500); // no sockets
+    } finally {
+      server.stop(true);
+      await app.close();
+    }
+  });
+
   test("a sandboxed app is not offered pathsend (Bun would open the file outside the sandbox, after the app's check)", async () => {
     const app = await py.asgi("rawapp:app", { pool: { size: 1, sandbox: { files: [FIXTURES] } }, mode, path: [FIXTURES] });
     const server = Bun.serve({ port: 0, fetch: app.fetch });

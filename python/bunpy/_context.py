@@ -131,7 +131,8 @@ def setup(owngil, policy=None):
             import os
 
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            policy["read_paths"] = _real_dirs([sys.prefix, sys.base_prefix, sys.exec_prefix, here] + sys.path)
+            read = [sys.prefix, sys.base_prefix, sys.exec_prefix, here] + sys.path + (policy.get("read_files") or [])
+            policy["read_paths"] = _real_dirs(read)
     if policy is not None and policy.get("env") is not None:
         keep_environment(policy["env"], owngil)
     if owngil:
