@@ -12,7 +12,8 @@
  * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64),
  * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2),
  * SERVE_BENCH_ROUNDS (default 1: interleaved rounds, the best of each server compared),
- * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only).
+ * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only),
+ * SERVE_BENCH_ONLY=raw|starlette|django (comma-separated) runs only those apps' rows.
  * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
  * (`mode: "inline"`: the app in the main interpreter on Bun's own thread). The raw app has
  * a fourth, its floor: Bun.serve answering the same response from a JS handler, no Python
@@ -190,17 +191,19 @@ async function run(label: string, cmd: string[], port: number, path: string, cor
 }
 
 const mode = Number(min) >= 12 ? "owngil" : "worker";
-// Django in worker contexts: on 3.13 its zoneinfo import fails in owngil contexts, and under
-// load asgiref starts daemon threads, which owngil interpreters refuse (docs/serving.md)
-const djangoMode = "worker";
+// Django in the same contexts as the other apps (owngil on 3.12+: owngil contexts allow the
+// daemon thread asgiref starts after each request, and 3.13.0 gets pure-Python zoneinfo)
+const djangoMode = mode;
 console.log(`Python ${version}; uvicorn with ${loop} + ${http}; bunpy 1 ${mode} context; server on core 0, wrk -t1 -c${CONNS} -d${SECONDS}s on core 1`);
 let port = 18000 + Math.floor(Math.random() * 1000);
-const apps: [string, string, string, string][] = [
+let apps: [string, string, string, string][] = [
   ["raw ASGI hello world", "bench_hello:app", "/", mode],
   ["Starlette JSON endpoint", "bench_star:app", "/items/7", mode],
 ];
 if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)", "bench_django:app", "/items/7", djangoMode]);
 else console.log("(Django row skipped: pip could not install django)");
+const ONLY = process.env["SERVE_BENCH_ONLY"]?.split(",").map((s) => s.trim().toLowerCase());
+if (ONLY !== undefined) apps = apps.filter(([name]) => ONLY.some((o) => name.toLowerCase().startsWith(o)));
 const ROUNDS = Number(process.env["SERVE_BENCH_ROUNDS"] ?? 1);
 const CONTEXT_ROWS = process.env["SERVE_BENCH_CONTEXT"] !== "0";
 const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? { ...b, cpu: Math.min(b.cpu, a?.cpu ?? Infinity) } : { ...a, cpu: Math.min(a.cpu, b.cpu) });
@@ -227,7 +230,7 @@ for (const [name, target, path, ctxMode] of apps) {
 // shares them with the server: the comparison is in the same run, the absolute numbers low.
 if (process.env["SERVE_BENCH_TWO"] !== "0") {
   console.log(`two workers (server and wrk on cores 0-1):`);
-  for (const [name, target, path, ctxMode] of apps.slice(0, 2)) {
+  for (const [name, target, path, ctxMode] of apps.filter(([, t]) => t !== "bench_django:app")) {
     console.log(`${name}:`);
     const u = await run(`uvicorn --workers 2`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--workers", "2", "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path, "0,1");
     const b = await run(`bunpy (Bun.serve + 2 ${ctxMode} contexts)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode, "2"], port, path, "0,1");
