@@ -68,6 +68,23 @@ for (const appMode of [djangoMode, "inline"] as const)
       if (appMode === "inline") expect(await settles(async () => py.eval(LEASED), 0)).toBe(0); // close() ended the idle threads
     }, 60000);
 
+    test("a client that leaves while its sync view runs: the server goes on, nothing is left behind", async () => {
+      const app = await py.asgi("djsite.app:asgi", options(appMode));
+      const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch });
+      const base = `http://127.0.0.1:${server.port}`;
+      try {
+        const gone = await Promise.allSettled(Array.from({ length: 4 }, () => fetch(`${base}/slow/`, { signal: AbortSignal.timeout(50) })));
+        expect(gone.every((r) => r.status === "rejected")).toBe(true);
+        expect(await (await fetch(`${base}/hello/?name=again`)).text()).toBe("<h1>Hello again</h1><p>/hello/</p>");
+        expect(await (await fetch(`${base}/slow/`)).text()).toBe("slept");
+        expect(await settles(() => evalIn(app, "len(__import__('asgiref.sync').sync.SyncToAsync.context_to_thread_executor)"), 0)).toBe(0);
+        expect(await settles(() => evalIn(app, "len(__import__('bunpy._asgi')._asgi._state()[1])"), 0)).toBe(0);
+      } finally {
+        server.stop(true);
+        await app.close();
+      }
+    }, 60000);
+
     test('threads: "per-request" leaves asgiref to start a thread for each request', async () => {
       const app = await py.asgi("djsite.app:asgi", options(appMode, { threads: "per-request" }));
       const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: app.fetch });
