@@ -12,7 +12,10 @@
  * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64),
  * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2),
  * SERVE_BENCH_ROUNDS (default 1: interleaved rounds, the best of each server compared),
- * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only).
+ * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only),
+ * SERVE_BENCH_ONLY=raw|starlette|django (comma-separated) runs only those apps' rows.
+ * Django has one more row: one context with `threads: "per-request"` (asgiref starts and
+ * joins a thread for every request, as under uvicorn; the default reuses idle threads).
  * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
  * (`mode: "inline"`: the app in the main interpreter on Bun's own thread). The raw app has
  * a fourth, its floor: Bun.serve answering the same response from a JS handler, no Python
@@ -77,10 +80,11 @@ if (process.argv[2] === "--server" && process.argv[3] === "js") {
 }
 if (process.argv[2] === "--server") {
   const [, , , target, port, site, mode, size] = process.argv;
+  const threads = process.env["SERVE_BENCH_THREADS"] === "per-request" ? "per-request" : "reuse";
   const app =
     mode === "inline"
-      ? await py.asgi(target!, { mode: "inline", path: [APPS, site!] })
-      : await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!] });
+      ? await py.asgi(target!, { mode: "inline", path: [APPS, site!], threads })
+      : await py.asgi(target!, { pool: { size: Number(size ?? 1), mode: mode as "owngil" | "worker" }, path: [APPS, site!], threads });
   Bun.serve({ port: Number(port), hostname: "127.0.0.1", fetch: app.fetch });
   console.log("ready");
   process.on("SIGTERM", async () => {
@@ -174,8 +178,8 @@ function wrk(url: string, seconds = SECONDS, cores = "1", server = 0): Result {
   return { rps, p50, p99, cpu };
 }
 
-async function run(label: string, cmd: string[], port: number, path: string, cores = "0"): Promise<Result> {
-  const proc = Bun.spawn(["taskset", "-c", cores, ...cmd], { stdout: "ignore", stderr: "inherit", env: process.env });
+async function run(label: string, cmd: string[], port: number, path: string, cores = "0", env: Record<string, string> = {}): Promise<Result> {
+  const proc = Bun.spawn(["taskset", "-c", cores, ...cmd], { stdout: "ignore", stderr: "inherit", env: { ...process.env, ...env } });
   try {
     await waitReady(port);
     const wrkCores = cores === "0" ? "1" : cores;
@@ -190,29 +194,34 @@ async function run(label: string, cmd: string[], port: number, path: string, cor
 }
 
 const mode = Number(min) >= 12 ? "owngil" : "worker";
-// Django in worker contexts: on 3.13 its zoneinfo import fails in owngil contexts, and under
-// load asgiref starts daemon threads, which owngil interpreters refuse (docs/serving.md)
-const djangoMode = "worker";
+// Django in the same contexts as the other apps (owngil on 3.12+: owngil contexts allow the
+// daemon thread asgiref starts after each request, and 3.13.0 gets pure-Python zoneinfo)
+const djangoMode = mode;
 console.log(`Python ${version}; uvicorn with ${loop} + ${http}; bunpy 1 ${mode} context; server on core 0, wrk -t1 -c${CONNS} -d${SECONDS}s on core 1`);
 let port = 18000 + Math.floor(Math.random() * 1000);
-const apps: [string, string, string, string][] = [
+let apps: [string, string, string, string][] = [
   ["raw ASGI hello world", "bench_hello:app", "/", mode],
   ["Starlette JSON endpoint", "bench_star:app", "/items/7", mode],
 ];
 if (existsSync(join(site, "django"))) apps.push(["Django async JSON view (ASGI)", "bench_django:app", "/items/7", djangoMode]);
 else console.log("(Django row skipped: pip could not install django)");
+const ONLY = process.env["SERVE_BENCH_ONLY"]?.split(",").map((s) => s.trim().toLowerCase());
+if (ONLY !== undefined) apps = apps.filter(([name]) => ONLY.some((o) => name.toLowerCase().startsWith(o)));
 const ROUNDS = Number(process.env["SERVE_BENCH_ROUNDS"] ?? 1);
 const CONTEXT_ROWS = process.env["SERVE_BENCH_CONTEXT"] !== "0";
 const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? { ...b, cpu: Math.min(b.cpu, a?.cpu ?? Infinity) } : { ...a, cpu: Math.min(a.cpu, b.cpu) });
 for (const [name, target, path, ctxMode] of apps) {
   console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
   // rounds interleave the servers; the best round of each is compared (min-of-N on a shared machine)
-  let u: Result | undefined, b: Result | undefined, i: Result | undefined, f: Result | undefined;
+  let u: Result | undefined, b: Result | undefined, i: Result | undefined, f: Result | undefined, t: Result | undefined;
   const withFloor = target === "bench_hello:app";
+  // Django: also one context with asgiref's own thread per request (threads: "per-request")
+  const withPerRequest = target === "bench_django:app" && CONTEXT_ROWS;
   for (let r = 0; r < ROUNDS; r++) {
     if (withFloor) f = best(f, await run(`floor: Bun.serve, a JS handler, no Python`, [process.execPath, import.meta.path, "--server", "js", String(++port)], port, path));
     u = best(u, await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path));
     if (CONTEXT_ROWS) b = best(b, await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path));
+    if (withPerRequest) t = best(t, await run(`bunpy (1 context, threads: "per-request")`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path, "0", { SERVE_BENCH_THREADS: "per-request" }));
     // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
     i = best(i, await run(`bunpy inline (Bun.serve, main interpreter)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, "inline"], port, path));
   }
@@ -220,6 +229,7 @@ for (const [name, target, path, ctxMode] of apps) {
   const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× req/s, ${(u!.cpu / x.cpu).toFixed(2)}× by CPU per request (p99 ${x.p99} vs ${u!.p99})`;
   console.log(`  bunpy / uvicorn: ${b !== undefined ? `context ${p(b)}, ` : ""}inline ${p(i!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
   if (f !== undefined) console.log(`  floor / uvicorn: ${p(f)} (the most a server behind Bun.serve can reach)`);
+  if (t !== undefined) console.log(`  bunpy threads "per-request" / uvicorn: ${p(t)}`);
 }
 
 // Two of each on both cores: `uvicorn --workers 2` (two processes) against a pool of two
@@ -227,7 +237,7 @@ for (const [name, target, path, ctxMode] of apps) {
 // shares them with the server: the comparison is in the same run, the absolute numbers low.
 if (process.env["SERVE_BENCH_TWO"] !== "0") {
   console.log(`two workers (server and wrk on cores 0-1):`);
-  for (const [name, target, path, ctxMode] of apps.slice(0, 2)) {
+  for (const [name, target, path, ctxMode] of apps.filter(([, t]) => t !== "bench_django:app")) {
     console.log(`${name}:`);
     const u = await run(`uvicorn --workers 2`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--workers", "2", "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path, "0,1");
     const b = await run(`bunpy (Bun.serve + 2 ${ctxMode} contexts)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode, "2"], port, path, "0,1");

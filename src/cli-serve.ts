@@ -22,6 +22,8 @@ export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
   --root-path PATH            root_path / SCRIPT_NAME (e.g. /api)
   --app-dir DIR               put DIR first on sys.path (default: the current directory)
   --lifespan auto|on|off      ASGI lifespan (default auto)
+  --threads reuse|per-request where asgiref (Django) runs a request's sync code: a reused
+                              thread of its own (default), or a new thread per request
   --ssl-keyfile FILE          serve https/wss with this private key (PEM)
   --ssl-certfile FILE         and this certificate chain (PEM); both are needed
   --ssl-keyfile-password PW   passphrase of an encrypted key
@@ -87,6 +89,12 @@ function parse(argv: string[]): Parsed {
         const m = value(i++, a);
         if (m !== "auto" && m !== "on" && m !== "off") throw new UsageError(`--lifespan: expected auto, on or off, got ${m}`);
         options.lifespan = m;
+        break;
+      }
+      case "--threads": {
+        const m = value(i++, a);
+        if (m !== "reuse" && m !== "per-request") throw new UsageError(`--threads: expected reuse or per-request, got ${m}`);
+        options.threads = m;
         break;
       }
       case "--ssl-keyfile": ssl.keyfile = value(i++, a); break;

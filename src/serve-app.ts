@@ -28,6 +28,11 @@ export interface ServeAppOptions {
       function giving a key (a cookie, a header): requests with the same key go to the same
       context; `undefined` from it picks as usual. Default: an idle context, else the least loaded. */
   route?: "connection" | ((req: Request, server?: ServerLike) => string | number | undefined) | undefined;
+  /** ASGI apps that use asgiref (Django): where a request's thread-sensitive sync code runs.
+      "reuse" (default): on a thread of its own for the request, taken from idle threads kept
+      per context and given back at the request's end; "per-request": asgiref's own way, a
+      thread started and joined for every request (~0.6 ms each; see docs/serving.md). */
+  threads?: "reuse" | "per-request" | undefined;
 }
 
 const NO_ROUTE: { key?: undefined } = Object.freeze({});
@@ -105,14 +110,16 @@ export async function loadApp(rt: MainInterpreter, target: string, options: Serv
     if (typeof p !== "string") throw new TypeError("path: expected an array of directory names");
     return resolve(p);
   });
+  const threads = options.threads ?? "reuse";
+  if (threads !== "reuse" && threads !== "per-request") throw new TypeError(`threads: expected "reuse" or "per-request", got ${JSON.stringify(threads)}`);
   const chosen = options.mode ?? options.pool?.mode;
   const id = nextApp++;
   if (chosen === "inline") {
     if (options.pool !== undefined)
       throw new TypeError('mode "inline" runs the app in the main interpreter on this JS thread: pool options do not apply (leave out `pool`)');
-    return loaded(undefined, id, rt.callFunction("bunpy._asgi", "load", [id, target, paths, false, want]) as string);
+    return loaded(undefined, id, rt.callFunction("bunpy._asgi", "load", [id, target, paths, false, want, threads]) as string);
   }
-  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"}, ${JSON.stringify(want)})\n`;
+  const code = `import bunpy._asgi as _bunpy_asgi\n_bunpy_asgi.load(${id}, ${JSON.stringify(target)}, ${JSON.stringify(paths)}, ${options.pool?.sandbox !== undefined ? "True" : "False"}, ${JSON.stringify(want)}, ${JSON.stringify(threads)})\n`;
   // a sandbox that limits files still reads the app's own code
   const sandbox = options.pool?.sandbox === undefined ? undefined : withReadable(options.pool.sandbox, paths);
   const start = async (mode: ContextMode | undefined) => {

@@ -133,7 +133,7 @@ test.skipIf(!tls)("--ssl-ca-certs with --ssl-cert-reqs 2: a client without a cer
   expect(await proc.exited).toBe(0);
 }, 30000);
 
-test("TLS flags: a missing file, a key without a certificate and the like exit 2 with the usage", () => {
+test("TLS flags (and --threads): a missing file, a key without a certificate and the like exit 2 with the usage", () => {
   const run = (...args: string[]) => Bun.spawnSync([process.execPath, CLI, "serve", "rawapp:app", "--app-dir", FIXTURES, ...args], { stderr: "pipe" });
   const cases: [string[], string][] = [
     [["--ssl-keyfile", "/nonexistent/key.pem", "--ssl-certfile", "/nonexistent/cert.pem"], "--ssl-keyfile: cannot read /nonexistent/key.pem (ENOENT)"],
@@ -142,6 +142,7 @@ test("TLS flags: a missing file, a key without a certificate and the like exit 2
     [["--ssl-keyfile-password", "x"], "--ssl-keyfile-password needs --ssl-keyfile and --ssl-certfile"],
     [["--ssl-keyfile", FIXTURES, "--ssl-certfile", FIXTURES + "/static.txt"], "--ssl-keyfile: cannot read"],
     [["--ssl-cert-reqs", "3"], "--ssl-cert-reqs: expected 0, 1 or 2"],
+    [["--threads", "pooled"], "--threads: expected reuse or per-request"],
   ];
   if (locked) // a key that does not decrypt: Bun.serve refuses it, after the app was loaded
     cases.push([["--port", "0", "--workers", "1", "--ssl-keyfile", locked.keyFile, "--ssl-certfile", locked.certFile, "--ssl-keyfile-password", "wrong"], "the TLS key or certificate cannot be used"]);

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import _bunpy
 import bunpy
+from bunpy._asgiref_threads import ThreadLeases
 from bunpy._interfaces import asgi2_as_asgi3, detect
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
@@ -44,7 +45,7 @@ def _state():
 
 
 class _App:
-    __slots__ = ("app", "kind", "asgi", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions")
+    __slots__ = ("app", "kind", "asgi", "state", "lifespan", "lifespan_queue", "lifespan_done", "tasks", "extensions", "leases")
 
     def __init__(self, app, sandboxed, kind):
         self.kind = kind  # "asgi3", "asgi2" (app is then wrapped: see asgi2_as_asgi3) or "wsgi"
@@ -59,6 +60,7 @@ class _App:
         self.lifespan_queue = None
         self.lifespan_done = None
         self.tasks = set()  # app calls still running (a response may be done before its app call)
+        self.leases = None  # ThreadLeases: reused threads for asgiref's thread-sensitive code
 
 
 @types.coroutine
@@ -84,10 +86,12 @@ async def _continue(coro, yielded):
     return await _resume(coro, yielded)
 
 
-def load(app_id, target, paths, sandboxed=False, interface="auto"):
+def load(app_id, target, paths, sandboxed=False, interface="auto", threads="reuse"):
     """Imports "module:attr" (attr may be dotted) and registers the app under app_id.
     `interface`: "auto" (ASGI 3, ASGI 2 or WSGI, detected), "asgi" (ASGI 3 or 2, detected),
-    "asgi3", "asgi2" or "wsgi". Returns what it serves as: "asgi3", "asgi2" or "wsgi"."""
+    "asgi3", "asgi2" or "wsgi". `threads`: "reuse" (an ASGI app that loaded asgiref gets
+    its per-request threads from idle ones, see bunpy._asgiref_threads) or "per-request".
+    Returns what it serves as: "asgi3", "asgi2" or "wsgi"."""
     for p in reversed(paths):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -117,7 +121,10 @@ def load(app_id, target, paths, sandboxed=False, interface="auto"):
         if seen is None:
             seen = "asgi3" if k == "asgi" else "wsgi"  # an async callable is ASGI
         k = seen
-    _state()[0][app_id] = _App(obj, sandboxed, k)
+    a = _App(obj, sandboxed, k)
+    if threads == "reuse" and k != "wsgi":
+        a.leases = ThreadLeases.for_app()
+    _state()[0][app_id] = a
     return k
 
 
@@ -208,13 +215,17 @@ async def shutdown(app_id, timeout, lifespan):
         a.lifespan = None
         if msg["type"] == "lifespan.shutdown.failed":
             print(f"bunpy: the app's lifespan shutdown failed: {msg.get('message', '')}", file=sys.stderr)
+    if a.leases is not None:
+        a.leases.close()
     del apps[app_id]
     return None
 
 
 def forget(app_id):
     """The app is gone without a shutdown (its lifespan startup failed): forget it."""
-    _state()[0].pop(app_id, None)
+    a = _state()[0].pop(app_id, None)
+    if a is not None and a.leases is not None:
+        a.leases.close()
 
 
 def _report(what, e):
@@ -232,7 +243,7 @@ class _Request:
     __slots__ = (
         "rid", "body", "more", "head", "disconnected", "waiter", "status", "headers",
         "chunks", "queued", "complete", "error", "started", "returned", "drain", "puller",
-        "result", "task", "path",
+        "result", "task", "path", "lease",
     )
 
     def __init__(self, rid, body, more, head):
@@ -255,6 +266,7 @@ class _Request:
         self.result = None  # future: handle() waiting for the head
         self.task = None  # the app call's task, once it waited for something
         self.path = None  # http.response.pathsend: the file Bun sends
+        self.lease = None  # (ThreadLeases, lease) while the app call runs
 
 
 def _headers_out(headers):
@@ -318,6 +330,10 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     # a ContextVar token set before the first suspension is reset after it (asgiref does).
     coro = _run(a.app, scope, r)
     ctx = contextvars.copy_context()
+    if a.leases is not None:
+        lease = a.leases.enter(ctx)
+        if lease is not None:
+            r.lease = (a.leases, lease)
     try:
         yielded = ctx.run(coro.send, None)
     except StopIteration:
@@ -459,7 +475,12 @@ def _wake(r):
 
 
 def _finish(r):
+    """The app call is over (returned or raised)."""
     r.body = None
+    if r.lease is not None:
+        leases, lease = r.lease
+        r.lease = None
+        leases.release(lease)
     res = r.result
     if res is not None and not res.done():
         res.set_result(None)
