@@ -109,6 +109,8 @@ describe("inline mode, attacked", () => {
     await Promise.all([never, sleeping]);
     expect(ended().sort()).toEqual(["/never", "/sleep-long"]);
     expect(inlineState("len(m._tl.tasks)")).toBe(0);
+    // and their request records (the cancelled /never one stayed in the main interpreter)
+    expect(py.eval("len(__import__('bunpy._asgi')._asgi._state()[1])")).toBe(0);
     expect(inlineState("m._tl.loop is None or m._tl.loop.is_closed()")).toBe(true);
     // a new inline app gets a new loop
     const again = await py.asgi("hostile_inline:app", { mode: "inline", path: [FIXTURES] });

@@ -21,7 +21,7 @@ from asyncio import events
 
 import _bunpy
 
-from bunpy._asgi import _continue, handle as _asgi_handle
+from bunpy._asgi import _continue, _state as _asgi_state, handle as _asgi_handle
 from bunpy._loop import BunpyEventLoop
 
 WAKE = "__bunpy_inline_wake"
@@ -329,6 +329,9 @@ def close():
             t.exception()  # retrieved: no "exception was never retrieved" at collection
     tasks.clear()
     _tl.finished.clear()
+    # the requests those tasks served: JS fails their calls and never asks for them again
+    # (in a context they go with its interpreter; here the main interpreter stays)
+    _asgi_state()[1].clear()
     loop.close()
     _tl.loop = None
     return left
