@@ -292,6 +292,13 @@ static PyObject *guarded_fork_exec(PyObject *mod, PyObject *const *args, Py_ssiz
     PyObject *setup = PyImport_ImportModule("bunpy._context");
     PyObject *env = setup ? PyObject_CallMethod(setup, "environment", NULL) : NULL;
     Py_XDECREF(setup);
+    /* the context's code can replace environment() (or the module): None here would let the
+       child inherit the whole process environment again */
+    if (env && !PyList_CheckExact(env)) {
+        Py_DECREF(env);
+        env = NULL;
+        refuse("_posixsubprocess.fork_exec", "env", "bunpy._context.environment() was replaced: pass env= explicitly");
+    }
     PyObject **copy = env ? PyMem_Malloc((size_t)nargs * sizeof *copy) : NULL;
     if (!copy) {
         Py_XDECREF(env);
