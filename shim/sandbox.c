@@ -251,8 +251,8 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         if (name && is_one_of(name, INTERP_MODULES))
             return refuse(event, "no other interpreters", "a sandboxed context may not create or enter interpreters");
         /* the context imported it at start (and guarded fork_exec): a fresh copy is a way around */
-        if (name && pol->refuse_processes && strcmp(name, "_posixsubprocess") == 0)
-            return refuse(event, "no processes", "_posixsubprocess cannot be imported again here");
+        if (name && (pol->refuse_processes || pol->env_rule) && strcmp(name, "_posixsubprocess") == 0)
+            return refuse(event, pol->refuse_processes ? "no processes" : "env", "_posixsubprocess cannot be imported again here");
         if (pol->refuse_ctypes && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0) {
             const char *name = symbol_name(args, 0);
             if (name && (strcmp(name, "ctypes") == 0 || strcmp(name, "_ctypes") == 0 || strncmp(name, "ctypes.", 7) == 0))
