@@ -220,6 +220,10 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
     }
     if (pol->env_rule && strcmp(event, "os.system") == 0)
         return refuse(event, "env", "the shell would get the whole process environment: use subprocess");
+    /* an owngil context's os.environ edits its own copy (bunpy._context.keep_environment);
+       the C environment is Bun's: LD_PRELOAD set there reaches every program Bun starts */
+    if (pol->env_rule && pol->owngil && (strcmp(event, "os.putenv") == 0 || strcmp(event, "os.unsetenv") == 0))
+        return refuse(event, "env", "the C environment is the whole process's: change os.environ, which is this context's own");
     if (pol->refuse_ctypes && strncmp(event, "ctypes.", 7) == 0)
         return refuse(event, "no ctypes", "this context may not use ctypes");
     if (pol->refuse_sockets && strncmp(event, "socket.", 7) == 0 && strcmp(event, "socket.gethostname") != 0) {
