@@ -108,6 +108,27 @@ out = subprocess.run(['env'], capture_output=True, text=True).stdout
     const host = py.eval("__import__('subprocess').run(['env'], capture_output=True, text=True).stdout") as string;
     expect(host).not.toContain("BUNPY_FROM_CTX");
     expect(host).toMatch(/^PATH=/m);
-    expect(process.env.HOME === undefined || host.includes("HOME=")).toBe(true);
+    expect(process.env["HOME"] === undefined || host.includes("HOME=")).toBe(true);
+  });
+});
+
+describe("jsFunctions", () => {
+  test("a function registered by the user under bunpy's prefix is not callable past jsFunctions", async () => {
+    // bunpy's own names pass the jsFunctions check (they check their caller); a user's
+    // function must not get that pass by its name
+    let called = 0;
+    let registered = true;
+    try {
+      py.register("__bunpy_user_secret", () => ++called);
+    } catch (e) {
+      registered = false;
+      expect(String(e)).toMatch(/reserved/);
+    }
+    const ctx = await context({ mode: "worker", sandbox: { jsFunctions: [] } });
+    await ctx.exec("import bunpy");
+    const r = await ctx.eval("(lambda: (lambda f: f())(lambda: bunpy.call('__bunpy_user_secret')))()").catch((e) => String(e));
+    expect(called).toBe(0);
+    expect(String(r)).toMatch(/ReferenceError/);
+    if (registered) py.unregister("__bunpy_user_secret");
   });
 });
