@@ -43,19 +43,37 @@ interface Socket {
 const sockets = new Map<number, Socket>();
 const listening = new WeakSet<MainInterpreter>();
 
+/** Acts on a message of the socket's own context: a frame, how many frames the app took,
+    or the close. One Bun refuses (a frame that is not text or bytes, a bad close code:
+    Python code can send anything) closes the socket with 1011, rather than throw. */
 function deliver(s: Socket, m: unknown[]): void {
   const ws = s.ws!;
-  if (m[1] === 0 || m[1] === 1) ws.send(m[2] as string | Uint8Array);
-  else if (m[1] === 3) {
-    s.taken = m[2] as number;
-    if (s.sent - s.taken < s.maxQueue && ws.isPaused) ws.resume();
-  } else ws.close(m[2] as number, m[3] as string);
+  try {
+    if (m[1] === 0 || m[1] === 1) {
+      const data = m[2];
+      if (typeof data !== "string" && !(data instanceof Uint8Array)) throw new TypeError("a websocket frame is text or bytes");
+      ws.send(data);
+    } else if (m[1] === 3) {
+      if (typeof m[2] !== "number") throw new TypeError("a count of frames is a number");
+      s.taken = m[2];
+      if (s.sent - s.taken < s.maxQueue && ws.isPaused) ws.resume();
+    } else ws.close(typeof m[2] === "number" ? m[2] : 1011, typeof m[3] === "string" ? m[3] : "");
+  } catch {
+    try {
+      ws.close(1011, "bad message from the app");
+    } catch {
+      // closed already
+    }
+  }
 }
 
 function listen(rt: MainInterpreter): void {
   if (listening.has(rt)) return;
   listening.add(rt);
   hubOf(rt).on("__bunpy_ws", (value, from) => {
+    // any Python code can send here (this listener throwing would end the process with an
+    // uncaught error): a message of another shape is dropped
+    if (!Array.isArray(value) || typeof value[0] !== "number") return;
     const m = value as unknown[];
     const s = sockets.get(m[0] as number);
     // another context (a sandboxed one, say) naming this socket's id is not listened to
