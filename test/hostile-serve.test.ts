@@ -2,8 +2,9 @@
  * Hostile Python code against bunpy's serving machinery: garbage on its message channels,
  * odd callables as apps.
  */
-import { expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { py } from "../src/index.ts";
 import { contextModes } from "./helpers.ts";
 
 for (const mode of contextModes)
@@ -21,3 +22,54 @@ for (const mode of contextModes)
     expect(r.exitCode).toBe(0);
     expect(JSON.parse(out)).toMatchObject({ first: "python: one", uncaught: 0, alive: true });
   });
+
+const FIXTURES = join(import.meta.dir, "fixtures", "serve");
+
+describe("apps that misbehave get a 500, not a wrong response", () => {
+  const get = async (target: string, iface: "asgi" | "wsgi") => {
+    const options = { pool: { size: 1, mode: "worker" as const }, path: [FIXTURES] };
+    const app = iface === "wsgi" ? await py.wsgi(target, options) : await py.asgi(target, options);
+    try {
+      const r = await app.fetch(new Request("http://x/"));
+      return { status: r.status, headers: Object.fromEntries([...r.headers].filter(([k]) => k.startsWith("x-") || k === "null")), body: await r.text() };
+    } finally {
+      await app.close();
+    }
+  };
+  const quiet = <T>(f: () => Promise<T>): Promise<T> => {
+    // the app's traceback is printed on stderr: not this test's output
+    const write = process.stderr.write;
+    process.stderr.write = () => true;
+    return f().finally(() => (process.stderr.write = write));
+  };
+
+  test("WSGI: a header name that is not a str, a value that is not a str, a status that is not a number", async () => {
+    for (const t of ["w_none_name", "w_int_value", "w_status_word"])
+      expect({ t, ...(await quiet(() => get(`hostile_apps:${t}`, "wsgi"))) }).toMatchObject({ t, status: 500, headers: {} });
+    expect(await get("hostile_apps:w_list_pair", "wsgi")).toEqual({ status: 200, headers: { "x-a": "1" }, body: "body" });
+  });
+
+  test("WSGI: a bad status still closes the iterable", async () => {
+    const r = await quiet(() => get("hostile_apps:w_bad_status_closes", "wsgi"));
+    expect(r.status).toBe(500);
+    // a worker pool runs in the main interpreter: its module is this one
+    expect(py.eval("__import__('hostile_apps').ClosingBody.closed")).toBe(1);
+  });
+
+  test("ASGI: a header that is not a (name, value) pair does not shift the others", async () => {
+    for (const t of ["a_short_pair", "a_long_pair"])
+      expect({ t, ...(await quiet(() => get(`hostile_apps:${t}`, "asgi"))) }).toMatchObject({ t, status: 500, headers: {} });
+    expect(await get("hostile_apps:a_good", "asgi")).toEqual({ status: 200, headers: { "x-a": "1", "x-b": "2" }, body: "body" });
+  });
+
+  test("an app whose __signature__ raises: a TypeError saying to give the interface; with it, it is served", async () => {
+    const e = await py.serve({ app: "hostile_apps:sig_raises", port: 0, hostname: "127.0.0.1", pool: { size: 1, mode: "worker" }, path: [FIXTURES] }).catch((x: unknown) => x);
+    expect(String(e)).toMatch(/cannot tell which interface .* RuntimeError: no signature for you.*interface/);
+    const s = await py.serve({ app: "hostile_apps:sig_raises", interface: "asgi3", port: 0, hostname: "127.0.0.1", pool: { size: 1, mode: "worker" }, path: [FIXTURES] });
+    try {
+      expect(await (await fetch(`http://127.0.0.1:${s.port}/`)).text()).toBe("body");
+    } finally {
+      await s.close();
+    }
+  });
+});
