@@ -258,12 +258,19 @@ class _Request:
 
 
 def _headers_out(headers):
+    """[name, value, ...] as str; every header is a (name, value) pair (one of another length
+    would shift the names and values after it)."""
     try:
-        return [x.decode("latin-1") for pair in headers for x in pair]
+        flat = [x.decode("latin-1") for pair in headers for x in pair]
+        if len(flat) == 2 * len(headers):
+            return flat
     except (AttributeError, TypeError):
         pass
     out = []
-    for k, v in headers:
+    for pair in headers:
+        if len(pair) != 2:
+            raise TypeError(f"bunpy: an ASGI header is a (name, value) pair, got {pair!r}")
+        k, v = pair
         out.append(k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else str(k))
         out.append(v.decode("latin-1") if isinstance(v, (bytes, bytearray)) else str(v))
     return out
