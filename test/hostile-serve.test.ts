@@ -3,6 +3,8 @@
  * odd callables as apps.
  */
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py } from "../src/index.ts";
 import { contextModes } from "./helpers.ts";
@@ -72,4 +74,17 @@ describe("apps that misbehave get a 500, not a wrong response", () => {
       await s.close();
     }
   });
+});
+
+test("bunpy serve: an empty TLS file exits 2 with the usage, not an uncaught TypeError", () => {
+  const dir = mkdtempSync(join(tmpdir(), "bunpy-hostile-tls-"));
+  const empty = join(dir, "empty.pem");
+  writeFileSync(empty, "");
+  const cli = join(import.meta.dir, "..", "src", "cli.ts");
+  for (const args of [["--ssl-keyfile", empty, "--ssl-certfile", empty]]) {
+    const r = Bun.spawnSync([process.execPath, cli, "serve", "rawapp:app", "--app-dir", FIXTURES, "--port", "0", "--workers", "1", ...args], { stderr: "pipe", timeout: 30_000 });
+    expect(r.stderr.toString()).toContain(`--ssl-keyfile: ${empty} is empty`);
+    expect(r.stderr.toString()).toContain("usage: bunpy serve");
+    expect(r.exitCode).toBe(2);
+  }
 });
