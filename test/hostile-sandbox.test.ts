@@ -3,6 +3,9 @@
  * fd table of its own, jsFunctions). Each test was a way out before its fix.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { py, type ContextOptions } from "../src/index.ts";
 import { closedAfterAll, hasOwnGil } from "./helpers.ts";
 
@@ -130,5 +133,42 @@ describe("jsFunctions", () => {
     expect(called).toBe(0);
     expect(String(r)).toMatch(/ReferenceError/);
     if (registered) py.unregister("__bunpy_user_secret");
+  });
+});
+
+describe.skipIf(!hasOwnGil)("http.response.pathsend from a sandboxed app (owngil)", () => {
+  // Bun opens the file, outside the sandbox: a sandboxed app must not get it to, whatever
+  // its Python side (which is all the app's to change) says
+  test("neither offering itself the extension and swapping a symlink, nor patching bunpy._asgi, sends a file outside its files", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "bunpy-pathsend-"));
+    const secret = join(mkdtempSync(join(tmpdir(), "bunpy-secret-")), "secret.txt");
+    writeFileSync(secret, "TOP SECRET");
+    // the app's module in its own directory (a sandboxed context reads its files there)
+    copyFileSync(join(import.meta.dir, "fixtures", "serve", "hostile_pathsend.py"), join(dir, "hostile_pathsend.py"));
+    for (const attack of ["swap", "patched"]) {
+      const app = await py.asgi(`hostile_pathsend:${attack}`, {
+        pool: { size: 1, mode: "owngil", sandbox: { files: [dir], env: [] } },
+        path: [dir],
+      });
+      try {
+        const bodies: string[] = [];
+        for (const target of [secret, "/proc/self/environ"]) {
+          for (let i = 0; i < 2; i++) {
+            const write = process.stderr.write;
+            process.stderr.write = () => true; // the app's refusal is logged
+            try {
+              const r = await app.fetch(new Request(`http://x/?${encodeURIComponent(`${dir}|${target}`)}`));
+              bodies.push(await r.text());
+            } finally {
+              process.stderr.write = write;
+            }
+          }
+        }
+        // (booleans: a failure must not print the environment)
+        expect(bodies.map((b) => b.includes("TOP SECRET") || b.includes("PATH="))).toEqual([false, false, false, false]);
+      } finally {
+        await app.close();
+      }
+    }
   });
 });

@@ -323,7 +323,7 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     # suspends goes on as a task (_continue picks it up where it stopped).
     # The first step and the task run in one Context of their own, as one task would:
     # a ContextVar token set before the first suspension is reset after it (asgiref does).
-    coro = _run(a.app, scope, r)
+    coro = _run(a.app, scope, r, a.extensions is _HTTP_EXTENSIONS)
     ctx = contextvars.copy_context()
     try:
         yielded = ctx.run(coro.send, None)
@@ -363,7 +363,9 @@ def _read(rid):
     return async_call("__bunpy_asgi_read", rid)
 
 
-async def _run(app, scope, r):
+async def _run(app, scope, r, pathsend):
+    """`pathsend`: the app was offered http.response.pathsend (its scope is its own to change;
+    src/asgi.ts refuses it for a sandboxed app whatever this says)."""
     async def receive():
         if r.body is not None:
             body, r.body = r.body, None
@@ -420,7 +422,7 @@ async def _run(app, scope, r):
                     await r.drain
                     if r.disconnected:
                         raise OSError("bunpy: the client has disconnected")
-        elif t == "http.response.pathsend" and "http.response.pathsend" in scope["extensions"]:
+        elif t == "http.response.pathsend" and pathsend:
             if r.complete and r.head:
                 return  # HEAD: the response ended with its head
             if not r.started or r.complete:
