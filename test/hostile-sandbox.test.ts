@@ -154,13 +154,15 @@ describe.skipIf(!hasOwnGil)("http.response.pathsend from a sandboxed app (owngil
         const bodies: string[] = [];
         for (const target of [secret, "/proc/self/environ"]) {
           for (let i = 0; i < 2; i++) {
-            const write = process.stderr.write;
-            process.stderr.write = () => true; // the app's refusal is logged
+            const write = process.stderr.write, error = console.error;
+            process.stderr.write = () => true; // the refusal is logged
+            console.error = () => {};
             try {
               const r = await app.fetch(new Request(`http://x/?${encodeURIComponent(`${dir}|${target}`)}`));
               bodies.push(await r.text());
             } finally {
               process.stderr.write = write;
+              console.error = error;
             }
           }
         }
