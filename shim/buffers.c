@@ -19,11 +19,13 @@
 #include "internal.h"
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h> /* getentropy */
 
 /* ---- Python -> JS ----------------------------------------------------------------------- */
 
 typedef struct bp_view_rec {
     Py_buffer view;
+    uint64_t token; /* what JS and Python name it by (see "the records JS holds") */
     int readonly;   /* the view is read-only (asked for, or the exporter said so) */
     struct bp_view_rec *next;
 } bp_view_rec;
@@ -38,35 +40,39 @@ static atomic_int views_opening;
 
 
 /* ---- the records JS holds ----
-   _view's `prev` and _view_close take a record's address as a Python int, and any Python
-   code can call them: an address is looked up here before it is used, so a made-up number
-   is refused instead of being freed or read (a crash, or worse, from plain Python). A set
-   of pointers, open addressing with linear probing; a record is in it from the moment JS
-   gets it until its ArrayBuffer is let go (view_freed) or it is handed back (_view_close). */
+   _view's `prev` and _view_close take a record as a Python int, and any Python code can
+   call them: a number is looked up here before it is used, so a made-up one is refused
+   instead of being freed or read (a crash, or worse, from plain Python). The number is a
+   random token, not the record's address: addresses of records made one after another are
+   near each other, and `_view(obj, guess)` answers `guess` for a live record over obj's
+   memory, so Python code could find the record of a view JS holds by trying the numbers
+   around one of its own and _view_close it (freeing the buffer under JS, then again when
+   the ArrayBuffer goes). A token is 53 random bits (a safe integer in JS): the ArrayBuffer's
+   deallocator gets it as its context. A set of records by token, open addressing with
+   linear probing; a record is in it from the moment JS gets it until its ArrayBuffer is let
+   go (view_freed) or it is handed back (_view_close). */
 static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
 static bp_view_rec **held;
 static size_t held_cap, held_n;
 
-static size_t held_slot(const bp_view_rec *r, size_t cap) {
-    uint64_t h = (uint64_t)(uintptr_t)r * 0x9E3779B97F4A7C15ull;
+#define TOKEN_MASK ((UINT64_C(1) << 53) - 1)
+
+static size_t held_slot(uint64_t token, size_t cap) {
+    uint64_t h = token * 0x9E3779B97F4A7C15ull;
     return (size_t)(h >> 32) & (cap - 1);
 }
 
 static void held_put(bp_view_rec **tab, size_t cap, bp_view_rec *r) {
-    size_t i = held_slot(r, cap);
+    size_t i = held_slot(r->token, cap);
     while (tab[i]) i = (i + 1) & (cap - 1);
     tab[i] = r;
 }
 
-static int held_add(bp_view_rec *r) {
-    pthread_mutex_lock(&held_lock);
+static int held_insert_locked(bp_view_rec *r) {
     if ((held_n + 1) * 2 > held_cap) {
         size_t cap = held_cap ? held_cap * 2 : 64;
         bp_view_rec **tab = calloc(cap, sizeof *tab);
-        if (!tab) {
-            pthread_mutex_unlock(&held_lock);
-            return -1;
-        }
+        if (!tab) return -1;
         for (size_t i = 0; i < held_cap; i++)
             if (held[i]) held_put(tab, cap, held[i]);
         free(held);
@@ -75,26 +81,55 @@ static int held_add(bp_view_rec *r) {
     }
     held_put(held, held_cap, r);
     held_n++;
-    pthread_mutex_unlock(&held_lock);
     return 0;
 }
 
-/* Takes `r` out; 0 if it was not there. `lookup_only`: leaves it in. */
-static int held_take(const bp_view_rec *r, int lookup_only) {
-    pthread_mutex_lock(&held_lock);
-    size_t i = held_cap ? held_slot(r, held_cap) : 0;
-    int found = 0;
-    for (; held_cap && held[i]; i = (i + 1) & (held_cap - 1))
-        if (held[i] == r) {
-            found = 1;
-            break;
+static bp_view_rec *held_find_locked(uint64_t token, size_t *at) {
+    for (size_t i = held_cap ? held_slot(token, held_cap) : 0; held_cap && held[i]; i = (i + 1) & (held_cap - 1))
+        if (held[i]->token == token) {
+            *at = i;
+            return held[i];
         }
+    return NULL;
+}
+
+/* Random bits for tokens, taken from the kernel 32 tokens at a time (one getentropy costs
+   about a microsecond here); under held_lock. */
+static uint64_t token_pool[32];
+static size_t token_left;
+
+/* Gives `r` a token no held record has, then adds it. */
+static int held_add(bp_view_rec *r) {
+    pthread_mutex_lock(&held_lock);
+    size_t at;
+    do {
+        if (token_left == 0) {
+            if (getentropy(token_pool, sizeof token_pool) != 0) {
+                pthread_mutex_unlock(&held_lock);
+                return -1;
+            }
+            token_left = sizeof token_pool / sizeof token_pool[0];
+        }
+        r->token = token_pool[--token_left] & TOKEN_MASK;
+        token_pool[token_left] = 0;
+    } while (r->token == 0 || held_find_locked(r->token, &at));
+    int rc = held_insert_locked(r);
+    pthread_mutex_unlock(&held_lock);
+    return rc;
+}
+
+/* The record named `token`, taken out (NULL if there is none). `lookup_only`: left in. */
+static bp_view_rec *held_take(uint64_t token, int lookup_only) {
+    if (token == 0) return NULL;
+    pthread_mutex_lock(&held_lock);
+    size_t i = 0;
+    bp_view_rec *found = held_find_locked(token, &i);
     if (found && !lookup_only) {
         /* backward-shift deletion: entries after the hole that hash at or before it move in */
         held[i] = NULL;
         held_n--;
         for (size_t j = (i + 1) & (held_cap - 1); held[j]; j = (j + 1) & (held_cap - 1)) {
-            size_t home = held_slot(held[j], held_cap);
+            size_t home = held_slot(held[j]->token, held_cap);
             if (((j - home) & (held_cap - 1)) >= ((j - i) & (held_cap - 1))) {
                 held[i] = held[j];
                 held[j] = NULL;
@@ -114,12 +149,12 @@ static int main_interpreter_only(const char *what) {
     return -1;
 }
 
-/* JSTypedArrayBytesDeallocator: (bytes, context). Any thread, no GIL: a lookup under a
-   short lock of plain C, then a push. */
+/* JSTypedArrayBytesDeallocator: (bytes, context = the record's token). Any thread, no GIL:
+   a lookup under a short lock of plain C, then a push. */
 static void view_freed(void *bytes, void *ctx) {
     (void)bytes;
-    bp_view_rec *rec = ctx;
-    held_take(rec, 0);
+    bp_view_rec *rec = held_take((uint64_t)(uintptr_t)ctx, 0);
+    if (!rec) return; /* cannot happen: only JS has the token of a record it wrapped */
     bp_view_rec *head = atomic_load_explicit(&freed_views, memory_order_relaxed);
     do rec->next = head;
     while (!atomic_compare_exchange_weak_explicit(&freed_views, &head, rec, memory_order_release,
@@ -218,9 +253,13 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     PyObject *obj = args[0];
     bp_view_rec *prev = NULL;
     if (nargs == 2 && args[1] != Py_None) {
-        prev = PyLong_AsVoidPtr(args[1]);
-        if (!prev && PyErr_Occurred()) return NULL;
-        if (prev && !held_take(prev, 1)) prev = NULL; /* not a record JS holds: not compared */
+        if (!PyLong_Check(args[1])) {
+            PyErr_SetString(PyExc_TypeError, "_view(obj[, prev]): prev must be an int");
+            return NULL;
+        }
+        uint64_t token = PyLong_AsUnsignedLongLongMask(args[1]);
+        if (token == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+        prev = held_take(token, 1); /* not a record JS holds: NULL, not compared */
     }
     if (!PyObject_CheckBuffer(obj)) {
         PyErr_Format(PyExc_TypeError, "py.view: a '%.200s' object does not support the buffer protocol "
@@ -261,7 +300,7 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
             out = Py_BuildValue("(innnOnNOO)", 0, (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0, fmt, v->itemsize,
                                 PyBool_FromLong(rec->readonly), shape, strides);
         } else {
-            out = Py_BuildValue("(NNnnOnNOO)", PyLong_FromVoidPtr(rec), PyLong_FromVoidPtr((char *)v->buf + lo),
+            out = Py_BuildValue("(KNnnOnNOO)", (unsigned long long)rec->token, PyLong_FromVoidPtr((char *)v->buf + lo),
                                 span, -lo, fmt, v->itemsize, PyBool_FromLong(rec->readonly), shape, strides);
         }
     }
@@ -280,6 +319,18 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         free(rec);
         return PyErr_NoMemory();
     }
+    /* the token is known now: it replaces the placeholder */
+    PyObject *token = PyLong_FromUnsignedLongLong((unsigned long long)rec->token);
+    if (!token) {
+        Py_DECREF(out);
+        held_take(rec->token, 0);
+        PyBuffer_Release(v);
+        free(rec);
+        return NULL;
+    }
+    PyObject *old = PyTuple_GET_ITEM(out, 0);
+    PyTuple_SET_ITEM(out, 0, token);
+    Py_DECREF(old);
     atomic_fetch_add(&live_views, 1);
     /* From here the record belongs to JS: it must wrap it in an ArrayBuffer whose
        deallocator is view_freed, or hand it back with _view_close. */
@@ -290,9 +341,15 @@ PyObject *bp_view_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 PyObject *bp_view_close(PyObject *module, PyObject *addr) {
     (void)module;
     if (main_interpreter_only("_view_close") < 0) return NULL;
-    bp_view_rec *rec = PyLong_AsVoidPtr(addr);
-    if (!rec) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (!held_take(rec, 0)) {
+    if (!PyLong_Check(addr)) {
+        PyErr_SetString(PyExc_TypeError, "_bunpy._view_close: a view record is an int");
+        return NULL;
+    }
+    uint64_t token = PyLong_AsUnsignedLongLongMask(addr);
+    if (token == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    if (token == 0) Py_RETURN_NONE;
+    bp_view_rec *rec = held_take(token, 0);
+    if (!rec) {
         PyErr_SetString(PyExc_ValueError, "_bunpy._view_close: not a view record JS holds");
         return NULL;
     }

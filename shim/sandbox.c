@@ -220,6 +220,10 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
     }
     if (pol->env_rule && strcmp(event, "os.system") == 0)
         return refuse(event, "env", "the shell would get the whole process environment: use subprocess");
+    /* an owngil context's os.environ edits its own copy (bunpy._context.keep_environment);
+       the C environment is Bun's: LD_PRELOAD set there reaches every program Bun starts */
+    if (pol->env_rule && pol->owngil && (strcmp(event, "os.putenv") == 0 || strcmp(event, "os.unsetenv") == 0))
+        return refuse(event, "env", "the C environment is the whole process's: change os.environ, which is this context's own");
     if (pol->refuse_ctypes && strncmp(event, "ctypes.", 7) == 0)
         return refuse(event, "no ctypes", "this context may not use ctypes");
     if (pol->refuse_sockets && strncmp(event, "socket.", 7) == 0 && strcmp(event, "socket.gethostname") != 0) {
@@ -251,8 +255,8 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
         if (name && is_one_of(name, INTERP_MODULES))
             return refuse(event, "no other interpreters", "a sandboxed context may not create or enter interpreters");
         /* the context imported it at start (and guarded fork_exec): a fresh copy is a way around */
-        if (name && pol->refuse_processes && strcmp(name, "_posixsubprocess") == 0)
-            return refuse(event, "no processes", "_posixsubprocess cannot be imported again here");
+        if (name && (pol->refuse_processes || pol->env_rule) && strcmp(name, "_posixsubprocess") == 0)
+            return refuse(event, pol->refuse_processes ? "no processes" : "env", "_posixsubprocess cannot be imported again here");
         if (pol->refuse_ctypes && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0) {
             const char *name = symbol_name(args, 0);
             if (name && (strcmp(name, "ctypes") == 0 || strcmp(name, "_ctypes") == 0 || strncmp(name, "ctypes.", 7) == 0))
@@ -292,6 +296,13 @@ static PyObject *guarded_fork_exec(PyObject *mod, PyObject *const *args, Py_ssiz
     PyObject *setup = PyImport_ImportModule("bunpy._context");
     PyObject *env = setup ? PyObject_CallMethod(setup, "environment", NULL) : NULL;
     Py_XDECREF(setup);
+    /* the context's code can replace environment() (or the module): None here would let the
+       child inherit the whole process environment again */
+    if (env && !PyList_CheckExact(env)) {
+        Py_DECREF(env);
+        env = NULL;
+        refuse("_posixsubprocess.fork_exec", "env", "bunpy._context.environment() was replaced: pass env= explicitly");
+    }
     PyObject **copy = env ? PyMem_Malloc((size_t)nargs * sizeof *copy) : NULL;
     if (!copy) {
         Py_XDECREF(env);

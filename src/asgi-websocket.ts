@@ -38,24 +38,62 @@ interface Socket {
   sent: number;
   taken: number;
   maxQueue: number;
+  /** Frames to the client: the app's running total of the last frame Bun took, the total
+      given back to Python, and whether Bun is backpressured (its drain gives it back). */
+  outMark: number;
+  outAcked: number;
+  outBlocked: boolean;
+}
+
+/** Python's send() waits while a total this large was not given back (bunpy._asgi
+    _WS_OUT_HIGH, 1 MiB): it is given back at half of it. */
+const OUT_ACK_EVERY = 1 << 19;
+
+function ackOut(s: Socket): void {
+  if (s.outMark <= s.outAcked) return;
+  s.outAcked = s.outMark;
+  s.ctx.cast("bunpy._asgi", "ws_acked", [(s.ws!.data as WsData).bunpyRid, s.outMark]);
 }
 
 const sockets = new Map<number, Socket>();
 const listening = new WeakSet<MainInterpreter>();
 
+/** Acts on a message of the socket's own context: a frame, how many frames the app took,
+    or the close. One Bun refuses (a frame that is not text or bytes, a bad close code:
+    Python code can send anything) closes the socket with 1011, rather than throw. */
 function deliver(s: Socket, m: unknown[]): void {
   const ws = s.ws!;
-  if (m[1] === 0 || m[1] === 1) ws.send(m[2] as string | Uint8Array);
-  else if (m[1] === 3) {
-    s.taken = m[2] as number;
-    if (s.sent - s.taken < s.maxQueue && ws.isPaused) ws.resume();
-  } else ws.close(m[2] as number, m[3] as string);
+  try {
+    if (m[1] === 0 || m[1] === 1) {
+      const data = m[2];
+      if (typeof data !== "string" && !(data instanceof Uint8Array)) throw new TypeError("a websocket frame is text or bytes");
+      const r = ws.send(data);
+      // 0: Bun dropped it (past its backpressureLimit): the app would not know
+      if (r === 0) throw new Error("the frame was dropped");
+      if (typeof m[3] === "number" && m[3] > s.outMark) s.outMark = m[3];
+      if (r === -1) s.outBlocked = true;
+      else if (!s.outBlocked && s.outMark - s.outAcked >= OUT_ACK_EVERY) ackOut(s);
+    } else if (m[1] === 3) {
+      if (typeof m[2] !== "number") throw new TypeError("a count of frames is a number");
+      s.taken = m[2];
+      if (s.sent - s.taken < s.maxQueue && ws.isPaused) ws.resume();
+    } else ws.close(typeof m[2] === "number" ? m[2] : 1011, typeof m[3] === "string" ? m[3] : "");
+  } catch {
+    try {
+      ws.close(1011, "bad message from the app, or a frame Bun dropped");
+    } catch {
+      // closed already
+    }
+  }
 }
 
 function listen(rt: MainInterpreter): void {
   if (listening.has(rt)) return;
   listening.add(rt);
   hubOf(rt).on("__bunpy_ws", (value, from) => {
+    // any Python code can send here (this listener throwing would end the process with an
+    // uncaught error): a message of another shape is dropped
+    if (!Array.isArray(value) || typeof value[0] !== "number") return;
     const m = value as unknown[];
     const s = sockets.get(m[0] as number);
     // another context (a sandboxed one, say) naming this socket's id is not listened to
@@ -82,6 +120,12 @@ export const websocketHandlers = {
     // back-pressure: stop reading the socket while maxQueue frames wait for the app (Bun
     // still delivers the frames it read already; the client's TCP window fills up)
     if (++s.sent - s.taken >= s.maxQueue && !ws.isPaused) ws.pause();
+  },
+  drain(ws: ServerWebSocket<any>) {
+    const s = ours(ws);
+    if (s === undefined || !s.outBlocked) return;
+    s.outBlocked = false;
+    ackOut(s);
   },
   close(ws: ServerWebSocket<any>, code: number, reason: string) {
     const s = ours(ws);
@@ -114,10 +158,14 @@ export function sharedHandlers(js: WebSocketHandler<any>): WebSocketHandler<any>
       return js.close?.(ws, code, reason);
     },
   };
-  for (const k of ["drain", "ping", "pong"] as const) {
+  for (const k of ["ping", "pong"] as const) {
     const f = js[k];
     if (f !== undefined) out[k] = (ws: ServerWebSocket<any>, data?: any) => (ws.data instanceof AppSocketData ? undefined : (f as (ws: ServerWebSocket<any>, d?: any) => void)(ws, data));
   }
+  out.drain = (ws) => {
+    if (ws.data instanceof AppSocketData) return websocketHandlers.drain(ws);
+    return js.drain?.(ws);
+  };
   return out;
 }
 
@@ -132,7 +180,7 @@ export async function handshake(
 ): Promise<Response | undefined> {
   listen(rt);
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
-  const s: Socket = { ctx, owner: ctx instanceof Context ? ctx : undefined, pending: [], app, sent: 0, taken: 0, maxQueue: args.maxQueue };
+  const s: Socket = { ctx, owner: ctx instanceof Context ? ctx : undefined, pending: [], app, sent: 0, taken: 0, maxQueue: args.maxQueue, outMark: 0, outAcked: 0, outBlocked: false };
   sockets.set(rid, s);
   let r: [string, ...unknown[]];
   try {

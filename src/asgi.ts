@@ -131,6 +131,7 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
   const wsHandlers = options.websocket !== undefined ? sharedHandlers(options.websocket) : websocketHandlers;
   register(rt);
   const { pool, id, asgiVersion } = loaded ?? (await loadApp(rt, target, options, options.interface ?? "asgi"));
+  const sandboxed = options.pool?.sandbox !== undefined;
   // inline mode: one runner, the main interpreter on this JS thread
   const inline = pool === undefined ? inlineRunner(rt) : undefined;
   const callers: AppCaller[] = inline !== undefined ? [inline] : pool!.contexts;
@@ -261,7 +262,10 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
       for (let i = 0; i < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);
       const noBody = method === "HEAD" || nullBodyStatus(status);
       if (flag === PATHSEND) {
-        // http.response.pathsend: Bun sends the file (sendfile where it can)
+        // http.response.pathsend: Bun sends the file (sendfile where it can), opened here,
+        // outside any sandbox: a sandboxed app is not offered the extension, and since its
+        // Python side (bunpy's included) is the app's to change, JS refuses it too
+        if (sandboxed) throw new Error("bunpy: a sandboxed app cannot use http.response.pathsend (Bun would open the file outside its sandbox)");
         signal.removeEventListener("abort", onAbort);
         live.delete(rid);
         return new Response(noBody ? null : Bun.file(first as string), { status, headers });

@@ -144,6 +144,8 @@ function tlsOptions(ssl: { keyfile?: string; certfile?: string; password?: strin
     } catch (e) {
       throw new UsageError(`${flag}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
+    // (Bun.serve throws a TypeError of its own for an empty one, which is no TLS error)
+    if (statSync(path).size === 0) throw new UsageError(`${flag}: ${path} is empty`);
     return Bun.file(path);
   };
   const tls: TLSOptions = { key: file(keyfile, "--ssl-keyfile"), cert: file(certfile, "--ssl-certfile") };

@@ -136,6 +136,9 @@ export const py = {
   register(name: string, fn: (...args: any[]) => unknown): void {
     if (typeof name !== "string" || name === "") throw new TypeError("py.register(name, fn): name must be a non-empty string");
     if (typeof fn !== "function") throw new TypeError("py.register(name, fn): fn must be a function");
+    // bunpy's own functions have these names and pass a sandbox's jsFunctions check (they
+    // check their caller themselves): a user's function must not get that pass
+    if (name.startsWith("__bunpy_")) throw new TypeError('py.register(name, fn): names starting with "__bunpy_" are reserved for bunpy');
     running().callbacks.registered.set(name, fn);
   },
   /** Removes a function registered with py.register. Returns whether it was registered. */

@@ -47,14 +47,26 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
 
   // hand-offs between this listener's contexts: [listener id, to, fd, bytes already read]
   const stopRelay = hubOf(rt).on("__bunpy_handoff", (value, from) => {
-    const [lid, to, fd, data] = value as [number, number | string, number, Uint8Array];
+    // what Python code sends here may be anything (this listener throwing would end the
+    // process with an uncaught error): a message of another shape is dropped
+    if (!Array.isArray(value) || value.length !== 4) return;
+    const [lid, to, fd, data] = value as [unknown, unknown, unknown, unknown];
     // only this listener's contexts hand off: from anywhere else the fd number would make
     // JS close, or give to a context, an fd of its own choosing
     if (lid !== id || from === undefined || !pool.contexts.includes(from)) return;
+    if (!(typeof fd === "number" && Number.isInteger(fd) && fd >= 0 && fd <= 0x7fffffff)) return;
+    const closeFd = () => {
+      try {
+        closeSync(fd);
+      } catch {
+        // not open (the context sent a number it had not dup'ed): nothing to close
+      }
+    };
+    if (!(data instanceof Uint8Array) || (typeof to !== "number" && typeof to !== "string")) return closeFd();
     let target: Context | undefined;
     if (!closed) target = typeof to === "number" ? pool.contexts[to] : pool.pick({ key: to });
     if (target === undefined) {
-      closeSync(fd); // nobody will serve it: the client sees the connection close
+      closeFd(); // nobody will serve it: the client sees the connection close
       return;
     }
     // adopt serves a duplicate of the fd, so JS closes this one however the call ends:
@@ -64,7 +76,7 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
       .catch((e: unknown) => {
         if (!(e instanceof ContextClosedError || e instanceof ContextDiedError)) console.error("bunpy: a connection handed off between contexts was dropped:", e);
       })
-      .finally(() => closeSync(fd));
+      .finally(closeFd);
   });
 
   // A context that dies leaves its listening socket open and listening: the kernel would

@@ -270,12 +270,19 @@ class _Request:
 
 
 def _headers_out(headers):
+    """[name, value, ...] as str; every header is a (name, value) pair (one of another length
+    would shift the names and values after it)."""
     try:
-        return [x.decode("latin-1") for pair in headers for x in pair]
+        flat = [x.decode("latin-1") for pair in headers for x in pair]
+        if len(flat) == 2 * len(headers):
+            return flat
     except (AttributeError, TypeError):
         pass
     out = []
-    for k, v in headers:
+    for pair in headers:
+        if len(pair) != 2:
+            raise TypeError(f"bunpy: an ASGI header is a (name, value) pair, got {pair!r}")
+        k, v = pair
         out.append(k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else str(k))
         out.append(v.decode("latin-1") if isinstance(v, (bytes, bytearray)) else str(v))
     return out
@@ -328,7 +335,7 @@ async def handle(app_id, rid, method, target, headers, client_host, client_port,
     # suspends goes on as a task (_continue picks it up where it stopped).
     # The first step and the task run in one Context of their own, as one task would:
     # a ContextVar token set before the first suspension is reset after it (asgiref does).
-    coro = _run(a.app, scope, r)
+    coro = _run(a.app, scope, r, a.extensions is _HTTP_EXTENSIONS)
     ctx = contextvars.copy_context()
     if a.leases is not None:
         lease = a.leases.enter(ctx)
@@ -372,7 +379,9 @@ def _read(rid):
     return async_call("__bunpy_asgi_read", rid)
 
 
-async def _run(app, scope, r):
+async def _run(app, scope, r, pathsend):
+    """`pathsend`: the app was offered http.response.pathsend (its scope is its own to change;
+    src/asgi.ts refuses it for a sandboxed app whatever this says)."""
     async def receive():
         if r.body is not None:
             body, r.body = r.body, None
@@ -429,7 +438,7 @@ async def _run(app, scope, r):
                     await r.drain
                     if r.disconnected:
                         raise OSError("bunpy: the client has disconnected")
-        elif t == "http.response.pathsend" and "http.response.pathsend" in scope["extensions"]:
+        elif t == "http.response.pathsend" and pathsend:
             if r.complete and r.head:
                 return  # HEAD: the response ended with its head
             if not r.started or r.complete:
@@ -539,8 +548,12 @@ def disconnect(rid):
 _WS_CONNECTING, _WS_OPEN, _WS_CLOSED = 0, 1, 2
 
 
+_WS_OUT_HIGH = 1 << 20
+
+
 class _WS:
-    __slots__ = ("rid", "queue", "state", "result", "client_closed", "denial", "taken", "acked", "ack_every", "peak")
+    __slots__ = ("rid", "queue", "state", "result", "client_closed", "denial", "taken", "acked", "ack_every", "peak",
+                 "out_sent", "out_acked", "out_waiter")
 
     def __init__(self, rid, max_queue):
         self.rid = rid
@@ -556,6 +569,14 @@ class _WS:
         self.result = None
         self.client_closed = False
         self.denial = None  # [status, headers, body chunks]: an HTTP response instead
+        # Frames to the client: each carries the running total of what the app sent (a
+        # length per frame); JS gives the total back once Bun took the frames (ws.send not
+        # backpressured, or its drain), every _WS_OUT_HIGH/2 at least. send() waits while
+        # _WS_OUT_HIGH of it is not given back, so a client that reads slowly slows the app
+        # down instead of Bun dropping frames past its backpressureLimit.
+        self.out_sent = 0
+        self.out_acked = 0
+        self.out_waiter = None
 
 
 async def ws_connect(app_id, rid, target, headers, client_host, client_port, scheme, server_host,
@@ -617,9 +638,20 @@ async def _ws_run(app, scope, w):
                 raise RuntimeError("bunpy: websocket.send before accept or after close")
             text = message.get("text")
             if text is not None:
-                bunpy.send("__bunpy_ws", [w.rid, 0, text])
+                w.out_sent += len(text) + 16
+                bunpy.send("__bunpy_ws", [w.rid, 0, text, w.out_sent])
             else:
-                bunpy.send("__bunpy_ws", [w.rid, 1, bytes(message.get("bytes") or b"")])
+                data = bytes(message.get("bytes") or b"")
+                w.out_sent += len(data) + 16
+                bunpy.send("__bunpy_ws", [w.rid, 1, data, w.out_sent])
+            if w.out_sent - w.out_acked >= _WS_OUT_HIGH:
+                w.out_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await w.out_waiter
+                finally:
+                    w.out_waiter = None
+                if w.client_closed:
+                    raise OSError("bunpy: the websocket was closed by the client")
         elif t == "websocket.http.response.start":
             if w.state != _WS_CONNECTING or w.denial is not None:
                 raise RuntimeError("bunpy: websocket.http.response.start after the handshake")
@@ -683,8 +715,20 @@ def ws_receive(rid, text, data):
             w.peak = q.qsize()
 
 
+def ws_acked(rid, total):
+    """JS: Bun took the frames up to `total` (see _WS.out_sent)."""
+    w = _state()[1].get(rid)
+    if w is None or total <= w.out_acked:
+        return
+    w.out_acked = total
+    if w.out_waiter is not None and not w.out_waiter.done() and w.out_sent - total < _WS_OUT_HIGH:
+        w.out_waiter.set_result(None)
+
+
 def ws_disconnect(rid, code, reason):
     w = _state()[1].pop(rid, None)
     if w is not None:
         w.client_closed = True
+        if w.out_waiter is not None and not w.out_waiter.done():
+            w.out_waiter.set_result(None)  # its send() raises: the client is gone
         w.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})

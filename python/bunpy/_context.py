@@ -166,9 +166,26 @@ def keep_environment(names, owngil):
         for table in (os.environ._data, posix.environ):
             for k in [k for k in table if k not in keep]:
                 del table[k]
+        # os.environ's writes call putenv/unsetenv, which change the C environment: the whole
+        # process's (an LD_PRELOAD set here would reach every program Bun starts). Here they
+        # change this interpreter's copy only (its children get it, see environment());
+        # os.putenv and os.unsetenv themselves are refused by the audit hook (rule: env).
+        os._Environ.__setitem__ = _environ_set
+        os._Environ.__delitem__ = _environ_delete
     else:
         for k in [k for k in os.environb if k not in keep]:
             del os.environb[k]
+
+
+def _environ_set(self, key, value):
+    self._data[self.encodekey(key)] = self.encodevalue(value)
+
+
+def _environ_delete(self, key):
+    try:
+        del self._data[self.encodekey(key)]
+    except KeyError:
+        raise KeyError(key) from None
 
 
 def environment():

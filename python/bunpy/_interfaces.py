@@ -20,6 +20,18 @@ def _positional(obj):
 
 
 def detect(obj):
+    """See _detect; an app whose introspection raises (a `__signature__` or `__call__` that
+    raises, a metaclass's `__getattr__`) is one bunpy cannot tell: TypeError saying so."""
+    try:
+        return _detect(obj)
+    except Exception as e:
+        raise TypeError(
+            f"bunpy: cannot tell which interface {obj!r:.100} speaks (looking at it raised "
+            f"{type(e).__name__}: {e}); say it with interface: \"asgi3\", \"asgi2\" or \"wsgi\""
+        ) from e
+
+
+def _detect(obj):
     """"asgi3", "asgi2", "wsgi" or None (cannot tell) for an app object.
 
     As uvicorn tells ASGI 3 from ASGI 2: a class is ASGI 3 when its instances are awaitable

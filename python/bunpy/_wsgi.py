@@ -197,10 +197,19 @@ def handle(app_id, rid, method, target, headers, client_host, client_port, body,
                 exc_info = None
         elif resp.status is not None:
             raise AssertionError("start_response() called twice without exc_info")
-        if not isinstance(status, str) or len(status) < 4:
+        if not isinstance(status, str) or len(status) < 4 or not (status[:3].isascii() and status[:3].isdigit()) or status[3] != " ":
             raise ValueError(f"bad WSGI status {status!r}")
+        # PEP 3333: a list of (name, value) tuples of str (anything else used to reach the
+        # client as "null: ..." or "name: 5"); a list as a pair is let through
+        try:
+            headers = list(response_headers)
+        except TypeError:
+            raise TypeError(f"WSGI response headers must be a list of (name, value) tuples, got {response_headers!r}") from None
+        for h in headers:
+            if not (isinstance(h, (tuple, list)) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], str)):
+                raise TypeError(f"a WSGI response header must be a (name, value) tuple of str, got {h!r}")
         resp.status = status
-        resp.headers = response_headers
+        resp.headers = headers
         return write
 
     try:
