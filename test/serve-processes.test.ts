@@ -1,0 +1,161 @@
+// `bunpy serve --processes N`: N child Bun processes on one port (SO_REUSEPORT), a supervisor
+// that starts a dead one again, forwards SIGTERM and exits once all are gone, and stops at
+// once when the app cannot start. Real processes, real sockets; the app answers os.getpid().
+import { expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+
+import { lineReader } from "./fixtures/serve/lines.ts";
+import { selfSigned } from "./fixtures/serve/tls.ts";
+
+const CLI = resolve(import.meta.dir, "../src/cli.ts");
+const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
+
+function serve(...args: string[]) {
+  const proc = Bun.spawn([process.execPath, CLI, "serve", ...args, "--app-dir", FIXTURES], { stdout: "pipe", stderr: "pipe" });
+  return { proc, out: lineReader(proc.stdout), err: lineReader(proc.stderr) };
+}
+
+/** The pids of the "process PID started" lines up to the banner, and the banner's URL. */
+async function started(out: ReturnType<typeof lineReader>): Promise<{ pids: number[]; url: string }> {
+  const banner = await out.until(/bunpy: serving /);
+  const pids = out.seen.flatMap((l) => /bunpy: process (\d+) started/.exec(l)?.[1] ?? []).map(Number);
+  return { pids, url: /on (https?:\/\/\S+)/.exec(banner)![1]! };
+}
+
+/** A request on a connection of its own (so the kernel may hand it to any of the processes). */
+async function pidOf(url: string, path = "/", init: RequestInit = {}): Promise<number> {
+  const r = await fetch(new URL(path, url), { ...init, headers: { connection: "close" } });
+  expect(r.status).toBe(200);
+  return Number(await r.text());
+}
+
+/** Asks until `want` pids answered (each connection lands on one process, by the kernel's hash). */
+async function pidsAnswering(url: string, want: number, init: RequestInit = {}): Promise<Set<number>> {
+  const seen = new Set<number>();
+  for (let i = 0; i < 400 && seen.size < want; i++) seen.add(await pidOf(url, "/", init));
+  return seen;
+}
+
+/** Running (a zombie, which init may not have reaped yet, counts as gone). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+async function gone(pids: number[]): Promise<boolean> {
+  for (let i = 0; i < 100 && pids.some(alive); i++) await Bun.sleep(50);
+  return !pids.some(alive);
+}
+
+test("--processes 2: both processes answer on one port; one killed with SIGKILL is started again", async () => {
+  const { proc, out, err } = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1", "--access-log");
+  try {
+    const { pids, url } = await started(out);
+    expect(pids.length).toBe(2);
+    expect(out.seen.at(-1)).toMatch(/serving pidapp:app \(asgi, 2 processes × 1 (owngil|worker) context\) on http:/); // worker on 3.11
+    expect([...(await pidsAnswering(url, 2))].sort()).toEqual([...pids].sort());
+    expect(await out.until(/INFO: {5}\S+ - "GET \/ HTTP\/1.1" 200/)).toBeDefined(); // the children's access log
+
+    process.kill(pids[0]!, "SIGKILL");
+    expect(await err.until(/exited/)).toContain(`process ${pids[0]} exited (signal SIGKILL); starting another`);
+    const again = Number(/process (\d+) started \(1 of 2\)/.exec(await out.until(/process \d+ started/))![1]);
+    expect(pids).not.toContain(again);
+    expect(alive(pids[0]!)).toBe(false);
+    const now = await pidsAnswering(url, 2);
+    expect([...now].sort()).toEqual([again, pids[1]!].sort());
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+    expect(await gone([again, pids[1]!])).toBe(true);
+    expect((await out.rest()).at(-1)).toBe("bunpy: stopped");
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 60000);
+
+test("SIGTERM with a slow request in flight: it completes, then every process exits", async () => {
+  const { proc, out } = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1");
+  try {
+    const { pids, url } = await started(out);
+    const slow = pidOf(url, "/slow?s=1.5");
+    await Bun.sleep(300); // the request reached its process
+    proc.kill("SIGTERM");
+    expect(pids).toContain(await slow);
+    expect(await proc.exited).toBe(0);
+    expect(await gone(pids)).toBe(true);
+    const lines = await out.rest();
+    expect(lines).toContain("bunpy: SIGTERM: stopping 2 processes (requests in flight finish, up to 10 s)");
+    expect(lines.at(-1)).toBe("bunpy: stopped");
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 60000);
+
+test("a supervisor killed with SIGKILL leaves no server behind (the children see their IPC channel close)", async () => {
+  const { proc, out } = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1");
+  const { pids } = await started(out);
+  proc.kill("SIGKILL");
+  await proc.exited;
+  expect(await gone(pids)).toBe(true);
+}, 60000);
+
+test("an app that fails to import: the error is printed once, no restart, exit code 1", async () => {
+  const { proc, out, err } = serve("brokenapp:app", "--port", "0", "--processes", "2", "--workers", "1");
+  expect(await proc.exited).toBe(1);
+  const errors = (await err.rest()).join("\n");
+  expect(errors.split("brokenapp refuses to import").length - 1).toBe(1);
+  expect(errors).toMatch(/the server failed to start: process \d+ exited \(code 1\)/);
+  expect((await out.rest()).filter((l) => l.includes("started"))).toEqual([]);
+}, 30000);
+
+test("--mode inline --processes 2: one main interpreter per process, both answer", async () => {
+  const { proc, out } = serve("pidapp:app", "--port", "0", "--processes", "2", "--mode", "inline");
+  try {
+    const { pids, url } = await started(out);
+    expect(out.seen.at(-1)).toContain("(asgi, 2 processes × inline: the main interpreter on Bun's thread)");
+    expect([...(await pidsAnswering(url, 2))].sort()).toEqual([...pids].sort());
+    proc.kill("SIGINT");
+    expect(await proc.exited).toBe(0);
+    expect(await gone(pids)).toBe(true);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 60000);
+
+const tls = selfSigned();
+
+test.skipIf(!tls)("--processes with TLS flags: every process serves https (skipped without openssl)", async () => {
+  const { proc, out } = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1", "--ssl-keyfile", tls!.keyFile, "--ssl-certfile", tls!.certFile);
+  try {
+    const { pids, url } = await started(out);
+    expect(url.startsWith("https://")).toBe(true);
+    const insecure = { tls: { rejectUnauthorized: false } } as RequestInit;
+    expect([...(await pidsAnswering(url, 2, insecure))].sort()).toEqual([...pids].sort());
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+  // a key that does not fit: the first process fails with the CLI's usage error, code 2
+  const bad = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1", "--ssl-keyfile", tls!.keyFile, "--ssl-certfile", FIXTURES + "/static.txt");
+  expect(await bad.proc.exited).toBe(2);
+}, 60000);
+
+test("--processes: bad combinations exit 2 with the usage", () => {
+  const run = (...args: string[]) => Bun.spawnSync([process.execPath, CLI, "serve", "pidapp:app", "--app-dir", FIXTURES, ...args], { stderr: "pipe" });
+  for (const [args, message] of [
+    [["--processes", "2", "--reload"], "--reload and --processes cannot be combined"],
+    [["--processes", "0"], "--processes: expected an integer ≥ 1, got 0"],
+    [["--processes"], "--processes needs a value"],
+    [["--processes", "2", "--mode", "inline", "--workers", "2"], "--workers does not apply to --mode inline"],
+  ] as const) {
+    const r = run(...args);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr.toString()).toContain(message);
+    expect(r.stderr.toString()).toContain("--processes N");
+  }
+});
