@@ -182,7 +182,14 @@ export async function serveCommand(argv: string[]): Promise<number> {
     // the cores shared out: N processes of cores/N contexts, unless --workers says otherwise
     if (!parsed.workers && parsed.options.mode !== "inline")
       childArgv.push("--workers", String(Math.max(1, Math.ceil((navigator.hardwareConcurrency ?? 1) / parsed.processes))));
-    return superviseProcesses({ argv: childArgv, processes: parsed.processes, port: parsed.options.port ?? 8000, app: parsed.options.app, graceMs: parsed.graceMs });
+    return superviseProcesses({
+      argv: childArgv,
+      processes: parsed.processes,
+      port: parsed.options.port ?? 8000,
+      hostname: parsed.options.hostname ?? "127.0.0.1",
+      app: parsed.options.app,
+      graceMs: parsed.graceMs,
+    });
   }
   // a child of the supervisor (--reload, --processes): it reports when it listens and stops
   // when the supervisor goes away; with --processes it shares the port and stays quiet

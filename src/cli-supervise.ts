@@ -223,20 +223,43 @@ export interface ProcessesOptions {
   processes: number;
   /** --port as given (0: the first child picks one and the others take the same) */
   port: number;
+  /** --host as given */
+  hostname: string;
   app: string;
   graceMs: number;
 }
 
 /**
+ * SO_REUSEPORT lets any process of the same user share the port, a server started earlier
+ * included: make sure nothing listens there yet, with a socket of our own that does not
+ * share (it cannot bind while any socket is bound to the port). Undefined when free, else
+ * why not.
+ */
+function portTaken(hostname: string, port: number): string | undefined {
+  try {
+    Bun.listen({ hostname, port, socket: { data() {} } }).stop(true);
+    return undefined;
+  } catch (e) {
+    return String((e as { code?: unknown }).code ?? (e as Error).message);
+  }
+}
+
+/**
  * --processes N: starts the first child, takes its port (so --port 0 works), then starts
- * the others on that port; prints one line per child that listens and the banner once all
+ * the others on that port (a port given is first checked to be free: with SO_REUSEPORT the
+ * children would otherwise share it with whatever listens there already); prints one line per child that listens and the banner once all
  * do. A child that fails while the server starts (an import error, a bad TLS key) stops
  * the others: the command exits with the child's code, the child having printed its error
  * once. Once the server is up, a child that dies is started again, after a delay that
  * doubles while children die young; a slot whose children fail to start MAX_FAILED_STARTS
  * times in a row stops the server (exit code 1).
  */
-export function superviseProcesses(o: ProcessesOptions): Promise<number> {
+export async function superviseProcesses(o: ProcessesOptions): Promise<number> {
+  const taken = o.port === 0 ? undefined : portTaken(o.hostname, o.port);
+  if (taken !== undefined) {
+    console.error(`bunpy: cannot listen on ${o.hostname}:${o.port} (${taken}): is another server there?`);
+    return 1;
+  }
   return new Promise<number>((finish) => {
     let phase: "starting" | "running" | "stopping" = "starting";
     let port = o.port;

@@ -2,8 +2,9 @@
 // that starts a dead one again, forwards SIGTERM and exits once all are gone, and stops at
 // once when the app cannot start. Real processes, real sockets; the app answers os.getpid().
 import { expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 
 import { lineReader } from "./fixtures/serve/lines.ts";
 import { selfSigned } from "./fixtures/serve/tls.ts";
@@ -112,10 +113,14 @@ test("an app that fails to import: the error is printed once, no restart, exit c
   expect((await out.rest()).filter((l) => l.includes("started"))).toEqual([]);
 }, 30000);
 
-test("--mode inline --processes 2: one main interpreter per process, both answer", async () => {
-  const { proc, out } = serve("pidapp:app", "--port", "0", "--processes", "2", "--mode", "inline");
+test("--mode inline --processes 2 on a port given: one main interpreter per process, both answer", async () => {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  const { proc, out } = serve("pidapp:app", "--port", String(port), "--processes", "2", "--mode", "inline");
   try {
     const { pids, url } = await started(out);
+    expect(url).toBe(`http://127.0.0.1:${port}/`);
     expect(out.seen.at(-1)).toContain("(asgi, 2 processes × inline: the main interpreter on Bun's thread)");
     expect([...(await pidsAnswering(url, 2))].sort()).toEqual([...pids].sort());
     proc.kill("SIGINT");
@@ -157,5 +162,62 @@ test("--processes: bad combinations exit 2 with the usage", () => {
     expect(r.exitCode).toBe(2);
     expect(r.stderr.toString()).toContain(message);
     expect(r.stderr.toString()).toContain("--processes N");
+  }
+});
+
+/** A copy of pidapp.py in a directory of its own, served by one supervised process. */
+function flaky() {
+  const dir = mkdtempSync(join(tmpdir(), "bunpy-processes-"));
+  copyFileSync(join(FIXTURES, "pidapp.py"), join(dir, "flaky.py"));
+  const proc = Bun.spawn([process.execPath, CLI, "serve", "flaky:app", "--port", "0", "--processes", "1", "--workers", "1", "--app-dir", dir], { stdout: "pipe", stderr: "pipe" });
+  return { dir, proc, out: lineReader(proc.stdout), err: lineReader(proc.stderr) };
+}
+
+const exit = (url: string) => fetch(new URL("/exit", url), { headers: { connection: "close" } }).catch(() => undefined); // the process ends without answering
+
+test("a process that keeps dying is started again after a delay that doubles", async () => {
+  const { proc, out, err } = flaky();
+  try {
+    const { pids, url } = await started(out);
+    expect(out.seen.at(-1)).toContain("(asgi, 1 process × 1 ");
+    let pid = pids[0]!;
+    for (const delay of ["0.1", "0.2", "0.4"]) {
+      await exit(url);
+      expect(await err.until(/exited/)).toBe(`bunpy: process ${pid} exited (code 3); starting another in ${delay} s`);
+      pid = Number(/process (\d+) started/.exec(await out.until(/process \d+ started/))![1]);
+      expect(await pidOf(url)).toBe(pid);
+    }
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+    expect(await gone([pid])).toBe(true);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 60000);
+
+test("a process that no longer starts (its module broke since) makes the supervisor give up after 5 tries", async () => {
+  const { dir, proc, out, err } = flaky();
+  try {
+    const { url } = await started(out);
+    writeFileSync(join(dir, "flaky.py"), 'raise RuntimeError("flaky no longer imports")\n');
+    await exit(url);
+    expect(await proc.exited).toBe(1);
+    const errors = await err.rest();
+    expect(errors.filter((l) => /failed to start \(code 1\); starting another in/.test(l)).length).toBe(4);
+    expect(errors.filter((l) => l.includes("flaky no longer imports")).length).toBe(5);
+    expect(errors.at(-1)).toMatch(/failed to start \(code 1\), 5 times in a row: giving up/);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 60000);
+
+test("a port something already listens on (even with SO_REUSEPORT, which would let the processes share it) is refused", async () => {
+  const other = Bun.serve({ port: 0, reusePort: true, fetch: () => new Response("other") });
+  try {
+    const { proc, err } = serve("pidapp:app", "--port", String(other.port), "--processes", "2", "--workers", "1");
+    expect(await proc.exited).toBe(1);
+    expect((await err.rest()).join("\n")).toContain(`bunpy: cannot listen on 127.0.0.1:${other.port} (EADDRINUSE): is another server there?`);
+  } finally {
+    other.stop(true);
   }
 });
