@@ -226,8 +226,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const contexts = s.app.pool?.contexts.length ?? 0;
   const where = s.app.pool === undefined ? "inline: the main interpreter on Bun's thread" : `${contexts} ${s.app.mode} context${contexts === 1 ? "" : "s"}`;
   const kind = s.app.interface === "asgi" && (s.app as AsgiApp).asgiVersion === "2.0" ? "asgi2" : s.app.interface;
-  if (!quiet) console.log(`bunpy: serving ${options.app} (${kind}, ${where}) on ${s.url}`);
-  await new Promise<void>((resolve) => {
+  // the signal handlers first: a SIGTERM sent as soon as the banner is read must be graceful
+  const stopped = new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
@@ -241,11 +241,20 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
     if (child) {
+      // the channel may have closed while the app was loading (the supervisor was killed)
       process.on("disconnect", () => stop("the supervisor is gone"));
-      const ready: ReadyMessage = { bunpy: "ready", port: s.port, url: s.url.href, kind, where };
-      process.send!(ready);
+      if (!process.connected) stop("the supervisor is gone");
+      else {
+        const ready: ReadyMessage = { bunpy: "ready", port: s.port, url: s.url.href, kind, where };
+        process.send!(ready);
+      }
     }
   });
+  if (!quiet) console.log(`bunpy: serving ${options.app} (${kind}, ${where}) on ${s.url}`);
+  // uvicorn's --workers are processes: say what ours are where the difference shows
+  if (!quiet && s.app.mode === "worker" && contexts > 1)
+    console.error(`bunpy: the ${contexts} worker contexts share one GIL (Python runs on one core at a time in this process); --processes N runs N processes`);
+  await stopped;
   await py.close();
   if (!quiet) console.log("bunpy: stopped");
   return 0;

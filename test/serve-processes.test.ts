@@ -48,8 +48,8 @@ function alive(pid: number): boolean {
   }
 }
 
-async function gone(pids: number[]): Promise<boolean> {
-  for (let i = 0; i < 100 && pids.some(alive); i++) await Bun.sleep(50);
+async function gone(pids: number[], withinMs = 5000): Promise<boolean> {
+  for (let i = 0; i < withinMs / 50 && pids.some(alive); i++) await Bun.sleep(50);
   return !pids.some(alive);
 }
 
@@ -103,6 +103,19 @@ test("a supervisor killed with SIGKILL leaves no server behind (the children see
   await proc.exited;
   expect(await gone(pids)).toBe(true);
 }, 60000);
+
+test("a supervisor killed while its process is still loading the app: the process stops once it has", async () => {
+  const { proc } = serve("slowimport:app", "--port", "0", "--processes", "1", "--workers", "1");
+  let kids: number[] = [];
+  for (let i = 0; i < 100 && kids.length === 0; i++) {
+    await Bun.sleep(20);
+    kids = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, "utf8").trim().split(" ").filter(Boolean).map(Number);
+  }
+  expect(kids.length).toBe(1);
+  proc.kill("SIGKILL"); // slowimport.py sleeps 1.5 s at import: the process is loading it
+  await proc.exited;
+  expect(await gone(kids, 15000)).toBe(true);
+}, 30000);
 
 test("an app that fails to import: the error is printed once, no restart, exit code 1", async () => {
   const { proc, out, err } = serve("brokenapp:app", "--port", "0", "--processes", "2", "--workers", "1");
@@ -221,3 +234,15 @@ test("a port something already listens on (even with SO_REUSEPORT, which would l
     other.stop(true);
   }
 });
+
+test("--workers 2 in worker mode (the default on 3.11) says that the contexts share a GIL and points to --processes", async () => {
+  const { proc, out, err } = serve("pidapp:app", "--port", "0", "--workers", "2", "--mode", "worker");
+  try {
+    await out.until(/bunpy: serving pidapp:app \(asgi, 2 worker contexts\)/);
+    expect(await err.until(/share one GIL/)).toContain("--processes N runs N processes");
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 30000);
