@@ -45,6 +45,16 @@ async def items(request):
 app = Starlette(routes=[Route("/items/{n}", items)])
 `;
 
+// milliseconds of pure Python per request (a 20,000-term sum): where a shared GIL shows
+const HEAVY = `
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    n = sum(i * i for i in range(20000))
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(n).encode()})
+`;
+
 const DJ = `
 import django
 from django.conf import settings
@@ -124,6 +134,7 @@ mkdirSync(APPS, { recursive: true });
 writeFileSync(join(APPS, "bench_hello.py"), HELLO);
 writeFileSync(join(APPS, "bench_star.py"), STAR);
 writeFileSync(join(APPS, "bench_django.py"), DJ);
+writeFileSync(join(APPS, "bench_heavy.py"), HEAVY);
 const loop = existsSync(join(site, "uvloop")) ? "uvloop" : "asyncio";
 const http = existsSync(join(site, "httptools")) ? "httptools" : "h11";
 
@@ -252,7 +263,7 @@ for (const [name, target, path, ctxMode] of process.env["SERVE_BENCH_ONE"] === "
 // shares them with the server: the comparison is in the same run, the absolute numbers low.
 if (process.env["SERVE_BENCH_TWO"] !== "0") {
   console.log(`two workers (server and wrk on cores 0-1):`);
-  for (const [name, target, path, ctxMode] of apps.slice(0, 2)) {
+  for (const [name, target, path, ctxMode] of [...apps.slice(0, 2), ["CPU-bound handler (a 20,000-term sum in Python per request)", "bench_heavy:app", "/", mode] as const]) {
     console.log(`${name}:`);
     let u: Result | undefined, b: Result | undefined, pc: Result | undefined, pi: Result | undefined;
     for (let r = 0; r < ROUNDS; r++) {
