@@ -3,6 +3,8 @@
  * pool of contexts, the way `uvicorn module:app` does. SIGTERM/SIGINT close it gracefully:
  * the server stops listening, requests in flight finish (bounded by
  * --timeout-graceful-shutdown), the lifespan shutdown runs, the process exits 0.
+ * --reload and --processes N run the server in child processes of this one: see
+ * src/cli-supervise.ts.
  */
 import type { TLSOptions } from "bun";
 import { accessSync, constants, statSync } from "node:fs";
