@@ -83,9 +83,10 @@ test("SIGTERM with a slow request in flight: it completes, then every process ex
   try {
     const { pids, url } = await started(out);
     const slow = pidOf(url, "/slow?s=1.5");
-    await Bun.sleep(300); // the request reached its process
+    const at = Number(/slow request in (\d+)/.exec(await out.until(/pidapp: slow request in/))![1]); // the app has it
     proc.kill("SIGTERM");
-    expect(pids).toContain(await slow);
+    expect(await slow).toBe(at);
+    expect(pids).toContain(at);
     expect(await proc.exited).toBe(0);
     expect(await gone(pids)).toBe(true);
     const lines = await out.rest();
