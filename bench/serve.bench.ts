@@ -10,12 +10,14 @@
  * (installed once per Python into .cache/bench-venv-<version>; uvloop and httptools too
  * when the index has them for that Python, else uvicorn uses asyncio and h11).
  * Env: SERVE_BENCH_SECONDS (default 8), SERVE_BENCH_CONNECTIONS (default 64),
- * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 vs a pool of 2),
+ * SERVE_BENCH_TWO=0 skips the two-worker rows (uvicorn --workers 2 against a pool of 2 and
+ * against `bunpy serve --processes 2`, with one context and inline),
  * SERVE_BENCH_ROUNDS (default 1: interleaved rounds, the best of each server compared),
  * SERVE_BENCH_CONTEXT=0 skips the one-context rows (uvicorn against inline mode only),
  * SERVE_BENCH_ONLY=raw|starlette|django (comma-separated) runs only those apps' rows.
  * Django has one more row: one context with `threads: "per-request"` (asgiref starts and
  * joins a thread for every request, as under uvicorn; the default reuses idle threads).
+ * SERVE_BENCH_ONE=0 skips all the one-core rows (the two-worker rows only).
  * Each app has three one-core rows: uvicorn, bunpy with one context, bunpy inline
  * (`mode: "inline"`: the app in the main interpreter on Bun's own thread). The raw app has
  * a fourth, its floor: Bun.serve answering the same response from a JS handler, no Python
@@ -44,6 +46,16 @@ async def items(request):
     return JSONResponse({"id": int(request.path_params["n"]), "name": "widget", "tags": ["a", "b"], "price": 9.5})
 
 app = Starlette(routes=[Route("/items/{n}", items)])
+`;
+
+// milliseconds of pure Python per request (a 20,000-term sum): where a shared GIL shows
+const HEAVY = `
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    n = sum(i * i for i in range(20000))
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(n).encode()})
 `;
 
 const DJ = `
@@ -126,6 +138,7 @@ mkdirSync(APPS, { recursive: true });
 writeFileSync(join(APPS, "bench_hello.py"), HELLO);
 writeFileSync(join(APPS, "bench_star.py"), STAR);
 writeFileSync(join(APPS, "bench_django.py"), DJ);
+writeFileSync(join(APPS, "bench_heavy.py"), HEAVY);
 const loop = existsSync(join(site, "uvloop")) ? "uvloop" : "asyncio";
 const http = existsSync(join(site, "httptools")) ? "httptools" : "h11";
 
@@ -153,15 +166,34 @@ interface Result {
   cpu: number;
 }
 
-/** utime + stime of a process, in clock ticks (1/100 s here). */
+/** utime + stime of a process and of its children (uvicorn's workers, the processes of
+    `bunpy serve --processes`), in clock ticks (1/100 s here). */
 function cpuTicks(pid: number): number {
   try {
     const f = readFileSync(`/proc/${pid}/stat`, "utf8");
     const rest = f.slice(f.lastIndexOf(")") + 2).split(" ");
-    return Number(rest[11]) + Number(rest[12]);
+    let ticks = Number(rest[11]) + Number(rest[12]);
+    for (const child of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(" ").filter(Boolean)) ticks += cpuTicks(Number(child));
+    return ticks;
   } catch {
     return NaN;
   }
+}
+
+/** Reads the stream until a line matches re; the rest of it is drained (so the server never blocks on a full pipe). */
+async function untilLine(stream: ReadableStream<Uint8Array>, re: RegExp): Promise<void> {
+  const reader = stream.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the server exited before printing a line matching ${re}`);
+    buf += dec.decode(value);
+    if (buf.split("\n").some((l) => re.test(l))) break;
+  }
+  void (async () => {
+    while (!(await reader.read()).done);
+  })();
 }
 
 function wrk(url: string, seconds = SECONDS, cores = "1", server = 0): Result {
@@ -178,9 +210,13 @@ function wrk(url: string, seconds = SECONDS, cores = "1", server = 0): Result {
   return { rps, p50, p99, cpu };
 }
 
-async function run(label: string, cmd: string[], port: number, path: string, cores = "0", env: Record<string, string> = {}): Promise<Result> {
-  const proc = Bun.spawn(["taskset", "-c", cores, ...cmd], { stdout: "ignore", stderr: "inherit", env: { ...process.env, ...env } });
+/** Prints the line of a result and returns it; `banner`: wait for a line matching it on the
+    server's stdout too (`bunpy serve --processes` prints it once every process listens). */
+async function run(label: string, cmd: string[], port: number, path: string, cores = "0", opts: { env?: Record<string, string>; banner?: RegExp } = {}): Promise<Result> {
+  const banner = opts.banner;
+  const proc = Bun.spawn(["taskset", "-c", cores, ...cmd], { stdout: banner === undefined ? "ignore" : "pipe", stderr: "inherit", env: { ...process.env, ...opts.env } });
   try {
+    if (banner !== undefined) await untilLine(proc.stdout as ReadableStream<Uint8Array>, banner);
     await waitReady(port);
     const wrkCores = cores === "0" ? "1" : cores;
     wrk(`http://127.0.0.1:${port}${path}`, 2, wrkCores); // warm-up
@@ -210,7 +246,7 @@ if (ONLY !== undefined) apps = apps.filter(([name]) => ONLY.some((o) => name.toL
 const ROUNDS = Number(process.env["SERVE_BENCH_ROUNDS"] ?? 1);
 const CONTEXT_ROWS = process.env["SERVE_BENCH_CONTEXT"] !== "0";
 const best = (a: Result | undefined, b: Result): Result => (a === undefined || b.rps > a.rps ? { ...b, cpu: Math.min(b.cpu, a?.cpu ?? Infinity) } : { ...a, cpu: Math.min(a.cpu, b.cpu) });
-for (const [name, target, path, ctxMode] of apps) {
+for (const [name, target, path, ctxMode] of process.env["SERVE_BENCH_ONE"] === "0" ? [] : apps) {
   console.log(`${name}${ctxMode !== mode ? ` (bunpy: ${ctxMode} context)` : ""}:`);
   // rounds interleave the servers; the best round of each is compared (min-of-N on a shared machine)
   let u: Result | undefined, b: Result | undefined, i: Result | undefined, f: Result | undefined, t: Result | undefined;
@@ -221,7 +257,7 @@ for (const [name, target, path, ctxMode] of apps) {
     if (withFloor) f = best(f, await run(`floor: Bun.serve, a JS handler, no Python`, [process.execPath, import.meta.path, "--server", "js", String(++port)], port, path));
     u = best(u, await run(`uvicorn (1 worker)`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path));
     if (CONTEXT_ROWS) b = best(b, await run(`bunpy (Bun.serve + 1 context)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path));
-    if (withPerRequest) t = best(t, await run(`bunpy (1 context, threads: "per-request")`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path, "0", { SERVE_BENCH_THREADS: "per-request" }));
+    if (withPerRequest) t = best(t, await run(`bunpy (1 context, threads: "per-request")`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode], port, path, "0", { env: { SERVE_BENCH_THREADS: "per-request" } }));
     // inline mode: the app in the main interpreter on Bun's own thread (no thread hand-off)
     i = best(i, await run(`bunpy inline (Bun.serve, main interpreter)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, "inline"], port, path));
   }
@@ -233,15 +269,25 @@ for (const [name, target, path, ctxMode] of apps) {
 }
 
 // Two of each on both cores: `uvicorn --workers 2` (two processes) against a pool of two
-// contexts in one Bun process. wrk cannot have a core of its own here (2 cores), so it
+// contexts in one Bun process, and against `bunpy serve --processes 2` (two Bun processes on
+// one port, one context or inline each; server CPU counts the children). wrk cannot have a core of its own here (2 cores), so it
 // shares them with the server: the comparison is in the same run, the absolute numbers low.
 if (process.env["SERVE_BENCH_TWO"] !== "0") {
   console.log(`two workers (server and wrk on cores 0-1):`);
-  for (const [name, target, path, ctxMode] of apps.filter(([, t]) => t !== "bench_django:app")) {
+  const heavy = ["CPU-bound handler (a 20,000-term sum in Python per request)", "bench_heavy:app", "/", mode] as const;
+  for (const [name, target, path, ctxMode] of [...apps.filter(([, t]) => t !== "bench_django:app"), heavy]) {
     console.log(`${name}:`);
-    const u = await run(`uvicorn --workers 2`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--workers", "2", "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path, "0,1");
-    const b = await run(`bunpy (Bun.serve + 2 ${ctxMode} contexts)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode, "2"], port, path, "0,1");
-    console.log(`  bunpy / uvicorn: ${(b.rps / u.rps).toFixed(2)}×`);
+    let u: Result | undefined, b: Result | undefined, pc: Result | undefined, pi: Result | undefined;
+    for (let r = 0; r < ROUNDS; r++) {
+      u = best(u, await run(`uvicorn --workers 2`, [vpython, "-m", "uvicorn", target, "--port", String(++port), "--workers", "2", "--loop", loop, "--http", http, "--log-level", "error", "--no-access-log", "--app-dir", APPS], port, path, "0,1"));
+      b = best(b, await run(`bunpy (Bun.serve + 2 ${ctxMode} contexts)`, [process.execPath, import.meta.path, "--server", target, String(++port), site, ctxMode, "2"], port, path, "0,1"));
+      // two Bun processes on one port (SO_REUSEPORT), as uvicorn's two: one context, or inline, each
+      const serve = (extra: string[]) => [process.execPath, join(ROOT, "src", "cli.ts"), "serve", target, "--port", String(++port), "--processes", "2", ...extra, "--app-dir", APPS, "--app-dir", site];
+      pc = best(pc, await run(`bunpy serve --processes 2 --workers 1`, serve(["--workers", "1", "--mode", ctxMode]), port, path, "0,1", { banner: /bunpy: serving/ }));
+      pi = best(pi, await run(`bunpy serve --processes 2 --mode inline`, serve(["--mode", "inline"]), port, path, "0,1", { banner: /bunpy: serving/ }));
+    }
+    const p = (x: Result) => `${(x.rps / u!.rps).toFixed(2)}× (CPU per request ${(u!.cpu / x.cpu).toFixed(2)}×)`;
+    console.log(`  bunpy / uvicorn: pool of 2 ${p(b!)}, 2 processes ${p(pc!)}, 2 inline processes ${p(pi!)}${ROUNDS > 1 ? ` — best of ${ROUNDS} rounds each` : ""}`);
   }
 }
 await py.close();

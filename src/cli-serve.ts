@@ -3,10 +3,12 @@
  * pool of contexts, the way `uvicorn module:app` does. SIGTERM/SIGINT close it gracefully:
  * the server stops listening, requests in flight finish (bounded by
  * --timeout-graceful-shutdown), the lifespan shutdown runs, the process exits 0.
+ * --reload and --processes N run the server in child processes of this one: see
+ * src/cli-supervise.ts.
  */
-import type { Subprocess, TLSOptions } from "bun";
-import { accessSync, constants, statSync, watch } from "node:fs";
-import { join, resolve } from "node:path";
+import type { TLSOptions } from "bun";
+import { accessSync, constants, statSync } from "node:fs";
+import { CHILD_ENV, superviseProcesses, superviseReloads, withoutFlags, type ReadyMessage } from "./cli-supervise.ts";
 import { py } from "./index.ts";
 import type { AsgiApp } from "./asgi.ts";
 import type { ServeOptions } from "./serve.ts";
@@ -14,7 +16,11 @@ import type { ServeOptions } from "./serve.ts";
 export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
   --host HOST                 address to listen on (default 127.0.0.1)
   --port PORT                 port (default 8000; 0 picks a free one)
-  --workers N                 contexts in the pool (default: the number of cores)
+  --workers N                 contexts in the pool of each process (default: the number of
+                              cores, divided by --processes)
+  --processes N               N server processes on the same host and port (SO_REUSEPORT:
+                              Linux spreads the connections), watched by this one, which
+                              starts a process again when it dies (default: 1, no supervisor)
   --mode owngil|worker|inline context mode (default owngil on Python 3.12+); inline: the app
                               runs in the main interpreter on Bun's thread (ASGI, one core)
   --interface auto|asgi3|asgi2|wsgi  default auto: an async callable is ASGI 3, a class
@@ -44,12 +50,17 @@ interface Parsed {
   graceMs: number;
   /** --reload: the directories to watch, else undefined */
   reload: string[] | undefined;
+  /** --processes N, else undefined */
+  processes: number | undefined;
+  /** --workers was given */
+  workers: boolean;
 }
 
 function parse(argv: string[]): Parsed {
   const options: ServeOptions = { app: "", port: 8000 };
   let accessLog = false;
   let reload = false;
+  let processes: number | undefined;
   const reloadDirs: string[] = [];
   let graceMs = 10000;
   const appDirs: string[] = [];
@@ -70,6 +81,7 @@ function parse(argv: string[]): Parsed {
       case "--host": options.hostname = value(i++, a); break;
       case "--port": options.port = int(value(i++, a), a, 0); break;
       case "--workers": options.pool = { ...options.pool, size: int(value(i++, a), a, 1) }; break;
+      case "--processes": processes = int(value(i++, a), a, 1); break;
       case "--mode": {
         const m = value(i++, a);
         if (m !== "owngil" && m !== "worker" && m !== "inline") throw new UsageError(`--mode: expected owngil, worker or inline, got ${m}`);
@@ -119,12 +131,21 @@ function parse(argv: string[]): Parsed {
   }
   if (options.app === "") throw new UsageError("which app? give MODULE:APP");
   if (options.mode === "inline" && options.pool !== undefined)
-    throw new UsageError("--workers does not apply to --mode inline (the app runs on Bun's thread: start one process per core with reusePort)");
+    throw new UsageError("--workers does not apply to --mode inline (the app runs on Bun's thread: use --processes N for more cores)");
   options.path = appDirs.length > 0 ? appDirs : ["."];
   const tls = tlsOptions(ssl);
   if (tls !== undefined) options.tls = tls;
   if (reloadDirs.length > 0 && !reload) throw new UsageError("--reload-dir needs --reload");
-  return { options, accessLog, graceMs, reload: reload ? (reloadDirs.length > 0 ? reloadDirs : options.path) : undefined };
+  if (reload && processes !== undefined)
+    throw new UsageError("--reload and --processes cannot be combined (--reload runs one server process, for development)");
+  return {
+    options,
+    accessLog,
+    graceMs,
+    reload: reload ? (reloadDirs.length > 0 ? reloadDirs : options.path) : undefined,
+    processes,
+    workers: options.pool !== undefined,
+  };
 }
 
 /** The --ssl-* flags as Bun.serve's `tls` option; undefined without them. */
@@ -167,7 +188,27 @@ export async function serveCommand(argv: string[]): Promise<number> {
     console.error(`bunpy serve: ${e.message}\n${SERVE_USAGE}`);
     return 2;
   }
-  if (parsed.reload !== undefined) return superviseReloads(argv, parsed.reload);
+  if (parsed.reload !== undefined) return superviseReloads(argv, parsed.reload, parsed.graceMs);
+  if (parsed.processes !== undefined) {
+    const childArgv = withoutFlags(argv, { "--processes": true });
+    // the cores shared out: N processes of cores/N contexts, unless --workers says otherwise
+    if (!parsed.workers && parsed.options.mode !== "inline")
+      childArgv.push("--workers", String(Math.max(1, Math.ceil((navigator.hardwareConcurrency ?? 1) / parsed.processes))));
+    return superviseProcesses({
+      argv: childArgv,
+      processes: parsed.processes,
+      port: parsed.options.port ?? 8000,
+      hostname: parsed.options.hostname ?? "127.0.0.1",
+      app: parsed.options.app,
+      graceMs: parsed.graceMs,
+    });
+  }
+  // a child of the supervisor (--reload, --processes): it reports when it listens and stops
+  // when the supervisor goes away; with --processes it shares the port and stays quiet
+  const role = process.env[CHILD_ENV];
+  const child = role !== undefined && typeof process.send === "function";
+  const quiet = child && role === "processes";
+  if (quiet) parsed.options.reusePort = true;
   const { options, accessLog, graceMs } = parsed;
   let s;
   try {
@@ -197,13 +238,13 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const contexts = s.app.pool?.contexts.length ?? 0;
   const where = s.app.pool === undefined ? "inline: the main interpreter on Bun's thread" : `${contexts} ${s.app.mode} context${contexts === 1 ? "" : "s"}`;
   const kind = s.app.interface === "asgi" && (s.app as AsgiApp).asgiVersion === "2.0" ? "asgi2" : s.app.interface;
-  console.log(`bunpy: serving ${options.app} (${kind}, ${where}) on ${s.url}`);
-  await new Promise<void>((resolve) => {
+  // the signal handlers first: a SIGTERM sent as soon as the banner is read must be graceful
+  const stopped = new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
-      console.log(`bunpy: ${signal}: shutting down (requests in flight finish, up to ${graceMs / 1000} s)`);
+      if (!quiet) console.log(`bunpy: ${signal}: shutting down (requests in flight finish, up to ${graceMs / 1000} s)`);
       s.close({ timeout: graceMs }).then(resolve, (e) => {
         console.error("bunpy: shutdown failed:", e);
         resolve();
@@ -211,77 +252,22 @@ export async function serveCommand(argv: string[]): Promise<number> {
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
-  });
-  await py.close();
-  console.log("bunpy: stopped");
-  return 0;
-}
-
-/**
- * --reload: the server runs in a child process (`bunpy serve` without the reload flags), and
- * this one watches the directories; a changed .py file stops the child gracefully and starts
- * a new one, as uvicorn --reload does. A whole new process, not a re-import: modules, the
- * lifespan state and C extensions all start fresh. A child that fails (say, a syntax error)
- * is started again at the next change.
- */
-async function superviseReloads(argv: string[], dirs: string[]): Promise<number> {
-  const childArgs: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--reload") continue;
-    if (argv[i] === "--reload-dir") {
-      i++;
-      continue;
+    if (child) {
+      // the channel may have closed while the app was loading (the supervisor was killed)
+      process.on("disconnect", () => stop("the supervisor is gone"));
+      if (!process.connected) stop("the supervisor is gone");
+      else {
+        const ready: ReadyMessage = { bunpy: "ready", port: s.port, url: s.url.href, kind, where };
+        process.send!(ready);
+      }
     }
-    childArgs.push(argv[i]!);
-  }
-  const cli = join(import.meta.dir, "cli.ts");
-  let child: Subprocess | undefined;
-  let stopping = false;
-  const start = () => {
-    child = Bun.spawn([process.execPath, cli, "serve", ...childArgs], { stdio: ["ignore", "inherit", "inherit"] });
-    const mine = child;
-    void mine.exited.then((code) => {
-      if (child === mine && !stopping) console.error(`bunpy: the server exited (code ${code}); waiting for a change to start it again`);
-    });
-  };
-  const stopChild = async () => {
-    const c = child;
-    child = undefined;
-    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
-    c.kill("SIGTERM");
-    await c.exited;
-  };
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let restarting = Promise.resolve();
-  const changed = (file: string) => {
-    clearTimeout(timer);
-    // editors write a file in several steps: restart once they are done
-    timer = setTimeout(() => {
-      restarting = restarting.then(async () => {
-        if (stopping) return;
-        console.error(`bunpy: ${file} changed; reloading`);
-        await stopChild();
-        if (!stopping) start();
-      });
-    }, 150);
-  };
-  const watchers = dirs.map((d) =>
-    watch(resolve(d), { recursive: true }, (_event, name) => {
-      if (name !== null && name.endsWith(".py")) changed(name);
-    }),
-  );
-  console.error(`bunpy: watching ${dirs.map((d) => resolve(d)).join(", ")} for changes to .py files`);
-  start();
-  await new Promise<void>((done) => {
-    const stop = () => {
-      if (stopping) return;
-      stopping = true;
-      clearTimeout(timer);
-      for (const w of watchers) w.close();
-      void restarting.then(stopChild).then(done);
-    };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
   });
+  if (!quiet) console.log(`bunpy: serving ${options.app} (${kind}, ${where}) on ${s.url}`);
+  // uvicorn's --workers are processes: say what ours are where the difference shows
+  if (!quiet && s.app.mode === "worker" && contexts > 1)
+    console.error(`bunpy: the ${contexts} worker contexts share one GIL (Python runs on one core at a time in this process); --processes N runs N processes`);
+  await stopped;
+  await py.close();
+  if (!quiet) console.log("bunpy: stopped");
   return 0;
 }

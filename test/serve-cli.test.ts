@@ -5,6 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
+import { lineReader } from "./fixtures/serve/lines.ts";
 import { selfSigned } from "./fixtures/serve/tls.ts";
 
 const CLI = resolve(import.meta.dir, "../src/cli.ts");
@@ -181,30 +182,3 @@ test("--reload: a changed .py file restarts the server with the new code; a brok
   expect(await proc.exited).toBe(0);
   expect(errors.seen.filter((l) => l.includes("live.py changed; reloading")).length).toBe(3);
 }, 60000);
-
-/** Reads a stream line by line: until(re) resolves with the next line matching re; `seen`
-    keeps every line read so far. */
-function lineReader(stream: ReadableStream<Uint8Array>): { until(re: RegExp): Promise<string>; seen: string[] } {
-  const reader = stream.getReader();
-  const dec = new TextDecoder();
-  let buf = "";
-  const seen: string[] = [];
-  return {
-    seen,
-    async until(re: RegExp): Promise<string> {
-      for (;;) {
-        const nl = buf.indexOf("\n");
-        if (nl >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          seen.push(line);
-          if (re.test(line)) return line;
-          continue;
-        }
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`the stream ended before a line matching ${re}`);
-        buf += dec.decode(value);
-      }
-    },
-  };
-}
