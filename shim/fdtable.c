@@ -6,10 +6,10 @@
  * could os.pread() a file Bun has open, accept() on Bun.serve's listening socket, or read
  * another client's connection, just by trying numbers. unshare(CLONE_FILES) on the context
  * thread, first thing, gives it a copy of the table; every copied fd is then closed except
- * stdio and the context's own eventfds, made before its thread started: other threads
- * write them to wake it (wake, alert, answers, signals), and its bell (bell.c) is how it
- * gets JS threads' doorbells rung. Bun's eventfds are closed too: a doorbell rung here
- * would write one by its number, which is why the ringing happens on the bell's thread.
+ * stdio and the context's own eventfds, made before its thread started, which other
+ * threads write to wake it (wake, alert, answers, signals). Bun's eventfds are closed too:
+ * a doorbell rung here would write one by its number, which is why the context's doorbells
+ * are rung by a thread of its own in the shared table (bell.c).
  * Threads the context starts share its table.
  *
  * From then on an fd number means one thing on the context's threads and another on Bun's:
@@ -33,8 +33,7 @@
 #include <unistd.h>
 
 static int is_kept(const bp_context *c, int fd) {
-    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd ||
-           fd == bp_bell_fd(c->bell);
+    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd;
 }
 
 int bp_fds_isolate(bp_context *c) {
