@@ -644,14 +644,17 @@ async def _ws_run(app, scope, w):
                 data = bytes(message.get("bytes") or b"")
                 w.out_sent += len(data) + 16
                 bunpy.send("__bunpy_ws", [w.rid, 1, data, w.out_sent])
-            if w.out_sent - w.out_acked >= _WS_OUT_HIGH:
-                w.out_waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await w.out_waiter
-                finally:
-                    w.out_waiter = None
-                if w.client_closed:
-                    raise OSError("bunpy: the websocket was closed by the client")
+            # back-pressure: wait while Bun has not taken enough. Senders share one future
+            # (a broadcast task and a receive loop may both be waiting here)
+            waited = False
+            while w.out_sent - w.out_acked >= _WS_OUT_HIGH and not w.client_closed:
+                waiter = w.out_waiter
+                if waiter is None or waiter.done():
+                    waiter = w.out_waiter = asyncio.get_running_loop().create_future()
+                waited = True
+                await asyncio.shield(waiter)  # one sender cancelled does not wake the rest
+            if waited and w.client_closed:
+                raise OSError("bunpy: the websocket was closed by the client")
         elif t == "websocket.http.response.start":
             if w.state != _WS_CONNECTING or w.denial is not None:
                 raise RuntimeError("bunpy: websocket.http.response.start after the handshake")
