@@ -60,9 +60,11 @@ describe("apps that misbehave get a 500, not a wrong response", () => {
   });
 
   test("ASGI: a header that is not a (name, value) pair does not shift the others", async () => {
-    for (const t of ["a_short_pair", "a_long_pair"])
+    for (const t of ["a_short_pair", "a_long_pair", "a_balanced_pairs"])
       expect({ t, ...(await quiet(() => get(`hostile_apps:${t}`, "asgi"))) }).toMatchObject({ t, status: 500, headers: {} });
     expect(await get("hostile_apps:a_good", "asgi")).toEqual({ status: 200, headers: { "x-a": "1", "x-b": "2" }, body: "body" });
+    // any iterable of pairs: a generator's headers were read twice, and lost
+    expect(await get("hostile_apps:a_generator", "asgi")).toEqual({ status: 200, headers: { "x-a": "1", "x-b": "2" }, body: "body" });
   });
 
   test("an app whose __signature__ raises: a TypeError saying to give the interface; with it, it is served", async () => {

@@ -272,11 +272,12 @@ class _Request:
 def _headers_out(headers):
     """[name, value, ...] as str; every header is a (name, value) pair (one of another length
     would shift the names and values after it)."""
+    if type(headers) is not list and type(headers) is not tuple:
+        headers = list(headers)  # any iterable (a generator is read once)
     try:
-        flat = [x.decode("latin-1") for pair in headers for x in pair]
-        if len(flat) == 2 * len(headers):
-            return flat
-    except (AttributeError, TypeError):
+        # unpacking each pair checks its length (ValueError)
+        return [x for k, v in headers for x in (k.decode("latin-1"), v.decode("latin-1"))]
+    except (AttributeError, TypeError, ValueError):
         pass
     out = []
     for pair in headers:
