@@ -285,7 +285,13 @@ export async function superviseProcesses(o: ProcessesOptions): Promise<number> {
         if (phase !== "starting") return;
         if (c.slot === 0) {
           port = c.ready!.port;
-          for (let i = 1; i < slots.length; i++) slots[i]!.child = kids.start(i, argsFor());
+          try {
+            for (let i = 1; i < slots.length; i++) slots[i]!.child = kids.start(i, argsFor());
+          } catch (e) {
+            console.error(`bunpy: cannot start a process: ${(e as Error).message}; stopping`);
+            shutdown(1);
+            return;
+          }
         }
         if (slots.every((x) => x.child?.ready !== undefined)) {
           phase = "running";

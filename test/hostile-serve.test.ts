@@ -70,6 +70,9 @@ describe("apps that misbehave get a 500, not a wrong response", () => {
   test("an app whose __signature__ raises: a TypeError saying to give the interface; with it, it is served", async () => {
     const e = await py.serve({ app: "hostile_apps:sig_raises", port: 0, hostname: "127.0.0.1", pool: { size: 1, mode: "worker" }, path: [FIXTURES] }).catch((x: unknown) => x);
     expect(String(e)).toMatch(/cannot tell which interface .* RuntimeError: no signature for you.*interface/);
+    // and when its repr raises as well, the message names its type
+    const r = await py.serve({ app: "hostile_apps:sig_and_repr_raise", port: 0, hostname: "127.0.0.1", pool: { size: 1, mode: "worker" }, path: [FIXTURES] }).catch((x: unknown) => x);
+    expect(String(r)).toMatch(/cannot tell which interface a SigAndReprRaise object speaks .* RuntimeError: no signature for you/);
     const s = await py.serve({ app: "hostile_apps:sig_raises", interface: "asgi3", port: 0, hostname: "127.0.0.1", pool: { size: 1, mode: "worker" }, path: [FIXTURES] });
     try {
       expect(await (await fetch(`http://127.0.0.1:${s.port}/`)).text()).toBe("body");

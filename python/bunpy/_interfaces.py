@@ -25,8 +25,12 @@ def detect(obj):
     try:
         return _detect(obj)
     except Exception as e:
+        try:
+            name = f"{obj!r:.100}"
+        except Exception:  # its repr raises too
+            name = f"a {type(obj).__name__} object"
         raise TypeError(
-            f"bunpy: cannot tell which interface {obj!r:.100} speaks (looking at it raised "
+            f"bunpy: cannot tell which interface {name} speaks (looking at it raised "
             f"{type(e).__name__}: {e}); say it with interface: \"asgi3\", \"asgi2\" or \"wsgi\""
         ) from e
 
