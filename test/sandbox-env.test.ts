@@ -5,6 +5,7 @@
  * other tests can fail).
  */
 import { beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
 import { py, type ContextOptions } from "../src/index.ts";
 import { closedAfterAll, hasOwnGil } from "./helpers.ts";
 
@@ -50,6 +51,16 @@ describe.each(modes)("%s context", (mode) => {
     // the rest of the process keeps it
     expect(py.eval("__import__('os').environ.get('BUNPY_TEST_SECRET')")).toBe("s3cret");
     expect(py.eval("__import__('os').getenv('BUNPY_TEST_SECRET')")).toBe("s3cret");
+  });
+
+  test("os.execv (which hands the C environment on) does not pass the rest on", () => {
+    // an owngil context cannot exec at all (CPython refuses it in isolated subinterpreters);
+    // a process context's host cleared its own C environment, so its program gets PATH only
+    const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "env-execv.ts"), mode], { env: process.env, stdout: "pipe", stderr: "pipe", timeout: 30_000 });
+    const out = r.stdout.toString() + r.stderr.toString();
+    expect(out).not.toContain("s3cret");
+    if (mode === "owngil") expect(out).toContain("exec not supported for isolated subinterpreters");
+    else expect(out).toContain("PATH=");
   });
 
   test("an explicit env for subprocess is passed as given", async () => {
