@@ -7,35 +7,35 @@
  * themselves that number would have to stay open in their table — and then code in the
  * context could read Bun's eventfd and swallow the JS thread's wake-ups (measured: awaited
  * calls on *other* contexts stalled for up to a second), or clear its O_NONBLOCK. Instead
- * the context queues the port here and writes `fd`, an eventfd of its own made before its
- * thread started; the ringer thread, made by the JS thread in the process's shared table,
- * rings the doorbells. The context's table then keeps no eventfd but its own.
+ * the context queues the port here and signals `wake`, a condition variable; the ringer
+ * thread, made by the JS thread in the process's shared table, rings the doorbells. The
+ * context's table then keeps no eventfd but its own. The bell has no fd at all: an eventfd
+ * there could be read by code in the context (it is in its table), and a wake-up it
+ * swallowed left the port unrung for good, so that no later completion of *any* context for
+ * that JS thread rang it either (its queue was no longer empty): their results stalled.
  *
  * The cost is one thread hop per doorbell (a doorbell rings only when a port's queue goes
  * from empty to non-empty while JS is not polling), for sandboxed owngil contexts only.
  *
  * Lifetime: the bell is shared by the context (until its last reference goes) and the
  * ringer thread, which is detached: a doorbell of a JS thread that just ended may never
- * return, so the context waits for the ringer to end for a moment only (then its fd is
- * closed when the context is), not forever. Whoever drops the last reference frees it.
+ * return, so the context waits for the ringer to end for a moment only, not forever.
+ * Whoever drops the last reference frees it.
  */
 #include "internal.h"
 #include "context.h"
 #include <errno.h>
-#include <poll.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
 #include <time.h>
-#include <unistd.h>
 
 struct bp_bell {
     atomic_int refs;      /* the context's and the ringer thread's */
     atomic_int stopping;  /* the context is gone: ring what is queued, then end */
     sem_t ended;          /* posted by the ringer as it ends */
-    int fd;               /* eventfd: written by the context's threads, read by the ringer */
-    pthread_mutex_t lock; /* guards the two lists below */
+    pthread_mutex_t lock; /* guards the two lists below and `stopping`'s change */
+    pthread_cond_t wake;  /* signalled when a port is queued or the context stops */
     bp_port **queued;     /* ports to ring (a reference held on each), no duplicates */
     size_t n, cap;
     bp_port **spare;      /* the ringer's list, swapped with `queued` (no allocation per ring) */
@@ -45,7 +45,7 @@ struct bp_bell {
 static void bell_unref(bp_bell *b) {
     if (atomic_fetch_sub(&b->refs, 1) != 1) return;
     for (size_t i = 0; i < b->n; i++) bp_port_unref(b->queued[i]);
-    if (b->fd >= 0) close(b->fd);
+    pthread_cond_destroy(&b->wake);
     pthread_mutex_destroy(&b->lock);
     sem_destroy(&b->ended);
     free(b->queued);
@@ -56,11 +56,8 @@ static void bell_unref(bp_bell *b) {
 static void *ringer_main(void *arg) {
     bp_bell *b = arg;
     for (;;) {
-        struct pollfd pfd = {.fd = b->fd, .events = POLLIN};
-        if (poll(&pfd, 1, -1) < 0) continue; /* EINTR */
-        uint64_t v;
-        if (read(b->fd, &v, sizeof v) < 0) { /* EAGAIN: someone else read it; look anyway */ }
         pthread_mutex_lock(&b->lock);
+        while (b->n == 0 && !atomic_load(&b->stopping)) pthread_cond_wait(&b->wake, &b->lock);
         bp_port **ring = b->queued;
         size_t n = b->n, cap = b->cap;
         b->queued = b->spare;
@@ -68,22 +65,14 @@ static void *ringer_main(void *arg) {
         b->n = 0;
         b->spare = ring;
         b->spare_cap = cap;
+        int done = n == 0; /* stopping, and everything queued before was rung */
         pthread_mutex_unlock(&b->lock);
+        if (done) break;
         for (size_t i = 0; i < n; i++) {
             bp_port *p = ring[i];
             if (bp_port_alive(p) && p->doorbell) p->doorbell(&p->io);
             bp_port_unref(p);
         }
-        /* stop() writes the fd under the lock after setting `stopping`: closing it here
-           under the lock cannot race that write onto a number reused meanwhile */
-        pthread_mutex_lock(&b->lock);
-        int done = atomic_load(&b->stopping) && b->n == 0;
-        if (done) {
-            close(b->fd);
-            b->fd = -1;
-        }
-        pthread_mutex_unlock(&b->lock);
-        if (done) break;
     }
     sem_post(&b->ended);
     bell_unref(b);
@@ -93,12 +82,12 @@ static void *ringer_main(void *arg) {
 bp_bell *bp_bell_new(void) {
     bp_bell *b = calloc(1, sizeof *b);
     if (!b) return NULL;
-    b->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     b->cap = b->spare_cap = 4; /* a port per JS thread that calls the context: few */
     b->queued = malloc(b->cap * sizeof *b->queued);
     b->spare = malloc(b->spare_cap * sizeof *b->spare);
-    if (b->fd < 0 || !b->queued || !b->spare) goto fail;
+    if (!b->queued || !b->spare) goto fail;
     pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->wake, NULL);
     sem_init(&b->ended, 0, 0);
     atomic_init(&b->refs, 2);
     atomic_init(&b->stopping, 0);
@@ -115,17 +104,15 @@ bp_bell *bp_bell_new(void) {
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) return b;
+    pthread_cond_destroy(&b->wake);
     pthread_mutex_destroy(&b->lock);
     sem_destroy(&b->ended);
 fail:
-    if (b->fd >= 0) close(b->fd);
     free(b->queued);
     free(b->spare);
     free(b);
     return NULL;
 }
-
-int bp_bell_fd(const bp_bell *b) { return b->fd; }
 
 void bp_bell_ring(bp_bell *b, bp_port *p) {
     pthread_mutex_lock(&b->lock);
@@ -142,9 +129,7 @@ void bp_bell_ring(bp_bell *b, bp_port *p) {
         if (b->n < b->cap) { /* out of memory: this wake-up is lost, the next ring tries again */
             atomic_fetch_add(&p->refs, 1);
             b->queued[b->n++] = p;
-            uint64_t one = 1;
-            ssize_t w = write(b->fd, &one, sizeof one);
-            (void)w; /* only fails when the counter is full: the ringer is awake anyway */
+            pthread_cond_signal(&b->wake);
         }
     }
     pthread_mutex_unlock(&b->lock);
@@ -153,11 +138,9 @@ void bp_bell_ring(bp_bell *b, bp_port *p) {
 void bp_bell_stop(bp_bell *b) {
     pthread_mutex_lock(&b->lock);
     atomic_store(&b->stopping, 1);
-    uint64_t one = 1;
-    ssize_t w = write(b->fd, &one, sizeof one);
-    (void)w;
+    pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
-    /* its eventfd is gone when the context is, unless a doorbell holds the ringer up */
+    /* a doorbell of a JS thread that just ended may hold the ringer up: wait a moment only */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_nsec += 200 * 1000000L;

@@ -151,8 +151,7 @@ int32_t bp_ctx_push(bp_context *c, bp_request *r);                   /* onto the
 
 /* bell.c: a sandboxed owngil context's doorbells, rung from a thread in the shared fd table */
 typedef struct bp_bell bp_bell;
-bp_bell *bp_bell_new(void);                 /* its eventfd and its (detached) ringer thread */
-int bp_bell_fd(const bp_bell *b);           /* kept in the context's own fd table          */
+bp_bell *bp_bell_new(void);                 /* its (detached) ringer thread: no fd at all    */
 void bp_bell_ring(bp_bell *b, bp_port *p);  /* p's doorbell is rung soon, by the ringer    */
 void bp_bell_stop(bp_bell *b);              /* the context is gone: ring what is left, end */
 /* Rings p's doorbell for c (NULL: a thread of the main interpreter): through c's bell if

@@ -7,7 +7,7 @@
  * another client's connection, just by trying numbers. unshare(CLONE_FILES) on the context
  * thread, first thing, gives it a copy of the table; every copied fd is then closed except
  * stdio and the context's own eventfds, made before its thread started: other threads
- * write them to wake it (wake, alert, answers, signals), and its bell (bell.c) is how it
+ * write them to wake it (wake, alert, answers, signals); its bell (bell.c, no fd) is how it
  * gets JS threads' doorbells rung. Bun's eventfds are closed too: a doorbell rung here
  * would write one by its number, which is why the ringing happens on the bell's thread.
  * Threads the context starts share its table.
@@ -33,8 +33,7 @@
 #include <unistd.h>
 
 static int is_kept(const bp_context *c, int fd) {
-    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd ||
-           fd == bp_bell_fd(c->bell);
+    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd;
 }
 
 int bp_fds_isolate(bp_context *c) {
