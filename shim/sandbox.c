@@ -146,6 +146,39 @@ static int open_allowed(bp_policy *pol, PyObject *args) {
     return ok;
 }
 
+/* Changes to a file that are not opens (its mode, owner, times, extended attributes,
+   size): Landlock has no right for most of them, so here they are allowed only beneath the
+   writable directories (compared after realpath, so a symlink is judged by its target), or
+   through a descriptor open for writing. A relative path with a dir_fd cannot be placed. */
+static const char *const META_EVENTS[] = {"os.chmod", "os.chown", "os.utime", "os.setxattr", "os.removexattr",
+                                          "os.chflags", "os.truncate", NULL};
+
+static int meta_allowed(bp_policy *pol, const char *event, PyObject *args) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 1) return 0;
+    PyObject *path = PyTuple_GET_ITEM(args, 0);
+    if (PyLong_Check(path)) {
+        long fd = PyLong_AsLong(path);
+        if (fd == -1 && PyErr_Occurred()) PyErr_Clear();
+        int fl = fd >= 0 && fd <= INT_MAX ? fcntl((int)fd, F_GETFL) : -1;
+#ifdef O_PATH
+        if (fl >= 0 && (fl & O_PATH)) return 0;
+#endif
+        return fl >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+    }
+    long dir_fd = strcmp(event, "os.chmod") == 0                                     ? int_arg(args, 2)
+                  : strcmp(event, "os.chown") == 0 || strcmp(event, "os.utime") == 0 ? int_arg(args, 3)
+                                                                                     : -1;
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(path, &bytes)) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *p = PyBytes_AS_STRING(bytes);
+    int ok = (p[0] == '/' || dir_fd < 0) && path_allowed(pol, p);
+    Py_DECREF(bytes);
+    return ok;
+}
+
 /* socket.connect/bind(sock, address): the port of an (host, port, ...) address, or -1 */
 static long port_of(PyObject *args) {
     if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 2) return -1;
@@ -263,6 +296,9 @@ static int audit_hook(const char *event, PyObject *args, void *unused) {
                 return refuse(event, "no ctypes", "this context may not use ctypes");
         }
     }
+    if (pol->allow_paths && strncmp(event, "os.", 3) == 0 && is_one_of(event, META_EVENTS) && !meta_allowed(pol, event, args))
+        return refuse(event, "files only in allowed directories",
+                      "a file's mode, owner, times, attributes or size change only beneath the writable directories");
     if (pol->allow_paths && strcmp(event, "open") == 0 && !open_allowed(pol, args))
         return refuse(event, "files only in allowed directories", "this path is outside them");
     return 0;

@@ -78,8 +78,9 @@ export type SandboxOption = SandboxPolicy | "strict";
 export function resolveStrict(p: SandboxOption | undefined, mode: "owngil" | "worker" | "process"): SandboxPolicy | undefined {
   if (p === "strict") p = { strict: true };
   if (typeof p === "string") throw new TypeError(`py.context({ sandbox }): sandbox must be an object or "strict", not "${p}"`);
-  if (p === undefined || typeof p !== "object" || p === null || !Object.hasOwn(p, "strict")) return p;
-  const { strict, ...rules } = p;
+  if (p === undefined || typeof p !== "object" || p === null) return p;
+  const { strict, ...rules } = snapshot(p);
+  if (strict === undefined) return rules;
   if (typeof strict !== "boolean") throw new TypeError("py.context({ sandbox }): strict must be a boolean");
   if (!strict) return rules;
   if (mode === "worker")
@@ -100,12 +101,38 @@ export function resolveStrict(p: SandboxOption | undefined, mode: "owngil" | "wo
   return refused;
 }
 
+const RULES = ["strict", "processes", "ctypes", "sockets", "network", "denyImports", "files", "readFiles", "maxThreads", "requireKernel", "env", "jsFunctions", "shared", "memoryLimit", "cpuTime", "maxFiles"] as const;
+
+/** The policy as a plain object, each rule read once: an inherited rule (a class getter,
+    Object.create) counts as an own one does, and a getter or Proxy answering differently
+    later cannot change a value after it was checked (arrays and `network` are copied too).
+    Own keys that are not rules stay, for policyValue to report. */
+function snapshot(p: object): SandboxPolicy & { strict?: unknown } {
+  const src = p as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(p)) out[k] = src[k];
+  for (const k of RULES) if (!Object.hasOwn(out, k) && src[k] !== undefined) out[k] = src[k];
+  const copy = (v: unknown): unknown => (Array.isArray(v) ? Array.from(v as unknown[]) : v);
+  for (const k of Object.keys(out)) out[k] = copy(out[k]);
+  const n = out["network"];
+  if (typeof n === "object" && n !== null && !Array.isArray(n)) {
+    const net = n as Record<string, unknown>;
+    const c: Record<string, unknown> = {};
+    for (const k of Object.keys(net)) c[k] = copy(net[k]);
+    for (const k of ["connect", "bind"]) if (!Object.hasOwn(c, k) && net[k] !== undefined) c[k] = copy(net[k]);
+    out["network"] = c;
+  }
+  return out as SandboxPolicy & { strict?: unknown };
+}
+
 /** The sandbox with `dirs` readable too (an app's `path`: the code it is asked to run). */
 export function withReadable(p: SandboxOption, dirs: readonly string[]): SandboxOption {
   if (dirs.length === 0) return p;
   const rules: SandboxPolicy = p === "strict" ? { strict: true } : p;
   if (typeof rules !== "object" || rules === null) return p; // policyValue reports it
-  return { ...rules, readFiles: [...(Array.isArray(rules.readFiles) ? rules.readFiles : []), ...dirs] };
+  const s = snapshot(rules); // a spread would drop an inherited `strict`
+  if (s.readFiles !== undefined && !Array.isArray(s.readFiles)) return s; // policyValue reports it
+  return { ...s, readFiles: [...(s.readFiles ?? []), ...dirs] };
 }
 
 const PROCESS_ONLY = ["memoryLimit", "cpuTime", "maxFiles"] as const;

@@ -469,7 +469,8 @@ async def _run(app, scope, r, pathsend):
     else:
         if not r.started:
             r.error = RuntimeError("bunpy: the ASGI app returned without starting a response")
-            print(str(r.error), file=sys.stderr)
+            if not r.disconnected:  # after http.disconnect (a client gone, the app closing) it may
+                print(str(r.error), file=sys.stderr)
         elif not r.complete:
             r.error = RuntimeError("bunpy: the ASGI app returned without completing the response")
     _finish(r)

@@ -38,15 +38,23 @@ class _Leased(ThreadPoolExecutor):
     def __init__(self):
         super().__init__(max_workers=1, thread_name_prefix="bunpy-asgiref")
         self.last = None
+        self.broken = False
 
     def submit(self, fn, /, *args, **kwargs):
-        f = super().submit(fn, *args, **kwargs)
+        try:
+            f = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            # its thread could not start (a sandbox's maxThreads): the work stays queued on
+            # it, where it must never run (see release); the executor is not reused
+            self.broken = True
+            raise
         self.last = f
         return f
 
 
 def _shut(ex):
-    ex.shutdown(wait=False)
+    # cancel_futures: work queued on an executor whose thread never started never runs
+    ex.shutdown(wait=False, cancel_futures=ex.broken)
 
 
 class ThreadLeases:
@@ -97,7 +105,7 @@ class ThreadLeases:
         last = ex.last
         if last is not None and not last.done():
             last.add_done_callback(lambda _f: _shut(ex))
-        elif self.closed or len(self.idle) >= MAX_IDLE:
+        elif self.closed or ex.broken or len(self.idle) >= MAX_IDLE:
             _shut(ex)
         else:
             ex.last = None
