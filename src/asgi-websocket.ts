@@ -45,14 +45,14 @@ interface Socket {
   outBlocked: boolean;
 }
 
-/** Python's send() waits while a total this large was not given back (bunpy._asgi
+/** Python's send() waits while a total this large was not given back (bunpy._asgi_ws
     _WS_OUT_HIGH, 1 MiB): it is given back at half of it. */
 const OUT_ACK_EVERY = 1 << 19;
 
 function ackOut(s: Socket): void {
   if (s.outMark <= s.outAcked) return;
   s.outAcked = s.outMark;
-  s.ctx.cast("bunpy._asgi", "ws_acked", [(s.ws!.data as WsData).bunpyRid, s.outMark]);
+  s.ctx.cast("bunpy._asgi_ws", "ws_acked", [(s.ws!.data as WsData).bunpyRid, s.outMark]);
 }
 
 const sockets = new Map<number, Socket>();
@@ -115,8 +115,8 @@ export const websocketHandlers = {
     const s = ours(ws);
     if (s === undefined) return;
     const rid = (ws.data as WsData).bunpyRid;
-    if (typeof message === "string") s.ctx.cast("bunpy._asgi", "ws_receive", [rid, message, null]);
-    else s.ctx.cast("bunpy._asgi", "ws_receive", [rid, null, new Uint8Array(message)]);
+    if (typeof message === "string") s.ctx.cast("bunpy._asgi_ws", "ws_receive", [rid, message, null]);
+    else s.ctx.cast("bunpy._asgi_ws", "ws_receive", [rid, null, new Uint8Array(message)]);
     // back-pressure: stop reading the socket while maxQueue frames wait for the app (Bun
     // still delivers the frames it read already; the client's TCP window fills up)
     if (++s.sent - s.taken >= s.maxQueue && !ws.isPaused) ws.pause();
@@ -132,7 +132,7 @@ export const websocketHandlers = {
     if (s === undefined) return;
     const rid = (ws.data as WsData).bunpyRid;
     sockets.delete(rid);
-    s.ctx.cast("bunpy._asgi", "ws_disconnect", [rid, code || 1005, reason ?? ""]);
+    s.ctx.cast("bunpy._asgi_ws", "ws_disconnect", [rid, code || 1005, reason ?? ""]);
   },
 };
 
@@ -184,7 +184,7 @@ export async function handshake(
   sockets.set(rid, s);
   let r: [string, ...unknown[]];
   try {
-    r = (await ctx.call("bunpy._asgi", "ws_connect", [
+    r = (await ctx.call("bunpy._asgi_ws", "ws_connect", [
       app, rid, args.target, args.headers, args.host, args.port, args.scheme, args.serverHost, args.serverPort, args.rootPath, protocols, args.maxQueue,
     ])) as [string, ...unknown[]];
   } catch (e) {
@@ -198,7 +198,7 @@ export async function handshake(
     if (r[1] != null) headers.push(["Sec-WebSocket-Protocol", r[1] as string]);
     if (server.upgrade(req, { data: new AppSocketData(rid), headers })) return undefined;
     sockets.delete(rid);
-    ctx.cast("bunpy._asgi", "ws_disconnect", [rid, 1006, ""]);
+    ctx.cast("bunpy._asgi_ws", "ws_disconnect", [rid, 1006, ""]);
     return new Response("WebSocket upgrade failed", { status: 400 });
   }
   sockets.delete(rid);
