@@ -35,3 +35,14 @@ export function closedAfterAll() {
     context: async (mode?: "owngil" | "worker") => keep(await py.context(mode ? { mode } : undefined)),
   };
 }
+
+/** Python: `attempt(f)` runs f and gives "ok", or the error's type and message (probes of
+    what a sandbox lets through). */
+export const PY_ATTEMPT = `
+def attempt(f):
+    try:
+        f()
+        return "ok"
+    except BaseException as e:
+        return f"{type(e).__name__}: {e}"
+`;

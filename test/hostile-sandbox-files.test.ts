@@ -9,7 +9,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { py, type ContextOptions } from "../src/index.ts";
-import { closedAfterAll, contextModes } from "./helpers.ts";
+import { closedAfterAll, contextModes, PY_ATTEMPT } from "./helpers.ts";
 
 const { keep } = closedAfterAll();
 const context = async (options: ContextOptions) => keep(await py.context(options));
@@ -28,14 +28,8 @@ afterAll(() => {
   for (const d of [ro, rw, out]) rmSync(d, { recursive: true, force: true });
 });
 
-const PROBE = `
+const PROBE = PY_ATTEMPT + `
 import os, pathlib
-def attempt(f):
-    try:
-        f()
-        return "ok"
-    except BaseException as e:
-        return f"{type(e).__name__}: {e}"
 def fchmod_read_only(path):
     fd = os.open(path, os.O_RDONLY)
     try:

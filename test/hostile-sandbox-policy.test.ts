@@ -6,19 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { py, type ContextOptions, type SandboxPolicy } from "../src/index.ts";
-import { closedAfterAll, hasOwnGil } from "./helpers.ts";
+import { closedAfterAll, hasOwnGil, PY_ATTEMPT } from "./helpers.ts";
 
 const { keep } = closedAfterAll();
 const context = async (options: ContextOptions) => keep(await py.context(options));
 
-const PROBE = `
+const PROBE = PY_ATTEMPT + `
 import os
-def attempt(f):
-    try:
-        f()
-        return "ok"
-    except BaseException as e:
-        return f"{type(e).__name__}: {e}"
 def probes():
     import subprocess
     return {"env": "BUNPY_HOSTILE_SECRET" in os.environ,

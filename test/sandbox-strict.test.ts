@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { py, type ContextOptions } from "../src/index.ts";
-import { closedAfterAll, hasOwnGil } from "./helpers.ts";
+import { closedAfterAll, hasOwnGil, PY_ATTEMPT } from "./helpers.ts";
 
 const { keep } = closedAfterAll();
 const context = async (options: ContextOptions) => keep(await py.context(options));
@@ -27,14 +27,8 @@ afterAll(() => {
 });
 
 // each probe returns "ok" when the thing worked, else the error's type and message
-const PROBES = `
+const PROBES = PY_ATTEMPT + `
 import os, asyncio, bunpy
-def attempt(f):
-    try:
-        f()
-        return "ok"
-    except BaseException as e:
-        return f"{type(e).__name__}: {e}"
 def run_program():
     import subprocess
     subprocess.run(["true"], check=True)
