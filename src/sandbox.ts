@@ -169,7 +169,7 @@ export function processLimits(p: SandboxPolicy | undefined, mode: "owngil" | "wo
 export function policyValue(p: SandboxPolicy | undefined, mode: "owngil" | "worker" | "process"): Record<string, unknown> | null {
   if (p === undefined) return null;
   if (typeof p !== "object" || p === null) throw new TypeError('py.context({ sandbox }): sandbox must be an object or "strict"');
-  const known = new Set(["processes", "ctypes", "sockets", "network", "denyImports", "files", "readFiles", "maxThreads", "requireKernel", "env", "jsFunctions", "shared", ...PROCESS_ONLY]);
+  const known = new Set<string>(RULES.filter((k) => k !== "strict")); // (resolveStrict took strict out)
   for (const k of Object.keys(p)) if (!known.has(k)) throw new TypeError(`py.context({ sandbox }): unknown rule "${k}"`);
   for (const k of ["processes", "ctypes", "sockets", "requireKernel", "shared"] as const)
     if (p[k] !== undefined && typeof p[k] !== "boolean") throw new TypeError(`py.context({ sandbox }): ${k} must be a boolean`);
