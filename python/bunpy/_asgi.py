@@ -229,7 +229,11 @@ def forget(app_id):
 
 
 def _report(what, e):
-    """An app's exception, printed as uvicorn does (the client only sees a 500 or a close)."""
+    """An app's exception, printed as uvicorn does (the client only sees a 500 or a close).
+    A CancelledError is not the app's: bunpy cancelled it (the app was closed with it in
+    flight)."""
+    if isinstance(e, asyncio.CancelledError):
+        return
     import traceback
 
     print(f"bunpy: exception in {what}", file=sys.stderr)
@@ -275,8 +279,12 @@ def _headers_out(headers):
     if type(headers) is not list and type(headers) is not tuple:
         headers = list(headers)  # any iterable (a generator is read once)
     try:
-        # unpacking each pair checks its length (ValueError)
-        return [x for k, v in headers for x in (k.decode("latin-1"), v.decode("latin-1"))]
+        # unpacking each pair checks its length (ValueError); no tuple per pair is made
+        flat = []
+        for k, v in headers:
+            flat.append(k.decode("latin-1"))
+            flat.append(v.decode("latin-1"))
+        return flat
     except (AttributeError, TypeError, ValueError):
         pass
     out = []
@@ -459,8 +467,7 @@ async def _run(app, scope, r, pathsend):
     try:
         await app(scope, receive, send)
     except BaseException as e:
-        # cancelled: by bunpy (the app closing with the request in flight), not the app's bug
-        if not r.disconnected and not isinstance(e, asyncio.CancelledError):
+        if not r.disconnected:
             _report("ASGI application", e)
         r.error = e
         if isinstance(e, (KeyboardInterrupt, SystemExit)):

@@ -150,7 +150,7 @@ async def _ws_run(app, scope, w):
     try:
         await app(scope, receive, send)
     except BaseException as e:
-        if not w.client_closed and not isinstance(e, asyncio.CancelledError):
+        if not w.client_closed:
             _report("ASGI websocket application", e)
         _ws_end(w, 500, 1011)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
