@@ -48,6 +48,7 @@ const sources = [_][]const u8{
     "shim/landlock.c",
     "shim/fdtable.c",
     "shim/bell.c",
+    "shim/wakefd.c",
     "shim/memcap.c",
 };
 

@@ -43,13 +43,17 @@ atomic_int bp_owngil_interps = 0;
 
 void bp_ctx_ref(bp_context *c) { atomic_fetch_add(&c->refs, 1); }
 
+static void close_wakefds(bp_context *c) {
+    bp_wakefd_close(&c->wake);
+    bp_wakefd_close(&c->alert);
+    bp_wakefd_close(&c->answers);
+    bp_wakefd_close(&c->sig);
+}
+
 void bp_ctx_unref(bp_context *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
     if (c->owner) bp_port_unref(c->owner);
-    if (c->wake_fd >= 0) close(c->wake_fd);
-    if (c->alert_fd >= 0) close(c->alert_fd);
-    if (c->answers_fd >= 0) close(c->answers_fd);
-    if (c->sig_fd >= 0) close(c->sig_fd);
+    close_wakefds(c);
     if (c->bell) bp_bell_stop(c->bell);
     bp_ctx_drop_answers(c);
     if (c->relay) bp_relay_free(c->relay);
@@ -468,20 +472,17 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
     if (!c) return NULL;
     c->mode = mode;
     c->own_fds = own_fds;
-    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    c->alert_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    c->answers_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    c->sig_fd = own_fds ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    int fds_ok = bp_wakefd_open(&c->wake, own_fds) == 0;
+    fds_ok &= bp_wakefd_open(&c->alert, own_fds) == 0;
+    fds_ok &= bp_wakefd_open(&c->answers, own_fds) == 0;
+    if (own_fds) fds_ok &= bp_wakefd_open(&c->sig, 1) == 0;
+    else c->sig.rd = c->sig.wr = -1;
     c->bell = own_fds ? bp_bell_new() : NULL;
     c->scratch.cap = 64 * 1024;
     c->scratch.buf = malloc(c->scratch.cap);
     c->start = len <= io->cap ? bp_request_new(c, io, id, BP_REQ_START, len) : NULL;
-    if (c->wake_fd < 0 || c->alert_fd < 0 || c->answers_fd < 0 || (own_fds && (c->sig_fd < 0 || !c->bell)) ||
-        !c->scratch.buf || !c->start) {
-        if (c->wake_fd >= 0) close(c->wake_fd);
-        if (c->alert_fd >= 0) close(c->alert_fd);
-        if (c->answers_fd >= 0) close(c->answers_fd);
-        if (c->sig_fd >= 0) close(c->sig_fd);
+    if (!fds_ok || (own_fds && !c->bell) || !c->scratch.buf || !c->start) {
+        close_wakefds(c);
         if (c->bell) bp_bell_stop(c->bell);
         if (c->start) bp_request_free(c->start);
         free(c->scratch.buf);

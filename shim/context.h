@@ -69,6 +69,16 @@ struct bp_request {
     uint8_t inline_data[];    /* the payload, allocated with the request                */
 };
 
+/* An fd other threads write to wake a context's thread (wakefd.c): one eventfd (rd == wr),
+   or for a context with an fd table of its own a pipe whose write end only Bun's table holds. */
+typedef struct {
+    int rd, wr;
+} bp_wakefd;
+int bp_wakefd_open(bp_wakefd *w, int pipe_for_own_table); /* -1: failed (both fds -1) */
+void bp_wakefd_close(bp_wakefd *w);
+void bp_wakefd_post(int wr);  /* never blocks */
+void bp_wakefd_drain(int rd);
+
 struct bp_context {
     int32_t mode;
     atomic_int state;
@@ -79,7 +89,7 @@ struct bp_context {
     PyObject *main_module;    /* this context's __main__                               */
     bp_mpsc requests;
     atomic_int sleeping;
-    int wake_fd;
+    bp_wakefd wake;           /* a request arrived (or an interrupt for a loop it waits in) */
     atomic_int submitting;        /* producers between their state check and their push  */
     pthread_mutex_t life_lock;    /* guards `interrupters` against the interpreter's end */
     pthread_cond_t life_cond;
@@ -122,10 +132,10 @@ struct bp_context {
     int own_fds;              /* a sandboxed owngil context: its threads have their own fd
                                  table (fdtable.c); no fd number crosses to other threads */
     struct bp_bell *bell;     /* own_fds: rings JS threads' doorbells for it (bell.c), else NULL */
-    int sig_fd;               /* own_fds: the eventfd SIGINT/SIGTERM reach its loop by, made
-                                 before the thread starts so both tables hold it; else -1 */
-    int alert_fd;             /* eventfd: ends bunpy.sleep on a cancel or the close       */
-    int answers_fd;           /* eventfd in the loop: async_call answers are waiting       */
+    bp_wakefd sig;            /* own_fds: SIGINT/SIGTERM reach its loop by it, made before the
+                                 thread starts so the handler's table has the write end; else -1 */
+    bp_wakefd alert;          /* ends bunpy.sleep on a cancel or the close                */
+    bp_wakefd answers;        /* in the loop: async_call answers are waiting               */
     bp_mpsc answered;         /* async_calls JS answered, for _bunpy.take_answers (jscall.c);
                                  a process context: answers to its host's calls (relay.c) */
     struct bp_relay *relay;   /* BP_CTX_PROCESS: the host process and its channel (relay.c) */

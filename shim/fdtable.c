@@ -6,8 +6,8 @@
  * could os.pread() a file Bun has open, accept() on Bun.serve's listening socket, or read
  * another client's connection, just by trying numbers. unshare(CLONE_FILES) on the context
  * thread, first thing, gives it a copy of the table; every copied fd is then closed except
- * stdio and the context's own eventfds, made before its thread started, which other
- * threads write to wake it (wake, alert, answers, signals). Bun's eventfds are closed too:
+ * stdio and the read ends of the context's own wake-up pipes, made before its thread
+ * started, which other threads write to wake it (wake, alert, answers, signals; wakefd.c). Bun's eventfds are closed too:
  * a doorbell rung here would write one by its number, which is why the context's doorbells
  * are rung by a thread of its own in the shared table (bell.c).
  * Threads the context starts share its table.
@@ -33,7 +33,8 @@
 #include <unistd.h>
 
 static int is_kept(const bp_context *c, int fd) {
-    return fd <= 2 || fd == c->wake_fd || fd == c->alert_fd || fd == c->answers_fd || fd == c->sig_fd;
+    /* the read ends only: a pipe's write end is left to Bun's table (wakefd.c) */
+    return fd <= 2 || fd == c->wake.rd || fd == c->alert.rd || fd == c->answers.rd || fd == c->sig.rd;
 }
 
 int bp_fds_isolate(bp_context *c) {

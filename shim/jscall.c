@@ -198,9 +198,7 @@ PyObject *bp_context_call_start_batched(bp_interp *st, PyObject *name, PyObject 
 /* _bunpy.take_answers() -> [key]: the batched calls JS answered since the last take. */
 PyObject *bp_context_take_answers(void) {
     bp_context *c = bp_this_context;
-    uint64_t v;
-    ssize_t got = read(c->answers_fd, &v, sizeof v); /* reset first: a later answer writes again */
-    (void)got;
+    bp_wakefd_drain(c->answers.rd); /* reset first: a later answer writes again */
     bp_node *list = bp_mpsc_take(&c->answered);
     PyObject *keys = PyList_New(0);
     while (list) {
@@ -289,11 +287,7 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
     } else if (call->batched) {
         atomic_store(&call->answered, 1);
         /* the answered list takes over the answer's reference; written on the edge only */
-        if (bp_mpsc_push(&c->answered, &call->node)) {
-            uint64_t one = 1;
-            ssize_t n = write(c->answers_fd, &one, sizeof one);
-            (void)n;
-        }
+        if (bp_mpsc_push(&c->answered, &call->node)) bp_wakefd_post(c->answers.wr);
     } else if (call->notify_fd >= 0) {
         atomic_store(&call->answered, 1);
         uint64_t one = 1;

@@ -216,15 +216,13 @@ PyObject *bp_sleep(double seconds) {
         int64_t left = deadline - bp_now_ns();
         if (left <= 0) break;
         struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
-        struct pollfd pfd = {.fd = c ? c->alert_fd : -1, .events = POLLIN};
+        struct pollfd pfd = {.fd = c ? c->alert.rd : -1, .events = POLLIN};
         int n;
         Py_BEGIN_ALLOW_THREADS
         n = ppoll(&pfd, 1, &ts, NULL);
         Py_END_ALLOW_THREADS
         if (n > 0) {
-            uint64_t v;
-            ssize_t got = read(c->alert_fd, &v, sizeof v);
-            (void)got;
+            bp_wakefd_drain(c->alert.rd);
         } else if (n < 0 && errno == EINTR && PyErr_CheckSignals() < 0) {
             return NULL;
         }
@@ -237,10 +235,11 @@ PyObject *bp_sleep(double seconds) {
  * Only the main thread of the main interpreter may install Python signal handlers. In a
  * context, signal.signal(SIGINT|SIGTERM, h) and loop.add_signal_handler subscribe the
  * context's loop here instead (python/bunpy/_signals.py, _loop.py): its reactor claims a
- * slot holding an eventfd and the signals it wants. When the process gets one of them,
- * bp_loop_signal_notify (called from the SIGINT handler in runtime.c and from the SIGTERM
- * handler below) marks it pending in every slot that wants it and writes the slot's
- * eventfd; the loop's reader on that fd runs the handlers on the context's thread.
+ * slot holding the fd that wakes it (an eventfd, or a sandboxed context's pipe: wakefd.c)
+ * and the signals it wants. When the process gets one of them, bp_loop_signal_notify
+ * (called from the SIGINT handler in runtime.c and from the SIGTERM handler below) marks
+ * it pending in every slot that wants it and writes the slot's fd; the loop's reader on
+ * it runs the handlers on the context's thread.
  *
  * The table is process-wide because signals are; a slot belongs to one reactor. Everything
  * the signal handler touches is an atomic, and it only calls write(). A slot being
@@ -255,7 +254,7 @@ typedef struct {
     atomic_uint want;      /* BP_SIG_* bits                    */
     atomic_uint pending;
     atomic_int busy;       /* signal handlers reading fd1 now  */
-    int owns_fd;           /* closed on release (not a context's sig_fd) */
+    int owns_fd;           /* closed on release (not a context's sig pipe) */
 } sig_slot;
 
 static sig_slot sig_slots[SIG_SLOTS];
@@ -342,7 +341,6 @@ void bp_loop_signals_want(int slot, unsigned mask) {
     atomic_store(&sig_slots[slot].want, mask);
 }
 
-int bp_loop_signals_fd(int slot) { return atomic_load(&sig_slots[slot].fd1) - 1; }
 
 unsigned bp_loop_signals_take(int slot) { return atomic_exchange(&sig_slots[slot].pending, 0); }
 

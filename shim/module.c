@@ -193,7 +193,7 @@ static PyObject *mod_answers_fd(PyObject *m, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "bunpy: answers_fd works only on a context's thread");
         return NULL;
     }
-    return PyLong_FromLong(bp_this_context->answers_fd);
+    return PyLong_FromLong(bp_this_context->answers.rd);
 }
 
 static PyObject *mod_call_finish(PyObject *m, PyObject *handle) {

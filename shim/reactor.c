@@ -209,7 +209,7 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
         /* an interrupt cannot write this loop's own fd from another fd table (fdtable.c):
            it writes the context's, which this loop now watches too */
         struct epoll_event nudge = {.events = EPOLLIN | EPOLLET, .data.u64 = TAG_NUDGE};
-        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, tc->wake_fd, &nudge) == 0 || errno == EEXIST) r->nudged = 1;
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, tc->wake.rd, &nudge) == 0 || errno == EEXIST) r->nudged = 1;
     }
     if (tc) atomic_store(&tc->loop_wake_fd, r->wake_fd);
     Py_BEGIN_ALLOW_THREADS
@@ -238,10 +238,8 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
     struct epoll_event *ev = &r->events[i];
     if (ev->data.u64 == TAG_NUDGE) return NULL;
     if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
-        int fd = ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx ? r->ctx->wake_fd : -1;
-        uint64_t v;
-        ssize_t got = fd >= 0 ? read(fd, &v, sizeof v) : 0;
-        (void)got;
+        int fd = ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx ? r->ctx->wake.rd : -1;
+        if (fd >= 0) bp_wakefd_drain(fd);
         if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
         return NULL;
     }
@@ -332,8 +330,8 @@ static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
         return NULL;
     }
     if (!r->sig_slot) {
-        /* a context with its own fd table (fdtable.c) gets its signals through the eventfd
-           both tables hold: the handler runs on another thread */
+        /* a context with its own fd table (fdtable.c) gets its signals through its pipe: the
+           handler runs on another thread, in Bun's table, which holds the write end */
         bp_interp *is = bp_interp_get();
         bp_context *oc = is ? is->ctx : NULL;
         int shared = oc && oc->own_fds;
@@ -341,7 +339,7 @@ static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
             PyErr_SetString(PyExc_RuntimeError, "bunpy: in a sandboxed context only the context's own event loop gets signals");
             return NULL;
         }
-        int fd = shared ? oc->sig_fd : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        int fd = shared ? oc->sig.wr : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
         int slot = bp_loop_signals_claim(fd, !shared);
         if (slot < 0) {
@@ -350,18 +348,17 @@ static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
             return NULL;
         }
         r->sig_slot = slot + 1;
+        r->sig_rd = shared ? oc->sig.rd : fd;
     }
     bp_loop_signals_want(r->sig_slot - 1, (unsigned)mask);
-    return PyLong_FromLong(bp_loop_signals_fd(r->sig_slot - 1));
+    return PyLong_FromLong(r->sig_rd);
 }
 
 /* take_signals() -> the signals (BP_SIG_* bits) that arrived since the last call. */
 static PyObject *reactor_take_signals(PyObject *self, PyObject *unused) {
     bp_reactor *r = (bp_reactor *)self;
     if (!r->sig_slot) return PyLong_FromLong(0);
-    uint64_t v;
-    ssize_t got = read(bp_loop_signals_fd(r->sig_slot - 1), &v, sizeof v); /* drain */
-    (void)got;
+    bp_wakefd_drain(r->sig_rd);
     return PyLong_FromUnsignedLong(bp_loop_signals_take(r->sig_slot - 1));
 }
 
@@ -434,7 +431,7 @@ static PyObject *reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     if (r->epfd < 0 || r->wake_fd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->wake_fd, &ev) < 0) goto fail;
     if (c) {
         ev.data.u64 = TAG_CONTEXT;
-        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, c->wake_fd, &ev) < 0) goto fail;
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, c->wake.rd, &ev) < 0) goto fail;
         r->ctx = c;
         c->loop_reactor = (PyObject *)r; /* borrowed: cleared when this reactor closes */
     }

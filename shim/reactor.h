@@ -46,6 +46,7 @@ typedef struct {
     PyObject *report;         /* report(handle, exc): a callback raised                   */
     int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
     int sig_slot;             /* its slot in loop.c's signal table + 1; 0: none           */
+    int sig_rd;               /* the fd the slot's signals are read from (sig_slot != 0)  */
     int nudged;               /* polled on a context thread with its own fd table: that
                                  context's wake fd is in its set (interrupts wake it)     */
     bp_transport **tmap;      /* fd -> its C transport (strong refs), tcap entries         */
@@ -137,9 +138,9 @@ void bp_accepts_clear(bp_reactor *r);
 /* loop.c: process signals for contexts (BP_SIG_* bits) */
 #define BP_SIG_INT 1u
 #define BP_SIG_TERM 2u
-int bp_loop_signals_claim(int fd, int owns_fd);    /* a slot for fd (closed on release if owns_fd); -1: full */
+int bp_loop_signals_claim(int fd, int owns_fd);    /* a slot written through fd (closed on release
+                                                      if owns_fd); -1: full */
 void bp_loop_signals_want(int slot, unsigned mask);
-int bp_loop_signals_fd(int slot);
 unsigned bp_loop_signals_take(int slot);           /* the pending signals, cleared             */
 void bp_loop_signals_release(int slot);            /* closes its fd if it owns it               */
 

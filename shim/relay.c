@@ -436,7 +436,7 @@ static void relay_wait(bp_context *c, bp_relay *r) {
         return;
     }
     pthread_mutex_unlock(&r->lock);
-    struct pollfd pfd[3] = {{.fd = c->wake_fd, .events = POLLIN},
+    struct pollfd pfd[3] = {{.fd = c->wake.rd, .events = POLLIN},
                             {.fd = r->bun_bell, .events = POLLIN},
                             {.fd = r->sock, .events = POLLIN}};
     int timeout = -1;
@@ -447,10 +447,8 @@ static void relay_wait(bp_context *c, bp_relay *r) {
     poll(pfd, hold ? 1 : 3, timeout);
     atomic_store(&c->sleeping, 0);
     if (r->shm) atomic_store(&r->shm->bun_asleep, 0);
-    uint64_t v;
-    ssize_t n = read(c->wake_fd, &v, sizeof v);
-    n = read(r->bun_bell, &v, sizeof v);
-    (void)n;
+    bp_wakefd_drain(c->wake.rd);
+    bp_wakefd_drain(r->bun_bell);
     pthread_mutex_lock(&r->lock);
 }
 
@@ -544,10 +542,10 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
         if (!(r->argv[i++] = strdup(a))) goto fail;
     c->mode = BP_CTX_PROCESS;
     c->relay = r;
-    c->alert_fd = c->answers_fd = c->sig_fd = -1;
-    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->alert.rd = c->alert.wr = c->answers.rd = c->answers.wr = c->sig.rd = c->sig.wr = -1;
+    int woken = bp_wakefd_open(&c->wake, 0) == 0; /* the relay thread is Bun's: one table */
     c->start = bp_request_new(c, io, id, BP_REQ_START, len);
-    if (c->wake_fd < 0 || !c->start) goto fail;
+    if (!woken || !c->start) goto fail;
     atomic_init(&c->state, CTX_STARTING);
     atomic_init(&c->loop_wake_fd, -1);
     atomic_init(&c->refs, 2); /* JS and the thread */
@@ -568,7 +566,7 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
     c->owner->relays = r;
     return c;
 fail:
-    if (c && c->wake_fd > 0) close(c->wake_fd);
+    if (c && c->wake.rd > 0) bp_wakefd_close(&c->wake); /* 0: calloc's, not opened yet */
     if (c && c->start) bp_request_free(c->start);
     free(c);
     bp_relay_free(r);

@@ -133,9 +133,7 @@ void bp_port_set_doorbell(bp_io *io, bp_doorbell_fn fn) { bp_port_of(io)->doorbe
 void bp_ctx_wake(bp_context *c) {
     /* a plain load first: an exchange would take the cache line the spinning thread reads */
     if (atomic_load(&c->sleeping) && atomic_exchange(&c->sleeping, 0)) {
-        uint64_t one = 1;
-        ssize_t n = write(c->wake_fd, &one, sizeof one);
-        (void)n;
+        bp_wakefd_post(c->wake.wr);
     }
 }
 
@@ -259,10 +257,7 @@ static void deliver(bp_context *c) {
     if (fd >= 0) {
         /* with an fd table of its own, the loop's fd number means another file here: the
            context's wake fd (in both tables) wakes every loop its thread polls (reactor.c) */
-        if (c->own_fds) fd = c->wake_fd;
-        uint64_t one = 1;
-        ssize_t n = write(fd, &one, sizeof one);
-        (void)n;
+        bp_wakefd_post(c->own_fds ? c->wake.wr : fd);
     }
 }
 

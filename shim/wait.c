@@ -29,9 +29,7 @@ int bp_ctx_has_work(bp_context *c) {
 }
 
 void bp_ctx_alert(bp_context *c) {
-    uint64_t one = 1;
-    ssize_t n = write(c->alert_fd, &one, sizeof one);
-    (void)n;
+    bp_wakefd_post(c->alert.wr);
 }
 
 /* A request arrived. */
@@ -59,15 +57,12 @@ void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, 
     if (!ready(c, arg)) { /* re-checked after announcing: a producer that saw 0 pushed before */
         /* bunpy-host: its feed's producer rings feed_fd (ready() announced the sleep) */
         int feed_fd = atomic_load_explicit(&c->feed, memory_order_acquire) ? c->feed_fd : -1;
-        struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = feed_fd, .events = POLLIN}};
+        struct pollfd pfd[2] = {{.fd = c->wake.rd, .events = POLLIN}, {.fd = feed_fd, .events = POLLIN}};
         int n;
         while ((n = poll(pfd, feed_fd >= 0 ? 2 : 1, timeout_ms)) < 0 && errno == EINTR) {
         }
-        uint64_t v;
-        ssize_t got = 0;
-        if (n > 0 && (pfd[0].revents & POLLIN)) got = read(c->wake_fd, &v, sizeof v);
-        if (n > 0 && feed_fd >= 0 && (pfd[1].revents & POLLIN)) got = read(feed_fd, &v, sizeof v);
-        (void)got;
+        if (n > 0 && (pfd[0].revents & POLLIN)) bp_wakefd_drain(c->wake.rd);
+        if (n > 0 && feed_fd >= 0 && (pfd[1].revents & POLLIN)) bp_wakefd_drain(feed_fd);
     }
     atomic_store(&c->sleeping, 0);
 }

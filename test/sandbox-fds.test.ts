@@ -73,7 +73,7 @@ describe.skipIf(!linux || !hasOwnGil)("a sandboxed owngil context's fd table", (
     expect(await ctx.call("__main__", "read_fd", [fileFd])).toBe("host secret");
   });
 
-  test("with one, Bun's files and sockets are not there: only its own fds and eventfds", async () => {
+  test("with one, Bun's files and sockets are not there: only its own fds and wake-up pipes", async () => {
     const ctx = await context({ mode: "owngil", sandbox: { files: [dir], sockets: false, ctypes: false } });
     await ctx.exec(PROBE);
     expect(await ctx.call("__main__", "read_fd", [fileFd])).toBe("EBADF");
@@ -88,7 +88,7 @@ describe.skipIf(!linux || !hasOwnGil)("a sandboxed owngil context's fd table", (
     expect(await (await fetch(`http://127.0.0.1:${server.port}/`)).text()).toBe("bun");
   });
 
-  test("the only eventfds left are its own, however many Bun and other contexts have", async () => {
+  test("the only wake-up fds left are its own, however many Bun and other contexts have", async () => {
     // Bun's loop eventfds and other contexts' wake-ups used to stay reachable: code here
     // could read them and swallow their wake-ups (awaited calls on other contexts stalled
     // up to a second). Its doorbells are now rung from a thread of its own, woken with no
@@ -101,7 +101,7 @@ describe.skipIf(!linux || !hasOwnGil)("a sandboxed owngil context's fd table", (
     const alone = await count();
     const others = await Promise.all([1, 2, 3].map(() => context({ mode: "owngil" })));
     expect(await count()).toBe(alone);
-    expect(alone).toBe(4); // its wake, alert, answers and signal eventfds
+    expect(alone).toBe(4); // the read ends of its wake, alert, answers and signal pipes
     // it drains every eventfd it has, from threads that block on them; JS and the other
     // contexts keep getting their results
     const eater = await context({ mode: "owngil", sandbox: {} });
@@ -146,6 +146,19 @@ def start_and_send(n):
     expect(sum).toBe((999 * 1000) / 2 + 1000);
     expect(got).toEqual(Array.from({ length: 300 }, (_, i) => i));
   }, 30_000);
+
+  test("it cannot make a Bun thread block on a wake-up: it holds only the read ends", async () => {
+    // With an eventfd shared by both tables, clearing O_NONBLOCK on it and filling its
+    // counter made the JS thread's next write to wake the context (close() alerting a
+    // bunpy.sleep) block for good. In a process of its own: that bug hangs the JS thread.
+    const run = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "hostile-blocking-wakeups.ts")], {
+      env: process.env,
+      timeout: 30_000,
+    });
+    const out = run.stdout.toString().trim().split("\n").at(-1) ?? "";
+    expect(run.exitCode, run.stderr.toString()).toBe(0);
+    expect(JSON.parse(out)).toEqual({ filled: 0, sum: 3, state: "closed" });
+  }, 40_000);
 
   test("files the context opens itself work, and it still reads what its policy allows", async () => {
     const ctx = await context({ mode: "owngil", sandbox: { files: [dir] } });
