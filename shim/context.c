@@ -383,6 +383,8 @@ static bp_request *serve_until_closed(bp_context *c) {
             bp_loop_cancel_tasks(c);
         } else if (c->loop_reactor) {
             bp_loop_step(c); /* its wait ends when a request arrives */
+        } else if (c->loop) {
+            bp_loop_lost(c); /* its reactor was closed under it: its tasks can never run */
         } else {
             bp_ctx_wait_for_work(c);
         }

@@ -213,6 +213,8 @@ PyObject *bp_loop_finish_parked(PyObject *token, PyObject *task);      /* _bunpy
 void bp_loop_cancel_tasks(bp_context *c);  /* cancels the tasks of requests JS cancelled     */
 void bp_loop_step(bp_context *c);          /* one loop iteration; waits for work inside     */
 void bp_loop_close(bp_context *c);         /* fails parked requests, closes the loop         */
+void bp_loop_lost(bp_context *c);          /* the loop's reactor was closed by code in the
+                                              context: as close; the next use makes a new loop */
 void bp_loop_abandon(bp_context *c);       /* the thread died: fail parked requests, no Python */
 /* The parked request whose task is running right now (GIL held; any thread), or NULL. */
 bp_request *bp_loop_running_request(bp_context *c);

@@ -152,8 +152,11 @@ void bp_loop_step(bp_context *c) {
     Py_XDECREF(v);
 }
 
-/* Fails every parked request (their tasks are cancelled by close_context_loop). */
-static void fail_parked(bp_context *c, int with_python) {
+#define CLOSED_BEFORE "the context was closed before this call's coroutine finished"
+
+/* Fails every parked request with `why` (their tasks are cancelled by close_context_loop):
+   a ContextClosedError in JS, or a Python RuntimeError (as_python) while the context lives. */
+static void fail_parked(bp_context *c, int with_python, const char *why, int as_python) {
     while (c->parked) {
         bp_request *r = c->parked;
         if (with_python) {
@@ -170,12 +173,17 @@ static void fail_parked(bp_context *c, int with_python) {
             c->parked = r->park_next;
             r->task = r->token = NULL;
         }
-        bp_request_fail(r, BP_ERR_STATE, "the context was closed before this call's coroutine finished");
+        if (as_python) {
+            PyErr_SetString(PyExc_RuntimeError, why);
+            bp_ctx_complete_with(c, r, NULL, 0, 0);
+        } else {
+            bp_request_fail(r, BP_ERR_STATE, why);
+        }
     }
 }
 
-void bp_loop_close(bp_context *c) {
-    fail_parked(c, 1);
+static void close_loop(bp_context *c, const char *why, int as_python) {
+    fail_parked(c, 1, why, as_python);
     if (!c->loop && !c->loop_reactor) return;
     PyObject *m = loop_module();
     PyObject *v = m ? PyObject_CallMethod(m, "close_context_loop", NULL) : NULL;
@@ -183,12 +191,18 @@ void bp_loop_close(bp_context *c) {
     if (!v && PyErr_Occurred()) PyErr_WriteUnraisable(m);
     Py_XDECREF(v);
     Py_XDECREF(m);
-    fail_parked(c, 1); /* requests parked while the loop unwound */
+    fail_parked(c, 1, why, as_python); /* requests parked while the loop unwound */
     Py_CLEAR(c->loop);
 }
 
+void bp_loop_close(bp_context *c) { close_loop(c, CLOSED_BEFORE, 0); }
+
+void bp_loop_lost(bp_context *c) {
+    close_loop(c, "bunpy: the context's event loop was closed by code running in it before this call's coroutine finished", 1);
+}
+
 void bp_loop_abandon(bp_context *c) {
-    fail_parked(c, 0);
+    fail_parked(c, 0, CLOSED_BEFORE, 0);
     c->loop = NULL;
 }
 

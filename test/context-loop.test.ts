@@ -303,6 +303,41 @@ describe("context loops and fds", () => {
     expect(fds()).toBeLessThanOrEqual(before);
   }, 30_000); // ~4.4 s on an idle machine (a close waits out its grace period)
 
+  test("code that closes its loop's private reactor: its call fails, the next gets a new loop, sockets are freed", async () => {
+    py.exec("import os as _os");
+    const sockets = () =>
+      py.eval("sum(1 for f in _os.listdir('/proc/self/fd') if _os.path.exists('/proc/self/fd/' + f) and _os.readlink('/proc/self/fd/' + f).startswith('socket:'))") as number;
+    const before = sockets();
+    for (const mode of contextModes) {
+      const ctx = await py.context({ mode });
+      await ctx.exec(`
+import asyncio
+async def break_loop():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    await asyncio.sleep(0.01)
+    loop._reactor.close()
+    await asyncio.sleep(0.01)
+async def later():
+    await asyncio.sleep(0.001)
+    return "later"
+`);
+      // its call can never finish on that loop: it fails (it used to wait for ever)
+      const broke = await ctx.call("__main__", "break_loop").catch((e) => e);
+      expect(broke).toBeInstanceOf(PythonError);
+      expect(broke.message).toContain("event loop was closed by code running in it");
+      // the next coroutine call gets a new loop
+      expect(await ctx.call("__main__", "later")).toBe("later");
+      expect(await ctx.eval("1 + 1")).toBe(2);
+      await ctx.close();
+      expect(ctx.state).toBe("closed");
+    }
+    for (let i = 0; i < 50 && sockets() > before; i++) await Bun.sleep(20);
+    expect(sockets()).toBeLessThanOrEqual(before);
+  });
+
   test("loops keep working across contexts that come and go (nothing of a closed interpreter is reused)", async () => {
     py.exec("import bunpy as _bunpy, asyncio as _asyncio");
     for (let round = 0; round < 6; round++) {

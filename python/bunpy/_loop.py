@@ -478,16 +478,17 @@ def close_context_loop(budget=1.0):
     _this_thread.closing = loop  # signal.signal during the close must not make a new loop
     tasks = []
     try:
-        _stop_gracefully(loop, budget)
-        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for t in tasks:
-            t.cancel()
-        deadline = loop.time() + budget
-        loop.call_at(deadline, lambda: None)  # no iteration waits past the budget
-        agens = loop.create_task(loop.shutdown_asyncgens()) if loop._asyncgens else None
-        while loop.time() < deadline and (any(not t.done() for t in tasks) or (agens and not agens.done())):
-            loop._bunpy_step()
-        _close_transports(loop)
+        if not _reactor_closed(loop):
+            _stop_gracefully(loop, budget)
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in tasks:
+                t.cancel()
+            deadline = loop.time() + budget
+            loop.call_at(deadline, lambda: None)  # no iteration waits past the budget
+            agens = loop.create_task(loop.shutdown_asyncgens()) if loop._asyncgens else None
+            while loop.time() < deadline and (any(not t.done() for t in tasks) or (agens and not agens.done())):
+                loop._bunpy_step()
+            _close_transports(loop)
     finally:
         # also when the close watchdog interrupted the steps above
         _retrieve_interrupts(tasks)
@@ -497,6 +498,16 @@ def close_context_loop(budget=1.0):
         _this_thread.closing = None
         _this_thread.signals = None
         loop.close()
+
+
+def _reactor_closed(loop):
+    """Code that reached the loop's private reactor closed it: nothing can run on the loop
+    any more (every later coroutine call said so), so its tasks are dropped, not unwound."""
+    try:
+        loop._reactor.fileno()
+    except RuntimeError:
+        return True
+    return False
 
 
 # -- SIGINT / SIGTERM in contexts (signal.signal is patched by bunpy._signals) --------------
