@@ -229,7 +229,14 @@ def wait_long():
       await ctx.call("__main__", "f", []);
       await ctx.close();
     }
-    expect(count()).toBe(before);
+    // Bun opens and closes fds of its own meanwhile (CI once saw 2 fewer than before): no
+    // more than before, after a moment for what closes late
+    let after = count();
+    for (let i = 0; i < 50 && after > before; i++) {
+      await Bun.sleep(20);
+      after = count();
+    }
+    expect(after).toBeLessThanOrEqual(before);
   }, 60_000);
 });
 
