@@ -3,14 +3,17 @@
  * same run: call_soon throughput, timers scheduled and fired, and a TCP echo round trip
  * over loopback with asyncio streams. Then Protocol echo round trips (64 B, 4 KB, 256 KB
  * over 4 connections) and connections/s on bunpy's loop with its C transports, on bunpy's
- * loop with asyncio's Python transports (level-triggered: the switch), on the stock loop,
+ * loop with asyncio's Python transports (level-triggered: the switch), on bunpy's loop with
+ * its C transports registered level-triggered and re-armed on every change of interest
+ * instead of once for their life (what the lifetime registration saves), on the stock loop,
  * and on uvloop where this Python has it (3.11 here, from the pip index), next to the same
  * echo in C with no loop at all (_bunpy.echo_floor: the floor); the echo again in fresh
  * processes with and without glibc's malloc thresholds set. Then the cost of a coroutine
  * call into a context next to a plain call.
  *
  * Each benchmark iteration is one py.call that runs a batch on a loop made once per kind.
- * LOOP_BENCH_ONLY=connect runs the connect + close row only (and uvloop's, where it is).
+ * LOOP_BENCH_ONLY=connect (or =pausing) runs the connect + close row (or the pausing echo)
+ * only, and uvloop's where it is.
  */
 import { bench, do_not_optimize, run, summary } from "mitata";
 import { py } from "../src/index.ts";
@@ -22,6 +25,7 @@ import { runOptions } from "./ratio.ts";
 const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: String(4 << 20), MALLOC_TRIM_THRESHOLD_: String(64 << 20) };
 const FLOOR = "C only, no loop (floor)";
 const STOCK_CONNECT = "bunpy (C transports, asyncio's connect/accept)";
+const LEVEL = "bunpy (C transports, level-triggered)";
 
 const UVICORN_APP = `
 async def app(scope, receive, send):
@@ -51,7 +55,8 @@ if (process.argv[2] === "--echo") {
   const rowsArg = process.argv[3]!;
   py.exec(`${PECHO_SOURCE()}
 import bunpy, json
-ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(), ${JSON.stringify(FLOOR)}: None}
+ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(), ${JSON.stringify(LEVEL)}: bunpy.new_event_loop(), ${JSON.stringify(FLOOR)}: None}
+ploops[${JSON.stringify(LEVEL)}]._reactor.registration("level")
 print(json.dumps(rates(json.loads(${JSON.stringify(rowsArg)}))))`);
   process.exit(0);
 }
@@ -73,6 +78,20 @@ class _Echo(asyncio.Protocol):
     def data_received(self, d):
         self.t.write(d)
 
+class _PausingEcho(asyncio.Protocol):
+    """Stops reading while it answers a message (as an HTTP/1.1 server does per request),
+    answers on the loop's next turn and reads again: two changes of read interest per
+    message, which a level-triggered registration pays an epoll_ctl each for."""
+    def connection_made(self, t):
+        self.t = t
+        self.loop = asyncio.get_running_loop()
+    def data_received(self, d):
+        self.t.pause_reading()
+        self.loop.call_soon(self.answer, d)
+    def answer(self, d):
+        self.t.write(d)
+        self.t.resume_reading()
+
 class _Pinger(asyncio.Protocol):
     """Sends a message, waits for all of it to come back, again, left times."""
     def connection_made(self, t):
@@ -91,9 +110,9 @@ class _Pinger(asyncio.Protocol):
                 self.done.set_result(None)
 
 pecho = {}
-async def _pecho_setup(conns):
+async def _pecho_setup(conns, server=_Echo):
     loop = asyncio.get_running_loop()
-    srv = await loop.create_server(_Echo, "127.0.0.1", 0)
+    srv = await loop.create_server(server, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     clients = [(await loop.create_connection(_Pinger, "127.0.0.1", port))[1] for _ in range(conns)]
     return srv, port, clients
@@ -113,6 +132,13 @@ def pecho_batch(kind, size, n):
     if kind not in pecho:
         pecho[kind] = loop.run_until_complete(_pecho_setup(4))
     loop.run_until_complete(_pecho_run(pecho[kind][2], b"x" * size, n))
+
+def pause_batch(kind, size, n):
+    loop = ploops[kind]
+    key = (kind, "pausing")
+    if key not in pecho:
+        pecho[key] = loop.run_until_complete(_pecho_setup(4, _PausingEcho))
+    loop.run_until_complete(_pecho_run(pecho[key][2], b"x" * size, n))
 
 class _Gone(asyncio.Protocol):
     def __init__(self):
@@ -136,12 +162,15 @@ def rates(rows, reps=15):
         times = {kind: [] for kind in ploops}
         for _ in range(reps):
             for kind in ploops:
-                if ploops[kind] is None and not r["size"]:
+                if ploops[kind] is None and (not r["size"] or r.get("pausing")):
                     continue  # the floor is for echo only
                 if kind == ${JSON.stringify(STOCK_CONNECT)} and r["size"]:
                     continue  # the same transports as "bunpy (C transports)" for echo
                 t0 = time.perf_counter()
-                took = pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
+                if r.get("pausing"):
+                    took = pause_batch(kind, r["size"], r["per"])
+                else:
+                    took = pecho_batch(kind, r["size"], r["per"]) if r["size"] else connect_batch(kind, r["per"])
                 times[kind].append(took if isinstance(took, float) else time.perf_counter() - t0)
         for kind in ploops:
             ts = sorted(times[kind])
@@ -213,8 +242,11 @@ def echo_batch(kind, n):
 
 ${PECHO}
 ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "bunpy (C transports)": bunpy.new_event_loop(),
-          "bunpy (Python transports)": bunpy.new_event_loop()}
+          ${JSON.stringify(LEVEL)}: bunpy.new_event_loop(), "bunpy (Python transports)": bunpy.new_event_loop()}
 ploops["bunpy (Python transports)"]._bunpy_c_transports = False
+# the same C transports with their fds registered level-triggered and re-armed on every
+# change of interest (as asyncio's are): what the lifetime registration saves, same run
+ploops[${JSON.stringify(LEVEL)}]._reactor.registration("level")
 ploops[${JSON.stringify(FLOOR)}] = None
 # before/after for connect + close, same run: the C transports with asyncio's own
 # create_connection and accept (a Task per accepted connection); connect rows only
@@ -247,16 +279,20 @@ const prows = [
   { what: "Protocol echo, 64 B", size: 64, per: 2000, unit: "round trips/s" },
   { what: "Protocol echo, 4 KB", size: 4096, per: 2000, unit: "round trips/s" },
   { what: "Protocol echo, 256 KB", size: 262144, per: 40, unit: "round trips/s" },
+  { what: "echo 64 B, pausing server", size: 64, per: 2000, unit: "round trips/s", pausing: true },
   { what: "connect + close", size: 0, per: 200, unit: "connections/s" },
 ];
-// LOOP_BENCH_ONLY=connect: the connect + close row only, here and in uvloop's own process
-if (process.env["LOOP_BENCH_ONLY"] === "connect") {
-  const crows = prows.filter((r) => !r.size);
+// LOOP_BENCH_ONLY=connect|pausing: that row only, here and in uvloop's own process
+const only = process.env["LOOP_BENCH_ONLY"];
+if (only === "connect" || only === "pausing") {
+  const crows = prows.filter((r) => (only === "connect" ? !r.size : "pausing" in r));
   const out = py.call("__main__", "rates", [crows]) as Record<string, (number | null)[]>;
   const stock = out["stock asyncio"]![0]!;
-  for (const [k, v] of Object.entries(out)) if (v[0] != null) console.log(`  ${k.padEnd(48)} ${Math.round(v[0]).toLocaleString("en-US").padStart(8)} connections/s (${(v[0] / stock).toFixed(2)}× stock)`);
+  for (const [k, v] of Object.entries(out)) if (v[0] != null) console.log(`  ${k.padEnd(48)} ${Math.round(v[0]).toLocaleString("en-US").padStart(8)} ${crows[0]!.unit} (${(v[0] / stock).toFixed(2)}× stock)`);
+  const edge = out["bunpy (C transports)"]![0]!, level = out[LEVEL]![0]!;
+  console.log(`  lifetime registration ÷ level-triggered: ${(edge / level).toFixed(2)}×`);
   if (uvloopVenv && "site" in uvloopVenv) {
-    const code = `${PECHO}\nimport json, uvloop\nploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}\nprint(json.dumps(rates(${JSON.stringify(crows)})))\n`;
+    const code = `${PECHO}\nimport json, uvloop\nploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}\nprint(json.dumps(rates(json.loads(${JSON.stringify(JSON.stringify(crows))}))))\n`;
     const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
     const uv = JSON.parse(r.stdout.toString()) as Record<string, number[]>;
     const ours = out["bunpy (C transports)"]![0]!;
@@ -301,6 +337,10 @@ const fmtRow = (out: Record<string, (number | null)[]>, kinds: string[], i: numb
   return kinds.filter((k) => out[k]![i] != null).map((k) => `${k} ${fmt(out[k]![i]!, stock)}`).join("  ");
 };
 prows.forEach((row, i) => console.log(`  ${row.what.padEnd(24)} ${row.unit}: ${fmtRow(here, PKINDS, i)}`));
+console.log(
+  `  lifetime registration ÷ level-triggered (C transports, same run): ` +
+    prows.map((row, i) => `${row.what} ${(here["bunpy (C transports)"]![i]! / here[LEVEL]![i]!).toFixed(2)}×`).join(", "),
+);
 // the echo rows again in fresh processes, with glibc's malloc left alone and with MALLOC_ENV
 // set (the same for every kind in the process)
 const echoRows = prows.filter((r) => r.size);
@@ -318,7 +358,7 @@ if (uvloopVenv && "site" in uvloopVenv) {
   const code = `${PECHO}
 import json, uvloop
 ploops = {"stock asyncio": asyncio.SelectorEventLoop(), "uvloop": uvloop.new_event_loop()}
-print(json.dumps(rates(${JSON.stringify(prows)})))
+print(json.dumps(rates(json.loads(${JSON.stringify(JSON.stringify(prows))}))))
 `;
   for (const [label, env] of [["", {}], [" (with MALLOC_ENV)", MALLOC_ENV]] as const) {
     const r = Bun.spawnSync([py.executable, "-c", code], { env: { ...process.env, ...env, PYTHONPATH: uvloopVenv.site }, stdout: "pipe", stderr: "pipe" });
@@ -356,12 +396,13 @@ py.exec(`
 for kind, loop in ploops.items():
     if loop is None:
         continue
-    if kind in pecho:
-        srv, _, clients = pecho[kind]
-        for c in clients:
-            c.t.close()
-        srv.close()
-        loop.run_until_complete(srv.wait_closed())
+    for key in (kind, (kind, "pausing")):
+        if key in pecho:
+            srv, _, clients = pecho[key]
+            for c in clients:
+                c.t.close()
+            srv.close()
+            loop.run_until_complete(srv.wait_closed())
     loop.close()
 `);
 

@@ -401,6 +401,19 @@ static PyObject *reactor_close(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* registration("edge" | "level"): how C transports started from now on register their fds
+   (transport.c); "level" exists to measure what the lifetime registration saves. */
+static PyObject *reactor_registration(PyObject *self, PyObject *arg) {
+    bp_reactor *r = (bp_reactor *)self;
+    const char *mode = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!mode || (strcmp(mode, "edge") != 0 && strcmp(mode, "level") != 0)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "registration(mode): mode is \"edge\" or \"level\"");
+        return NULL;
+    }
+    r->level = mode[0] == 'l';
+    Py_RETURN_NONE;
+}
+
 static PyObject *reactor_fileno(PyObject *self, PyObject *unused) {
     bp_reactor *r = (bp_reactor *)self;
     if (r->epfd < 0) return bp_reactor_closed_error();
@@ -521,6 +534,8 @@ static PyMethodDef reactor_methods[] = {
      "accept_start(fd, callback, backlog): accept in C; callback(fd, address) per connection (accept.c)."},
     {"accept_stop", bp_reactor_accept_stop, METH_O, "accept_stop(fd) -> bool: stop accepting from fd."},
     {"fileno", reactor_fileno, METH_NOARGS, "fileno() -> the epoll fd."},
+    {"registration", reactor_registration, METH_O,
+     "registration(mode): \"edge\" (default: C transports' fds registered once, edge-triggered) or \"level\"."},
     {NULL, NULL, 0, NULL},
 };
 

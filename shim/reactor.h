@@ -68,6 +68,9 @@ typedef struct {
     PyObject *call_loop, *call_ready;  /* the loop and its ready deque (strong)           */
     PyObject *call_fallback[3];        /* its Python call_soon, call_at, call_later       */
     char calls_fast, own_clock, slots_ok;
+    char level;               /* C transports registered level-triggered and re-armed on
+                                 every change of interest (registration("level"): for
+                                 comparing against the lifetime registration)            */
     Py_ssize_t slot_off[9];            /* offsets of the handles' slots (BP_SLOT_*)        */
     struct epoll_event events[256];
 } bp_reactor;
@@ -91,6 +94,7 @@ struct bp_transport {
     char big_reads;           /* the last read was large: read into a bytes directly */
     char gathered;            /* the queue holds writes not tried yet (transmit.c)  */
     char serving;             /* its reads run now: serve() sends what they write   */
+    uint32_t armed;           /* the reactor's level mode: the events registered now */
     int conn_lost;
     char *wbuf;               /* write queue: bytes [wpos, wlen) of wbuf              */
     size_t wlen, wpos, wcap, high, low;
@@ -103,6 +107,7 @@ enum { BP_COLD_ON_EOF, BP_COLD_FATAL_ERROR, BP_COLD_WRITE_DRAINED, BP_COLD_PROTO
 PyObject *bp_transport_cold(bp_transport *t, int which, PyObject *arg, const char *msg);
 int bp_transport_fatal_errno(bp_transport *t, int err, const char *msg);
 void bp_transport_pend(bp_reactor *r, bp_transport *t);
+void bp_transport_arm(bp_transport *t); /* the reactor's level mode: register what is wanted now */
 /* transmit.c: the write half of StreamCore */
 int bp_transport_on_writable(bp_transport *t);
 PyObject *bp_core_write(PyObject *self, PyObject *data);

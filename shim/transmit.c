@@ -192,6 +192,7 @@ static PyObject *transmit(bp_transport *t, struct iovec *iov, int niov, size_t t
         if (!t->serving) bp_transport_pend((bp_reactor *)t->reactor, t); /* else serve() flushes */
     } else {
         rc = send_now(t, iov, niov, total);
+        if (rc == 0) bp_transport_arm(t); /* a backlog formed (level mode: EPOLLOUT wanted) */
     }
     if (rc < 0 || maybe_pause_protocol(t) < 0) return NULL;
     Py_RETURN_NONE;
@@ -282,6 +283,7 @@ PyObject *bp_core_flush(PyObject *self, PyObject *unused) {
         }
     }
     t->gathered = 0;
+    bp_transport_arm(t); /* level mode: what the kernel refused wants EPOLLOUT */
     Py_RETURN_NONE;
 }
 

@@ -11,6 +11,11 @@
  * (or that resumes reading) waits in the reactor's pending list, which makes the next
  * wait a poll.
  *
+ * For comparison only, a reactor set to registration("level") (BUNPY_LOOP_REGISTRATION=level)
+ * registers its transports' fds level-triggered with the events wanted at the moment, as
+ * asyncio's add_reader/add_writer do, and changes the registration with every change of
+ * interest: pause and resume, a backlog formed or sent, the end of reading (bp_transport_arm).
+ *
  * Reads land in the reactor's reusable buffer and go to Protocol.data_received as bytes, or
  * straight into BufferedProtocol.get_buffer()'s buffer. The write half (gathered writes,
  * the queue flushed on EPOLLOUT edges, the water marks) is in transmit.c.
@@ -197,6 +202,28 @@ static int read_once(bp_transport *t, char *buf) {
 
 static int reading(bp_transport *t) { return t->registered && !t->paused && !t->closing && !t->eof_received; }
 
+#define ARMED_EDGE 0xffffffffu /* registered by connect_wait, edge-triggered: not a level mask */
+
+/* Level mode: the events a registered transport wants now (a backlog wants EPOLLOUT). */
+static uint32_t level_want(bp_transport *t) {
+    return (reading(t) ? EPOLLIN | EPOLLRDHUP : 0) | (t->wlen > t->wpos && !t->gathered ? EPOLLOUT : 0);
+}
+
+void bp_transport_arm(bp_transport *t) {
+    bp_reactor *r = (bp_reactor *)t->reactor;
+    if (!r || !r->level || !t->registered || r->epfd < 0) return;
+    uint32_t want = level_want(t);
+    if (want == t->armed) return;
+    /* with nothing wanted the fd leaves the set, as asyncio's selector drops it: a
+       level-triggered hang-up would otherwise be reported at every wait */
+    struct epoll_event ev = {.events = want, .data.u64 = BP_TAG_TRANSPORT | (uint64_t)t->fd};
+    int op = !t->armed ? EPOLL_CTL_ADD : want ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
+    if (epoll_ctl(r->epfd, op, t->fd, &ev) != 0) return;
+    if (op == EPOLL_CTL_ADD) r->nfds++;
+    else if (op == EPOLL_CTL_DEL && r->nfds > 0) r->nfds--; /* as bp_reactor_disown would */
+    t->armed = want;
+}
+
 /* Serves one pending transport: flushes, then reads its share. */
 static int serve(bp_reactor *r, bp_transport *t) {
     if (!t->registered) return 0;
@@ -217,6 +244,7 @@ static int serve(bp_reactor *r, bp_transport *t) {
     }
     if (t->gathered && t->registered && bp_transport_on_writable(t) < 0) return -1;
     if (t->readable && reading(t)) bp_transport_pend(r, t); /* more to read: its turn comes again */
+    bp_transport_arm(t);
     return 0;
 }
 
@@ -356,10 +384,19 @@ static PyObject *core_start(PyObject *self, PyObject *unused) {
     if (bp_connect_adopt(r, t->fd, &early)) { /* registered by connect_wait already */
         Py_INCREF(t); /* the map's reference */
         t->registered = 1;
+        t->armed = ARMED_EDGE;
+        bp_transport_arm(t);
         if (early) bp_transport_event(r, BP_TAG_TRANSPORT | (uint64_t)t->fd, early);
         Py_RETURN_NONE;
     }
-    if (bp_reactor_own(r, t->fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, BP_TAG_TRANSPORT | (uint64_t)t->fd) < 0) {
+    uint32_t events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    if (r->level) { /* what it wants once started: writes made before the start want EPOLLOUT */
+        t->registered = 1;
+        events = level_want(t) | EPOLLRDHUP; /* never 0: armed 0 means "not in the set" */
+        t->registered = 0;
+    }
+    t->armed = r->level ? events : 0;
+    if (bp_reactor_own(r, t->fd, events, BP_TAG_TRANSPORT | (uint64_t)t->fd) < 0) {
         r->tmap[t->fd] = NULL;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -388,6 +425,7 @@ static PyObject *core_stop(PyObject *self, PyObject *unused) {
 static PyObject *core_pause_reading(PyObject *self, PyObject *unused) {
     bp_transport *t = (bp_transport *)self;
     t->paused = 1;
+    bp_transport_arm(t);
     Py_RETURN_NONE;
 }
 
@@ -397,6 +435,7 @@ static PyObject *core_resume_reading(PyObject *self, PyObject *unused) {
     t->paused = 0;
     /* data that arrived while paused gave its edge already: read it at the next turn */
     if (t->readable && reading(t)) bp_transport_pend((bp_reactor *)t->reactor, t);
+    bp_transport_arm(t);
     Py_RETURN_NONE;
 }
 

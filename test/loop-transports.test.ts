@@ -4,8 +4,9 @@
  * iteration, back-pressure both ways (also with small writes), half-close,
  * abort while writing, peers that vanish, BufferedProtocol, set_protocol, TLS on top,
  * thousands of connections on one context, and contexts closed with live connections.
- * Each check runs with the C transports and with asyncio's own (the switch), whose
- * results must be the same.
+ * Each check runs with the C transports, with asyncio's own (the switch), and with the C
+ * transports registered level-triggered (the benchmark's comparison mode): the results must
+ * be the same.
  */
 import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
@@ -20,7 +21,9 @@ import _bunpy, bunpy
 
 def new_loop(c):
     loop = bunpy.new_event_loop()
-    loop._bunpy_c_transports = c
+    loop._bunpy_c_transports = bool(c)
+    if c == "level":  # the comparison mode: fds re-registered on every change of interest
+        loop._reactor.registration("level")
     return loop
 
 def run(c, coro_fn, *args):
@@ -68,6 +71,32 @@ async def listen(loop, factory, unix):
     srv = await loop.create_server(factory, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     return srv, (lambda f, **kw: loop.create_connection(f, "127.0.0.1", port, **kw))
+
+async def registration_masks():
+    """The epoll events the client transport's fd is registered with (the kernel's own view:
+    /proc/self/fdinfo of the loop's epoll fd) after it starts, paused and resumed; None while
+    it is not in the set."""
+    loop = asyncio.get_running_loop()
+    srv, connect = await listen(loop, Echo, False)
+    t, p = await connect(Collect)
+    epfd, fd = loop._reactor.fileno(), t.get_extra_info("socket").fileno()
+    def mask():
+        with open(f"/proc/self/fdinfo/{epfd}") as f:
+            for line in f:
+                parts = line.split()
+                if parts[:1] == ["tfd:"] and int(parts[1]) == fd:
+                    return int(parts[3], 16)
+        return None
+    seen = [mask()]
+    t.pause_reading()
+    seen.append(mask())
+    t.resume_reading()
+    seen.append(mask())
+    t.close()
+    await p.done
+    srv.close()
+    await srv.wait_closed()
+    return seen
 
 async def echo(unix, sizes):
     """Writes chunks of the given sizes, half-closes, returns what came back (digest, length)
@@ -489,12 +518,14 @@ async def many(n):
 `;
 defineModule("loop_transports", SOURCE);
 
-const call = (fn: string, c: boolean, ...args: unknown[]) =>
+const call = (fn: string, c: boolean | "level", ...args: unknown[]) =>
   py.call("loop_transports", "run", [c, py.eval(`__import__("loop_transports").${fn}`), ...args]);
 
 const impls = [
   { name: "C transports", c: true, cls: "SocketTransport" },
   { name: "asyncio's transports (switch)", c: false, cls: "_SelectorSocketTransport" },
+  // what bench/loop.bench.ts compares the lifetime registration with (BUNPY_LOOP_REGISTRATION=level)
+  { name: "C transports, registered level-triggered", c: "level", cls: "SocketTransport" },
 ] as const;
 
 for (const { name, c, cls } of impls) {
@@ -577,6 +608,22 @@ for (const { name, c, cls } of impls) {
     });
   });
 }
+
+test("C transports are registered once for their life, edge-triggered; the comparison mode re-registers", () => {
+  // EPOLLERR | EPOLLHUP: the kernel adds them to every registration
+  const [IN, OUT, RDHUP, ET, ALWAYS] = [0x1, 0x4, 0x2000, 0x80000000, 0x8 | 0x10];
+  const life = (IN | OUT | RDHUP | ET | ALWAYS) >>> 0;
+  // pausing and resuming make no epoll_ctl: the kernel's registration stays as it was
+  expect(call("registration_masks", true)).toEqual([life, life, life]);
+  // level-triggered, as asyncio's add_reader/remove_reader: the fd leaves the set while paused
+  expect(call("registration_masks", "level")).toEqual([IN | RDHUP | ALWAYS, null, IN | RDHUP | ALWAYS]);
+  const loop = py.eval(`__import__("bunpy").new_event_loop()`) as any;
+  try {
+    expect(() => loop._reactor.registration("sideways")).toThrow(/edge.*level/);
+  } finally {
+    loop.close();
+  }
+});
 
 test("connections made and closed leave no transport behind", () => {
   expect(py.call("loop_transports", "leftovers", [true, 300])).toBe(0);

@@ -112,6 +112,10 @@ class BunpyEventLoop(asyncio.SelectorEventLoop):
         # stream transports in C (shim/transport.c); BUNPY_LOOP_TRANSPORTS=python, or this
         # attribute set to False, keeps asyncio's own (level-triggered) ones
         self._bunpy_c_transports = os.environ.get("BUNPY_LOOP_TRANSPORTS", "c") != "python"
+        # BUNPY_LOOP_REGISTRATION=level: the C transports' fds registered level-triggered and
+        # re-armed on every change of interest, as asyncio's are (to measure the difference)
+        if os.environ.get("BUNPY_LOOP_REGISTRATION") == "level":
+            selector._reactor.registration("level")
         # connecting and accepting without asyncio's tasks and futures (bunpy/_connect.py):
         # "c" accepts in the reactor (shim/accept.c), "python" in a reader callback, "stock"
         # keeps asyncio's own (BUNPY_LOOP_CONNECT, or this attribute, set on a new loop)
