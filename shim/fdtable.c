@@ -7,17 +7,19 @@
  * another client's connection, just by trying numbers. unshare(CLONE_FILES) on the context
  * thread, first thing, gives it a copy of the table; every copied fd is then closed except
  * stdio and the read ends of the context's own wake-up pipes, made before its thread
- * started, which other threads write to wake it (wake, alert, answers, signals; wakefd.c). Bun's eventfds are closed too:
- * a doorbell rung here would write one by its number, which is why the context's doorbells
- * are rung by a thread of its own in the shared table (bell.c).
+ * started, which other threads write to wake it (wake, alert, answers, signals; wakefd.c).
+ * Bun's eventfds are closed too: a doorbell rung here would write one by its number, which
+ * is why the context's doorbells are rung by a thread of its own in the shared table
+ * (bell.c).
  * Threads the context starts share its table.
  *
  * From then on an fd number means one thing on the context's threads and another on Bun's:
  *   - nothing may pass an fd number between the two (bunpy refuses what would: pool.listen
  *     and hand-offs, async_call waited on a foreign loop; see docs/sandbox.md);
- *   - every fd another thread writes to wake this context is one of the eventfds made
- *     before the thread started (wake, alert, answers, signals): request.c's interrupt
- *     wakes a loop through the context's wake fd, not the loop's own;
+ *   - every fd another thread writes to wake this context is the write end of one of the
+ *     pipes made before the thread started (wake, alert, answers, signals), which only
+ *     Bun's table holds: request.c's interrupt wakes a loop through the context's wake
+ *     pipe, not the loop's own fd;
  *   - process signals are blocked on these threads, so no handler (bunpy's SIGINT/SIGTERM
  *     relay, or Bun's own) runs here and writes its fd number into this table.
  */

@@ -355,7 +355,6 @@ void bp_loop_signals_want(int slot, unsigned mask) {
     atomic_store(&sig_slots[slot].want, mask);
 }
 
-
 unsigned bp_loop_signals_take(int slot) { return atomic_exchange(&sig_slots[slot].pending, 0); }
 
 void bp_loop_signals_release(int slot) {
