@@ -16,6 +16,9 @@ struct bp_relay {
     char **argv;           /* the host's command line (argv[0] its path), NULL-ended */
     int sock;              /* our end of the socketpair; -1 once closed              */
     pid_t pid;             /* the host; 0 once reaped                                */
+    int pidfd;             /* readable once the host exited (a child of the host may
+                              keep the socket open: EOF alone does not say it), or -1  */
+    int exited;            /* the pidfd was readable                                 */
     bp_request **slots;    /* requests sent and not completed, by slot               */
     uint32_t nslots, *free_ids, nfree;
     uint64_t runs;         /* run ids handed out                                     */

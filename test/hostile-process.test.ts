@@ -1,0 +1,57 @@
+// A hostile pass over process contexts (shim/relay.c, ring.c, host.c): Python in the host is
+// the attacker. Whatever it does to its own process (start children that keep its fds,
+// exit, stop answering), Bun gets typed errors, never a hang, and close() ends it all.
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { ContextDiedError, py } from "../src/index.ts";
+import { closedAfterAll } from "./helpers.ts";
+import { linux } from "./kernel-escapes.ts";
+
+const { keep } = closedAfterAll();
+const proc = async () => keep(await py.context({ mode: "process" }));
+
+/** pids of the processes whose command line holds `marker` */
+function withArg(marker: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, "utf8");
+      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+      if (cmd.split("\0").includes(marker) && !/\) Z /.test(stat)) out.push(Number(d));
+    } catch {}
+  }
+  return out;
+}
+
+async function gone(marker: string): Promise<boolean> {
+  for (let i = 0; i < 100; i++) {
+    if (withArg(marker).length === 0) return true;
+    await Bun.sleep(20);
+  }
+  return false;
+}
+
+describe.skipIf(!linux)("hostile process contexts", () => {
+  test("a host that exits while a child it started holds its socket: ContextDiedError, not a hang; the child is ended", async () => {
+    const ctx = await proc();
+    const marker = `${1000 + Math.floor(Math.random() * 1000)}.25`; // sleep's argument, unique
+    const e = await ctx
+      .exec(`import subprocess, os\nsubprocess.Popen(['sleep', '${marker}'], pass_fds=(3, 4, 5, 6), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nos._exit(1)`)
+      .catch((x) => x);
+    expect(e).toBeInstanceOf(ContextDiedError);
+    expect((e as Error).message).toMatch(/exited with code 1/);
+    await expect(ctx.eval("1")).rejects.toBeInstanceOf(ContextDiedError);
+    expect(await gone(marker)).toBe(true);
+    await ctx.close();
+  });
+
+  test("close() ends the processes the host started (its process group), and those holding its fds", async () => {
+    const ctx = await proc();
+    const marker = `${2000 + Math.floor(Math.random() * 1000)}.25`;
+    await ctx.exec(`import subprocess\nkids = [subprocess.Popen(['sleep', '${marker}'], pass_fds=(3,), stdout=subprocess.DEVNULL), subprocess.Popen(['sleep', '${marker}'], stdout=subprocess.DEVNULL)]`);
+    expect(withArg(marker).length).toBe(2);
+    await ctx.close({ timeout: 100 });
+    expect(await gone(marker)).toBe(true);
+  });
+});
