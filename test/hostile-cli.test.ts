@@ -48,3 +48,41 @@ test("app.close({ timeout }) past setTimeout's range waits for a WSGI request in
   await app.close({ timeout: 3e9 });
   expect(await slow).toBe("200 slept");
 }, 30000);
+
+test("odd arguments: a usage error (exit code 2) naming the flag, never a stack trace", () => {
+  const cases: [string[], string][] = [
+    [["pidapp:app", "--port", "70000"], "--port: expected an integer ≤ 65535, got 70000"],
+    [["pidapp:app", "--port", ""], '--port: expected an integer ≥ 0, got ""'],
+    [["pidapp:app", "--port", "1e3"], '--port: expected an integer ≥ 0, got "1e3"'],
+    [["pidapp:app", "--workers", "2000"], "--workers: expected an integer ≤ 1024, got 2000"],
+    [["pidapp:app", "--workers", "abc"], '--workers: expected an integer ≥ 1, got "abc"'],
+    [["pidapp:app", "--workers", "-1"], '--workers: expected an integer ≥ 1, got "-1"'],
+    [["pidapp:app", "--workers", "0x10"], '--workers: expected an integer ≥ 1, got "0x10"'],
+    [["pidapp:app", "--processes", "99999"], "--processes: expected an integer ≤ 1024, got 99999"],
+    [["pidapp"], "expected MODULE:APP (e.g. myapp:app, pkg.main:app), got pidapp"],
+    [["../../etc/passwd:app"], "expected MODULE:APP (e.g. myapp:app, pkg.main:app), got ../../etc/passwd:app"],
+    [["..:app"], "expected MODULE:APP (e.g. myapp:app, pkg.main:app), got ..:app"],
+  ];
+  for (const [args, message] of cases) {
+    const r = Bun.spawnSync([process.execPath, CLI, "serve", ...args, "--app-dir", FIXTURES], { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
+    const err = r.stderr.toString();
+    expect({ args, code: r.exitCode, first: err.split("\n")[0] }).toEqual({ args, code: 2, first: `bunpy serve: ${message}` });
+    expect(err).not.toMatch(/\n\s+at /);
+  }
+});
+
+test("a port in use: exit code 1 and one line saying so, no stack trace", async () => {
+  const taken = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("taken") });
+  try {
+    const r = Bun.spawn([process.execPath, CLI, "serve", "pidapp:app", "--port", String(taken.port), "--workers", "1", "--app-dir", FIXTURES], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [code, err] = await Promise.all([r.exited, new Response(r.stderr).text()]);
+    expect(code).toBe(1);
+    expect(err).toContain(`bunpy serve: cannot listen on 127.0.0.1 port ${taken.port}:`);
+    expect(err).not.toMatch(/\n\s+at /);
+  } finally {
+    taken.stop(true);
+  }
+}, 30000);
