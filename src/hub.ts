@@ -367,16 +367,29 @@ export class ContextHub {
     } catch (e) {
       return this.replyError(call, e, context);
     }
-    if (value instanceof Promise) {
+    // what the function returned is user code too: `instanceof` runs a Proxy's
+    // getPrototypeOf trap (a revoked Proxy throws), and a Promise's own `then` may throw or
+    // call both of its callbacks. A throw here would leave the call unanswered (Python
+    // waits for good, py.close() too) and be reported uncaught: it is the call's error.
+    let isPromise: boolean;
+    try {
+      isPromise = value instanceof Promise;
+    } catch (e) {
+      return this.replyError(call, e, context);
+    }
+    if (isPromise) {
+      // a Promise of our own, resolved with it: its `then` is looked up and called in a
+      // job of their own (a throw rejects), and only the first settlement counts
+      const settled = new Promise<unknown>((resolve) => resolve(value));
       if (blocked) {
-        value.catch(() => {});
+        settled.catch(() => {});
         return this.replyError(
           call,
           new TypeError("the JS function returned a Promise while its JS thread is blocked in ctx.callSync; it cannot be awaited there"),
           context,
         );
       }
-      value.then(
+      settled.then(
         (v) => this.reply(call, context, v),
         (e) => this.replyError(call, e, context),
       );
