@@ -331,8 +331,8 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, sv[1], BP_HOST_FD);
     posix_spawn_file_actions_adddup2(&fa, r->shm_fd, BP_HOST_SHM_FD);
-    posix_spawn_file_actions_adddup2(&fa, r->host_bell, BP_HOST_BELL_FD);
-    posix_spawn_file_actions_adddup2(&fa, r->bun_bell, BP_BUN_BELL_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->host_bell_theirs, BP_HOST_BELL_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->bun_bell_theirs, BP_BUN_BELL_FD);
     posix_spawnattr_t at;
     posix_spawnattr_init(&at);
     /* a clean signal state: Bun's handlers and mask are not the host's */
@@ -361,6 +361,7 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
     r->pidfd = open_pidfd(pid);
     close(r->shm_fd); /* mapped; the host has its own */
     r->shm_fd = -1;
+    bp_ring_spawned(r);
     return pid;
 }
 
@@ -565,7 +566,7 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
     bp_relay *r = calloc(1, sizeof *r);
     bp_context *c = calloc(1, sizeof *c);
     if (!r || !c) goto fail;
-    r->sock = r->shm_fd = r->host_bell = r->bun_bell = r->pidfd = -1;
+    r->sock = r->shm_fd = r->host_bell = r->bun_bell = r->host_bell_theirs = r->bun_bell_theirs = r->pidfd = -1;
     r->ctx = c;
     pthread_mutex_init(&r->lock, NULL);
     size_t n = 0;

@@ -3,6 +3,7 @@
 // exit, stop answering), Bun gets typed errors, never a hang, and close() ends it all.
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { ContextDiedError, py } from "../src/index.ts";
 import { closedAfterAll } from "./helpers.ts";
 import { linux } from "./kernel-escapes.ts";
@@ -54,4 +55,18 @@ describe.skipIf(!linux)("hostile process contexts", () => {
     await ctx.close({ timeout: 100 });
     expect(await gone(marker)).toBe(true);
   });
+});
+
+describe.skipIf(!linux)("the bells of a process context", () => {
+  test("a host that takes fd 5 away from its main thread and fills the bell blocking: Bun's next call does not block its JS thread", () => {
+    const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "hostile-process-bell.ts")], {
+      stdout: "pipe",
+      stderr: "pipe",
+      timeout: 60_000,
+      env: { ...process.env },
+    });
+    const out = r.stdout.toString().trim().split("\n").pop() ?? "";
+    expect({ code: r.exitCode, err: r.stderr.toString().slice(-500) }).toEqual({ code: 0, err: "" });
+    expect(JSON.parse(out)).toMatchObject({ sent: true, attackEnded: "returned", alive: true });
+  }, 70_000);
 });
