@@ -3,7 +3,11 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { py } from "../src/index.ts";
 import { lineReader } from "./fixtures/serve/lines.ts";
+
+// the shim is built (if sources changed) here, not in a child process that a test times
+py.eval("1");
 
 const CLI = resolve(import.meta.dir, "../src/cli.ts");
 const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
@@ -41,7 +45,6 @@ for (const processes of [[], ["--processes", "1"]])
   }, 60000);
 
 test("app.close({ timeout }) past setTimeout's range waits for a WSGI request in flight", async () => {
-  const { py } = await import("../src/index.ts");
   const app = await py.wsgi("slowwsgi:application", { pool: { size: 1, mode: "worker" }, path: [FIXTURES] });
   const slow = Promise.resolve(app.fetch(new Request("http://x/?s=6"))).then(async (r: Response) => `${r.status} ${await r.text()}`);
   await Bun.sleep(200);
