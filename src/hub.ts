@@ -233,7 +233,13 @@ export class ContextHub {
         const start = wire.pos;
         pos = start + len;
         if (id === 0) {
-          settled.push(this.decodeMessage(wire, start, saved));
+          // a message a process context's host forged (its bytes are the host's) may not
+          // decode: dropped, and the rest of this drain (other contexts' results) goes on
+          try {
+            settled.push(this.decodeMessage(wire, start, saved));
+          } catch (e) {
+            settled.push(() => console.error(`bunpy: a bunpy.send message was dropped: it could not be decoded (${(e as Error).message})`));
+          }
           continue;
         }
         const p = this.slots[id];

@@ -70,3 +70,49 @@ describe.skipIf(!linux)("the bells of a process context", () => {
     expect(JSON.parse(out)).toMatchObject({ sent: true, attackEnded: "returned", alive: true });
   }, 70_000);
 });
+
+describe.skipIf(!linux)("frames a host forges", () => {
+  test("a MESSAGE whose value Bun cannot decode is dropped with a line on stderr; the other results of that drain still settle", async () => {
+    const ctx = await proc();
+    const other = await proc();
+    await ctx.exec(`
+import ctypes, os, struct, time
+def rings():
+    for line in open('/proc/self/maps'):
+        if 'bunpy-rings' in line:
+            return int(line.split('-')[0], 16)
+base = rings()
+RING = 1 << 20
+def forge():
+    # a MARK in the result ring, and the MESSAGE it announces on the socket: origin, the
+    # channel "evil", then a value of an unknown tag
+    tail = ctypes.c_uint64.from_address(base + 384).value
+    at = base + 4096 + RING + tail % RING
+    ctypes.memset(at, 0, 24)
+    ctypes.c_uint32.from_address(at).value = 32
+    payload = bytes([5]) + struct.pack('<d', 0.0) + bytes([7]) + struct.pack('<I', 4) + b'evil' + bytes([0xEE])
+    frame = struct.pack('<IiIIQ', 18, 0, len(payload), 0, 0) + payload
+    ctypes.c_uint64.from_address(base + 384).value = tail + 24
+    os.write(6, (1).to_bytes(8, 'little'))
+    os.write(3, frame)
+    time.sleep(0.5)
+`);
+    let got = 0;
+    const off = py.on("evil", () => got++);
+    const errors: string[] = [];
+    const write = console.error;
+    console.error = (...a: unknown[]) => void errors.push(a.map(String).join(" "));
+    try {
+      const calls = Array.from({ length: 200 }, (_, i) => other.call("time", "sleep", [0.001 * (i % 5)]).then(() => i));
+      await ctx.call("__main__", "forge").catch(() => {}); // its host is killed for what it did to the ring
+      const settled = await Promise.race([Promise.all(calls).then((v) => v.length), Bun.sleep(10_000).then(() => "some calls hung")]);
+      expect(settled).toBe(200);
+      expect(errors.some((e) => /a bunpy.send message was dropped: it could not be decoded/.test(e))).toBe(true);
+      expect(got).toBe(0);
+      expect(await other.eval("1 + 1")).toBe(2);
+    } finally {
+      console.error = write;
+      off();
+    }
+  }, 20_000);
+});
