@@ -266,8 +266,16 @@ export async function serveCommand(argv: string[]): Promise<number> {
         resolve();
       });
     };
-    process.on("SIGTERM", () => stop("SIGTERM"));
-    process.on("SIGINT", () => stop("SIGINT"));
+    // a second signal while stopping (Ctrl-C twice): exit now, as uvicorn does; the
+    // contexts' threads end with the process, process contexts' hosts with their parent
+    let signals = 0;
+    const onSignal = (signal: string) => {
+      if (++signals === 1) return stop(signal);
+      console.error(`bunpy: ${signal} again: exiting now`);
+      process.exit(1);
+    };
+    process.on("SIGTERM", () => onSignal("SIGTERM"));
+    process.on("SIGINT", () => onSignal("SIGINT"));
     if (child) {
       // the channel may have closed while the app was loading (the supervisor was killed)
       process.on("disconnect", () => stop("the supervisor is gone"));

@@ -89,3 +89,32 @@ test("a port in use: exit code 1 and one line saying so, no stack trace", async 
     taken.stop(true);
   }
 }, 30000);
+
+test("an app whose lifespan shutdown blocks in C: SIGTERM still ends the server (the context is abandoned), exit code 0", async () => {
+  const { proc, out } = serve("stuckshutdown:app", "--port", "0", "--workers", "1", "--timeout-graceful-shutdown", "0");
+  try {
+    await out.until(/bunpy: serving /);
+    proc.kill("SIGTERM");
+    await out.until(/stuckshutdown: blocking in C/);
+    const code = await Promise.race([proc.exited, Bun.sleep(30_000).then(() => "still running")]);
+    expect(code).toBe(0);
+    expect((await out.rest()).at(-1)).toBe("bunpy: stopped");
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 40_000);
+
+test("a second SIGINT while the server stops: it exits at once (code 1)", async () => {
+  const { proc, out, err } = serve("stuckshutdown:app", "--port", "0", "--workers", "1", "--timeout-graceful-shutdown", "0");
+  try {
+    await out.until(/bunpy: serving /);
+    proc.kill("SIGINT");
+    await out.until(/stuckshutdown: blocking in C/);
+    proc.kill("SIGINT");
+    const code = await Promise.race([proc.exited, Bun.sleep(5_000).then(() => "still running")]);
+    expect(code).toBe(1);
+    expect(await err.until(/again/)).toBe("bunpy: SIGINT again: exiting now");
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}, 40_000);
