@@ -37,3 +37,32 @@ describe.skipIf(!linux)("pools of process contexts", () => {
     expect(pool.stats().replaced).toBe(0);
   }, 20_000);
 });
+
+describe("AbortSignals aborted at odd points", () => {
+  test("aborted by a getter while the arguments are encoded: the call rejects with the reason and does not run (pool and context)", async () => {
+    const pool = await py.pool({ mode: "worker", size: 1 });
+    try {
+      await pool.execAll("ran = []\ndef note(d): ran.append(d['a']); return len(ran)");
+      for (const via of ["pool", "context"] as const) {
+        const ac = new AbortController();
+        const arg = { get a() { ac.abort(new Error(`aborted in a getter (${via})`)); return 1; } };
+        const call = via === "pool" ? pool.call("__main__", "note", [arg], undefined, { signal: ac.signal }) : pool.contexts[0]!.call("__main__", "note", [arg], undefined, { signal: ac.signal });
+        await expect(call).rejects.toThrow(`aborted in a getter (${via})`);
+      }
+      expect(await pool.call("__main__", "note", [{ a: 2 }])).toBe(1); // only this one ran
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("options whose getters answer differently on a second read: the values checked are the ones used", async () => {
+    const pool = await py.pool({ mode: "worker", size: 1 });
+    try {
+      let reads = 0;
+      const options = { get timeout() { return ++reads === 1 ? 5000 : 1e12; } }; // past setTimeout's range: would fire at once
+      expect(await pool.contexts[0]!.call("time", "sleep", [0.05], undefined, options)).toBe(null);
+    } finally {
+      await pool.close();
+    }
+  });
+});
