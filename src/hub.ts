@@ -284,14 +284,22 @@ export class ContextHub {
   private deliver(channel: string, value: unknown, from: Context | undefined): void {
     const set = this.listeners.get(channel);
     if (set === undefined) return;
-    for (const listener of set) {
-      try {
-        listener(value, from);
-      } catch (e) {
-        queueMicrotask(() => {
-          throw e; // a listener's error is reported like any uncaught error, not swallowed
-        });
-      }
+    // the listeners of this moment: a Set's iteration visits what is added meanwhile, so a
+    // listener that re-subscribed itself (off, then on) was called again for this message,
+    // without end; one removed meanwhile is not called
+    if (set.size === 1) {
+      for (const listener of set) return this.run(listener, value, from); // the first only
+    }
+    for (const listener of [...set]) if (this.listeners.get(channel)?.has(listener)) this.run(listener, value, from);
+  }
+
+  private run(listener: MessageListener, value: unknown, from: Context | undefined): void {
+    try {
+      listener(value, from);
+    } catch (e) {
+      queueMicrotask(() => {
+        throw e; // a listener's error is reported like any uncaught error, not swallowed
+      });
     }
   }
 
