@@ -7,7 +7,7 @@
  *       applies the confinement and prints what applied as JSON, then exits 0.
  *   bunpy-host --libpython L --shim S --program PY --python-dir D [limits] --parent PID
  *       (run by relay.c with its end of a socketpair on fd 3, the shared memory of
- *       ring.h on fd 4, eventfds on 5 and 6) serves one context.
+ *       ring.h on fd 4, bells (pipes) on 5 and 6) serves one context.
  *
  * Serving: the host starts Python through the shim's exported ABI (bunpy.h) exactly as
  * the Bun process does, creates one worker-mode context from the START frame, and then
@@ -625,7 +625,7 @@ int main(int argc, char **argv) {
     /* dies with the thread that started it; a parent already gone is caught here */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (parent && getppid() != parent) return 1;
-    close_inherited(check ? 2 : BP_BUN_BELL_FD); /* the socket, the memfd, the two eventfds */
+    close_inherited(check ? 2 : BP_BUN_BELL_FD); /* the socket, the memfd, the two bells */
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) {
         dup2(devnull, 0);

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,10 +47,35 @@ static void relay_release_live(bp_context *c) {
     if (!atomic_exchange(&c->live_released, 1)) atomic_fetch_sub(&bp_live_contexts, 1);
 }
 
+/* The host's pidfd, or -1 where the kernel has none (then only EOF tells its death). */
+static int open_pidfd(pid_t pid) {
+#ifdef SYS_pidfd_open
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec */
+    return fd < 0 ? -1 : fd;
+#else
+    (void)pid;
+    return -1;
+#endif
+}
+
+/* Polls the socket for `events` and the pidfd for the host's exit. -1: the host exited or
+   the poll failed (both end the channel). */
+static int poll_host(bp_relay *r, struct pollfd *sock, int ms) {
+    struct pollfd pfd[2] = {*sock, {.fd = r->pidfd, .events = POLLIN}};
+    if (poll(pfd, 2, ms) < 0 && errno != EINTR) return -1;
+    *sock = pfd[0];
+    if (pfd[1].revents) {
+        r->exited = 1;
+        return -1;
+    }
+    return 0;
+}
+
 void bp_relay_free(bp_relay *r) {
     if (!r) return;
     pthread_mutex_destroy(&r->lock);
     if (r->sock >= 0) close(r->sock);
+    if (r->pidfd >= 0) close(r->pidfd);
     bp_ring_teardown(r);
     if (r->pid > 0) { /* never started serving (thread creation failed) */
         kill(r->pid, SIGKILL);
@@ -113,7 +139,7 @@ static int relay_write(bp_relay *r, const uint8_t *p, size_t len) {
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return -1;
         if (r->kill_at && bp_now_ns() >= r->kill_at) return -1;
         struct pollfd pfd = {.fd = r->sock, .events = POLLOUT | POLLIN};
-        if (poll(&pfd, 1, 100) < 0 && errno != EINTR) return -1;
+        if (poll_host(r, &pfd, 100) < 0) return -1;
         if (pfd.revents & POLLIN && bp_chan_fill(&r->in, r->sock) < 0) return -1;
         if (pfd.revents & (POLLERR | POLLHUP)) return -1;
     }
@@ -164,7 +190,7 @@ static int relay_submit(bp_context *c, bp_relay *r, int32_t op, uint32_t slot, u
         }
         if (r->kill_at && bp_now_ns() >= r->kill_at) return -1;
         struct pollfd pfd = {.fd = r->sock, .events = POLLIN};
-        if (poll(&pfd, 1, 1) < 0 && errno != EINTR) return -1;
+        if (poll_host(r, &pfd, 1) < 0) return -1;
         if ((pfd.revents & POLLIN) && !bp_relay_paused(c) && bp_chan_fill(&r->in, r->sock) < 0) return -1;
         if (relay_pump(c, r) < 0) return -1;
     }
@@ -305,8 +331,8 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, sv[1], BP_HOST_FD);
     posix_spawn_file_actions_adddup2(&fa, r->shm_fd, BP_HOST_SHM_FD);
-    posix_spawn_file_actions_adddup2(&fa, r->host_bell, BP_HOST_BELL_FD);
-    posix_spawn_file_actions_adddup2(&fa, r->bun_bell, BP_BUN_BELL_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->host_bell_theirs, BP_HOST_BELL_FD);
+    posix_spawn_file_actions_adddup2(&fa, r->bun_bell_theirs, BP_BUN_BELL_FD);
     posix_spawnattr_t at;
     posix_spawnattr_init(&at);
     /* a clean signal state: Bun's handlers and mask are not the host's */
@@ -332,8 +358,10 @@ static pid_t spawn_host(bp_relay *r, char *err, size_t errlen) {
         return -1;
     }
     r->sock = sv[0];
+    r->pidfd = open_pidfd(pid);
     close(r->shm_fd); /* mapped; the host has its own */
     r->shm_fd = -1;
+    bp_ring_spawned(r);
     return pid;
 }
 
@@ -366,16 +394,19 @@ static int reap_host(bp_relay *r, int kill_it, char *how, size_t len) {
     }
     int status = 0;
     pid_t got;
-    /* after EOF the host is ending: give it a moment before the SIGKILL */
-    for (int i = 0; !kill_it && i < 200; i++) {
-        got = waitpid(r->pid, &status, WNOHANG);
-        if (got == r->pid) goto reaped;
+    /* after EOF the host is ending: give it a moment before the SIGKILL (looked at without
+       reaping it: its pid must stay its own until its process group is killed below) */
+    for (int i = 0; !kill_it && !r->exited && i < 200; i++) {
+        siginfo_t info = {0};
+        if (waitid(P_PID, (id_t)r->pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == r->pid) break;
         usleep(1000);
     }
     kill(r->pid, SIGKILL);
+    /* and every process it started that stayed in its process group (spawn_host made it
+       the leader): none outlives the context, none keeps the socket open */
+    kill(-r->pid, SIGKILL);
     while ((got = waitpid(r->pid, &status, 0)) < 0 && errno == EINTR) {
     }
-reaped:
     r->pid = 0;
     if (got < 0) {
         snprintf(how, len, "its host process ended (not reaped: %s)", strerror(errno));
@@ -436,15 +467,17 @@ static void relay_wait(bp_context *c, bp_relay *r) {
         return;
     }
     pthread_mutex_unlock(&r->lock);
-    struct pollfd pfd[3] = {{.fd = c->wake.rd, .events = POLLIN},
+    struct pollfd pfd[4] = {{.fd = c->wake.rd, .events = POLLIN},
                             {.fd = r->bun_bell, .events = POLLIN},
-                            {.fd = r->sock, .events = POLLIN}};
+                            {.fd = r->sock, .events = POLLIN},
+                            {.fd = r->exited ? -1 : r->pidfd, .events = POLLIN}};
     int timeout = -1;
     if (r->kill_at) {
         int64_t left = (r->kill_at - bp_now_ns()) / 1000000;
         timeout = left < 0 ? 0 : left > 100000 ? 100000 : (int)left + 1;
     }
-    poll(pfd, hold ? 1 : 3, timeout);
+    poll(pfd, hold ? 1 : 4, timeout);
+    if (!hold && pfd[3].revents) r->exited = 1;
     atomic_store(&c->sleeping, 0);
     if (r->shm) atomic_store(&r->shm->bun_asleep, 0);
     bp_wakefd_drain(c->wake.rd);
@@ -483,6 +516,9 @@ static void *relay_main(void *arg) {
         int got = bp_relay_paused(c) ? 0 : bp_chan_fill(&r->in, r->sock);
         /* (at EOF: what the host wrote before it ended still counts) */
         if (relay_pump(c, r) < 0 || got < 0 || r->broken) goto ended;
+        /* the host exited, and what it wrote before is read: a process it started may
+           hold the socket open, so no EOF may ever come */
+        if (r->exited && got == 0 && !bp_relay_paused(c)) goto ended;
         if (r->kill_at && bp_now_ns() >= r->kill_at) {
             r->killed = 1;
             goto ended;
@@ -530,7 +566,7 @@ bp_context *bp_ctx_new_process(bp_io *io, uint32_t id, uint32_t len, const char 
     bp_relay *r = calloc(1, sizeof *r);
     bp_context *c = calloc(1, sizeof *c);
     if (!r || !c) goto fail;
-    r->sock = r->shm_fd = r->host_bell = r->bun_bell = -1;
+    r->sock = r->shm_fd = r->host_bell = r->bun_bell = r->host_bell_theirs = r->bun_bell_theirs = r->pidfd = -1;
     r->ctx = c;
     pthread_mutex_init(&r->lock, NULL);
     size_t n = 0;

@@ -16,6 +16,9 @@ struct bp_relay {
     char **argv;           /* the host's command line (argv[0] its path), NULL-ended */
     int sock;              /* our end of the socketpair; -1 once closed              */
     pid_t pid;             /* the host; 0 once reaped                                */
+    int pidfd;             /* readable once the host exited (a child of the host may
+                              keep the socket open: EOF alone does not say it), or -1  */
+    int exited;            /* the pidfd was readable                                 */
     bp_request **slots;    /* requests sent and not completed, by slot               */
     uint32_t nslots, *free_ids, nfree;
     uint64_t runs;         /* run ids handed out                                     */
@@ -30,7 +33,10 @@ struct bp_relay {
     /* the shared memory (ring.c, ring.h) */
     bp_context *ctx;
     bp_shm *shm;           /* mapped BP_SHM_SIZE bytes, or NULL                       */
-    int shm_fd, host_bell, bun_bell; /* the memfd (until spawned); the two eventfds    */
+    int shm_fd;            /* the memfd (until spawned)                              */
+    int host_bell, bun_bell; /* the bells (pipes, ring.c): the write end we ring the
+                              host's context by, the read end the host rings us by */
+    int host_bell_theirs, bun_bell_theirs; /* their other ends, until spawned       */
     bp_ring tx, rx;        /* requests we write; results we read                     */
     atomic_int ring_ready; /* the host runs: JS threads may use the rings             */
     uint8_t *scratch;      /* BP_RING_CAP bytes: frames copied out of the ring          */
@@ -45,6 +51,7 @@ int bp_relay_paused(bp_context *c);
 /* ring.c, all with r->lock held */
 int bp_ring_setup(bp_relay *r, char *err, size_t errlen); /* the memfd and the eventfds */
 void bp_ring_teardown(bp_relay *r);
+void bp_ring_spawned(bp_relay *r); /* closes the host's ends of the bells (it has its own) */
 /* A frame into the request ring: 1 written, 0 no room now, -1 the host broke the ring. */
 int bp_ring_submit(bp_relay *r, const bp_frame *f, const void *payload);
 /* Results out of the ring, in order, up to a MARK (or, `done_only`, up to anything but a

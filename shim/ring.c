@@ -1,6 +1,6 @@
 /*
  * ring.c — the Bun side of a process context's shared memory (ring.h): creating the sealed
- * memfd and the two eventfds, writing request frames, reading result frames (on the relay
+ * memfd and the two bells (pipes), writing request frames, reading result frames (on the relay
  * thread, or on the JS thread while it polls: bp_port_poll), and what happens when the host
  * breaks the rules.
  *
@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -28,11 +27,24 @@ static int high_fd(int fd) {
     return moved;
 }
 
+/* A bell is a pipe, not an eventfd: O_NONBLOCK belongs to the open file, and an eventfd is
+   one open file for both sides. A host could clear it on its copy, fill the counter and
+   stop draining it (its main thread watches fd 5: dup2 another fd there), and Bun's next
+   write blocked for good, on a JS thread (bp_relay_try_send). A pipe's two ends are open
+   files of their own: Bun keeps only its end, which stays non-blocking whatever the host
+   does to the other; a full pipe means the reader is woken already (EAGAIN, given up). */
+static int bell_pipe(int *ours, int *theirs, int we_write) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+    *ours = high_fd(p[we_write ? 1 : 0]);
+    *theirs = high_fd(p[we_write ? 0 : 1]);
+    return *ours < 0 || *theirs < 0 ? -1 : 0;
+}
+
 int bp_ring_setup(bp_relay *r, char *err, size_t errlen) {
     r->shm_fd = high_fd(memfd_create("bunpy-rings", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    r->host_bell = high_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    r->bun_bell = high_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (r->shm_fd < 0 || r->host_bell < 0 || r->bun_bell < 0 || ftruncate(r->shm_fd, BP_SHM_SIZE) < 0 ||
+    int bells = bell_pipe(&r->host_bell, &r->host_bell_theirs, 1) | bell_pipe(&r->bun_bell, &r->bun_bell_theirs, 0);
+    if (r->shm_fd < 0 || bells < 0 || ftruncate(r->shm_fd, BP_SHM_SIZE) < 0 ||
         fcntl(r->shm_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
         snprintf(err, errlen, "cannot create the shared memory: %s", strerror(errno));
         return -1;
@@ -54,11 +66,18 @@ void bp_ring_teardown(bp_relay *r) {
     if (r->shm) munmap(r->shm, BP_SHM_SIZE);
     r->shm = NULL;
     if (r->shm_fd >= 0) close(r->shm_fd);
+    bp_ring_spawned(r);
     if (r->host_bell >= 0) close(r->host_bell);
     if (r->bun_bell >= 0) close(r->bun_bell);
     r->shm_fd = r->host_bell = r->bun_bell = -1;
     free(r->scratch);
     r->scratch = NULL;
+}
+
+void bp_ring_spawned(bp_relay *r) {
+    if (r->host_bell_theirs >= 0) close(r->host_bell_theirs);
+    if (r->bun_bell_theirs >= 0) close(r->bun_bell_theirs);
+    r->host_bell_theirs = r->bun_bell_theirs = -1;
 }
 
 void bp_ring_violation(bp_context *c, bp_relay *r, const char *why) {
@@ -160,11 +179,7 @@ void bp_relay_poll(bp_relay *r, int polling) {
         /* the relay thread holds it: it reads, unless it is just going to sleep, having
            looked before the host published (the host saw JS polling and rang nobody).
            A look that ends JS's polling makes sure the relay looks again. */
-        if (!polling) {
-            uint64_t one = 1;
-            ssize_t n = write(r->bun_bell, &one, sizeof one);
-            (void)n;
-        }
+        if (!polling) bp_wakefd_post(r->ctx->wake.wr); /* (not the host's bell: its write end is the host's too) */
         return;
     }
     if (bp_ring_take(r->ctx, r, 1) == 1) bp_ctx_wake(r->ctx); /* left a frame for the relay */

@@ -22,7 +22,7 @@
  * copied once into Bun's own memory before anything decodes them.
  *
  * Sleeping: a side announces it sleeps in a flag here, then looks at the ring again; the
- * other side, after publishing, fences and rings the sleeper's eventfd only if the flag is
+ * other side, after publishing, fences and rings the sleeper's bell (a pipe) only if the flag is
  * set. Both busy: no syscall at all.
  */
 #ifndef BUNPY_RING_H
@@ -36,8 +36,8 @@
 
 /* fds the host finds them on (the socket is BP_HOST_FD, 3) */
 #define BP_HOST_SHM_FD 4  /* the memfd                                              */
-#define BP_HOST_BELL_FD 5 /* eventfd: Bun rings it when the host's context sleeps    */
-#define BP_BUN_BELL_FD 6  /* eventfd: the host rings it when Bun's readers sleep     */
+#define BP_HOST_BELL_FD 5 /* a pipe's read end: Bun rings it when the host's context sleeps */
+#define BP_BUN_BELL_FD 6  /* a pipe's write end: the host rings it when Bun's readers sleep */
 
 #define BP_RING_MAGIC 0x62707231u /* "bpr1" */
 #define BP_RING_CAP (1u << 20)   /* bytes of each ring                               */

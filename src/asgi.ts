@@ -330,7 +330,14 @@ export async function startAsgi(rt: MainInterpreter, target: string, options: As
         const start = Date.now();
         await tracker.drained(timeout);
         const left = Math.max(0, timeout - (Date.now() - start)) / 1000;
-        await Promise.allSettled(callers.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])));
+        // bounded in JS too: an app blocked in C (time.sleep in its lifespan shutdown)
+        // blocks its context's loop, and Python's own bounds never fire there
+        const bound = Math.min(Math.round(left * 1000 + Math.max(left * 1000, 1000) + 1000), 2 ** 31 - 1);
+        await Promise.allSettled(
+          pool !== undefined
+            ? pool.contexts.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan], undefined, { timeout: bound }))
+            : callers.map((c) => c.call("bunpy._asgi", "shutdown", [id, left, lifespanRan])),
+        );
         await release();
       })();
       return closed;

@@ -44,6 +44,13 @@ export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
 
 class UsageError extends Error {}
 
+/** py.pool's limit (src/pool.ts), checked here for a usage error rather than a stack trace. */
+const MAX_POOL_SIZE = 1024;
+/** --processes: each is a Bun process with its own pool. */
+const MAX_PROCESSES = 1024;
+/** What loadApp (src/serve-app.ts) accepts: dotted names on both sides of one colon. */
+const APP_TARGET = /^\w+(\.\w+)*:\w+(\.\w+)*$/;
+
 interface Parsed {
   options: ServeOptions;
   accessLog: boolean;
@@ -70,18 +77,20 @@ function parse(argv: string[]): Parsed {
     if (v === undefined || v.startsWith("--")) throw new UsageError(`${flag} needs a value`);
     return v;
   };
-  const int = (s: string, flag: string, min: number): number => {
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag}: expected an integer ≥ ${min}, got ${s}`);
+  // digits only: Number() would take "" and " " as 0, and "1e3" or "0x10" silently
+  const int = (s: string, flag: string, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const n = /^\d+$/.test(s) ? Number(s) : NaN;
+    if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${flag}: expected an integer ≥ ${min}, got ${/^\d+$/.test(s) ? s : JSON.stringify(s)}`);
+    if (n > max) throw new UsageError(`${flag}: expected an integer ≤ ${max}, got ${s}`);
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     switch (a) {
       case "--host": options.hostname = value(i++, a); break;
-      case "--port": options.port = int(value(i++, a), a, 0); break;
-      case "--workers": options.pool = { ...options.pool, size: int(value(i++, a), a, 1) }; break;
-      case "--processes": processes = int(value(i++, a), a, 1); break;
+      case "--port": options.port = int(value(i++, a), a, 0, 65535); break;
+      case "--workers": options.pool = { ...options.pool, size: int(value(i++, a), a, 1, MAX_POOL_SIZE) }; break;
+      case "--processes": processes = int(value(i++, a), a, 1, MAX_PROCESSES); break;
       case "--mode": {
         const m = value(i++, a);
         if (m !== "owngil" && m !== "worker" && m !== "inline") throw new UsageError(`--mode: expected owngil, worker or inline, got ${m}`);
@@ -130,6 +139,7 @@ function parse(argv: string[]): Parsed {
     }
   }
   if (options.app === "") throw new UsageError("which app? give MODULE:APP");
+  if (!APP_TARGET.test(options.app)) throw new UsageError(`expected MODULE:APP (e.g. myapp:app, pkg.main:app), got ${options.app}`);
   if (options.mode === "inline" && options.pool !== undefined)
     throw new UsageError("--workers does not apply to --mode inline (the app runs on Bun's thread: use --processes N for more cores)");
   options.path = appDirs.length > 0 ? appDirs : ["."];
@@ -216,6 +226,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
   } catch (e) {
     // a key that does not decrypt or match the certificate, a file that is no PEM
     const code = String((e as { code?: unknown }).code ?? "");
+    // a port in use or not ours to take, an address not of this host: no stack trace
+    if (/^E(ADDRINUSE|ADDRNOTAVAIL|ACCES|INVAL|PERM)$/.test(code)) {
+      console.error(`bunpy serve: cannot listen on ${options.hostname ?? "127.0.0.1"} port ${options.port ?? 8000}: ${(e as Error).message}`);
+      await py.close();
+      return 1;
+    }
     if (options.tls === undefined || !(code.startsWith("ERR_OSSL") || /PEM|X509|SSL|key|certificate/i.test(String(e)))) throw e;
     console.error(`bunpy serve: the TLS key or certificate cannot be used: ${(e as Error).message}\n${SERVE_USAGE}`);
     await py.close();
@@ -250,8 +266,16 @@ export async function serveCommand(argv: string[]): Promise<number> {
         resolve();
       });
     };
-    process.on("SIGTERM", () => stop("SIGTERM"));
-    process.on("SIGINT", () => stop("SIGINT"));
+    // a second signal while stopping (Ctrl-C twice): exit now, as uvicorn does; the
+    // contexts' threads end with the process, process contexts' hosts with their parent
+    let signals = 0;
+    const onSignal = (signal: string) => {
+      if (++signals === 1) return stop(signal);
+      console.error(`bunpy: ${signal} again: exiting now`);
+      process.exit(1);
+    };
+    process.on("SIGTERM", () => onSignal("SIGTERM"));
+    process.on("SIGINT", () => onSignal("SIGINT"));
     if (child) {
       // the channel may have closed while the app was loading (the supervisor was killed)
       process.on("disconnect", () => stop("the supervisor is gone"));

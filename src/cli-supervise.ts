@@ -119,10 +119,15 @@ class Children {
     if (!this.live.has(c)) return c.exited;
     c.stopping = true;
     c.proc.kill("SIGTERM");
-    const timer = setTimeout(() => {
-      console.error(`bunpy: process ${c.pid} did not stop within ${(this.graceMs + KILL_MARGIN_MS) / 1000} s; killing it`);
-      c.proc.kill("SIGKILL");
-    }, this.graceMs + KILL_MARGIN_MS);
+    const timer = setTimeout(
+      () => {
+        console.error(`bunpy: process ${c.pid} did not stop within ${(this.graceMs + KILL_MARGIN_MS) / 1000} s; killing it`);
+        c.proc.kill("SIGKILL");
+      },
+      // setTimeout fires at once for a delay past 2^31 - 1 ms (--timeout-graceful-shutdown
+      // 2147484 and up): a longer grace waits that long, it does not SIGKILL at once
+      Math.min(this.graceMs + KILL_MARGIN_MS, 2 ** 31 - 1),
+    );
     await c.exited;
     clearTimeout(timer);
   }

@@ -89,14 +89,16 @@ const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** What `what` (call options, or a pool's, which add key and context) must be. Pool calls
     check once when they pick, and the context's call again (a few comparisons). */
-export function checkCallOptions(options: CallOptions, what = "call options", fields = "{ timeout?, signal? }"): void {
+export function checkCallOptions(options: CallOptions, what = "call options", fields = "{ timeout?, signal? }"): { timeout: number | undefined; signal: AbortSignal | undefined } {
   if (typeof options !== "object" || options === null)
     throw new TypeError(`${what} must be an object (${fields}), got ${options === null ? "null" : typeof options}`);
+  // read once: a getter may answer differently the next time (the values checked are used)
   const { timeout, signal } = options;
   if (timeout !== undefined && !(typeof timeout === "number" && timeout >= 0 && timeout <= MAX_TIMEOUT_MS))
     throw new TypeError(`call options: timeout must be a number of ms from 0 to ${MAX_TIMEOUT_MS}, got ${String(timeout)}`);
   if (signal !== undefined && !(signal instanceof AbortSignal))
     throw new TypeError("call options: signal must be an AbortSignal");
+  return { timeout, signal };
 }
 
 const enum Req {
@@ -411,10 +413,14 @@ export class Context {
     const wire = this.hub.rt.wire;
     if (wire.writing !== 0) return wire.nested(() => this.request(op, options, a, b, c, d));
     let len: number;
+    let timeout: number | undefined, signal: AbortSignal | undefined;
     try {
-      if (options !== undefined) checkCallOptions(options);
-      if (options?.signal?.aborted) throw options.signal.reason ?? new BunpyError("aborted");
+      if (options !== undefined) ({ timeout, signal } = checkCallOptions(options));
+      if (signal?.aborted) throw signal.reason ?? new BunpyError("aborted");
       len = this.encode(op, a, b, c, d);
+      // encoding ran user code (getters, toJSON): one of them may have aborted the signal,
+      // and a listener added after the abort never runs
+      if (signal?.aborted) throw signal.reason ?? new BunpyError("aborted");
     } catch (e) {
       return Promise.reject(e);
     }
@@ -433,8 +439,6 @@ export class Context {
     return new Promise((resolve, reject) => {
       const p: Pending = { resolve, reject, context: this, request: req, settled: false };
       this.hub.track(id, p);
-      if (options === undefined) return;
-      const { timeout, signal } = options;
       if (timeout !== undefined) {
         p.timer = setTimeout(
           () => this.hub.cancel(id, new CallTimeoutError(`the call did not finish within ${timeout} ms; it was interrupted`)),

@@ -233,7 +233,13 @@ export class ContextHub {
         const start = wire.pos;
         pos = start + len;
         if (id === 0) {
-          settled.push(this.decodeMessage(wire, start, saved));
+          // a message a process context's host forged (its bytes are the host's) may not
+          // decode: dropped, and the rest of this drain (other contexts' results) goes on
+          try {
+            settled.push(this.decodeMessage(wire, start, saved));
+          } catch (e) {
+            settled.push(() => console.error(`bunpy: a bunpy.send message was dropped: it could not be decoded (${(e as Error).message})`));
+          }
           continue;
         }
         const p = this.slots[id];
@@ -278,14 +284,22 @@ export class ContextHub {
   private deliver(channel: string, value: unknown, from: Context | undefined): void {
     const set = this.listeners.get(channel);
     if (set === undefined) return;
-    for (const listener of set) {
-      try {
-        listener(value, from);
-      } catch (e) {
-        queueMicrotask(() => {
-          throw e; // a listener's error is reported like any uncaught error, not swallowed
-        });
-      }
+    // the listeners of this moment: a Set's iteration visits what is added meanwhile, so a
+    // listener that re-subscribed itself (off, then on) was called again for this message,
+    // without end; one removed meanwhile is not called
+    if (set.size === 1) {
+      for (const listener of set) return this.run(listener, value, from); // the first only
+    }
+    for (const listener of [...set]) if (this.listeners.get(channel)?.has(listener)) this.run(listener, value, from);
+  }
+
+  private run(listener: MessageListener, value: unknown, from: Context | undefined): void {
+    try {
+      listener(value, from);
+    } catch (e) {
+      queueMicrotask(() => {
+        throw e; // a listener's error is reported like any uncaught error, not swallowed
+      });
     }
   }
 
@@ -367,16 +381,29 @@ export class ContextHub {
     } catch (e) {
       return this.replyError(call, e, context);
     }
-    if (value instanceof Promise) {
+    // what the function returned is user code too: `instanceof` runs a Proxy's
+    // getPrototypeOf trap (a revoked Proxy throws), and a Promise's own `then` may throw or
+    // call both of its callbacks. A throw here would leave the call unanswered (Python
+    // waits for good, py.close() too) and be reported uncaught: it is the call's error.
+    let isPromise: boolean;
+    try {
+      isPromise = value instanceof Promise;
+    } catch (e) {
+      return this.replyError(call, e, context);
+    }
+    if (isPromise) {
+      // a Promise of our own, resolved with it: its `then` is looked up and called in a
+      // job of their own (a throw rejects), and only the first settlement counts
+      const settled = new Promise<unknown>((resolve) => resolve(value));
       if (blocked) {
-        value.catch(() => {});
+        settled.catch(() => {});
         return this.replyError(
           call,
           new TypeError("the JS function returned a Promise while its JS thread is blocked in ctx.callSync; it cannot be awaited there"),
           context,
         );
       }
-      value.then(
+      settled.then(
         (v) => this.reply(call, context, v),
         (e) => this.replyError(call, e, context),
       );

@@ -82,20 +82,36 @@ export class Pool {
     for (const c of contexts) c.onDied((dead) => void this.replace(dead));
   }
 
+  /** Replacements under way (close() waits for them), and their contexts once started
+      (close() closes them: their execAll code may run for long). */
+  private readonly replacing = new Set<Promise<void>>();
+  private readonly starting = new Set<Context>();
+
+  private replace(dead: Context): Promise<void> {
+    const p = this.replaceNow(dead).finally(() => this.replacing.delete(p));
+    this.replacing.add(p);
+    return p;
+  }
+
   /** Starts a context in place of a dead one and runs the pool's execAll code in it. */
-  private async replace(dead: Context): Promise<void> {
+  private async replaceNow(dead: Context): Promise<void> {
     const i = this.contexts.indexOf(dead);
     if (i < 0 || this.closed) return;
     await dead.close().catch(() => {}); // it is dead: closing only joins its thread
+    if (this.closed) return;
     let fresh: Context | undefined;
     try {
       fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
+      this.starting.add(fresh);
+      if (this.closed) throw new BunpyError("the pool is closed");
       for (const code of this.setup) await fresh.exec(code);
       for (const prepare of this.preparers) await prepare(fresh);
     } catch (e) {
       await fresh?.close().catch(() => {});
-      console.error("bunpy: a pool could not replace a dead context:", e);
+      if (!this.closed) console.error("bunpy: a pool could not replace a dead context:", e);
       return;
+    } finally {
+      if (fresh !== undefined) this.starting.delete(fresh);
     }
     if (this.closed) return void (await fresh.close().catch(() => {}));
     fresh.onDied((d) => void this.replace(d));
@@ -197,7 +213,9 @@ export class Pool {
   /** Closes every context (see Context.close: `timeout` is each one's grace period). */
   async close(options?: CloseOptions): Promise<void> {
     this.closed = true;
-    await Promise.all(this.contexts.map((c) => c.close(options)));
+    // with the contexts replacing dead ones: none may outlive the pool's close
+    await Promise.all([...this.contexts, ...this.starting].map((c) => c.close(options)));
+    await Promise.all(this.replacing);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

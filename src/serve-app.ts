@@ -237,7 +237,8 @@ export class Tracker {
   drained(timeout: number): Promise<void> {
     if (this.n === 0) return Promise.resolve();
     return new Promise((ok) => {
-      const t = setTimeout(ok, timeout);
+      // setTimeout fires at once for a delay past 2^31 - 1 ms: a longer grace is "wait"
+      const t = setTimeout(ok, Math.min(timeout, 2 ** 31 - 1));
       this.idle.push(() => {
         clearTimeout(t);
         ok();
