@@ -24,7 +24,6 @@
 #include "kernel-rules.h"
 #include <semaphore.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
 #include <sched.h>
 #include <time.h>
 #include <unistd.h>
