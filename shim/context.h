@@ -42,6 +42,12 @@ enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_C
    abandoned (its thread detached, close() resolved). */
 #define BP_ABANDON_MS 2000
 
+/* A context with an fd table of its own (fdtable.c) can put another file under the numbers
+   of its wake-up pipes, or read them from threads of its own: its waits on them are cut
+   this often, and look at what they wait for again, so it is slowed down at worst, and
+   close() still ends it (an idle wake-up a quarter second costs nothing measurable). */
+#define BP_OWN_FDS_WAIT_MS 250
+
 /* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
 #define SPIN_NS 50000
 
@@ -77,7 +83,9 @@ typedef struct {
 int bp_wakefd_open(bp_wakefd *w, int pipe_for_own_table); /* -1: failed (both fds -1) */
 void bp_wakefd_close(bp_wakefd *w);
 void bp_wakefd_post(int wr);  /* never blocks */
-void bp_wakefd_drain(int rd);
+/* own_table: rd is read on a thread of a context whose fd table is its own (fdtable.c),
+   where the context may have made it blocking or put another file under its number */
+void bp_wakefd_drain(int rd, int own_table);
 
 struct bp_context {
     int32_t mode;
