@@ -109,6 +109,7 @@ struct bp_context {
     atomic_ullong completed;
     bp_request *start;        /* completed once the interpreter is up (or failed)       */
     bp_port *owner;           /* the JS thread that created it: bunpy.send goes there     */
+    struct bp_context *next_of_owner; /* owner->contexts: not freed by JS yet (its thread only) */
     int depth;                /* JS callbacks being awaited on this thread (nesting)      */
     bp_request *deferred_close; /* a close taken while a JS callback was awaited        */
     bp_node *batch;           /* requests taken off the queue, not yet run (in order)     */
@@ -180,6 +181,8 @@ void bp_ring_doorbell(bp_context *c, bp_port *p);
 extern _Thread_local bp_context *bp_this_context;
 
 void bp_ctx_ref(bp_context *c);
+/* The JS thread of port p ended with contexts it had not freed: closes them (io.c). */
+void bp_port_close_contexts(bp_port *p);
 void bp_ctx_unref(bp_context *c);
 void bp_ctx_wake(bp_context *c);
 /* Requests queued, or parked tasks to cancel (context thread only). */
