@@ -510,7 +510,45 @@ bp_context *bp_ctx_new(bp_io *io, int32_t mode, uint32_t id, uint32_t len) {
         bp_ctx_unref(c);
         return NULL;
     }
+    c->next_of_owner = c->owner->contexts; /* this is its JS thread */
+    c->owner->contexts = c;
     return c;
+}
+
+/* A Bun Worker was terminated (its OS thread ended, io.c) with contexts it had not freed:
+   Bun runs no more of its code, so nothing would close them, their threads and interpreters
+   stayed for the life of the process, and py.close() on the main thread refused to run
+   while they lived. Each is closed as JS would with a short grace (its results go nowhere:
+   the port is closed) and freed as bp_ctx_free would, by a thread of its own that joins
+   it: the last reference must go in the process's fd table, where a sandboxed context's
+   pipes are (dropped on the context's own thread, close() would close the numbers of its
+   table, and the pipes stayed). Runs on the ending thread, which owns the list. */
+#define ORPHAN_GRACE_MS 1000
+static void *reap_orphan(void *arg) {
+    bp_context *c = arg;
+    pthread_join(c->thread, NULL); /* for ever if it is abandoned: so is its thread */
+    bp_ctx_unref(c);               /* JS's reference */
+    return NULL;
+}
+
+void bp_port_close_contexts(bp_port *p) {
+    bp_context *c = p->contexts;
+    p->contexts = NULL;
+    while (c) {
+        bp_context *next = c->next_of_owner;
+        c->next_of_owner = NULL;
+        (void)bp_ctx_close(c, &p->io, 0, ORPHAN_GRACE_MS); /* BP_ERR_STATE: closing already */
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, reap_orphan, c) != 0) {
+            pthread_detach(c->thread); /* JS never reached bp_ctx_free: the only detach */
+            bp_ctx_unref(c);
+        }
+        pthread_attr_destroy(&attr);
+        c = next;
+    }
 }
 
 /*
@@ -597,6 +635,11 @@ int32_t bp_ctx_close(bp_context *c, bp_io *io, uint32_t id, uint32_t grace_ms) {
 }
 
 void bp_ctx_free(bp_context *c) {
+    if (c->mode != BP_CTX_PROCESS) { /* off its JS thread's list (this thread) */
+        bp_context **pp = &c->owner->contexts;
+        while (*pp && *pp != c) pp = &(*pp)->next_of_owner;
+        if (*pp) *pp = c->next_of_owner;
+    }
     if (c->mode == BP_CTX_PROCESS) bp_relay_detach(c); /* off its port's poll list (this JS thread) */
     if (atomic_load(&c->abandoned)) pthread_detach(c->thread); /* it may never end */
     else pthread_join(c->thread, NULL);

@@ -42,6 +42,12 @@ enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_C
    abandoned (its thread detached, close() resolved). */
 #define BP_ABANDON_MS 2000
 
+/* A context with an fd table of its own (fdtable.c) can put another file under the numbers
+   of its wake-up pipes, or read them from threads of its own: its waits on them are cut
+   this often, and look at what they wait for again, so it is slowed down at worst, and
+   close() still ends it (an idle wake-up a quarter second costs nothing measurable). */
+#define BP_OWN_FDS_WAIT_MS 250
+
 /* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
 #define SPIN_NS 50000
 
@@ -77,7 +83,9 @@ typedef struct {
 int bp_wakefd_open(bp_wakefd *w, int pipe_for_own_table); /* -1: failed (both fds -1) */
 void bp_wakefd_close(bp_wakefd *w);
 void bp_wakefd_post(int wr);  /* never blocks */
-void bp_wakefd_drain(int rd);
+/* own_table: rd is read on a thread of a context whose fd table is its own (fdtable.c),
+   where the context may have made it blocking or put another file under its number */
+void bp_wakefd_drain(int rd, int own_table);
 
 struct bp_context {
     int32_t mode;
@@ -101,6 +109,7 @@ struct bp_context {
     atomic_ullong completed;
     bp_request *start;        /* completed once the interpreter is up (or failed)       */
     bp_port *owner;           /* the JS thread that created it: bunpy.send goes there     */
+    struct bp_context *next_of_owner; /* owner->contexts: not freed by JS yet (its thread only) */
     int depth;                /* JS callbacks being awaited on this thread (nesting)      */
     bp_request *deferred_close; /* a close taken while a JS callback was awaited        */
     bp_node *batch;           /* requests taken off the queue, not yet run (in order)     */
@@ -172,6 +181,8 @@ void bp_ring_doorbell(bp_context *c, bp_port *p);
 extern _Thread_local bp_context *bp_this_context;
 
 void bp_ctx_ref(bp_context *c);
+/* The JS thread of port p ended with contexts it had not freed: closes them (io.c). */
+void bp_port_close_contexts(bp_port *p);
 void bp_ctx_unref(bp_context *c);
 void bp_ctx_wake(bp_context *c);
 /* Requests queued, or parked tasks to cancel (context thread only). */

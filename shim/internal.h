@@ -113,6 +113,8 @@ typedef struct bp_port {
     atomic_int unread;           /* bunpy.send messages from the main interpreter not drained */
     bp_doorbell_fn doorbell;     /* threadsafe JSCallback; NULL until a context is created   */
     atomic_int js_polling;       /* JS looks for completions itself now: no doorbell (request.c) */
+    struct bp_context *contexts; /* owngil and worker contexts this JS thread has not freed
+                                    (bp_ctx_free); closed if the thread ends first (context.c) */
     struct bp_relay *relays;     /* this thread's process contexts: bp_port_poll reads their
                                     result rings (ring.c; JS thread only)                    */
 } bp_port;

@@ -7,6 +7,7 @@
  * PyGILState_Ensure so that extensions calling PyGILState_* on that thread find it.
  */
 #include "internal.h"
+#include "context.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,10 @@ extern int bp_main_ts_taken;
 static pthread_key_t thread_port_key;
 static pthread_once_t thread_port_once = PTHREAD_ONCE_INIT;
 
-static void thread_ended(void *port) { atomic_store(&((bp_port *)port)->closed, 1); }
+static void thread_ended(void *port) {
+    atomic_store(&((bp_port *)port)->closed, 1);
+    if (bp_running()) bp_port_close_contexts(port);
+}
 static void make_thread_port_key(void) { pthread_key_create(&thread_port_key, thread_ended); }
 
 /* When this JS thread's OS thread exits, its port is marked closed (see bp_port_alive). */

@@ -198,7 +198,7 @@ PyObject *bp_context_call_start_batched(bp_interp *st, PyObject *name, PyObject 
 /* _bunpy.take_answers() -> [key]: the batched calls JS answered since the last take. */
 PyObject *bp_context_take_answers(void) {
     bp_context *c = bp_this_context;
-    bp_wakefd_drain(c->answers.rd); /* reset first: a later answer writes again */
+    bp_wakefd_drain(c->answers.rd, c->own_fds); /* reset first: a later answer writes again */
     bp_node *list = bp_mpsc_take(&c->answered);
     PyObject *keys = PyList_New(0);
     while (list) {

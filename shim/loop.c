@@ -229,6 +229,8 @@ PyObject *bp_sleep(double seconds) {
         if (c && interrupted(c, owner) < 0) return NULL;
         int64_t left = deadline - bp_now_ns();
         if (left <= 0) break;
+        /* a cancel or close alerts it by a number the context may have put another file under */
+        if (c && c->own_fds && left > (int64_t)BP_OWN_FDS_WAIT_MS * 1000000) left = (int64_t)BP_OWN_FDS_WAIT_MS * 1000000;
         struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
         struct pollfd pfd = {.fd = c ? c->alert.rd : -1, .events = POLLIN};
         int n;
@@ -236,7 +238,7 @@ PyObject *bp_sleep(double seconds) {
         n = ppoll(&pfd, 1, &ts, NULL);
         Py_END_ALLOW_THREADS
         if (n > 0) {
-            bp_wakefd_drain(c->alert.rd);
+            bp_wakefd_drain(c->alert.rd, c->own_fds);
         } else if (n < 0 && errno == EINTR && PyErr_CheckSignals() < 0) {
             return NULL;
         }

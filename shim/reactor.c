@@ -212,6 +212,10 @@ int bp_reactor_wait(bp_reactor *r, double timeout) {
         if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, tc->wake.rd, &nudge) == 0 || errno == EEXIST) r->nudged = 1;
     }
     if (tc) atomic_store(&tc->loop_wake_fd, r->wake_fd);
+    /* requests, interrupts and close wake it by a number the context may have put another
+       file under (fdtable.c): the wait is cut, the loop looks again (an asyncio loop takes a
+       wake-up with no events in its stride) */
+    if (r->own_table && (timeout < 0 || timeout > BP_OWN_FDS_WAIT_MS / 1e3)) timeout = BP_OWN_FDS_WAIT_MS / 1e3;
     Py_BEGIN_ALLOW_THREADS
     n = spin_before_sleep(r, timeout, max);
     if (n < 0) {
@@ -239,7 +243,7 @@ static PyObject *event_key(bp_reactor *r, int i, int *mask) {
     if (ev->data.u64 == TAG_NUDGE) return NULL;
     if (ev->data.u64 == TAG_WAKE || ev->data.u64 == TAG_CONTEXT) {
         int fd = ev->data.u64 == TAG_WAKE ? r->wake_fd : r->ctx ? r->ctx->wake.rd : -1;
-        if (fd >= 0) bp_wakefd_drain(fd);
+        if (fd >= 0) bp_wakefd_drain(fd, r->own_table);
         if (ev->data.u64 == TAG_WAKE) atomic_store(&r->wake_pending, 0);
         return NULL;
     }
@@ -358,7 +362,7 @@ static PyObject *reactor_signals(PyObject *self, PyObject *arg) {
 static PyObject *reactor_take_signals(PyObject *self, PyObject *unused) {
     bp_reactor *r = (bp_reactor *)self;
     if (!r->sig_slot) return PyLong_FromLong(0);
-    bp_wakefd_drain(r->sig_rd);
+    bp_wakefd_drain(r->sig_rd, r->own_table);
     return PyLong_FromUnsignedLong(bp_loop_signals_take(r->sig_slot - 1));
 }
 
@@ -437,6 +441,7 @@ static PyObject *reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     bp_reactor *r = (bp_reactor *)type->tp_alloc(type, 0);
     if (!r) return NULL;
     r->st = st;
+    r->own_table = st->ctx && st->ctx->own_fds;
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->keys = Py_NewRef(keys);

@@ -46,6 +46,7 @@ typedef struct {
     PyObject *report;         /* report(handle, exc): a callback raised                   */
     int waiting;              /* a thread is in epoll_wait on this set (GIL released)     */
     int sig_slot;             /* its slot in loop.c's signal table + 1; 0: none           */
+    int own_table;            /* made in a context with an fd table of its own (fdtable.c) */
     int sig_rd;               /* the fd the slot's signals are read from (sig_slot != 0)  */
     int nudged;               /* polled on a context thread with its own fd table: that
                                  context's wake fd is in its set (interrupts wake it)     */

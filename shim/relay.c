@@ -479,8 +479,8 @@ static void relay_wait(bp_context *c, bp_relay *r) {
     if (!hold && pfd[3].revents) r->exited = 1;
     atomic_store(&c->sleeping, 0);
     if (r->shm) atomic_store(&r->shm->bun_asleep, 0);
-    bp_wakefd_drain(c->wake.rd);
-    bp_wakefd_drain(r->bun_bell);
+    bp_wakefd_drain(c->wake.rd, 0);
+    bp_wakefd_drain(r->bun_bell, 0);
     pthread_mutex_lock(&r->lock);
 }
 

@@ -122,16 +122,27 @@ void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events) {
 static int read_once(bp_transport *t, char *buf) {
     ssize_t n;
     if (t->buffered) {
-        PyObject *mv = PyObject_CallOneArg(t->get_buffer, t->minus_one);
-        if (!mv) return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
+        /* get_buffer() may call set_protocol() (or close the transport): what was read into
+           this protocol's buffer is reported to this protocol's buffer_updated, held here,
+           as t->buffer_updated may be another protocol's by then or gone (a crash) */
+        PyObject *get_buffer = Py_NewRef(t->get_buffer);
+        PyObject *updated = Py_NewRef(t->buffer_updated);
+        PyObject *mv = PyObject_CallOneArg(get_buffer, t->minus_one);
+        Py_DECREF(get_buffer);
+        if (!mv) {
+            Py_DECREF(updated);
+            return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
+        }
         Py_buffer view;
         if (PyObject_GetBuffer(mv, &view, PyBUF_WRITABLE) < 0) {
             Py_DECREF(mv);
+            Py_DECREF(updated);
             return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
         }
         if (view.len == 0) {
             PyBuffer_Release(&view);
             Py_DECREF(mv);
+            Py_DECREF(updated);
             PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
             return fatal_from_python(t, "Fatal error: protocol.get_buffer() call failed.") < 0 ? -1 : 0;
         }
@@ -139,10 +150,12 @@ static int read_once(bp_transport *t, char *buf) {
         while (n < 0 && errno == EINTR);
         PyBuffer_Release(&view);
         Py_DECREF(mv);
+        if (n <= 0) Py_DECREF(updated);
         if (n > 0) {
             if (n < view.len && !t->hangup) t->readable = 0; /* drained: see below */
             PyObject *len = PyLong_FromSsize_t(n);
-            PyObject *v = len ? PyObject_CallOneArg(t->buffer_updated, len) : NULL;
+            PyObject *v = len ? PyObject_CallOneArg(updated, len) : NULL;
+            Py_DECREF(updated);
             Py_XDECREF(len);
             if (!v) return fatal_from_python(t, "Fatal error: protocol.buffer_updated() call failed.") < 0 ? -1 : 0;
             Py_DECREF(v);
@@ -159,7 +172,9 @@ static int read_once(bp_transport *t, char *buf) {
             if (n < READ_BUF && !t->hangup) t->readable = 0; /* drained: see below */
             t->big_reads = n >= BIG_READ;
             if (n < READ_BUF && _PyBytes_Resize(&data, n) < 0) return -1;
-            PyObject *v = PyObject_CallOneArg(t->data_received, data);
+            PyObject *received = Py_NewRef(t->data_received); /* set_protocol() in it drops t's */
+            PyObject *v = PyObject_CallOneArg(received, data);
+            Py_DECREF(received);
             Py_DECREF(data);
             if (!v) return fatal_from_python(t, "Fatal error: protocol.data_received() call failed.") < 0 ? -1 : 0;
             Py_DECREF(v);
@@ -178,7 +193,9 @@ static int read_once(bp_transport *t, char *buf) {
                for those, so reading goes on until recv says so. */
             if (n < READ_BUF && !t->hangup) t->readable = 0;
             PyObject *data = PyBytes_FromStringAndSize(buf, n);
-            PyObject *v = data ? PyObject_CallOneArg(t->data_received, data) : NULL;
+            PyObject *received = Py_NewRef(t->data_received); /* set_protocol() in it drops t's */
+            PyObject *v = data ? PyObject_CallOneArg(received, data) : NULL;
+            Py_DECREF(received);
             Py_XDECREF(data);
             if (!v) return fatal_from_python(t, "Fatal error: protocol.data_received() call failed.") < 0 ? -1 : 0;
             Py_DECREF(v);

@@ -59,10 +59,13 @@ void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, 
         int feed_fd = atomic_load_explicit(&c->feed, memory_order_acquire) ? c->feed_fd : -1;
         struct pollfd pfd[2] = {{.fd = c->wake.rd, .events = POLLIN}, {.fd = feed_fd, .events = POLLIN}};
         int n;
+        /* the caller looks again when this returns early (fdtable.c: the number may name a
+           file nobody writes) */
+        if (c->own_fds && (timeout_ms < 0 || timeout_ms > BP_OWN_FDS_WAIT_MS)) timeout_ms = BP_OWN_FDS_WAIT_MS;
         while ((n = poll(pfd, feed_fd >= 0 ? 2 : 1, timeout_ms)) < 0 && errno == EINTR) {
         }
-        if (n > 0 && (pfd[0].revents & POLLIN)) bp_wakefd_drain(c->wake.rd);
-        if (n > 0 && feed_fd >= 0 && (pfd[1].revents & POLLIN)) bp_wakefd_drain(feed_fd);
+        if (n > 0 && (pfd[0].revents & POLLIN)) bp_wakefd_drain(c->wake.rd, c->own_fds);
+        if (n > 0 && feed_fd >= 0 && (pfd[1].revents & POLLIN)) bp_wakefd_drain(feed_fd, 0);
     }
     atomic_store(&c->sleeping, 0);
 }

@@ -15,6 +15,7 @@
 #include "internal.h"
 #include "context.h"
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -46,9 +47,21 @@ void bp_wakefd_post(int wr) {
     (void)n;
 }
 
-void bp_wakefd_drain(int rd) {
+void bp_wakefd_drain(int rd, int own_table) {
     /* an eventfd hands over its whole counter in one 8-byte read; a pipe may hold more */
     uint64_t buf[8];
-    while (read(rd, buf, sizeof buf) == (ssize_t)sizeof buf) {
+    if (!own_table) {
+        while (read(rd, buf, sizeof buf) == (ssize_t)sizeof buf) {
+        }
+        return;
+    }
+    /* In a table of the context's own, the number may now name a file the context made
+       blocking, or another file altogether (dup2): read only what poll says is there, so
+       this thread never blocks in read() on it. What it missed, the bounded waits catch
+       (BP_OWN_FDS_WAIT_MS). */
+    for (;;) {
+        struct pollfd p = {.fd = rd, .events = POLLIN};
+        if (poll(&p, 1, 0) != 1 || !(p.revents & POLLIN)) return;
+        if (read(rd, buf, sizeof buf) != (ssize_t)sizeof buf) return;
     }
 }

@@ -217,4 +217,25 @@ describe("dicts decoded under a hostile Object.prototype", () => {
     for (const k of keys) expect(Object.getOwnPropertyDescriptor(d, k)?.value).toBeDefined();
     expect(m.markers()).toBe(before + keys.length);
   }, 30_000);
+
+  test("an accessor on Object.prototype does not swallow a dict key of its name, nor run", () => {
+    // `out[k] = v` called an inherited setter: the key was silently missing from the object
+    let ran = 0;
+    const P = Object.prototype as Record<string, unknown>;
+    Object.defineProperty(P, "hcodecFoo", { set() { ran++; }, get() { return "inherited"; }, configurable: true });
+    Object.defineProperty(P, "hcodecBar", { set() { ran++; }, configurable: true });
+    try {
+      const d = m.ident({ a: 1 }) as Record<string, unknown>;
+      expect(d).toEqual({ a: 1 });
+      const got = py.eval("{'hcodecFoo': 1, 'x': {'hcodecBar': [2]}, 'hcodecBar': None}") as Record<string, unknown>;
+      expect(Object.keys(got)).toEqual(["hcodecFoo", "x", "hcodecBar"]);
+      expect(Object.getOwnPropertyDescriptor(got, "hcodecFoo")?.value).toBe(1);
+      expect(Object.getOwnPropertyDescriptor(got, "hcodecBar")?.value).toBe(null);
+      expect(Object.getOwnPropertyDescriptor(got["x"], "hcodecBar")?.value).toEqual([2]);
+      expect(ran).toBe(0);
+    } finally {
+      delete P["hcodecFoo"];
+      delete P["hcodecBar"];
+    }
+  });
 });
