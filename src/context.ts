@@ -40,8 +40,11 @@ function hostArgv(rt: MainInterpreter, limits: ProcessLimits, sandbox: SandboxPo
   if (limits.maxFiles !== undefined) args.push("--files", String(limits.maxFiles));
   // its own empty network namespace only when the policy refuses sockets
   if (sandbox?.sockets !== false) args.push("--network");
-  // a private /tmp would hide directories of `files` that live there
-  if (sandbox?.files?.some((f) => f === "/tmp" || f.startsWith("/tmp/"))) args.push("--shared-tmp");
+  // a private /tmp would hide what lives there: directories of `files`, and what the host
+  // needs to run at all (bunpy installed in a project under /tmp, a Python or venv there)
+  const underTmp = (f: string) => f === "/tmp" || f.startsWith("/tmp/");
+  const needed = [packageRoot, exe, shim, rt.info.executable, rt.info.libpython, ...(sandbox?.files ?? []), ...(sandbox?.readFiles ?? [])];
+  if (needed.some(underTmp)) args.push("--shared-tmp");
   return Buffer.from(args.join("\0") + "\0\0");
 }
 export type { SandboxOption, SandboxPolicy } from "./sandbox.ts";

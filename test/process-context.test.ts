@@ -3,7 +3,7 @@
 // confinement, then contexts: calls, errors, timeouts, close, messages, callbacks, deaths
 // (segfault, os._exit, memory), pools, and no fd or child process left behind.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureShim, hostPath } from "../src/build.ts";
@@ -303,6 +303,24 @@ describe("process contexts", () => {
       await Bun.file(marker).delete();
     }
   });
+
+  test("bunpy installed under /tmp (a project there): the host keeps /tmp shared and finds bunpy", () => {
+    const copy = mkdtempSync("/tmp/bunpy-copy-");
+    try {
+      const root = join(import.meta.dir, "..");
+      for (const d of ["src", "python", "shim", "package.json", "build.zig"]) cpSync(join(root, d), join(copy, d), { recursive: true });
+      symlinkSync(join(root, "node_modules"), join(copy, "node_modules"));
+      const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "fixtures", "process-from-tmp.ts"), join(copy, "src", "index.ts")], {
+        cwd: tmpdir(),
+        env: process.env,
+        timeout: 60_000,
+      });
+      expect(r.stderr.toString()).not.toContain("No module named");
+      expect(r.stdout.toString().trim()).toBe('"bunpy"');
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
+  }, 70_000);
 
   test("the host's main thread (which only relays) has a seccomp filter of its own; the context thread has the policy's", async () => {
     const ctx = await proc();
