@@ -200,7 +200,7 @@ BP_EXPORT void bp_ctx_free(bp_context *ctx);                              /* aft
    looks for work (wait.c): fn moves what it has onto the context's queue (bp_ctx_submit)
    and returns how many; `sleeping` is 1 when the thread is about to sleep (fn announces it
    to its producer, then looks once more), 0 when awake. A sleeping thread also wakes when
-   `fd` (an eventfd the producer rings, or -1) becomes readable. */
+   `fd` (an fd the producer rings, or -1) becomes readable. */
 typedef int32_t (*bp_feed_fn)(void *arg, int32_t sleeping);
 BP_EXPORT void bp_ctx_set_feed(bp_context *ctx, bp_feed_fn fn, void *arg, int32_t fd);
 BP_EXPORT int32_t bp_ctx_state(bp_context *ctx);

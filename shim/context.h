@@ -48,7 +48,7 @@ enum { CTX_STARTING = 0, CTX_RUNNING = 1, CTX_CLOSING = 2, CTX_ENDING = 3, CTX_C
    close() still ends it (an idle wake-up a quarter second costs nothing measurable). */
 #define BP_OWN_FDS_WAIT_MS 250
 
-/* How long an idle context spins before sleeping on its eventfd (a wake-up costs tens of µs). */
+/* How long an idle context spins before sleeping on its wake-up fd (a wake-up costs tens of µs). */
 #define SPIN_NS 50000
 
 struct bp_request {
@@ -150,7 +150,7 @@ struct bp_context {
     struct bp_relay *relay;   /* BP_CTX_PROCESS: the host process and its channel (relay.c) */
     _Atomic(bp_feed_fn) feed; /* bunpy-host: polled for requests by the thread (wait.c)   */
     void *feed_arg;
-    int feed_fd;              /* its producer's eventfd (bp_ctx_sleep polls it too), or -1 */
+    int feed_fd;              /* its producer's bell (a pipe's read end) (bp_ctx_sleep polls it too), or -1 */
 };
 
 

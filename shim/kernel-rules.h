@@ -14,7 +14,7 @@ int bp_seccomp_apply(const bp_policy *pol);
 int bp_landlock_apply(bp_policy *pol);
 
 /* fdtable.c: called first thing on a sandboxed owngil context's thread: a table of its own
-   holding stdio and the context's eventfds only; process signals blocked. 0, or -1 (errno). */
+   holding stdio and the read ends of the context's wake-up pipes only; process signals blocked. 0, or -1 (errno). */
 int bp_fds_isolate(bp_context *c);
 
 /* The Landlock ABI version of the running kernel, or 0 when Landlock is unavailable. */

@@ -27,8 +27,10 @@
 
 static PyObject *loop_module(void) { return PyImport_ImportModule("bunpy._loop"); }
 
-/* The context's loop, created on first use (new reference). */
+/* The context's loop, created on first use (new reference); a new one if code in the
+   context closed the old one's reactor (a call queued meanwhile must not run on it). */
 static PyObject *context_loop(bp_context *c) {
+    if (c->loop && !c->loop_reactor) bp_loop_lost(c);
     if (c->loop) return Py_NewRef(c->loop);
     PyObject *m = loop_module();
     PyObject *loop = m ? PyObject_CallMethod(m, "context_loop", NULL) : NULL;
@@ -266,7 +268,7 @@ PyObject *bp_sleep(double seconds) {
 
 typedef struct {
     atomic_int claimed;
-    atomic_int fd1;        /* eventfd + 1; 0: none            */
+    atomic_int fd1;        /* the fd written + 1; 0: none      */
     atomic_uint want;      /* BP_SIG_* bits                    */
     atomic_uint pending;
     atomic_int busy;       /* signal handlers reading fd1 now  */

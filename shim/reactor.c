@@ -11,7 +11,7 @@
  * An fd belongs to one reactor: registering it in another removes it from the first
  * (`fd_owner`), so an fd used from another context moves there.
  *
- * A context's own loop also watches the context's wake-up eventfd: a request arriving
+ * A context's own loop also watches the context's wake-up fd (wakefd.c): a request arriving
  * ends the loop's wait, and the context thread (context.c) serves it between two loop
  * iterations.
  */
@@ -406,7 +406,8 @@ static PyObject *reactor_close(PyObject *self, PyObject *unused) {
 }
 
 /* registration("edge" | "level"): how C transports started from now on register their fds
-   (transport.c); "level" exists to measure what the lifetime registration saves. */
+   (transport.c; each keeps the mode it started in); "level" exists to measure what the
+   lifetime registration saves. */
 static PyObject *reactor_registration(PyObject *self, PyObject *arg) {
     bp_reactor *r = (bp_reactor *)self;
     const char *mode = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;

@@ -95,7 +95,8 @@ struct bp_transport {
     char big_reads;           /* the last read was large: read into a bytes directly */
     char gathered;            /* the queue holds writes not tried yet (transmit.c)  */
     char serving;             /* its reads run now: serve() sends what they write   */
-    uint32_t armed;           /* the reactor's level mode: the events registered now */
+    char level;               /* registered in the reactor's level mode (at its start) */
+    uint32_t armed;           /* level mode: the events registered now               */
     int conn_lost;
     char *wbuf;               /* write queue: bytes [wpos, wlen) of wbuf              */
     size_t wlen, wpos, wcap, high, low;

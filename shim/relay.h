@@ -49,7 +49,7 @@ int bp_relay_frame(bp_context *c, bp_relay *r, const bp_frame *f, const uint8_t 
 int bp_relay_paused(bp_context *c);
 
 /* ring.c, all with r->lock held */
-int bp_ring_setup(bp_relay *r, char *err, size_t errlen); /* the memfd and the eventfds */
+int bp_ring_setup(bp_relay *r, char *err, size_t errlen); /* the memfd and the bell pipes */
 void bp_ring_teardown(bp_relay *r);
 void bp_ring_spawned(bp_relay *r); /* closes the host's ends of the bells (it has its own) */
 /* A frame into the request ring: 1 written, 0 no room now, -1 the host broke the ring. */

@@ -121,6 +121,7 @@ void bp_transport_event(bp_reactor *r, uint64_t data, uint32_t events) {
 /* One read into the protocol: 1 data delivered, 0 EAGAIN / stop, -1 error raised. */
 static int read_once(bp_transport *t, char *buf) {
     ssize_t n;
+    int err = 0; /* recv's errno, taken before any Python runs */
     if (t->buffered) {
         /* get_buffer() may call set_protocol() (or close the transport): what was read into
            this protocol's buffer is reported to this protocol's buffer_updated, held here,
@@ -148,6 +149,7 @@ static int read_once(bp_transport *t, char *buf) {
         }
         do n = recv(t->fd, view.buf, (size_t)view.len, 0);
         while (n < 0 && errno == EINTR);
+        err = errno; /* the DECREFs below may run a __del__ that changes errno */
         PyBuffer_Release(&view);
         Py_DECREF(mv);
         if (n <= 0) Py_DECREF(updated);
@@ -168,6 +170,7 @@ static int read_once(bp_transport *t, char *buf) {
         if (!data) return -1;
         do n = recv(t->fd, PyBytes_AS_STRING(data), READ_BUF, 0);
         while (n < 0 && errno == EINTR);
+        err = errno;
         if (n > 0) {
             if (n < READ_BUF && !t->hangup) t->readable = 0; /* drained: see below */
             t->big_reads = n >= BIG_READ;
@@ -184,6 +187,7 @@ static int read_once(bp_transport *t, char *buf) {
     } else {
         do n = recv(t->fd, buf, READ_BUF, 0);
         while (n < 0 && errno == EINTR);
+        err = errno;
         if (n > 0) {
             t->big_reads = n >= BIG_READ;
             /* A short read emptied the socket's queue: Linux signals an edge-triggered fd
@@ -209,12 +213,12 @@ static int read_once(bp_transport *t, char *buf) {
         Py_XDECREF(v);
         return v ? 0 : -1;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    if (err == EAGAIN || err == EWOULDBLOCK) {
         t->readable = 0;
         return 0;
     }
     t->readable = 0;
-    return bp_transport_fatal_errno(t, errno, "Fatal read error on socket transport") < 0 ? -1 : 0;
+    return bp_transport_fatal_errno(t, err, "Fatal read error on socket transport") < 0 ? -1 : 0;
 }
 
 static int reading(bp_transport *t) { return t->registered && !t->paused && !t->closing && !t->eof_received; }
@@ -228,7 +232,8 @@ static uint32_t level_want(bp_transport *t) {
 
 void bp_transport_arm(bp_transport *t) {
     bp_reactor *r = (bp_reactor *)t->reactor;
-    if (!r || !r->level || !t->registered || r->epfd < 0) return;
+    /* the mode the fd was registered in: registration() may change since (new transports) */
+    if (!r || !t->level || !t->registered || r->epfd < 0) return;
     uint32_t want = level_want(t);
     if (want == t->armed) return;
     /* with nothing wanted the fd leaves the set, as asyncio's selector drops it: a
@@ -398,6 +403,7 @@ static PyObject *core_start(PyObject *self, PyObject *unused) {
     if (r->epfd < 0) return bp_reactor_closed_error();
     if (map_put(r, t->fd, t) < 0) return NULL;
     uint32_t early = 0;
+    t->level = r->level;
     if (bp_connect_adopt(r, t->fd, &early)) { /* registered by connect_wait already */
         Py_INCREF(t); /* the map's reference */
         t->registered = 1;

@@ -1,6 +1,6 @@
 /*
  * wait.c — how a context's thread waits: for requests when idle (spin, then sleep on the
- * wake-up eventfd), and for JS while Python code waits on a callback (bp_ctx_wait_serving,
+ * wake-up fd: wakefd.c), and for JS while Python code waits on a callback (bp_ctx_wait_serving,
  * which serves requests that arrive meanwhile); what cuts a wait short (a cancel, close);
  * and taking the next request off the queue in order.
  */
@@ -50,7 +50,7 @@ void bp_ctx_raise_interrupted(bp_context *c, const char *msg) {
     PyErr_SetString(c->interrupt_type ? c->interrupt_type : PyExc_KeyboardInterrupt, msg);
 }
 
-/* Sleeps on the context's eventfd until bp_ctx_wake (or timeout_ms, -1: none), unless
+/* Sleeps on the context's wake-up fd until bp_ctx_wake (or timeout_ms, -1: none), unless
    `ready` is already true once `sleeping` is announced. GIL released by the caller. */
 void bp_ctx_sleep(bp_context *c, int (*ready)(bp_context *, void *), void *arg, int timeout_ms) {
     atomic_store(&c->sleeping, 1);
@@ -75,7 +75,7 @@ static int work_ready(bp_context *c, void *unused) {
     return has_work(c);
 }
 
-/* Waits until ready(c, arg): spins briefly, then sleeps on the eventfd. Releases the GIL. */
+/* Waits until ready(c, arg): spins briefly, then sleeps on the wake-up fd. Releases the GIL. */
 static void wait_for(bp_context *c, int (*ready)(bp_context *, void *), void *arg) {
     PyThreadState *ts = PyEval_SaveThread();
     int64_t until = bp_now_ns() + SPIN_NS;

@@ -49,9 +49,12 @@ void bp_wakefd_post(int wr) {
 
 void bp_wakefd_drain(int rd, int own_table) {
     /* an eventfd hands over its whole counter in one 8-byte read; a pipe may hold more */
-    uint64_t buf[8];
+    /* Bounded: the other end may write faster than this reads (a process host holds the
+       write end of Bun's bell), and a reader that never returned would never look at
+       anything else (the relay's kill deadline). What is left wakes the next poll. */
+    uint64_t buf[512];
     if (!own_table) {
-        while (read(rd, buf, sizeof buf) == (ssize_t)sizeof buf) {
+        for (int i = 0; i < 4 && read(rd, buf, sizeof buf) == (ssize_t)sizeof buf; i++) {
         }
         return;
     }
@@ -59,7 +62,7 @@ void bp_wakefd_drain(int rd, int own_table) {
        blocking, or another file altogether (dup2): read only what poll says is there, so
        this thread never blocks in read() on it. What it missed, the bounded waits catch
        (BP_OWN_FDS_WAIT_MS). */
-    for (;;) {
+    for (int i = 0; i < 4; i++) {
         struct pollfd p = {.fd = rd, .events = POLLIN};
         if (poll(&p, 1, 0) != 1 || !(p.revents & POLLIN)) return;
         if (read(rd, buf, sizeof buf) != (ssize_t)sizeof buf) return;

@@ -266,11 +266,17 @@ export async function serveCommand(argv: string[]): Promise<number> {
         resolve();
       });
     };
-    // a second signal while stopping (Ctrl-C twice): exit now, as uvicorn does; the
-    // contexts' threads end with the process, process contexts' hosts with their parent
-    let signals = 0;
+    // the same signal again while stopping (Ctrl-C twice): exit now, as uvicorn does; the
+    // contexts' threads end with the process, process contexts' hosts with their parent.
+    // Only the same one: one Ctrl-C reaches a child of --processes/--reload twice, as SIGINT
+    // from the terminal (its process group) and as the SIGTERM its supervisor relays, and
+    // that must stay one graceful stop.
+    const seen = new Set<string>();
     const onSignal = (signal: string) => {
-      if (++signals === 1) return stop(signal);
+      const first = seen.size === 0, again = seen.has(signal);
+      seen.add(signal);
+      if (first) return stop(signal);
+      if (!again) return;
       console.error(`bunpy: ${signal} again: exiting now`);
       process.exit(1);
     };

@@ -323,6 +323,8 @@ async def break_loop():
 async def later():
     await asyncio.sleep(0.001)
     return "later"
+def break_sync():
+    asyncio.get_event_loop()._reactor.close()
 `);
       // its call can never finish on that loop: it fails (it used to wait for ever)
       const broke = await ctx.call("__main__", "break_loop").catch((e) => e);
@@ -331,6 +333,10 @@ async def later():
       // the next coroutine call gets a new loop
       expect(await ctx.call("__main__", "later")).toBe("later");
       expect(await ctx.eval("1 + 1")).toBe(2);
+      // closed from synchronous code, with a coroutine call already queued behind: that
+      // call runs on a new loop too, not on the dead one
+      const [closed, queued] = await Promise.all([ctx.call("__main__", "break_sync"), ctx.call("__main__", "later")]);
+      expect([closed, queued]).toEqual([null, "later"]);
       await ctx.close();
       expect(ctx.state).toBe("closed");
     }

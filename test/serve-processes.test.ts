@@ -97,6 +97,32 @@ test("SIGTERM with a slow request in flight: it completes, then every process ex
   }
 }, 60000);
 
+test("Ctrl-C at a terminal (SIGINT to the whole process group) with a slow request in flight: still one graceful stop", async () => {
+  // each child gets the terminal's SIGINT and then the SIGTERM its supervisor relays: that
+  // is not "a second signal" (which exits at once, cutting requests)
+  const proc = Bun.spawn([process.execPath, CLI, "serve", "pidapp:app", "--port", "0", "--processes", "2", "--workers", "1", "--app-dir", FIXTURES], {
+    stdout: "pipe",
+    stderr: "pipe",
+    detached: true, // a process group of its own, as a shell gives a foreground job
+  });
+  const out = lineReader(proc.stdout), err = lineReader(proc.stderr);
+  try {
+    const { pids, url } = await started(out);
+    const slow = pidOf(url, "/slow?s=1.5");
+    const at = Number(/slow request in (\d+)/.exec(await out.until(/pidapp: slow request in/))![1]);
+    process.kill(-proc.pid, "SIGINT");
+    expect(await slow).toBe(at);
+    expect(await proc.exited).toBe(0);
+    expect(await gone(pids)).toBe(true);
+    expect((await out.rest()).at(-1)).toBe("bunpy: stopped");
+    expect((await err.rest()).join("\n")).not.toContain("again: exiting now");
+  } finally {
+    try {
+      process.kill(-proc.pid, "SIGKILL");
+    } catch {}
+  }
+}, 60000);
+
 test("a supervisor killed with SIGKILL leaves no server behind (the children see their IPC channel close)", async () => {
   const { proc, out } = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1");
   const { pids } = await started(out);

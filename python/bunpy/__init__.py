@@ -87,7 +87,7 @@ async def async_call(name, *args, **kwargs):
     loop = asyncio.get_running_loop()
     waiters = getattr(loop, "_bunpy_answers", None)
     if waiters is not None:
-        # the context's own loop: one eventfd announces every answer (see bunpy._loop)
+        # the context's own loop: one fd announces every answer (see bunpy._loop)
         handle, key = _bunpy.call_start_batched(name, *args, **kwargs)
         waiters[key] = answered = loop.create_future()
         try:

@@ -452,7 +452,7 @@ def context_loop():
             raise RuntimeError("bunpy: not on a context's thread")
         loop = BunpyEventLoop(_context=True)
         loop._thread_id = threading.get_ident()  # running for the thread's whole life
-        # answers to bunpy.async_call: one eventfd, watched for the loop's whole life
+        # answers to bunpy.async_call: one fd (an eventfd, or a pipe in a sandboxed context), watched for the loop's whole life
         loop._bunpy_answers = {}
         loop._add_reader(_bunpy.answers_fd(), _deliver_answers, loop)
         sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook)
