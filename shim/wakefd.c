@@ -48,10 +48,10 @@ void bp_wakefd_post(int wr) {
 }
 
 void bp_wakefd_drain(int rd, int own_table) {
-    /* an eventfd hands over its whole counter in one 8-byte read; a pipe may hold more */
-    /* Bounded: the other end may write faster than this reads (a process host holds the
-       write end of Bun's bell), and a reader that never returned would never look at
-       anything else (the relay's kill deadline). What is left wakes the next poll. */
+    /* An eventfd hands over its whole counter in one read; a pipe may hold more. Bounded:
+       the other end may write faster than this reads (a process host holds the write end
+       of Bun's bell), and a reader that never returned would never look at anything else
+       (the relay's kill deadline). What is left wakes the next poll. */
     uint64_t buf[512];
     if (!own_table) {
         for (int i = 0; i < 4 && read(rd, buf, sizeof buf) == (ssize_t)sizeof buf; i++) {

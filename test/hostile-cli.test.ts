@@ -1,30 +1,11 @@
 // A hostile pass over `bunpy serve` (src/cli-serve.ts, cli-supervise.ts, serve-app.ts): odd
 // arguments and signals at odd times. Real processes, real sockets.
 import { expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
 import { py } from "../src/index.ts";
-import { lineReader } from "./fixtures/serve/lines.ts";
+import { alive, CLI, FIXTURES, serve } from "./fixtures/serve/cli.ts";
 
 // the shim is built (if sources changed) here, not in a child process that a test times
 py.eval("1");
-
-const CLI = resolve(import.meta.dir, "../src/cli.ts");
-const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
-
-function serve(...args: string[]) {
-  const proc = Bun.spawn([process.execPath, CLI, "serve", ...args, "--app-dir", FIXTURES], { stdout: "pipe", stderr: "pipe" });
-  return { proc, out: lineReader(proc.stdout), err: lineReader(proc.stderr) };
-}
-
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
 
 // setTimeout fires at once for a delay past 2^31 - 1 ms (~24.8 days): a grace period that
 // long must mean "wait", not "kill now"

@@ -5,8 +5,9 @@
 // CI every Python of the run — .ci/run gives its first run BUNPY_CI_ALL_PYTHONS (their
 // executables), so one prebuild makes all the shims (sharing zig's cache, as a release
 // does) and each Python starts with its own; the later runs skip this file, having
-// BUNPY_CI_INDEPENDENT_RAN_ON set (as test/setup.test.ts does).
-import { describe, expect, test } from "bun:test";
+// BUNPY_CI_INDEPENDENT_RAN_ON set (test/ci-independent.ts).
+import { expect, test } from "bun:test";
+import { independentOfPython } from "./ci-independent.ts";
 import { existsSync, rmSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -16,7 +17,6 @@ const ROOT = join(import.meta.dir, "..");
 const python = process.env["BUNPY_PYTHON"] ?? join(process.env["HOME"] ?? "/root", ".pyenv", "versions", "3.13.0", "bin", "python3");
 const bun = process.execPath;
 const pythons = [...new Set([python, ...(process.env["BUNPY_CI_ALL_PYTHONS"] ?? "").split(" ").filter(Boolean)])];
-const ranOn = process.env["BUNPY_CI_INDEPENDENT_RAN_ON"];
 
 function sh(cmd: string[], opts: { cwd?: string; env?: Record<string, string> } = {}) {
   const r = Bun.spawnSync(cmd, { cwd: opts.cwd ?? process.cwd(), env: opts.env ?? (process.env as Record<string, string>), stdout: "pipe", stderr: "pipe" });
@@ -42,13 +42,7 @@ function pathWithoutZig(): string {
     .join(delimiter);
 }
 
-/** describe(), or describe.skip() saying where the tests ran (see the top of this file). */
-const group = (name: string, fn: () => void) =>
-  ranOn
-    ? describe.skip(`${name} (skipped: it ran under Python ${ranOn} earlier in this CI run, for every Python of the run)`, fn)
-    : describe(name, fn);
-
-group("package", () => {
+independentOfPython("package", () => {
   test("npm pack + install into a fresh Bun app with no zig: the prebuilt shim is used, nothing is built", () => {
     if (!Bun.which("npm")) {
       console.log("package test skipped: npm is not on PATH");

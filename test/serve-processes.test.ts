@@ -4,18 +4,11 @@
 import { expect, test } from "bun:test";
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 
+import { alive, CLI, FIXTURES, gone, serve } from "./fixtures/serve/cli.ts";
 import { lineReader } from "./fixtures/serve/lines.ts";
 import { selfSigned } from "./fixtures/serve/tls.ts";
-
-const CLI = resolve(import.meta.dir, "../src/cli.ts");
-const FIXTURES = resolve(import.meta.dir, "fixtures/serve");
-
-function serve(...args: string[]) {
-  const proc = Bun.spawn([process.execPath, CLI, "serve", ...args, "--app-dir", FIXTURES], { stdout: "pipe", stderr: "pipe" });
-  return { proc, out: lineReader(proc.stdout), err: lineReader(proc.stderr) };
-}
 
 /** The pids of the "process PID started" lines up to the banner, and the banner's URL. */
 async function started(out: ReturnType<typeof lineReader>): Promise<{ pids: number[]; url: string }> {
@@ -38,20 +31,6 @@ async function pidsAnswering(url: string, want: number, init: RequestInit = {}):
   return seen;
 }
 
-/** Running (a zombie, which init may not have reaped yet, counts as gone). */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-async function gone(pids: number[], withinMs = 5000): Promise<boolean> {
-  for (let i = 0; i < withinMs / 50 && pids.some(alive); i++) await Bun.sleep(50);
-  return !pids.some(alive);
-}
 
 test("--processes 2: both processes answer on one port; one killed with SIGKILL is started again", async () => {
   const { proc, out, err } = serve("pidapp:app", "--port", "0", "--processes", "2", "--workers", "1", "--access-log");

@@ -4,7 +4,8 @@
 // given its Python (BUNPY_PYTHON, VIRTUAL_ENV or a project setting naming 3.11, 3.12, 3.13)
 // or none. .ci/run runs the suite once per Python and sets BUNPY_CI_INDEPENDENT_RAN_ON=<version>
 // on all but the first run: these tests ran in full under that version already, and skip.
-import { describe, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
+import { independentOfPython } from "./ci-independent.ts";
 import { mkdtempSync, writeFileSync, chmodSync, existsSync, mkdirSync, readdirSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -22,14 +23,8 @@ function run(env: Record<string, string | undefined>, args: string[] = []) {
 
 const tmp = (prefix: string) => mkdtempSync(join(tmpdir(), prefix));
 
-const ranOn = process.env["BUNPY_CI_INDEPENDENT_RAN_ON"];
-/** describe(), or describe.skip() saying where the tests ran (see the top of this file). */
-const group = (name: string, fn: () => void) =>
-  ranOn
-    ? describe.skip(`${name} (skipped: independent of BUNPY_PYTHON, these ran under Python ${ranOn} earlier in this CI run)`, fn)
-    : describe(name, fn);
 
-group("discovery", () => {
+independentOfPython("discovery", () => {
   test("BUNPY_PYTHON selects the interpreter, and sys.executable is that python", () => {
     const r = run({ BUNPY_PYTHON: py313 });
     expect(r.code).toBe(0);
@@ -204,7 +199,7 @@ group("discovery", () => {
   });
 });
 
-group("shim build", () => {
+independentOfPython("shim build", () => {
   test("two processes building at once both start; the build prints one line; later starts print nothing", async () => {
     const cache = tmp("bunpy-cache-");
     const env: Record<string, string> = {};
@@ -284,7 +279,7 @@ function makeVenv(python: string, dir: string): string {
   return dir;
 }
 
-group("discovery from the project", () => {
+independentOfPython("discovery from the project", () => {
   test("a .venv in the project is used, found from a subdirectory", () => {
     const dir = project({ "src/deep/keep": "" });
     const venv = makeVenv(py312, join(dir, ".venv"));

@@ -5,7 +5,8 @@
 // No Python runs here: .ci/run runs the suite once per Python and sets
 // BUNPY_CI_INDEPENDENT_RAN_ON=<version> on all but the first run, where these tests skip
 // (they ran in full under that version already).
-import { describe, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
+import { independentOfPython } from "./ci-independent.ts";
 import { appendFileSync, cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -33,14 +34,8 @@ async function tsc(dir: string): Promise<{ code: number; out: string }> {
   return { code, out: out + err };
 }
 
-const ranOn = process.env["BUNPY_CI_INDEPENDENT_RAN_ON"];
-/** describe(), or describe.skip() saying where the tests ran (see the top of this file). */
-const group = (name: string, fn: () => void) =>
-  ranOn
-    ? describe.skip(`${name} (skipped: independent of BUNPY_PYTHON, these ran under Python ${ranOn} earlier in this CI run)`, fn)
-    : describe(name, fn);
 
-group("types", () => {
+independentOfPython("types", () => {
   test("a user project with the stricter flags of bun init type-checks against bunpy", async () => {
     const { dir } = userProject();
     try {
