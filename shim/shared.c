@@ -256,11 +256,12 @@ static int store_incr(const char *k, uint32_t kn, double delta, double *result) 
         pthread_mutex_unlock(&lock);
         return S_NOT_NUMBER;
     }
-    int was_int = !*pp || (*pp)->val[0] != BP_T_FLOAT;
     double next = cur + delta;
-    if (was_int && delta == floor(delta) && fabs(next) > 9007199254740991.0) {
+    /* Past 2^53 a whole-number counter would silently lose increments. Judged on the
+       values, not on how they were stored: JS stores 2**53 as a float. */
+    if (cur == floor(cur) && delta == floor(delta) && fabs(next) > 9007199254740991.0) {
         pthread_mutex_unlock(&lock);
-        return S_NOT_SAFE; /* past 2^53 an integer counter would silently lose increments */
+        return S_NOT_SAFE;
     }
     /* the number is written in place when its buffer is big enough (9 bytes: a float) */
     int reuse = *pp && (*pp)->vlen >= 9;

@@ -37,6 +37,13 @@ describe("py.shared from JS", () => {
     expect(() => py.shared.incr("n", NaN)).toThrow(TypeError);
     py.shared.set("huge", 2 ** 53 - 1);
     expect(() => py.shared.incr("huge")).toThrow(/2\^53/);
+    // JS stores 2**53 as a float: incr used to hand back the same number, the 1 lost
+    py.shared.set("past", 2 ** 53);
+    expect(() => py.shared.incr("past")).toThrow(/2\^53/);
+    expect(() => py.shared.incr("past", -(2 ** 54))).toThrow(/2\^53/);
+    expect(py.shared.incr("past", -1)).toBe(2 ** 53 - 1);
+    expect(py.shared.get("past")).toBe(2 ** 53 - 1);
+    expect(py.eval("__import__('bunpy').shared.get('past')")).toBe(2 ** 53 - 1);
   });
 
   test("incr over an integer set before frees the value it replaces (memory stays flat)", () => {
