@@ -48,6 +48,9 @@ enum {
 /* The largest payload either side accepts (a bigger one ends the channel). */
 #define BP_FRAME_MAX (1u << 30)
 
+/* A buffer grown past this by a big frame is freed once that frame is consumed. */
+#define BP_CHAN_KEEP (4u << 20)
+
 /* Incoming bytes, parsed into whole frames. */
 typedef struct bp_chan_in {
     uint8_t *buf;
@@ -57,7 +60,14 @@ typedef struct bp_chan_in {
 /* Reads what the socket has (non-blocking). 1: got bytes; 0: nothing now; -1: EOF, error
    or out of memory. */
 static inline int bp_chan_fill(bp_chan_in *in, int fd) {
-    if (in->used > 0 && in->used == in->have) in->used = in->have = 0;
+    if (in->used > 0 && in->used == in->have) {
+        in->used = in->have = 0;
+        if (in->cap > BP_CHAN_KEEP) { /* a big frame went through: give its memory back */
+            free(in->buf);
+            in->buf = NULL;
+            in->cap = 0;
+        }
+    }
     if (in->cap - in->have < 65536) {
         if (in->used > 0) { /* slide the unconsumed rest to the front */
             memmove(in->buf, in->buf + in->used, in->have - in->used);

@@ -368,6 +368,9 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
    call: JS calls again until it gets 0. */
 int32_t bp_port_drain(bp_io *io) {
     bp_port *p = bp_port_of(io);
+    /* A big result or message grew the buffer: give it back before the next batch (as
+       bp_leave does after a call; not inside a call, whose writer may point into it). */
+    if (p->depth == 0) bp_io_trim(io, 0);
     bp_node *list = p->drain_rest;
     p->drain_rest = NULL;
     bp_node *fresh = bp_mpsc_take(&p->completions);
