@@ -596,6 +596,17 @@ done:
     /* the context has ended: no Python teardown of the process (the relay reaps it) */
     fflush(stdout);
     fflush(stderr);
+    /* The relay sees the end of the channel, stops this process, ends what Python started
+       (this thread may neither open /proc nor kill: see bp_host_lock_main) and then closes
+       its end: exiting before that would leave those processes to init, out of reach. */
+    shutdown(BP_HOST_FD, SHUT_WR);
+    struct pollfd end = {.fd = BP_HOST_FD, .events = POLLIN};
+    char drop[256];
+    for (;;) {
+        if (poll(&end, 1, -1) < 0 && errno != EINTR) break;
+        ssize_t n = recv(BP_HOST_FD, drop, sizeof drop, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+    }
     _exit(0);
 }
 
@@ -625,6 +636,9 @@ int main(int argc, char **argv) {
     /* dies with the thread that started it; a parent already gone is caught here */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (parent && getppid() != parent) return 1;
+    /* what Python starts stays below this process however it is orphaned, so the relay
+       can end it (shim/descendants.h) */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     close_inherited(check ? 2 : BP_BUN_BELL_FD); /* the socket, the memfd, the two bells */
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) {

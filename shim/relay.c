@@ -26,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include "context.h"
+#include "descendants.h"
 #include "relay.h"
 #include <fcntl.h>
 #include <signal.h>
@@ -383,6 +384,14 @@ static const char *signal_name(int sig) {
 
 /* Kills (when asked) and reaps the host; writes how it ended. Returns 1 when it exited 0. */
 static int reap_host(bp_relay *r, int kill_it, char *how, size_t len) {
+    /* End what the host started, while it lives (it is their subreaper: descendants.h;
+       after its exit they belong to init). Stopped meanwhile, so it neither starts nor
+       reaps processes; a host that ended its context waits for the socket's close below. */
+    if (r->pid > 0 && !r->exited) {
+        kill(r->pid, SIGSTOP);
+        bp_kill_descendants(r->pid);
+        if (!kill_it) kill(r->pid, SIGCONT);
+    }
     if (r->sock >= 0) {
         close(r->sock);
         r->sock = -1;

@@ -55,6 +55,38 @@ describe.skipIf(!linux)("hostile process contexts", () => {
     await ctx.close({ timeout: 100 });
     expect(await gone(marker)).toBe(true);
   });
+
+  // a new session (setsid) leaves the host's process group, and a daemon's double fork
+  // or a shell's `&` orphans the process: all used to outlive the context
+  const escapees = (marker: string) => `
+import os, subprocess
+subprocess.Popen(['sleep', '${marker}'], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+subprocess.run("sleep ${marker} </dev/null >/dev/null 2>&1 &", shell=True, start_new_session=True)
+subprocess.run(['sh', '-c', '(setsid sleep ${marker} </dev/null >/dev/null 2>&1 &)'])
+`;
+
+  test("close() ends the processes the host started in new sessions, orphaned or daemonized", async () => {
+    const ctx = await proc();
+    const marker = `${3000 + Math.floor(Math.random() * 1000)}.25`;
+    await ctx.exec(escapees(marker));
+    for (let i = 0; i < 50 && withArg(marker).length < 3; i++) await Bun.sleep(20);
+    expect(withArg(marker).length).toBe(3);
+    await ctx.close();
+    expect(await gone(marker)).toBe(true);
+  });
+
+  test("... and so does a close that has to kill a host that does not stop", async () => {
+    const ctx = await proc();
+    const marker = `${4000 + Math.floor(Math.random() * 1000)}.25`;
+    await ctx.exec(escapees(marker) + "\nimport signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)");
+    for (let i = 0; i < 50 && withArg(marker).length < 3; i++) await Bun.sleep(20);
+    expect(withArg(marker).length).toBe(3);
+    const busy = ctx.exec("while True:\n    try:\n        pass\n    except BaseException:\n        pass").catch((e: unknown) => e);
+    await Bun.sleep(50);
+    await ctx.close({ timeout: 100 });
+    expect(await busy).toBeInstanceOf(Error);
+    expect(await gone(marker)).toBe(true);
+  });
 });
 
 describe.skipIf(!linux)("the bells of a process context", () => {
