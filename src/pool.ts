@@ -104,8 +104,12 @@ export class Pool {
       fresh = await Context.start(this.rt, { mode: this.options.mode, sandbox: this.options.sandbox });
       this.starting.add(fresh);
       if (this.closed) throw new BunpyError("the pool is closed");
-      for (const code of this.setup) await fresh.exec(code);
+      // execAll code added while this one starts runs too: the catch-up after the
+      // preparers ends with no await before the context takes its place below
+      let ran = 0;
+      while (ran < this.setup.length) await fresh.exec(this.setup[ran++]!);
       for (const prepare of this.preparers) await prepare(fresh);
+      while (ran < this.setup.length) await fresh.exec(this.setup[ran++]!);
     } catch (e) {
       await fresh?.close().catch(() => {});
       if (!this.closed) console.error("bunpy: a pool could not replace a dead context:", e);

@@ -38,6 +38,34 @@ describe.skipIf(!linux)("pools of process contexts", () => {
   }, 20_000);
 });
 
+describe.skipIf(!linux)("execAll while a dead member is being replaced", () => {
+  test("code given to execAll while the replacement runs its onReplace step still runs in it", async () => {
+    const pool = await py.pool({ mode: "process", size: 1 });
+    try {
+      let release!: () => void;
+      let entered!: () => void;
+      const inPrepare = new Promise<void>((r) => (entered = r));
+      const gate = new Promise<void>((r) => (release = r));
+      pool.onReplace(async () => {
+        entered();
+        await gate;
+      });
+      const died = pool.contexts[0]!;
+      await pool.execAll("first = 1");
+      await died.exec("import os; os._exit(0)").catch(() => {});
+      await inPrepare;
+      // the pool still lists the dead context: this execAll's own run there rejects
+      await pool.execAll("second = 2").catch(() => {});
+      release();
+      for (let i = 0; i < 200 && pool.contexts[0] === died; i++) await Bun.sleep(10);
+      expect(pool.contexts[0]).not.toBe(died);
+      expect(await pool.contexts[0]!.eval("(first, second)")).toEqual([1, 2]);
+    } finally {
+      await pool.close();
+    }
+  }, 20_000);
+});
+
 describe("AbortSignals aborted at odd points", () => {
   test("aborted by a getter while the arguments are encoded: the call rejects with the reason and does not run (pool and context)", async () => {
     const pool = await py.pool({ mode: "worker", size: 1 });
