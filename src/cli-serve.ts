@@ -11,6 +11,7 @@ import { accessSync, constants, statSync } from "node:fs";
 import { CHILD_ENV, superviseProcesses, superviseReloads, withoutFlags, type ReadyMessage } from "./cli-supervise.ts";
 import { py } from "./index.ts";
 import type { AsgiApp } from "./asgi.ts";
+import { APP_TARGET } from "./serve-app.ts";
 import type { ServeOptions } from "./serve.ts";
 
 export const SERVE_USAGE = `usage: bunpy serve MODULE:APP [options]
@@ -48,8 +49,6 @@ class UsageError extends Error {}
 const MAX_POOL_SIZE = 1024;
 /** --processes: each is a Bun process with its own pool. */
 const MAX_PROCESSES = 1024;
-/** What loadApp (src/serve-app.ts) accepts: dotted names on both sides of one colon. */
-const APP_TARGET = /^\w+(\.\w+)*:\w+(\.\w+)*$/;
 
 interface Parsed {
   options: ServeOptions;

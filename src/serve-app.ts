@@ -103,8 +103,13 @@ function loaded(pool: Pool | undefined, id: number, k: string): LoadedApp {
   return { pool, id, kind: k === "wsgi" ? "wsgi" : "asgi", asgiVersion: k === "asgi2" ? "2.0" : "3.0" };
 }
 
+/** "module:attribute": dotted Python identifiers (Unicode ones too, as Python allows) on
+    both sides of one colon. */
+const NAME = String.raw`[\p{ID_Start}_]\p{ID_Continue}*`;
+export const APP_TARGET = new RegExp(`^${NAME}(\\.${NAME})*:${NAME}(\\.${NAME})*$`, "u");
+
 export async function loadApp(rt: MainInterpreter, target: string, options: ServeAppOptions, want: Interface = "auto"): Promise<LoadedApp> {
-  if (typeof target !== "string" || !/^[\w.]+:[\w.]+$/.test(target))
+  if (typeof target !== "string" || !APP_TARGET.test(target))
     throw new TypeError(`expected "module:attribute" (e.g. "myapp:app"), got ${JSON.stringify(target)}`);
   const paths = (options.path ?? []).map((p) => {
     if (typeof p !== "string") throw new TypeError("path: expected an array of directory names");

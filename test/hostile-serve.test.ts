@@ -129,3 +129,19 @@ for (const appMode of [contextModes[0], "inline"] as const)
       await app.close();
     }
   }, 30_000);
+
+test("app targets: Unicode module and attribute names are served (Python allows them); what is not a dotted name is refused before any import", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "bunpy-unicode-app-"));
+  writeFileSync(
+    join(dir, "café_app.py"),
+    "async def приложение(scope, receive, send):\n    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n    await send({'type': 'http.response.body', 'body': 'ok ☕'.encode()})\n",
+  );
+  const app = await py.asgi("café_app:приложение", { path: [dir] });
+  try {
+    expect(await (await app.fetch(new Request("http://x/"))).text()).toBe("ok ☕");
+  } finally {
+    await app.close();
+  }
+  for (const bad of ["1app:app", "app:", "a..b:c", "a:b()", "a b:c", "os:system;x"])
+    await expect(py.asgi(bad, { path: [dir] })).rejects.toThrow(/expected "module:attribute"/);
+});
