@@ -584,10 +584,12 @@ static int host_serve(const char *libpython, const char *shim, const char *progr
         /* no spinning: the context thread reads the rings itself; this thread is woken for
            socket frames, the close, and requests that came while the context thread slept */
         if (poll(pfd, 3, -1) > 0) {
-            uint64_t v;
+            /* the eventfd in one read; the bell is a pipe Bun writes 8 bytes per ring to
+               (non-blocking): what a burst of rings left, in one read too */
+            uint8_t drop[4096];
             ssize_t n = 0;
-            if (pfd[1].revents & POLLIN) n = read(bell_fd, &v, sizeof v);
-            if (pfd[2].revents & POLLIN) n = read(BP_HOST_BELL_FD, &v, sizeof v);
+            if (pfd[1].revents & POLLIN) n = read(bell_fd, drop, 8);
+            if (pfd[2].revents & POLLIN) n = read(BP_HOST_BELL_FD, drop, sizeof drop);
             (void)n;
         }
     }
