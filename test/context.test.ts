@@ -178,10 +178,13 @@ describe("parallelism", () => {
   // never lets the GIL go. B asks for a timestamp 50 ms into it. With a GIL of its own B's
   // stamp falls early in A's hold; with a shared GIL it can only come once the match is over
   // (between the match and A's closing timestamp, where A's thread first lets the GIL go).
+  // A says when it starts (a message): on a loaded machine a fixed sleep was not always
+  // enough for A to be inside its hold, and B's stamp came before it.
   const HOLD_GIL = `
-import re, time
+import bunpy, re, time
 def hold():
     t0 = time.monotonic()
+    bunpy.send('holding-gil', t0)
     re.match(r"(a+)+$", "a" * 25 + "b")
     return [t0, time.monotonic()]
 def stamp():
@@ -190,8 +193,12 @@ def stamp():
 
   async function stampWhileOtherHolds(a: Context, b: Context): Promise<{ stamp: number; from: number; to: number }> {
     await Promise.all([a.exec(HOLD_GIL), b.exec(HOLD_GIL)]);
+    let started!: () => void;
+    const inside = new Promise<void>((r) => (started = r));
+    const off = py.on("holding-gil", () => started());
     const holding = a.call("__main__", "hold");
-    await Bun.sleep(50); // A is inside its hold by now (it lasts about a second)
+    await inside.finally(off);
+    await Bun.sleep(20); // A is inside its hold by now (it lasts about a second)
     const stamp = (await b.call("__main__", "stamp")) as number;
     const [from, to] = (await holding) as [number, number];
     return { stamp, from, to };

@@ -172,5 +172,5 @@ describe.skipIf(!hasOwnGil)("http.response.pathsend from a sandboxed app (owngil
         await app.close();
       }
     }
-  });
+  }, 60_000); // two sandboxed pools one after another: past bun test's 5 s on a loaded machine
 });

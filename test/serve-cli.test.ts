@@ -153,7 +153,7 @@ test("TLS flags (and --threads): a missing file, a key without a certificate and
     expect(r.stderr.toString()).toContain(message);
     expect(r.stderr.toString()).toContain("usage: bunpy serve");
   }
-});
+}, 60_000); // eight Bun processes one after another: past bun test's 5 s on a loaded machine
 
 test("--reload: a changed .py file restarts the server with the new code; a broken one waits for the fix", async () => {
   const dir = mkdtempSync(join(tmpdir(), "bunpy-reload-"));
