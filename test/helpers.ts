@@ -1,6 +1,7 @@
 // Shared by the test files: defines a Python module from source in the main interpreter,
 // so each file's helpers live in their own namespace.
 import { afterAll } from "bun:test";
+import { writeFileSync } from "node:fs";
 import { py, type Context } from "../src/index.ts";
 
 py.exec(`
@@ -46,3 +47,23 @@ def attempt(f):
     except BaseException as e:
         return f"{type(e).__name__}: {e}"
 `;
+
+/**
+ * Closes an owngil context one of whose Python threads ignores close()'s interrupts and
+ * waits for the file `flag`, so the interpreter is left behind; then creates `flag` and
+ * returns what that thread wrote to the file `out` ("" if nothing within 5 s). close()
+ * resolves once the context's thread is done ending the interpreter: after its 5 s wait
+ * for the stubborn thread. Only a close that gave up on its thread (abandoned) resolves
+ * earlier: then it waits past those 5 s itself.
+ */
+export async function closeLeavingThreadBehind(ctx: Context, flag: string, out: string): Promise<string> {
+  await ctx.close({ timeout: 100 });
+  if (ctx.state === "abandoned") await Bun.sleep(6000);
+  writeFileSync(flag, "");
+  let result = "";
+  for (let i = 0; i < 100 && result === ""; i++) {
+    await Bun.sleep(50);
+    result = await Bun.file(out).text().catch(() => "");
+  }
+  return result;
+}

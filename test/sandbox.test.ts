@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py, type Context, type SandboxPolicy } from "../src/index.ts";
-import { closedAfterAll, contextModes, hasOwnGil } from "./helpers.ts";
+import { closedAfterAll, closeLeavingThreadBehind, contextModes, hasOwnGil } from "./helpers.ts";
 
 const modes = contextModes;
 const ATTEMPT = `
@@ -197,18 +197,7 @@ def stubborn():
         f.write(result)
 threading.Thread(target=stubborn, daemon=True).start()
 `);
-    // close() resolves once the context's thread is done ending the interpreter: here, once
-    // it waited 5 s for the thread above and left the interpreter behind. Only a close that
-    // gave up on its thread (abandoned) resolves earlier: then wait past those 5 s.
-    await ctx.close({ timeout: 100 });
-    if (ctx.state === "abandoned") await Bun.sleep(6000);
-    writeFileSync(flag, "");
-    let result = "";
-    for (let i = 0; i < 100 && result === ""; i++) {
-      await Bun.sleep(50);
-      result = await Bun.file(out).text().catch(() => "");
-    }
-    expect(result).toBe("refused");
+    expect(await closeLeavingThreadBehind(ctx, flag, out)).toBe("refused");
     expect(py.eval("1 + 1")).toBe(2);
   },
   30_000,

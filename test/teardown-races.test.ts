@@ -1,11 +1,11 @@
 // Races between threads that start, use and end contexts: each test loops a mix that
 // crashed the process (free(): invalid pointer, or a use after free) before its fix.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { py } from "../src/index.ts";
-import { hasOwnGil } from "./helpers.ts";
+import { closeLeavingThreadBehind, hasOwnGil } from "./helpers.ts";
 
 describe.skipIf(!hasOwnGil)("owngil contexts and the main interpreter's objects", () => {
   // CPython keeps signal handlers per process: signal.getsignal(SIGINT) in an owngil context
@@ -158,18 +158,7 @@ def stubborn():
         f.write(result)
 threading.Thread(target=stubborn, daemon=True).start()
 `);
-      // close() resolves once the context's thread is done ending the interpreter: here, once
-      // it waited 5 s for the thread above and left the interpreter behind. Only a close that
-      // gave up on its thread (abandoned) resolves earlier: then wait past those 5 s.
-      await ctx.close({ timeout: 100 });
-      if (ctx.state === "abandoned") await Bun.sleep(6000);
-      writeFileSync(flag, "");
-      let result = "";
-      for (let i = 0; i < 100 && result === ""; i++) {
-        await Bun.sleep(50);
-        result = await Bun.file(out).text().catch(() => "");
-      }
-      expect(result).toBe("refused");
+      expect(await closeLeavingThreadBehind(ctx, flag, out)).toBe("refused");
       expect(py.eval("1 + 1")).toBe(2);
     } finally {
       rmSync(dir, { recursive: true, force: true });
