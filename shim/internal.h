@@ -141,6 +141,9 @@ void bp_port_unref(bp_port *p);
 int bp_port_alive(bp_port *p);                 /* 0 once the JS thread is gone (port closed)  */
 void bp_port_ring(bp_port *p);                 /* rings p's doorbell unless p is closed: the
                                                   only way any thread rings one (io.c)        */
+int bp_port_enter(bp_port *p);                 /* 1: p is open and stays so until bp_port_leave
+                                                  (messages are pushed in between); 0: closed */
+void bp_port_leave(bp_port *p);
 
 /* ---- runtime (runtime.c) ----------------------------------------------------------- */
 int bp_running(void);

@@ -35,9 +35,9 @@ static pthread_once_t thread_port_once = PTHREAD_ONCE_INIT;
  * closed from a cleanup hook (bp_port_watch_env), and the thread-specific destructor below
  * stays as the fallback for a Bun without N-API.
  *
- * Closing is race-free against a ring under way: a ringer counts itself in `ringing`
- * and then looks at `closed`; the closer sets `closed` and then waits until `ringing` is
- * 0. Both sides use sequentially consistent atomics, so either the ringer sees `closed`
+ * Closing is race-free against a ring under way (and a message being queued): a ringer
+ * counts itself in `ringing` and then looks at `closed`; the closer sets `closed` and then
+ * waits until `ringing` is 0. Both sides use sequentially consistent atomics, so either the ringer sees `closed`
  * (and rings nothing) or the closer sees the ringer (and waits for its ring, which posts a
  * task and returns, to end while the VM is still whole). Cost per ring: two uncontended
  * atomic adds, no syscall; the wait is bounded by one ring.
@@ -53,10 +53,24 @@ void bp_port_ring(bp_port *p) {
     atomic_fetch_sub(&p->ringing, 1);
 }
 
+/* The same guard around a bunpy.send message's push (jscall.c): the ending JS thread then
+   finds every message in the queue when it frees them. Messages only: results hold no
+   context, and guarding each of them would put two atomic adds on the call path. */
+int bp_port_enter(bp_port *p) {
+    atomic_fetch_add(&p->ringing, 1);
+    if (!atomic_load(&p->closed)) return 1;
+    atomic_fetch_sub(&p->ringing, 1);
+    return 0;
+}
+
+void bp_port_leave(bp_port *p) { atomic_fetch_sub(&p->ringing, 1); }
+
 /* Both ends run on the port's own JS thread, so `freed` and the contexts list need no lock. */
 static void js_thread_ending(bp_port *p) {
     shut(p);
-    if (!p->freed && bp_running()) bp_port_close_contexts(p);
+    if (p->freed) return;
+    if (bp_running()) bp_port_close_contexts(p);
+    bp_port_drop_completions(p);
 }
 
 static void thread_ended(void *port) { js_thread_ending(port); }
