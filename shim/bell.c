@@ -16,13 +16,13 @@
  * The cost is one thread hop per doorbell (a doorbell rings only when a port's queue goes
  * from empty to non-empty while JS is not polling), for sandboxed owngil contexts only.
  *
- * One ringer serves every JS thread the context answers: a doorbell that never returns (a
- * JS thread that ended just after the alive check, as the direct ring risks too) holds up
- * the others of this context, not the context's own thread.
+ * One ringer serves every JS thread the context answers. Doorbells are rung through
+ * bp_port_ring (io.c), which rings none of a JS thread that is ending, so a ring returns;
+ * were one to hang, it would hold up the others of this context, not the context's thread.
  *
  * Lifetime: the bell is shared by the context (until its last reference goes) and the
- * ringer thread, which is detached: a doorbell of a JS thread that just ended may never
- * return, so the context waits for the ringer to end for a moment only, not forever.
+ * ringer thread, which is detached: the context waits for the ringer to end for a moment
+ * only, not forever (a bound, should Bun's code ever block).
  * Whoever drops the last reference frees it.
  */
 #include "internal.h"
@@ -72,7 +72,7 @@ static void *ringer_main(void *arg) {
         pthread_mutex_unlock(&b->lock); /* no lock across Bun's code */
         for (size_t i = 0; i < n; i++) {
             bp_port *p = ring[i];
-            if (bp_port_alive(p) && p->doorbell) p->doorbell(&p->io);
+            bp_port_ring(p);
             bp_port_unref(p);
         }
         pthread_mutex_lock(&b->lock);
@@ -157,5 +157,5 @@ void bp_bell_stop(bp_bell *b) {
 
 void bp_ring_doorbell(bp_context *c, bp_port *p) {
     if (c && c->bell) bp_bell_ring(c->bell, p);
-    else p->doorbell(&p->io);
+    else bp_port_ring(p);
 }

@@ -152,6 +152,9 @@ BP_EXPORT bp_io *bp_io_new(bp_dispatch_fn dispatch);
 BP_EXPORT void bp_io_free(bp_io *io);
 BP_EXPORT int32_t bp_io_reserve(bp_io *io, uint32_t need);
 BP_EXPORT int32_t bp_take_released(bp_io *io);
+/* a Bun Worker's port is closed from its VM's cleanup hooks, before Bun frees the doorbell:
+   `napi_env` is that thread's (bun:ffi passes it); BP_ERR_STATE when N-API is missing */
+BP_EXPORT int32_t bp_port_watch_env(bp_io *io, void *napi_env);
 
 /* operations on the main interpreter (ops.c); inputs and outputs in io->buf */
 BP_EXPORT int32_t bp_compile(bp_io *io, int32_t mode);                 /* STR src, STR filename -> PYOBJ code */

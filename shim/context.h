@@ -249,5 +249,7 @@ int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t,
 void bp_ctx_drop_answers(bp_context *c);
 /* bp_port_drain hands a message to JS: lets a blocked sender go on (jscall.c). */
 void bp_message_drained(bp_request *r);
+/* frees what a port whose JS thread is ending will never drain (request.c; that thread) */
+void bp_port_drop_completions(bp_port *p);
 
 #endif

@@ -100,7 +100,10 @@ typedef struct bp_port {
     int depth;                   /* bp_ calls of this port in progress (nested via callbacks) */
     int from_gilstate;           /* ts came from PyGILState_Ensure (non-main JS threads)     */
     atomic_int refs;             /* 1 for JS + 1 per live JSFunction pointing here           */
-    atomic_int closed;           /* JS side is gone (bp_io_free, or its thread exited)       */
+    atomic_int closed;           /* JS side is gone or going (bp_io_free, its VM's teardown,
+                                    or its thread's exit): no doorbell is rung any more       */
+    atomic_int ringing;          /* doorbells being rung now (bp_port_ring; io.c)             */
+    int freed;                   /* bp_io_free ran (owner thread only)                        */
     pthread_mutex_t released_lock;
     bp_id_list released;         /* ids whose Python side died on another thread (the lock)  */
     bp_id_list own_released;     /* ... on this JS thread during its calls (no lock)         */
@@ -136,6 +139,11 @@ void bp_io_trim(bp_io *io, uint32_t keep);     /* shrink a buffer a huge value l
 void bp_port_release_id(bp_port *p, int32_t id); /* any thread; takes released_lock          */
 void bp_port_unref(bp_port *p);
 int bp_port_alive(bp_port *p);                 /* 0 once the JS thread is gone (port closed)  */
+void bp_port_ring(bp_port *p);                 /* rings p's doorbell unless p is closed: the
+                                                  only way any thread rings one (io.c)        */
+int bp_port_enter(bp_port *p);                 /* 1: p is open and stays so until bp_port_leave
+                                                  (messages are pushed in between); 0: closed */
+void bp_port_leave(bp_port *p);
 
 /* ---- runtime (runtime.c) ----------------------------------------------------------- */
 int bp_running(void);

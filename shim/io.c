@@ -8,6 +8,8 @@
  */
 #include "internal.h"
 #include "context.h"
+#include <dlfcn.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,16 +23,92 @@ extern int bp_main_ts_taken;
 static pthread_key_t thread_port_key;
 static pthread_once_t thread_port_once = PTHREAD_ONCE_INIT;
 
-static void thread_ended(void *port) {
-    atomic_store(&((bp_port *)port)->closed, 1);
-    if (bp_running()) bp_port_close_contexts(port);
+/*
+ * The end of a JS thread. A port's doorbell is a threadsafe JSCallback: its code is
+ * compiled by Bun (TinyCC) for the JS thread's VM and freed with that VM. Bun ends a
+ * Worker (web_worker.zig exitAndDeinit, on the Worker's thread) in this order: vm.onExit()
+ * — which runs the VM's cleanup hooks (rare_data.cleanup_hooks, where
+ * napi_add_env_cleanup_hook puts them) — then WebWorker__dispatchExit, which lets the
+ * global object and its heap go, vm.deinit(), the Worker's arena, and only then the OS
+ * thread's exit. A doorbell rung after the cleanup hooks jumps into freed code (the
+ * SIGSEGV of test/fixtures/hostile-worker-terminated.ts asgi). So a Worker's port is
+ * closed from a cleanup hook (bp_port_watch_env), and the thread-specific destructor below
+ * stays as the fallback for a Bun without N-API.
+ *
+ * Closing is race-free against a ring under way (and a message being queued): a ringer
+ * counts itself in `ringing` and then looks at `closed`; the closer sets `closed` and then
+ * waits until `ringing` is 0. Both sides use sequentially consistent atomics, so either the ringer sees `closed`
+ * (and rings nothing) or the closer sees the ringer (and waits for its ring, which posts a
+ * task and returns, to end while the VM is still whole). Cost per ring: two uncontended
+ * atomic adds, no syscall; the wait is bounded by one ring.
+ */
+static void shut(bp_port *p) {
+    atomic_store(&p->closed, 1);
+    while (atomic_load(&p->ringing) != 0) sched_yield();
 }
+
+void bp_port_ring(bp_port *p) {
+    atomic_fetch_add(&p->ringing, 1);
+    if (!atomic_load(&p->closed) && p->doorbell) p->doorbell(&p->io);
+    atomic_fetch_sub(&p->ringing, 1);
+}
+
+/* The same guard around a bunpy.send message's push (jscall.c): the ending JS thread then
+   finds every message in the queue when it frees them. Messages only: results hold no
+   context, and guarding each of them would put two atomic adds on the call path. */
+int bp_port_enter(bp_port *p) {
+    atomic_fetch_add(&p->ringing, 1);
+    if (!atomic_load(&p->closed)) return 1;
+    atomic_fetch_sub(&p->ringing, 1);
+    return 0;
+}
+
+void bp_port_leave(bp_port *p) { atomic_fetch_sub(&p->ringing, 1); }
+
+/* Both ends run on the port's own JS thread, so `freed` and the contexts list need no lock. */
+static void js_thread_ending(bp_port *p) {
+    shut(p);
+    if (p->freed) return;
+    if (bp_running()) bp_port_close_contexts(p);
+    bp_port_drop_completions(p);
+}
+
+static void thread_ended(void *port) { js_thread_ending(port); }
 static void make_thread_port_key(void) { pthread_key_create(&thread_port_key, thread_ended); }
 
 /* When this JS thread's OS thread exits, its port is marked closed (see bp_port_alive). */
 static void watch_thread_end(bp_port *p) {
     pthread_once(&thread_port_once, make_thread_port_key);
     pthread_setspecific(thread_port_key, p);
+}
+
+/* The cleanup hook of a Worker's VM: runs on its thread, before Bun frees the doorbell. */
+static void env_cleanup(void *port) {
+    bp_port *p = port;
+    pthread_setspecific(thread_port_key, NULL); /* done here: the destructor has nothing left */
+    js_thread_ending(p);
+    bp_port_unref(p); /* the hook's reference */
+}
+
+typedef int (*napi_cleanup_adder)(void *env, void (*fn)(void *), void *arg);
+
+/* Called by JS on a Bun Worker's thread with that thread's napi_env (bun:ffi passes it for an
+   argument typed napi_env): closes the port from the VM's cleanup hooks. N-API is looked up
+   in the process (Bun exports it) rather than linked, so a process without it (a process
+   context's host) still loads the shim. The hook holds a reference to the port until it
+   runs: the port outlives bp_io_free for that long (a Worker's lifetime), harmless. */
+int32_t bp_port_watch_env(bp_io *io, void *env) {
+    if (!io || !env) return BP_ERR_STATE;
+    bp_port *p = bp_port_of(io);
+    if (!pthread_equal(p->owner, pthread_self())) return BP_ERR_STATE;
+    napi_cleanup_adder add = (napi_cleanup_adder)dlsym(RTLD_DEFAULT, "napi_add_env_cleanup_hook");
+    if (!add) return BP_ERR_STATE;
+    atomic_fetch_add(&p->refs, 1);
+    if (add(env, env_cleanup, p) != 0) { /* napi_ok is 0 */
+        bp_port_unref(p);
+        return BP_ERR_STATE;
+    }
+    return BP_OK;
 }
 
 bp_io *bp_io_new(bp_dispatch_fn dispatch) {
@@ -48,6 +126,7 @@ bp_io *bp_io_new(bp_dispatch_fn dispatch) {
     p->dispatch = dispatch;
     atomic_init(&p->refs, 1);
     atomic_init(&p->closed, 0);
+    atomic_init(&p->ringing, 0);
     pthread_mutex_init(&p->released_lock, NULL);
     sem_init(&p->sync_wake, 0, 0);
     if (pthread_equal(p->owner, bp_main_thread) && !bp_main_ts_taken) {
@@ -79,8 +158,11 @@ void bp_port_unref(bp_port *p) {
 void bp_io_free(bp_io *io) {
     if (!io) return;
     bp_port *p = bp_port_of(io);
-    atomic_store(&p->closed, 1);
-    if (pthread_equal(p->owner, pthread_self())) pthread_setspecific(thread_port_key, NULL);
+    shut(p);
+    if (pthread_equal(p->owner, pthread_self())) {
+        p->freed = 1; /* a cleanup hook still to run leaves the contexts alone */
+        pthread_setspecific(thread_port_key, NULL);
+    }
     if (p->from_gilstate && bp_running() && pthread_equal(p->owner, pthread_self())) {
         PyEval_RestoreThread(p->ts);
         PyGILState_Release(PyGILState_UNLOCKED); /* what Ensure returned in bp_io_new */
@@ -179,7 +261,7 @@ int32_t bp_take_released(bp_io *io) {
     return BP_OK;
 }
 
-/* Whether the JS thread of a port still exists. Bun runs no code in a terminated Worker,
-   so its port learns of the end from a thread-specific destructor (run when the OS thread
-   exits): ringing the doorbell of a gone thread crashed Bun. No syscall on the hot path. */
+/* Whether the JS thread of a port still exists (see "The end of a JS thread" above). A
+   hint only for whether to queue something: the doorbell itself is rung by bp_port_ring,
+   which looks again under its own guard. */
 int bp_port_alive(bp_port *p) { return !atomic_load(&p->closed); }

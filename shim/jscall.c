@@ -57,13 +57,13 @@ static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
     return NULL;
 }
 
-/* Rings a port's doorbell; a worker context lets the main GIL go first (ringing a JS
-   thread that is gone never returns, and must not stall the whole process). */
+/* Rings a port's doorbell; a worker context lets the main GIL go first (Bun's code runs
+   there, and a closing JS thread waits for rings under way: io.c). */
 static void ring(bp_context *c, bp_port *p) {
     if (!bp_port_alive(p)) return;
     if (c && c->mode == BP_CTX_WORKER) {
         PyThreadState *ts = PyEval_SaveThread();
-        p->doorbell(&p->io);
+        bp_port_ring(p);
         PyEval_RestoreThread(ts);
     } else {
         bp_ring_doorbell(c, p);
@@ -343,6 +343,13 @@ static bp_request *message_new(uint8_t *payload, uint32_t len, bp_port *to, bp_c
     return r;
 }
 
+/* A message that was never queued: its references go. */
+static void message_discard(bp_request *r) {
+    if (r->ctx) bp_ctx_unref(r->ctx);
+    r->ctx = NULL;
+    bp_request_free(r);
+}
+
 static PyObject *send_to(bp_port *to, bp_context *c, PyObject *channel, PyObject *value);
 
 PyObject *bp_send(bp_interp *st, PyObject *channel, PyObject *value) {
@@ -439,17 +446,25 @@ static PyObject *send_to(bp_port *to, bp_context *c, PyObject *channel, PyObject
         free(payload);
         return PyErr_NoMemory();
     }
+    /* pushed inside the port's guard: a JS thread that is ending frees every message queued
+       before it closed the port (bp_port_drop_completions), so none keeps its context */
+    if (!bp_port_enter(to)) {
+        message_discard(r);
+        PyErr_SetString(PyExc_RuntimeError, "bunpy.send: the JS thread of this interpreter is gone");
+        return NULL;
+    }
     atomic_fetch_add(unread, 1);
     if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) {
         if (!c && to != bp_current_port) { /* a thread of the main interpreter (port_send) */
             PyThreadState *ts = PyEval_SaveThread();
-            if (bp_port_alive(to)) to->doorbell(&to->io);
+            bp_port_ring(to);
             PyEval_RestoreThread(ts);
         } else {
             ring(c, to);
         }
     }
     if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
+    bp_port_leave(to);
     Py_RETURN_NONE;
 }
 
@@ -495,7 +510,7 @@ int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t rem
     }
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
-    if (was_empty) p->doorbell(&p->io);
+    if (was_empty) bp_port_ring(p);
     return 0;
 }
 
@@ -528,8 +543,13 @@ int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len) {
         free(payload);
         return -1;
     }
+    if (!bp_port_enter(to)) { /* as in send_to */
+        message_discard(r);
+        return 0;
+    }
     atomic_fetch_add(&c->unread, 1);
-    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell && !atomic_load(&to->js_polling)) to->doorbell(&to->io);
+    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell && !atomic_load(&to->js_polling)) bp_port_ring(to);
     if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
+    bp_port_leave(to);
     return 0;
 }

@@ -366,6 +366,24 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
    u32 id, i32 status, u32 len and len bytes (a value, or an error record). What does not
    fit (more than 4 GiB together, or no memory to grow) stays in `drain_rest` for the next
    call: JS calls again until it gets 0. */
+/* The port's JS thread is ending (io.c; on that thread, the only consumer, after the port
+   was closed): results and messages it will never drain are freed, and with them the
+   references each message holds on its context, so a closed context is freed too. One
+   delivered by a thread that looked at the port just before it closed may still come
+   later: it stays until the process exits, as all of them did before. */
+void bp_port_drop_completions(bp_port *p) {
+    bp_node *list = p->drain_rest;
+    p->drain_rest = NULL;
+    do {
+        while (list) {
+            bp_request *r = (bp_request *)list;
+            list = list->next;
+            if (r->op == BP_REQ_MESSAGE) bp_message_drained(r);
+            bp_request_free(r);
+        }
+    } while ((list = bp_mpsc_take(&p->completions)) != NULL);
+}
+
 int32_t bp_port_drain(bp_io *io) {
     bp_port *p = bp_port_of(io);
     /* A big result or message grew the buffer: give it back before the next batch (as

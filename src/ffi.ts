@@ -1,7 +1,7 @@
 /**
  * The only file that touches bun:ffi: loads the shim and declares its ABI (shim/bunpy.h).
  */
-import { dlopen, FFIType, JSCallback, ptr as addressOfView, read, toArrayBuffer, type Pointer } from "bun:ffi";
+import { cc, dlopen, FFIType, JSCallback, ptr as addressOfView, read, toArrayBuffer, type Pointer } from "bun:ffi";
 
 const { i32, i64, ptr, u32 } = FFIType;
 
@@ -14,6 +14,7 @@ const symbols = {
   bp_io_free: { args: [ptr], returns: FFIType.void },
   bp_io_reserve: { args: [ptr, u32], returns: i32 },
   bp_take_released: { args: [ptr], returns: i32 },
+  bp_port_watch_env: { args: [ptr, ptr], returns: i32 },
   bp_compile: { args: [ptr, i32], returns: i32 },
   bp_run: { args: [ptr, ptr], returns: i32 },
   bp_import: { args: [ptr], returns: i32 },
@@ -65,6 +66,7 @@ export interface Shim {
   bp_sigint_refresh(): void;
   bp_io_new(dispatch: P | null): P | null;
   bp_io_free(io: P): void;
+  bp_port_watch_env(io: P, napiEnv: P): number;
   bp_io_reserve(io: P, need: number): number;
   bp_take_released(io: P): number;
   bp_compile(io: P, mode: number): number;
@@ -109,6 +111,20 @@ export interface Shim {
 
 export function loadShim(path: string): Shim {
   return dlopen(path, symbols).symbols as unknown as Shim;
+}
+
+/**
+ * The calling JS thread's napi_env (0 if bun:ffi cannot give one). bun:ffi passes a
+ * thread's env only to functions compiled by cc(), so shim/napi-env.c (one line) is
+ * compiled here with TinyCC, about 10 ms once per Worker that creates a context.
+ */
+export function napiEnv(source: string): number {
+  try {
+    const { symbols } = cc({ source, symbols: { bp_napi_env: { args: [FFIType.napi_env], returns: ptr } } });
+    return Number(symbols.bp_napi_env(undefined) ?? 0);
+  } catch {
+    return 0;
+  }
 }
 
 const RTLD_NOW = 2;

@@ -7,7 +7,10 @@
 import { ContextClosedError, errorFromRecord, Status } from "./errors.ts";
 import type { Wire } from "./codec.ts";
 import type { WireHooks } from "./wire-format.ts";
-import { makeDoorbell, type JSCallback } from "./ffi.ts";
+import { makeDoorbell, napiEnv, type JSCallback } from "./ffi.ts";
+import { packageRoot } from "./build.ts";
+import { join } from "node:path";
+import { isMainThread } from "node:worker_threads";
 import type { MainInterpreter } from "./main-interpreter.ts";
 import type { Context } from "./context.ts";
 
@@ -54,6 +57,14 @@ export class ContextHub {
   readonly refs = new FinalizationRegistry<{ context: Context; handle: number }>((r) => this.dropRef(r.context, r.handle));
 
   constructor(readonly rt: MainInterpreter) {
+    // A Bun Worker's doorbell is code Bun frees with the Worker's VM, before its OS thread
+    // ends, and a terminated Worker runs no JS that could say so: its port is closed from
+    // the VM's cleanup hooks instead (shim/io.c). Without an env (no TinyCC) the end of the
+    // OS thread still closes it, later.
+    if (!isMainThread) {
+      const env = napiEnv(join(packageRoot, "shim", "napi-env.c"));
+      if (env !== 0) rt.lib.bp_port_watch_env(rt.io, env);
+    }
     this.doorbell = makeDoorbell(() => this.drain());
     rt.lib.bp_port_set_doorbell(rt.io, this.doorbell.ptr as unknown as number);
     // Messages the main interpreter sent before there was a doorbell rang nothing: take

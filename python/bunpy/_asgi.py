@@ -231,8 +231,10 @@ def forget(app_id):
 def _report(what, e):
     """An app's exception, printed as uvicorn does (the client only sees a 500 or a close).
     A CancelledError is not the app's: bunpy cancelled it (the app was closed with it in
-    flight)."""
-    if isinstance(e, asyncio.CancelledError):
+    flight); nor is a GeneratorExit: the request's coroutine was dropped unfinished (its
+    context ended under it, as when a Bun Worker is terminated), and the interpreter may be
+    ending (no imports)."""
+    if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
         return
     import traceback
 
@@ -470,7 +472,7 @@ async def _run(app, scope, r, pathsend):
         if not r.disconnected:
             _report("ASGI application", e)
         r.error = e
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             _finish(r)
             raise
     else:
