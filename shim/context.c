@@ -531,24 +531,31 @@ static void *reap_orphan(void *arg) {
     return NULL;
 }
 
+static void close_orphan(bp_context *c) {
+    (void)bp_ctx_close(c, &c->owner->io, 0, ORPHAN_GRACE_MS); /* BP_ERR_STATE: closing already */
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, reap_orphan, c) != 0) {
+        pthread_detach(c->thread); /* JS never reached bp_ctx_free: the only detach */
+        bp_ctx_unref(c);
+    }
+    pthread_attr_destroy(&attr);
+}
+
 void bp_port_close_contexts(bp_port *p) {
     bp_context *c = p->contexts;
     p->contexts = NULL;
     while (c) {
         bp_context *next = c->next_of_owner;
         c->next_of_owner = NULL;
-        (void)bp_ctx_close(c, &p->io, 0, ORPHAN_GRACE_MS); /* BP_ERR_STATE: closing already */
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, reap_orphan, c) != 0) {
-            pthread_detach(c->thread); /* JS never reached bp_ctx_free: the only detach */
-            bp_ctx_unref(c);
-        }
-        pthread_attr_destroy(&attr);
+        close_orphan(c);
         c = next;
     }
+    /* process contexts: their relays close their hosts (the grace, then SIGKILL), and the
+       reaper's join waits for the relay thread, which reaps the host */
+    bp_relay_take_all(p, close_orphan);
 }
 
 /*

@@ -242,6 +242,7 @@ void bp_relay_free(bp_relay *r);
 int bp_relay_try_send(bp_context *c, bp_request *r); /* 1: sent by the calling thread itself */
 void bp_relay_poll_all(bp_relay *list, int polling);  /* JS thread: completions from the rings (ring.c) */
 void bp_relay_detach(bp_context *c);                  /* JS thread: off its port's poll list  */
+void bp_relay_take_all(bp_port *p, void (*each)(bp_context *)); /* ending JS thread: its process contexts, off its poll list */
 int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t remote);
 int bp_relay_message(bp_context *c, const uint8_t *data, uint32_t len);
 int bp_relay_answers(bp_context *c, int (*send)(bp_context *, uint64_t, int32_t, const uint8_t *, uint32_t));

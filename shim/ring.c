@@ -190,6 +190,17 @@ void bp_relay_poll_all(bp_relay *list, int polling) {
     for (bp_relay *r = list; r; r = r->port_next) bp_relay_poll(r, polling);
 }
 
+void bp_relay_take_all(bp_port *p, void (*each)(bp_context *)) {
+    bp_relay *r = p->relays;
+    p->relays = NULL;
+    while (r) {
+        bp_relay *next = r->port_next;
+        r->port_next = NULL;
+        each(r->ctx);
+        r = next;
+    }
+}
+
 void bp_relay_detach(bp_context *c) {
     bp_port *p = c->owner;
     if (!c->relay || !p) return;

@@ -21,6 +21,10 @@ describe.skipIf(process.platform !== "linux")("a Bun Worker terminated with call
     expect(run("contexts")).toEqual(expected);
   }, 100_000);
 
+  test("its process contexts are closed: their hosts end, and their fds go", () => {
+    expect(run("process")).toEqual(expected);
+  }, 100_000);
+
   test("its pool is closed", () => {
     expect(run("pool")).toEqual(expected);
   }, 100_000);
