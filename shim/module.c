@@ -350,6 +350,7 @@ static int mod_clear(PyObject *m) {
     Py_CLEAR(st->datetime_type);
     for (int i = 0; i < BP_NAME_COUNT; i++) Py_CLEAR(st->names[i]);
     for (int i = 0; i < BP_STR_MEMO; i++) Py_CLEAR(st->str_memo[i]);
+    bp_shape_memo_clear(st);
     cached_interp_id = -1;
     return 0;
 }
