@@ -82,6 +82,9 @@ typedef struct bp_interp {
                                       in an interpreter left behind at close (never freed)  */
     PyObject *str_memo[BP_STR_MEMO]; /* short ASCII strs decoded lately (decode.c read_ascii) */
     bp_shape *shape_memo[BP_SHAPE_MEMO]; /* dict key lists decoded lately (decode.c read_shape) */
+    PyObject *jserror_last[3];   /* jserror.c: the name and message of the last JS error raised
+                                    here and its args tuple ("name: message",), reused when the
+                                    next one has the same two (memo) strs                     */
 } bp_interp;
 void bp_shape_memo_clear(bp_interp *st); /* decode.c: frees the shape memo (GIL held)     */
 
