@@ -13,7 +13,7 @@ import { IterArg } from "./stream.ts";
 import { Kwargs, MAX_DEPTH, MAX_MESSAGE, METHOD, Tag, type WireHooks } from "./wire-format.ts";
 import { MEMO_MAX_LENGTH, memoText } from "./string-memo.ts";
 import { ownProperty, prototypeIsClean } from "./plain-objects.ts";
-import { missedShape, sentShape, shapeAt, type SentShape } from "./shape-memo.ts";
+import { missedShape, putShape, sentShape, shapeAt, type SentShape } from "./shape-memo.ts";
 
 const OBJECT_PROTOTYPE = Object.prototype;
 
@@ -485,18 +485,10 @@ export class Wire {
     if (n !== before || after !== before) throw changed("object", before, n !== before ? n : after);
   }
 
-  /** BP_T_SHAPE's header and key list: u32 n, u32 hint, u32 k, then the k bytes. */
+  /** BP_T_SHAPE's header and key list (shape-memo.ts putShape). */
   private writeShapeHeader(shape: SentShape): void {
-    const bytes = shape.bytes, k = bytes.length;
-    this.ensure(13 + k);
-    const u8 = this.u8, dv = this.dv, p = this.pos;
-    u8[p] = Tag.Shape;
-    dv.setUint32(p + 1, shape.keys.length, true);
-    dv.setUint32(p + 5, shape.hint, true);
-    dv.setUint32(p + 9, k, true);
-    const start = p + 13;
-    for (let i = 0; i < k; i++) u8[start + i] = bytes[i]!;
-    this.pos = start + k;
+    this.ensure(13 + shape.bytes.length);
+    this.pos = putShape(this.u8, this.dv, this.pos, shape);
   }
 
   /** A DICT of an object's own enumerable string keys (taken once, with Object.keys). */
@@ -731,17 +723,7 @@ export class Wire {
     if (n < 0 || k < 0 || start + k > this.u8.length) throw new ConversionError("bunpy: malformed result buffer (truncated)");
     const shape = shapeAt(this.u8, this.text, start, k, n, hint);
     this.pos = start + k;
-    if (shape.make !== undefined) return shape.make(this);
-    const keys = shape.keys;
-    const out: Record<string, unknown> = {};
-    for (let i = 0; i < n; i++) {
-      const key = keys[i]!;
-      const v = this.readValue();
-      // as for DICT: a key Object.prototype has goes in as an own data property
-      if (Object.hasOwn(OBJECT_PROTOTYPE, key)) ownProperty(out, key, v);
-      else out[key] = v;
-    }
-    return out;
+    return shape.make !== undefined ? shape.make(this) : shape.build(this);
   }
 
   /** Decodes the value at offset 0: the result of the last call. */

@@ -9,6 +9,8 @@
  */
 import { ConversionError } from "./errors.ts";
 import { MEMO_MAX_LENGTH } from "./string-memo.ts";
+import { ownProperty } from "./plain-objects.ts";
+import { Tag } from "./wire-format.ts";
 
 const SLOTS = 256;
 /** The most keys an object sent as BP_T_SHAPE may have: BP_SHAPE_MAX_KEYS in shim/bunpy.h. */
@@ -32,6 +34,21 @@ export class Shape {
     /** Keys Object.prototype had when the shape was made (`o[k] = v` would reach them). */
     readonly literal: boolean,
   ) {}
+
+  /** The object from the next values, key by key (before the shape has a maker, or for
+      keys a literal cannot make): as for a DICT, a key Object.prototype has goes in as an
+      own data property. */
+  build(r: ValueReader): Record<string, unknown> {
+    const keys = this.keys, n = keys.length;
+    const out: Record<string, unknown> = {};
+    for (let i = 0; i < n; i++) {
+      const key = keys[i]!;
+      const v = r.readValue();
+      if (Object.hasOwn(Object.prototype, key)) ownProperty(out, key, v);
+      else out[key] = v;
+    }
+    return out;
+  }
 }
 
 const memo: (Shape | undefined)[] = new Array<Shape | undefined>(SLOTS).fill(undefined);
@@ -148,4 +165,17 @@ export function missedShape(first: string, second: string | undefined, count: nu
   const shape = new SentShape(keys, bytes, h >>> 0);
   sent[slot] = shape;
   return shape;
+}
+
+/** Writes BP_T_SHAPE's header and key list at u8[p] (room for 13 + the key bytes was made):
+    tag, u32 n, u32 hint, u32 k, then the k bytes. Returns the position after them. */
+export function putShape(u8: Uint8Array, dv: DataView, p: number, shape: SentShape): number {
+  const bytes = shape.bytes, k = bytes.length;
+  u8[p] = Tag.Shape;
+  dv.setUint32(p + 1, shape.keys.length, true);
+  dv.setUint32(p + 5, shape.hint, true);
+  dv.setUint32(p + 9, k, true);
+  const start = p + 13;
+  for (let i = 0; i < k; i++) u8[start + i] = bytes[i]!;
+  return start + k;
 }
