@@ -73,6 +73,7 @@ export function shapeAt(u8: Uint8Array, text: Buffer, start: number, k: number, 
     if (known.uses++ === 1 && known.literal) known.make = maker(known.keys);
     return known;
   }
+  if (n < 1 || n > MAX_KEYS) throw malformed();
   const keys = new Array<string>(n);
   let p = start, literal = true;
   const end = start + k;
