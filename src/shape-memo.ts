@@ -51,6 +51,10 @@ export class Shape {
   }
 }
 
+/** Function as it was when bunpy loaded (user code replacing globalThis.Function later does
+    not reach the makers). */
+const FunctionAtLoad = Function;
+
 const memo: (Shape | undefined)[] = new Array<Shape | undefined>(SLOTS).fill(undefined);
 
 function malformed(): ConversionError {
@@ -100,7 +104,7 @@ export function shapeAt(u8: Uint8Array, text: Buffer, start: number, k: number, 
     JSON.stringify (a JS string literal): nothing in them is read as code. */
 function maker(keys: readonly string[]): (r: ValueReader) => Record<string, unknown> {
   const body = keys.map((k) => `${JSON.stringify(k)}: r.readValue()`).join(", ");
-  return new Function("r", `return { ${body} };`) as (r: ValueReader) => Record<string, unknown>;
+  return new FunctionAtLoad("r", `return { ${body} };`) as (r: ValueReader) => Record<string, unknown>;
 }
 
 // ---------------------------------------------------------------------------- sending --
