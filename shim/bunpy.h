@@ -56,7 +56,16 @@ enum {
                             the sender had at hand (Python's cached str hash; JS hashes while it
                             copies the chars): it picks the receiver's memo slot, so the
                             receiver compares bytes but does not hash them */
+    BP_T_SHAPE = 23,     /* a dict / plain object whose keys are 1..BP_SHAPE_MAX_KEYS short ASCII
+                            strings, both ways: u32 n, u32 hint, u32 k, then k bytes of keys
+                            (each: u8 length 1..BP_ASCII_MEMO_MAX, then its bytes), then the n
+                            values in key order. The hint is a hash of the key list the sender
+                            had at hand: it picks the receiver's shape memo slot, whose key
+                            bytes the receiver compares, so a hit costs no key decoding */
 };
+
+/* The most keys a dict sent as BP_T_SHAPE may have. */
+#define BP_SHAPE_MAX_KEYS 32
 
 /* The longest string sent as BP_T_ASCII_MEMO (src/codec.ts MEMO_MAX_LENGTH is the same). */
 #define BP_ASCII_MEMO_MAX 24

@@ -161,6 +161,96 @@ fail:
     return NULL;
 }
 
+/* A key list decoded before (BP_T_SHAPE): its keys as strs, and the bytes they were sent
+   as, to compare with. `busy` counts the dicts being built from it right now: a nested dict
+   whose shape takes the same slot must not free it under them. */
+struct bp_shape {
+    uint32_t n, k, busy;
+    PyObject *keys[BP_SHAPE_MAX_KEYS];
+    uint8_t bytes[];
+};
+
+static void shape_free(bp_shape *s) {
+    for (uint32_t i = 0; i < s->n; i++) Py_XDECREF(s->keys[i]);
+    PyMem_Free(s);
+}
+
+void bp_shape_memo_clear(bp_interp *st) {
+    for (int i = 0; i < BP_SHAPE_MEMO; i++)
+        if (st->shape_memo[i]) {
+            shape_free(st->shape_memo[i]);
+            st->shape_memo[i] = NULL;
+        }
+}
+
+static PyObject *malformed_shape(void) {
+    PyErr_SetString(PyExc_ValueError, "bunpy: malformed value buffer (object shape)");
+    return NULL;
+}
+
+/* The shape of the k key bytes at p (n keys): a new one, checked and its keys made. */
+static bp_shape *shape_new(bp_reader *r, const uint8_t *p, uint32_t k, uint32_t n) {
+    bp_shape *s = PyMem_Malloc(sizeof *s + k);
+    if (!s) { PyErr_NoMemory(); return NULL; }
+    s->n = 0;
+    s->k = k;
+    s->busy = 0;
+    memcpy(s->bytes, p, k);
+    uint32_t at = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t len = at < k ? s->bytes[at] : 0;
+        if (len < 1 || len > BP_ASCII_MEMO_MAX || k - at - 1 < len) { shape_free(s); malformed_shape(); return NULL; }
+        PyObject *key = read_ascii(r, (const char *)s->bytes + at + 1, len);
+        if (!key) { shape_free(s); return NULL; }
+        if (!PyUnicode_CheckExact(key)) { Py_DECREF(key); shape_free(s); malformed_shape(); return NULL; }
+        s->keys[s->n++] = key;
+        at += 1 + len;
+    }
+    if (at != k) { shape_free(s); malformed_shape(); return NULL; }
+    return s;
+}
+
+/* BP_T_SHAPE: u32 n, u32 hint, u32 k, k bytes of keys, n values. The hint picks the memo
+   slot; a hit (the same key bytes) gives the keys made before, hash included. */
+static PyObject *read_shape(bp_reader *r, int depth) {
+    uint32_t n, hint, k;
+    if (bp_read_u32(r, &n) < 0 || bp_read_u32(r, &hint) < 0 || bp_read_u32(r, &k) < 0) return NULL;
+    if (n < 1 || n > BP_SHAPE_MAX_KEYS || k > r->end - r->pos) return malformed_shape();
+    const uint8_t *p = r->buf + r->pos;
+    r->pos += k;
+    bp_interp *st = reader_state(r);
+    if (!st) return NULL;
+    bp_shape **slot = &st->shape_memo[hint & (BP_SHAPE_MEMO - 1)];
+    bp_shape *s = *slot;
+    int kept = 1;
+    if (!s || s->n != n || s->k != k || memcmp(s->bytes, p, k) != 0) {
+        s = shape_new(r, p, k, n);
+        if (!s) return NULL;
+        if (*slot && (*slot)->busy) kept = 0; /* in use by a dict being built: this one is freed after */
+        else {
+            if (*slot) shape_free(*slot);
+            *slot = s;
+        }
+    }
+    PyObject *d = n > 5 ? _PyDict_NewPresized(n) : PyDict_New();
+    if (!d) goto done;
+    s->busy++;
+    for (uint32_t i = 0; i < n; i++) {
+        PyObject *v = bp_read_value(r, depth + 1);
+        /* exact strs: setting them runs no Python code */
+        if (!v || PyDict_SetItem(d, s->keys[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    s->busy--;
+done:
+    if (!kept) shape_free(s);
+    return d;
+}
+
 PyObject *bp_read_value(bp_reader *r, int depth) {
     if (depth > BP_MAX_DEPTH) {
         PyErr_SetString(PyExc_ValueError, "value nested too deeply");
@@ -241,6 +331,7 @@ PyObject *bp_read_value(bp_reader *r, int depth) {
     }
     case BP_T_DICT:
     case BP_T_MAP: return read_pairs(r, depth);
+    case BP_T_SHAPE: return read_shape(r, depth);
     case BP_T_SET: {
         uint32_t n;
         if (bp_read_u32(r, &n) < 0) return NULL;

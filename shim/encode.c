@@ -212,8 +212,65 @@ static int write_dict_items(bp_writer *w, PyObject *d, int depth) {
     return rc;
 }
 
+/* What write_shape returns for a dict that does not qualify (nothing written). */
+#define NOT_SHAPED 1
+
+/* A dict whose keys are all exact short ASCII strs, as BP_T_SHAPE: its key list first (the
+   receiver's shape memo turns it into keys it made before), then the values; NOT_SHAPED for
+   any other dict (the caller writes a plain DICT). The keys are held while the values are
+   written, and each is checked again as its value is taken: a value's conversion that
+   changed the dict is an error, not a value under another key. */
+static int write_shape(bp_writer *w, PyObject *d, int depth) {
+    Py_ssize_t n = PyDict_GET_SIZE(d);
+    if (n < 1 || n > BP_SHAPE_MAX_KEYS) return NOT_SHAPED;
+    int rc = reserve(w, 13 + (uint32_t)n * (1 + BP_ASCII_MEMO_MAX));
+    if (rc) return rc;
+    PyObject *keys[BP_SHAPE_MAX_KEYS];
+    uint8_t *at = w->io->buf + w->pos + 13, *start = at;
+    uint32_t hint = (uint32_t)n;
+    Py_ssize_t i = 0, got = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &i, &k, &v)) {
+        if (got == n || !PyUnicode_CheckExact(k) || !PyUnicode_IS_ASCII(k)) return NOT_SHAPED;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(k);
+        if (len < 1 || len > BP_ASCII_MEMO_MAX) return NOT_SHAPED;
+        /* an exact str's hash is cached after its first use (a dict key always has it) */
+        Py_hash_t h = ((PyASCIIObject *)k)->hash;
+        if (h == -1) h = PyObject_Hash(k);
+        hint = (hint ^ (uint32_t)h) * 0x01000193u;
+        *at++ = (uint8_t)len;
+        memcpy(at, PyUnicode_1BYTE_DATA(k), (size_t)len);
+        at += len;
+        keys[got++] = k;
+    }
+    if (got != n) return NOT_SHAPED;
+    for (Py_ssize_t j = 0; j < n; j++) Py_INCREF(keys[j]);
+    put_u8(w, BP_T_SHAPE);
+    put_u32(w, (uint32_t)n);
+    put_u32(w, hint);
+    put_u32(w, (uint32_t)(at - start));
+    w->pos = (uint32_t)(at - w->io->buf);
+    Py_ssize_t seen = 0;
+    i = 0;
+    while (!rc && PyDict_Next(d, &i, &k, &v)) {
+        if (seen == n || k != keys[seen]) {
+            rc = convert_error(w, "dict changed during conversion");
+            break;
+        }
+        seen++;
+        Py_INCREF(v);
+        rc = bp_write_value(w, v, depth + 1);
+        Py_DECREF(v);
+    }
+    if (!rc && seen != n) rc = convert_error(w, "dict changed size during conversion");
+    for (Py_ssize_t j = 0; j < n; j++) Py_DECREF(keys[j]);
+    return rc;
+}
+
 static int write_dict(bp_writer *w, PyObject *d, int depth) {
     if (!PyDict_CheckExact(d)) return write_dict_items(w, d, depth);
+    int shaped = write_shape(w, d, depth);
+    if (shaped != NOT_SHAPED) return shaped;
     Py_ssize_t i = 0;
     PyObject *k, *v;
     int all_str = 1;

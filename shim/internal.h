@@ -66,6 +66,9 @@ enum {
 
 /* The decoder's memo of short ASCII strings, per interpreter (decode.c read_ascii). */
 #define BP_STR_MEMO 512
+/* The decoder's memo of dict key lists (BP_T_SHAPE), per interpreter (decode.c read_shape). */
+#define BP_SHAPE_MEMO 256
+typedef struct bp_shape bp_shape;
 
 typedef struct bp_interp {
     PyObject *names[BP_NAME_COUNT]; /* see BP_NAME_*                                         */
@@ -78,7 +81,12 @@ typedef struct bp_interp {
     struct bp_policy *left_policy; /* its context's policy, kept for the threads still running
                                       in an interpreter left behind at close (never freed)  */
     PyObject *str_memo[BP_STR_MEMO]; /* short ASCII strs decoded lately (decode.c read_ascii) */
+    bp_shape *shape_memo[BP_SHAPE_MEMO]; /* dict key lists decoded lately (decode.c read_shape) */
+    PyObject *jserror_last[3];   /* jserror.c: the name and message of the last JS error raised
+                                    here and its args tuple ("name: message",), reused when the
+                                    next one has the same two (memo) strs                     */
 } bp_interp;
+void bp_shape_memo_clear(bp_interp *st); /* decode.c: frees the shape memo (GIL held)     */
 
 PyObject *bp_reactor_type_new(PyObject *module); /* _bunpy.Reactor (reactor.c)            */
 bp_interp *bp_interp_get(void);               /* state of the current interpreter, or NULL */

@@ -83,10 +83,24 @@ PyObject *bp_raise_js_error(bp_interp *st, bp_reader *r) {
         Py_XDECREF(message);
         return NULL;
     }
-    PyObject *text = error_text(name, message);
-    PyObject *args = text ? PyTuple_New(1) : NULL;
-    if (args) PyTuple_SET_ITEM(args, 0, text);
-    else Py_XDECREF(text);
+    /* The same error thrown again (a prebuilt Error, or the same name and message, which
+       the string memo hands back as the same strs): its args tuple is reused, a tuple being
+       immutable; else made and kept for the next one. */
+    PyObject *args = NULL;
+    if (name == st->jserror_last[0] && message == st->jserror_last[1]) {
+        args = Py_NewRef(st->jserror_last[2]);
+    } else {
+        PyObject *text = error_text(name, message);
+        args = text ? PyTuple_New(1) : NULL;
+        if (args) {
+            PyTuple_SET_ITEM(args, 0, text);
+            Py_XSETREF(st->jserror_last[0], Py_NewRef(name));
+            Py_XSETREF(st->jserror_last[1], Py_NewRef(message));
+            Py_XSETREF(st->jserror_last[2], Py_NewRef(args));
+        } else {
+            Py_XDECREF(text);
+        }
+    }
     /* tp_new of BaseException takes the args as they are: its tp_init would only set them again */
     bp_jserror *e = args ? (bp_jserror *)exception_base()->tp_new((PyTypeObject *)st->jserror_type, args, NULL) : NULL;
     Py_XDECREF(args);

@@ -333,6 +333,7 @@ static int mod_traverse(PyObject *m, visitproc visit, void *arg) {
     bp_interp *st = PyModule_GetState(m);
     if (!st) return 0;
     Py_VISIT(st->jserror_type);
+    Py_VISIT(st->jserror_last[2]);
     Py_VISIT(st->jsfunc_type);
     Py_VISIT(st->jsbuf_type);
     Py_VISIT(st->helpers);
@@ -350,6 +351,8 @@ static int mod_clear(PyObject *m) {
     Py_CLEAR(st->datetime_type);
     for (int i = 0; i < BP_NAME_COUNT; i++) Py_CLEAR(st->names[i]);
     for (int i = 0; i < BP_STR_MEMO; i++) Py_CLEAR(st->str_memo[i]);
+    bp_shape_memo_clear(st);
+    for (int i = 0; i < 3; i++) Py_CLEAR(st->jserror_last[i]);
     cached_interp_id = -1;
     return 0;
 }

@@ -104,6 +104,38 @@ static int64_t value_copy(const uint8_t *src, uint32_t end, uint32_t *pos, uint8
         }
         return total;
     }
+    case BP_T_SHAPE: { /* normalised to DICT: u32 n, u32 hint, u32 k, k bytes of keys, n values */
+        uint32_t hdr[3];
+        if (end - *pos < 12) return -1;
+        memcpy(hdr, src + *pos, 12);
+        *pos += 12;
+        uint32_t count = hdr[0], k = hdr[2];
+        if (count < 1 || count > BP_SHAPE_MAX_KEYS || k > end - *pos) return -1;
+        const uint8_t *keys = src + *pos;
+        *pos += k;
+        if (dst) {
+            dst[0] = BP_T_DICT;
+            memcpy(dst + 1, &count, 4);
+        }
+        int64_t total = 5;
+        uint32_t at = 0;
+        for (uint32_t i = 0; i < count; i++) {
+            uint32_t len = at < k ? keys[at] : 0;
+            if (len < 1 || k - at - 1 < len) return -1;
+            if (dst) {
+                dst[total] = BP_T_STR;
+                memcpy(dst + total + 1, &len, 4);
+                memcpy(dst + total + 5, keys + at + 1, len);
+            }
+            total += 5 + len;
+            at += 1 + len;
+            int64_t vlen = value_copy(src, end, pos, dst ? dst + total : NULL, depth + 1);
+            if (vlen < 0) return -1;
+            total += vlen;
+        }
+        if (at != k) return -1;
+        return total;
+    }
     default: return -1; /* handles, JS functions, buffers, iterators: not storable */
     }
     if (*pos > end) return -1;

@@ -13,6 +13,7 @@ import { IterArg } from "./stream.ts";
 import { Kwargs, MAX_DEPTH, MAX_MESSAGE, METHOD, Tag, type WireHooks } from "./wire-format.ts";
 import { MEMO_MAX_LENGTH, memoText } from "./string-memo.ts";
 import { ownProperty, prototypeIsClean } from "./plain-objects.ts";
+import { missedShape, putShape, sentShape, shapeAt, type SentShape } from "./shape-memo.ts";
 
 const OBJECT_PROTOTYPE = Object.prototype;
 
@@ -426,26 +427,68 @@ export class Wire {
       faster than with Object.keys). Only for objects whose prototype is Object.prototype
       with nothing enumerable on it, or null: then for-in visits exactly the own enumerable
       string keys, in Object.keys order. The counts before and after catch a getter that
-      adds or deletes keys (for-in would skip a deleted key silently). */
+      adds or deletes keys (for-in would skip a deleted key silently). The counting loop
+      also compares the keys with the key list sent before for objects that start with the
+      same two keys (shape-memo.ts): the same list goes as BP_T_SHAPE, which costs no key
+      encoding here and no key decoding in Python. */
   private writeOwnEntries(v: Record<string, unknown>, depth: number): void {
-    let before = 0;
-    for (const _ in v) before++;
-    this.putHeader(Tag.Dict, before);
-    let n = 0;
+    let before = 0, first = "", second: string | undefined;
+    let shape: SentShape | undefined;
     for (const k in v) {
-      if (n === before) break; // more keys than counted: reported below
-      this.writeString(k);
-      try {
-        this.writeValue(v[k], depth + 1);
-      } catch (e) {
-        throw within(e, k);
+      if (before === 0) first = k;
+      else {
+        if (before === 1) {
+          second = k;
+          shape = sentShape(first, k);
+          if (shape !== undefined && shape.keys[0] !== first) shape = undefined;
+        }
+        if (shape !== undefined && shape.keys[before] !== k) shape = undefined;
       }
-      n++;
+      before++;
+    }
+    if (before === 1) {
+      shape = sentShape(first, undefined);
+      if (shape !== undefined && shape.keys[0] !== first) shape = undefined;
+    }
+    if (shape !== undefined && shape.keys.length !== before) shape = undefined;
+    if (shape === undefined && before !== 0) shape = missedShape(first, second, before, v);
+    let n = 0;
+    if (shape !== undefined) {
+      this.writeShapeHeader(shape);
+      const keys = shape.keys;
+      for (const k in v) {
+        if (n === before) break; // more keys than counted: reported below
+        if (k !== keys[n]) throw new ConversionError("the object's keys changed while it was converted (a getter or a Proxy trap)");
+        try {
+          this.writeValue(v[k], depth + 1);
+        } catch (e) {
+          throw within(e, k);
+        }
+        n++;
+      }
+    } else {
+      this.putHeader(Tag.Dict, before);
+      for (const k in v) {
+        if (n === before) break; // more keys than counted: reported below
+        this.writeString(k);
+        try {
+          this.writeValue(v[k], depth + 1);
+        } catch (e) {
+          throw within(e, k);
+        }
+        n++;
+      }
     }
     let after = 0;
     if (prototypeIsClean()) for (const _ in v) after++;
     else after = Object.keys(v).length; // a getter made Object.prototype enumerable meanwhile
     if (n !== before || after !== before) throw changed("object", before, n !== before ? n : after);
+  }
+
+  /** BP_T_SHAPE's header and key list (shape-memo.ts putShape). */
+  private writeShapeHeader(shape: SentShape): void {
+    this.ensure(13 + shape.bytes.length);
+    this.pos = putShape(this.u8, this.dv, this.pos, shape);
   }
 
   /** A DICT of an object's own enumerable string keys (taken once, with Object.keys). */
@@ -606,6 +649,8 @@ export class Wire {
         }
         return out;
       }
+      case Tag.Shape:
+        return this.readShape();
       case Tag.Map: {
         const n = this.readU32();
         const out = new Map<unknown, unknown>();
@@ -666,6 +711,19 @@ export class Wire {
     const n = v & 0xff, start = this.pos;
     this.pos += n;
     return memoText(this.u8, this.text, start, n, v >>> 8);
+  }
+
+  /** A dict sent with its key list first (BP_T_SHAPE): the keys from the shape memo. */
+  private readShape(): Record<string, unknown> {
+    const dv = this.dv, at = this.pos;
+    // signed reads: a u32 above 2^31 would leave int32 code JavaScriptCore compiled (the hint
+    // picks a slot with its low bits only; n and k are small)
+    const n = dv.getInt32(at, true), hint = dv.getInt32(at + 4, true), k = dv.getInt32(at + 8, true);
+    const start = at + 12;
+    if (n < 0 || k < 0 || start + k > this.u8.length) throw new ConversionError("bunpy: malformed result buffer (truncated)");
+    const shape = shapeAt(this.u8, this.text, start, k, n, hint);
+    this.pos = start + k;
+    return shape.make !== undefined ? shape.make(this) : shape.build(this);
   }
 
   /** Decodes the value at offset 0: the result of the last call. */

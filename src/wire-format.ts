@@ -30,6 +30,9 @@ export const enum Tag {
   PyFunc = 21,
   /** Python -> JS: a short ASCII string, u32 = length | memo slot hint << 8 (shim/bunpy.h) */
   AsciiMemo = 22,
+  /** Both ways: a dict whose keys are short ASCII strings: u32 n, u32 hint, u32 k, k bytes of
+      keys (u8 length + bytes each), then n values (shim/bunpy.h BP_T_SHAPE; shape-memo.ts) */
+  Shape = 23,
 }
 
 /** Deeper nesting than this is refused (shim/internal.h has the same limit). */

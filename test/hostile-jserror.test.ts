@@ -47,6 +47,17 @@ def keep(f, message_only=False):
         kept.append(e)
         return len(kept) - 1
 
+def args_of(f, rebind=False):
+    """str, args and fields of the JSError f raises; rebind replaces its args afterwards
+    (the next error with the same name and message must not see that)."""
+    try:
+        f()
+    except bunpy.JSError as e:
+        out = [str(e), list(e.args), e.js_name, e.js_message]
+        if rebind:
+            e.args = ("rebound",)
+        return out
+
 def stack_of(i):
     return kept[i].js_stack
 
@@ -226,6 +237,26 @@ describe("what can be thrown", () => {
     const seen = py.eval("__import__('t_hje').returned[-1]") as unknown[];
     expect(seen.slice(0, 2)).toEqual(["JSError", "Error"]);
     expect(seen[2]).toContain("too large");
+  });
+});
+
+describe("the same error thrown again (its args tuple reused by the shim)", () => {
+  test("str and args stay each error's own: same, other and long messages, other names, args rebound", () => {
+    const same = new Error("same");
+    const long = new RangeError("a message longer than the string memo keeps, " + "x".repeat(40));
+    const throwing = (e: unknown) => () => {
+      throw e;
+    };
+    for (let i = 0; i < 3; i++) {
+      expect(m.args_of(throwing(same), true)).toEqual(["Error: same", ["Error: same"], "Error", "same"]);
+      expect(m.args_of(throwing(same))).toEqual(["Error: same", ["Error: same"], "Error", "same"]);
+      expect(m.args_of(throwing(new Error("other")))).toEqual(["Error: other", ["Error: other"], "Error", "other"]);
+      expect(m.args_of(throwing(new TypeError("same")))).toEqual(["TypeError: same", ["TypeError: same"], "TypeError", "same"]);
+      expect(m.args_of(throwing(long))).toEqual([`RangeError: ${long.message}`, [`RangeError: ${long.message}`], "RangeError", long.message]);
+      expect(m.args_of(throwing(long), true)).toEqual([`RangeError: ${long.message}`, [`RangeError: ${long.message}`], "RangeError", long.message]);
+      expect(m.args_of(throwing("a string"))).toEqual(["Error: a string", ["Error: a string"], "Error", "a string"]);
+      expect(m.args_of(throwing(new Error("é ünïcode")))).toEqual(["Error: é ünïcode", ["Error: é ünïcode"], "Error", "é ünïcode"]);
+    }
   });
 });
 
