@@ -91,6 +91,10 @@ def hand_off(transport, to, data=b""):
     sock = transport.get_extra_info("socket")
     if sock is None:
         raise TypeError("bunpy.hand_off: the transport has no socket")
+    # a transport handed off (or closed, aborted) is closing: handing its socket on again
+    # would give one connection to two contexts, or revive one this context ended
+    if transport.is_closing():
+        raise RuntimeError("bunpy.hand_off: the transport is closing (handed off or closed already)")
     if not isinstance(to, (int, str)) or isinstance(to, bool):
         raise TypeError(f"bunpy.hand_off: `to` must be a context index or a key, got {type(to).__name__}")
     port = sock.getsockname()[1]
