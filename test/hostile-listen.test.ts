@@ -73,3 +73,23 @@ for (const mode of contextModes)
       expect(fds()).toBeLessThanOrEqual(before + 2);
     });
   });
+
+test("after listener.close(), a connection it accepted cannot be handed off (ValueError in the protocol): the client sees the end, nothing hangs", async () => {
+  const pool = await py.pool({ size: 2, mode: contextModes[0] });
+  try {
+    await pool.execAll(`import sys\nsys.path.insert(0, ${JSON.stringify(FIXTURES)})`);
+    const l = await pool.listen({ port: 0, protocol: "protocols:Handed" });
+    const s = connect(l.port, "127.0.0.1");
+    await new Promise((ok) => s.on("connect", ok));
+    s.write("to="); // accepted; the routing line is not complete yet
+    await Bun.sleep(100);
+    await l.close();
+    const closed = new Promise<void>((ok) => s.on("close", () => ok()));
+    s.on("error", () => {});
+    s.resume();
+    s.write("1\nhello");
+    await closed;
+  } finally {
+    await pool.close();
+  }
+});

@@ -101,7 +101,8 @@ def hand_off(transport, to, data=b""):
     lid = next((k for k, (server, _) in _listeners().items()
                 if any(s.getsockname()[1] == port for s in server.sockets)), None)
     if lid is None:
-        raise ValueError("bunpy.hand_off: the connection did not come from a pool.listen listener of this context")
+        raise ValueError("bunpy.hand_off: the connection did not come from a pool.listen listener of this context, "
+                         "or that listener was closed (listener.close(): its connections stay, they are not handed off)")
     transport.pause_reading()
     fd = os.dup(sock.fileno())
     try:
