@@ -93,3 +93,21 @@ test("after listener.close(), a connection it accepted cannot be handed off (Val
     await pool.close();
   }
 });
+
+test("a pool closed with its listener still open is let go: the hand-off relay does not keep it (and its contexts) alive", async () => {
+  const pools: WeakRef<Pool>[] = [];
+  const openAndClose = async () => {
+    const pool = await py.pool({ size: 1, mode: contextModes[0] });
+    await pool.execAll(`import sys\nsys.path.insert(0, ${JSON.stringify(FIXTURES)})`);
+    await pool.listen({ port: 0, protocol: "protocols:Echo" }); // never closed itself
+    await pool.close();
+    pools.push(new WeakRef(pool));
+  };
+  for (let i = 0; i < 4; i++) await openAndClose();
+  for (let i = 0; i < 10; i++) {
+    Bun.gc(true);
+    await Bun.sleep(10);
+  }
+  // the stack is scanned conservatively: the last one may still be seen as referenced
+  expect(pools.filter((r) => r.deref() !== undefined).length).toBeLessThanOrEqual(1);
+});
