@@ -12,7 +12,7 @@
  * gets SIGKILL.
  */
 import type { Subprocess } from "bun";
-import { watch } from "node:fs";
+import { existsSync, watch, type FSWatcher } from "node:fs";
 import { join, resolve } from "node:path";
 
 /** In a child's environment: "reload" (it prints its own banner) or "processes" (it listens
@@ -35,6 +35,8 @@ const KILL_MARGIN_MS = 5000;
 /** Restart delays after a child that died young: 0.1 s, doubling up to 10 s. */
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 10000;
+/** --reload: how often a deleted watched directory is looked for. */
+const LOST_DIR_POLL_MS = 500;
 /** A child that served this long before it died is not part of a crash loop. */
 const HEALTHY_AFTER_MS = 30000;
 /** After the server is up, a slot whose child failed to start this many times in a row gives up. */
@@ -201,11 +203,42 @@ export async function superviseReloads(argv: string[], dirs: string[], graceMs: 
       });
     }, 150);
   };
-  const watchers = dirs.map((d) =>
-    watch(resolve(d), { recursive: true }, (_event, name) => {
-      if (name !== null && name.endsWith(".py")) changed(name);
-    }),
-  );
+  const watchers = new Set<FSWatcher>();
+  const polls = new Set<ReturnType<typeof setInterval>>();
+  // A watched directory deleted (or moved away) ends its watcher: the event names no file
+  // (name undefined) and nothing after it is seen, the directory made again included. Say
+  // so, and look for the directory every LOST_DIR_POLL_MS: once it is back, watch it again
+  // and reload. The server keeps running what it had loaded meanwhile.
+  const lost = (dir: string, w: FSWatcher) => {
+    if (!watchers.delete(w)) return;
+    w.close();
+    if (stopping) return;
+    console.error(`bunpy: ${dir} was deleted: no changes are seen until it is back`);
+    const poll = setInterval(() => {
+      if (stopping || !existsSync(dir)) return;
+      clearInterval(poll);
+      polls.delete(poll);
+      try {
+        watchDir(dir);
+      } catch (e) {
+        console.error(`bunpy: cannot watch ${dir} again: ${(e as Error).message}`);
+        return;
+      }
+      console.error(`bunpy: ${dir} is back`);
+      changed(dir);
+    }, LOST_DIR_POLL_MS);
+    polls.add(poll);
+  };
+  const watchDir = (dir: string) => {
+    const w: FSWatcher = watch(dir, { recursive: true }, (_event, name) => {
+      if (typeof name === "string") {
+        if (name.endsWith(".py")) changed(name);
+      } else if (!existsSync(dir)) lost(dir, w);
+    });
+    w.on("error", () => lost(dir, w));
+    watchers.add(w);
+  };
+  for (const d of dirs) watchDir(resolve(d));
   console.error(`bunpy: watching ${dirs.map((d) => resolve(d)).join(", ")} for changes to .py files`);
   start();
   await new Promise<void>((done) => {
@@ -214,6 +247,9 @@ export async function superviseReloads(argv: string[], dirs: string[], graceMs: 
         stopping = true;
         clearTimeout(timer);
         for (const w of watchers) w.close();
+        watchers.clear();
+        for (const p of polls) clearInterval(p);
+        polls.clear();
         void restarting.then(() => kids.stopAll()).then(done);
       },
       () => kids.killAll(),

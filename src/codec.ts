@@ -8,7 +8,7 @@ import { types } from "node:util";
 import { ConversionError } from "./errors.ts";
 import { behindProxy, changed, describe, finish, keySegment, loneSurrogate, within } from "./conversion-failures.ts";
 import { addressOf, type Shim } from "./ffi.ts";
-import { BufferArg } from "./data.ts";
+import { BufferArg, byteLengthOf, isDetached, isResizable, memoryOf } from "./data.ts";
 import { IterArg } from "./stream.ts";
 import { Kwargs, MAX_DEPTH, MAX_MESSAGE, Tag, type WireHooks } from "./wire-format.ts";
 import { MEMO_MAX_LENGTH } from "./string-memo.ts";
@@ -183,11 +183,14 @@ export class Wire extends WireReader {
     this.pos += 5 + written;
   }
 
+  /** `bytes` is a Uint8Array by its internal slots (a Buffer too): its length is read from
+      them as well, so that it is the number of bytes set() copies. */
   private writeBytes(bytes: Uint8Array): void {
-    this.putHeader(Tag.Bytes, bytes.length);
-    this.ensure(bytes.length);
+    const n = byteLengthOf(bytes);
+    this.putHeader(Tag.Bytes, n);
+    this.ensure(n);
     this.u8.set(bytes, this.pos);
-    this.pos += bytes.length;
+    this.pos += n;
   }
 
   private writeBigInt(v: bigint): void {
@@ -217,13 +220,21 @@ export class Wire extends WireReader {
 
   /** py.buffer(x): the address of x's memory; JS pins x until Python's JSBuffer dies. */
   private writeBuffer(arg: BufferArg): void {
-    const view = arg.view;
     if (this.hooks.otherProcess)
       throw new ConversionError("py.buffer(x) cannot go to a process context: its Python runs in another process and cannot see this memory (pass the bytes: a copy)");
-    if ((view.buffer as ArrayBuffer).detached) throw new ConversionError("py.buffer(x): the ArrayBuffer was detached");
-    const n = view.byteLength;
-    const address = n === 0 ? 0 : addressOf(view);
-    const id = this.home.pin!(view.buffer);
+    // read now from x's internal slots (data.ts memoryOf), not its properties: own ones or a
+    // subclass's could claim more bytes than there are, or another buffer to pin
+    let memory: ReturnType<typeof memoryOf>;
+    try {
+      memory = memoryOf(arg.target);
+    } catch {
+      throw new ConversionError("py.buffer(x): the ArrayBuffer was detached (or x is out of its bounds)");
+    }
+    if (isDetached(memory.buffer)) throw new ConversionError("py.buffer(x): the ArrayBuffer was detached");
+    if (isResizable(memory.buffer)) throw new ConversionError("py.buffer(x): a resizable or growable ArrayBuffer cannot be lent to Python");
+    const n = byteLengthOf(memory.bytes);
+    const address = n === 0 ? 0 : addressOf(memory.bytes);
+    const id = this.home.pin!(memory.buffer);
     this.functionIds.push(id); // forgotten again if the message is not sent
     this.ensure(31);
     const dv = this.dv, p = this.pos;
@@ -299,7 +310,9 @@ export class Wire extends WireReader {
     // Typed arrays, buffers, Dates, Maps and Sets are recognised by their internal slots, not
     // by instanceof: behind a Proxy they cannot be read (their methods refuse the receiver,
     // and `new Uint8Array(proxy)` would read an empty array-like)
-    if (ArrayBuffer.isView(v)) return this.writeBytes(v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    // a plain Uint8Array made from the internal slots (data.ts memoryOf): a length the view
+    // claims itself (an own property, a subclass getter) would not match what is copied
+    if (ArrayBuffer.isView(v)) return this.writeBytes(types.isUint8Array(v) ? v : memoryOf(v).bytes);
     if (v instanceof Date) {
       if (!types.isDate(v)) throw behindProxy(v);
       const t = v.getTime();
@@ -319,7 +332,7 @@ export class Wire extends WireReader {
       return this.writeSet(v, depth);
     }
     // after Date/Map/Set: those pay no native check beyond their own
-    if (types.isAnyArrayBuffer(v)) return this.writeBytes(new Uint8Array(v));
+    if (types.isAnyArrayBuffer(v)) return this.writeBytes(memoryOf(v).bytes);
     if (this.writeMarker(v)) return;
     if (v instanceof Kwargs)
       throw new ConversionError(

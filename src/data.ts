@@ -9,6 +9,7 @@
  *    Python as a memoryview over the JS memory itself. JS keeps it pinned until Python's
  *    last reference to it is gone.
  */
+import { types } from "node:util";
 import { BunpyError, ConversionError } from "./errors.ts";
 import { externalBuffer } from "./ffi.ts";
 import type { MainInterpreter } from "./main-interpreter.ts";
@@ -237,37 +238,88 @@ export interface BufferOptions {
   readonly?: boolean;
 }
 
-/** The struct format of each typed array kind (what Python's memoryview.format shows). */
-const FORMATS = new Map<Function, string>([
-  [Int8Array, "b"], [Uint8Array, "B"], [Uint8ClampedArray, "B"], [Int16Array, "h"], [Uint16Array, "H"],
-  [Int32Array, "i"], [Uint32Array, "I"], [Float32Array, "f"], [Float64Array, "d"],
-  [BigInt64Array, "q"], [BigUint64Array, "Q"],
+/** The struct format of each typed array kind (what Python's memoryview.format shows), by
+    the kind its internal slots say (%TypedArray%.prototype[Symbol.toStringTag]). */
+const FORMATS = new Map<string, string>([
+  ["Int8Array", "b"], ["Uint8Array", "B"], ["Uint8ClampedArray", "B"], ["Int16Array", "h"], ["Uint16Array", "H"],
+  ["Int32Array", "i"], ["Uint32Array", "I"], ["Float16Array", "e"], ["Float32Array", "f"], ["Float64Array", "d"],
+  ["BigInt64Array", "q"], ["BigUint64Array", "Q"],
 ]);
-if (typeof Float16Array === "function") FORMATS.set(Float16Array, "e");
 
-/** An argument marked with py.buffer(x): reaches Python as a memoryview over x's memory. */
+// What a typed array, DataView or buffer stands on is read through the built-in getters,
+// taken once here: a property of its own (Object.defineProperty(u, "byteLength", ...)), a
+// subclass getter or a patched prototype cannot make Python see more memory than there is
+// (a memoryview past the end), pin another buffer than the one lent, or hide a resizable one.
+type Getter = (this: unknown) => unknown;
+const getter = (o: object, key: PropertyKey): Getter => Object.getOwnPropertyDescriptor(o, key)!.get! as Getter;
+const TYPED = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const taBuffer = getter(TYPED, "buffer"), taOffset = getter(TYPED, "byteOffset"), taLength = getter(TYPED, "byteLength");
+const taKind = getter(TYPED, Symbol.toStringTag);
+const taAt = (TYPED as { at: (this: unknown, i: number) => unknown }).at;
+const dvBuffer = getter(DataView.prototype, "buffer"), dvOffset = getter(DataView.prototype, "byteOffset"), dvLength = getter(DataView.prototype, "byteLength");
+const abResizable = getter(ArrayBuffer.prototype, "resizable"), abDetached = getter(ArrayBuffer.prototype, "detached");
+const sabGrowable = typeof SharedArrayBuffer === "function" ? getter(SharedArrayBuffer.prototype, "growable") : undefined;
+
+/** The memory of a typed array, DataView, ArrayBuffer or SharedArrayBuffer as a plain
+    Uint8Array made from its internal slots (a snapshot of a length-tracking view), with the
+    buffer it stands on and its typed array kind ("DataView", "ArrayBuffer" otherwise).
+    Throws TypeError for a detached buffer or a view out of bounds of a shrunk one, and for
+    anything else. */
+export function memoryOf(x: unknown): { bytes: Uint8Array; buffer: ArrayBuffer | SharedArrayBuffer; kind: string } {
+  if (types.isTypedArray(x)) {
+    const buffer = taBuffer.call(x) as ArrayBuffer | SharedArrayBuffer;
+    const n = taLength.call(x) as number;
+    // detached or out of bounds: the getters say 0; at() checks the view itself and throws
+    if (n === 0) taAt.call(x, 0);
+    return { bytes: new Uint8Array(buffer, taOffset.call(x) as number, n), buffer, kind: taKind.call(x) as string };
+  }
+  if (types.isDataView(x)) {
+    const buffer = dvBuffer.call(x) as ArrayBuffer | SharedArrayBuffer; // these throw when detached or out of bounds
+    return { bytes: new Uint8Array(buffer, dvOffset.call(x) as number, dvLength.call(x) as number), buffer, kind: "DataView" };
+  }
+  if (types.isAnyArrayBuffer(x)) return { bytes: new Uint8Array(x), buffer: x, kind: "ArrayBuffer" };
+  throw new TypeError("not a TypedArray, DataView, ArrayBuffer or SharedArrayBuffer");
+}
+
+/** The byte length of a Uint8Array from its internal slots (memoryOf's reading, without a
+    new view: the codec's path for Uint8Array and Buffer values). */
+export function byteLengthOf(u8: Uint8Array): number {
+  const n = taLength.call(u8) as number;
+  if (n === 0) taAt.call(u8, 0); // detached or out of bounds: TypeError
+  return n;
+}
+
+/** A resizable ArrayBuffer or a growable SharedArrayBuffer (its memory may move or shrink). */
+export function isResizable(buffer: ArrayBuffer | SharedArrayBuffer): boolean {
+  return types.isSharedArrayBuffer(buffer) ? sabGrowable?.call(buffer) === true : abResizable.call(buffer) === true;
+}
+
+/** A detached ArrayBuffer (a SharedArrayBuffer never is). */
+export function isDetached(buffer: ArrayBuffer | SharedArrayBuffer): boolean {
+  return !types.isSharedArrayBuffer(buffer) && abDetached.call(buffer) === true;
+}
+
+/** An argument marked with py.buffer(x): reaches Python as a memoryview over x's memory.
+    The memory itself is read when the argument is sent (memoryOf): it may change meanwhile. */
 export class BufferArg {
+  /** x, or a Uint8Array over it when x is a buffer. */
   readonly view: ArrayBufferView;
   readonly format: string;
   constructor(
     readonly target: ArrayBufferView | ArrayBuffer | SharedArrayBuffer,
     readonly readonly: boolean,
   ) {
-    if (ArrayBuffer.isView(target)) {
-      this.view = target;
-      let format: string | undefined;
-      for (let p = Object.getPrototypeOf(target); p !== null && format === undefined; p = Object.getPrototypeOf(p))
-        format = FORMATS.get(p.constructor);
-      this.format = format ?? "B"; // DataView, Buffer (a Uint8Array)
-    } else if (target instanceof ArrayBuffer || (typeof SharedArrayBuffer === "function" && target instanceof SharedArrayBuffer)) {
-      this.view = new Uint8Array(target);
-      this.format = "B";
-    } else {
+    if (!types.isArrayBufferView(target) && !types.isAnyArrayBuffer(target))
       throw new TypeError("py.buffer(x): x must be a TypedArray, DataView, ArrayBuffer or SharedArrayBuffer");
+    let memory: ReturnType<typeof memoryOf>;
+    try {
+      memory = memoryOf(target);
+    } catch {
+      throw new TypeError("py.buffer(x): the ArrayBuffer is detached (or x is out of its bounds)");
     }
-    const buf = this.view.buffer as ArrayBuffer & { resizable?: boolean; growable?: boolean };
-    if (buf.resizable === true || buf.growable === true)
+    this.view = types.isArrayBufferView(target) ? target : memory.bytes;
+    this.format = FORMATS.get(memory.kind) ?? "B"; // DataView, ArrayBuffer, SharedArrayBuffer
+    if (isResizable(memory.buffer))
       throw new TypeError("py.buffer(x): a resizable or growable ArrayBuffer cannot be lent to Python (its memory may move or shrink)");
-    if (buf.detached) throw new TypeError("py.buffer(x): the ArrayBuffer is detached");
   }
 }

@@ -102,6 +102,15 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
   const stopReplacing = pool.onReplace(async (ctx) => {
     if (!closed) await start(ctx, bound);
   });
+  // the pool closed with this listener open: its contexts are gone (hand-offs sent before
+  // they closed were relayed first, to a closed context: closed), so the relay goes too;
+  // otherwise the hub's listener kept the pool and its contexts alive for good
+  const stopOnClose = pool.onClose(() => {
+    closed = true;
+    stopReplacing();
+    for (const forget of forgetDeaths.splice(0)) forget();
+    stopRelay();
+  });
   let closing: Promise<void> | undefined;
   return {
     port: bound,
@@ -113,6 +122,7 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
         for (const forget of forgetDeaths.splice(0)) forget();
         await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._listen", "stop", [id])));
         stopRelay();
+        stopOnClose();
       })();
       return closing;
     },

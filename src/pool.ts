@@ -67,6 +67,7 @@ export class Pool {
   /** Code run with execAll, run again in a replacement context. */
   private readonly setup: string[] = [];
   /** What else a replacement context needs after that (a listener's socket, say). */
+  private readonly closeHooks = new Set<() => void>();
   private readonly preparers = new Set<(ctx: Context) => Promise<void>>();
   private replacements = 0;
 
@@ -220,6 +221,16 @@ export class Pool {
     // with the contexts replacing dead ones: none may outlive the pool's close
     await Promise.all([...this.contexts, ...this.starting].map((c) => c.close(options)));
     await Promise.all(this.replacing);
+    for (const hook of [...this.closeHooks]) hook();
+    this.closeHooks.clear();
+  }
+
+  /** Runs `hook` once the pool's contexts are closed (pool.listen lets go of its relay
+      there: a listener not closed itself would keep the pool alive); returns the function
+      that unregisters it. */
+  onClose(hook: () => void): () => void {
+    this.closeHooks.add(hook);
+    return () => void this.closeHooks.delete(hook);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -91,13 +91,18 @@ def hand_off(transport, to, data=b""):
     sock = transport.get_extra_info("socket")
     if sock is None:
         raise TypeError("bunpy.hand_off: the transport has no socket")
+    # a transport handed off (or closed, aborted) is closing: handing its socket on again
+    # would give one connection to two contexts, or revive one this context ended
+    if transport.is_closing():
+        raise RuntimeError("bunpy.hand_off: the transport is closing (handed off or closed already)")
     if not isinstance(to, (int, str)) or isinstance(to, bool):
         raise TypeError(f"bunpy.hand_off: `to` must be a context index or a key, got {type(to).__name__}")
     port = sock.getsockname()[1]
     lid = next((k for k, (server, _) in _listeners().items()
                 if any(s.getsockname()[1] == port for s in server.sockets)), None)
     if lid is None:
-        raise ValueError("bunpy.hand_off: the connection did not come from a pool.listen listener of this context")
+        raise ValueError("bunpy.hand_off: the connection did not come from a pool.listen listener of this context, "
+                         "or that listener was closed (listener.close(): its connections stay, they are not handed off)")
     transport.pause_reading()
     fd = os.dup(sock.fileno())
     try:
