@@ -439,6 +439,8 @@ export class Wire extends WireReader {
     }
     if (shape !== undefined && shape.keys.length !== before) shape = undefined;
     if (shape === undefined && before !== 0) shape = missedShape(first, second, before, v);
+    // the header announces shape.keys.length values: exactly `before` are written or it throws
+    if (shape !== undefined && shape.keys.length !== before) shape = undefined;
     let n = 0;
     if (shape !== undefined) {
       this.writeShapeHeader(shape);

@@ -150,7 +150,9 @@ export function missedShape(first: string, second: string | undefined, count: nu
   if (occupant !== undefined && (++occupant.misses & 15) !== 0) return undefined;
   const keys = Object.keys(v);
   const n = keys.length;
-  if (n < 1 || n > MAX_KEYS || keys[0] !== first || keys[1] !== second) return undefined;
+  // the caller writes `count` values after this shape's header: a Proxy's ownKeys may answer
+  // this Object.keys with another list than the for-in that counted them
+  if (n !== count || n < 1 || n > MAX_KEYS || keys[0] !== first || keys[1] !== second) return undefined;
   let size = 0;
   for (const k of keys) {
     if (k.length < 1 || k.length > MEMO_MAX_LENGTH) return undefined;

@@ -137,6 +137,29 @@ describe("object shapes", () => {
     expect(ident(shape)).toEqual(shape);
   });
 
+  test("a Proxy whose ownKeys answers each look with another list: never a header that announces more values than follow", () => {
+    // the review's case: [a,b] to the count, [a,b,c,d,e] to the shape's own Object.keys,
+    // [a,b] to the write. The header said 5 values and 2 followed: Python read on into the
+    // next argument and stale bytes of earlier messages (Bun crashed on stale handles).
+    py.exec("def args_of(*a):\n    return [repr(x) for x in a]");
+    for (const lists of [
+      [["pa", "pb"], ["pa", "pb", "pc", "pd", "pe"], ["pa", "pb"]],
+      [["qa", "qb", "qc"], ["qa", "qb"], ["qa", "qb", "qc"]],
+    ]) {
+      // 20 times: a memo slot another key list holds is given up only after 16 misses
+      for (let round = 0; round < 20; round++) {
+        let look = 0;
+        const target: Record<string, number> = {};
+        for (const k of lists[1]!.concat(lists[0]!)) target[k] = k.charCodeAt(1);
+        const p = new Proxy(target, { ownKeys: () => lists[Math.min(look++, 2)]! });
+        // the keys the write saw, then the other arguments where they belong
+        const want = `{${lists[2]!.map((k) => `'${k}': ${k.charCodeAt(1)}`).join(", ")}}`;
+        expect(py.call("__main__", "args_of", [p, "next-arg", 42])).toEqual([want, "'next-arg'", "42"]);
+      }
+    }
+    expect(ident({ pa: 1, pb: 2 })).toEqual({ pa: 1, pb: 2 });
+  });
+
   test("a Python dict changed while its values are converted: a ConversionError, no crash", () => {
     for (let i = 0; i < 3; i++) {
       const box = py.call("t_shapes", "rewriting", []) as { toJS(): unknown };
