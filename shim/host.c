@@ -599,8 +599,9 @@ done:
     fflush(stdout);
     fflush(stderr);
     /* The relay sees the end of the channel, stops this process, ends what Python started
-       (this thread may neither open /proc nor kill: see bp_host_lock_main) and then closes
-       its end: exiting before that would leave those processes to init, out of reach. */
+       (this thread may neither open /proc nor kill: see bp_host_lock_main) and kills it:
+       exiting before that would leave those processes to init, out of reach. (If Bun is
+       gone, the socket's end or the parent-death signal ends the wait.) */
     shutdown(BP_HOST_FD, SHUT_WR);
     struct pollfd end = {.fd = BP_HOST_FD, .events = POLLIN};
     char drop[256];

@@ -385,12 +385,16 @@ static const char *signal_name(int sig) {
 /* Kills (when asked) and reaps the host; writes how it ended. Returns 1 when it exited 0. */
 static int reap_host(bp_relay *r, int kill_it, char *how, size_t len) {
     /* End what the host started, while it lives (it is their subreaper: descendants.h;
-       after its exit they belong to init). Stopped meanwhile, so it neither starts nor
-       reaps processes; a host that ended its context waits for the socket's close below. */
+       after its exit they belong to init). It is stopped first, so it neither starts nor
+       reaps processes, and never let go on: the SIGKILL below ends it. A host that ended
+       its context (kill_it 0: the close was sent and the channel ended) waits for that,
+       for the socket's close (host.c), and that SIGKILL counts as its clean exit; let go
+       on, its threads could start processes no walk saw. */
+    int ended_by_us = 0;
     if (r->pid > 0 && !r->exited) {
         kill(r->pid, SIGSTOP);
         bp_kill_descendants(r->pid);
-        if (!kill_it) kill(r->pid, SIGCONT);
+        ended_by_us = !kill_it && !r->broken;
     }
     if (r->sock >= 0) {
         close(r->sock);
@@ -402,13 +406,8 @@ static int reap_host(bp_relay *r, int kill_it, char *how, size_t len) {
     }
     int status = 0;
     pid_t got;
-    /* after EOF the host is ending: give it a moment before the SIGKILL (looked at without
-       reaping it: its pid must stay its own until its process group is killed below) */
-    for (int i = 0; !kill_it && !r->exited && i < 200; i++) {
-        siginfo_t info = {0};
-        if (waitid(P_PID, (id_t)r->pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == r->pid) break;
-        usleep(1000);
-    }
+    /* (not reaped before this: its pid must stay its own until its process group is
+       killed below) */
     kill(r->pid, SIGKILL);
     /* and every process it started that stayed in its process group (spawn_host made it
        the leader): none outlives the context, none keeps the socket open */
@@ -426,6 +425,10 @@ static int reap_host(bp_relay *r, int kill_it, char *how, size_t len) {
     }
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
+        if (sig == SIGKILL && ended_by_us) {
+            snprintf(how, len, "its host process ended after the close");
+            return 1;
+        }
         snprintf(how, len, "its host process was killed by %s (signal %d)%s", signal_name(sig), sig,
                  sig == SIGKILL && !r->killed ? "; out of memory, or killed from outside" : "");
         return 0;

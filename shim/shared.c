@@ -289,9 +289,10 @@ static int store_incr(const char *k, uint32_t kn, double delta, double *result) 
         return S_NOT_NUMBER;
     }
     double next = cur + delta;
-    /* Past 2^53 a whole-number counter would silently lose increments. Judged on the
-       values, not on how they were stored: JS stores 2**53 as a float. */
-    if (cur == floor(cur) && delta == floor(delta) && fabs(next) > 9007199254740991.0) {
+    /* A whole-number counter crossing 2^53 would silently lose increments from then on.
+       Judged on the values, not on how they were stored (JS stores 2**53 as a float); a
+       number already past 2^53 (a float counter) goes on as floats do. */
+    if (cur == floor(cur) && delta == floor(delta) && fabs(cur) <= 9007199254740992.0 && fabs(next) > 9007199254740991.0) {
         pthread_mutex_unlock(&lock);
         return S_NOT_SAFE;
     }

@@ -44,6 +44,11 @@ describe("py.shared from JS", () => {
     expect(py.shared.incr("past", -1)).toBe(2 ** 53 - 1);
     expect(py.shared.get("past")).toBe(2 ** 53 - 1);
     expect(py.eval("__import__('bunpy').shared.get('past')")).toBe(2 ** 53 - 1);
+    // a number already past 2^53 is a float counter: it goes on as floats do
+    py.shared.set("float", 1e17);
+    expect(py.shared.incr("float", 1)).toBe(1e17);
+    expect(py.shared.incr("float", 0)).toBe(1e17);
+    expect(py.shared.incr("float", 1e17)).toBe(2e17);
   });
 
   test("incr over an integer set before frees the value it replaces (memory stays flat)", () => {
