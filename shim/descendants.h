@@ -105,7 +105,7 @@ static inline void bp_proc_mark(bp_proc *t, int n, pid_t root) {
     for (int i = 0; i < n; i++) {
         int verdict = 0, steps = 0;
         bp_proc *at = &t[i];
-        while (at->below == 0 && !verdict) {
+        while (!verdict && at->below == 0) { /* (at is NULL once a parent is not found) */
             if (at->ppid == root) verdict = 1;
             else if (at->pid == root || ++steps > n || !(at = bp_proc_find(t, n, at->ppid))) verdict = 2;
         }
