@@ -252,5 +252,7 @@ void bp_ctx_drop_answers(bp_context *c);
 void bp_message_drained(bp_request *r);
 /* frees what a port whose JS thread is ending will never drain (request.c; that thread) */
 void bp_port_drop_completions(bp_port *p);
+/* answers with BP_ERR_STATE the calls such a port's JS never took (jscall.c; that thread) */
+void bp_port_refuse_calls(bp_port *p);
 
 #endif

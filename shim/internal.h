@@ -118,6 +118,7 @@ typedef struct bp_port {
     PyObject *bench_fn;          /* bench.c: the callable of the FFI baseline              */
     bp_mpsc completions;         /* finished context requests and messages for this JS thread */
     bp_mpsc calls;               /* Python -> JS calls from contexts, waiting for an answer  */
+    struct bp_jscall *taken_calls; /* calls JS took and has not answered (jscall.c; JS thread) */
     bp_node *drain_rest;         /* completions taken but not yet given to JS (JS thread only) */
     sem_t sync_wake;             /* posted for a callSync waiter: result or call arrived     */
     atomic_int sync_waiting;     /* a callSync is waiting on sync_wake                       */
@@ -150,7 +151,8 @@ int bp_port_alive(bp_port *p);                 /* 0 once the JS thread is gone (
 void bp_port_ring(bp_port *p);                 /* rings p's doorbell unless p is closed: the
                                                   only way any thread rings one (io.c)        */
 int bp_port_enter(bp_port *p);                 /* 1: p is open and stays so until bp_port_leave
-                                                  (messages are pushed in between); 0: closed */
+                                                  (messages and calls are pushed in between, and
+                                                  nothing that can wait); 0: closed         */
 void bp_port_leave(bp_port *p);
 
 /* ---- runtime (runtime.c) ----------------------------------------------------------- */

@@ -40,7 +40,8 @@ static pthread_once_t thread_port_once = PTHREAD_ONCE_INIT;
  * waits until `ringing` is 0. Both sides use sequentially consistent atomics, so either the ringer sees `closed`
  * (and rings nothing) or the closer sees the ringer (and waits for its ring, which posts a
  * task and returns, to end while the VM is still whole). Cost per ring: two uncontended
- * atomic adds, no syscall; the wait is bounded by one ring.
+ * atomic adds, no syscall; the wait is bounded by one ring: nothing inside the guard
+ * (bp_port_ring, or bp_port_enter to bp_port_leave) waits for a lock or the GIL.
  */
 static void shut(bp_port *p) {
     atomic_store(&p->closed, 1);
@@ -53,9 +54,10 @@ void bp_port_ring(bp_port *p) {
     atomic_fetch_sub(&p->ringing, 1);
 }
 
-/* The same guard around a bunpy.send message's push (jscall.c): the ending JS thread then
-   finds every message in the queue when it frees them. Messages only: results hold no
-   context, and guarding each of them would put two atomic adds on the call path. */
+/* The same guard around the push of a bunpy.send message or a bunpy.call (jscall.c): the
+   ending JS thread then finds every one in its queue when it frees or answers them. Not
+   results: they hold no context, and guarding each would put two atomic adds on every
+   ctx.call. Between enter and leave only the push and a sem_post: the ring comes after. */
 int bp_port_enter(bp_port *p) {
     atomic_fetch_add(&p->ringing, 1);
     if (!atomic_load(&p->closed)) return 1;
@@ -69,6 +71,7 @@ void bp_port_leave(bp_port *p) { atomic_fetch_sub(&p->ringing, 1); }
 static void js_thread_ending(bp_port *p) {
     shut(p);
     if (p->freed) return;
+    bp_port_refuse_calls(p); /* each call holds its context: answered, it lets it go */
     if (bp_running()) bp_port_close_contexts(p);
     bp_port_drop_completions(p);
 }

@@ -33,6 +33,8 @@ typedef struct bp_jscall {
                                  2: a process context's host call (relay.c), sent back as ANSWER */
     uint64_t remote;          /* batched 2: the host's handle of the call */
     atomic_int refs;          /* async_call: the Python handle and the pending answer       */
+    bp_port *taken;           /* the port whose JS took it and has not answered yet, and the */
+    struct bp_jscall *taken_prev, *taken_next; /* links in its taken_calls (that JS thread) */
 } bp_jscall;
 
 static void call_unref(bp_jscall *call) {
@@ -57,8 +59,13 @@ static PyObject *raise_convert(bp_writer *w, int rc, const char *what) {
     return NULL;
 }
 
+/* What a call into a JS thread that ended (or is ending) gets: refused when queued, or
+   answered with BP_ERR_STATE by the ending thread (bp_port_refuse_calls). */
+static const char JS_GONE[] = "bunpy: the JS thread (Bun Worker) ended before it answered this call";
+
 /* Rings a port's doorbell; a worker context lets the main GIL go first (Bun's code runs
-   there, and a closing JS thread waits for rings under way: io.c). */
+   there, and a closing JS thread waits for rings under way: io.c). Called outside the
+   port's guard (bp_port_enter): taking the GIL back may wait long. */
 static void ring(bp_context *c, bp_port *p) {
     if (!bp_port_alive(p)) return;
     if (c && c->mode == BP_CTX_WORKER) {
@@ -83,7 +90,7 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
     if (refuse_while_writing(c) < 0) return NULL;
     bp_port *p = c->current ? c->current->reply : c->owner;
     if (!bp_port_alive(p) || !p->doorbell) {
-        PyErr_SetString(PyExc_RuntimeError, "bunpy: the JS thread of this context is gone");
+        PyErr_SetString(PyExc_RuntimeError, JS_GONE);
         return NULL;
     }
     bp_writer w;
@@ -107,9 +114,19 @@ static bp_jscall *queue_call(bp_context *c, PyObject *name, PyObject *const *arg
     /* the waiter (or the Python handle) and the pending answer: either may go first (a
        cancelled or closing context stops waiting for an answer that may never come) */
     atomic_init(&call->refs, 2);
+    /* pushed inside the port's guard, as messages are: a JS thread that is ending answers
+       every call queued before it closed the port (bp_port_refuse_calls), and none after */
+    if (!bp_port_enter(p)) {
+        bp_ctx_unref(c);
+        free(call->data);
+        free(call);
+        PyErr_SetString(PyExc_RuntimeError, JS_GONE);
+        return NULL;
+    }
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
-    if (was_empty) ring(c, p);
+    bp_port_leave(p);
+    if (was_empty) ring(c, p); /* the context's reference keeps p */
     return call;
 }
 
@@ -118,6 +135,10 @@ static PyObject *answer_of(bp_interp *st, bp_jscall *call) {
     bp_reader r = {.buf = call->data, .pos = 0, .end = call->len, .port = NULL, .st = st};
     if (call->status == BP_OK) return bp_read_value(&r, 0);
     if (call->status == BP_ERR_JS) return bp_raise_js_error(st, &r);
+    if (call->status == BP_ERR_STATE) {
+        PyErr_SetString(PyExc_RuntimeError, JS_GONE);
+        return NULL;
+    }
     PyErr_Format(PyExc_RuntimeError, "bunpy: calling into JS failed (status %d)", (int)call->status);
     return NULL;
 }
@@ -261,6 +282,12 @@ int32_t bp_port_take_calls(bp_io *io) {
         memcpy(b + pos + 16, &call->len, 4);
         memcpy(b + pos + 20, call->data, call->len);
         pos += 20 + call->len;
+        /* listed until answered: a JS thread that ends first answers it (bp_port_refuse_calls) */
+        call->taken = p;
+        call->taken_prev = NULL;
+        call->taken_next = p->taken_calls;
+        if (p->taken_calls) p->taken_calls->taken_prev = call;
+        p->taken_calls = call;
     }
     io->len = pos;
     return (int32_t)count;
@@ -268,6 +295,12 @@ int32_t bp_port_take_calls(bp_io *io) {
 
 int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
     bp_jscall *call = handle;
+    if (call->taken) { /* off the taking port's list (the same JS thread, or the host's lock) */
+        if (call->taken_prev) call->taken_prev->taken_next = call->taken_next;
+        else call->taken->taken_calls = call->taken_next;
+        if (call->taken_next) call->taken_next->taken_prev = call->taken_prev;
+        call->taken = NULL;
+    }
     uint8_t *answer = malloc(len ? len : 1);
     if (!answer) {
         status = BP_ERR_MEMORY;
@@ -301,6 +334,20 @@ int32_t bp_call_reply(void *handle, bp_io *io, int32_t status, uint32_t len) {
     }
     bp_ctx_unref(c); /* taken in queue_call */
     return BP_OK;
+}
+
+/* The port's JS thread is ending (io.c, on that thread, after it closed the port: nothing
+   is queued any more, and its JS runs no more): the calls it never took, and those it took
+   but never answered (stopped in the middle, or awaiting a Promise), are answered with
+   BP_ERR_STATE, each as JS would (a waiter woken, an eventfd written, a batched or relayed
+   answer listed), so each gives back its context reference. */
+void bp_port_refuse_calls(bp_port *p) {
+    while (p->taken_calls) bp_call_reply(p->taken_calls, &p->io, BP_ERR_STATE, 0); /* unlinks it */
+    for (bp_node *n = bp_mpsc_take(&p->calls); n;) {
+        bp_jscall *call = (bp_jscall *)n;
+        n = n->next;
+        bp_call_reply(call, &p->io, BP_ERR_STATE, 0);
+    }
 }
 
 /* ------------------------------------------------------------------------ messages ----- */
@@ -454,7 +501,13 @@ static PyObject *send_to(bp_port *to, bp_context *c, PyObject *channel, PyObject
         return NULL;
     }
     atomic_fetch_add(unread, 1);
-    if (bp_mpsc_push(&to->completions, &r->node) && to->doorbell) {
+    int was_empty = bp_mpsc_push(&to->completions, &r->node);
+    if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
+    /* the guard ends here: the ring below may take the main GIL back, a wait of any length,
+       and a closing JS thread waits for the guard (io.c). `to` stays allocated: the
+       context's, the capsule's or the running call's reference keeps it. */
+    bp_port_leave(to);
+    if (was_empty && to->doorbell) {
         if (!c && to != bp_current_port) { /* a thread of the main interpreter (port_send) */
             PyThreadState *ts = PyEval_SaveThread();
             bp_port_ring(to);
@@ -463,8 +516,6 @@ static PyObject *send_to(bp_port *to, bp_context *c, PyObject *channel, PyObject
             ring(c, to);
         }
     }
-    if (atomic_load(&to->sync_waiting)) sem_post(&to->sync_wake);
-    bp_port_leave(to);
     Py_RETURN_NONE;
 }
 
@@ -500,7 +551,8 @@ int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t rem
     call->remote = remote;
     atomic_init(&call->refs, 1); /* the answer's: the relay drops it once sent */
     bp_ctx_ref(c);
-    if (!bp_port_alive(p) || !p->doorbell) { /* nobody to ask: answer with an error */
+    /* nobody to ask (the guard as in queue_call): answer with an error */
+    if (!p->doorbell || !bp_port_enter(p)) {
         call->status = BP_ERR_STATE; /* the host raises RuntimeError */
         call->len = 0;
         atomic_store(&call->answered, 1);
@@ -510,6 +562,7 @@ int bp_relay_call(bp_context *c, const uint8_t *data, uint32_t len, uint64_t rem
     }
     int was_empty = bp_mpsc_push(&p->calls, &call->node);
     if (atomic_load(&p->sync_waiting)) sem_post(&p->sync_wake);
+    bp_port_leave(p);
     if (was_empty) bp_port_ring(p);
     return 0;
 }

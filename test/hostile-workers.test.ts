@@ -36,6 +36,14 @@ describe.skipIf(process.platform !== "linux")("a Bun Worker terminated with call
     expect(run("asgi")).toEqual(expected);
   }, 100_000);
 
+  // Each bunpy.call into a JS thread takes a reference on its context that only the answer
+  // gives back: calls the Worker never answered (taken and awaiting a Promise, or queued
+  // while its JS busy-looped) kept their contexts, closed but never freed (8 fds for a
+  // sandboxed one), until the shim answered them with an error as the Worker ends.
+  test("calls into it that it never answers are answered, and their contexts freed", () => {
+    expect(run("calls")).toEqual(expected);
+  }, 100_000);
+
   test("a context it was closing is let go", () => {
     expect(run("closing")).toEqual(expected);
   }, 100_000);
