@@ -152,9 +152,18 @@ describe("object shapes", () => {
         const target: Record<string, number> = {};
         for (const k of lists[1]!.concat(lists[0]!)) target[k] = k.charCodeAt(1);
         const p = new Proxy(target, { ownKeys: () => lists[Math.min(look++, 2)]! });
-        // the keys the write saw, then the other arguments where they belong
+        // the keys the write saw, then the other arguments where they belong; or, when the
+        // looks fall differently (whether the shape memo asked is up to its slot's state),
+        // the encoder's own error that the object changed — never anything else
         const want = `{${lists[2]!.map((k) => `'${k}': ${k.charCodeAt(1)}`).join(", ")}}`;
-        expect(py.call("__main__", "args_of", [p, "next-arg", 42])).toEqual([want, "'next-arg'", "42"]);
+        let got: unknown;
+        try {
+          got = py.call("__main__", "args_of", [p, "next-arg", 42]);
+        } catch (e) {
+          got = e;
+        }
+        if (got instanceof Error) expect(String(got)).toMatch(/^ConversionError: args\[0\]: the object changed while it was converted/);
+        else expect(got).toEqual([want, "'next-arg'", "42"]);
       }
     }
     expect(ident({ pa: 1, pb: 2 })).toEqual({ pa: 1, pb: 2 });
