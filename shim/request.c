@@ -362,10 +362,6 @@ int32_t bp_ctx_cancel(bp_context *c, bp_request *req) {
     return bp_interrupter_start(c, seq);
 }
 
-/* Every completion for this port that fits in one buffer: u32 count, then per request
-   u32 id, i32 status, u32 len and len bytes (a value, or an error record). What does not
-   fit (more than 4 GiB together, or no memory to grow) stays in `drain_rest` for the next
-   call: JS calls again until it gets 0. */
 /* The port's JS thread is ending (io.c; on that thread, the only consumer, after the port
    was closed): results and messages it will never drain are freed, and with them the
    references each message holds on its context, so a closed context is freed too. One
@@ -384,6 +380,10 @@ void bp_port_drop_completions(bp_port *p) {
     } while ((list = bp_mpsc_take(&p->completions)) != NULL);
 }
 
+/* Every completion for this port that fits in one buffer: u32 count, then per request
+   u32 id, i32 status, u32 len and len bytes (a value, or an error record). What does not
+   fit (more than 4 GiB together, or no memory to grow) stays in `drain_rest` for the next
+   call: JS calls again until it gets 0. */
 int32_t bp_port_drain(bp_io *io) {
     bp_port *p = bp_port_of(io);
     /* A big result or message grew the buffer: give it back before the next batch (as
