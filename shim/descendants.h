@@ -47,6 +47,11 @@ static inline pid_t bp_proc_parent(pid_t pid) {
     return (pid_t)ppid;
 }
 
+static inline int bp_proc_order(const void *a, const void *b) {
+    pid_t x = ((const bp_proc *)a)->pid, y = ((const bp_proc *)b)->pid;
+    return (x > y) - (x < y);
+}
+
 /* Every live process, sorted by pid (readdir gives /proc in pid order already); their
    count, or -1 (*out is then NULL). */
 static inline int bp_proc_table(bp_proc **out) {
@@ -76,14 +81,7 @@ static inline int bp_proc_table(bp_proc **out) {
         (*out)[n++] = (bp_proc){.pid = (pid_t)pid, .ppid = ppid, .below = 0};
     }
     closedir(d);
-    if (!sorted) { /* insertion sort: only a few are out of place, if any */
-        for (int i = 1; i < n; i++) {
-            bp_proc x = (*out)[i];
-            int j = i - 1;
-            for (; j >= 0 && (*out)[j].pid > x.pid; j--) (*out)[j + 1] = (*out)[j];
-            (*out)[j + 1] = x;
-        }
-    }
+    if (!sorted) qsort(*out, (size_t)n, sizeof **out, bp_proc_order);
     return n;
 }
 
