@@ -106,20 +106,22 @@ export async function listen(rt: MainInterpreter, pool: Pool, options: ListenOpt
   // they closed were relayed first, to a closed context: closed), so the relay goes too;
   // otherwise the hub's listener kept the pool and its contexts alive for good
   const stopOnClose = pool.onClose(() => {
+    stopListening();
+    stopRelay();
+  });
+  /** No new listeners in replacements, no more death watches (both ways of closing). */
+  function stopListening(): void {
     closed = true;
     stopReplacing();
     for (const forget of forgetDeaths.splice(0)) forget();
-    stopRelay();
-  });
+  }
   let closing: Promise<void> | undefined;
   return {
     port: bound,
     host,
     close() {
       closing ??= (async () => {
-        closed = true;
-        stopReplacing();
-        for (const forget of forgetDeaths.splice(0)) forget();
+        stopListening();
         await Promise.allSettled(pool.contexts.map((c) => c.call("bunpy._listen", "stop", [id])));
         stopRelay();
         stopOnClose();

@@ -67,8 +67,9 @@ export class Pool {
   /** Code run with execAll, run again in a replacement context. */
   private readonly setup: string[] = [];
   /** What else a replacement context needs after that (a listener's socket, say). */
-  private readonly closeHooks = new Set<() => void>();
   private readonly preparers = new Set<(ctx: Context) => Promise<void>>();
+  /** Run once the pool's contexts are closed (onClose). */
+  private readonly closeHooks = new Set<() => void>();
   private replacements = 0;
 
   private constructor(rt: MainInterpreter, contexts: Context[], options: PoolOptions) {
